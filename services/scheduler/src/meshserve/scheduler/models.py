@@ -1,21 +1,31 @@
-"""Domain values shared by placement, the store and the service: frozen, no I/O."""
+"""Domain values shared by placement, scaling, the store and the service: frozen, no I/O.
+
+Everything here is an immutable value. `PodView` lazily caches a few derived indexes
+(`model_ids`, `loaded_model_ids`, `victim_order(...)`) in its instance dict; they are pure
+functions of its fields, so a view reused across `place()` calls (the benchmark does this,
+and an incremental in-memory view in the service can) pays for them once.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NewType
 
 ModelId = NewType("ModelId", str)
 PodId = NewType("PodId", str)
 
+MIB = 1 << 20
+"""GDSF priorities measure size in MiB so `hits x load_cost / size` is a readable number."""
 
-class CopyState(str, enum.Enum):
+
+class CopyState(str, enum.Enum):  # noqa: UP042 (keep str() and format() as they were)
     LOADING = "loading"
     LOADED = "loaded"
 
 
-class EvictionPolicy(str, enum.Enum):
+class EvictionPolicy(str, enum.Enum):  # noqa: UP042
     LRU = "lru"
     USAGE_WEIGHTED = "usage-weighted"
 
@@ -28,10 +38,20 @@ class CopyView:
     size_bytes: int
     state: CopyState = CopyState.LOADED
     last_used: float = 0.0          # seconds (any epoch, same clock as `now`)
-    hits: float = 0.0               # requests counted for this copy
+    hits: float = 0.0               # requests counted for this model (the service may age them)
     in_flight: int = 0              # requests being served right now
     loaded_at: float = 0.0
     load_cost: float = 1.0          # seconds the load took (or an estimate)
+    gdsf_clock: float = 0.0
+    """The GDSF clock (`PlacementConfig.gdsf_clock`) in effect when this copy was last used
+    or loaded. The service stores it with the usage counters; 0.0 turns usage-weighted
+    eviction into plain frequency-per-byte."""
+
+    @cached_property
+    def priority(self) -> float:
+        """GreedyDual-Size-Frequency priority: `gdsf_clock + hits x load_cost / size_MiB`."""
+        size_mib = max(self.size_bytes, 1) / MIB
+        return self.gdsf_clock + self.hits * self.load_cost / size_mib
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,41 @@ class PodView:
     @property
     def free_bytes(self) -> int:
         return self.capacity_bytes - self.allocated_bytes
+
+    @property
+    def usable(self) -> bool:
+        """Healthy and not draining: may receive copies and its copies serve requests."""
+        return self.healthy and not self.draining
+
+    @cached_property
+    def model_ids(self) -> frozenset[str]:
+        """Every model with a copy (loading or loaded) on this pod."""
+        return frozenset(c.model_id for c in self.copies)
+
+    @cached_property
+    def loaded_model_ids(self) -> frozenset[str]:
+        """Models whose copy on this pod is loaded (can serve)."""
+        return frozenset(c.model_id for c in self.copies if c.state is CopyState.LOADED)
+
+    def victim_order(self, policy: EvictionPolicy) -> tuple[CopyView, ...]:
+        """This pod's copies, cheapest to evict first under `policy` (ties: model id).
+
+        LRU orders by `last_used`; usage-weighted by `CopyView.priority` then `last_used`.
+        Cached per policy: the order depends only on the copies, never on `now`.
+        """
+        cache: dict[EvictionPolicy, tuple[CopyView, ...]] = self.__dict__.setdefault(
+            "_victim_order", {}
+        )
+        order = cache.get(policy)
+        if order is None:
+            if policy is EvictionPolicy.LRU:
+                order = tuple(sorted(self.copies, key=lambda c: (c.last_used, c.model_id)))
+            else:
+                order = tuple(
+                    sorted(self.copies, key=lambda c: (c.priority, c.last_used, c.model_id))
+                )
+            cache[policy] = order
+        return order
 
 
 @dataclass(frozen=True)
@@ -78,10 +133,17 @@ class Plan:
     evictions: tuple[Eviction, ...] = ()
     reason: str = ""
     code: str = ""                  # machine-readable failure code when pod_id is None
+    clock: float = 0.0
+    """The GDSF clock after this plan: `PlacementConfig.gdsf_clock`, raised to the highest
+    priority evicted. `place()` always sets it; store it and pass it back next time."""
 
     @property
     def ok(self) -> bool:
         return self.pod_id is not None
+
+    @property
+    def evicted_bytes(self) -> int:
+        return sum(e.size_bytes for e in self.evictions)
 
 
 @dataclass(frozen=True)
@@ -90,6 +152,9 @@ class PlacementConfig:
     # a copy evicted sooner than this after loading is protected (no ping-pong)
     min_residency_seconds: float = 30.0
     min_copies: dict[str, int] = field(default_factory=dict)
+    gdsf_clock: float = 0.0
+    """GDSF inflation clock L (usage-weighted only): the priority of the last evicted copy.
+    Placement is pure, so the caller keeps it and passes back `Plan.clock`."""
 
 
 # failure codes a Plan can carry
@@ -97,3 +162,4 @@ NO_COMPATIBLE_RUNTIME = "no-compatible-runtime"
 TOO_BIG = "too-big"
 ALL_BUSY_LOADING = "all-busy-loading"
 NO_ROOM = "no-room"
+FAILURE_CODES = frozenset({NO_COMPATIBLE_RUNTIME, TOO_BIG, ALL_BUSY_LOADING, NO_ROOM})

@@ -1,31 +1,82 @@
 """Placement: which pod gets a new copy of a model, and what is evicted to make room.
 
-PURE: no asyncio, redis, grpc or sqlalchemy; the same input always gives the same Plan.
+PURE: no asyncio, redis, grpc or sqlalchemy, no clock, no randomness. The same input
+always gives the same Plan, whatever the order of `pods` (every tie ends on a pod id or
+model id). State that must survive between calls (the GDSF clock) comes in through
+`PlacementConfig.gdsf_clock` and goes out through `Plan.clock`.
 
-Invariants (checked by the tests):
-* a chosen pod never ends above its capacity (allocated - evicted + size <= capacity);
-* a pod that already holds the model, is excluded, unhealthy, draining, lacks a
-  required label, or has `max_loading` loads in progress is never chosen;
-* a Plan without a pod always carries a non-empty reason and a code.
+Eligible pods. A pod can receive the copy only if it is healthy, not draining, carries
+every `required_labels` label (runtime/format compatibility), is not in
+`request.exclude_pods`, holds no copy of the model yet (copies of one model are spread
+over different pods, never two on one pod), has `capacity_bytes >= size`, and has fewer
+than `max_loading` loads in progress.
 
-Bin-packing is best fit: among the pods where the model fits without eviction, the
-one left with the least free space; ties go to fewer loads in progress, then pod id.
+Choice, in order:
+1. Best fit: among eligible pods where the model fits without eviction, the one left
+   with the least free space; ties go to fewer loads in progress, then pod id.
+2. Eviction: among eligible pods where enough bytes can be freed, the one where the
+   fewest bytes must go (`size - free_bytes`); then the cheapest victims under the
+   policy (lowest "worst victim" score), then fewest bytes evicted, fewer loads in
+   progress, pod id. On the chosen pod copies are evicted cheapest first until the
+   model fits:
+   * `lru`: least recently used first (`last_used`);
+   * `usage-weighted`: GreedyDual-Size-Frequency, lowest
+     `priority = gdsf_clock + hits x load_cost / size_MiB` first. The clock L is then
+     raised to the highest priority evicted, so copies that are not used again age out
+     behind newly used ones.
+
+Never evicted ("protected"):
+* a copy that is loading, or has requests in flight (`in_flight > 0`);
+* a copy loaded less than `min_residency_seconds` ago (thrash control: a model evicted
+  shortly after loading would ping-pong);
+* a copy of a model with `min_copies[model] >= 1` whose loaded copies on usable pods
+  number `<= min_copies` (so the last copy of such a model, counted across every pod in
+  the input, always stays; we also never dip below min_copies by eviction).
+
+Invariants (checked by the unit and hypothesis tests):
+* a chosen pod never ends above its capacity: `allocated - evicted + size <= capacity`;
+* every eviction is on the chosen pod and never of a protected copy; eviction stops as
+  soon as the model fits (dropping the last victim would not be enough);
+* no eviction happens when some eligible pod has room without one;
+* a Plan without a pod always carries a non-empty reason and a code from
+  `models.FAILURE_CODES`; a Plan with a pod carries a reason (the admin API's "why");
+* `Plan.clock >= config.gdsf_clock`.
+
+Cost: one pass over the pods plus, only when eviction is needed, a heap of candidate pods
+popped in deficit order (usually one or two are examined). Each examined pod walks its
+cached victim order (`PodView.victim_order`) until enough bytes are free.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from meshserve.scheduler.models import (
     ALL_BUSY_LOADING,
     NO_COMPATIBLE_RUNTIME,
     NO_ROOM,
     TOO_BIG,
+    CopyState,
+    CopyView,
+    Eviction,
+    EvictionPolicy,
     PlacementConfig,
     PlacementRequest,
     Plan,
     PodView,
 )
+
+_DEFAULT_CONFIG = PlacementConfig()
+_MAX_NAMED_VICTIMS = 3
+
+# protection reasons, in the order they are checked and reported
+_LOADING = "loading"
+_IN_FLIGHT = "serving requests"
+_RECENT = "loaded too recently"
+_MIN_COPIES = "kept for minCopies"
+_PROTECTIONS = (_LOADING, _IN_FLIGHT, _RECENT, _MIN_COPIES)
 
 
 def place(
@@ -35,53 +86,233 @@ def place(
     now: float,
     config: PlacementConfig | None = None,
 ) -> Plan:
-    """Choose a pod for one more copy of `request.model_id`."""
-    del now, config  # used by eviction (not in the walking skeleton)
-    compatible = [
-        p
-        for p in pods
-        if p.healthy and not p.draining and request.required_labels <= p.labels
-    ]
-    if not compatible:
+    """Choose a pod for one more copy of `request.model_id`, evicting copies if needed.
+
+    Args:
+        request: the model, its size and the labels a pod needs to serve it.
+        pods: every known pod (any order); unusable ones are skipped.
+        now: the current time, same clock as `CopyView.loaded_at` / `last_used`.
+        config: eviction policy, protections and the GDSF clock; defaults if None.
+
+    Returns:
+        A Plan with a pod (and evictions to apply first), or with `pod_id=None`, a reason
+        and a failure code. `Plan.clock` is the GDSF clock to pass back next time.
+    """
+    cfg = config if config is not None else _DEFAULT_CONFIG
+    clock = cfg.gdsf_clock
+    size = request.size_bytes
+    labels = request.required_labels
+    model = request.model_id
+    exclude = request.exclude_pods
+
+    n_compatible = 0
+    max_capacity = -1
+    n_candidates = 0      # compatible, not excluded, no copy yet
+    n_big_enough = 0      # ... and capacity >= size
+    best: PodView | None = None
+    best_key: tuple[int, int, str] | None = None
+    need_eviction: list[PodView] = []   # eligible, but free_bytes < size
+    for pod in pods:
+        if not pod.healthy or pod.draining:
+            continue
+        if labels and not labels <= pod.labels:
+            continue
+        n_compatible += 1
+        if pod.capacity_bytes > max_capacity:
+            max_capacity = pod.capacity_bytes
+        if pod.pod_id in exclude or model in pod.model_ids:
+            continue
+        n_candidates += 1
+        if pod.capacity_bytes < size:
+            continue
+        n_big_enough += 1
+        if pod.loading >= pod.max_loading:
+            continue
+        left = pod.capacity_bytes - pod.allocated_bytes - size
+        if left >= 0:
+            key = (left, pod.loading, pod.pod_id)
+            if best_key is None or key < best_key:
+                best, best_key = pod, key
+        else:
+            need_eviction.append(pod)
+
+    if n_compatible == 0:
         return Plan(
             None,
-            reason=f"no running pod supports {_labels(request)}",
+            reason=f"no healthy pod supports {_labels(request)}",
             code=NO_COMPATIBLE_RUNTIME,
+            clock=clock,
         )
-    candidates = [
-        p
-        for p in compatible
-        if p.pod_id not in request.exclude_pods
-        and all(c.model_id != request.model_id for c in p.copies)
-    ]
-    if not candidates:
-        return Plan(None, reason="every compatible pod already holds a copy or is in back-off", code=NO_ROOM)
-    biggest = max(p.capacity_bytes for p in candidates)
-    if request.size_bytes > biggest:
+    if size > max_capacity:
         return Plan(
             None,
             reason=(
-                f"model needs {request.size_bytes} bytes but the largest compatible pod "
-                f"has a capacity of {biggest} bytes"
+                f"model needs {size} bytes but the largest compatible pod "
+                f"has a capacity of {max_capacity} bytes"
             ),
             code=TOO_BIG,
+            clock=clock,
         )
-    ready = [p for p in candidates if p.loading < p.max_loading]
-    if not ready:
-        return Plan(None, reason="every compatible pod is busy loading other models", code=ALL_BUSY_LOADING)
-    fitting = [p for p in ready if p.free_bytes >= request.size_bytes]
-    if not fitting:
+    if n_candidates == 0:
         return Plan(
             None,
-            reason=f"no compatible pod has {request.size_bytes} bytes free",
+            reason=(
+                f"all {n_compatible} compatible pods already hold a copy of {model} "
+                "or are in failure back-off"
+            ),
             code=NO_ROOM,
+            clock=clock,
         )
-    best = min(fitting, key=lambda p: (p.free_bytes - request.size_bytes, p.loading, p.pod_id))
+    if n_big_enough == 0:
+        return Plan(
+            None,
+            reason=(
+                f"the compatible pods with {size} bytes of capacity already hold a copy "
+                f"of {model} or are in failure back-off"
+            ),
+            code=NO_ROOM,
+            clock=clock,
+        )
+    if best is not None and best_key is not None:
+        return Plan(
+            best.pod_id,
+            reason=f"best fit: {best_key[0]} bytes left free on {best.pod_id}",
+            clock=clock,
+        )
+    if not need_eviction:
+        return Plan(
+            None,
+            reason=(
+                f"every compatible pod that could take {size} bytes is busy loading "
+                "(max loads in progress)"
+            ),
+            code=ALL_BUSY_LOADING,
+            clock=clock,
+        )
+    return _evict_and_place(request, need_eviction, pods=pods, now=now, cfg=cfg)
+
+
+@dataclass(frozen=True)
+class _Option:
+    """Evicting `victims` on `pod` makes room; `key` ranks options (lower is better)."""
+
+    key: tuple[int, float, int, int, str]
+    pod: PodView
+    victims: tuple[CopyView, ...]
+
+
+def _evict_and_place(
+    request: PlacementRequest,
+    candidates: list[PodView],
+    *,
+    pods: Sequence[PodView],
+    now: float,
+    cfg: PlacementConfig,
+) -> Plan:
+    """Pick the pod where the fewest bytes must go, then the cheapest victims there."""
+    size = request.size_bytes
+    policy = cfg.policy
+    heap = [(size - p.free_bytes, p.pod_id, i) for i, p in enumerate(candidates)]
+    heapq.heapify(heap)
+    counts: dict[str, int] = {}
+    blocked = dict.fromkeys(_PROTECTIONS, 0)
+    best: _Option | None = None
+    while heap:
+        deficit, pod_id, i = heapq.heappop(heap)
+        if best is not None and deficit > best.key[0]:
+            break  # the heap is ordered by deficit: nothing later can win
+        pod = candidates[i]
+        victims: list[CopyView] = []
+        freed = 0
+        for copy in pod.victim_order(policy):
+            why = _protection(copy, now=now, cfg=cfg, pods=pods, counts=counts)
+            if why is not None:
+                blocked[why] += 1
+                continue
+            victims.append(copy)
+            freed += copy.size_bytes
+            if freed >= deficit:
+                break
+        if freed < deficit:
+            continue
+        worst = max(_score(c, policy) for c in victims)
+        option = _Option((deficit, worst, freed, pod.loading, pod_id), pod, tuple(victims))
+        if best is None or option.key < best.key:
+            best = option
+    if best is None:
+        held = ", ".join(f"{n} {why}" for why, n in blocked.items() if n) or "none evictable"
+        return Plan(
+            None,
+            reason=(
+                f"no room for {size} bytes on any of {len(candidates)} compatible pods, "
+                f"even after allowed evictions (protected copies: {held})"
+            ),
+            code=NO_ROOM,
+            clock=cfg.gdsf_clock,
+        )
+    clock = cfg.gdsf_clock
+    if policy is EvictionPolicy.USAGE_WEIGHTED:
+        clock = max(clock, max(c.priority for c in best.victims))
+    pod = best.pod
+    freed = best.key[2]
+    left = pod.capacity_bytes - pod.allocated_bytes + freed - size
+    names = ", ".join(c.model_id for c in best.victims[:_MAX_NAMED_VICTIMS])
+    if len(best.victims) > _MAX_NAMED_VICTIMS:
+        names += f", +{len(best.victims) - _MAX_NAMED_VICTIMS} more"
+    n = len(best.victims)
     return Plan(
-        best.pod_id,
-        reason=f"best fit: {best.free_bytes - request.size_bytes} bytes left free on {best.pod_id}",
+        pod.pod_id,
+        evictions=tuple(Eviction(pod.pod_id, c.model_id, c.size_bytes) for c in best.victims),
+        reason=(
+            f"evicted {n} cop{'y' if n == 1 else 'ies'} ({policy.value}) on {pod.pod_id} "
+            f"freeing {freed} bytes ({best.key[0]} needed; fewest of any pod): {names}; "
+            f"{left} bytes left free"
+        ),
+        clock=clock,
     )
+
+
+def _score(copy: CopyView, policy: EvictionPolicy) -> float:
+    """How valuable a copy is under `policy` (evicting lower scores is cheaper)."""
+    return copy.last_used if policy is EvictionPolicy.LRU else copy.priority
+
+
+def _protection(
+    copy: CopyView,
+    *,
+    now: float,
+    cfg: PlacementConfig,
+    pods: Sequence[PodView],
+    counts: dict[str, int],
+) -> str | None:
+    """Why `copy` must not be evicted, or None when it may be."""
+    if copy.state is CopyState.LOADING:
+        return _LOADING
+    if copy.in_flight > 0:
+        return _IN_FLIGHT
+    if now - copy.loaded_at < cfg.min_residency_seconds:
+        return _RECENT
+    floor = cfg.min_copies.get(copy.model_id, 0)
+    if floor >= 1 and _loaded_copies(copy.model_id, pods=pods, counts=counts) <= floor:
+        return _MIN_COPIES
+    return None
+
+
+def _loaded_copies(model_id: str, *, pods: Sequence[PodView], counts: dict[str, int]) -> int:
+    """Loaded copies of `model_id` on usable pods (memoised for one `place()` call)."""
+    n = counts.get(model_id)
+    if n is None:
+        n = sum(1 for p in pods if p.usable and model_id in p.loaded_model_ids)
+        counts[model_id] = n
+    return n
 
 
 def _labels(request: PlacementRequest) -> str:
     return ", ".join(sorted(request.required_labels)) or "any model"
+
+
+def is_protected(
+    copy: CopyView, *, now: float, config: PlacementConfig, pods: Sequence[PodView]
+) -> bool:
+    """True when `place()` would never evict `copy` (for callers and tests)."""
+    return _protection(copy, now=now, cfg=config, pods=pods, counts={}) is not None
