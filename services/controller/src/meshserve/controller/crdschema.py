@@ -1,0 +1,90 @@
+"""Validate custom resources against a CRD's openAPIV3Schema, the way a strict API server would.
+
+Pure: takes parsed YAML (dicts), returns error strings. Used by the manifest tests and by local
+mode (`meshserve apply -f`), where no API server checks the objects.
+
+The API server *prunes* unknown fields; `kubectl apply --validate=strict` rejects them. We follow
+the strict behaviour: every object schema that lists `properties` and neither sets
+`additionalProperties` nor `x-kubernetes-preserve-unknown-fields: true` rejects unknown keys.
+`x-kubernetes-int-or-string` becomes "integer or string". `metadata` is checked only for
+`name` (required, a string) because the API server owns its schema.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+
+JSON = dict[str, Any]
+
+
+def to_json_schema(schema: Mapping[str, Any]) -> JSON:
+    """Return a JSON-Schema (draft 7) equivalent of a structural openAPIV3Schema."""
+    out: JSON = copy.deepcopy(dict(schema))
+    _strictify(out)
+    return out
+
+
+def _strictify(node: JSON) -> None:
+    if node.pop("x-kubernetes-int-or-string", False):
+        node.pop("type", None)
+        node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    preserve = bool(node.pop("x-kubernetes-preserve-unknown-fields", False))
+    for key in [k for k in node if k.startswith("x-kubernetes-")]:
+        node.pop(key)
+    if node.pop("nullable", False) and "type" in node:
+        node["type"] = [node["type"], "null"]
+    props = node.get("properties")
+    if isinstance(props, dict):
+        for child in props.values():
+            _strictify(child)
+        if not preserve and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+    for key in ("items", "additionalProperties"):
+        child = node.get(key)
+        if isinstance(child, dict):
+            _strictify(child)
+    for key in ("anyOf", "allOf", "oneOf"):
+        for child in node.get(key, []) or []:
+            if isinstance(child, dict):
+                _strictify(child)
+
+
+def crd_key(crd: Mapping[str, Any]) -> tuple[str, str]:
+    """(group, kind) served by a CRD."""
+    spec = crd["spec"]
+    return spec["group"], spec["names"]["kind"]
+
+
+def version_schema(crd: Mapping[str, Any], version: str) -> JSON | None:
+    for entry in crd["spec"]["versions"]:
+        if entry["name"] == version and entry.get("served", True):
+            return to_json_schema(entry["schema"]["openAPIV3Schema"])
+    return None
+
+
+def validate_custom_resource(obj: Mapping[str, Any], crd: Mapping[str, Any]) -> list[str]:
+    """Errors (empty when valid) of `obj` against the CRD it claims to be an instance of."""
+    api_version = str(obj.get("apiVersion", ""))
+    group, _, version = api_version.rpartition("/")
+    errors: list[str] = []
+    crd_group, crd_kind = crd_key(crd)
+    if group != crd_group or obj.get("kind") != crd_kind:
+        return [f"object is {api_version} {obj.get('kind')}, CRD serves {crd_group} {crd_kind}"]
+    schema = version_schema(crd, version)
+    if schema is None:
+        return [f"version {version!r} is not served by CRD {crd['metadata']['name']}"]
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
+        errors.append("metadata.name: required")
+    scope = crd["spec"].get("scope", "Namespaced")
+    if scope == "Cluster" and isinstance(metadata, Mapping) and metadata.get("namespace"):
+        errors.append(f"metadata.namespace: {crd_kind} is cluster-scoped and takes no namespace")
+    validator = jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+    for err in sorted(validator.iter_errors(dict(obj)), key=lambda e: list(e.absolute_path)):
+        path = ".".join(str(p) for p in err.absolute_path) or "<root>"
+        errors.append(f"{path}: {err.message}")
+    return errors
