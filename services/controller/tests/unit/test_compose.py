@@ -121,9 +121,30 @@ def test_runtime_pods_are_wired_like_kubernetes_pods() -> None:
         assert shared, f"{name} shares no /models volume with {main}"
         env = svc["environment"]
         pod_ids.add(env["MESHSERVE_PULLER_POD_ID"])
-        assert env["MESHSERVE_PULLER_ADVERTISE_HOST"] == main
+        assert env["MESHSERVE_PULLER_ADVERTISE_ADDRESS"] == f"{main}:8085"
+        assert env["MESHSERVE_PULLER_MODEL_SERVER_ADVERTISE_GRPC"] == f"{main}:8001"
+        assert env["MESHSERVE_PULLER_MODEL_DIR"] == "/models"
         assert env["MESHSERVE_PULLER_MODEL_SERVER_GRPC"].endswith(":8001")
     assert len(pod_ids) == len([s for s in SERVICES if s.startswith("puller-")])
+
+
+def test_env_names_exist_in_the_settings_classes() -> None:
+    """Every MESHSERVE_<SVC>_* variable must be a field of that service's settings (when it exists)."""
+    import importlib
+
+    for name, svc in SERVICES.items():
+        for key in svc.get("environment") or {}:
+            m = re.match(r"MESHSERVE_(PULLER|SCHEDULER|CONTROLLER|ROUTER)_(.+)", key)
+            if not m:
+                continue
+            module_name = f"meshserve.{m.group(1).lower()}.settings"
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                continue  # that service's settings are not written yet
+            cls = next(v for k, v in vars(module).items() if k.endswith("Settings") and k != "BaseSettings"
+                       and hasattr(v, "model_fields") and v.__module__ == module_name)
+            assert m.group(2).lower() in cls.model_fields, f"{name}: {key} is not a {cls.__name__} field"
 
 
 def test_controller_runs_in_local_mode() -> None:
