@@ -9,12 +9,17 @@ and an incremental in-memory view in the service can) pays for them once.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
+from operator import attrgetter
 from typing import NewType
 
 ModelId = NewType("ModelId", str)
 PodId = NewType("PodId", str)
+
+_MODEL_ID = attrgetter("model_id")
+_LRU_KEY = attrgetter("last_used", "model_id")
+_GDSF_KEY = attrgetter("priority", "last_used", "model_id")
 
 MIB = 1 << 20
 """GDSF priorities measure size in MiB so `hits x load_cost / size` is a readable number."""
@@ -80,12 +85,37 @@ class PodView:
     @cached_property
     def model_ids(self) -> frozenset[str]:
         """Every model with a copy (loading or loaded) on this pod."""
-        return frozenset(c.model_id for c in self.copies)
+        return frozenset(map(_MODEL_ID, self.copies))
 
     @cached_property
     def loaded_model_ids(self) -> frozenset[str]:
         """Models whose copy on this pod is loaded (can serve)."""
         return frozenset(c.model_id for c in self.copies if c.state is CopyState.LOADED)
+
+    def with_usage(self, copies: tuple[CopyView, ...], *, allocated_bytes: int) -> PodView:
+        """This pod with fresh views of the SAME models' copies (usage or state changed).
+
+        For incremental in-memory views: the model index is carried over instead of being
+        rebuilt, so `copies` must name exactly the models of `self.copies`.
+        """
+        if len(copies) != len(self.copies):
+            raise ValueError("with_usage() needs the same models; build a new PodView instead")
+        view = replace(self, copies=copies, allocated_bytes=allocated_bytes)
+        if "model_ids" in self.__dict__:
+            view.__dict__["model_ids"] = self.__dict__["model_ids"]
+        return view
+
+    def cheapest_victim(self, policy: EvictionPolicy) -> CopyView | None:
+        """The first copy of `victim_order(policy)`, without sorting when not cached."""
+        cache: dict[EvictionPolicy, tuple[CopyView, ...]] | None = self.__dict__.get(
+            "_victim_order"
+        )
+        order = cache.get(policy) if cache is not None else None
+        if order is not None:
+            return order[0] if order else None
+        if not self.copies:
+            return None
+        return min(self.copies, key=_LRU_KEY if policy is EvictionPolicy.LRU else _GDSF_KEY)
 
     def victim_order(self, policy: EvictionPolicy) -> tuple[CopyView, ...]:
         """This pod's copies, cheapest to evict first under `policy` (ties: model id).
@@ -99,11 +129,9 @@ class PodView:
         order = cache.get(policy)
         if order is None:
             if policy is EvictionPolicy.LRU:
-                order = tuple(sorted(self.copies, key=lambda c: (c.last_used, c.model_id)))
+                order = tuple(sorted(self.copies, key=_LRU_KEY))
             else:
-                order = tuple(
-                    sorted(self.copies, key=lambda c: (c.priority, c.last_used, c.model_id))
-                )
+                order = tuple(sorted(self.copies, key=_GDSF_KEY))
             cache[policy] = order
         return order
 

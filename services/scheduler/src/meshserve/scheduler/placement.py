@@ -222,19 +222,10 @@ def _evict_and_place(
         if best is not None and deficit > best.key[0]:
             break  # the heap is ordered by deficit: nothing later can win
         pod = candidates[i]
-        victims: list[CopyView] = []
-        freed = 0
-        for copy in pod.victim_order(policy):
-            why = _protection(copy, now=now, cfg=cfg, pods=pods, counts=counts)
-            if why is not None:
-                blocked[why] += 1
-                continue
-            victims.append(copy)
-            freed += copy.size_bytes
-            if freed >= deficit:
-                break
-        if freed < deficit:
+        victims = _victims(pod, deficit, now=now, cfg=cfg, pods=pods, counts=counts, blocked=blocked)
+        if victims is None:
             continue
+        freed = sum(c.size_bytes for c in victims)
         worst = max(_score(c, policy) for c in victims)
         option = _Option((deficit, worst, freed, pod.loading, pod_id), pod, tuple(victims))
         if best is None or option.key < best.key:
@@ -270,6 +261,43 @@ def _evict_and_place(
         ),
         clock=clock,
     )
+
+
+def _victims(
+    pod: PodView,
+    deficit: int,
+    *,
+    now: float,
+    cfg: PlacementConfig,
+    pods: Sequence[PodView],
+    counts: dict[str, int],
+    blocked: dict[str, int],
+) -> list[CopyView] | None:
+    """The cheapest evictable copies on `pod` freeing >= `deficit` bytes, or None.
+
+    Walks `pod.victim_order` (cheapest first), skipping protected copies, and stops as
+    soon as enough is freed. Common case first: when the single cheapest copy is
+    evictable and big enough, it is found with one linear `min` instead of a sort.
+    """
+    first = pod.cheapest_victim(cfg.policy)
+    if first is None:
+        return None
+    if first.size_bytes >= deficit:
+        why = _protection(first, now=now, cfg=cfg, pods=pods, counts=counts)
+        if why is None:
+            return [first]
+    victims: list[CopyView] = []
+    freed = 0
+    for copy in pod.victim_order(cfg.policy):
+        why = _protection(copy, now=now, cfg=cfg, pods=pods, counts=counts)
+        if why is not None:
+            blocked[why] += 1
+            continue
+        victims.append(copy)
+        freed += copy.size_bytes
+        if freed >= deficit:
+            return victims
+    return None
 
 
 def _score(copy: CopyView, policy: EvictionPolicy) -> float:

@@ -1,0 +1,1 @@
+"""meshserve benchmarks (run with `python -m bench.<name>`; not tests)."""

@@ -1,0 +1,50 @@
+"""Seeded request traces: Zipf over a model population with log-normal sizes."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Trace:
+    name: str
+    alpha: float
+    requests: npt.NDArray[np.int64]     # model index per request
+
+
+def model_sizes(*, n: int, seed: int, median_mib: float = 200.0, sigma: float = 1.0) -> npt.NDArray[np.int64]:
+    """Log-normal model sizes in bytes (median `median_mib`, at least 1 MiB)."""
+    rng = np.random.default_rng(seed)
+    mib = rng.lognormal(mean=np.log(median_mib), sigma=sigma, size=n)
+    return np.maximum(mib * MIB, MIB).astype(np.int64)
+
+
+def _zipf_probs(n: int, alpha: float) -> npt.NDArray[np.float64]:
+    p = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** alpha
+    return p / p.sum()
+
+
+def zipf_trace(*, n: int, length: int, alpha: float, seed: int) -> Trace:
+    """Independent requests; rank k has probability ~ 1/k^alpha; ranks map to random models."""
+    rng = np.random.default_rng(seed)
+    ranks = rng.choice(n, size=length, p=_zipf_probs(n, alpha))
+    perm = rng.permutation(n)
+    return Trace(f"zipf {alpha:.1f}", alpha, perm[ranks].astype(np.int64))
+
+
+def shifting_trace(*, n: int, length: int, alpha: float, phases: int, seed: int) -> Trace:
+    """Zipf(alpha) whose popular set is re-drawn `phases` times (a new random rank->model map)."""
+    rng = np.random.default_rng(seed)
+    probs = _zipf_probs(n, alpha)
+    out = np.empty(length, dtype=np.int64)
+    bounds = np.linspace(0, length, phases + 1).astype(int)
+    for lo, hi in itertools.pairwise(bounds):
+        perm = rng.permutation(n)
+        out[lo:hi] = perm[rng.choice(n, size=hi - lo, p=probs)]
+    return Trace(f"shifting {alpha:.1f} x{phases}", alpha, out)

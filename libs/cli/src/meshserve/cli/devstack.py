@@ -1,0 +1,320 @@
+"""The whole stack as local processes: what `meshserve dev` runs and the integration
+tests start.
+
+Order: infrastructure (given by MESHSERVE_* variables, or private instances on free
+loopback ports with data under `.dev/`), migrations, scheduler, router, runtime pods
+(one MLServer process + one puller process each). `stop()` reverses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from meshserve.cli import infra
+from meshserve.cli.procs import ProcessGroup, free_port, http_ok, port_is_free
+
+EXAMPLE_BUCKET = "modelmesh-example-models"
+S3_ACCESS_KEY = "meshserve-local"
+S3_SECRET_KEY = "meshserve-local-secret"
+
+
+@dataclass
+class StackConfig:
+    root: Path
+    pods: int = 2
+    pod_capacity_bytes: int = 512 * 1024 * 1024
+    preferred_ports: bool = False          # try 8033 / 8034 / 8080 first (make dev)
+    isolate: bool = False                  # own database + key prefix on shared servers (tests)
+    admin_token: str | None = None
+    redis_url: str | None = None
+    database_url: str | None = None
+    s3_endpoint: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, root: Path, **kwargs: object) -> StackConfig:
+        return cls(
+            root=root,
+            redis_url=os.environ.get("MESHSERVE_REDIS_URL") or None,
+            database_url=os.environ.get("MESHSERVE_DATABASE_URL") or None,
+            s3_endpoint=os.environ.get("MESHSERVE_S3_ENDPOINT") or None,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+@dataclass
+class PodHandle:
+    pod_id: str
+    mlserver_grpc: str
+    mlserver_rest: str
+    puller_address: str
+    mlserver: object
+    puller: object
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.root = config.root
+        self.group = ProcessGroup(log_dir=self.root / "logs")
+        self.python = sys.executable
+        self.bin = Path(sys.executable).parent
+        self.key_prefix = f"ms{uuid.uuid4().hex[:8]}" if config.isolate else "ms"
+        self.pods: list[PodHandle] = []
+        self.redis_url = ""
+        self.database_url = ""
+        self.s3_endpoint = ""
+        self.scheduler_grpc = ""
+        self.admin_url = ""
+        self.router_grpc = ""
+        self.scheduler_proc: object = None
+        self.router_proc: object = None
+        self._created_db: str | None = None
+
+    # -- infrastructure ---------------------------------------------------------------
+    def start_infra(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.redis_url = self.config.redis_url or infra.start_redis(self.group, self.root / "redis")
+        if self.config.database_url:
+            self.database_url = self.config.database_url
+            if self.config.isolate:
+                self.database_url = self._isolated_database(self.config.database_url)
+        else:
+            self.database_url = infra.start_postgres(self.group, self.root / "postgres")
+        self.s3_endpoint = self.config.s3_endpoint or infra.start_s3(self.group)
+        self._write_storage_config()
+
+    def _isolated_database(self, url: str) -> str:
+        from meshserve.scheduler.registry import to_sync_url
+
+        name = f"meshserve_test_{uuid.uuid4().hex[:10]}"
+        base = make_url(to_sync_url(url))
+        admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        self._created_db = name
+
+        def drop() -> None:
+            engine = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            engine.dispose()
+
+        self.group.on_stop.insert(0, drop)
+        return base.set(database=name).render_as_string(hide_password=False)
+
+    @property
+    def storage_config_dir(self) -> Path:
+        return self.root / "storage-config"
+
+    def s3_credentials(self) -> dict[str, str]:
+        if self.config.s3_endpoint:
+            return {
+                "access_key_id": os.environ.get("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY),
+                "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY),
+            }
+        return {"access_key_id": S3_ACCESS_KEY, "secret_access_key": S3_SECRET_KEY}
+
+    def _write_storage_config(self) -> None:
+        """The `storage-config` secret as files, one JSON per key (as Kubernetes mounts it)."""
+        d = self.storage_config_dir
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        entry = {
+            "type": "s3",
+            **self.s3_credentials(),
+            "endpoint_url": self.s3_endpoint,
+            "bucket": EXAMPLE_BUCKET,
+            "region": "us-east-1",
+        }
+        for key in ("localMinIO", "default"):
+            path = d / key
+            path.write_text(json.dumps(entry))
+            os.chmod(path, 0o600)
+
+    def s3_client(self):  # type: ignore[no-untyped-def]
+        creds = self.s3_credentials()
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            aws_access_key_id=creds["access_key_id"],
+            aws_secret_access_key=creds["secret_access_key"],
+            region_name="us-east-1",
+        )
+
+    def upload_examples(self, models_dir: Path) -> list[str]:
+        client = self.s3_client()
+        try:
+            client.create_bucket(Bucket=EXAMPLE_BUCKET)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        keys = []
+        for path in sorted(models_dir.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                key = path.relative_to(models_dir).as_posix()
+                client.upload_file(str(path), EXAMPLE_BUCKET, key)
+                keys.append(key)
+        return keys
+
+    # -- services -------------------------------------------------------------------------
+    def _port(self, preferred: int) -> int:
+        if self.config.preferred_ports and port_is_free(preferred, "0.0.0.0"):
+            return preferred
+        return free_port()
+
+    def service_env(self) -> dict[str, str]:
+        env = {
+            "MESHSERVE_REDIS_URL": self.redis_url,
+            "MESHSERVE_DATABASE_URL": self.database_url,
+            "MESHSERVE_S3_ENDPOINT": self.s3_endpoint,
+            "MESHSERVE_SCHEDULER_KEY_PREFIX": self.key_prefix,
+            "PYTHONUNBUFFERED": "1",
+            **self.config.extra_env,
+        }
+        if self.config.admin_token:
+            env["MESHSERVE_SCHEDULER_ADMIN_TOKEN"] = self.config.admin_token
+        return env
+
+    def migrate(self) -> None:
+        from meshserve.scheduler.migrate import upgrade
+
+        upgrade(self.database_url)
+
+    def start_scheduler(self) -> None:
+        grpc_port, admin_port = self._port(8034), self._port(8080)
+        env = {
+            **self.service_env(),
+            "MESHSERVE_SCHEDULER_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+            "MESHSERVE_SCHEDULER_ADMIN_HOST": "127.0.0.1",
+            "MESHSERVE_SCHEDULER_ADMIN_PORT": str(admin_port),
+            "MESHSERVE_SCHEDULER_METRICS_PORT": "0",
+        }
+        self.scheduler_grpc = f"127.0.0.1:{grpc_port}"
+        self.admin_url = f"http://127.0.0.1:{admin_port}"
+        proc = self.group.start("scheduler", [self.python, "-m", "meshserve.scheduler"], env=env)
+        self.scheduler_proc = proc
+        self.group.wait_until(proc, http_ok(f"{self.admin_url}/readyz"), timeout=60, what="starting the scheduler")
+
+    def start_router(self) -> None:
+        port = self._port(8033)
+        env = {
+            **self.service_env(),
+            "MESHSERVE_ROUTER_GRPC_ADDRESS": f"127.0.0.1:{port}",
+            "MESHSERVE_ROUTER_SCHEDULER_ADDRESS": self.scheduler_grpc,
+            "MESHSERVE_ROUTER_METRICS_PORT": "0",
+        }
+        self.router_grpc = f"127.0.0.1:{port}"
+        proc = self.group.start("router", [self.python, "-m", "meshserve.router"], env=env)
+        self.router_proc = proc
+        self.group.wait_until(proc, self._router_ready, timeout=60, what="starting the router")
+
+    def _router_ready(self) -> bool:
+        import grpc
+
+        from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
+        from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2g
+
+        with grpc.insecure_channel(self.router_grpc) as channel:
+            return bool(v2g.GRPCInferenceServiceStub(channel).ServerReady(v2.ServerReadyRequest(), timeout=1).ready)
+
+    def start_pod(self, index: int | None = None, *, capacity_bytes: int | None = None) -> PodHandle:
+        index = len(self.pods) if index is None else index
+        pod_id = f"pod-{index}"
+        pod_dir = self.root / "pods" / pod_id
+        models = pod_dir / "models"
+        models.mkdir(parents=True, exist_ok=True)
+        http_port, grpc_port, metrics_port, puller_port = free_port(), free_port(), free_port(), free_port()
+        settings = {
+            "debug": False,
+            "host": "127.0.0.1",
+            "http_port": http_port,
+            "grpc_port": grpc_port,
+            "metrics_port": metrics_port,
+            "load_models_at_startup": False,
+            "model_repository_root": str(models),
+            "model_repository_implementation": "meshserve.puller.mlserver_repository.FlatModelRepository",
+            "model_repository_implementation_args": {"models_dir": str(models)},
+            "parallel_workers": 0,
+            "grpc_max_message_length": 64 * 1024 * 1024,
+        }
+        (pod_dir / "settings.json").write_text(json.dumps(settings, indent=2))
+        mlserver = self.group.start(
+            f"{pod_id}-mlserver",
+            [str(self.bin / "mlserver"), "start", str(pod_dir)],
+            env={"PYTHONUNBUFFERED": "1"},
+            cwd=pod_dir,
+        )
+        (pod_dir / "mlserver.pid").write_text(str(mlserver.popen.pid))
+        env = {
+            **self.service_env(),
+            "MESHSERVE_PULLER_POD_ID": pod_id,
+            "MESHSERVE_PULLER_LISTEN_ADDRESS": f"127.0.0.1:{puller_port}",
+            "MESHSERVE_PULLER_MODEL_DIR": str(models),
+            "MESHSERVE_PULLER_STORAGE_CONFIG_DIR": str(self.storage_config_dir),
+            "MESHSERVE_PULLER_MODEL_SERVER_GRPC": f"127.0.0.1:{grpc_port}",
+            "MESHSERVE_PULLER_MODEL_SERVER_REST": f"http://127.0.0.1:{http_port}",
+            "MESHSERVE_PULLER_MODEL_SERVER_PID_FILE": str(pod_dir / "mlserver.pid"),
+            "MESHSERVE_PULLER_CAPACITY_BYTES": str(capacity_bytes or self.config.pod_capacity_bytes),
+            "MESHSERVE_PULLER_SCHEDULER_ADDRESS": self.scheduler_grpc,
+            "MESHSERVE_PULLER_HEARTBEAT_INTERVAL_SECONDS": "1",
+        }
+        puller = self.group.start(f"{pod_id}-puller", [self.python, "-m", "meshserve.puller"], env=env)
+        handle = PodHandle(
+            pod_id=pod_id,
+            mlserver_grpc=f"127.0.0.1:{grpc_port}",
+            mlserver_rest=f"http://127.0.0.1:{http_port}",
+            puller_address=f"127.0.0.1:{puller_port}",
+            mlserver=mlserver,
+            puller=puller,
+        )
+        self.pods.append(handle)
+        return handle
+
+    def wait_for_pods(self, pods: list[PodHandle], timeout: float = 90) -> None:
+        for pod in pods:
+            self.group.wait_until(
+                pod.mlserver, http_ok(f"{pod.mlserver_rest}/v2/health/ready"), timeout=timeout, what=f"starting {pod.pod_id} MLServer"  # type: ignore[arg-type]
+            )
+
+        def registered() -> bool:
+            listed = {p["id"] for p in self.admin("GET", "/v1/pods").json()["items"]}
+            return all(p.pod_id in listed for p in pods)
+
+        self.group.wait_until(pods[-1].puller, registered, timeout=timeout, what="waiting for pods to register")  # type: ignore[arg-type]
+
+    def start(self) -> None:
+        try:
+            self.start_infra()
+            self.migrate()
+            self.start_scheduler()
+            self.start_router()
+            pods = [self.start_pod() for _ in range(self.config.pods)]
+            self.wait_for_pods(pods)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.group.stop_all()
+
+    # -- admin API helpers -------------------------------------------------------------------
+    def admin(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
+        if self.config.admin_token:
+            headers.setdefault("Authorization", f"Bearer {self.config.admin_token}")
+        return httpx.request(method, f"{self.admin_url}{path}", headers=headers, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+    def register(self, name: str, *, storage_uri: str, format: str = "sklearn", **extra: object) -> httpx.Response:
+        body = {"name": name, "format": format, "storageUri": storage_uri, **extra}
+        return self.admin("POST", "/v1/models", json=body)

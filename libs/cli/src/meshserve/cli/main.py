@@ -1,0 +1,200 @@
+"""The `meshserve` command: `dev` (local stack), `infer`, `get`, `describe`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+EXAMPLE_MODEL = "example-sklearn-isvc"
+
+
+def _repo_root() -> Path:
+    here = Path.cwd()
+    for candidate in (here, *here.parents):
+        if (candidate / "pyproject.toml").exists() and (candidate / "examples").is_dir():
+            return candidate
+    return here
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack, StackConfig
+
+    root = _repo_root()
+    stack = Stack(
+        StackConfig.from_env(
+            root / ".dev",
+            pods=args.pods,
+            pod_capacity_bytes=args.capacity,
+            preferred_ports=True,
+            admin_token=os.environ.get("MESHSERVE_SCHEDULER_ADMIN_TOKEN") or None,
+        )
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("starting meshserve (Redis, Postgres, S3, scheduler, router, runtime pods)...", flush=True)
+    try:
+        stack.start()
+        keys = stack.upload_examples(root / "examples" / "models")
+        response = stack.register(
+            EXAMPLE_MODEL, storage_uri=f"s3://{EXAMPLE_BUCKET}/sklearn/mnist-svm.joblib", storageKey="localMinIO"
+        )
+        if response.status_code not in (201, 409):
+            print(f"registering the example failed: {response.status_code} {response.text}", file=sys.stderr)
+            return 1
+        python = Path(sys.executable).parent
+        print(
+            f"""
+meshserve is up.
+  router (KServe v2 gRPC)   {stack.router_grpc}
+  scheduler admin API       {stack.admin_url}  (OpenAPI: {stack.admin_url}/docs)
+  scheduler gRPC            {stack.scheduler_grpc}
+  Redis                     {stack.redis_url}
+  Postgres                  {stack.database_url}
+  S3 (bucket {EXAMPLE_BUCKET}) {stack.s3_endpoint}  ({len(keys)} example files uploaded)
+  runtime pods              {", ".join(p.pod_id for p in stack.pods)}
+  logs                      {stack.group.log_dir}
+
+Infer the example model (the first request loads it):
+  {python}/meshserve infer {EXAMPLE_MODEL} -f examples/inputs/sklearn-mnist.json --router {stack.router_grpc}
+
+Inspect placement:
+  {python}/meshserve get models --admin {stack.admin_url}
+
+Ctrl-C stops everything.""",
+            flush=True,
+        )
+        while not stop.wait(1.0):
+            dead = [p.name for p in stack.group.procs if not p.alive]
+            if dead:
+                print(f"process(es) exited: {', '.join(dead)}; see {stack.group.log_dir}", file=sys.stderr)
+                return 1
+        print("\nstopping...", flush=True)
+        return 0
+    finally:
+        stack.stop()
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
+    from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2g
+
+    body = json.loads(Path(args.file).read_text() if args.file != "-" else sys.stdin.read())
+    request = v2.ModelInferRequest(model_name=args.model)
+    for tensor in body.get("inputs", []):
+        inp = request.inputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+        field = {
+            "FP32": "fp32_contents",
+            "FP64": "fp64_contents",
+            "INT64": "int64_contents",
+            "INT32": "int_contents",
+            "BOOL": "bool_contents",
+            "BYTES": "bytes_contents",
+        }.get(tensor["datatype"], "fp32_contents")
+        data = _flatten(tensor["data"])
+        getattr(inp.contents, field).extend(d.encode() if field == "bytes_contents" else d for d in data)
+    with grpc.insecure_channel(args.router) as channel:
+        try:
+            reply, call = v2g.GRPCInferenceServiceStub(channel).ModelInfer.with_call(request, timeout=args.timeout)
+        except grpc.RpcError as err:
+            print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+    print(json_format.MessageToJson(reply, indent=2))
+    return 0
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, list):
+        return [x for item in data for x in _flatten(item)]
+    return [data]
+
+
+def _admin(args: argparse.Namespace, method: str, path: str) -> Any:
+    import httpx
+
+    headers = {}
+    token = os.environ.get("MESHSERVE_ADMIN_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    response = httpx.request(method, f"{args.admin.rstrip('/')}{path}", headers=headers, timeout=30)
+    if response.status_code >= 400:
+        raise SystemExit(f"error {response.status_code}: {response.text}")
+    return response.json()
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
+    return "\n".join(lines)
+
+
+def _mib(n: int | None) -> str:
+    return "-" if not n else f"{n / (1 << 20):.1f}Mi"
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    if args.kind == "models":
+        items = _admin(args, "GET", "/v1/models?limit=1000")["items"]
+        rows = [
+            [m["id"], m["format"], m["state"], str(len(m["copies"])), _mib(m["sizes"]["measured"] or m["sizes"]["predicted"] or m["sizes"]["declared"]), str(m["requests"])]
+            for m in items
+        ]
+        print(_table(rows, ["MODEL", "FORMAT", "STATE", "COPIES", "SIZE", "REQUESTS"]))
+    elif args.kind == "pods":
+        items = _admin(args, "GET", "/v1/pods")["items"]
+        rows = [[p["id"], p["runtime"], _mib(p["capacityBytes"]), _mib(p["allocatedBytes"]), str(len(p["models"])), str(p["loading"])] for p in items]
+        print(_table(rows, ["POD", "RUNTIME", "CAPACITY", "ALLOCATED", "MODELS", "LOADING"]))
+    elif args.kind == "vmodels":
+        items = _admin(args, "GET", "/v1/vmodels?limit=1000")["items"]
+        print(_table([[v["id"], v["activeModelId"], v["targetModelId"]] for v in items], ["VMODEL", "ACTIVE", "TARGET"]))
+    elif args.kind == "events":
+        items = _admin(args, "GET", "/v1/events?limit=50")["items"]
+        print(_table([[e["time"][:19], e["kind"], e["model"], e["pod"], e["message"]] for e in items], ["TIME", "KIND", "MODEL", "POD", "MESSAGE"]))
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    m = _admin(args, "GET", f"/v1/models/{args.name}")
+    print(json.dumps(m, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meshserve", description="meshserve: serve thousands of models on a few pods")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="run the whole stack locally (Ctrl-C stops it)")
+    dev.add_argument("--pods", type=int, default=2)
+    dev.add_argument("--capacity", type=int, default=512 * 1024 * 1024, help="model memory per pod, bytes")
+    dev.set_defaults(fn=cmd_dev)
+    infer = sub.add_parser("infer", help="send a v2 JSON request to the router over gRPC")
+    infer.add_argument("model")
+    infer.add_argument("-f", "--file", required=True, help="v2 JSON request body ({'inputs': [...]}), or - for stdin")
+    infer.add_argument("--router", default=os.environ.get("MESHSERVE_ROUTER", "127.0.0.1:8033"))
+    infer.add_argument("--timeout", type=float, default=120)
+    infer.set_defaults(fn=cmd_infer)
+    admin_default = os.environ.get("MESHSERVE_ADMIN_URL", "http://127.0.0.1:8080")
+    get = sub.add_parser("get", help="list models, pods, vmodels or events")
+    get.add_argument("kind", choices=["models", "pods", "vmodels", "events"])
+    get.add_argument("--admin", default=admin_default)
+    get.set_defaults(fn=cmd_get)
+    describe = sub.add_parser("describe", help="show one model in detail")
+    describe.add_argument("what", choices=["model"])
+    describe.add_argument("name")
+    describe.add_argument("--admin", default=admin_default)
+    describe.set_defaults(fn=cmd_describe)
+    args = parser.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

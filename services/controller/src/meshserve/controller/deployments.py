@@ -1,0 +1,217 @@
+"""The Deployment of one runtime: model-server containers from the ServingRuntime + the puller.
+
+Pure: `build_runtime_deployment` returns the manifest as a dict. Mirrors upstream's pod
+composition (`controllers/modelmesh/*.go`) where it applies to meshserve: the runtime containers
+mount `/models` from the `models-dir` emptyDir (size limit 1.5 x the sum of their memory limits),
+the storage helper (meshserve's puller) runs beside them with the `storage-config` Secret mounted
+at `/storage-config`, PVCs named in that Secret are mounted read-only at `/pvc_mounts/<name>`,
+labels/annotations are layered defaults < config `runtimePodLabels` < ServingRuntime `labels`.
+There is no `mm` or `rest-proxy` container: routing is the router's job.
+
+Invariant: the manifest's `meshserve.io/spec-hash` annotation is a hash of everything else in it
+except `spec.replicas`, so reconcile can tell "needs patching" from "needs scaling".
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from typing import Any
+
+from meshserve.controller.runtimes import Runtime, endpoint_port
+from meshserve.controller.serving_config import ServingConfig
+from meshserve.controller.storage_config import StorageConfig
+
+SPEC_HASH_ANNOTATION = "meshserve.io/spec-hash"
+RUNTIME_LABEL = "meshserve.io/runtime"
+MANAGED_BY = "modelmesh-controller"
+MODELS_DIR = "/models"
+DEFAULT_MEM_BUFFER_BYTES = 256 * 1024 * 1024
+PULLER_PORT = 8085
+
+_QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
+_SUFFIX = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "m": 0.001,
+}
+
+
+def parse_quantity(value: Any) -> int:
+    """Bytes (or units) of a Kubernetes quantity such as `1Gi`, `512M`, `1e3` (no exponent forms)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    m = _QUANTITY.match(str(value).strip())
+    if not m or m.group(2) not in _SUFFIX:
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    return int(float(m.group(1)) * _SUFFIX[m.group(2)])
+
+
+def deployment_name(config: ServingConfig, runtime_name: str) -> str:
+    return f"{config.inference_service_name}-{runtime_name}"
+
+
+def _server_container(runtime: Runtime, containers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if runtime.built_in_adapter is not None:
+        for c in containers:
+            if c.get("name") == runtime.built_in_adapter.server_type:
+                return c
+    return containers[0] if containers else None
+
+
+def capacity_bytes(runtime: Runtime) -> int:
+    """Memory for models: the model server's memory request minus the buffer (upstream adapter rule)."""
+    containers = [c for c in runtime.spec.get("containers") or [] if isinstance(c, dict)]
+    server = _server_container(runtime, containers)
+    if server is None:
+        return 0
+    request = (server.get("resources") or {}).get("requests", {}).get("memory")
+    if request is None:
+        request = (server.get("resources") or {}).get("limits", {}).get("memory")
+    if request is None:
+        return 0
+    buffer = (runtime.built_in_adapter.mem_buffer_bytes if runtime.built_in_adapter else 0) or DEFAULT_MEM_BUFFER_BYTES
+    return max(parse_quantity(request) - buffer, 0)
+
+
+def _models_dir_limit(containers: list[dict[str, Any]]) -> str | None:
+    total = 0
+    for c in containers:
+        limit = (c.get("resources") or {}).get("limits", {}).get("memory")
+        if limit is not None:
+            total += parse_quantity(limit)
+    return str(int(total * 1.5)) if total else None
+
+
+def _data_endpoint(runtime: Runtime) -> str:
+    port = endpoint_port(runtime.grpc_data_endpoint) or 8001
+    return f"127.0.0.1:{port}"
+
+
+def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, storage: StorageConfig) -> dict[str, Any]:
+    data_port = endpoint_port(runtime.grpc_data_endpoint) or 8001
+    formats = ",".join(f"{f.name}:{f.version}" if f.version else f.name for f in runtime.formats if f.auto_select)
+    protocols = list(runtime.protocol_versions)
+    if config.rest_proxy_enabled and "grpc-v2" in protocols and "v2" not in protocols:
+        protocols.append("v2")
+    timeout_ms = runtime.built_in_adapter.model_loading_timeout_millis if runtime.built_in_adapter else 0
+    loading = dict(runtime.annotations).get("maxLoadingConcurrency", "1")
+    env: list[dict[str, Any]] = [
+        {"name": "MESHSERVE_PULLER_POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "MESHSERVE_PULLER_LISTEN_ADDRESS", "value": f"0.0.0.0:{PULLER_PORT}"},
+        {"name": "MESHSERVE_PULLER_ADVERTISE_ADDRESS", "value": f"$(POD_IP):{PULLER_PORT}"},
+        {"name": "MESHSERVE_PULLER_SCHEDULER_ADDRESS", "value": scheduler_address},
+        {"name": "MESHSERVE_PULLER_RUNTIME", "value": runtime.name},
+        {"name": "MESHSERVE_PULLER_SUPPORTED_FORMATS", "value": formats},
+        {"name": "MESHSERVE_PULLER_PROTOCOL_VERSIONS", "value": ",".join(protocols)},
+        {"name": "MESHSERVE_PULLER_MODEL_DIR", "value": MODELS_DIR},
+        {"name": "MESHSERVE_PULLER_STORAGE_CONFIG_DIR", "value": "/storage-config"},
+        {"name": "MESHSERVE_PULLER_MODEL_SERVER_GRPC", "value": _data_endpoint(runtime)},
+        {"name": "MESHSERVE_PULLER_MODEL_SERVER_ADVERTISE_GRPC", "value": f"$(POD_IP):{data_port}"},
+        {"name": "MESHSERVE_PULLER_CAPACITY_BYTES", "value": str(capacity_bytes(runtime))},
+        {"name": "MESHSERVE_PULLER_MAX_LOADING_CONCURRENCY", "value": str(loading)},
+        {"name": "MESHSERVE_PULLER_LOG_JSON", "value": "true"},
+    ]
+    if timeout_ms:
+        env.append({"name": "MESHSERVE_PULLER_LOAD_TIMEOUT_SECONDS", "value": str(timeout_ms / 1000)})
+    mounts = [
+        {"name": "models-dir", "mountPath": MODELS_DIR},
+        {"name": "storage-config", "mountPath": "/storage-config", "readOnly": True},
+    ] + [{"name": f"pvc-{name}", "mountPath": f"/pvc_mounts/{name}", "readOnly": True} for name in storage.pvc_names()]
+    container: dict[str, Any] = {
+        "name": "puller",
+        "image": config.storage_helper_image.image,
+        "env": env,
+        "ports": [{"name": "mgmt", "containerPort": PULLER_PORT}],
+        "resources": config.storage_helper_resources.to_k8s(),
+        "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    if config.storage_helper_image.command:
+        container["command"] = list(config.storage_helper_image.command)
+    return container
+
+
+def build_runtime_deployment(
+    *, runtime: Runtime, config: ServingConfig, namespace: str, replicas: int, storage: StorageConfig,
+    scheduler_address: str,
+) -> dict[str, Any]:
+    """The runtime's Deployment manifest (apps/v1)."""
+    name = deployment_name(config, runtime.name)
+    spec = runtime.spec
+    containers: list[dict[str, Any]] = [copy.deepcopy(c) for c in spec.get("containers") or [] if isinstance(c, dict)]
+    for c in containers:
+        mounts = c.setdefault("volumeMounts", [])
+        if not any(m.get("name") == "models-dir" for m in mounts):
+            mounts.append({"name": "models-dir", "mountPath": MODELS_DIR})
+    if not runtime.storage_helper_disabled:
+        containers.append(_puller(runtime=runtime, config=config, scheduler_address=scheduler_address, storage=storage))
+    selector = {"modelmesh-service": config.inference_service_name, "name": name}
+    labels = {
+        **selector,
+        "app.kubernetes.io/instance": MANAGED_BY,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/name": MANAGED_BY,
+        RUNTIME_LABEL: runtime.name,
+        **dict(config.runtime_pod_labels),
+        **{str(k): str(v) for k, v in (spec.get("labels") or {}).items()},
+        **selector,   # the selector labels cannot be overridden
+    }
+    annotations: dict[str, str] = {}
+    if config.metrics_enabled:
+        annotations.update({
+            "prometheus.io/path": "/metrics", "prometheus.io/port": str(config.metrics_port),
+            "prometheus.io/scheme": config.metrics_scheme, "prometheus.io/scrape": "true",
+        })
+    annotations.update(config.runtime_pod_annotations)
+    annotations.update({str(k): str(v) for k, v in (spec.get("annotations") or {}).items()})
+    models_dir: dict[str, Any] = {"name": "models-dir", "emptyDir": {}}
+    if limit := _models_dir_limit(containers[: len(spec.get("containers") or [])]):
+        models_dir["emptyDir"]["sizeLimit"] = limit
+    volumes: list[dict[str, Any]] = [
+        models_dir,
+        {"name": "storage-config", "secret": {"secretName": config.storage_secret_name, "optional": True}},
+        *[{"name": f"pvc-{n}", "persistentVolumeClaim": {"claimName": n, "readOnly": True}} for n in storage.pvc_names()],
+        *copy.deepcopy(list(spec.get("volumes") or [])),
+    ]
+    pod: dict[str, Any] = {
+        "containers": containers,
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": 90,
+        "affinity": copy.deepcopy(spec.get("affinity")) or {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
+                "matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64", "s390x"]}]
+            }]}}
+        },
+    }
+    if config.service_account_name:
+        pod["serviceAccountName"] = config.service_account_name
+    pull_secrets = [{"name": n} for n in config.image_pull_secrets] + copy.deepcopy(list(spec.get("imagePullSecrets") or []))
+    if pull_secrets:
+        pod["imagePullSecrets"] = pull_secrets
+    for key in ("nodeSelector", "tolerations", "hostIPC"):
+        if spec.get(key) is not None:
+            pod[key] = copy.deepcopy(spec[key])
+    manifest: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": {}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "75%", "maxUnavailable": "15%"}},
+            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod},
+        },
+    }
+    manifest["metadata"]["annotations"][SPEC_HASH_ANNOTATION] = spec_hash(manifest)
+    return manifest
+
+
+def spec_hash(manifest: dict[str, Any]) -> str:
+    """Hash of the manifest without replicas and without the hash annotation itself."""
+    body = copy.deepcopy(manifest)
+    body["spec"].pop("replicas", None)
+    body["metadata"].get("annotations", {}).pop(SPEC_HASH_ANNOTATION, None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshserve.controller.serving_config import (
+    MISSING_KEY_ERROR,
+    ConfigError,
+    ServingConfig,
+    next_config,
+    parse_config_yaml,
+    parse_configmap_data,
+)
+
+
+def test_defaults_are_upstreams() -> None:
+    c = parse_configmap_data(None).config
+    assert (c.inference_service_name, c.inference_service_port, c.storage_secret_name) == ("modelmesh-serving", 8033, "storage-config")
+    assert c.pods_per_runtime == 2 and c.headless_service is True
+    assert c.scale_to_zero_enabled is True and c.scale_to_zero_grace_period_seconds == 60
+    assert c.metrics_enabled and c.metrics_port == 2112 and c.metrics_scheme == "https"
+    assert c.grpc_max_message_size_bytes == 16777216
+    assert c.rest_proxy_enabled and c.rest_proxy_port == 8008
+    assert c.built_in_server_types == ("triton", "mlserver", "ovms", "torchserve")
+    assert c.allow_any_pvc is False and c.payload_processors == ()
+
+
+def test_missing_config_key_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=MISSING_KEY_ERROR):
+        parse_configmap_data({"other.yaml": "podsPerRuntime: 1"})
+
+
+def test_keys_are_case_insensitive_at_every_level_but_label_keys_keep_case() -> None:
+    c = parse_config_yaml(
+        "PODSPERRUNTIME: 1\nscaletozero:\n  EnAbLeD: false\n  GRACEPERIODSECONDS: 5\n"
+        "runtimePodLabels:\n  MyTeam: A\nRESTPROXY:\n  Port: 9000\n"
+    ).config
+    assert c.pods_per_runtime == 1 and c.scale_to_zero_enabled is False and c.scale_to_zero_grace_period_seconds == 5
+    assert dict(c.runtime_pod_labels) == {"MyTeam": "A"}
+    assert c.rest_proxy_port == 9000
+
+
+def test_fvt_overrides() -> None:
+    c = parse_config_yaml(
+        "podsPerRuntime: 1\nrestProxy:\n  enabled: true\n  skipVerify: true\nscaleToZero:\n  enabled: false\n"
+        "internalModelMeshEnvVars:\n  - name: BOOTSTRAP_CLEARANCE_PERIOD_MS\n    value: '0'\n"
+    )
+    assert c.config.rest_proxy_skip_verify and not c.config.scale_to_zero_enabled
+    assert c.warnings == ()
+
+
+def test_unknown_keys_warn() -> None:
+    assert parse_config_yaml("bogus: 1").warnings == ("unknown config key 'bogus' ignored",)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        pytest.param("podsPerRuntime: -1", "podsPerRuntime", id="negative"),
+        pytest.param("podsPerRuntime: two", "podsPerRuntime", id="not-int"),
+        pytest.param("podsPerRuntime: true", "podsPerRuntime", id="bool-as-int"),
+        pytest.param("scaleToZero:\n  enabled: maybe", "scaleToZero.enabled", id="bad-bool"),
+        pytest.param("scaleToZero:\n  gracePeriodSeconds: -3", "gracePeriodSeconds", id="negative-grace"),
+        pytest.param("inferenceServicePort: 70000", "inferenceServicePort", id="port-range"),
+        pytest.param("inferenceServiceName: Bad_Name", "inferenceServiceName", id="dns"),
+        pytest.param("tls:\n  clientAuth: sometimes", "tls.clientAuth", id="client-auth"),
+        pytest.param("payloadProcessors: ['a b']", "payloadProcessors", id="space"),
+        pytest.param("metrics:\n  scheme: ftp", "metrics.scheme", id="scheme"),
+        pytest.param("[1, 2]", "map", id="not-a-map"),
+        pytest.param("a: [", "YAML", id="bad-yaml"),
+        pytest.param("scaleToZero:\n  graceperiod: 3", "unknown", id="unknown-nested"),
+    ],
+)
+def test_invalid_values_are_rejected_with_the_key(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        parse_config_yaml(text)
+
+
+def test_images_and_digest() -> None:
+    c = parse_config_yaml("storageHelperImage:\n  name: reg/puller\n  tag: v2\n  digest: sha256:abc\n").config
+    assert c.storage_helper_image.image == "reg/puller@sha256:abc"
+    c = parse_config_yaml("storageHelperImage:\n  name: reg/puller\n").config
+    assert c.storage_helper_image.image == "reg/puller:latest"
+    assert c.storage_helper_image.command == ServingConfig().storage_helper_image.command
+
+
+def test_endpoints() -> None:
+    c = ServingConfig()
+    assert c.grpc_endpoint("modelmesh-serving") == "grpc://modelmesh-serving.modelmesh-serving:8033"
+    assert c.http_endpoint("ns") == "http://modelmesh-serving.ns:8008"
+    assert parse_config_yaml("tls:\n  secretName: x").config.http_endpoint("ns").startswith("https://")
+    assert parse_config_yaml("restProxy:\n  enabled: false").config.http_endpoint("ns") == ""
+
+
+def test_bad_update_keeps_previous_good_config() -> None:
+    good = next_config(ServingConfig(), {"config.yaml": "podsPerRuntime: 3"})
+    assert good.error == "" and good.config.pods_per_runtime == 3
+    bad = next_config(good.config, {"config.yaml": "podsPerRuntime: x"})
+    assert bad.config is good.config and "podsPerRuntime" in bad.error
+    deleted = next_config(good.config, None)
+    assert deleted.config == ServingConfig()
+
+
+def test_storage_secret_name_needs_restart() -> None:
+    upd = next_config(ServingConfig(), {"config.yaml": "storageSecretName: other"})
+    assert upd.restart_needed and upd.config.storage_secret_name == "storage-config"
+
+
+@given(st.integers(min_value=0, max_value=65535), st.booleans(), st.integers(min_value=0, max_value=10**6))
+def test_roundtrip_valid_values(pods: int, enabled: bool, grace: int) -> None:
+    text = f"podsPerRuntime: {pods}\nscaleToZero:\n  enabled: {str(enabled).lower()}\n  gracePeriodSeconds: {grace}\n"
+    c = parse_config_yaml(text).config
+    assert (c.pods_per_runtime, c.scale_to_zero_enabled, c.scale_to_zero_grace_period_seconds) == (pods, enabled, grace)
+
+
+@given(st.text(max_size=200))
+def test_never_crashes_on_garbage(text: str) -> None:
+    try:
+        parse_config_yaml(text)
+    except ConfigError:
+        pass

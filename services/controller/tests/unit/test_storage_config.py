@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import base64
+import json
+import logging
+
+import pytest
+
+from meshserve.controller.storage_config import parse_storage_secret
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+LOCAL_MINIO = {"type": "s3", "access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": SECRET,
+               "endpoint_url": "http://minio:9000", "bucket": "modelmesh-example-models", "region": "us-south"}
+
+
+def b64(obj: object) -> str:
+    return base64.b64encode(json.dumps(obj).encode()).decode()
+
+
+def test_parses_one_json_per_key() -> None:
+    cfg = parse_storage_secret({"localMinIO": b64(LOCAL_MINIO), "pvc1": b64({"type": "pvc", "name": "models-pvc-1"})})
+    entry = cfg.get("localMinIO")
+    assert entry is not None and entry.type == "s3"
+    assert entry.public["bucket"] == "modelmesh-example-models"
+    assert entry.credentials()["secret_access_key"] == SECRET
+    assert cfg.pvc_names() == ("models-pvc-1",)
+    assert cfg.errors == {}
+
+
+def test_default_bucket_alias_only_when_bucket_absent() -> None:
+    cfg = parse_storage_secret({"a": json.dumps({"type": "s3", "default_bucket": "old"}),
+                                "b": json.dumps({"type": "s3", "default_bucket": "old", "bucket": "new"})},
+                               base64_encoded=False)
+    assert cfg.entries["a"].public["bucket"] == "old"
+    assert cfg.entries["b"].public["bucket"] == "new"
+    assert "default_bucket" not in cfg.entries["a"].credentials()
+
+
+@pytest.mark.parametrize("value", ["not json", b64([1, 2]), b64({"bucket": "x"}), "!!!notbase64"])
+def test_bad_values_are_reported_by_key_without_content(value: str) -> None:
+    cfg = parse_storage_secret({"k": value})
+    assert "k" in cfg.errors and "k" not in cfg.entries
+    assert value not in cfg.errors["k"]
+
+
+def test_credentials_never_appear_in_repr_str_or_logs(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = parse_storage_secret({"localMinIO": b64(LOCAL_MINIO)})
+    entry = cfg.entries["localMinIO"]
+    for text in (repr(entry), str(entry), entry.describe(), repr(cfg)):
+        assert SECRET not in text and "AKIAIOSFODNN7EXAMPLE" not in text
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("t").info("loaded %s", entry)
+    assert SECRET not in caplog.text

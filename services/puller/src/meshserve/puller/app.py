@@ -1,0 +1,106 @@
+"""Composition root of the puller: waits for its model server, purges it, serves the
+ModelRuntime API and reports the pod to the scheduler (register + heartbeat)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+import grpc
+from prometheus_client import start_http_server
+
+from meshserve.common.grpcutil import bind, open_channel
+from meshserve.common.labels import parse_formats, runtime_labels
+from meshserve.common.proto.meshserve.v1 import runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from meshserve.puller.adapter import MLServerAdapter
+from meshserve.puller.memory import MemoryProbe
+from meshserve.puller.server import ModelRuntimeServicer
+from meshserve.puller.service import PullerService
+from meshserve.puller.settings import PullerSettings
+
+log = logging.getLogger(__name__)
+
+
+class PullerApp:
+    def __init__(self, settings: PullerSettings) -> None:
+        self.settings = settings
+        self.adapter = MLServerAdapter(rest_url=settings.model_server_rest)
+        self.memory = MemoryProbe(pid_file=settings.model_server_pid_file, metrics_url=settings.model_server_metrics_url)
+        self.service = PullerService(settings=settings, adapter=self.adapter, memory=self.memory)
+        self.started_ms = int(time.time() * 1000)
+        self._stop = asyncio.Event()
+        self.port = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        if self.settings.metrics_port:
+            start_http_server(self.settings.metrics_port)
+        await self._wait_for_model_server()
+        await self.service.purge()
+        server = grpc.aio.server()
+        runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(ModelRuntimeServicer(self.service), server)
+        self.port = bind(server, self.settings.listen_address, self.settings.tls)
+        await server.start()
+        log.info("puller %s serving ModelRuntime on :%d", self.settings.pod_id, self.port)
+        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        await self._stop.wait()
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        await server.stop(grace=2)
+        await self.adapter.close()
+
+    async def _wait_for_model_server(self) -> None:
+        delay = 0.05
+        while not await self.adapter.ready():
+            if self._stop.is_set():
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _report(self, used: int) -> scheduler_pb2.PodReport:
+        s = self.settings
+        labels = runtime_labels(
+            runtime=s.runtime,
+            formats=parse_formats(s.supported_formats),
+            protocol_versions=[p for p in s.protocol_versions.split(",") if p],
+        )
+        host = s.listen_address.rsplit(":", 1)[0]
+        advertise = s.advertise_address or f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{self.port}"
+        return scheduler_pb2.PodReport(
+            pod_id=s.pod_id,
+            runtime=s.runtime,
+            labels=sorted(labels),
+            management_address=advertise,
+            grpc_address=s.model_server_advertise_grpc or s.model_server_grpc,
+            rest_address=s.model_server_advertise_rest or s.model_server_rest,
+            capacity_bytes=s.capacity_bytes,
+            used_bytes=used,
+            max_loading_concurrency=s.max_loading_concurrency,
+            default_model_size_bytes=s.default_model_size_bytes,
+            loaded_model_ids=sorted(self.service.loaded),
+            started_at_ms=self.started_ms,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        channel = open_channel(self.settings.scheduler_address, tls=self.settings.scheduler_tls)
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        interval = self.settings.heartbeat_interval_seconds
+        try:
+            while True:
+                try:
+                    used = await self.memory.rss_bytes() or 0
+                    response = await stub.ReportPod(self._report(used), timeout=5)
+                    if response.heartbeat_interval_ms:
+                        interval = response.heartbeat_interval_ms / 1000
+                except grpc.aio.AioRpcError as err:
+                    log.warning("heartbeat to scheduler failed: %s %s", err.code().name, err.details())
+                    interval = min(interval, 1.0)
+                await asyncio.sleep(interval)
+        finally:
+            await channel.close()

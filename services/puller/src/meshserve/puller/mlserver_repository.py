@@ -1,0 +1,75 @@
+"""An MLServer model repository that maps a model id straight to its folder.
+
+MLServer's stock repository globs every `model-settings.json` under the root on each
+load, so a load gets slower with every model on the pod. The puller writes
+`<root>/<model id>/model-settings.json`; this class reads exactly that file.
+Configure MLServer with `model_repository_implementation =
+"meshserve.puller.mlserver_repository.FlatModelRepository"` and
+`model_repository_implementation_args = {"models_dir": <the puller's model dir>}`.
+
+Runs inside the MLServer process: imports MLServer, nothing of meshserve's protobufs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mlserver.errors import ModelNotFound
+from mlserver.repository import ModelRepository
+from mlserver.repository.load import load_model_settings
+from mlserver.settings import ModelSettings
+
+SETTINGS_FILE = "model-settings.json"
+
+
+def _warm_runtime_imports() -> None:
+    """Import the model runtimes now, at server start.
+
+    Otherwise the first load of a format pays for importing scikit-learn & co. (about
+    70 MB), and the puller's before/after memory delta would charge that to the first
+    model. MLServer imports this module while parsing its settings, before serving.
+    """
+    import importlib
+
+    for name in os.environ.get("MESHSERVE_WARM_IMPORTS", "mlserver_sklearn,mlserver_xgboost,mlserver_lightgbm").split(","):
+        try:
+            importlib.import_module(name.strip())
+        except Exception:  # noqa: BLE001 - a runtime that is not installed is simply not warmed
+            continue
+
+
+_warm_runtime_imports()
+
+
+class FlatModelRepository(ModelRepository):
+    def __init__(self, root: str, models_dir: str | None = None, **_: object) -> None:
+        # `mlserver start <folder>` forces the repository root to <folder>; the puller's
+        # model folder is passed separately through model_repository_implementation_args
+        self._root = os.path.abspath(models_dir or root)
+
+    def _path(self, name: str) -> str | None:
+        if not name or "/" in name or name.startswith("."):
+            return None
+        path = os.path.join(self._root, name, SETTINGS_FILE)
+        return path if os.path.isfile(path) else None
+
+    async def list(self) -> list[ModelSettings]:
+        out = []
+        try:
+            names = sorted(os.listdir(self._root))
+        except OSError:
+            return []
+        for name in names:
+            path = self._path(name)
+            if path is not None:
+                try:
+                    out.append(load_model_settings(path))
+                except Exception:  # noqa: BLE001 - one bad folder must not hide the others
+                    continue
+        return out
+
+    async def find(self, name: str) -> list[ModelSettings]:
+        path = self._path(name)
+        if path is None:
+            raise ModelNotFound(name)
+        return [load_model_settings(path)]

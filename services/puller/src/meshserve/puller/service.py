@@ -1,0 +1,161 @@
+"""The puller's use cases: load (fetch + model server load + measure), unload, sizes.
+
+Loads on one pod run under a semaphore of `max_loading_concurrency` (default 1); with
+one at a time, the model server's memory before and after a load differ only by that
+load, which is the size reported to the scheduler (`measured=True`). When the memory
+cannot be read, the size is the files' bytes x `model_size_multiplier`
+(`measured=False`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshserve.common.errors import InvalidArgument, MeshError
+from meshserve.common.storage import check_model_id, safe_join
+from meshserve.puller import storage
+from meshserve.puller.adapter import ModelServerAdapter
+from meshserve.puller.memory import MemoryProbe
+from meshserve.puller.settings import PullerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    size_bytes: int
+    disk_bytes: int
+    measured: bool
+    loaded_at: float
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    size_bytes: int
+    disk_bytes: int
+    measured: bool
+
+
+class PullerService:
+    def __init__(self, *, settings: PullerSettings, adapter: ModelServerAdapter, memory: MemoryProbe) -> None:
+        self.settings = settings
+        self.adapter = adapter
+        self.memory = memory
+        self.loaded: dict[str, LoadedModel] = {}
+        self._slots = asyncio.Semaphore(max(1, settings.max_loading_concurrency))
+        self._model_locks: dict[str, asyncio.Lock] = {}
+        settings.model_dir.mkdir(parents=True, exist_ok=True)
+
+    def _lock(self, model_id: str) -> asyncio.Lock:
+        return self._model_locks.setdefault(model_id, asyncio.Lock())
+
+    @staticmethod
+    def parse_key(model_key: str) -> dict[str, Any]:
+        if not model_key:
+            return {}
+        try:
+            key = json.loads(model_key)
+        except ValueError as err:
+            raise InvalidArgument("model_key is not valid JSON") from err
+        if not isinstance(key, dict):
+            raise InvalidArgument("model_key must be a JSON object")
+        return key
+
+    def _storage(self, key: dict[str, Any]) -> storage.StorageConfig:
+        params = {str(k): v for k, v in (key.get("storage_params") or {}).items()}
+        cfg = storage.load_storage_config(self.settings.storage_config_dir, key.get("storage_key"), params)
+        if cfg.type == "s3" and not cfg.fields.get("endpoint_url") and self.settings.s3_endpoint:
+            cfg.fields["endpoint_url"] = self.settings.s3_endpoint
+        return cfg
+
+    async def load(self, *, model_id: str, model_type: str, model_path: str, model_key: str) -> LoadResult:
+        check_model_id(model_id)
+        key = self.parse_key(model_key)
+        if not model_type:
+            model_type = str((key.get("model_type") or {}).get("name", ""))
+        async with self._lock(model_id):
+            if model_id in self.loaded:
+                m = self.loaded[model_id]
+                return LoadResult(m.size_bytes, m.disk_bytes, m.measured)
+            cfg = self._storage(key)
+            folder = safe_join(self.settings.model_dir, model_id)
+            disk = await asyncio.to_thread(
+                storage.fetch, cfg, path=model_path, dest=folder, pvc_mounts=self.settings.pvc_mounts_dir
+            )
+            async with self._slots:
+                before = await self.memory.rss_bytes()
+                started = time.monotonic()
+                try:
+                    await self.adapter.load(
+                        model_id=model_id,
+                        model_type=model_type,
+                        folder=folder,
+                        timeout=self.settings.load_timeout_seconds,
+                    )
+                except asyncio.CancelledError:
+                    asyncio.create_task(self._cleanup(model_id))
+                    raise
+                except MeshError:
+                    await self._cleanup(model_id)
+                    raise
+                after = await self.memory.rss_bytes()
+            predicted = int(disk * self.settings.model_size_multiplier) or self.settings.default_model_size_bytes
+            measured = before is not None and after is not None and after > before
+            size = (after - before) if measured and after is not None and before is not None else predicted
+            self.loaded[model_id] = LoadedModel(model_id, size, disk, measured, time.time())
+            log.info(
+                "loaded %s in %.2fs: %d bytes on disk, %d bytes %s",
+                model_id,
+                time.monotonic() - started,
+                disk,
+                size,
+                "measured" if measured else "predicted",
+            )
+            return LoadResult(size, disk, measured)
+
+    async def _cleanup(self, model_id: str) -> None:
+        try:
+            await self.adapter.unload(model_id=model_id)
+        except MeshError as err:
+            log.warning("cleanup unload of %s failed: %s", model_id, err.message)
+        await asyncio.to_thread(self._remove_files, model_id)
+
+    def _remove_files(self, model_id: str) -> None:
+        try:
+            folder = safe_join(self.settings.model_dir, model_id)
+        except InvalidArgument:
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+
+    async def unload(self, model_id: str) -> None:
+        check_model_id(model_id)
+        async with self._lock(model_id):
+            await self.adapter.unload(model_id=model_id)
+            self.loaded.pop(model_id, None)
+            await asyncio.to_thread(self._remove_files, model_id)
+        self._model_locks.pop(model_id, None)
+
+    async def predict_size(self, *, model_path: str, model_key: str) -> int:
+        key = self.parse_key(model_key)
+        cfg = self._storage(key)
+        disk = await asyncio.to_thread(storage.predict_size, cfg, path=model_path)
+        return int(disk * self.settings.model_size_multiplier) if disk else 0
+
+    async def purge(self) -> None:
+        """Unload whatever the model server holds (a fresh puller owns nothing yet)."""
+        for name in await self.adapter.loaded_models():
+            try:
+                await self.adapter.unload(model_id=name)
+            except MeshError as err:
+                log.warning("purge of %s failed: %s", name, err.message)
+        for child in self.settings.model_dir.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)

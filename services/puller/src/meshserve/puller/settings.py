@@ -1,0 +1,48 @@
+"""Puller settings (env prefix MESHSERVE_PULLER_)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from meshserve.common.settings import TLSSettings, shared
+
+
+class PullerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MESHSERVE_PULLER_", env_nested_delimiter="__", populate_by_name=True
+    )
+
+    pod_id: str = Field(default_factory=socket.gethostname)
+    listen_address: str = "0.0.0.0:8085"
+    # what the scheduler should dial to reach this puller and the model server
+    advertise_address: str = ""                  # default: 127.0.0.1:<listen port>
+    runtime: str = "mlserver-1.x"
+    supported_formats: str = "sklearn:0,xgboost:1,lightgbm:3"   # name:version, all auto-selected
+    protocol_versions: str = "grpc-v2"
+    model_dir: Path = Path("/models")
+    storage_config_dir: Path = Path("/storage-config")
+    pvc_mounts_dir: Path = Path("/pvc_mounts")
+    s3_endpoint: str = Field(default="", validation_alias=shared("s3_endpoint", "puller"))
+    # the model server (MLServer by default)
+    model_server_grpc: str = "127.0.0.1:8001"
+    model_server_rest: str = "http://127.0.0.1:8002"
+    model_server_advertise_grpc: str = ""        # default: model_server_grpc
+    model_server_advertise_rest: str = ""
+    model_server_pid_file: Path | None = None    # measure memory of this process tree
+    model_server_metrics_url: str = ""           # else scrape process_resident_memory_bytes here
+    capacity_bytes: int = 1 << 30                # memory for models on this pod
+    max_loading_concurrency: int = 1
+    default_model_size_bytes: int = 1_000_000
+    model_size_multiplier: float = 1.25          # prediction = bytes on disk x this
+    load_timeout_seconds: float = 90.0
+    scheduler_address: str = Field(default="127.0.0.1:8034", validation_alias=shared("scheduler_address", "puller"))
+    scheduler_tls: TLSSettings = TLSSettings()
+    tls: TLSSettings = TLSSettings()
+    heartbeat_interval_seconds: float = 2.0
+    metrics_port: int = 0
+    log_level: str = "INFO"
+    log_json: bool = False

@@ -1,0 +1,281 @@
+"""Admin REST API of the scheduler (FastAPI, OpenAPI at /docs).
+
+Inspect and steer placement: models, vmodels, pods, events. Mutations need
+`Authorization: Bearer <token>` when `MESHSERVE_SCHEDULER_ADMIN_TOKEN` is set. Errors
+come back as `{"error": "..."}` with the matching HTTP status; bad input is a 4xx
+(FastAPI's 422 names the missing or invalid field), never a 500.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from meshserve.common.errors import MeshError, NotFound, Unauthenticated
+from meshserve.scheduler.service import (
+    LOADED,
+    LOADING,
+    LOADING_FAILED,
+    NOT_LOADED,
+    ModelSpec,
+    ModelState,
+    SchedulerService,
+    failure_time,
+)
+
+# ModelMesh Serving's CR words for the model states
+CR_STATE = {NOT_LOADED: "Standby", LOADING: "Loading", LOADED: "Loaded", LOADING_FAILED: "FailedToLoad"}
+
+
+class Camel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ModelCreate(Camel):
+    """A model to register. `name` becomes the model id clients call."""
+
+    name: str = Field(min_length=1, max_length=253, description="model id, e.g. example-sklearn-isvc")
+    format: str = Field(min_length=1, description="model format: sklearn, xgboost, lightgbm, ...")
+    storage_uri: str | None = Field(default=None, description="s3://bucket/key, pvc://name/path, https://...")
+    storage_key: str | None = Field(default=None, description="key in the storage-config secret")
+    storage_path: str | None = None
+    storage_params: dict[str, str] = Field(default_factory=dict)
+    runtime: str | None = Field(default=None, description="runtime name; empty: auto-select by format")
+    format_version: str | None = None
+    protocol_version: str | None = None
+    size_bytes: int = Field(default=0, ge=0, description="declared memory size, if known")
+    min_copies: int = Field(default=0, ge=0, le=100)
+    max_copies: int = Field(default=0, ge=0, le=100)
+    load_now: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from meshserve.common.storage import check_model_id
+
+        try:
+            return check_model_id(v)
+        except MeshError as err:
+            raise ValueError(err.message) from err
+
+
+class VModelSet(Camel):
+    target_model_id: str = Field(min_length=1)
+    owner: str = ""
+
+
+def create_app(service: SchedulerService) -> FastAPI:
+    settings = service.settings
+    app = FastAPI(
+        title="meshserve scheduler admin API",
+        version="0.1.0",
+        description="Inspect and steer model placement. Mutations need a bearer token when one is configured.",
+    )
+
+    @app.exception_handler(MeshError)
+    async def _mesh_error(request: Request, err: MeshError) -> JSONResponse:
+        return JSONResponse({"error": err.message}, status_code=err.http_status)
+
+    async def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        token = settings.admin_token
+        if token is None:
+            return
+        expected = f"Bearer {token.get_secret_value()}"
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
+            raise Unauthenticated("this admin API needs 'Authorization: Bearer <token>' for changes")
+
+    mutate = [Depends(require_token)]
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "live"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        problems = []
+        for name, check in (("redis", service.live.ping), ("postgres", service.registry.ping)):
+            try:
+                await check()
+            except MeshError as err:
+                problems.append(f"{name}: {err.message}")
+        if problems:
+            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def model_view(model_id: str, *, events: bool) -> dict[str, Any]:
+        record = await service.registry.get_model(model_id)
+        state = await service.model_state(model_id, record)
+        hits, last_used_ms = await service.live.usage(model_id)
+        view = _model_json(record, state, hits=hits, last_used_ms=last_used_ms)
+        if events:
+            view["events"] = [_event_json(e) for e in await service.registry.list_events(model_id=model_id, limit=10)]
+        return view
+
+    @app.post("/v1/models", status_code=201, dependencies=mutate)
+    async def register(body: ModelCreate) -> dict[str, Any]:
+        await service.register_model(
+            ModelSpec(
+                model_id=body.name,
+                model_type=body.format,
+                model_type_version=body.format_version or "",
+                runtime=body.runtime or "",
+                protocol_version=body.protocol_version or "",
+                storage_uri=body.storage_uri or "",
+                storage_key=body.storage_key or "",
+                storage_path=body.storage_path or "",
+                storage_params=body.storage_params,
+                declared_size=body.size_bytes,
+                min_copies=body.min_copies,
+                max_copies=body.max_copies,
+            ),
+            load_now=body.load_now,
+        )
+        return await model_view(body.name, events=False)
+
+    @app.get("/v1/models")
+    async def list_models(
+        offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> dict[str, Any]:
+        records, total = await service.registry.list_models(offset=offset, limit=limit)
+        items = []
+        for record in records:
+            state = await service.model_state(record.id, record)
+            hits, last_used_ms = await service.live.usage(record.id)
+            items.append(_model_json(record, state, hits=hits, last_used_ms=last_used_ms))
+        return {"items": items, "total": total, "offset": offset, "limit": limit}
+
+    @app.get("/v1/models/{model_id}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        return await model_view(model_id, events=True)
+
+    @app.delete("/v1/models/{model_id}", status_code=204, dependencies=mutate, response_class=Response, response_model=None)
+    async def delete_model(model_id: str) -> None:
+        await service.unregister_model(model_id)
+
+    @app.post("/v1/models/{model_id}:load", dependencies=mutate)
+    async def load(model_id: str) -> dict[str, Any]:
+        await service.ensure_loaded(model_id)
+        return await model_view(model_id, events=False)
+
+    @app.post("/v1/models/{model_id}:unload", dependencies=mutate)
+    async def unload(model_id: str) -> dict[str, Any]:
+        await service.registry.get_model(model_id)
+        n = await service.unload(model_id)
+        return {"unloaded": n, **await model_view(model_id, events=False)}
+
+    @app.get("/v1/vmodels")
+    async def list_vmodels(
+        offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> dict[str, Any]:
+        records, total = await service.registry.list_vmodels(offset=offset, limit=limit)
+        return {
+            "items": [
+                {"id": r.id, "owner": r.owner, "activeModelId": r.active_model_id, "targetModelId": r.target_model_id}
+                for r in records
+            ],
+            "total": total,
+            "offset": offset,
+            "limit": limit,
+        }
+
+    @app.put("/v1/vmodels/{vmodel_id}", dependencies=mutate)
+    async def set_vmodel(vmodel_id: str, body: VModelSet) -> dict[str, Any]:
+        await service.set_vmodel(vmodel_id=vmodel_id, target_model_id=body.target_model_id, owner=body.owner)
+        return {"id": vmodel_id, "activeModelId": body.target_model_id}
+
+    @app.delete("/v1/vmodels/{vmodel_id}", status_code=204, dependencies=mutate, response_class=Response, response_model=None)
+    async def delete_vmodel(vmodel_id: str) -> None:
+        if await service.registry.get_vmodel(vmodel_id) is None:
+            raise NotFound(f"vmodel {vmodel_id!r} not found")
+        await service.delete_vmodel(vmodel_id)
+
+    @app.get("/v1/pods")
+    async def list_pods() -> dict[str, Any]:
+        items = []
+        for pod in await service.live.pods():
+            allocations = await service.live.pod_allocations(pod.pod_id)
+            items.append(
+                {
+                    "id": pod.pod_id,
+                    "runtime": pod.runtime,
+                    "capacityBytes": pod.capacity,
+                    "allocatedBytes": pod.allocated,
+                    "measuredUsedBytes": pod.used,
+                    "loading": pod.loading,
+                    "maxLoadingConcurrency": pod.max_loading,
+                    "draining": pod.draining,
+                    "lastHeartbeat": _ms_iso(pod.heartbeat_ms),
+                    "grpcAddress": pod.grpc_address,
+                    "models": [{"id": m, "bytes": b} for m, b in sorted(allocations.items())],
+                }
+            )
+        return {"items": items, "total": len(items)}
+
+    @app.get("/v1/events")
+    async def events(
+        model: str | None = None,
+        pod: str | None = None,
+        since: dt.datetime | None = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        rows = await service.registry.list_events(model_id=model, pod_id=pod, since=since, offset=offset, limit=limit)
+        return {"items": [_event_json(e) for e in rows], "offset": offset, "limit": limit}
+
+    return app
+
+
+def _ms_iso(ms: int) -> str | None:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat() if ms else None
+
+
+def _event_json(e: Any) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "time": e.time.isoformat(),
+        "kind": e.kind,
+        "model": e.model_id,
+        "pod": e.pod_id,
+        "message": e.message,
+        "details": e.details,
+    }
+
+
+def _model_json(record: Any, state: ModelState, *, hits: int, last_used_ms: int) -> dict[str, Any]:
+    failure = state.failure
+    return {
+        "id": record.id,
+        "format": record.model_type,
+        "formatVersion": record.model_type_version or None,
+        "runtime": record.runtime or None,
+        "storageUri": record.storage_uri or None,
+        "storageKey": record.storage_key or None,
+        "storagePath": record.storage_path or None,
+        "state": CR_STATE.get(state.status, state.status),
+        "status": state.status,
+        "copies": [{"pod": c.pod_id, "state": c.state, "since": _ms_iso(c.since_ms)} for c in state.copies],
+        "sizes": {
+            "declared": record.declared_size or None,
+            "predicted": record.predicted_size or None,
+            "measured": record.measured_size or None,
+        },
+        "minCopies": record.min_copies,
+        "maxCopies": record.max_copies,
+        "requests": hits,
+        "lastUsed": _ms_iso(last_used_ms),
+        "lastFailure": None
+        if failure is None
+        else {
+            "reason": failure.get("reason"),
+            "message": failure.get("message"),
+            "pod": failure.get("pod_id"),
+            "time": (t.isoformat() if (t := failure_time(failure)) else None),
+        },
+        "createdAt": record.created_at.isoformat() if record.created_at else None,
+    }

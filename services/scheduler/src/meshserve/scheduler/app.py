@@ -1,0 +1,104 @@
+"""Composition root of the scheduler: builds the store, service and servers, runs the
+background loops under a Redis lease, and shuts everything down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+
+import grpc
+import uvicorn
+from prometheus_client import start_http_server
+
+from meshserve.common.errors import MeshError
+from meshserve.common.grpcutil import bind
+from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
+from meshserve.scheduler.api import create_app
+from meshserve.scheduler.live import LiveState
+from meshserve.scheduler.registry import Registry
+from meshserve.scheduler.server import SchedulerServicer
+from meshserve.scheduler.service import SchedulerService
+from meshserve.scheduler.settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerApp:
+    def __init__(self, settings: SchedulerSettings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.database_url)
+        self.live = LiveState(settings.redis_url, prefix=settings.key_prefix)
+        self.service = SchedulerService(settings=settings, registry=self.registry, live=self.live)
+        self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        if self.settings.metrics_port:
+            start_http_server(self.settings.metrics_port)
+        admin_app = create_app(self.service)
+        server = grpc.aio.server()
+        scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.service), server)
+        port = bind(server, self.settings.grpc_address, self.settings.tls)
+        await server.start()
+        admin = uvicorn.Server(
+            uvicorn.Config(
+                admin_app,
+                host=self.settings.admin_host,
+                port=self.settings.admin_port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        admin_task = asyncio.create_task(admin.serve())
+        loops = [asyncio.create_task(self._mirror_loop()), asyncio.create_task(self._leader_loop())]
+        log.info("scheduler %s serving gRPC on :%d, admin on :%d", self.replica_id, port, self.settings.admin_port)
+        await self._stop.wait()
+        log.info("scheduler shutting down")
+        for task in loops:
+            task.cancel()
+        admin.should_exit = True
+        await server.stop(grace=2)
+        with contextlib.suppress(asyncio.CancelledError):
+            await admin_task
+        await asyncio.gather(*loops, return_exceptions=True)
+        await self.service.pullers.close()
+        await self.live.close()
+        await self.registry.close()
+
+    async def _mirror_loop(self) -> None:
+        """Keep Redis' copy of the registry ids complete (rebuild after a Redis restart)."""
+        synced_for: str | None = None
+        while True:
+            try:
+                run_id = (await self.live.redis.info("server")).get("run_id")
+                if run_id != synced_for:
+                    await self.service.sync_registry_mirror()
+                    synced_for = run_id
+                    log.info("registry mirror synced to Redis (run %s)", run_id)
+            except (MeshError, OSError, Exception) as err:  # noqa: BLE001 - keep retrying
+                log.warning("registry mirror sync failed: %s", err)
+            await asyncio.sleep(2.0)
+
+    async def _leader_loop(self) -> None:
+        """Background duties run by one replica at a time, under a Redis lease."""
+        key = f"{self.settings.key_prefix}:leader"
+        lease_ms = int(max(3.0, 3 * self.settings.heartbeat_interval_seconds) * 1000)
+        while True:
+            try:
+                leader = await self.live.redis.set(key, self.replica_id, nx=True, px=lease_ms)
+                if not leader and await self.live.redis.get(key) == self.replica_id:
+                    await self.live.redis.pexpire(key, lease_ms)
+                    leader = True
+                if leader:
+                    await self.service.remove_dead_pods()
+            except Exception as err:  # noqa: BLE001 - keep the loop alive
+                log.warning("leader loop error: %s", err)
+            await asyncio.sleep(1.0)

@@ -1,0 +1,358 @@
+"""Live placement state in Redis: pods, copies, reservations, usage, failures, routes.
+
+Everything here can be rebuilt: from the pullers' heartbeats (pods and the copies
+they hold) and the Postgres registry (models, vmodels). Memory accounting per pod is
+changed only by the Lua scripts below, so two scheduler replicas can never
+over-commit a pod or start the same first copy twice:
+
+* `reserve`  — take `bytes` on a pod before loading (fails if it does not fit, the pod
+               is at its loading limit, the copy exists, or with `exclusive` when the
+               model has any copy at all);
+* `settle`   — after the load, replace the reservation by the measured size;
+* `release`  — give the bytes back (failed load, unload, eviction).
+
+Key layout (prefix `ms` by default):
+  ms:pods                 set of pod ids
+  ms:pod:<pod>            hash: capacity, allocated, loading, max_loading, labels, addresses, ...
+  ms:alloc:<pod>          hash: model id -> bytes held on that pod
+  ms:copies:<model>       hash: pod id -> "loading:<ms>" | "loaded:<ms>"
+  ms:models               set of registered model ids
+  ms:vmodels              hash: vmodel id -> active model id
+  ms:usage:<model>        hash: hits, last_used_ms
+  ms:fail:<model>:<pod>   string (TTL = back-off): reason of the last failed load there
+  ms:routes               pub/sub channel of route changes (JSON)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
+
+from meshserve.common.errors import Unavailable
+
+_RESERVE = """
+local cap = tonumber(redis.call('HGET', KEYS[1], 'capacity') or '-1')
+if cap < 0 then return {0, 'pod-gone'} end
+if ARGV[5] == '1' and redis.call('HLEN', KEYS[3]) > 0 then return {0, 'exists'} end
+if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return {0, 'exists-on-pod'} end
+local alloc = tonumber(redis.call('HGET', KEYS[1], 'allocated') or '0')
+local loading = tonumber(redis.call('HGET', KEYS[1], 'loading') or '0')
+local maxl = tonumber(redis.call('HGET', KEYS[1], 'max_loading') or '1')
+local bytes = tonumber(ARGV[3])
+if alloc + bytes > cap then return {0, 'no-room'} end
+if loading >= maxl then return {0, 'busy'} end
+redis.call('HINCRBY', KEYS[1], 'allocated', bytes)
+redis.call('HINCRBY', KEYS[1], 'loading', 1)
+redis.call('HSET', KEYS[2], ARGV[1], bytes)
+redis.call('HSET', KEYS[3], ARGV[2], 'loading:' .. ARGV[4])
+return {1, 'ok'}
+"""
+
+_SETTLE = """
+local state = redis.call('HGET', KEYS[3], ARGV[2])
+if not state or string.sub(state, 1, 8) ~= 'loading:' then return 0 end
+local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local bytes = tonumber(ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'allocated', bytes - old)
+redis.call('HINCRBY', KEYS[1], 'loading', -1)
+redis.call('HSET', KEYS[2], ARGV[1], bytes)
+redis.call('HSET', KEYS[3], ARGV[2], 'loaded:' .. ARGV[4])
+return 1
+"""
+
+_RELEASE = """
+local state = redis.call('HGET', KEYS[3], ARGV[2])
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old then
+  redis.call('HINCRBY', KEYS[1], 'allocated', -tonumber(old))
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+if state and string.sub(state, 1, 8) == 'loading:' and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'loading', -1)
+end
+redis.call('HDEL', KEYS[3], ARGV[2])
+if state then return 1 end
+return 0
+"""
+
+# adopt a copy a pod reports as loaded that Redis does not know (after a Redis restart)
+_ADOPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return 0 end
+local bytes = tonumber(ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'allocated', bytes)
+redis.call('HSET', KEYS[2], ARGV[1], bytes)
+redis.call('HSET', KEYS[3], ARGV[2], 'loaded:' .. ARGV[4])
+return 1
+"""
+
+# forget a pod: drop it from every copy set it appears in
+_REMOVE_POD = """
+local models = redis.call('HKEYS', KEYS[2])
+for _, m in ipairs(models) do
+  redis.call('HDEL', ARGV[2] .. m, ARGV[1])
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+return models
+"""
+
+_POD_FIELDS = (
+    "runtime",
+    "labels",
+    "management_address",
+    "grpc_address",
+    "rest_address",
+    "capacity",
+    "used",
+    "max_loading",
+    "default_size",
+    "heartbeat_ms",
+    "started_ms",
+)
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    pod_id: str
+    runtime: str
+    labels: frozenset[str]
+    management_address: str
+    grpc_address: str
+    rest_address: str
+    capacity: int
+    allocated: int
+    used: int
+    loading: int
+    max_loading: int
+    default_size: int
+    heartbeat_ms: int
+    started_ms: int
+    draining: bool
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    model_id: str
+    pod_id: str
+    state: str          # "loading" | "loaded"
+    since_ms: int
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class LiveState:
+    def __init__(self, url: str, *, prefix: str = "ms") -> None:
+        self.redis: aioredis.Redis = aioredis.from_url(
+            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3, health_check_interval=15
+        )
+        self.p = prefix
+        self._reserve = self.redis.register_script(_RESERVE)
+        self._settle = self.redis.register_script(_SETTLE)
+        self._release = self.redis.register_script(_RELEASE)
+        self._adopt = self.redis.register_script(_ADOPT)
+        self._remove_pod = self.redis.register_script(_REMOVE_POD)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- keys -------------------------------------------------------------------------
+    def k_pod(self, pod: str) -> str:
+        return f"{self.p}:pod:{pod}"
+
+    def k_alloc(self, pod: str) -> str:
+        return f"{self.p}:alloc:{pod}"
+
+    def k_copies(self, model: str) -> str:
+        return f"{self.p}:copies:{model}"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.p}:routes"
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as err:
+            raise Unavailable(f"live state (Redis) is unavailable: {err}") from err
+
+    # -- pods ---------------------------------------------------------------------------
+    async def upsert_pod(self, *, pod_id: str, fields: dict[str, Any]) -> bool:
+        """Write a pod's heartbeat; returns True when the pod was not known before."""
+        key = self.k_pod(pod_id)
+        mapping = {k: (json.dumps(sorted(v)) if k == "labels" else str(v)) for k, v in fields.items()}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.exists(key)
+            pipe.hset(key, mapping=mapping)
+            pipe.hsetnx(key, "allocated", 0)
+            pipe.hsetnx(key, "loading", 0)
+            pipe.sadd(f"{self.p}:pods", pod_id)
+            existed, *_ = await pipe.execute()
+        return not existed
+
+    async def pods(self) -> list[PodInfo]:
+        ids = sorted(await self.redis.smembers(f"{self.p}:pods"))
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pod in ids:
+                pipe.hgetall(self.k_pod(pod))
+            rows = await pipe.execute()
+        return [self._pod(pod, row) for pod, row in zip(ids, rows, strict=True) if row and "capacity" in row]
+
+    async def pod(self, pod_id: str) -> PodInfo | None:
+        row = await self.redis.hgetall(self.k_pod(pod_id))
+        return self._pod(pod_id, row) if row and "capacity" in row else None
+
+    @staticmethod
+    def _pod(pod_id: str, row: dict[str, str]) -> PodInfo:
+        return PodInfo(
+            pod_id=pod_id,
+            runtime=row.get("runtime", ""),
+            labels=frozenset(json.loads(row.get("labels", "[]"))),
+            management_address=row.get("management_address", ""),
+            grpc_address=row.get("grpc_address", ""),
+            rest_address=row.get("rest_address", ""),
+            capacity=int(row.get("capacity", 0)),
+            allocated=int(row.get("allocated", 0)),
+            used=int(row.get("used", 0)),
+            loading=int(row.get("loading", 0)),
+            max_loading=int(row.get("max_loading", 1)),
+            default_size=int(row.get("default_size", 1_000_000)),
+            heartbeat_ms=int(row.get("heartbeat_ms", 0)),
+            started_ms=int(row.get("started_ms", 0)),
+            draining=row.get("draining") == "1",
+        )
+
+    async def pod_allocations(self, pod_id: str) -> dict[str, int]:
+        return {m: int(b) for m, b in (await self.redis.hgetall(self.k_alloc(pod_id))).items()}
+
+    async def remove_pod(self, pod_id: str) -> list[str]:
+        """Forget a pod and its copies; returns the model ids it held."""
+        models = await self._remove_pod(
+            keys=[self.k_pod(pod_id), self.k_alloc(pod_id), f"{self.p}:pods"],
+            args=[pod_id, f"{self.p}:copies:"],
+        )
+        return list(models)
+
+    async def set_draining(self, pod_id: str, draining: bool) -> None:
+        await self.redis.hset(self.k_pod(pod_id), "draining", "1" if draining else "0")
+
+    # -- copies -------------------------------------------------------------------------
+    def _keys(self, model: str, pod: str) -> list[str]:
+        return [self.k_pod(pod), self.k_alloc(pod), self.k_copies(model)]
+
+    async def reserve(self, *, model_id: str, pod_id: str, size: int, exclusive: bool) -> tuple[bool, str]:
+        ok, why = await self._reserve(
+            keys=self._keys(model_id, pod_id), args=[model_id, pod_id, size, now_ms(), "1" if exclusive else "0"]
+        )
+        return bool(ok), str(why)
+
+    async def settle(self, *, model_id: str, pod_id: str, size: int) -> bool:
+        return bool(await self._settle(keys=self._keys(model_id, pod_id), args=[model_id, pod_id, size, now_ms()]))
+
+    async def release(self, *, model_id: str, pod_id: str) -> bool:
+        return bool(await self._release(keys=self._keys(model_id, pod_id), args=[model_id, pod_id]))
+
+    async def adopt(self, *, model_id: str, pod_id: str, size: int) -> bool:
+        return bool(await self._adopt(keys=self._keys(model_id, pod_id), args=[model_id, pod_id, size, now_ms()]))
+
+    async def copies(self, model_id: str) -> list[CopyRecord]:
+        raw = await self.redis.hgetall(self.k_copies(model_id))
+        return [_copy(model_id, pod, value) for pod, value in sorted(raw.items())]
+
+    async def copies_many(self, model_ids: Iterable[str]) -> dict[str, list[CopyRecord]]:
+        ids = list(model_ids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for m in ids:
+                pipe.hgetall(self.k_copies(m))
+            rows = await pipe.execute()
+        return {m: [_copy(m, pod, v) for pod, v in sorted(row.items())] for m, row in zip(ids, rows, strict=True)}
+
+    # -- registry mirror ------------------------------------------------------------------
+    async def add_model(self, model_id: str) -> None:
+        await self.redis.sadd(f"{self.p}:models", model_id)
+
+    async def remove_model(self, model_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(f"{self.p}:models", model_id)
+            pipe.delete(f"{self.p}:usage:{model_id}")
+            await pipe.execute()
+
+    async def model_ids(self) -> set[str]:
+        return set(await self.redis.smembers(f"{self.p}:models"))
+
+    async def has_model(self, model_id: str) -> bool:
+        return bool(await self.redis.sismember(f"{self.p}:models", model_id))
+
+    async def set_vmodel(self, vmodel_id: str, model_id: str) -> None:
+        await self.redis.hset(f"{self.p}:vmodels", vmodel_id, model_id)
+
+    async def delete_vmodel(self, vmodel_id: str) -> None:
+        await self.redis.hdel(f"{self.p}:vmodels", vmodel_id)
+
+    async def vmodels(self) -> dict[str, str]:
+        return dict(await self.redis.hgetall(f"{self.p}:vmodels"))
+
+    async def sync_registry(self, *, model_ids: Iterable[str], vmodels: dict[str, str]) -> None:
+        """Replace the Redis mirror of the registry (after a Redis restart or at start)."""
+        ids = list(model_ids)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{self.p}:models", f"{self.p}:vmodels")
+            if ids:
+                pipe.sadd(f"{self.p}:models", *ids)
+            if vmodels:
+                pipe.hset(f"{self.p}:vmodels", mapping=vmodels)
+            await pipe.execute()
+
+    # -- usage and failures ---------------------------------------------------------------
+    async def add_usage(self, usage: dict[str, int], *, at_ms: int) -> None:
+        if not usage:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model, n in usage.items():
+                key = f"{self.p}:usage:{model}"
+                pipe.hincrby(key, "hits", n)
+                pipe.hset(key, "last_used_ms", at_ms)
+            await pipe.execute()
+
+    async def usage(self, model_id: str) -> tuple[int, int]:
+        row = await self.redis.hgetall(f"{self.p}:usage:{model_id}")
+        return int(row.get("hits", 0)), int(row.get("last_used_ms", 0))
+
+    async def record_failure(self, *, model_id: str, pod_id: str, reason: str, ttl_seconds: float) -> None:
+        await self.redis.set(f"{self.p}:fail:{model_id}:{pod_id}", reason, px=max(1, int(ttl_seconds * 1000)))
+
+    async def failed_pods(self, model_id: str, pod_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(pod_ids)
+        if not ids:
+            return {}
+        values = await self.redis.mget([f"{self.p}:fail:{model_id}:{pod}" for pod in ids])
+        return {pod: v for pod, v in zip(ids, values, strict=True) if v is not None}
+
+    async def clear_failures(self, model_id: str) -> None:
+        keys = [k async for k in self.redis.scan_iter(match=f"{self.p}:fail:{model_id}:*", count=500)]
+        if keys:
+            await self.redis.delete(*keys)
+
+    # -- routes ---------------------------------------------------------------------------
+    async def publish(self, message: dict[str, Any]) -> None:
+        message["version"] = int(await self.redis.incr(f"{self.p}:routes:version"))
+        await self.redis.publish(self.channel, json.dumps(message))
+
+
+def _copy(model_id: str, pod_id: str, value: str) -> CopyRecord:
+    state, _, since = value.partition(":")
+    return CopyRecord(model_id=model_id, pod_id=pod_id, state=state, since_ms=int(since or 0))
+
+
+REDIS_ERRORS = (RedisError, OSError)

@@ -1,0 +1,17 @@
+"""Alembic environment: runs the scheduler's migrations against MESHSERVE_DATABASE_URL."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from meshserve.scheduler.registry import Base, to_sync_url
+
+config = context.config
+url = config.get_main_option("sqlalchemy.url")
+assert url, "sqlalchemy.url must be set by meshserve.scheduler.migrate"
+engine = create_engine(to_sync_url(url), poolclass=pool.NullPool)
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=Base.metadata, compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()

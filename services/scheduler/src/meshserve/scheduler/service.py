@@ -1,0 +1,615 @@
+"""The scheduler's use cases: register models, ensure copies are loaded, keep routes.
+
+Reads state from the registry (Postgres) and live state (Redis), asks `placement.place`
+for a decision, and applies it: reserve in Redis (atomic), call the puller, settle or
+release, record the event, publish the route change. Transports (`server.py`,
+`api.py`) only convert to and from this module's values.
+
+Concurrency rules:
+* concurrent `ensure_loaded` calls for one model in this replica share one task;
+* across replicas the first copy is reserved with `exclusive=True`, so only one
+  replica loads it; the others wait for that copy to settle;
+* a failed load is recorded per (model, pod) with a TTL back-off and not retried there
+  until it expires; a model-level failure (bad storage path, corrupt file) is not
+  retried on other pods either: the reason is returned to the caller at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from meshserve.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MeshError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from meshserve.common.labels import model_labels
+from meshserve.common.proto.meshserve.v1 import runtime_pb2, runtime_pb2_grpc
+from meshserve.common.storage import check_model_id, parse_storage_uri
+from meshserve.scheduler import placement
+from meshserve.scheduler.live import CopyRecord, LiveState, PodInfo, now_ms
+from meshserve.scheduler.models import (
+    ALL_BUSY_LOADING,
+    NO_COMPATIBLE_RUNTIME,
+    TOO_BIG,
+    CopyState,
+    CopyView,
+    PlacementConfig,
+    PlacementRequest,
+    PodView,
+)
+from meshserve.scheduler.registry import ModelRecord, Registry
+from meshserve.scheduler.settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+
+# statuses (ModelMesh's ModelStatus names)
+NOT_FOUND, NOT_LOADED, LOADING, LOADED, LOADING_FAILED = (
+    "NOT_FOUND",
+    "NOT_LOADED",
+    "LOADING",
+    "LOADED",
+    "LOADING_FAILED",
+)
+# puller status codes that mean "the model itself is bad": do not try other pods
+_MODEL_FAULTS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a registration carries (from the admin API, gRPC or the controller)."""
+
+    model_id: str
+    model_type: str
+    model_type_version: str = ""
+    runtime: str = ""
+    protocol_version: str = ""
+    storage_uri: str = ""
+    storage_key: str = ""
+    storage_path: str = ""
+    storage_params: dict[str, str] = field(default_factory=dict)
+    declared_size: int = 0
+    min_copies: int = 0
+    max_copies: int = 0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    pod_id: str
+    grpc_address: str
+    rest_address: str
+
+
+@dataclass(frozen=True)
+class ModelState:
+    status: str
+    errors: tuple[str, ...]
+    copies: tuple[CopyRecord, ...]
+    failure: dict[str, Any] | None = None
+
+
+class PullerClients:
+    """One pooled channel per puller management address."""
+
+    def __init__(self, settings: SchedulerSettings) -> None:
+        self._settings = settings
+        self._stubs: dict[str, tuple[grpc.aio.Channel, runtime_pb2_grpc.ModelRuntimeStub]] = {}
+
+    def stub(self, address: str) -> runtime_pb2_grpc.ModelRuntimeStub:
+        entry = self._stubs.get(address)
+        if entry is None:
+            from meshserve.common.grpcutil import open_channel
+
+            channel = open_channel(address, tls=self._settings.puller_tls)
+            entry = (channel, runtime_pb2_grpc.ModelRuntimeStub(channel))
+            self._stubs[address] = entry
+        return entry[1]
+
+    async def close(self) -> None:
+        for channel, _ in self._stubs.values():
+            await channel.close()
+        self._stubs.clear()
+
+
+class SchedulerService:
+    def __init__(
+        self,
+        *,
+        settings: SchedulerSettings,
+        registry: Registry,
+        live: LiveState,
+        pullers: PullerClients | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.live = live
+        self.pullers = pullers or PullerClients(settings)
+        self.clock = clock
+        self._loads: dict[str, asyncio.Task[None]] = {}
+
+    # -- start-up ------------------------------------------------------------------------
+    async def sync_registry_mirror(self) -> None:
+        """Copy the registry's model and vmodel ids into Redis (router snapshots read them)."""
+        ids = await self.registry.all_model_ids()
+        vmodels, _ = await self.registry.list_vmodels(limit=1_000_000)
+        await self.live.sync_registry(model_ids=ids, vmodels={v.id: v.active_model_id for v in vmodels})
+
+    # -- registration ----------------------------------------------------------------------
+    async def register_model(self, spec: ModelSpec, *, load_now: bool = False) -> ModelState:
+        check_model_id(spec.model_id)
+        if not spec.model_type:
+            raise InvalidArgument("model type (format) is required, e.g. sklearn")
+        if spec.storage_uri and spec.storage_path:
+            raise InvalidArgument("give either storage_uri or storage_path, not both")
+        if not spec.storage_uri and not spec.storage_path:
+            raise InvalidArgument("must have either the storageUri or the storage.path")
+        if spec.storage_uri:
+            parse_storage_uri(spec.storage_uri, spec.storage_params)  # validates the scheme
+        if spec.max_copies and spec.min_copies > spec.max_copies:
+            raise InvalidArgument(f"minCopies ({spec.min_copies}) is above maxCopies ({spec.max_copies})")
+        await self.registry.create_model(
+            {
+                "id": spec.model_id,
+                "model_type": spec.model_type,
+                "model_type_version": spec.model_type_version,
+                "runtime": spec.runtime,
+                "protocol_version": spec.protocol_version,
+                "storage_uri": spec.storage_uri,
+                "storage_key": spec.storage_key,
+                "storage_path": spec.storage_path,
+                "storage_params": dict(spec.storage_params),
+                "declared_size": spec.declared_size,
+                "min_copies": spec.min_copies,
+                "max_copies": spec.max_copies,
+            }
+        )
+        await self.live.add_model(spec.model_id)
+        await self._event("registered", model_id=spec.model_id, message=f"format {spec.model_type}")
+        await self._publish(models=[spec.model_id])
+        if load_now or spec.min_copies > 0:
+            task = asyncio.create_task(self._ensure_quietly(spec.model_id))
+            task.add_done_callback(lambda t: None)
+        return await self.model_state(spec.model_id)
+
+    async def _ensure_quietly(self, model_id: str) -> None:
+        try:
+            await self.ensure_loaded(model_id)
+        except MeshError as err:
+            log.warning("background load of %s failed: %s", model_id, err.message)
+
+    async def unregister_model(self, model_id: str) -> None:
+        record = await self.registry.find_model(model_id)
+        copies = await self.live.copies(model_id)
+        if record is None and not copies:
+            raise NotFound(f"model {model_id!r} not found")
+        for copy in copies:
+            await self._unload_copy(model_id=model_id, pod_id=copy.pod_id, kind="unloaded", why="model unregistered")
+        await self.registry.delete_model(model_id)
+        await self.live.remove_model(model_id)
+        await self.live.clear_failures(model_id)
+        await self._event("unregistered", model_id=model_id)
+        await self._publish(models=[model_id])
+
+    # -- status ----------------------------------------------------------------------------
+    async def model_state(self, model_id: str, record: ModelRecord | None = None) -> ModelState:
+        record = record or await self.registry.find_model(model_id)
+        if record is None:
+            return ModelState(NOT_FOUND, (f"model {model_id!r} not found",), ())
+        copies = tuple(await self.live.copies(model_id))
+        failure = self._active_failure(record)
+        if any(c.state == CopyState.LOADED.value for c in copies):
+            status = LOADED
+        elif copies:
+            status = LOADING
+        elif failure is not None:
+            status = LOADING_FAILED
+        else:
+            status = NOT_LOADED
+        errors = (failure["message"],) if failure and status == LOADING_FAILED else ()
+        return ModelState(status, errors, copies, failure)
+
+    def _active_failure(self, record: ModelRecord) -> dict[str, Any] | None:
+        failure = record.last_failure
+        if not failure:
+            return None
+        age = self.clock() - float(failure.get("time_ms", 0)) / 1000
+        return failure if age < self.settings.failure_backoff_seconds else None
+
+    # -- loading ---------------------------------------------------------------------------
+    async def ensure_loaded(self, model_id: str) -> tuple[ModelState, list[Endpoint]]:
+        """Return the loaded copies of `model_id`, loading a first copy if there is none."""
+        copies = await self.live.copies(model_id)
+        if any(c.state == CopyState.LOADED.value for c in copies):
+            return ModelState(LOADED, (), tuple(copies)), await self.endpoints(copies)
+        task = self._loads.get(model_id)
+        if task is None:
+            task = asyncio.create_task(self._load_first_copy(model_id))
+            self._loads[model_id] = task
+            task.add_done_callback(lambda _t, m=model_id: self._loads.pop(m, None))
+        await asyncio.shield(task)
+        copies = await self.live.copies(model_id)
+        return ModelState(LOADED, (), tuple(copies)), await self.endpoints(copies)
+
+    async def endpoints(self, copies: Sequence[CopyRecord]) -> list[Endpoint]:
+        loaded = [c.pod_id for c in copies if c.state == CopyState.LOADED.value]
+        if not loaded:
+            return []
+        pods = {p.pod_id: p for p in await self.live.pods()}
+        return [
+            Endpoint(pod_id=p, grpc_address=pods[p].grpc_address, rest_address=pods[p].rest_address)
+            for p in loaded
+            if p in pods
+        ]
+
+    def _alive(self, pod: PodInfo) -> bool:
+        return now_ms() - pod.heartbeat_ms <= self.settings.pod_timeout_seconds * 1000
+
+    async def _load_first_copy(self, model_id: str) -> None:
+        deadline = time.monotonic() + self.settings.load_timeout_seconds
+        record = await self.registry.find_model(model_id)
+        if record is None:
+            raise NotFound(f"model {model_id!r} not found: register it first (POST /v1/models)")
+        attempt, backoff = 0, 0.02
+        while True:
+            attempt += 1
+            copies = await self.live.copies(model_id)
+            if any(c.state == CopyState.LOADED.value for c in copies):
+                return
+            if copies:  # another replica is loading it: wait for that copy
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"model {model_id!r} is still loading; try again shortly")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.25)
+                continue
+            done = await self._place_and_load(record, exclusive=True, deadline=deadline)
+            if done:
+                return
+            if time.monotonic() > deadline:
+                raise Unavailable(f"could not place model {model_id!r} within the load timeout")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 0.25)
+
+    async def _place_and_load(self, record: ModelRecord, *, exclusive: bool, deadline: float) -> bool:
+        """One placement attempt; True when a copy was loaded, False to try again."""
+        model_id = record.id
+        pods = [p for p in await self.live.pods() if self._alive(p)]
+        labels = model_labels(
+            model_type=record.model_type,
+            model_type_version=record.model_type_version,
+            runtime=record.runtime,
+            protocol_version=record.protocol_version,
+        )
+        compatible = [p for p in pods if labels <= p.labels]
+        failed = await self.live.failed_pods(model_id, [p.pod_id for p in compatible])
+        if compatible and len(failed) == len(compatible):
+            reason = self._failure_message(record, failed)
+            raise FailedPrecondition(reason)
+        size = await self._size_for(record, compatible)
+        views = await self._pod_views(pods)
+        plan = placement.place(
+            PlacementRequest(
+                model_id=model_id, size_bytes=size, required_labels=labels, exclude_pods=frozenset(failed)
+            ),
+            views,
+            now=self.clock(),
+            config=PlacementConfig(
+                policy=self.settings.eviction_policy,
+                min_residency_seconds=self.settings.min_residency_seconds,
+            ),
+        )
+        if plan.pod_id is None:
+            if plan.code == TOO_BIG:
+                await self._event("failed", model_id=model_id, message=plan.reason)
+                raise ResourceExhausted(f"model {model_id!r} cannot be placed: {plan.reason}")
+            if plan.code == NO_COMPATIBLE_RUNTIME:
+                raise Unavailable(
+                    f"model {model_id!r} cannot be placed: {plan.reason} "
+                    "(is a runtime pod for this format running?)"
+                )
+            if plan.code == ALL_BUSY_LOADING:
+                return False
+            raise ResourceExhausted(f"model {model_id!r} cannot be placed: {plan.reason}")
+        for ev in plan.evictions:
+            await self._unload_copy(
+                model_id=ev.model_id, pod_id=ev.pod_id, kind="evicted", why=f"to make room for {model_id}"
+            )
+        ok, why = await self.live.reserve(model_id=model_id, pod_id=plan.pod_id, size=size, exclusive=exclusive)
+        if not ok:
+            log.debug("reservation of %s on %s refused: %s", model_id, plan.pod_id, why)
+            return False
+        pod = next(p for p in pods if p.pod_id == plan.pod_id)
+        await self._publish(models=[model_id])
+        return await self._load_on(record, pod=pod, size=size, reason=plan.reason, deadline=deadline)
+
+    async def _load_on(self, record: ModelRecord, *, pod: PodInfo, size: int, reason: str, deadline: float) -> bool:
+        model_id = record.id
+        request = runtime_pb2.LoadModelRequest(
+            model_id=model_id,
+            model_type=record.model_type,
+            model_path=self._storage_path(record),
+            model_key=self._model_key(record),
+        )
+        started = time.monotonic()
+        timeout = max(1.0, deadline - started)
+        try:
+            response = await self.pullers.stub(pod.management_address).LoadModel(request, timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            await self.live.release(model_id=model_id, pod_id=pod.pod_id)
+            message = err.details() or err.code().name
+            await self._record_failure(record, pod_id=pod.pod_id, message=message)
+            await self._publish(models=[model_id])
+            if err.code() in _MODEL_FAULTS:
+                raise FailedPrecondition(f"model {model_id!r} failed to load: {message}") from err
+            log.warning("load of %s on %s failed (%s): %s; trying another pod", model_id, pod.pod_id, err.code().name, message)
+            return False
+        except asyncio.CancelledError:
+            await self.live.release(model_id=model_id, pod_id=pod.pod_id)
+            raise
+        measured = int(response.size_in_bytes) or size
+        if not await self.live.settle(model_id=model_id, pod_id=pod.pod_id, size=measured):
+            # the reservation vanished (pod removed meanwhile): undo on the pod
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self.pullers.stub(pod.management_address).UnloadModel(
+                    runtime_pb2.UnloadModelRequest(model_id=model_id), timeout=10
+                )
+            return False
+        elapsed = time.monotonic() - started
+        updates: dict[str, Any] = {"last_failure": None}
+        if response.measured:
+            updates["measured_size"] = measured
+        await self._best_effort(self.registry.update_model(model_id, **updates))
+        await self._event(
+            "placed",
+            model_id=model_id,
+            pod_id=pod.pod_id,
+            message=f"{reason}; loaded in {elapsed:.2f}s, size {measured} bytes"
+            + (" (measured)" if response.measured else " (predicted)"),
+            details={"reserved": size, "size": measured, "measured": response.measured, "seconds": elapsed},
+        )
+        await self._publish(models=[model_id])
+        return True
+
+    async def _record_failure(self, record: ModelRecord, *, pod_id: str, message: str) -> None:
+        failure = {
+            "reason": "ModelLoadFailed",
+            "message": message,
+            "pod_id": pod_id,
+            "time_ms": int(self.clock() * 1000),
+        }
+        await self.live.record_failure(
+            model_id=record.id, pod_id=pod_id, reason=message, ttl_seconds=self.settings.failure_backoff_seconds
+        )
+        await self._best_effort(self.registry.update_model(record.id, last_failure=failure))
+        await self._event("failed", model_id=record.id, pod_id=pod_id, message=message)
+
+    def _failure_message(self, record: ModelRecord, failed: dict[str, str]) -> str:
+        pod, reason = sorted(failed.items())[0]
+        return f"model {record.id!r} failed to load (pod {pod}): {reason}"
+
+    async def _size_for(self, record: ModelRecord, pods: Sequence[PodInfo]) -> int:
+        """Measured size, else declared, else the puller's prediction, else the runtime default."""
+        for size in (record.measured_size, record.declared_size, record.predicted_size):
+            if size > 0:
+                return size
+        for pod in pods[:1]:
+            try:
+                response = await self.pullers.stub(pod.management_address).PredictModelSize(
+                    runtime_pb2.PredictModelSizeRequest(
+                        model_id=record.id,
+                        model_type=record.model_type,
+                        model_path=self._storage_path(record),
+                        model_key=self._model_key(record),
+                    ),
+                    timeout=5,
+                )
+            except grpc.aio.AioRpcError as err:
+                log.info("size prediction for %s failed: %s", record.id, err.details())
+                break
+            if response.size_in_bytes > 0:
+                await self._best_effort(self.registry.update_model(record.id, predicted_size=response.size_in_bytes))
+                return int(response.size_in_bytes)
+        return pods[0].default_size if pods else 1_000_000
+
+    @staticmethod
+    def _storage_path(record: ModelRecord) -> str:
+        if record.storage_uri:
+            return parse_storage_uri(record.storage_uri, record.storage_params).path
+        return record.storage_path
+
+    @staticmethod
+    def _model_key(record: ModelRecord) -> str:
+        params = dict(record.storage_params)
+        if record.storage_uri:
+            params = parse_storage_uri(record.storage_uri, params).params
+        key: dict[str, Any] = {
+            "storage_params": params,
+            "model_type": {"name": record.model_type, "version": record.model_type_version},
+        }
+        if record.storage_key:
+            key["storage_key"] = record.storage_key
+        return json.dumps(key, sort_keys=True)
+
+    async def _pod_views(self, pods: Sequence[PodInfo]) -> list[PodView]:
+        views = []
+        for pod in pods:
+            allocations = await self.live.pod_allocations(pod.pod_id)
+            copies = await self.live.copies_many(allocations)
+            copy_views = []
+            for model, size in sorted(allocations.items()):
+                rec = next((c for c in copies.get(model, []) if c.pod_id == pod.pod_id), None)
+                if rec is None:
+                    continue
+                hits, last_used = await self.live.usage(model)
+                copy_views.append(
+                    CopyView(
+                        model_id=model,
+                        size_bytes=size,
+                        state=CopyState.LOADING if rec.state == "loading" else CopyState.LOADED,
+                        last_used=max(last_used, rec.since_ms) / 1000,
+                        hits=float(hits),
+                        loaded_at=rec.since_ms / 1000,
+                    )
+                )
+            views.append(
+                PodView(
+                    pod_id=pod.pod_id,
+                    capacity_bytes=pod.capacity,
+                    allocated_bytes=pod.allocated,
+                    labels=pod.labels,
+                    loading=pod.loading,
+                    max_loading=pod.max_loading,
+                    healthy=True,
+                    draining=pod.draining,
+                    copies=tuple(copy_views),
+                )
+            )
+        return views
+
+    async def _unload_copy(self, *, model_id: str, pod_id: str, kind: str, why: str) -> None:
+        pod = await self.live.pod(pod_id)
+        await self.live.release(model_id=model_id, pod_id=pod_id)
+        await self._publish(models=[model_id])
+        if pod is not None:
+            try:
+                await self.pullers.stub(pod.management_address).UnloadModel(
+                    runtime_pb2.UnloadModelRequest(model_id=model_id), timeout=30
+                )
+            except grpc.aio.AioRpcError as err:
+                log.warning("unload of %s on %s failed: %s", model_id, pod_id, err.details())
+        await self._event(kind, model_id=model_id, pod_id=pod_id, message=why)
+
+    async def unload(self, model_id: str) -> int:
+        copies = await self.live.copies(model_id)
+        for copy in copies:
+            await self._unload_copy(model_id=model_id, pod_id=copy.pod_id, kind="unloaded", why="requested by admin")
+        return len(copies)
+
+    # -- vmodels ---------------------------------------------------------------------------
+    async def set_vmodel(
+        self, *, vmodel_id: str, target_model_id: str, owner: str = "", auto_delete: bool = False
+    ) -> None:
+        """Point `vmodel_id` at `target_model_id` (walking skeleton: switches at once)."""
+        existing = await self.registry.get_vmodel(vmodel_id)
+        if existing is not None and owner and existing.owner and existing.owner != owner:
+            raise FailedPrecondition(f"vmodel {vmodel_id!r} already exists with owner {existing.owner!r}")
+        if await self.registry.find_model(target_model_id) is None:
+            raise NotFound(f"target model {target_model_id!r} not found")
+        await self.registry.upsert_vmodel(
+            vmodel_id=vmodel_id, owner=owner, active=target_model_id, target=target_model_id, auto_delete=auto_delete
+        )
+        await self.live.set_vmodel(vmodel_id, target_model_id)
+        await self._publish(vmodels=[vmodel_id])
+
+    async def delete_vmodel(self, vmodel_id: str) -> None:
+        await self.registry.delete_vmodel(vmodel_id)
+        await self.live.delete_vmodel(vmodel_id)
+        await self._publish(vmodels=[vmodel_id])
+
+    # -- pods ------------------------------------------------------------------------------
+    async def report_pod(self, fields: dict[str, Any], loaded_model_ids: Sequence[str]) -> None:
+        pod_id = str(fields["pod_id"])
+        body = {k: v for k, v in fields.items() if k != "pod_id"}
+        body["heartbeat_ms"] = now_ms()
+        is_new = await self.live.upsert_pod(pod_id=pod_id, fields=body)
+        changed: list[str] = []
+        held = await self.live.pod_allocations(pod_id)
+        reported = set(loaded_model_ids)
+        if is_new:
+            log.info("pod %s registered (capacity %s bytes)", pod_id, fields.get("capacity"))
+            await self._event("pod-registered", pod_id=pod_id, message=f"capacity {fields.get('capacity')}")
+        for model in sorted(reported - set(held)):
+            # a copy the pod holds that live state does not know (e.g. after a Redis restart)
+            record = await self._safe_find(model)
+            if record is None:
+                continue
+            size = record.measured_size or record.predicted_size or int(fields.get("default_size", 1_000_000))
+            if await self.live.adopt(model_id=model, pod_id=pod_id, size=size):
+                changed.append(model)
+        grace = 3 * self.settings.heartbeat_interval_seconds * 1000
+        copies = await self.live.copies_many(sorted(set(held) - reported))
+        for model, recs in copies.items():
+            for rec in recs:
+                if rec.pod_id == pod_id and rec.state == "loaded" and now_ms() - rec.since_ms > grace:
+                    await self.live.release(model_id=model, pod_id=pod_id)
+                    await self._event("dropped", model_id=model, pod_id=pod_id, message="pod no longer reports it")
+                    changed.append(model)
+        if changed or is_new:
+            await self._publish(models=changed)
+
+    async def _safe_find(self, model_id: str) -> ModelRecord | None:
+        try:
+            return await self.registry.find_model(model_id)
+        except Unavailable:
+            return None
+
+    async def remove_dead_pods(self) -> list[str]:
+        removed = []
+        for pod in await self.live.pods():
+            if not self._alive(pod):
+                models = await self.live.remove_pod(pod.pod_id)
+                removed.append(pod.pod_id)
+                await self._event(
+                    "pod-lost",
+                    pod_id=pod.pod_id,
+                    message=f"no heartbeat for {self.settings.pod_timeout_seconds:.0f}s; dropped {len(models)} copies",
+                )
+                await self._publish(models=models)
+        return removed
+
+    async def report_usage(self, usage: dict[str, int]) -> None:
+        await self.live.add_usage(usage, at_ms=now_ms())
+
+    # -- routes ----------------------------------------------------------------------------
+    async def routes_for(self, model_ids: Sequence[str]) -> dict[str, list[Endpoint]]:
+        copies = await self.live.copies_many(model_ids)
+        pods = {p.pod_id: p for p in await self.live.pods()}
+        out: dict[str, list[Endpoint]] = {}
+        for model, recs in copies.items():
+            out[model] = [
+                Endpoint(pod_id=c.pod_id, grpc_address=pods[c.pod_id].grpc_address, rest_address=pods[c.pod_id].rest_address)
+                for c in recs
+                if c.state == CopyState.LOADED.value and c.pod_id in pods
+            ]
+        return out
+
+    async def _publish(self, *, models: Sequence[str] = (), vmodels: Sequence[str] = ()) -> None:
+        try:
+            await self.live.publish({"models": list(models), "vmodels": list(vmodels)})
+        except Exception as err:  # a lost notification is repaired by the next snapshot
+            log.warning("route publish failed: %s", err)
+
+    # -- events ----------------------------------------------------------------------------
+    async def _event(self, kind: str, **kwargs: Any) -> None:
+        await self._best_effort(self.registry.add_event(kind=kind, **kwargs))
+
+    async def _best_effort(self, coro: Any) -> None:
+        try:
+            await coro
+        except Unavailable as err:
+            log.warning("registry write skipped: %s", err.message)
+
+
+def failure_time(failure: dict[str, Any] | None) -> dt.datetime | None:
+    if not failure:
+        return None
+    return dt.datetime.fromtimestamp(float(failure.get("time_ms", 0)) / 1000, dt.UTC)

@@ -1,0 +1,40 @@
+"""Scheduler settings (env prefix MESHSERVE_SCHEDULER_; shared infra also from MESHSERVE_*)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from meshserve.common.settings import TLSSettings, shared
+from meshserve.scheduler.models import EvictionPolicy
+
+
+class SchedulerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MESHSERVE_SCHEDULER_", env_nested_delimiter="__", populate_by_name=True
+    )
+
+    grpc_address: str = "0.0.0.0:8034"
+    admin_host: str = "0.0.0.0"
+    admin_port: int = 8080
+    metrics_port: int = 2112
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", validation_alias=shared("redis_url", "scheduler")
+    )
+    database_url: str = Field(
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/meshserve",
+        validation_alias=shared("database_url", "scheduler"),
+    )
+    key_prefix: str = "ms"
+    admin_token: SecretStr | None = None     # when set, admin mutations need "Authorization: Bearer <token>"
+    tls: TLSSettings = TLSSettings()          # server side of :8034
+    puller_tls: TLSSettings = TLSSettings()   # client side towards pullers
+    eviction_policy: EvictionPolicy = EvictionPolicy.USAGE_WEIGHTED
+    load_timeout_seconds: float = 90.0
+    pod_timeout_seconds: float = 15.0         # no heartbeat for this long: pod is gone
+    heartbeat_interval_seconds: float = 2.0
+    failure_backoff_seconds: float = 900.0    # ModelMesh's MM_LOAD_FAILURE_EXPIRY_TIME_MS
+    min_residency_seconds: float = 30.0
+    scale_up_rpm_threshold: float = 2000.0
+    log_level: str = "INFO"
+    log_json: bool = False
