@@ -138,6 +138,25 @@ def _ports(docs: list[dict[str, Any]], service: str) -> dict[str, int]:
 
 
 @needs_kubectl
+def test_env_names_exist_in_the_settings_classes() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_compose_checks", Path(__file__).with_name("test_compose.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    unknown_settings_env = module.unknown_settings_env
+
+    docs = build(BASE)
+    problems = []
+    for dep in by_kind(docs, "Deployment"):
+        for container in dep["spec"]["template"]["spec"]["containers"]:
+            names = [e["name"] for e in container.get("env", [])]
+            problems += [f"{dep['metadata']['name']}: {p}" for p in unknown_settings_env(names)]
+    assert problems == []
+
+
+@needs_kubectl
 def test_ports_match_the_design() -> None:
     docs = build(BASE)
     assert _ports(docs, "modelmesh-serving") == {"grpc": 8033, "http": 8008, "prometheus": 2112}
