@@ -251,7 +251,8 @@ def _failure(
     if reason is FailureReason.MODEL_LOAD_FAILED:
         for copy in target.copies:
             if copy.status is ModelStatusCode.LOADING_FAILED:
-                when = datetime.fromtimestamp(copy.time_ms / 1000, tz=UTC) if copy.time_ms else None
+                # CR times have second precision (metav1.Time): truncate so status round-trips
+                when = datetime.fromtimestamp(copy.time_ms // 1000, tz=UTC) if copy.time_ms else None
                 return FailureInfo(reason=reason, message=message, model_id=model_id, location=copy.location, time=when)
         return FailureInfo(reason=reason, message=message, model_id=model_id)
     return FailureInfo(reason=reason, message=message, model_id=model_id, time=_sticky_time(previous, now))
@@ -259,7 +260,7 @@ def _failure(
 
 def _sticky_time(previous: FailureInfo | None, now: datetime) -> datetime:
     if previous is None or previous.time is None or now - previous.time > FAILURE_TIME_REFRESH:
-        return now
+        return now.replace(microsecond=0)
     return previous.time
 
 

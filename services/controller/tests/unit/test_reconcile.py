@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from meshserve.controller import deployments as deploy
+from meshserve.controller import reconcile as rc
+from meshserve.controller import runtimes as rts
+from meshserve.controller import specs
+from meshserve.controller.serving_config import ServingConfig, parse_config_yaml
+from meshserve.controller.storage_config import parse_storage_secret
+
+REPO = Path(__file__).resolve().parents[4]
+RUNTIMES = {
+    rt.name: rt
+    for rt in (rts.parse_runtime(yaml.safe_load(p.read_text()), cluster_scoped=True)
+               for p in (REPO / "deploy/kustomize/base/runtimes").glob("*.yaml"))
+}
+CONFIG = parse_config_yaml("scaleToZero:\n  enabled: true\n  gracePeriodSeconds: 5\n").config
+STORAGE = parse_storage_secret({"pvc": '{"type": "pvc", "name": "models-pvc-1"}'}, base64_encoded=False)
+ML = "modelmesh-serving-mlserver-1.x"
+
+
+def sklearn(name: str = "m", deleting: bool = False) -> specs.PredictorCR:
+    obj: dict[str, Any] = {"metadata": {"name": name, "namespace": "ns", "annotations": {specs.DEPLOYMENT_MODE_ANNOTATION: "ModelMesh"}},
+                           "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "s3://b/p"}}}}
+    if deleting:
+        obj["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+    p = specs.parse_inference_service(obj)
+    assert p is not None
+    return p
+
+
+def plan(predictors: list[specs.PredictorCR], observed: dict[str, rc.ObservedDeployment], records: dict[str, rc.RuntimeRecord],
+         now: float, config: ServingConfig = CONFIG, runtimes: dict[str, rts.Runtime] | None = None) -> rc.RuntimePlan:
+    return rc.plan_runtimes(runtimes=RUNTIMES if runtimes is None else runtimes, predictors=predictors, observed=observed,
+                            records=records, config=config, namespace="ns", storage=STORAGE,
+                            scheduler_address="meshserve-scheduler:8034", now=now)
+
+
+def apply(result: rc.RuntimePlan, observed: dict[str, rc.ObservedDeployment]) -> dict[str, rc.ObservedDeployment]:
+    out = dict(observed)
+    for a in result.actions:
+        if a.kind is rc.ActionKind.DELETE:
+            out.pop(a.name)
+        elif a.kind in (rc.ActionKind.CREATE, rc.ActionKind.PATCH):
+            assert a.manifest is not None
+            out[a.name] = rc.ObservedDeployment(a.name, a.replicas, a.manifest["metadata"]["annotations"][deploy.SPEC_HASH_ANNOTATION])
+        else:
+            out[a.name] = replace(out[a.name], replicas=a.replicas)
+    return out
+
+
+def replicas(observed: dict[str, rc.ObservedDeployment], name: str = ML) -> int | None:
+    return observed[name].replicas if name in observed else None
+
+
+def test_first_reconcile_creates_deployment_for_used_runtime_only() -> None:
+    result = plan([sklearn()], {}, {}, now=0)
+    created = {a.name: a for a in result.actions}
+    assert set(created) == {ML}
+    assert created[ML].kind is rc.ActionKind.CREATE and created[ML].replicas == CONFIG.pods_per_runtime
+    # nothing else to do on the next pass
+    again = plan([sklearn()], apply(result, {}), result.records, now=1)
+    assert again.actions == ()
+
+
+def test_scale_to_zero_timer_rules_like_the_fvt() -> None:
+    r1 = plan([sklearn()], {}, {}, now=0)
+    obs = apply(r1, {})
+    # predictor deleted: still up at +1 s, requeue for the remaining grace, 0 at >= 5 s
+    r2 = plan([], obs, dict(r1.records), now=10)
+    assert r2.actions == () and r2.requeue_after == pytest.approx(5.0)
+    r3 = plan([], obs, dict(r2.records), now=11)
+    assert r3.actions == () and r3.requeue_after == pytest.approx(4.0)
+    r4 = plan([], obs, dict(r3.records), now=15.5)
+    obs4 = apply(r4, obs)
+    assert replicas(obs4) == 0
+    # deleted and recreated within the grace period: stays up, timer cleared
+    r5 = plan([], obs, dict(r1.records), now=20)
+    r6 = plan([sklearn()], obs, dict(r5.records), now=22)
+    assert r6.actions == () and r6.records["mlserver-1.x"].unused_since is None
+    r7 = plan([sklearn()], obs, dict(r6.records), now=40)
+    assert r7.actions == ()
+
+
+def test_scaled_to_zero_runtime_comes_back_when_used() -> None:
+    obs = {ML: rc.ObservedDeployment(ML, 0, plan([sklearn()], {}, {}, now=0).actions[0].manifest["metadata"]["annotations"][deploy.SPEC_HASH_ANNOTATION])}  # type: ignore[index]
+    result = plan([sklearn()], obs, {"mlserver-1.x": rc.RuntimeRecord(in_use=False)}, now=100)
+    assert [(a.kind, a.replicas) for a in result.actions] == [(rc.ActionKind.SCALE, 2)]
+
+
+def test_deleting_predictor_does_not_keep_runtime_and_scale_to_zero_disabled_keeps_all() -> None:
+    assert plan([sklearn(deleting=True)], {}, {}, now=0).actions == ()
+    no_stz = parse_config_yaml("scaleToZero:\n  enabled: false").config
+    names = {a.name for a in plan([], {}, {}, now=0, config=no_stz).actions}
+    assert names == {f"modelmesh-serving-{n}" for n in RUNTIMES}
+
+
+def test_disabled_or_removed_runtime_deployment_is_deleted_and_unmanaged_ones_are_left_alone() -> None:
+    obs = apply(plan([sklearn()], {}, {}, now=0), {})
+    disabled = dict(RUNTIMES)
+    disabled["mlserver-1.x"] = replace(RUNTIMES["mlserver-1.x"], disabled=True)
+    result = plan([sklearn()], obs, {}, now=1, runtimes=disabled)
+    assert [(a.kind, a.name) for a in result.actions] == [(rc.ActionKind.DELETE, ML)]
+    foreign = {"modelmesh-serving-other": rc.ObservedDeployment("modelmesh-serving-other", 1, "x", managed=False)}
+    assert plan([], foreign, {}, now=0).actions == ()
+
+
+def test_spec_change_patches_and_replicas_override() -> None:
+    obs = apply(plan([sklearn()], {}, {}, now=0), {})
+    changed = dict(RUNTIMES)
+    changed["mlserver-1.x"] = replace(RUNTIMES["mlserver-1.x"], replicas=3)
+    result = plan([sklearn()], obs, {}, now=1, runtimes=changed)
+    assert [(a.kind, a.replicas) for a in result.actions] == [(rc.ActionKind.SCALE, 3)]
+    new_cfg = replace(CONFIG, storage_helper_image=replace(CONFIG.storage_helper_image, tag="v9"))
+    result = plan([sklearn()], obs, {}, now=1, config=new_cfg)
+    assert [a.kind for a in result.actions] == [rc.ActionKind.PATCH]
+
+
+def test_deployment_manifest_is_valid_kubernetes_and_has_the_puller() -> None:
+    manifest = deploy.build_runtime_deployment(runtime=RUNTIMES["mlserver-1.x"], config=ServingConfig(), namespace="ns",
+                                               replicas=2, storage=STORAGE, scheduler_address="meshserve-scheduler:8034")
+    kubernetes_validate.validate(manifest, "1.32", strict=True)
+    pod = manifest["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["mlserver", "puller"]
+    puller = pod["containers"][1]
+    env = {e["name"]: e.get("value") for e in puller["env"]}
+    assert env["MESHSERVE_PULLER_RUNTIME"] == "mlserver-1.x"
+    assert env["MESHSERVE_PULLER_CAPACITY_BYTES"] == str(2**30 - 134217728)
+    assert env["MESHSERVE_PULLER_SUPPORTED_FORMATS"] == "sklearn:0,xgboost:1,lightgbm:3"
+    assert env["MESHSERVE_PULLER_PROTOCOL_VERSIONS"] == "grpc-v2,v2"
+    assert {"/models", "/storage-config", "/pvc_mounts/models-pvc-1"} <= {m["mountPath"] for m in puller["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models-dir"]["emptyDir"]["sizeLimit"] == str(int(2**30 * 1.5))
+    assert volumes["storage-config"]["secret"]["secretName"] == "storage-config"
+    labels = manifest["spec"]["template"]["metadata"]["labels"]
+    assert labels["modelmesh-service"] == "modelmesh-serving" and labels["name"] == ML
+    assert manifest["metadata"]["name"] == ML
+
+
+def test_puller_env_matches_puller_settings() -> None:
+    try:
+        from meshserve.puller.settings import PullerSettings
+    except ImportError:
+        pytest.skip("meshserve.puller.settings not importable in this checkout")
+    manifest = deploy.build_runtime_deployment(runtime=RUNTIMES["mlserver-1.x"], config=ServingConfig(), namespace="ns",
+                                               replicas=1, storage=STORAGE, scheduler_address="s:8034")
+    names = [e["name"] for e in manifest["spec"]["template"]["spec"]["containers"][1]["env"]]
+    fields = set(PullerSettings.model_fields)
+    assert [n for n in names if n.startswith("MESHSERVE_PULLER_") and n.removeprefix("MESHSERVE_PULLER_").lower() not in fields] == []
+
+
+@pytest.mark.parametrize(("q", "n"), [("1Gi", 2**30), ("512Mi", 512 * 2**20), ("1G", 10**9), ("100", 100), (5, 5), ("500m", 0)])
+def test_parse_quantity(q: Any, n: int) -> None:
+    assert deploy.parse_quantity(q) == n
+
+
+def test_plan_predictor() -> None:
+    assert rc.plan_predictor(None, runtimes=RUNTIMES, config=CONFIG).op is rc.PredictorOp.DELETE_VMODEL
+    assert rc.plan_predictor(sklearn(deleting=True), runtimes=RUNTIMES, config=CONFIG).op is rc.PredictorOp.DELETE_VMODEL
+    ok = rc.plan_predictor(sklearn(), runtimes=RUNTIMES, config=CONFIG)
+    assert ok.op is rc.PredictorOp.SET_VMODEL and ok.runtimes == ("mlserver-1.x",)
+    assert rc.plan_predictor(sklearn(), runtimes={}, config=CONFIG).failure is rts.SelectionFailure.NO_SUPPORTING_RUNTIME
+    bad = specs.parse_predictor({"metadata": {"name": "p"}, "spec": {"modelType": {"name": "x"}, "path": "a", "storage": {"path": "b"}}})
+    assert rc.plan_predictor(bad, runtimes=RUNTIMES, config=CONFIG).op is rc.PredictorOp.READ_STATUS
+
+
+events = st.lists(st.tuples(st.booleans(), st.floats(min_value=0, max_value=20)), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events)
+def test_runtime_plan_invariants(steps: list[tuple[bool, float]]) -> None:
+    observed: dict[str, rc.ObservedDeployment] = {}
+    records: dict[str, rc.RuntimeRecord] = {}
+    now = 0.0
+    unused_since: float | None = None
+    for used, dt in steps:
+        now += dt
+        result = plan([sklearn()] if used else [], observed, records, now=now)
+        kinds: dict[str, set[rc.ActionKind]] = {}
+        for a in result.actions:
+            kinds.setdefault(a.name, set()).add(a.kind)
+            assert a.name in observed or a.kind is rc.ActionKind.CREATE
+        assert all(len(k) == 1 for k in kinds.values())
+        if result.requeue_after is not None:
+            assert 0 < result.requeue_after <= CONFIG.scale_to_zero_grace_period_seconds
+        observed = apply(result, observed)
+        records = dict(result.records)
+        if used:
+            assert replicas(observed) == CONFIG.pods_per_runtime   # in use: never below podsPerRuntime
+            unused_since = None
+        elif ML in observed and replicas(observed):
+            unused_since = now if unused_since is None else unused_since
+            assert now - unused_since < CONFIG.scale_to_zero_grace_period_seconds + 1e-9
