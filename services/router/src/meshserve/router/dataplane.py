@@ -21,6 +21,7 @@ from meshserve.common.errors import InvalidArgument, MeshError, NotFound, from_g
 from meshserve.common.grpcutil import message_size_options, open_channel
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 from meshserve.router import balance, metrics
+from meshserve.router.upstream_errors import client_status
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import Endpoint, RoutingTable
 
@@ -164,7 +165,8 @@ class DataPlane:
                     self.table.drop_endpoint(model_id, endpoint.pod_id)
                     refresh = not self.table.endpoints(model_id)
                     continue
-                raise from_grpc(err.code(), err.details() or err.code().name) from err
+                details = err.details() or err.code().name
+                raise from_grpc(client_status(method, err.code(), details), details) from err
             finally:
                 self.in_flight[endpoint.pod_id] -= 1
         raise AssertionError("unreachable")

@@ -160,7 +160,7 @@ def create_app(service: SchedulerService) -> FastAPI:
 
     @app.post("/v1/models/{model_id}:load", dependencies=mutate)
     async def load(model_id: str) -> dict[str, Any]:
-        await service.ensure_loaded(model_id)
+        await service.retry_load(model_id)
         return await model_view(model_id, events=False)
 
     @app.post("/v1/models/{model_id}:unload", dependencies=mutate)

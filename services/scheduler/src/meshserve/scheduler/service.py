@@ -250,6 +250,13 @@ class SchedulerService:
         copies = await self.live.copies(model_id)
         return ModelState(LOADED, (), tuple(copies)), await self.endpoints(copies)
 
+    async def retry_load(self, model_id: str) -> tuple[ModelState, list[Endpoint]]:
+        """Forget recorded failures (an admin fixed the files) and load again."""
+        await self.registry.get_model(model_id)
+        await self.registry.update_model(model_id, last_failure=None)
+        await self.live.clear_failures(model_id)
+        return await self.ensure_loaded(model_id)
+
     async def endpoints(self, copies: Sequence[CopyRecord]) -> list[Endpoint]:
         loaded = [c.pod_id for c in copies if c.state == CopyState.LOADED.value]
         if not loaded:
@@ -269,6 +276,12 @@ class SchedulerService:
         record = await self.registry.find_model(model_id)
         if record is None:
             raise NotFound(f"model {model_id!r} not found: register it first (POST /v1/models)")
+        failure = self._active_failure(record)
+        if failure is not None and failure.get("fault") == "model":
+            # the files or the format are bad: every pod would fail the same way, so
+            # answer with the recorded reason until the back-off expires or an admin
+            # asks for a retry (POST /v1/models/{id}:load)
+            raise FailedPrecondition(f"model {model_id!r} failed to load: {failure['message']}")
         attempt, backoff = 0, 0.02
         while True:
             attempt += 1
@@ -356,9 +369,10 @@ class SchedulerService:
         except grpc.aio.AioRpcError as err:
             await self.live.release(model_id=model_id, pod_id=pod.pod_id)
             message = err.details() or err.code().name
-            await self._record_failure(record, pod_id=pod.pod_id, message=message)
+            model_fault = err.code() in _MODEL_FAULTS
+            await self._record_failure(record, pod_id=pod.pod_id, message=message, model_fault=model_fault)
             await self._publish(models=[model_id])
-            if err.code() in _MODEL_FAULTS:
+            if model_fault:
                 raise FailedPrecondition(f"model {model_id!r} failed to load: {message}") from err
             log.warning("load of %s on %s failed (%s): %s; trying another pod", model_id, pod.pod_id, err.code().name, message)
             return False
@@ -389,11 +403,12 @@ class SchedulerService:
         await self._publish(models=[model_id])
         return True
 
-    async def _record_failure(self, record: ModelRecord, *, pod_id: str, message: str) -> None:
+    async def _record_failure(self, record: ModelRecord, *, pod_id: str, message: str, model_fault: bool) -> None:
         failure = {
             "reason": "ModelLoadFailed",
             "message": message,
             "pod_id": pod_id,
+            "fault": "model" if model_fault else "pod",
             "time_ms": int(self.clock() * 1000),
         }
         await self.live.record_failure(

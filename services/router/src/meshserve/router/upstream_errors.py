@@ -1,0 +1,36 @@
+"""Mapping a model server's error status to the status the client should see. PURE.
+
+MLServer (1.7) answers a request whose tensors do not fit the model (wrong number of
+features, a shape that does not match the data, a datatype it cannot decode) with
+INTERNAL and the Python exception's text. For the client that is a bad request, so
+an INTERNAL reply to ModelInfer whose text matches one of MLServer's input-decoding or
+input-validation messages becomes INVALID_ARGUMENT, with the model server's reason
+kept verbatim. Anything else passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+
+_BAD_INPUT = re.compile(
+    r"(features, but .* is expecting"
+    r"|cannot reshape array"
+    r"|buffer size must be a multiple"
+    r"|could not convert"
+    r"|invalid literal for"
+    r"|unsupported (data)?type"
+    r"|datatype"
+    r"|dtype"
+    r"|shape mismatch|incompatible shape|expected shape|wrong shape"
+    r"|builtins\.(ValueError|TypeError)"
+    r"|is not a valid (input|tensor))",
+    re.IGNORECASE,
+)
+
+
+def client_status(method: str, code: grpc.StatusCode, details: str) -> grpc.StatusCode:
+    if code == grpc.StatusCode.INTERNAL and method.endswith("/ModelInfer") and _BAD_INPUT.search(details or ""):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return code

@@ -1,0 +1,72 @@
+"""Whole-stack fixtures: real Redis, Postgres, S3 (moto), scheduler, router and two
+runtime pods (MLServer + puller), all as processes on loopback.
+
+Uses MESHSERVE_REDIS_URL / MESHSERVE_DATABASE_URL / MESHSERVE_S3_ENDPOINT when set
+(with a private database and Redis key prefix for this session), else starts private
+instances. Process logs land in the session's temp folder and are printed when a test
+fails.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack, StackConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "models"
+MNIST_INPUT = np.array(
+    [[0, 0, 1, 11, 14, 15, 3, 0, 0, 1, 13, 16, 12, 16, 8, 0, 0, 8, 16, 4, 6, 16, 5, 0, 0, 5, 15, 11, 13, 14, 0, 0,
+      0, 0, 2, 12, 16, 13, 0, 0, 0, 0, 0, 13, 16, 16, 6, 0, 0, 0, 0, 16, 16, 16, 7, 0, 0, 0, 0, 11, 13, 12, 1, 0]],
+    dtype=np.float32,
+)
+MNIST_URI = f"s3://{EXAMPLE_BUCKET}/sklearn/mnist-svm.joblib"
+IRIS_URI = f"s3://{EXAMPLE_BUCKET}/sklearn/iris-logreg.joblib"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not (EXAMPLES / "sklearn" / "mnist-svm.joblib").exists():
+        pytest.fail("example models missing: run `make examples` (make test does it)")
+    root = tmp_path_factory.mktemp("stack")
+    s = Stack(StackConfig.from_env(root, pods=2, isolate=True))
+    s.start()
+    try:
+        s.upload_examples(EXAMPLES)
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
+    if report.when == "call" and report.failed and isinstance(stack, Stack):
+        for proc in stack.group.procs:
+            report.sections.append((f"log of {proc.name}", proc.tail(30)))
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def triton(stack: Stack) -> Iterator[grpcclient.InferenceServerClient]:
+    client = grpcclient.InferenceServerClient(stack.router_grpc)
+    yield client
+    client.close()
+
+
+def mnist_inputs(data: np.ndarray = MNIST_INPUT, *, name: str = "predict", datatype: str = "FP32") -> list[grpcclient.InferInput]:
+    inp = grpcclient.InferInput(name, list(data.shape), datatype)
+    inp.set_data_from_numpy(data)
+    return [inp]
