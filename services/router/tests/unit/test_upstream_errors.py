@@ -1,0 +1,39 @@
+"""Model-server statuses as the client should see them."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from meshserve.router.upstream_errors import client_status
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+META = "/inference.GRPCInferenceService/ModelMetadata"
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        "X has 63 features, but SVC is expecting 64 features as input.",
+        "cannot reshape array of size 3 into shape (1,4)",
+        "could not convert string to float: 'a'",
+        "Unsupported datatype FOO",
+        "builtins.ValueError: bad",
+    ],
+)
+def test_mlserver_input_errors_on_infer_are_invalid_argument(details: str) -> None:
+    assert client_status(INFER, grpc.StatusCode.INTERNAL, details) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_other_internal_errors_pass_through() -> None:
+    assert client_status(INFER, grpc.StatusCode.INTERNAL, "out of memory") == grpc.StatusCode.INTERNAL
+    assert client_status(INFER, grpc.StatusCode.INTERNAL, "") == grpc.StatusCode.INTERNAL
+
+
+def test_only_model_infer_is_remapped() -> None:
+    assert client_status(META, grpc.StatusCode.INTERNAL, "cannot reshape array") == grpc.StatusCode.INTERNAL
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
+def test_non_internal_codes_are_unchanged(code: grpc.StatusCode) -> None:
+    assert client_status(INFER, code, "cannot reshape array") == code
