@@ -74,6 +74,8 @@ def safe_join(base: Path, relative: str) -> Path:
     Raises InvalidArgument for absolute paths, `..` escapes and symlinks that resolve
     outside the base folder.
     """
+    if "\x00" in relative:
+        raise InvalidArgument("path may not contain NUL bytes")
     rel = PurePosixPath(relative)
     if rel.is_absolute() or relative.startswith("\\"):
         raise InvalidArgument(f"path {relative!r} must be relative")

@@ -152,9 +152,17 @@ def now_ms() -> int:
 
 class LiveState:
     def __init__(self, url: str, *, prefix: str = "ms") -> None:
-        self.redis: aioredis.Redis = aioredis.from_url(
-            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3, health_check_interval=15
+        # a blocking pool: a burst of requests waits for a connection instead of failing
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=64,
+            timeout=10,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=3,
+            health_check_interval=15,
         )
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self.p = prefix
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)
