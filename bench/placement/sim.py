@@ -5,6 +5,8 @@ bytes of all models. Every request needs its model loaded: a hit when some pod h
 copy, otherwise a load (a miss) placed by `place()`, evicting what the plan says. One
 copy per model (no scaling), no load failures, loads complete at once; protections are
 off (`min_residency_seconds=0`, nothing in flight) so every policy gets the same room.
+Usage is counted the way the service should: an aged count per model, kept across
+evictions (`placement.age_hits`), passed as `CopyView.hits`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from meshserve.scheduler.models import (
     PlacementRequest,
     PodView,
 )
-from meshserve.scheduler.placement import place
+from meshserve.scheduler.placement import age_hits, place
 
-REQUEST_INTERVAL = 0.01   # seconds between requests (only orders `last_used`)
+REQUEST_INTERVAL = 0.03
+"""Simulated seconds between requests (33 req/s): the default 600 s half-life of
+usage-weighted aging is then 20,000 requests, twice the number of models."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,8 @@ class Result:
 
 
 def pod_capacities(sizes: npt.NDArray[np.int64], *, fraction: float, pods: int) -> list[int]:
-    total = int(sizes.sum())
-    cap = int(total * fraction) // pods
+    """`pods` equal capacities adding up to `fraction` of all model bytes."""
+    cap = int(int(sizes.sum()) * fraction) // pods
     if cap < int(sizes.max()):
         raise ValueError("a pod is smaller than the largest model; use fewer pods")
     return [cap] * pods
@@ -55,81 +59,62 @@ def simulate_place(
     capacities: list[int],
     policy: EvictionPolicy,
     warmup: int,
-    persistent_hits: bool = True,
-    half_life: float | None = None,
-    use_clock: bool = True,
 ) -> Result:
-    """Replay through `place()`; `persistent_hits` keeps a model's count across evictions."""
+    """Replay `requests` (model indexes) through `place()`; count after `warmup` requests."""
+    config = PlacementConfig(policy=policy, min_residency_seconds=0.0)
+    half_life = config.usage_half_life_seconds
     names = [f"m{i:05d}" for i in range(len(sizes))]
     size_of = [int(s) for s in sizes]
-    pod_ids = [f"pod-{j:02d}" for j in range(len(capacities))]
-    copies: list[dict[str, CopyView]] = [{} for _ in capacities]
-    alloc = [0] * len(capacities)
-    views: list[PodView | None] = [None] * len(capacities)
-    last: list[PodView | None] = [None] * len(capacities)   # last view built per pod
-    reshaped = [True] * len(capacities)   # models added/removed since `last` was built
+    n_pods = len(capacities)
+    pod_ids = [f"pod-{j:02d}" for j in range(n_pods)]
+    index_of = {p: j for j, p in enumerate(pod_ids)}
+    copies: list[dict[str, CopyView]] = [{} for _ in range(n_pods)]
+    alloc = [0] * n_pods
+    views: list[PodView | None] = [None] * n_pods     # None: must be rebuilt
+    last: list[PodView | None] = [None] * n_pods      # last view built per pod
+    reshaped = [True] * n_pods    # copies added/removed since `last` was built
     where: dict[int, int] = {}
     seen = [0.0] * len(sizes)
-    counts = [0.0] * len(sizes)      # requests per model so far (the service's usage counter)
-    clock = 0.0
-    hits = loads = 0
-    counted = 0
+    usage = [0.0] * len(sizes)    # aged request count per model, as of `seen`
+    hits = loads = counted = 0
     for i, m in enumerate(requests.tolist()):
         t = i * REQUEST_INTERVAL
-        if half_life is None:
-            counts[m] += 1
-        else:
-            counts[m] = counts[m] * 2.0 ** (-(t - seen[m]) / half_life) + 1.0
-            seen[m] = t
+        usage[m] = age_hits(hits=usage[m], last_used=seen[m], now=t, new=1.0, half_life=half_life)
+        seen[m] = t
         name = names[m]
         j = where.get(m)
         if j is not None:
             c = copies[j][name]
-            copies[j][name] = CopyView(
-                name,
-                c.size_bytes,
-                last_used=t,
-                hits=counts[m] if persistent_hits else c.hits + 1,
-                loaded_at=c.loaded_at,
-                gdsf_clock=clock,
-            )
+            copies[j][name] = CopyView(name, c.size_bytes, last_used=t, hits=usage[m], loaded_at=c.loaded_at)
             views[j] = None
             if i >= warmup:
                 hits += 1
                 counted += 1
             continue
-        for k, v in enumerate(views):
+        built: list[PodView] = []
+        for k in range(n_pods):
+            v = views[k]
             if v is None:
                 prev = last[k]
                 if prev is None or reshaped[k]:
                     v = PodView(pod_ids[k], capacities[k], alloc[k], copies=tuple(copies[k].values()))
-                else:   # only usage changed: keep the model index (what an incremental view does)
+                else:  # only usage changed: keep the model index, as an incremental view does
                     v = prev.with_usage(tuple(copies[k].values()), allocated_bytes=alloc[k])
                 views[k] = last[k] = v
                 reshaped[k] = False
-        plan = place(
-            PlacementRequest(name, size_of[m]),
-            views,  # type: ignore[arg-type]  # every entry was just filled in
-            now=t,
-            config=PlacementConfig(policy=policy, min_residency_seconds=0.0, gdsf_clock=clock),
-        )
+            built.append(v)
+        plan = place(PlacementRequest(name, size_of[m]), built, now=t, config=config)
         if plan.pod_id is None:
             raise RuntimeError(f"placement failed in the simulation: {plan.reason}")
-        clock = plan.clock if use_clock else 0.0
-        j = pod_ids.index(plan.pod_id)
+        j = index_of[plan.pod_id]
         for ev in plan.evictions:
             del copies[j][ev.model_id]
             del where[int(ev.model_id[1:])]
             alloc[j] -= ev.size_bytes
-        copies[j][name] = CopyView(
-            name,
-            size_of[m],
-            last_used=t,
-            hits=counts[m] if persistent_hits else 1.0,
-            loaded_at=t,
-            gdsf_clock=clock,
-        )
+        copies[j][name] = CopyView(name, size_of[m], last_used=t, hits=usage[m], loaded_at=t)
         alloc[j] += size_of[m]
+        if alloc[j] > capacities[j]:
+            raise AssertionError(f"{plan.pod_id} over capacity after {plan}")
         where[m] = j
         views[j] = None
         reshaped[j] = True
@@ -139,7 +124,7 @@ def simulate_place(
     return Result(counted, hits, loads)
 
 
-def next_uses(requests: npt.NDArray[np.int64], n_models: int) -> npt.NDArray[np.int64]:
+def next_uses(requests: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """For each request position, the position of the next request for the same model."""
     length = len(requests)
     nxt = np.full(length, length * 4, dtype=np.int64)   # "never": far beyond the end
@@ -157,16 +142,16 @@ def simulate_belady(
     warmup: int,
     size_aware: bool,
 ) -> Result:
-    """Offline reference on one cache of `capacity` bytes (no per-pod fragmentation).
+    """Offline reference on ONE cache of `capacity` bytes (no per-pod fragmentation).
 
     Every miss loads the model (a request cannot be served otherwise, so no bypass), then
     evicts other models until it fits: the farthest next use first (`size_aware=False`,
-    classic Belady/MIN), or the largest `distance to next use x size` first
-    (`size_aware=True`, the usual "Belady-Size" heuristic). With variable sizes the exact
-    optimum is NP-hard; these are the standard reference heuristics, not proven bounds.
+    classic Belady/MIN applied to sizes), or the largest `distance to next use x size`
+    first (`size_aware=True`, the "Belady-Size" heuristic). With variable sizes the exact
+    optimum is NP-hard: these are the standard reference heuristics, not proven bounds.
     """
-    nxt = next_uses(requests, len(sizes))
-    slots = 4096
+    nxt = next_uses(requests)
+    slots = 1 << 14
     slot_next = np.zeros(slots, dtype=np.float64)
     slot_size = np.zeros(slots, dtype=np.float64)
     slot_valid = np.zeros(slots, dtype=bool)
@@ -176,36 +161,26 @@ def simulate_belady(
     used = 0
     hits = loads = counted = 0
     size_list = sizes.tolist()
+    nxt_list = nxt.tolist()
     for i, m in enumerate(requests.tolist()):
         s = slot_of.get(m)
         if s is not None:
-            slot_next[s] = nxt[i]
+            slot_next[s] = nxt_list[i]
             if i >= warmup:
                 hits += 1
                 counted += 1
             continue
         size = size_list[m]
         while used + size > capacity:
-            if size_aware:
-                score = (slot_next - i) * slot_size
-            else:
-                score = slot_next.copy()
+            score = (slot_next - i) * slot_size if size_aware else slot_next.copy()
             score[~slot_valid] = -1.0
             v = int(np.argmax(score))
             slot_valid[v] = False
             used -= int(slot_size[v])
             del slot_of[int(slot_model[v])]
             free_slots.append(v)
-        if not free_slots:
-            grow = slots
-            slot_next = np.concatenate([slot_next, np.zeros(grow)])
-            slot_size = np.concatenate([slot_size, np.zeros(grow)])
-            slot_valid = np.concatenate([slot_valid, np.zeros(grow, dtype=bool)])
-            slot_model = np.concatenate([slot_model, np.full(grow, -1, dtype=np.int64)])
-            free_slots.extend(range(slots + grow - 1, slots - 1, -1))
-            slots += grow
-        s = free_slots.pop()
-        slot_next[s] = nxt[i]
+        s = free_slots.pop()    # 16k slots > models that fit in any capacity used here
+        slot_next[s] = nxt_list[i]
         slot_size[s] = size
         slot_valid[s] = True
         slot_model[s] = m

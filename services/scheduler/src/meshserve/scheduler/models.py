@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter
 from typing import NewType
@@ -108,7 +108,17 @@ class PodView:
         """
         if len(copies) != len(self.copies):
             raise ValueError("with_usage() needs the same models; build a new PodView instead")
-        view = replace(self, copies=copies, allocated_bytes=allocated_bytes)
+        view = PodView(
+            self.pod_id,
+            self.capacity_bytes,
+            allocated_bytes,
+            self.labels,
+            self.loading,
+            self.max_loading,
+            self.healthy,
+            self.draining,
+            copies,
+        )
         if "model_ids" in self.__dict__:
             view.__dict__["model_ids"] = self.__dict__["model_ids"]
         return view
