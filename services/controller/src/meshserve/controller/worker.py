@@ -1,0 +1,344 @@
+"""The reconcile loop against Kubernetes: informers -> coalescing queue -> pure planners -> writes.
+
+Owns: which keys are enqueued for which watch event, the per-namespace runtime timers
+(`RuntimeRecord`s), the live `ServingConfig`/`StorageConfig`, and the I/O that carries out a
+plan (scheduler calls, status merge-patches through the `/status` subresource, Deployment
+create/patch/scale/delete through apps/v1). All decisions are made by `reconcile`, `status`,
+`specs` and `runtimes`; this module never decides what the cluster should look like.
+
+Keys: `InferenceService:ns/name`, `Predictor:ns/name` (one CR each) and `Runtimes:ns/` (every
+runtime Deployment of the served namespace at once, because "in use" depends on all CRs).
+
+Invariants:
+* Workers start only after every informer has listed once, so a runtime is never judged unused
+  because the CRs were not loaded yet (that would scale it to zero on the "first reconcile").
+* A status is written only when it differs from what the object carries; watch events that
+  change only `.status` do not enqueue the CR again (no write -> event -> write loop).
+* A failed reconcile is retried with capped, jittered back-off per key; success resets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from meshserve.common import modelid
+from meshserve.common.errors import AlreadyExists, Unavailable
+from meshserve.controller import kube, metrics
+from meshserve.controller import status as st
+from meshserve.controller.backoff import backoff_delay
+from meshserve.controller.deployments import MANAGED_BY, SPEC_HASH_ANNOTATION
+from meshserve.controller.kube import JSON, KubeApi, KubeError, ResourceKind
+from meshserve.controller.reconcile import (
+    ActionKind,
+    DeploymentAction,
+    ObservedDeployment,
+    PredictorOp,
+    RuntimeRecord,
+    plan_predictor,
+    plan_runtimes,
+)
+from meshserve.controller.runtimes import (
+    SELECTION_MESSAGES,
+    Runtime,
+    effective_runtimes,
+    parse_runtime,
+)
+from meshserve.controller.scheduler_client import SchedulerPort
+from meshserve.controller.serving_config import ServingConfig, next_config
+from meshserve.controller.specs import PredictorCR, parse_inference_service, parse_predictor
+from meshserve.controller.storage_config import StorageConfig, parse_storage_secret
+from meshserve.controller.watcher import Informer
+from meshserve.controller.workqueue import Key, QueueShutdown, WorkQueue
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = "Runtimes"
+WATCHED: tuple[ResourceKind, ...] = (
+    kube.INFERENCE_SERVICE, kube.PREDICTOR, kube.SERVING_RUNTIME, kube.CLUSTER_SERVING_RUNTIME,
+    kube.DEPLOYMENT, kube.CONFIG_MAP, kube.SECRET,
+)
+
+
+def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    meta = (obj or {}).get("metadata") or {}
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def spec_changed(old: JSON | None, new: JSON) -> bool:
+    """True unless only `.status` / bookkeeping metadata differ (what a status write causes)."""
+    if old is None:
+        return True
+    if old.get("spec") != new.get("spec"):
+        return True
+    o, n = _meta(old), _meta(new)
+    return any(o.get(f) != n.get(f) for f in ("annotations", "labels", "deletionTimestamp", "generation"))
+
+
+def observed_deployment(obj: Mapping[str, Any]) -> ObservedDeployment:
+    meta = _meta(obj)
+    spec = obj.get("spec") or {}
+    replicas = spec.get("replicas")
+    return ObservedDeployment(
+        name=str(meta.get("name") or ""),
+        replicas=int(replicas) if replicas is not None else 1,
+        spec_hash=str((meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION) or ""),
+        managed=(meta.get("labels") or {}).get("app.kubernetes.io/managed-by") == MANAGED_BY,
+    )
+
+
+class Reconciler:
+    """Informers + queue + workers for one served namespace (namespace-scope mode)."""
+
+    def __init__(
+        self, *, api: KubeApi, scheduler: SchedulerPort, namespace: str, config_map_name: str,
+        scheduler_address: str, watch_timeout_seconds: int = 300, workers: int = 4,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.api = api
+        self.scheduler = scheduler
+        self.namespace = namespace
+        self.config_map_name = config_map_name
+        self.scheduler_address = scheduler_address
+        self.config = ServingConfig()
+        self.storage_secret_name = self.config.storage_secret_name
+        self.storage = StorageConfig()
+        self.records: dict[str, RuntimeRecord] = {}
+        self.queue = WorkQueue()
+        self.workers = workers
+        self.clock = clock
+        self.informers = {
+            k.kind: Informer(api=api, kind=k, namespace=namespace, on_event=self.on_event,
+                             watch_timeout_seconds=watch_timeout_seconds)
+            for k in WATCHED
+        }
+        self.ready = asyncio.Event()
+        self._failures: dict[Key, int] = {}
+
+    # --- events -> keys --------------------------------------------------------------------------
+
+    def on_event(self, kind: ResourceKind, event_type: str, new: JSON, old: JSON | None) -> None:
+        meta = _meta(new)
+        ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        runtimes_key = Key(RUNTIMES, self.namespace, "")
+        if kind in (kube.INFERENCE_SERVICE, kube.PREDICTOR):
+            if event_type == "DELETED" or spec_changed(old, new):
+                self.queue.add(Key(kind.kind, ns, name))
+                self.queue.add(runtimes_key)
+        elif kind in (kube.SERVING_RUNTIME, kube.CLUSTER_SERVING_RUNTIME):
+            self.queue.add(runtimes_key)
+            self._enqueue_all_predictors()    # runtime selection may change for every CR
+        elif kind is kube.DEPLOYMENT:
+            self.queue.add(runtimes_key)
+        elif kind is kube.CONFIG_MAP and name == self.config_map_name:
+            data = None if event_type == "DELETED" else (new.get("data") or {})
+            update = next_config(self.config, data)
+            if update.error:
+                log.error("model-serving-config rejected, previous config stays: %s", update.error)
+            if update.restart_needed:
+                log.warning("storageSecretName changed; it takes effect after a controller restart")
+            self.config = update.config
+            self.queue.add(runtimes_key)
+            self._enqueue_all_predictors()
+        elif kind is kube.SECRET and name == self.storage_secret_name:
+            self.storage = parse_storage_secret(None if event_type == "DELETED" else new.get("data") or {})
+            for key, why in self.storage.errors.items():
+                log.warning("storage-config key %s ignored: %s", key, why)
+            self.queue.add(runtimes_key)
+        metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    def _enqueue_all_predictors(self) -> None:
+        for kind in (kube.INFERENCE_SERVICE, kube.PREDICTOR):
+            for ns, name in list(self.informers[kind.kind].store):
+                self.queue.add(Key(kind.kind, ns, name))
+
+    # --- run -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run informers and workers until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for kind, informer in self.informers.items():
+                tg.create_task(informer.run(), name=f"informer-{kind}")
+            await asyncio.gather(*(i.synced.wait() for i in self.informers.values()))
+            log.info("all informers synced; starting %d workers", self.workers)
+            for i in range(self.workers):
+                tg.create_task(self._worker(), name=f"worker-{i}")
+            self.ready.set()
+
+    def shutdown(self) -> None:
+        self.queue.shutdown()
+
+    async def _worker(self) -> None:
+        while True:
+            try:
+                key = await self.queue.get()
+            except QueueShutdown:
+                return
+            metrics.QUEUE_DEPTH.set(len(self.queue))
+            try:
+                await self.reconcile(key)
+                self._failures.pop(key, None)
+                metrics.RECONCILES.labels(key.kind, "ok").inc()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                attempt = self._failures.get(key, 0)
+                self._failures[key] = attempt + 1
+                delay = backoff_delay(attempt=attempt, rand=random.random(), base=0.5, cap=30.0)
+                metrics.RECONCILES.labels(key.kind, "error").inc()
+                log.warning("reconcile of %s failed (%s: %s); retrying in %.2fs", key, type(err).__name__, err, delay)
+                self.queue.add_after(key, delay)
+            finally:
+                self.queue.done(key)
+
+    async def reconcile(self, key: Key) -> None:
+        if key.kind == RUNTIMES:
+            await self.reconcile_runtimes(key.namespace)
+        elif key.kind in (kube.INFERENCE_SERVICE.kind, kube.PREDICTOR.kind):
+            await self.reconcile_predictor(key)
+
+    # --- desired state from the stores -----------------------------------------------------------
+
+    def runtimes(self) -> dict[str, Runtime]:
+        namespaced = [parse_runtime(o, cluster_scoped=False) for o in self.informers["ServingRuntime"].store.values()]
+        cluster = [parse_runtime(o, cluster_scoped=True) for o in self.informers["ClusterServingRuntime"].store.values()]
+        return effective_runtimes(namespaced=namespaced, cluster=cluster)
+
+    def predictors(self) -> list[PredictorCR]:
+        found: list[PredictorCR] = []
+        for obj in self.informers["InferenceService"].store.values():
+            cr = parse_inference_service(obj)
+            if cr is not None:
+                found.append(cr)
+        found.extend(parse_predictor(o) for o in self.informers["Predictor"].store.values())
+        return found
+
+    def endpoints(self, namespace: str) -> tuple[str, str]:
+        c = self.config
+        host = f"{c.inference_service_name}.{namespace}"
+        grpc_ep = f"grpc://{host}:{c.inference_service_port}"
+        http_ep = f"http://{host}:{c.rest_proxy_port}" if c.rest_proxy_enabled else ""
+        return grpc_ep, http_ep
+
+    # --- one CR ----------------------------------------------------------------------------------
+
+    async def reconcile_predictor(self, key: Key) -> None:
+        is_isvc = key.kind == kube.INFERENCE_SERVICE.kind
+        kind = kube.INFERENCE_SERVICE if is_isvc else kube.PREDICTOR
+        obj = self.informers[kind.kind].get(key.namespace, key.name)
+        cr: PredictorCR | None = None
+        if obj is not None:
+            cr = parse_inference_service(obj) if is_isvc else parse_predictor(obj)
+            if cr is None:
+                return     # an InferenceService not in ModelMesh mode: not ours
+        plan = plan_predictor(cr, runtimes=self.runtimes(), config=self.config)
+        if plan.op is PredictorOp.DELETE_VMODEL or cr is None or obj is None:
+            owner = modelid.SOURCE_ISVC if is_isvc else modelid.SOURCE_PREDICTOR
+            await self.scheduler.delete_vmodel(vmodel_id=key.name, owner=owner)
+            log.info("deleted vmodel %s (owner %s)", key.name, owner)
+            return
+        raw_status = obj.get("status")
+        previous = st.from_isvc_status(raw_status) if is_isvc else st.from_predictor_status(raw_status)
+        now = datetime.now(UTC)
+        grpc_ep, http_ep = self.endpoints(key.namespace)
+        reachable = True
+        if plan.op is PredictorOp.READ_STATUS:
+            try:
+                view = await self.scheduler.get_vmodel_status(vmodel_id=cr.vmodel_id, owner=cr.source)
+            except Unavailable:
+                view, reachable = None, False
+            new = st.invalid_spec_status(previous, message=cr.error, model_id=cr.model_id, vmodel=view, now=now,
+                                         grpc_endpoint=grpc_ep, http_endpoint=http_ep)
+        elif plan.op is PredictorOp.NO_RUNTIME and plan.failure is not None:
+            new = st.selection_failure_status(
+                previous, reason=st.FailureReason(plan.failure.value), message=SELECTION_MESSAGES[plan.failure],
+                model_id=cr.model_id, now=now, grpc_endpoint=grpc_ep, http_endpoint=http_ep,
+            )
+        else:
+            assert cr.spec is not None
+            try:
+                vm = await self.scheduler.set_vmodel(
+                    vmodel_id=cr.vmodel_id, owner=cr.source, model_id=cr.model_id, spec=cr.spec,
+                    load_now=st.load_now(previous, deleting=False),
+                )
+                new = st.status_from_vmodel(previous, vm, now=now, grpc_endpoint=grpc_ep, http_endpoint=http_ep)
+            except Unavailable:
+                new, reachable = st.scheduler_unreachable_status(previous, model_id=cr.model_id, now=now), False
+            except AlreadyExists:
+                new = st.other_owner_status(previous, now=now)
+        await self._write_status(kind=kind, obj=obj, cr=cr, previous=previous, new=new, now=now)
+        delay = st.requeue_after(new, scheduler_reachable=reachable)
+        if delay is not None:
+            self.queue.add_after(key, delay)
+
+    async def _write_status(
+        self, *, kind: ResourceKind, obj: JSON, cr: PredictorCR, previous: st.PredictorStatus,
+        new: st.PredictorStatus, now: datetime,
+    ) -> None:
+        raw = obj.get("status")
+        has_status = isinstance(raw, Mapping) and bool(raw.get("modelStatus" if kind is kube.INFERENCE_SERVICE else "transitionStatus"))
+        if has_status and previous == new:
+            return
+        if kind is kube.INFERENCE_SERVICE:
+            body = st.to_isvc_status(new, previous_raw=raw, now=now, observed_generation=cr.generation or None)
+        else:
+            body = st.to_predictor_status(new)
+        try:
+            written = await self.api.merge_patch(
+                kind, namespace=cr.ref.namespace, name=cr.ref.name, patch={"status": body}, subresource="status"
+            )
+        except KubeError as err:
+            if err.status == 404:
+                return    # deleted meanwhile: its DELETED event enqueues the key again
+            raise
+        self.informers[kind.kind].observe(written)
+        log.info("%s status: %s/%s active=%s", cr.ref, new.transition_status.value, new.active_model_state.value,
+                 new.last_failure_info.reason.value if new.last_failure_info else "-")
+
+    # --- runtime Deployments ---------------------------------------------------------------------
+
+    async def reconcile_runtimes(self, namespace: str) -> None:
+        observed = {
+            d.name: d for d in (observed_deployment(o) for o in self.informers["Deployment"].store.values()) if d.name
+        }
+        plan = plan_runtimes(
+            runtimes=self.runtimes(), predictors=self.predictors(), observed=observed, records=self.records,
+            config=self.config, namespace=namespace, storage=self.storage, scheduler_address=self.scheduler_address,
+            now=self.clock(),
+        )
+        self.records = dict(plan.records)
+        for name, errors in plan.invalid.items():
+            log.warning("ServingRuntime %s is invalid: %s", name, "; ".join(errors))
+        for action in plan.actions:
+            await self._apply(action, namespace=namespace)
+        if plan.requeue_after is not None:
+            self.queue.add_after(Key(RUNTIMES, namespace, ""), plan.requeue_after)
+
+    async def _apply(self, action: DeploymentAction, *, namespace: str) -> None:
+        dep = kube.DEPLOYMENT
+        log.info("deployment %s: %s replicas=%d (%s)", action.name, action.kind.value, action.replicas, action.reason)
+        if action.kind is ActionKind.CREATE:
+            assert action.manifest is not None
+            try:
+                written = await self.api.create(dep, namespace=namespace, body=action.manifest)
+            except KubeError as err:
+                if err.status != 409:
+                    raise
+                written = await self.api.merge_patch(dep, namespace=namespace, name=action.name, patch=action.manifest)
+        elif action.kind is ActionKind.PATCH:
+            assert action.manifest is not None
+            written = await self.api.merge_patch(dep, namespace=namespace, name=action.name, patch=action.manifest)
+        elif action.kind is ActionKind.SCALE:
+            written = await self.api.merge_patch(
+                dep, namespace=namespace, name=action.name, patch={"spec": {"replicas": action.replicas}}
+            )
+        else:
+            await self.api.delete(dep, namespace=namespace, name=action.name)
+            self.informers["Deployment"].store.pop((namespace, action.name), None)
+            return
+        self.informers["Deployment"].observe(written)
