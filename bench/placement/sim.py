@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from meshserve.scheduler.models import (
     CopyView,
     EvictionPolicy,
