@@ -77,6 +77,7 @@ class Stack:
         self.scheduler_grpc = ""
         self.admin_url = ""
         self.router_grpc = ""
+        self.router_rest = ""
         self.scheduler_proc: object = None
         self.router_proc: object = None
         self._created_db: str | None = None
@@ -207,17 +208,21 @@ class Stack:
         self.group.wait_until(proc, http_ok(f"{self.admin_url}/readyz"), timeout=60, what="starting the scheduler")
 
     def start_router(self) -> None:
-        port = self._port(8033)
+        port, rest_port = self._port(8033), self._port(8008)
         env = {
             **self.service_env(),
             "MESHSERVE_ROUTER_GRPC_ADDRESS": f"127.0.0.1:{port}",
+            "MESHSERVE_ROUTER_REST_HOST": "127.0.0.1",
+            "MESHSERVE_ROUTER_REST_PORT": str(rest_port),
             "MESHSERVE_ROUTER_SCHEDULER_ADDRESS": self.scheduler_grpc,
-            "MESHSERVE_ROUTER_METRICS_PORT": "0",
+            "MESHSERVE_ROUTER_METRICS_PORT": "0",  # /metrics is served on the REST port
         }
         self.router_grpc = f"127.0.0.1:{port}"
+        self.router_rest = f"http://127.0.0.1:{rest_port}"
         proc = self.group.start("router", [self.python, "-m", "meshserve.router"], env=env)
         self.router_proc = proc
         self.group.wait_until(proc, self._router_ready, timeout=60, what="starting the router")
+        self.group.wait_until(proc, http_ok(f"{self.router_rest}/readyz"), timeout=30, what="starting the router's REST port")
 
     def _router_ready(self) -> bool:
         import grpc

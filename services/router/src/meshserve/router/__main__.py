@@ -14,18 +14,16 @@ from meshserve.router.settings import RouterSettings
 def main() -> int:
     settings = RouterSettings()
     mlog.configure(service="router", level=settings.log_level, json=settings.log_json)
-    from meshserve.router.app import RouterApp
-
     uvloop.install()
     asyncio.run(_serve(settings))
     return 0
 
 
-async def _serve(settings: object) -> None:
+async def _serve(settings: RouterSettings) -> None:
     from meshserve.router.app import RouterApp
 
     # built inside the running loop: grpc.aio channels bind to the loop that creates them
-    await RouterApp(settings).run()  # type: ignore[arg-type]
+    await RouterApp(settings).run()
 
 
 if __name__ == "__main__":

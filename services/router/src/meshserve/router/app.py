@@ -1,4 +1,5 @@
-"""Composition root of the router: gRPC front door, route watcher, usage reporter."""
+"""Composition root of the router: gRPC and REST front doors in one event loop, the
+route watcher and the usage reporter. Owns signals and the shutdown order."""
 
 from __future__ import annotations
 
@@ -7,18 +8,31 @@ import contextlib
 import logging
 import random
 import signal
+import ssl
+from collections.abc import Iterator
 
 import grpc
+import uvicorn
 from prometheus_client import start_http_server
 
 from meshserve.common.grpcutil import bind, message_size_options, open_channel
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 from meshserve.router.dataplane import DataPlane
+from meshserve.router.rest import create_app
 from meshserve.router.server import InferenceHandler
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import RoutingTable
+from meshserve.router.upstream import GrpcUpstream, RestUpstream
 
 log = logging.getLogger(__name__)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn in our loop; `RouterApp` owns the signals (as MLServer's RESTServer)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class RouterApp:
@@ -28,7 +42,33 @@ class RouterApp:
         self.channel = open_channel(settings.scheduler_address, tls=settings.scheduler_tls)
         self.scheduler = scheduler_pb2_grpc.SchedulerStub(self.channel)
         self.dataplane = DataPlane(settings=settings, table=self.table, scheduler=self.scheduler)
+        self.grpc_upstream = GrpcUpstream(tls=settings.model_server_tls, max_message_bytes=settings.max_message_bytes)
+        self.rest_upstream = RestUpstream(tls=settings.model_server_tls, max_connections=settings.rest_max_connections)
+        self.stopping = False
         self._stop = asyncio.Event()
+
+    def ready(self) -> bool:
+        return self.table.synced and not self.stopping
+
+    def _rest_server(self) -> _EmbeddedServer:
+        tls = self.settings.tls
+        config = uvicorn.Config(
+            create_app(self.dataplane, self.rest_upstream, self.grpc_upstream, ready=self.ready),
+            host=self.settings.rest_host,
+            port=self.settings.rest_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            loop="none",
+            http="auto",  # httptools when installed, else h11
+            ws="none",
+            timeout_keep_alive=75,
+            ssl_certfile=str(tls.cert_file) if tls.cert_file else None,
+            ssl_keyfile=str(tls.key_file) if tls.key_file else None,
+            ssl_ca_certs=str(tls.ca_file) if tls.ca_file and tls.cert_file else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if tls.ca_file and tls.cert_file else ssl.CERT_NONE,
+        )
+        return _EmbeddedServer(config)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -37,17 +77,30 @@ class RouterApp:
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
         server = grpc.aio.server(options=message_size_options(self.settings.max_message_bytes))
-        server.add_generic_rpc_handlers((InferenceHandler(self.dataplane),))
+        server.add_generic_rpc_handlers((InferenceHandler(self.dataplane, self.grpc_upstream),))
         port = bind(server, self.settings.grpc_address, self.settings.tls)
         await server.start()
-        tasks = [asyncio.create_task(self._watch_routes()), asyncio.create_task(self._report_usage())]
-        log.info("router serving KServe v2 gRPC on :%d", port)
+        rest = self._rest_server() if self.settings.rest_port else None
+        tasks = [
+            asyncio.create_task(self._watch_routes(), name="watch-routes"),
+            asyncio.create_task(self._report_usage(), name="report-usage"),
+        ]
+        rest_task = asyncio.create_task(rest.serve(), name="rest") if rest else None
+        log.info("router serving KServe v2 gRPC on :%d, REST on :%d", port, self.settings.rest_port)
         await self._stop.wait()
+        log.info("router shutting down")
+        self.stopping = True  # /readyz false first
+        if rest is not None:
+            rest.should_exit = True
         await server.stop(grace=2)
+        if rest_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await rest_task
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.dataplane.close()
+        await self.rest_upstream.close()
+        await self.grpc_upstream.close()
         await self.channel.close()
 
     async def _watch_routes(self) -> None:

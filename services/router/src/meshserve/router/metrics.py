@@ -1,22 +1,35 @@
-"""Prometheus metrics of the router (served on :2112)."""
+"""Prometheus metrics of the router (on the REST port at /metrics, and on :2112 when set)."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
-    "meshserve_router_requests_total", "Requests by model, method and status code", ["model", "method", "code"]
+    "meshserve_router_requests_total",
+    "Requests by model, protocol, method and status",
+    ["model", "protocol", "method", "code"],
 )
 LATENCY = Histogram(
     "meshserve_router_request_seconds",
     "Request latency through the router",
-    ["method"],
+    ["protocol", "method"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-IN_FLIGHT = Gauge("meshserve_router_in_flight", "Requests in flight")
+IN_FLIGHT = Gauge("meshserve_router_in_flight", "Requests in flight through the router")
 MISSES = Counter("meshserve_router_misses_total", "Requests that found no loaded copy", ["model"])
 COLD_WAIT = Histogram(
     "meshserve_router_cold_wait_seconds",
     "Time requests waited for a model to load",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
+
+_counters: dict[tuple[str, str, str, str], object] = {}
+
+
+def count(model: str, protocol: str, method: str, code: str) -> None:
+    """Increment the request counter; label children are cached (labels() costs a lock and a dict)."""
+    key = (model, protocol, method, code)
+    child = _counters.get(key)
+    if child is None:
+        child = _counters[key] = REQUESTS.labels(*key)
+    child.inc()  # type: ignore[attr-defined]

@@ -2,8 +2,8 @@
 
 A generic handler receives every request as raw bytes. Server-level RPCs are answered
 here; model RPCs have their model-name field read and rewritten in the bytes and are
-forwarded by the data plane. Exceptions become statuses; nothing a client sends can
-crash the process.
+forwarded through the data plane. Exceptions become statuses; nothing a client sends
+can crash the process.
 """
 
 from __future__ import annotations
@@ -15,29 +15,44 @@ from importlib.metadata import version
 
 import grpc
 
-from meshserve.common.errors import InvalidArgument, MeshError
+from meshserve.common.errors import MeshError
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from meshserve.router import metrics, wire
-from meshserve.router.dataplane import DataPlane
+from meshserve.router.dataplane import ROUTING_HEADERS, DataPlane
+from meshserve.router.table import Endpoint
+from meshserve.router.upstream import GrpcUpstream
 
 log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
+
+
+class _Call:
+    """What the metrics of one call need to know (filled in as the call proceeds)."""
+
+    __slots__ = ("model",)
+
+    def __init__(self) -> None:
+        self.model = ""
+
+
+Method = Callable[[str, bytes, grpc.aio.ServicerContext, _Call], Awaitable[bytes]]
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 
 class InferenceHandler(grpc.GenericRpcHandler):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, upstream: GrpcUpstream) -> None:
         self.dp = dataplane
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {
-            name: grpc.unary_unary_rpc_method_handler(self._wrap(name, fn))
-            for name, fn in {
-                "ServerLive": self.server_live,
-                "ServerReady": self.server_ready,
-                "ServerMetadata": self.server_metadata,
-                "ModelReady": self.model_ready,
-                "ModelMetadata": self.model_rpc,
-                "ModelInfer": self.model_rpc,
-            }.items()
+        self.upstream = upstream
+        methods: dict[str, Method] = {
+            "ServerLive": self.server_live,
+            "ServerReady": self.server_ready,
+            "ServerMetadata": self.server_metadata,
+            "ModelReady": self.model_ready,
+            "ModelMetadata": self.model_rpc,
+            "ModelInfer": self.model_rpc,
+        }
+        self._handlers = {
+            name: grpc.unary_unary_rpc_method_handler(self._wrap(name, fn)) for name, fn in methods.items()
         }
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -47,16 +62,17 @@ class InferenceHandler(grpc.GenericRpcHandler):
             return None
         return self._handlers.get(name)
 
-    def _wrap(self, name: str, fn: Callable[[str, bytes, grpc.aio.ServicerContext], Awaitable[bytes]]) -> Handler:
+    def _wrap(self, name: str, fn: Method) -> Handler:
         method = f"/{SERVICE}/{name}"
+        latency = metrics.LATENCY.labels("grpc", name)
 
         async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             started = time.perf_counter()
+            call = _Call()
+            code = "OK"
             metrics.IN_FLIGHT.inc()
-            code, model = "OK", ""
             try:
-                reply = await fn(method, request, context)
-                return reply
+                return await fn(method, request, context, call)
             except MeshError as err:
                 code = err.code.name
                 await context.abort(err.code, err.message)
@@ -71,57 +87,62 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 await context.abort(grpc.StatusCode.INTERNAL, "internal router error; see the router log")
             finally:
                 metrics.IN_FLIGHT.dec()
-                metrics.LATENCY.labels(name).observe(time.perf_counter() - started)
-                metrics.REQUESTS.labels(model, name, code).inc()
+                latency.observe(time.perf_counter() - started)
+                metrics.count(call.model, "grpc", name, code)
             raise AssertionError("unreachable")
 
         return handler
 
     # -- server-level RPCs -------------------------------------------------------------
-    async def server_live(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def server_live(self, method: str, request: bytes, context: grpc.aio.ServicerContext, call: _Call) -> bytes:
         return v2.ServerLiveResponse(live=True).SerializeToString()
 
-    async def server_ready(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def server_ready(self, method: str, request: bytes, context: grpc.aio.ServicerContext, call: _Call) -> bytes:
         return v2.ServerReadyResponse(ready=self.dp.table.synced).SerializeToString()
 
-    async def server_metadata(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def server_metadata(self, method: str, request: bytes, context: grpc.aio.ServicerContext, call: _Call) -> bytes:
         return v2.ServerMetadataResponse(
-            name="meshserve", version=_version(), extensions=["model_repository_managed"]
+            name="meshserve", version=server_version(), extensions=["model_repository_managed"]
         ).SerializeToString()
 
     # -- model RPCs ------------------------------------------------------------------------
-    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+    def _budget(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
-        return self.dp.settings.default_timeout_seconds if remaining is None else max(0.0, remaining)
+        default = self.dp.settings.default_timeout_seconds
+        return default if remaining is None else max(0.0, min(remaining, default))
 
-    async def _route(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        metadata = [(k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(":")]
-        name = self.dp.name_from_headers(metadata) or wire.read_string(request, 1)
-        if not name:
-            raise InvalidArgument("the request names no model: set model_name (or the mm-vmodel-id header)")
-        model_id = self.dp.table.resolve(name)
+    async def model_rpc(self, method: str, request: bytes, context: grpc.aio.ServicerContext, call: _Call) -> bytes:
+        metadata = context.invocation_metadata() or ()
+        forwarded: list[tuple[str, str | bytes]] = []
+        routing: list[tuple[str, str | bytes]] = []
+        for key, value in metadata:
+            if key in ROUTING_HEADERS:
+                routing.append((key, value))
+            elif key[0] != ":":
+                forwarded.append((key, value))
+        model_id = self.dp.resolve(None if routing else wire.read_string(request, 1), routing)
+        call.model = model_id
         payload = wire.replace_string(request, model_id, 1)
-        forwarded = [(k, v) for k, v in metadata if k not in ("mm-model-id", "mm-vmodel-id", "mm-model-id-bin", "mm-vmodel-id-bin", "tas-model-id")]
-        await context.send_initial_metadata((("mm-model-id", model_id),))
-        return await self.dp.forward(
-            method=method, model_id=model_id, payload=payload, metadata=forwarded, timeout=self._timeout(context)
-        )
+        forwarded.append(("mm-model-id", model_id))
+        upstream = self.upstream
 
-    async def model_rpc(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return await self._route(method, request, context)
+        async def send(endpoint: Endpoint, budget: float) -> bytes:
+            return await upstream.send(endpoint.grpc_address, method, payload, forwarded, budget)
 
-    async def model_ready(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self.dp.call(model_id, send, budget=self._budget(context))
+
+    async def model_ready(self, method: str, request: bytes, context: grpc.aio.ServicerContext, call: _Call) -> bytes:
         try:
-            return await self._route(method, request, context)
+            return await self.model_rpc(method, request, context, call)
         except MeshError as err:
-            if err.code == grpc.StatusCode.NOT_FOUND:
+            if err.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise
             log.info("model not ready: %s", err.message)
             return v2.ModelReadyResponse(ready=False).SerializeToString()
 
 
-def _version() -> str:
+def server_version() -> str:
     try:
         return version("meshserve")
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "0.0.0"

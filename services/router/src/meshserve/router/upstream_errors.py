@@ -5,7 +5,8 @@ features, a shape that does not match the data, a datatype it cannot decode) wit
 INTERNAL and the Python exception's text. For the client that is a bad request, so
 an INTERNAL reply to ModelInfer whose text matches one of MLServer's input-decoding or
 input-validation messages becomes INVALID_ARGUMENT, with the model server's reason
-kept verbatim. Anything else passes through unchanged.
+kept verbatim. Anything else passes through unchanged. The REST transport asks
+`is_bad_input` about an HTTP 500 in the same way.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ _BAD_INPUT = re.compile(
 )
 
 
+def is_bad_input(details: str) -> bool:
+    """Whether a model server's error text describes a request the model cannot take."""
+    return bool(details) and _BAD_INPUT.search(details) is not None
+
+
 def client_status(method: str, code: grpc.StatusCode, details: str) -> grpc.StatusCode:
-    if code == grpc.StatusCode.INTERNAL and method.endswith("/ModelInfer") and _BAD_INPUT.search(details or ""):
+    if code == grpc.StatusCode.INTERNAL and method.endswith("/ModelInfer") and is_bad_input(details):
         return grpc.StatusCode.INVALID_ARGUMENT
     return code
