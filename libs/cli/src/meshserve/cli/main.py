@@ -104,7 +104,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         getattr(inp.contents, field).extend(d.encode() if field == "bytes_contents" else d for d in data)
     with grpc.insecure_channel(args.router) as channel:
         try:
-            reply, call = v2g.GRPCInferenceServiceStub(channel).ModelInfer.with_call(request, timeout=args.timeout)
+            reply = v2g.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=args.timeout)
         except grpc.RpcError as err:
             print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
             return 1

@@ -14,7 +14,6 @@ from meshserve.puller.settings import PullerSettings
 def main() -> int:
     settings = PullerSettings()
     mlog.configure(service=f"puller[{settings.pod_id}]", level=settings.log_level, json=settings.log_json)
-    from meshserve.puller.app import PullerApp
 
     uvloop.install()
     asyncio.run(_serve(settings))

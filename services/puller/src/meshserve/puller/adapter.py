@@ -6,6 +6,7 @@ v2 repository REST API. Triton and OVMS adapters will implement the same interfa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -26,7 +27,7 @@ MLSERVER_IMPLEMENTATIONS = {
 
 class ModelServerAdapter(Protocol):
     async def ready(self) -> bool: ...
-    async def load(self, *, model_id: str, model_type: str, folder: Path, timeout: float) -> None: ...
+    async def load(self, *, model_id: str, model_type: str, folder: Path, timeout: float) -> None: ...  # noqa: ASYNC109
     async def unload(self, *, model_id: str) -> None: ...
     async def loaded_models(self) -> list[str]: ...
     async def close(self) -> None: ...
@@ -46,17 +47,14 @@ class MLServerAdapter:
         except httpx.HTTPError:
             return False
 
-    async def load(self, *, model_id: str, model_type: str, folder: Path, timeout: float) -> None:
+    async def load(self, *, model_id: str, model_type: str, folder: Path, timeout: float) -> None:  # noqa: ASYNC109 - forwarded to MLServer
         implementation = MLSERVER_IMPLEMENTATIONS.get(model_type)
         if implementation is None:
             raise FailedPrecondition(
                 f"MLServer runtime has no implementation for format {model_type!r} "
                 f"(supported: {', '.join(sorted(MLSERVER_IMPLEMENTATIONS))})"
             )
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "model-settings")))
-        uri = str(files[0]) if len(files) == 1 else str(folder)
-        settings = {"name": model_id, "implementation": implementation, "parameters": {"uri": uri}}
-        (folder / "model-settings.json").write_text(json.dumps(settings))
+        await asyncio.to_thread(write_model_settings, folder, model_id=model_id, implementation=implementation)
         try:
             response = await self._client.post(f"/v2/repository/models/{model_id}/load", timeout=timeout)
         except httpx.TimeoutException as err:
@@ -82,6 +80,14 @@ class MLServerAdapter:
         if response.status_code != 200:
             return []
         return [m["name"] for m in response.json() if m.get("state") == "READY"]
+
+
+def write_model_settings(folder: Path, *, model_id: str, implementation: str) -> None:
+    """MLServer's model-settings.json; `uri` is the single model file, else the folder."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "model-settings")))
+    uri = str(files[0]) if len(files) == 1 else str(folder)
+    settings = {"name": model_id, "implementation": implementation, "parameters": {"uri": uri}}
+    (folder / "model-settings.json").write_text(json.dumps(settings))
 
 
 def _error_text(response: httpx.Response) -> str:

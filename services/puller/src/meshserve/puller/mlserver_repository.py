@@ -34,7 +34,7 @@ def _warm_runtime_imports() -> None:
     for name in os.environ.get("MESHSERVE_WARM_IMPORTS", "mlserver_sklearn,mlserver_xgboost,mlserver_lightgbm").split(","):
         try:
             importlib.import_module(name.strip())
-        except Exception:  # noqa: BLE001 - a runtime that is not installed is simply not warmed
+        except Exception:
             continue
 
 
@@ -64,7 +64,7 @@ class FlatModelRepository(ModelRepository):
             if path is not None:
                 try:
                     out.append(load_model_settings(path))
-                except Exception:  # noqa: BLE001 - one bad folder must not hide the others
+                except Exception:
                     continue
         return out
 

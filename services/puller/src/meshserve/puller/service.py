@@ -15,7 +15,6 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from meshserve.common.errors import InvalidArgument, MeshError
@@ -52,6 +51,7 @@ class PullerService:
         self.loaded: dict[str, LoadedModel] = {}
         self._slots = asyncio.Semaphore(max(1, settings.max_loading_concurrency))
         self._model_locks: dict[str, asyncio.Lock] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
         settings.model_dir.mkdir(parents=True, exist_ok=True)
 
     def _lock(self, model_id: str) -> asyncio.Lock:
@@ -101,7 +101,10 @@ class PullerService:
                         timeout=self.settings.load_timeout_seconds,
                     )
                 except asyncio.CancelledError:
-                    asyncio.create_task(self._cleanup(model_id))
+                    # the scheduler gave up (deadline): undo in the background
+                    task = asyncio.create_task(self._cleanup(model_id))
+                    self._cleanups.add(task)
+                    task.add_done_callback(self._cleanups.discard)
                     raise
                 except MeshError:
                     await self._cleanup(model_id)

@@ -24,7 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     if command != "serve":
         print("usage: python -m meshserve.scheduler [serve|migrate]", file=sys.stderr)
         return 2
-    from meshserve.scheduler.app import SchedulerApp
 
     uvloop.install()
     asyncio.run(_serve(settings))

@@ -112,7 +112,8 @@ def create_app(service: SchedulerService) -> FastAPI:
         record = await service.registry.get_model(model_id)
         state = await service.model_state(model_id, record)
         hits, last_used_ms = await service.live.usage(model_id)
-        view = _model_json(record, state, hits=hits, last_used_ms=last_used_ms)
+        rate = (await service.live.rates_per_minute([model_id])).get(model_id, 0.0)
+        view = _model_json(record, state, hits=hits, last_used_ms=last_used_ms, rate=rate)
         if events:
             view["events"] = [_event_json(e) for e in await service.registry.list_events(model_id=model_id, limit=10)]
         return view
@@ -217,6 +218,10 @@ def create_app(service: SchedulerService) -> FastAPI:
             )
         return {"items": items, "total": len(items)}
 
+    @app.post("/v1/pods/{pod_id}:drain", dependencies=mutate)
+    async def drain(pod_id: str) -> dict[str, Any]:
+        return await service.drain_pod(pod_id)
+
     @app.get("/v1/events")
     async def events(
         model: str | None = None,
@@ -247,7 +252,7 @@ def _event_json(e: Any) -> dict[str, Any]:
     }
 
 
-def _model_json(record: Any, state: ModelState, *, hits: int, last_used_ms: int) -> dict[str, Any]:
+def _model_json(record: Any, state: ModelState, *, hits: float, last_used_ms: int, rate: float = 0.0) -> dict[str, Any]:
     failure = state.failure
     return {
         "id": record.id,
@@ -267,7 +272,8 @@ def _model_json(record: Any, state: ModelState, *, hits: int, last_used_ms: int)
         },
         "minCopies": record.min_copies,
         "maxCopies": record.max_copies,
-        "requests": hits,
+        "requests": round(hits, 1),
+        "requestsPerMinute": rate,
         "lastUsed": _ms_iso(last_used_ms),
         "lastFailure": None
         if failure is None

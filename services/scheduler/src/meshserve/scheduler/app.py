@@ -83,7 +83,7 @@ class SchedulerApp:
                     await self.service.sync_registry_mirror()
                     synced_for = run_id
                     log.info("registry mirror synced to Redis (run %s)", run_id)
-            except (MeshError, OSError, Exception) as err:  # noqa: BLE001 - keep retrying
+            except (MeshError, OSError, Exception) as err:
                 log.warning("registry mirror sync failed: %s", err)
             await asyncio.sleep(2.0)
 
@@ -91,6 +91,7 @@ class SchedulerApp:
         """Background duties run by one replica at a time, under a Redis lease."""
         key = f"{self.settings.key_prefix}:leader"
         lease_ms = int(max(3.0, 3 * self.settings.heartbeat_interval_seconds) * 1000)
+        last_scale = 0.0
         while True:
             try:
                 leader = await self.live.redis.set(key, self.replica_id, nx=True, px=lease_ms)
@@ -99,6 +100,10 @@ class SchedulerApp:
                     leader = True
                 if leader:
                     await self.service.remove_dead_pods()
-            except Exception as err:  # noqa: BLE001 - keep the loop alive
+                    now = asyncio.get_running_loop().time()
+                    if now - last_scale >= self.settings.scaling_interval_seconds:
+                        last_scale = now
+                        await self.service.scale_once()
+            except Exception as err:
                 log.warning("leader loop error: %s", err)
             await asyncio.sleep(1.0)

@@ -33,7 +33,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meshserve.common.errors import Unavailable
 
@@ -90,6 +91,18 @@ local bytes = tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'allocated', bytes)
 redis.call('HSET', KEYS[2], ARGV[1], bytes)
 redis.call('HSET', KEYS[3], ARGV[2], 'loaded:' .. ARGV[4])
+return 1
+"""
+
+# requests counted with exponential ageing: hits decay by 2^(-dt / half-life)
+_AGE_USAGE = """
+local hits = tonumber(redis.call('HGET', KEYS[1], 'hits') or '0')
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_used_ms') or ARGV[2])
+local now = tonumber(ARGV[2])
+local dt = now - last
+if dt < 0 then dt = 0 end
+hits = hits * math.pow(2, -dt / tonumber(ARGV[3])) + tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], 'hits', tostring(hits), 'last_used_ms', ARGV[2])
 return 1
 """
 
@@ -169,6 +182,7 @@ class LiveState:
         self._release = self.redis.register_script(_RELEASE)
         self._adopt = self.redis.register_script(_ADOPT)
         self._remove_pod = self.redis.register_script(_REMOVE_POD)
+        self._age_usage = self.redis.register_script(_AGE_USAGE)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -293,7 +307,8 @@ class LiveState:
     async def remove_model(self, model_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(f"{self.p}:models", model_id)
-            pipe.delete(f"{self.p}:usage:{model_id}")
+            pipe.hdel(f"{self.p}:bounds", model_id)
+            pipe.delete(f"{self.p}:usage:{model_id}", f"{self.p}:rate:{model_id}")
             await pipe.execute()
 
     async def model_ids(self) -> set[str]:
@@ -311,31 +326,69 @@ class LiveState:
     async def vmodels(self) -> dict[str, str]:
         return dict(await self.redis.hgetall(f"{self.p}:vmodels"))
 
-    async def sync_registry(self, *, model_ids: Iterable[str], vmodels: dict[str, str]) -> None:
+    async def sync_registry(
+        self, *, model_ids: Iterable[str], vmodels: dict[str, str], bounds: dict[str, tuple[int, int]] | None = None
+    ) -> None:
         """Replace the Redis mirror of the registry (after a Redis restart or at start)."""
         ids = list(model_ids)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(f"{self.p}:models", f"{self.p}:vmodels")
+            pipe.delete(f"{self.p}:models", f"{self.p}:vmodels", f"{self.p}:bounds")
             if ids:
                 pipe.sadd(f"{self.p}:models", *ids)
             if vmodels:
                 pipe.hset(f"{self.p}:vmodels", mapping=vmodels)
+            if bounds:
+                pipe.hset(f"{self.p}:bounds", mapping={m: f"{lo}:{hi}" for m, (lo, hi) in bounds.items()})
             await pipe.execute()
 
     # -- usage and failures ---------------------------------------------------------------
-    async def add_usage(self, usage: dict[str, int], *, at_ms: int) -> None:
+    async def add_usage(self, usage: dict[str, int], *, at_ms: int, half_life_seconds: float = 600.0) -> None:
+        """Count requests: aged hits (for eviction scores) and 10 s buckets (for rates)."""
         if not usage:
             return
+        bucket = at_ms // 10_000
         async with self.redis.pipeline(transaction=False) as pipe:
             for model, n in usage.items():
-                key = f"{self.p}:usage:{model}"
-                pipe.hincrby(key, "hits", n)
-                pipe.hset(key, "last_used_ms", at_ms)
+                self._age_usage(
+                    keys=[f"{self.p}:usage:{model}"], args=[n, at_ms, half_life_seconds * 1000], client=pipe
+                )
+                pipe.hincrby(f"{self.p}:rate:{model}", str(bucket), n)
+                pipe.expire(f"{self.p}:rate:{model}", 180)
             await pipe.execute()
 
-    async def usage(self, model_id: str) -> tuple[int, int]:
+    async def usage(self, model_id: str) -> tuple[float, int]:
+        """(aged hits as of last use, last used ms)."""
         row = await self.redis.hgetall(f"{self.p}:usage:{model_id}")
-        return int(row.get("hits", 0)), int(row.get("last_used_ms", 0))
+        return float(row.get("hits", 0)), int(row.get("last_used_ms", 0))
+
+    async def rates_per_minute(self, model_ids: Iterable[str], *, now: int | None = None) -> dict[str, float]:
+        """Requests per minute over the last full minute of 10 s buckets."""
+        ids = list(model_ids)
+        current = (now or now_ms()) // 10_000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for m in ids:
+                pipe.hgetall(f"{self.p}:rate:{m}")
+            rows = await pipe.execute()
+        out = {}
+        for m, row in zip(ids, rows, strict=True):
+            total = sum(int(v) for b, v in row.items() if current - 6 <= int(b) < current)
+            if total:
+                out[m] = float(total)
+        return out
+
+    async def set_bounds(self, model_id: str, *, min_copies: int, max_copies: int) -> None:
+        key = f"{self.p}:bounds"
+        if min_copies or max_copies:
+            await self.redis.hset(key, model_id, f"{min_copies}:{max_copies}")
+        else:
+            await self.redis.hdel(key, model_id)
+
+    async def bounds(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for model, value in (await self.redis.hgetall(f"{self.p}:bounds")).items():
+            lo, _, hi = value.partition(":")
+            out[model] = (int(lo or 0), int(hi or 0))
+        return out
 
     async def record_failure(self, *, model_id: str, pod_id: str, reason: str, ttl_seconds: float) -> None:
         await self.redis.set(f"{self.p}:fail:{model_id}:{pod_id}", reason, px=max(1, int(ttl_seconds * 1000)))

@@ -26,7 +26,12 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from meshserve.common.errors import AlreadyExists, NotFound, Unavailable
@@ -226,6 +231,14 @@ class Registry:
     async def all_model_ids(self) -> list[str]:
         async with self._session() as s:
             return list((await s.execute(select(ModelRow.id))).scalars())
+
+    async def all_bounds(self) -> dict[str, tuple[int, int]]:
+        """min/max copies of the models that set either."""
+        query = select(ModelRow.id, ModelRow.min_copies, ModelRow.max_copies).where(
+            (ModelRow.min_copies > 0) | (ModelRow.max_copies > 0)
+        )
+        async with self._session() as s:
+            return {r.id: (r.min_copies, r.max_copies) for r in (await s.execute(query))}
 
     async def update_model(self, model_id: str, **values: Any) -> None:
         async with self._session() as s:

@@ -52,6 +52,7 @@ from meshserve.scheduler.models import (
     PodView,
 )
 from meshserve.scheduler.registry import ModelRecord, Registry
+from meshserve.scheduler.scaling import CopyChange, ModelLoad, ScalingPolicy, plan_scaling
 from meshserve.scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,17 @@ class SchedulerService:
         self.pullers = pullers or PullerClients(settings)
         self.clock = clock
         self._loads: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- start-up ------------------------------------------------------------------------
     async def sync_registry_mirror(self) -> None:
         """Copy the registry's model and vmodel ids into Redis (router snapshots read them)."""
         ids = await self.registry.all_model_ids()
         vmodels, _ = await self.registry.list_vmodels(limit=1_000_000)
-        await self.live.sync_registry(model_ids=ids, vmodels={v.id: v.active_model_id for v in vmodels})
+        bounds = await self.registry.all_bounds()
+        await self.live.sync_registry(
+            model_ids=ids, vmodels={v.id: v.active_model_id for v in vmodels}, bounds=bounds
+        )
 
     # -- registration ----------------------------------------------------------------------
     async def register_model(self, spec: ModelSpec, *, load_now: bool = False) -> ModelState:
@@ -184,16 +189,22 @@ class SchedulerService:
             }
         )
         await self.live.add_model(spec.model_id)
+        await self.live.set_bounds(spec.model_id, min_copies=spec.min_copies, max_copies=spec.max_copies)
         await self._event("registered", model_id=spec.model_id, message=f"format {spec.model_type}")
         await self._publish(models=[spec.model_id])
         if load_now or spec.min_copies > 0:
-            task = asyncio.create_task(self._ensure_quietly(spec.model_id))
-            task.add_done_callback(lambda t: None)
+            # minCopies are placed at registration: the first copy now, the rest by the
+            # scaling pass that follows it
+            task = asyncio.create_task(self._ensure_quietly(spec.model_id, scale=spec.min_copies > 1))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return await self.model_state(spec.model_id)
 
-    async def _ensure_quietly(self, model_id: str) -> None:
+    async def _ensure_quietly(self, model_id: str, *, scale: bool = False) -> None:
         try:
             await self.ensure_loaded(model_id)
+            if scale:
+                await self.scale_once(only=[model_id])
         except MeshError as err:
             log.warning("background load of %s failed: %s", model_id, err.message)
 
@@ -328,6 +339,7 @@ class SchedulerService:
             config=PlacementConfig(
                 policy=self.settings.eviction_policy,
                 min_residency_seconds=self.settings.min_residency_seconds,
+                min_copies={m: lo for m, (lo, _) in (await self.live.bounds()).items() if lo > 0},
             ),
         )
         if plan.pod_id is None:
@@ -474,7 +486,7 @@ class SchedulerService:
                 rec = next((c for c in copies.get(model, []) if c.pod_id == pod.pod_id), None)
                 if rec is None:
                     continue
-                hits, last_used = await self.live.usage(model)
+                hits, last_used = await self.live.usage(model)  # hits aged to last_used
                 copy_views.append(
                     CopyView(
                         model_id=model,
@@ -593,6 +605,84 @@ class SchedulerService:
 
     async def report_usage(self, usage: dict[str, int]) -> None:
         await self.live.add_usage(usage, at_ms=now_ms())
+
+    # -- copies: scaling and draining ------------------------------------------------------
+    async def scale_once(self, *, only: Sequence[str] | None = None) -> list[CopyChange]:
+        """One pass of copy scaling (leader loop): minCopies, maxCopies, request rates."""
+        ids = sorted(only) if only is not None else sorted(await self.live.model_ids())
+        copies = await self.live.copies_many(ids)
+        rates = await self.live.rates_per_minute(ids)
+        bounds = await self.live.bounds()
+        pods = [p for p in await self.live.pods() if self._alive(p) and not p.draining]
+        loads = [
+            ModelLoad(
+                model_id=m,
+                rate_per_minute=rates.get(m, 0.0),
+                copies=len(copies.get(m, [])),
+                min_copies=bounds.get(m, (0, 0))[0],
+                max_copies=bounds.get(m, (0, 0))[1],
+            )
+            for m in ids
+            if copies.get(m) or bounds.get(m, (0, 0))[0] > 0
+        ]
+        changes = plan_scaling(
+            loads, policy=ScalingPolicy(threshold_rpm=self.settings.scale_up_rpm_threshold), pods=len(pods)
+        )
+        for change in changes:
+            try:
+                if change.delta > 0:
+                    await self._add_copies(change)
+                else:
+                    await self._remove_copies(change, copies.get(change.model_id, []), pods)
+            except MeshError as err:
+                log.info("scaling %s by %+d not possible now: %s", change.model_id, change.delta, err.message)
+        return list(changes)
+
+    async def _add_copies(self, change: CopyChange) -> None:
+        record = await self.registry.find_model(change.model_id)
+        if record is None:
+            return
+        for _ in range(change.delta):
+            deadline = time.monotonic() + self.settings.load_timeout_seconds
+            copies = await self.live.copies(change.model_id)
+            if not copies:
+                await self.ensure_loaded(change.model_id)
+            elif not await self._place_and_load(record, exclusive=False, deadline=deadline):
+                return
+            await self._event("scaled-up", model_id=change.model_id, message=change.reason)
+
+    async def _remove_copies(self, change: CopyChange, copies: Sequence[CopyRecord], pods: Sequence[PodInfo]) -> None:
+        fullness = {p.pod_id: p.allocated / max(1, p.capacity) for p in pods}
+        loaded = sorted(
+            (c for c in copies if c.state == CopyState.LOADED.value),
+            key=lambda c: (-fullness.get(c.pod_id, 2.0), -c.since_ms),
+        )
+        for copy in loaded[: -change.delta]:
+            await self._unload_copy(model_id=change.model_id, pod_id=copy.pod_id, kind="scaled-down", why=change.reason)
+
+    async def drain_pod(self, pod_id: str) -> dict[str, Any]:
+        """No new placements on `pod_id`; move its loaded copies elsewhere, then unload them."""
+        pod = await self.live.pod(pod_id)
+        if pod is None:
+            raise NotFound(f"pod {pod_id!r} not found")
+        await self.live.set_draining(pod_id, True)
+        await self._event("draining", pod_id=pod_id, message="drain requested")
+        moved, dropped = [], []
+        for model in sorted(await self.live.pod_allocations(pod_id)):
+            record = await self._safe_find(model)
+            others = [c for c in await self.live.copies(model) if c.pod_id != pod_id]
+            if record is not None and not others:
+                try:
+                    deadline = time.monotonic() + self.settings.load_timeout_seconds
+                    if await self._place_and_load(record, exclusive=False, deadline=deadline):
+                        moved.append(model)
+                except MeshError as err:
+                    log.warning("could not move %s off %s: %s", model, pod_id, err.message)
+            await self._unload_copy(model_id=model, pod_id=pod_id, kind="evicted", why=f"pod {pod_id} drained")
+            if model not in moved:
+                dropped.append(model)
+        await self._event("drained", pod_id=pod_id, message=f"moved {len(moved)}, dropped {len(dropped)}")
+        return {"pod": pod_id, "moved": moved, "unloaded": dropped}
 
     # -- routes ----------------------------------------------------------------------------
     async def routes_for(self, model_ids: Sequence[str]) -> dict[str, list[Endpoint]]:

@@ -35,6 +35,7 @@ class SchedulerSettings(BaseSettings):
     heartbeat_interval_seconds: float = 2.0
     failure_backoff_seconds: float = 900.0    # ModelMesh's MM_LOAD_FAILURE_EXPIRY_TIME_MS
     min_residency_seconds: float = 30.0
-    scale_up_rpm_threshold: float = 2000.0
+    scale_up_rpm_threshold: float = 2000.0    # ModelMesh's MM_SCALEUP_RPM_THRESHOLD
+    scaling_interval_seconds: float = 5.0
     log_level: str = "INFO"
     log_json: bool = False
