@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from meshserve.common.errors import AlreadyExists, Unavailable
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc as pbg

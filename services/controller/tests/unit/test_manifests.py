@@ -19,6 +19,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
 from meshserve.controller import crdschema
 
 REPO = Path(__file__).resolve().parents[4]

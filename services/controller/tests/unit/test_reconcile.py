@@ -9,6 +9,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from meshserve.controller import deployments as deploy
 from meshserve.controller import reconcile as rc
 from meshserve.controller import runtimes as rts

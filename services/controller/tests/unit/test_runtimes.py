@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from meshserve.controller import runtimes as rts
 from meshserve.controller.specs import ModelSpec
 

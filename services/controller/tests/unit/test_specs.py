@@ -8,6 +8,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+
 from meshserve.controller import specs
 
 EXAMPLES = Path(__file__).resolve().parents[4] / "examples" / "isvc"

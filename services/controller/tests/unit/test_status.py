@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from meshserve.controller import status as s
 from meshserve.controller.status import (
     CopyInfo,

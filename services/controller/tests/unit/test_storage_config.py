@@ -5,6 +5,7 @@ import json
 import logging
 
 import pytest
+
 from meshserve.controller.storage_config import parse_storage_secret
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"

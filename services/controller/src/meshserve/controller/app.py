@@ -18,12 +18,13 @@ import logging
 import signal
 
 from aiohttp import web
+from prometheus_client import start_http_server
+
 from meshserve.common.grpcutil import open_channel
 from meshserve.controller.kube import KubeApi, api_client_from
 from meshserve.controller.scheduler_client import GrpcScheduler
 from meshserve.controller.settings import ControllerSettings, Mode
 from meshserve.controller.worker import Reconciler
-from prometheus_client import start_http_server
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import grpc
+
 from meshserve.common.errors import from_grpc
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 from meshserve.controller.specs import ModelSpec

@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from meshserve.common.settings import TLSSettings, shared
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from meshserve.common.settings import TLSSettings, shared
 
 
 class Mode(enum.StrEnum):

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import aiohttp
+
 from meshserve.controller import metrics
 from meshserve.controller.backoff import backoff_delay
 from meshserve.controller.kube import JSON, KubeApi, KubeError, ResourceKind, WatchExpired
