@@ -34,7 +34,7 @@ def redis_url(infra_group: ProcessGroup, tmp_path_factory: pytest.TempPathFactor
 def database_url(infra_group: ProcessGroup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = os.environ.get("MESHSERVE_DATABASE_URL") or infra.start_postgres(
         infra_group, Path(tmp_path_factory.mktemp("pg")) / "data"
-    )
+    ).url
     url = make_url(to_sync_url(base))
     name = f"meshserve_ct_{uuid.uuid4().hex[:8]}"
     admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")

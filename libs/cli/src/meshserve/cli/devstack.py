@@ -81,6 +81,7 @@ class Stack:
         self.scheduler_proc: object = None
         self.router_proc: object = None
         self._created_db: str | None = None
+        self.postgres: infra.Postgres | None = None
 
     # -- infrastructure ---------------------------------------------------------------
     def start_infra(self) -> None:
@@ -91,7 +92,8 @@ class Stack:
             if self.config.isolate:
                 self.database_url = self._isolated_database(self.config.database_url)
         else:
-            self.database_url = infra.start_postgres(self.group, self.root / "postgres")
+            self.postgres = infra.start_postgres(self.group, self.root / "postgres")
+            self.database_url = self.postgres.url
         self.s3_endpoint = self.config.s3_endpoint or infra.start_s3(self.group)
         self._write_storage_config()
 
@@ -312,6 +314,13 @@ class Stack:
 
     def stop(self) -> None:
         self.group.stop_all()
+
+    def restart_redis(self) -> None:
+        """Stop the private Redis (all live state is lost) and start an empty one on the same port."""
+        proc = next(p for p in self.group.procs if p.name == "redis")
+        self.group.stop(proc)
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        infra.start_redis(self.group, self.root / "redis", port=port)
 
     # -- admin API helpers -------------------------------------------------------------------
     def admin(self, method: str, path: str, **kwargs: object) -> httpx.Response:

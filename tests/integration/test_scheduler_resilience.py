@@ -1,0 +1,152 @@
+"""Scheduler behaviour that needs its own stack: private Redis and Postgres that the
+tests stop and restart, fast heartbeats, a low scale-up threshold."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import tritonclient.grpc as grpcclient
+
+from meshserve.cli.devstack import Stack, StackConfig
+from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+from .conftest import EXAMPLES, IRIS_URI, MNIST_URI, mnist_inputs
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(check: Callable[[], bool], *, timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    config = StackConfig(
+        root=Path(tmp_path_factory.mktemp("resilience")),
+        pods=3,
+        extra_env={
+            "MESHSERVE_SCHEDULER_POD_TIMEOUT_SECONDS": "3",
+            "MESHSERVE_SCHEDULER_SCALE_UP_RPM_THRESHOLD": "30",
+            "MESHSERVE_SCHEDULER_SCALING_INTERVAL_SECONDS": "1",
+            "MESHSERVE_SCHEDULER_MIN_RESIDENCY_SECONDS": "0",
+        },
+    )
+    stack = Stack(config)
+    stack.start()
+    try:
+        stack.upload_examples(EXAMPLES)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _model(stack: Stack, name: str) -> dict:  # type: ignore[type-arg]
+    return stack.admin("GET", f"/v1/models/{name}").json()  # type: ignore[no-any-return]
+
+
+def _infer(stack: Stack, name: str) -> list[list[int]]:
+    client = grpcclient.InferenceServerClient(stack.router_grpc)
+    try:
+        return client.infer(name, mnist_inputs()).as_numpy("predict").tolist()  # type: ignore[no-any-return]
+    finally:
+        client.close()
+
+
+def test_min_copies_are_placed_at_registration_on_different_pods(own_stack: Stack) -> None:
+    assert own_stack.register("min2", storage_uri=MNIST_URI, minCopies=2).status_code == 201
+    wait_for(lambda: sum(c["state"] == "loaded" for c in _model(own_stack, "min2")["copies"]) == 2, what="two copies")
+    pods = [c["pod"] for c in _model(own_stack, "min2")["copies"]]
+    assert len(set(pods)) == 2
+
+
+def test_hot_model_gets_another_copy_and_cools_back(own_stack: Stack) -> None:
+    assert own_stack.register("hot", storage_uri=MNIST_URI).status_code == 201
+    client = grpcclient.InferenceServerClient(own_stack.router_grpc)
+    try:
+        for _ in range(80):  # 80 requests within a minute: above 30/min per copy
+            assert client.infer("hot", mnist_inputs()).as_numpy("predict").tolist() == [[8]]
+    finally:
+        client.close()
+    wait_for(lambda: len(_model(own_stack, "hot")["copies"]) >= 2, timeout=40, what="a scale-up")
+    kinds = [e["kind"] for e in own_stack.admin("GET", "/v1/events?model=hot&limit=100").json()["items"]]
+    assert "scaled-up" in kinds
+
+
+def test_drain_moves_copies_off_a_pod(own_stack: Stack) -> None:
+    assert own_stack.register("drainme", storage_uri=IRIS_URI).status_code == 201
+    client = grpcclient.InferenceServerClient(own_stack.router_grpc)
+    assert client.is_model_ready("drainme")
+    [copy] = _model(own_stack, "drainme")["copies"]
+    result = own_stack.admin("POST", f"/v1/pods/{copy['pod']}:drain").json()
+    assert "drainme" in result["moved"]
+    copies = _model(own_stack, "drainme")["copies"]
+    assert [c["pod"] for c in copies] != [copy["pod"]] and len(copies) == 1
+    assert client.is_model_ready("drainme")
+    pods = {p["id"]: p for p in own_stack.admin("GET", "/v1/pods").json()["items"]}
+    assert pods[copy["pod"]]["draining"] is True
+    client.close()
+
+
+def test_redis_restart_loses_nothing(own_stack: Stack) -> None:
+    assert own_stack.register("survivor", storage_uri=MNIST_URI).status_code == 201
+    assert _infer(own_stack, "survivor") == [[8]]
+    own_stack.restart_redis()
+    # the registry mirror is rebuilt from Postgres, the copies from the pullers' heartbeats
+    wait_for(lambda: _model(own_stack, "survivor").get("state") == "Loaded", timeout=30, what="copy re-adopted")
+    models = {m["id"] for m in own_stack.admin("GET", "/v1/models?limit=1000").json()["items"]}
+    assert {"survivor", "min2", "hot"} <= models
+    assert _infer(own_stack, "survivor") == [[8]]
+    placed = [e for e in own_stack.admin("GET", "/v1/events?model=survivor").json()["items"] if e["kind"] == "placed"]
+    assert len(placed) == 1  # served by the adopted copy, not a reload
+
+
+def test_postgres_down_keeps_warm_models_serving_and_fails_registration_clearly(own_stack: Stack) -> None:
+    assert own_stack.register("warm", storage_uri=IRIS_URI).status_code == 201
+    client = grpcclient.InferenceServerClient(own_stack.router_grpc)
+    assert client.is_model_ready("warm")
+    assert own_stack.postgres is not None
+    own_stack.postgres.stop()
+    try:
+        assert _infer(own_stack, "survivor") == [[8]]
+        response = own_stack.register("during-outage", storage_uri=IRIS_URI)
+        assert response.status_code == 503
+        assert "Postgres" in response.json()["error"]
+        with grpc.insecure_channel(own_stack.scheduler_grpc) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            reply = stub.EnsureLoaded(scheduler_pb2.EnsureLoadedRequest(model_id="warm"), timeout=10)
+            assert reply.endpoints
+    finally:
+        own_stack.postgres.start()
+        client.close()
+    wait_for(lambda: own_stack.register("after-outage", storage_uri=IRIS_URI).status_code == 201, what="registry back")
+
+
+def test_dead_pod_is_dropped_from_routes_and_its_min_copies_replaced(own_stack: Stack) -> None:
+    copies = _model(own_stack, "min2")["copies"]
+    victim = next(p for p in own_stack.pods if p.pod_id == copies[0]["pod"])
+    own_stack.group.stop(victim.puller)  # type: ignore[arg-type]
+    own_stack.group.stop(victim.mlserver)  # type: ignore[arg-type]
+    wait_for(
+        lambda: victim.pod_id not in {p["id"] for p in own_stack.admin("GET", "/v1/pods").json()["items"]},
+        what="pod removal",
+    )
+    events = own_stack.admin("GET", f"/v1/events?pod={victim.pod_id}").json()["items"]
+    assert any(e["kind"] == "pod-lost" for e in events)
+    wait_for(
+        lambda: len([c for c in _model(own_stack, "min2")["copies"] if c["state"] == "loaded"]) == 2,
+        timeout=40,
+        what="minCopies re-placed",
+    )
+    assert victim.pod_id not in {c["pod"] for c in _model(own_stack, "min2")["copies"]}
+    assert _infer(own_stack, "min2") == [[8]]
