@@ -98,6 +98,11 @@ class RestFrontDoor:
                 path += f"/versions/{quote(version, safe='')}"
             if suffix:
                 path += f"/{suffix}"
+            if "inference-header-content-length" in request.headers:
+                raise InvalidArgument(
+                    "the binary tensor data extension is not supported by the model server (MLServer 1.7); "
+                    "send JSON tensors (tritonclient.http: set_data_from_numpy(..., binary_data=False))"
+                )
             body = await request.body() if request.method == "POST" else b""
             headers = {k: v for k in REQUEST_HEADERS if (v := request.headers.get(k))}
             headers["mm-model-id"] = model_id
