@@ -26,8 +26,9 @@ def model_sizes(*, n: int, seed: int, median_mib: float = 200.0, sigma: float = 
 
 
 def _zipf_probs(n: int, alpha: float) -> npt.NDArray[np.float64]:
-    p = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** alpha
-    return p / p.sum()
+    p: npt.NDArray[np.float64] = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** alpha
+    out: npt.NDArray[np.float64] = p / p.sum()
+    return out
 
 
 def zipf_trace(*, n: int, length: int, alpha: float, seed: int) -> Trace:

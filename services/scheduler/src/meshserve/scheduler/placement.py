@@ -54,7 +54,9 @@ cached victim order (`PodView.victim_order`) until enough bytes are free.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -116,29 +118,37 @@ def place(
     best: PodView | None = None
     best_key: tuple[int, int, str] | None = None
     need_eviction: list[PodView] = []   # eligible, but free_bytes < size
+    fewest = -1                         # smallest deficit seen (bytes that must go)
+    fewest_pods: list[PodView] = []     # the pods with that deficit
+    # The hot loop: one pass, locals only, no allocation for pods that are skipped.
     for pod in pods:
         if not pod.healthy or pod.draining:
             continue
         if labels and not labels <= pod.labels:
             continue
         n_compatible += 1
-        if pod.capacity_bytes > max_capacity:
-            max_capacity = pod.capacity_bytes
-        if pod.pod_id in exclude or model in pod.model_ids:
+        capacity = pod.capacity_bytes
+        if capacity > max_capacity:
+            max_capacity = capacity
+        if model in pod.model_ids or (exclude and pod.pod_id in exclude):
             continue
         n_candidates += 1
-        if pod.capacity_bytes < size:
+        if capacity < size:
             continue
         n_big_enough += 1
         if pod.loading >= pod.max_loading:
             continue
-        left = pod.capacity_bytes - pod.allocated_bytes - size
+        left = capacity - pod.allocated_bytes - size
         if left >= 0:
             key = (left, pod.loading, pod.pod_id)
             if best_key is None or key < best_key:
                 best, best_key = pod, key
-        else:
+        elif best is None:
             need_eviction.append(pod)
+            if -left < fewest or fewest < 0:
+                fewest, fewest_pods = -left, [pod]
+            elif -left == fewest:
+                fewest_pods.append(pod)
 
     if n_compatible == 0:
         return Plan(
@@ -187,7 +197,9 @@ def place(
             ),
             code=ALL_BUSY_LOADING,
         )
-    return _evict_and_place(request, need_eviction, pods=pods, now=now, cfg=cfg)
+    return _evict_and_place(
+        request, first=fewest_pods, rest=need_eviction, pods=pods, now=now, cfg=cfg
+    )
 
 
 @dataclass(frozen=True)
@@ -201,39 +213,52 @@ class _Option:
 
 def _evict_and_place(
     request: PlacementRequest,
-    candidates: list[PodView],
     *,
+    first: list[PodView],
+    rest: list[PodView],
     pods: Sequence[PodView],
     now: float,
     cfg: PlacementConfig,
 ) -> Plan:
-    """Pick the pod where the fewest bytes must go, then the cheapest victims there."""
+    """Pick the pod where the fewest bytes must go, then the cheapest victims there.
+
+    `first` are the candidates with the smallest deficit (usually one pod, and usually
+    it works); only when none of them can free enough is the rest ordered, by a heap
+    popped one deficit at a time.
+    """
     size = request.size_bytes
     policy = cfg.policy
-    heap = [(size - p.free_bytes, p.pod_id, i) for i, p in enumerate(candidates)]
-    heapq.heapify(heap)
-    counts: dict[str, int] = {}
+    census = _Census(pods)
     blocked = dict.fromkeys(_PROTECTIONS, 0)
     best: _Option | None = None
-    while heap:
-        deficit, pod_id, i = heapq.heappop(heap)
-        if best is not None and deficit > best.key[0]:
-            break  # the heap is ordered by deficit: nothing later can win
-        pod = candidates[i]
-        victims = _victims(pod, deficit, now=now, cfg=cfg, pods=pods, counts=counts, blocked=blocked)
-        if victims is None:
-            continue
-        freed = sum(c.size_bytes for c in victims)
-        worst = max(_score(c, cfg) for c in victims)
-        option = _Option((deficit, worst, freed, pod.loading, pod_id), pod, tuple(victims))
-        if best is None or option.key < best.key:
-            best = option
+    heap: list[tuple[int, str, PodView]] | None = None
+    batch = first
+    while batch:
+        for pod in batch:
+            deficit = size - pod.free_bytes
+            victims = _victims(pod, deficit, now=now, cfg=cfg, census=census, blocked=blocked)
+            if victims is None:
+                continue
+            freed = sum(c.size_bytes for c in victims)
+            worst = max(_score(c, cfg) for c in victims)
+            key = (deficit, worst, freed, pod.loading, pod.pod_id)
+            if best is None or key < best.key:
+                best = _Option(key, pod, tuple(victims))
+        if best is not None:
+            break
+        if heap is None:  # rare: every pod with the smallest deficit is blocked
+            tried = {p.pod_id for p in batch}
+            heap = [(size - p.free_bytes, p.pod_id, p) for p in rest if p.pod_id not in tried]
+            heapq.heapify(heap)  # pod ids are unique, so tuples never compare the pods
+        batch = []
+        while heap and (not batch or heap[0][0] == size - batch[0].free_bytes):
+            batch.append(heapq.heappop(heap)[2])
     if best is None:
         held = ", ".join(f"{n} {why}" for why, n in blocked.items() if n) or "none evictable"
         return Plan(
             None,
             reason=(
-                f"no room for {size} bytes on any of {len(candidates)} compatible pods, "
+                f"no room for {size} bytes on any of {len(rest)} compatible pods, "
                 f"even after allowed evictions (protected copies: {held})"
             ),
             code=NO_ROOM,
@@ -262,8 +287,7 @@ def _victims(
     *,
     now: float,
     cfg: PlacementConfig,
-    pods: Sequence[PodView],
-    counts: dict[str, int],
+    census: _Census,
     blocked: dict[str, int],
 ) -> list[CopyView] | None:
     """The cheapest evictable copies on `pod` freeing >= `deficit` bytes, or None.
@@ -274,7 +298,7 @@ def _victims(
     victims: list[CopyView] = []
     freed = 0
     for copy in pod.victim_order(cfg.policy, half_life=cfg.usage_half_life_seconds):
-        why = _protection(copy, now=now, cfg=cfg, pods=pods, counts=counts)
+        why = _protection(copy, now=now, cfg=cfg, census=census)
         if why is not None:
             blocked[why] += 1
             continue
@@ -297,8 +321,7 @@ def _protection(
     *,
     now: float,
     cfg: PlacementConfig,
-    pods: Sequence[PodView],
-    counts: dict[str, int],
+    census: _Census,
 ) -> str | None:
     """Why `copy` must not be evicted, or None when it may be."""
     if copy.state is CopyState.LOADING:
@@ -308,18 +331,32 @@ def _protection(
     if now - copy.loaded_at < cfg.min_residency_seconds:
         return _RECENT
     floor = cfg.min_copies.get(copy.model_id, 0)
-    if floor >= 1 and _loaded_copies(copy.model_id, pods=pods, counts=counts) <= floor:
+    if floor >= 1 and census.loaded_copies(copy.model_id) <= floor:
         return _MIN_COPIES
     return None
 
 
-def _loaded_copies(model_id: str, *, pods: Sequence[PodView], counts: dict[str, int]) -> int:
-    """Loaded copies of `model_id` on usable pods (memoised for one `place()` call)."""
-    n = counts.get(model_id)
-    if n is None:
-        n = sum(1 for p in pods if p.usable and model_id in p.loaded_model_ids)
-        counts[model_id] = n
-    return n
+class _Census:
+    """Loaded copies per model on usable pods, counted lazily for one `place()` call.
+
+    Only victims whose model has min_copies >= 1 are counted. The per-pod model sets are
+    gathered on the first count, then each count is one C-level pass over them.
+    """
+
+    def __init__(self, pods: Sequence[PodView]) -> None:
+        self._pods = pods
+        self._sets: list[frozenset[str]] | None = None
+        self._counts: dict[str, int] = {}
+
+    def loaded_copies(self, model_id: str) -> int:
+        n = self._counts.get(model_id)
+        if n is None:
+            if self._sets is None:
+                self._sets = [p.loaded_model_ids for p in self._pods if p.healthy and not p.draining]
+            sets = self._sets
+            n = sum(map(operator.contains, sets, itertools.repeat(model_id, len(sets))))
+            self._counts[model_id] = n
+        return n
 
 
 def _labels(request: PlacementRequest) -> str:
@@ -330,7 +367,7 @@ def is_protected(
     copy: CopyView, *, now: float, config: PlacementConfig, pods: Sequence[PodView]
 ) -> bool:
     """True when `place()` would never evict `copy` (for callers and tests)."""
-    return _protection(copy, now=now, cfg=config, pods=pods, counts={}) is not None
+    return _protection(copy, now=now, cfg=config, census=_Census(pods)) is not None
 
 
 def age_hits(*, hits: float, last_used: float, now: float, new: float, half_life: float) -> float:
