@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
           f">= +{TARGET_POINTS:.0f} points over LRU on every trace: {_yes(all_points)}")
 
     print(f"\n## Decision latency: time per place() call, 100,000 models over 1,000 pods, {calls:,} cold loads"
-          "\n   (pods full to within <200 MiB, so most calls evict; 5% minCopies=1, 2% in flight,"
+          "\n   (pods full to within <200 MiB, so many calls evict; 5% minCopies=1, 2% in flight,"
           " 1% loading; plans applied)")
     lat_ok = True
     for policy in (EvictionPolicy.USAGE_WEIGHTED, EvictionPolicy.LRU):

@@ -48,7 +48,7 @@ def placement_latency(
     keep them), then `gc.freeze()` moves them out of the collector's way, as a
     long-running scheduler would after loading its state.
 
-    Pods are full to within a little slack, so most calls evict. 5% of models have
+    Pods are full to within a little slack (< 200 MiB), so a third or more of the calls evict. 5% of models have
     minCopies 1, some copies are loading or serving. Each plan is applied and only the
     changed pod's view is rebuilt (an incremental view), outside the timed section.
     """
