@@ -36,7 +36,7 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         root=Path(tmp_path_factory.mktemp("resilience")),
         pods=3,
         extra_env={
-            "MESHSERVE_SCHEDULER_POD_TIMEOUT_SECONDS": "3",
+            "MESHSERVE_SCHEDULER_POD_TIMEOUT_SECONDS": "8",
             "MESHSERVE_SCHEDULER_SCALE_UP_RPM_THRESHOLD": "30",
             "MESHSERVE_SCHEDULER_SCALING_INTERVAL_SECONDS": "1",
             "MESHSERVE_SCHEDULER_MIN_RESIDENCY_SECONDS": "0",
@@ -130,6 +130,50 @@ def test_postgres_down_keeps_warm_models_serving_and_fails_registration_clearly(
         own_stack.postgres.start()
         client.close()
     wait_for(lambda: own_stack.register("after-outage", storage_uri=IRIS_URI).status_code == 201, what="registry back")
+
+
+async def test_two_scheduler_replicas_on_tight_pods_never_overcommit_or_double_load(own_stack: Stack) -> None:
+    """200 models, two replicas racing EnsureLoaded for each, two small pods of their own runtime."""
+    tight = {"MESHSERVE_PULLER_RUNTIME": "tight-rt", "MESHSERVE_PULLER_SUPPORTED_FORMATS": ""}
+    pods = [own_stack.start_pod(capacity_bytes=6 * 1024 * 1024, env=tight) for _ in range(2)]
+    own_stack.wait_for_pods(pods)
+    second_grpc, _ = own_stack.start_extra_scheduler()
+    names = [f"tight-{i:03d}" for i in range(200)]
+    for name in names:
+        response = own_stack.register(name, storage_uri=IRIS_URI, runtime="tight-rt", sizeBytes=200_000)
+        assert response.status_code == 201, response.text
+
+    outcomes: dict[str, int] = {}
+    reasons: set[str] = set()
+    async with grpc.aio.insecure_channel(own_stack.scheduler_grpc) as a, grpc.aio.insecure_channel(second_grpc) as b:
+        stubs = [scheduler_pb2_grpc.SchedulerStub(a), scheduler_pb2_grpc.SchedulerStub(b)]
+
+        async def ensure(stub: scheduler_pb2_grpc.SchedulerStub, name: str) -> None:
+            try:
+                await stub.EnsureLoaded(scheduler_pb2.EnsureLoadedRequest(model_id=name), timeout=120)
+                outcomes["ok"] = outcomes.get("ok", 0) + 1
+            except grpc.aio.AioRpcError as err:
+                assert err.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE), err.details()
+                assert err.details()
+                outcomes[err.code().name] = outcomes.get(err.code().name, 0) + 1
+                reasons.add(f"{err.code().name}: {(err.details() or '')[:120]}")
+
+        import asyncio
+
+        await asyncio.gather(*[ensure(stub, name) for name in names for stub in stubs])
+    print(outcomes); print("\n".join(sorted({r.split(":",2)[0]+":"+r.split("placed:")[-1][:150] for r in reasons})))
+    assert outcomes.get("ok", 0) >= 100, outcomes
+    listed = {p["id"]: p for p in own_stack.admin("GET", "/v1/pods").json()["items"]}
+    for pod in pods:
+        info = listed[pod.pod_id]
+        assert info["allocatedBytes"] == sum(m["bytes"] for m in info["models"])
+        assert info["allocatedBytes"] <= info["capacityBytes"]
+    events = own_stack.admin("GET", "/v1/events?limit=1000").json()["items"]
+    for name in names:
+        history = [e["kind"] for e in reversed(events) if e["model"] == name and e["kind"] in ("placed", "evicted")]
+        # a model is never placed twice without an eviction in between (no double load)
+        assert all(not (x == y == "placed") for x, y in zip(history, history[1:])), (name, history)
+        assert len(_model(own_stack, name)["copies"]) <= 1
 
 
 def test_dead_pod_is_dropped_from_routes_and_its_min_copies_replaced(own_stack: Stack) -> None:

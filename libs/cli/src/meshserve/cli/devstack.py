@@ -209,6 +209,22 @@ class Stack:
         self.scheduler_proc = proc
         self.group.wait_until(proc, http_ok(f"{self.admin_url}/readyz"), timeout=60, what="starting the scheduler")
 
+    def start_extra_scheduler(self) -> tuple[str, str]:
+        """A second scheduler replica on the same Redis/Postgres: (gRPC address, admin URL)."""
+        grpc_port, admin_port = free_port(), free_port()
+        env = {
+            **self.service_env(),
+            "MESHSERVE_SCHEDULER_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+            "MESHSERVE_SCHEDULER_ADMIN_HOST": "127.0.0.1",
+            "MESHSERVE_SCHEDULER_ADMIN_PORT": str(admin_port),
+            "MESHSERVE_SCHEDULER_METRICS_PORT": "0",
+        }
+        n = sum(1 for p in self.group.procs if p.name.startswith("scheduler"))
+        proc = self.group.start(f"scheduler-{n}", [self.python, "-m", "meshserve.scheduler"], env=env)
+        admin = f"http://127.0.0.1:{admin_port}"
+        self.group.wait_until(proc, http_ok(f"{admin}/readyz"), timeout=60, what="starting another scheduler")
+        return f"127.0.0.1:{grpc_port}", admin
+
     def start_router(self) -> None:
         port, rest_port = self._port(8033), self._port(8008)
         env = {
@@ -235,7 +251,9 @@ class Stack:
         with grpc.insecure_channel(self.router_grpc) as channel:
             return bool(v2g.GRPCInferenceServiceStub(channel).ServerReady(v2.ServerReadyRequest(), timeout=1).ready)
 
-    def start_pod(self, index: int | None = None, *, capacity_bytes: int | None = None) -> PodHandle:
+    def start_pod(
+        self, index: int | None = None, *, capacity_bytes: int | None = None, env: dict[str, str] | None = None
+    ) -> PodHandle:
         index = len(self.pods) if index is None else index
         pod_id = f"pod-{index}"
         pod_dir = self.root / "pods" / pod_id
@@ -275,6 +293,7 @@ class Stack:
             "MESHSERVE_PULLER_CAPACITY_BYTES": str(capacity_bytes or self.config.pod_capacity_bytes),
             "MESHSERVE_PULLER_SCHEDULER_ADDRESS": self.scheduler_grpc,
             "MESHSERVE_PULLER_HEARTBEAT_INTERVAL_SECONDS": "1",
+            **(env or {}),
         }
         puller = self.group.start(f"{pod_id}-puller", [self.python, "-m", "meshserve.puller"], env=env)
         handle = PodHandle(

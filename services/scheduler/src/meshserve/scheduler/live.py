@@ -361,6 +361,18 @@ class LiveState:
         row = await self.redis.hgetall(f"{self.p}:usage:{model_id}")
         return float(row.get("hits", 0)), int(row.get("last_used_ms", 0))
 
+    async def usage_many(self, model_ids: Iterable[str]) -> dict[str, tuple[float, int]]:
+        ids = list(model_ids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for m in ids:
+                pipe.hgetall(f"{self.p}:usage:{m}")
+            rows = await pipe.execute()
+        return {
+            m: (float(row.get("hits", 0)), int(row.get("last_used_ms", 0)))
+            for m, row in zip(ids, rows, strict=True)
+            if row
+        }
+
     async def rates_per_minute(self, model_ids: Iterable[str], *, now: int | None = None) -> dict[str, float]:
         """Requests per minute over the last full minute of 10 s buckets."""
         ids = list(model_ids)

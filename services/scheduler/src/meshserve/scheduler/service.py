@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -148,6 +149,7 @@ class SchedulerService:
         self.clock = clock
         self._loads: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._load_done = asyncio.Condition()
 
     # -- start-up ------------------------------------------------------------------------
     async def sync_registry_mirror(self) -> None:
@@ -352,6 +354,7 @@ class SchedulerService:
                     "(is a runtime pod for this format running?)"
                 )
             if plan.code == ALL_BUSY_LOADING:
+                await self._wait_for_a_load(deadline)
                 return False
             raise ResourceExhausted(f"model {model_id!r} cannot be placed: {plan.reason}")
         for ev in plan.evictions:
@@ -377,7 +380,10 @@ class SchedulerService:
         started = time.monotonic()
         timeout = max(1.0, deadline - started)
         try:
-            response = await self.pullers.stub(pod.management_address).LoadModel(request, timeout=timeout)
+            try:
+                response = await self.pullers.stub(pod.management_address).LoadModel(request, timeout=timeout)
+            finally:
+                await self._notify_load_done()
         except grpc.aio.AioRpcError as err:
             await self.live.release(model_id=model_id, pod_id=pod.pod_id)
             message = err.details() or err.code().name
@@ -400,6 +406,8 @@ class SchedulerService:
                 )
             return False
         elapsed = time.monotonic() - started
+        if measured > size:
+            await self._relieve_overcommit(pod.pod_id, keep=model_id)
         updates: dict[str, Any] = {"last_failure": None}
         if response.measured:
             updates["measured_size"] = measured
@@ -414,6 +422,48 @@ class SchedulerService:
         )
         await self._publish(models=[model_id])
         return True
+
+    async def _wait_for_a_load(self, deadline: float) -> None:
+        """Sleep until a load in this replica finishes (or a short poll for other replicas')."""
+        timeout = max(0.0, min(0.5, deadline - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            async with self._load_done:
+                await asyncio.wait_for(self._load_done.wait(), timeout)
+
+    async def _notify_load_done(self) -> None:
+        async with self._load_done:
+            self._load_done.notify_all()
+
+    async def _relieve_overcommit(self, pod_id: str, *, keep: str) -> None:
+        """A copy measured bigger than its reservation can push a pod over capacity:
+        evict (by the configured policy) until it fits again, never the new copy."""
+        pod = await self.live.pod(pod_id)
+        if pod is None or pod.allocated <= pod.capacity:
+            return
+        [view] = await self._pod_views([pod])
+        view = dataclasses.replace(
+            view, copies=tuple(dataclasses.replace(c, in_flight=1) if c.model_id == keep else c for c in view.copies)
+        )
+        plan = placement.place(
+            PlacementRequest(model_id="__overcommit__", size_bytes=0),
+            [view],
+            now=self.clock(),
+            config=PlacementConfig(policy=self.settings.eviction_policy, min_residency_seconds=0.0),
+        )
+        if not plan.evictions:
+            await self._event(
+                "overcommitted",
+                pod_id=pod_id,
+                message=f"{pod.allocated - pod.capacity} bytes over capacity and nothing evictable: {plan.reason}",
+            )
+            return
+        for ev in plan.evictions:
+            await self._unload_copy(
+                model_id=ev.model_id,
+                pod_id=pod_id,
+                kind="evicted",
+                why=f"{keep} measured bigger than reserved; {pod_id} was over capacity",
+            )
 
     async def _record_failure(self, record: ModelRecord, *, pod_id: str, message: str, model_fault: bool) -> None:
         failure = {
@@ -477,16 +527,19 @@ class SchedulerService:
         return json.dumps(key, sort_keys=True)
 
     async def _pod_views(self, pods: Sequence[PodInfo]) -> list[PodView]:
+        """Placement's view of `pods`, read with a few pipelined round trips."""
+        allocations = {p.pod_id: await self.live.pod_allocations(p.pod_id) for p in pods}
+        models = sorted({m for held in allocations.values() for m in held})
+        copies = await self.live.copies_many(models)
+        usage = await self.live.usage_many(models)
         views = []
         for pod in pods:
-            allocations = await self.live.pod_allocations(pod.pod_id)
-            copies = await self.live.copies_many(allocations)
             copy_views = []
-            for model, size in sorted(allocations.items()):
+            for model, size in sorted(allocations[pod.pod_id].items()):
                 rec = next((c for c in copies.get(model, []) if c.pod_id == pod.pod_id), None)
                 if rec is None:
                     continue
-                hits, last_used = await self.live.usage(model)  # hits aged to last_used
+                hits, last_used = usage.get(model, (0.0, 0))  # hits aged to last_used
                 copy_views.append(
                     CopyView(
                         model_id=model,
