@@ -161,7 +161,6 @@ async def test_two_scheduler_replicas_on_tight_pods_never_overcommit_or_double_l
         import asyncio
 
         await asyncio.gather(*[ensure(stub, name) for name in names for stub in stubs])
-    print(outcomes); print("\n".join(sorted({r.split(":",2)[0]+":"+r.split("placed:")[-1][:150] for r in reasons})))
     assert outcomes.get("ok", 0) >= 100, outcomes
     listed = {p["id"]: p for p in own_stack.admin("GET", "/v1/pods").json()["items"]}
     for pod in pods:

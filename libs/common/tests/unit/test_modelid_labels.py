@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import grpc
 
-from meshserve.common.errors import FailedPrecondition, InvalidArgument, NotFound, from_grpc, http_status_for
+from meshserve.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    from_grpc,
+    http_status_for,
+)
 from meshserve.common.labels import SupportedFormat, model_labels, parse_formats, runtime_labels
 from meshserve.common.modelid import model_id, spec_hash
 

@@ -98,7 +98,7 @@ class ProcessGroup:
             try:
                 if check():
                     return
-            except Exception:  # noqa: BLE001 - not ready yet
+            except Exception:
                 pass
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
