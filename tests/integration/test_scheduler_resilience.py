@@ -3,6 +3,7 @@ tests stop and restart, fast heartbeats, a low scale-up threshold."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -171,7 +172,7 @@ async def test_two_scheduler_replicas_on_tight_pods_never_overcommit_or_double_l
     for name in names:
         history = [e["kind"] for e in reversed(events) if e["model"] == name and e["kind"] in ("placed", "evicted")]
         # a model is never placed twice without an eviction in between (no double load)
-        assert all(not (x == y == "placed") for x, y in zip(history, history[1:])), (name, history)
+        assert all(not (x == y == "placed") for x, y in itertools.pairwise(history)), (name, history)
         assert len(_model(own_stack, name)["copies"]) <= 1
 
 
