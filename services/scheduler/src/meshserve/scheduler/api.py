@@ -8,6 +8,7 @@ come back as `{"error": "..."}` with the matching HTTP status; bad input is a 4x
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 from typing import Annotated, Any
@@ -17,7 +18,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from meshserve.common.errors import MeshError, NotFound, Unauthenticated
+from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unauthenticated
+from meshserve.scheduler.resources import Applied, ResourceStore, identify
 from meshserve.scheduler.service import (
     LOADED,
     LOADING,
@@ -68,6 +70,8 @@ class ModelCreate(Camel):
 class VModelSet(Camel):
     target_model_id: str = Field(min_length=1)
     owner: str = ""
+    auto_delete: bool = False
+    force: bool = False
 
 
 def create_app(service: SchedulerService) -> FastAPI:
@@ -187,8 +191,33 @@ def create_app(service: SchedulerService) -> FastAPI:
 
     @app.put("/v1/vmodels/{vmodel_id}", dependencies=mutate)
     async def set_vmodel(vmodel_id: str, body: VModelSet) -> dict[str, Any]:
-        await service.set_vmodel(vmodel_id=vmodel_id, target_model_id=body.target_model_id, owner=body.owner)
-        return {"id": vmodel_id, "activeModelId": body.target_model_id}
+        await service.set_vmodel(
+            vmodel_id=vmodel_id,
+            target_model_id=body.target_model_id,
+            owner=body.owner,
+            auto_delete=body.auto_delete,
+            force=body.force,
+        )
+        return await vmodel_view(vmodel_id)
+
+    async def vmodel_view(vmodel_id: str) -> dict[str, Any]:
+        status, record, active, target = await service.vmodel_state(vmodel_id)
+        if record is None:
+            raise NotFound(f"vmodel {vmodel_id!r} not found")
+        return {
+            "id": vmodel_id,
+            "owner": record.owner,
+            "status": status,
+            "activeModelId": record.active_model_id,
+            "targetModelId": record.target_model_id or None,
+            "activeState": CR_STATE.get(active.status, active.status) if active else None,
+            "targetState": CR_STATE.get(target.status, target.status) if target else None,
+            "targetErrors": list(target.errors) if target else [],
+        }
+
+    @app.get("/v1/vmodels/{vmodel_id}")
+    async def get_vmodel(vmodel_id: str) -> dict[str, Any]:
+        return await vmodel_view(vmodel_id)
 
     @app.delete("/v1/vmodels/{vmodel_id}", status_code=204, dependencies=mutate, response_class=Response, response_model=None)
     async def delete_vmodel(vmodel_id: str) -> None:
@@ -222,6 +251,60 @@ def create_app(service: SchedulerService) -> FastAPI:
     async def drain(pod_id: str) -> dict[str, Any]:
         return await service.drain_pod(pod_id)
 
+    # -- local-mode resources (what `meshserve apply -f` writes; the controller watches it)
+    store = ResourceStore(service.registry)
+
+    @app.post("/v1/resources", dependencies=mutate)
+    async def apply_resources(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError as err:
+            raise InvalidArgument("the body must be a JSON object or a JSON list of objects") from err
+        docs = body if isinstance(body, list) else [body]
+        for doc in docs:
+            identify(doc)  # all or nothing: validate every document first
+        return {"items": [_applied_json(await store.apply(doc)) for doc in docs]}
+
+    @app.get("/v1/resources")
+    async def list_resources(kind: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+        items, version = await store.list(kind=kind, namespace=namespace)
+        return {"items": items, "resourceVersion": version}
+
+    @app.get("/v1/resources:watch")
+    async def watch_resources(
+        resourceVersion: Annotated[int, Query(ge=0)] = 0,
+        timeoutSeconds: Annotated[float, Query(ge=0, le=300)] = 30,
+    ) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeoutSeconds
+        while True:
+            changes = await store.changes_since(resourceVersion)
+            if changes or asyncio.get_running_loop().time() >= deadline:
+                last = changes[-1][2] if changes else resourceVersion
+                return {
+                    "events": [{"type": t, "object": o} for t, o, _ in changes],
+                    "resourceVersion": str(last),
+                }
+            await asyncio.sleep(0.2)
+
+    @app.get("/v1/resources/{kind}/{namespace}/{name}")
+    async def get_resource(kind: str, namespace: str, name: str) -> dict[str, Any]:
+        return await store.get(kind, "" if namespace == "_" else namespace, name)
+
+    @app.delete("/v1/resources/{kind}/{namespace}/{name}", dependencies=mutate)
+    async def delete_resource(kind: str, namespace: str, name: str) -> dict[str, Any]:
+        await store.delete(kind, "" if namespace == "_" else namespace, name)
+        return {"deleted": True}
+
+    @app.patch("/v1/resources/{kind}/{namespace}/{name}/status", dependencies=mutate)
+    async def patch_status(kind: str, namespace: str, name: str, request: Request) -> dict[str, Any]:
+        try:
+            patch = await request.json()
+        except ValueError as err:
+            raise InvalidArgument("the body must be a JSON merge patch of status") from err
+        if not isinstance(patch, dict):
+            raise InvalidArgument("the body must be a JSON object (a merge patch of status)")
+        return await store.patch_status(kind, "" if namespace == "_" else namespace, name, patch)
+
     @app.get("/v1/events")
     async def events(
         model: str | None = None,
@@ -234,6 +317,16 @@ def create_app(service: SchedulerService) -> FastAPI:
         return {"items": [_event_json(e) for e in rows], "offset": offset, "limit": limit}
 
     return app
+
+
+def _applied_json(a: Applied) -> dict[str, Any]:
+    return {
+        "kind": a.kind,
+        "namespace": a.namespace,
+        "name": a.name,
+        "resourceVersion": a.resource_version,
+        "action": a.action,
+    }
 
 
 def _ms_iso(ms: int) -> str | None:

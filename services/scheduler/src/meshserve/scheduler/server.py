@@ -24,6 +24,12 @@ _STATUS = {
     "LOADING_FAILED": pb.LOADING_FAILED,
 }
 _COPY = {"loading": pb.LOADING, "loaded": pb.LOADED}
+_VMODEL_STATUS = {
+    "NOT_FOUND": pb.VMODEL_NOT_FOUND,
+    "DEFINED": pb.DEFINED,
+    "TRANSITIONING": pb.TRANSITIONING,
+    "TRANSITION_FAILED": pb.TRANSITION_FAILED,
+}
 
 
 def status_pb(state: ModelState) -> pb.ModelStatusInfo:
@@ -95,30 +101,41 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 await self.service.register_model(
                     spec_from_pb(request.target_model_id, request.model_info), load_now=request.load_now
                 )
+        if request.update_only and await self.service.registry.get_vmodel(request.vmodel_id) is None:
+            from meshserve.common.errors import NotFound
+
+            raise NotFound(f"vmodel {request.vmodel_id!r} not found (update_only)")
         await self.service.set_vmodel(
             vmodel_id=request.vmodel_id,
             target_model_id=request.target_model_id,
             owner=request.owner,
             auto_delete=request.auto_delete_target_model,
+            force=request.force,
+            load_now=request.load_now,
         )
+        if request.sync:
+            await self.service.ensure_loaded(request.target_model_id)
         return await self._vmodel_status(request.vmodel_id)
 
     async def _vmodel_status(self, vmodel_id: str) -> pb.VModelStatusInfo:
-        record = await self.service.registry.get_vmodel(vmodel_id)
+        status, record, active, target = await self.service.vmodel_state(vmodel_id)
         if record is None:
             return pb.VModelStatusInfo(status=pb.VMODEL_NOT_FOUND)
-        active = await self.service.model_state(record.active_model_id)
-        return pb.VModelStatusInfo(
-            status=pb.DEFINED,
+        info = pb.VModelStatusInfo(
+            status=_VMODEL_STATUS[status],
             active_model_id=record.active_model_id,
-            target_model_id=record.target_model_id,
-            active_model_status=status_pb(active),
+            target_model_id=record.target_model_id or record.active_model_id,
             owner=record.owner,
         )
+        if active is not None:
+            info.active_model_status.CopyFrom(status_pb(active))
+        if target is not None:
+            info.target_model_status.CopyFrom(status_pb(target))
+        return info
 
     @rpc_errors
     async def DeleteVModel(self, request: pb.DeleteVModelRequest, context: grpc.aio.ServicerContext) -> pb.DeleteVModelResponse:
-        await self.service.delete_vmodel(request.vmodel_id)
+        await self.service.delete_vmodel(request.vmodel_id, owner=request.owner)
         return pb.DeleteVModelResponse()
 
     @rpc_errors

@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 
 from meshserve.common.errors import (
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     MeshError,
@@ -150,6 +151,8 @@ class SchedulerService:
         self._loads: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._load_done = asyncio.Condition()
+        self._runtime_waits: dict[str, float] = {}
+        self._transitions: dict[str, asyncio.Task[None]] = {}
 
     # -- start-up ------------------------------------------------------------------------
     async def sync_registry_mirror(self) -> None:
@@ -309,6 +312,7 @@ class SchedulerService:
                 continue
             done = await self._place_and_load(record, exclusive=True, deadline=deadline)
             if done:
+                self._runtime_waits.pop(model_id, None)
                 return
             if time.monotonic() > deadline:
                 raise Unavailable(f"could not place model {model_id!r} within the load timeout")
@@ -349,9 +353,16 @@ class SchedulerService:
                 await self._event("failed", model_id=model_id, message=plan.reason)
                 raise ResourceExhausted(f"model {model_id!r} cannot be placed: {plan.reason}")
             if plan.code == NO_COMPATIBLE_RUNTIME:
+                # a runtime may be starting (scale from zero): wait within the deadline
+                waited = time.monotonic() + 0.5 <= min(deadline, self._runtime_wait_until(model_id))
+                if waited:
+                    await asyncio.sleep(0.5)
+                    return False
+                self._runtime_waits.pop(model_id, None)
+                kind = "|".join(sorted(labels))
                 raise Unavailable(
-                    f"model {model_id!r} cannot be placed: {plan.reason} "
-                    "(is a runtime pod for this format running?)"
+                    f"There are no running instances that meet the label requirements of type {kind}: "
+                    f"[{', '.join(sorted(labels))}] (model {model_id!r}; is a runtime for it running?)"
                 )
             if plan.code == ALL_BUSY_LOADING:
                 await self._wait_for_a_load(deadline)
@@ -422,6 +433,9 @@ class SchedulerService:
         )
         await self._publish(models=[model_id])
         return True
+
+    def _runtime_wait_until(self, model_id: str) -> float:
+        return self._runtime_waits.setdefault(model_id, time.monotonic() + self.settings.runtime_wait_seconds)
 
     async def _wait_for_a_load(self, deadline: float) -> None:
         """Sleep until a load in this replica finishes (or a short poll for other replicas')."""
@@ -586,24 +600,108 @@ class SchedulerService:
 
     # -- vmodels ---------------------------------------------------------------------------
     async def set_vmodel(
-        self, *, vmodel_id: str, target_model_id: str, owner: str = "", auto_delete: bool = False
+        self,
+        *,
+        vmodel_id: str,
+        target_model_id: str,
+        owner: str = "",
+        auto_delete: bool = False,
+        force: bool = False,
+        load_now: bool = True,
     ) -> None:
-        """Point `vmodel_id` at `target_model_id` (walking skeleton: switches at once)."""
+        """Point `vmodel_id` at `target_model_id`, without a failed request in between.
+
+        A new vmodel, an active model with no copy, or `force` switches at once. Otherwise
+        the active model keeps serving while the target loads in the background; the
+        vmodel flips when the target is loaded, and the old model is unregistered if the
+        vmodel auto-deletes its models. A target that fails to load leaves the vmodel on
+        the active model (status TRANSITION_FAILED).
+        """
+        check_model_id(vmodel_id)
         existing = await self.registry.get_vmodel(vmodel_id)
         if existing is not None and owner and existing.owner and existing.owner != owner:
-            raise FailedPrecondition(f"vmodel {vmodel_id!r} already exists with owner {existing.owner!r}")
+            raise AlreadyExists(
+                f"vmodel {vmodel_id!r} already exists with owner {existing.owner!r} (asked by {owner!r})"
+            )
         if await self.registry.find_model(target_model_id) is None:
             raise NotFound(f"target model {target_model_id!r} not found")
+        owner = owner or (existing.owner if existing else "")
+        active = existing.active_model_id if existing else ""
+        if not active or active == target_model_id or force or not await self.live.copies(active):
+            await self._flip_vmodel(vmodel_id, owner=owner, new=target_model_id, old=active, auto_delete=auto_delete)
+            if load_now:
+                self._spawn(self._ensure_quietly(target_model_id))
+            return
         await self.registry.upsert_vmodel(
-            vmodel_id=vmodel_id, owner=owner, active=target_model_id, target=target_model_id, auto_delete=auto_delete
+            vmodel_id=vmodel_id, owner=owner, active=active, target=target_model_id, auto_delete=auto_delete
         )
-        await self.live.set_vmodel(vmodel_id, target_model_id)
-        await self._publish(vmodels=[vmodel_id])
+        task = self._transitions.get(vmodel_id)
+        if task is None or task.done():
+            task = asyncio.create_task(self._transition(vmodel_id, target_model_id))
+            self._transitions[vmodel_id] = task
 
-    async def delete_vmodel(self, vmodel_id: str) -> None:
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _flip_vmodel(self, vmodel_id: str, *, owner: str, new: str, old: str, auto_delete: bool) -> None:
+        await self.registry.upsert_vmodel(vmodel_id=vmodel_id, owner=owner, active=new, target="", auto_delete=auto_delete)
+        await self.live.set_vmodel(vmodel_id, new)
+        await self._publish(vmodels=[vmodel_id])
+        if old and old != new:
+            await self._event("vmodel-switched", model_id=new, message=f"vmodel {vmodel_id}: {old} -> {new}")
+            if auto_delete:
+                await self._unregister_if_unreferenced(old)
+
+    async def _unregister_if_unreferenced(self, model_id: str) -> None:
+        vmodels, _ = await self.registry.list_vmodels(limit=1_000_000)
+        if any(model_id in (v.active_model_id, v.target_model_id) for v in vmodels):
+            return
+        with contextlib.suppress(NotFound):
+            await self.unregister_model(model_id)
+
+    async def _transition(self, vmodel_id: str, target: str) -> None:
+        try:
+            await self.ensure_loaded(target)
+        except MeshError as err:
+            log.info("vmodel %s: target %s did not load: %s", vmodel_id, target, err.message)
+            return
+        current = await self.registry.get_vmodel(vmodel_id)
+        if current is None or current.target_model_id != target:
+            return  # changed or deleted meanwhile
+        await self._flip_vmodel(
+            vmodel_id, owner=current.owner, new=target, old=current.active_model_id, auto_delete=current.auto_delete
+        )
+
+    async def vmodel_state(self, vmodel_id: str) -> tuple[str, Any, ModelState | None, ModelState | None]:
+        """(status, record, active state, target state); status as ModelMesh's VModelStatus."""
+        record = await self.registry.get_vmodel(vmodel_id)
+        if record is None:
+            return "NOT_FOUND", None, None, None
+        active = await self.model_state(record.active_model_id)
+        if not record.target_model_id or record.target_model_id == record.active_model_id:
+            return "DEFINED", record, active, None
+        target = await self.model_state(record.target_model_id)
+        status = "TRANSITION_FAILED" if target.status == LOADING_FAILED else "TRANSITIONING"
+        return status, record, active, target
+
+    async def delete_vmodel(self, vmodel_id: str, *, owner: str = "") -> None:
+        """Idempotent. Unregisters its models when the vmodel auto-deletes them."""
+        record = await self.registry.get_vmodel(vmodel_id)
+        if record is None:
+            return
+        if owner and record.owner and owner != record.owner:
+            raise AlreadyExists(f"vmodel {vmodel_id!r} belongs to owner {record.owner!r}")
+        task = self._transitions.pop(vmodel_id, None)
+        if task is not None:
+            task.cancel()
         await self.registry.delete_vmodel(vmodel_id)
         await self.live.delete_vmodel(vmodel_id)
         await self._publish(vmodels=[vmodel_id])
+        if record.auto_delete:
+            for model in {record.active_model_id, record.target_model_id} - {""}:
+                await self._unregister_if_unreferenced(model)
 
     # -- pods ------------------------------------------------------------------------------
     async def report_pod(self, fields: dict[str, Any], loaded_model_ids: Sequence[str]) -> None:

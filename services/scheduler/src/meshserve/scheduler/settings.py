@@ -37,5 +37,6 @@ class SchedulerSettings(BaseSettings):
     min_residency_seconds: float = 30.0
     scale_up_rpm_threshold: float = 2000.0    # ModelMesh's MM_SCALEUP_RPM_THRESHOLD
     scaling_interval_seconds: float = 5.0
+    runtime_wait_seconds: float = 30.0        # wait this long for a compatible pod (scale from zero)
     log_level: str = "INFO"
     log_json: bool = False

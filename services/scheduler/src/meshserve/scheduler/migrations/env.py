@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+import meshserve.scheduler.resources  # noqa: F401 - registers its table on Base.metadata
 from meshserve.scheduler.registry import Base, to_sync_url
 
 config = context.config

@@ -1,0 +1,84 @@
+"""The local-mode resource store over the admin API: apply, list, watch, status, delete."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from meshserve.scheduler.api import create_app
+from meshserve.scheduler.live import LiveState
+from meshserve.scheduler.migrate import upgrade
+from meshserve.scheduler.registry import Registry
+from meshserve.scheduler.service import SchedulerService
+from meshserve.scheduler.settings import SchedulerSettings
+
+
+@pytest.fixture
+async def client(redis_url: str, database_url: str, prefix: str) -> AsyncIterator[httpx.AsyncClient]:
+    upgrade(database_url)
+    settings = SchedulerSettings(redis_url=redis_url, database_url=database_url, key_prefix=prefix)
+    registry, live = Registry(database_url), LiveState(redis_url, prefix=prefix)
+    service = SchedulerService(settings=settings, registry=registry, live=live)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)), base_url="http://a") as c:
+        yield c
+    await live.close()
+    await registry.close()
+
+
+def isvc(name: str, path: str = "sklearn/mnist-svm.joblib") -> dict[str, object]:
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"}},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storage": {"key": "localMinIO", "path": path}}}},
+    }
+
+
+async def test_apply_list_watch_status_delete(client: httpx.AsyncClient, prefix: str) -> None:
+    name = f"isvc-{prefix}"
+    _, start = (await client.get("/v1/resources")).json().values()
+    applied = (await client.post("/v1/resources", json=[isvc(name)])).json()["items"]
+    assert [(a["kind"], a["namespace"], a["name"], a["action"]) for a in applied] == [("InferenceService", "default", name, "created")]
+    again = (await client.post("/v1/resources", json=isvc(name))).json()["items"][0]
+    assert again["action"] == "unchanged" and again["resourceVersion"] == applied[0]["resourceVersion"]
+
+    obj = (await client.get(f"/v1/resources/InferenceService/default/{name}")).json()
+    assert obj["metadata"]["generation"] == 1 and obj["metadata"]["uid"]
+    patched = (await client.patch(f"/v1/resources/InferenceService/default/{name}/status", json={"modelStatus": {"transitionStatus": "UpToDate"}})).json()
+    assert patched["status"]["modelStatus"]["transitionStatus"] == "UpToDate"
+    changed = (await client.post("/v1/resources", json=isvc(name, "sklearn/other.joblib"))).json()["items"][0]
+    assert changed["action"] == "configured"
+    obj = (await client.get(f"/v1/resources/InferenceService/default/{name}")).json()
+    assert obj["metadata"]["generation"] == 2
+    assert obj["status"]["modelStatus"]["transitionStatus"] == "UpToDate"  # status survives apply
+
+    assert (await client.delete(f"/v1/resources/InferenceService/default/{name}")).status_code == 200
+    assert (await client.get(f"/v1/resources/InferenceService/default/{name}")).status_code == 404
+    events = (await client.get(f"/v1/resources:watch?resourceVersion={start}&timeoutSeconds=0")).json()["events"]
+    mine = [e["type"] for e in events if e["object"]["metadata"]["name"] == name]
+    assert mine == ["DELETED"]  # the latest state of the row; a resuming watcher sees the delete
+
+
+async def test_watch_returns_as_soon_as_something_changes(client: httpx.AsyncClient, prefix: str) -> None:
+    _, version = (await client.get("/v1/resources")).json().values()
+    waiter = asyncio.create_task(client.get(f"/v1/resources:watch?resourceVersion={version}&timeoutSeconds=20"))
+    await asyncio.sleep(0)  # let the long poll start
+    await client.post("/v1/resources", json=isvc(f"w-{prefix}"))
+    result = (await asyncio.wait_for(waiter, 15)).json()
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in result["events"]] == [("ADDED", f"w-{prefix}")]
+    assert int(result["resourceVersion"]) > int(version)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"kind": "Pod", "metadata": {"name": "x"}}, {"kind": "InferenceService"}, [1, 2], "text"],
+)
+async def test_bad_documents_are_400_and_nothing_is_stored(client: httpx.AsyncClient, body: object, prefix: str) -> None:
+    good = isvc(f"good-{prefix}")
+    payload = [good, body] if isinstance(body, dict) else body
+    response = await client.post("/v1/resources", json=payload)
+    assert response.status_code == 400, response.text
+    assert (await client.get(f"/v1/resources/InferenceService/default/good-{prefix}")).status_code == 404
