@@ -1,7 +1,8 @@
 """Validate custom resources against a CRD's openAPIV3Schema, the way a strict API server would.
 
 Pure: takes parsed YAML (dicts), returns error strings. Used by the manifest tests and by local
-mode (`meshserve apply -f`), where no API server checks the objects.
+mode (`meshserve apply -f`), where no API server checks the objects. The CRDs themselves ship
+in `crds/` (copies of `deploy/kustomize/base/crd`, kept equal by a test): `packaged_crds()`.
 
 The API server *prunes* unknown fields; `kubectl apply --validate=strict` rejects them. We follow
 the strict behaviour: every object schema that lists `properties` and neither sets
@@ -13,10 +14,13 @@ the strict behaviour: every object schema that lists `properties` and neither se
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jsonschema
+import yaml
 
 JSON = dict[str, Any]
 
@@ -88,3 +92,32 @@ def validate_custom_resource(obj: Mapping[str, Any], crd: Mapping[str, Any]) -> 
         path = ".".join(str(p) for p in err.absolute_path) or "<root>"
         errors.append(f"{path}: {err.message}")
     return errors
+
+
+CRDS_PACKAGE_DIR = Path(__file__).resolve().parent / "crds"
+"""Copies of `deploy/kustomize/base/crd/*.yaml`, shipped with the package (a unit test keeps them equal)."""
+
+
+@functools.cache
+def _packaged() -> tuple[tuple[tuple[str, str], JSON], ...]:
+    out = []
+    for path in sorted(CRDS_PACKAGE_DIR.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                out.append((crd_key(doc), doc))
+    return tuple(out)
+
+
+def packaged_crds() -> dict[tuple[str, str], JSON]:
+    """(group, kind) -> CRD for every CRD shipped in `meshserve/controller/crds/` (deep copies)."""
+    return {key: copy.deepcopy(doc) for key, doc in _packaged()}
+
+
+def validate_document(obj: Mapping[str, Any], crds: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> list[str]:
+    """Schema errors of one document whose kind has a CRD here; [] for kinds without one."""
+    crds = packaged_crds() if crds is None else crds
+    group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+    crd = crds.get((group, str(obj.get("kind", ""))))
+    if crd is None:
+        return []
+    return validate_custom_resource(obj, crd)
