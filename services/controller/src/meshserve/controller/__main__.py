@@ -1,4 +1,4 @@
-"""`python -m meshserve.controller`: the controller in kubernetes mode (settings from MESHSERVE_CONTROLLER_*)."""
+"""`python -m meshserve.controller`: the controller, kubernetes or local mode (settings from MESHSERVE_CONTROLLER_*)."""
 
 from __future__ import annotations
 

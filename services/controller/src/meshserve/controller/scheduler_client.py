@@ -9,12 +9,18 @@ logic stay protobuf-free. Every call carries a deadline. Errors are mapped to Me
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import random
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import grpc
 
 from meshserve.common.errors import from_grpc
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
+from meshserve.controller.backoff import backoff_delay
 from meshserve.controller.specs import ModelSpec
 from meshserve.controller.status import (
     CopyInfo,
@@ -23,6 +29,8 @@ from meshserve.controller.status import (
     VModelStatusCode,
     VModelView,
 )
+
+log = logging.getLogger(__name__)
 
 
 class SchedulerPort(Protocol):
@@ -108,3 +116,21 @@ class GrpcScheduler:
         except grpc.aio.AioRpcError as err:
             if err.code() != grpc.StatusCode.NOT_FOUND:   # already gone: deleting is idempotent
                 raise from_grpc(err.code(), err.details() or "") from None
+
+    async def watch_changes(self) -> AsyncIterator[set[str]]:
+        """Forever: the model ids and vmodel ids of every route change the scheduler publishes
+        (a copy loaded or gone, a vmodel flipped), over `WatchRoutes`; reconnects with back-off."""
+        attempt = 0
+        while True:
+            try:
+                stream = self._stub.WatchRoutes(scheduler_pb2.WatchRoutesRequest(router_id=f"controller-{os.getpid()}"))
+                async for update in stream:
+                    attempt = 0
+                    ids = {r.model_id for r in update.routes} | set(update.removed_models)
+                    ids |= {v.vmodel_id for v in update.vmodels} | set(update.removed_vmodels)
+                    if ids:
+                        yield ids
+            except grpc.aio.AioRpcError as err:
+                log.debug("scheduler route watch ended (%s); reconnecting", err.code())
+            await asyncio.sleep(backoff_delay(attempt=attempt, rand=random.random(), base=0.5, cap=10.0))
+            attempt += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshserve.common.settings import TLSSettings, shared
@@ -48,7 +48,42 @@ class ControllerSettings(BaseSettings):
     """Out-of-cluster: a kubeconfig file; in-cluster config is used when unset."""
     watch_timeout_seconds: int = 300
     """Server-side timeout of one watch request; the watch is re-opened from the last resourceVersion."""
+    resync_seconds: float | None = None
+    """Re-read every CR this often (local mode defaults to 30 s; a safety net behind the scheduler's route events)."""
+    # --- local mode -------------------------------------------------------------------------------
+    admin_url: str = Field(
+        default="http://127.0.0.1:8080", validation_alias=AliasChoices("MESHSERVE_CONTROLLER_ADMIN_URL", "MESHSERVE_ADMIN_URL")
+    )
+    """Local mode: the scheduler's admin REST API holding the resource store."""
+    admin_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "MESHSERVE_CONTROLLER_ADMIN_TOKEN", "MESHSERVE_ADMIN_TOKEN", "MESHSERVE_SCHEDULER_ADMIN_TOKEN"
+        ),
+    )
+    """Bearer token for the status writes, when the scheduler requires one."""
+    local_root: Path = Path(".dev")
+    """Local mode (process provider): runtime pods' folders and logs go under this folder; its
+    `storage-config/` holds the storage keys (as the local stack writes them)."""
+    local_pod_capacity_bytes: int = 0
+    """Model memory per local runtime pod; 0: from the runtime's container memory limits."""
+    local_provider: str = "meshserve.cli.runtimes_local:ProcessRuntimes"
+    """`module:factory` of the process provider (called with the settings; lives with the local
+    stack's process code so the controller package does not depend on it)."""
     health_port: int = 8081
     metrics_port: int = 2112
     log_level: str = "INFO"
     log_json: bool = False
+
+    def effective(self) -> ControllerSettings:
+        """Local-mode defaults: namespace `default` (what `meshserve apply` uses), process runtimes, resync 30 s."""
+        if self.mode is not Mode.LOCAL:
+            return self
+        update: dict[str, object] = {}
+        if "namespace" not in self.model_fields_set:
+            update["namespace"] = "default"
+        if self.runtime_provider is RuntimeProvider.KUBERNETES:
+            update["runtime_provider"] = RuntimeProvider.PROCESS
+        if self.resync_seconds is None:
+            update["resync_seconds"] = 30.0
+        return self.model_copy(update=update)

@@ -314,10 +314,12 @@ def selection_failure_status(
 
 
 def requeue_after(status: PredictorStatus, *, scheduler_reachable: bool) -> float | None:
-    """Seconds until the next poll: 3 s while waiting for a runtime/scheduler, 1 s while Loading."""
+    """Seconds until the next poll: 3 s while waiting for a runtime/scheduler, 1 s while the active
+    model (upstream) or a transition's target (meshserve: no registry watch covers a failed target)
+    is Loading."""
     if not scheduler_reachable or status.waiting_for_runtime:
         return 3.0
-    if status.active_model_state is ModelState.LOADING:
+    if status.active_model_state is ModelState.LOADING or status.target_model_state is ModelState.LOADING:
         return 1.0
     return None
 

@@ -93,11 +93,19 @@ class Informer:
             self.store[key] = obj
         self._on_event(self.kind, event_type, obj, old)
 
+    def apply_event(self, event_type: str, obj: JSON) -> None:
+        """Apply one watch event delivered by someone else (local mode's shared watch)."""
+        self._apply(event_type, obj)
+
     async def relist(self, *, reason: str) -> None:
         listed = await self.api.list(self.kind, namespace=self.namespace)
+        self.replace(listed.items, listed.resource_version, reason=reason)
+
+    def replace(self, items: list[JSON], resource_version: str, *, reason: str) -> None:
+        """Make the store equal `items` (a full listing), reporting the differences as events."""
         self.relists += 1
         metrics.RELISTS.labels(self.kind.kind, reason).inc()
-        fresh = {object_key(o): o for o in listed.items}
+        fresh = {object_key(o): o for o in items}
         for key, gone in list(self.store.items()):
             if key not in fresh:
                 self.store.pop(key)
@@ -107,7 +115,7 @@ class Informer:
             if old is None or _rv(old) != _rv(obj):
                 self.store[key] = obj
                 self._on_event(self.kind, "ADDED" if old is None else "MODIFIED", obj, old)
-        self.resource_version = listed.resource_version
+        self.resource_version = resource_version
         self.synced.set()
 
     async def run(self) -> None:

@@ -23,9 +23,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from meshserve.common import modelid
 from meshserve.common.errors import AlreadyExists, Unavailable
@@ -80,6 +80,22 @@ def spec_changed(old: JSON | None, new: JSON) -> bool:
     return any(o.get(f) != n.get(f) for f in ("annotations", "labels", "deletionTimestamp", "generation"))
 
 
+class RuntimeBackend(Protocol):
+    """Who runs runtime pods: Deployments (Kubernetes) or local processes (local mode)."""
+
+    def observed(self) -> dict[str, ObservedDeployment]:
+        """What runs now, by Deployment name (`<inferenceServiceName>-<runtime>`)."""
+        ...
+
+    async def apply(self, action: DeploymentAction, *, namespace: str) -> None: ...
+
+
+InformerRunner = Callable[[Mapping[str, Informer]], Awaitable[None]]
+"""Feeds the informers (default: each runs its own list+watch against `api`)."""
+ChangeFeed = Callable[[], AsyncIterator[set[str]]]
+"""Yields sets of vmodel ids whose scheduler state changed (copies, routes, flips)."""
+
+
 def observed_deployment(obj: Mapping[str, Any]) -> ObservedDeployment:
     meta = _meta(obj)
     spec = obj.get("spec") or {}
@@ -92,13 +108,62 @@ def observed_deployment(obj: Mapping[str, Any]) -> ObservedDeployment:
     )
 
 
+class KubeDeployments:
+    """RuntimeBackend over apps/v1 Deployments (the Deployment informer is the observed state)."""
+
+    def __init__(self, api: KubeApi, informer: Informer) -> None:
+        self.api = api
+        self.informer = informer
+
+    def observed(self) -> dict[str, ObservedDeployment]:
+        return {d.name: d for d in (observed_deployment(o) for o in self.informer.store.values()) if d.name}
+
+    async def apply(self, action: DeploymentAction, *, namespace: str) -> None:
+        dep = kube.DEPLOYMENT
+        api = self.api
+        if action.kind is ActionKind.CREATE:
+            assert action.manifest is not None
+            try:
+                written = await api.create(dep, namespace=namespace, body=action.manifest)
+            except KubeError as err:
+                if err.status != 409:
+                    raise
+                written = await api.merge_patch(dep, namespace=namespace, name=action.name, patch=action.manifest)
+        elif action.kind is ActionKind.PATCH:
+            assert action.manifest is not None
+            written = await api.merge_patch(dep, namespace=namespace, name=action.name, patch=action.manifest)
+        elif action.kind is ActionKind.SCALE:
+            written = await api.merge_patch(
+                dep, namespace=namespace, name=action.name, patch={"spec": {"replicas": action.replicas}}
+            )
+        else:
+            await api.delete(dep, namespace=namespace, name=action.name)
+            self.informer.store.pop((namespace, action.name), None)
+            return
+        self.informer.observe(written)
+
+
+def owner_kind(model_or_vmodel_id: str) -> tuple[str, str]:
+    """(CR kind or "", vmodel name) for a model id `<name>__isvc-<hash>` / `__ksp-`, or a bare vmodel id."""
+    name, sep, rest = model_or_vmodel_id.rpartition("__")
+    if not sep:
+        return "", model_or_vmodel_id
+    if rest.startswith(f"{modelid.SOURCE_ISVC}-"):
+        return kube.INFERENCE_SERVICE.kind, name
+    if rest.startswith(f"{modelid.SOURCE_PREDICTOR}-"):
+        return kube.PREDICTOR.kind, name
+    return "", model_or_vmodel_id
+
+
 class Reconciler:
     """Informers + queue + workers for one served namespace (namespace-scope mode)."""
 
     def __init__(
         self, *, api: KubeApi, scheduler: SchedulerPort, namespace: str, config_map_name: str,
         scheduler_address: str, watch_timeout_seconds: int = 300, workers: int = 4,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, kinds: tuple[ResourceKind, ...] = WATCHED,
+        runtime_backend: RuntimeBackend | None = None, informer_runner: InformerRunner | None = None,
+        change_feed: ChangeFeed | None = None, resync_seconds: float | None = None,
     ) -> None:
         self.api = api
         self.scheduler = scheduler
@@ -115,8 +180,14 @@ class Reconciler:
         self.informers = {
             k.kind: Informer(api=api, kind=k, namespace=namespace, on_event=self.on_event,
                              watch_timeout_seconds=watch_timeout_seconds)
-            for k in WATCHED
+            for k in kinds
         }
+        if runtime_backend is None:
+            runtime_backend = KubeDeployments(api, self.informers[kube.DEPLOYMENT.kind])
+        self.runtime_backend = runtime_backend
+        self._informer_runner = informer_runner
+        self._change_feed = change_feed
+        self._resync_seconds = resync_seconds
         self.ready = asyncio.Event()
         self._failures: dict[Key, int] = {}
 
@@ -157,18 +228,46 @@ class Reconciler:
             for ns, name in list(self.informers[kind.kind].store):
                 self.queue.add(Key(kind.kind, ns, name))
 
+    def on_scheduler_change(self, ids: set[str]) -> None:
+        """The scheduler's state of these models/vmodels changed: re-read the CRs that own them
+        (what upstream gets from ModelMesh's registry watch). Unknown names are ignored."""
+        for item in ids:
+            kind, name = owner_kind(item)
+            kinds = (kind,) if kind else (kube.INFERENCE_SERVICE.kind, kube.PREDICTOR.kind)
+            for k in kinds:
+                informer = self.informers.get(k)
+                if informer is not None and informer.get(self.namespace, name) is not None:
+                    self.queue.add(Key(k, self.namespace, name))
+
     # --- run -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run informers and workers until cancelled."""
         async with asyncio.TaskGroup() as tg:
-            for kind, informer in self.informers.items():
-                tg.create_task(informer.run(), name=f"informer-{kind}")
+            if self._informer_runner is not None:
+                tg.create_task(self._informer_runner(self.informers), name="informers")
+            else:
+                for kind, informer in self.informers.items():
+                    tg.create_task(informer.run(), name=f"informer-{kind}")
             await asyncio.gather(*(i.synced.wait() for i in self.informers.values()))
             log.info("all informers synced; starting %d workers", self.workers)
             for i in range(self.workers):
                 tg.create_task(self._worker(), name=f"worker-{i}")
+            if self._change_feed is not None:
+                tg.create_task(self._follow_scheduler(self._change_feed), name="scheduler-changes")
+            if self._resync_seconds:
+                tg.create_task(self._resync(self._resync_seconds), name="resync")
             self.ready.set()
+
+    async def _follow_scheduler(self, feed: ChangeFeed) -> None:
+        async for ids in feed():
+            self.on_scheduler_change(ids)
+
+    async def _resync(self, period: float) -> None:
+        """Re-read every CR now and then (a missed scheduler event cannot leave a status stale for long)."""
+        while True:
+            await asyncio.sleep(period)
+            self._enqueue_all_predictors()
 
     def shutdown(self) -> None:
         self.queue.shutdown()
@@ -303,9 +402,7 @@ class Reconciler:
     # --- runtime Deployments ---------------------------------------------------------------------
 
     async def reconcile_runtimes(self, namespace: str) -> None:
-        observed = {
-            d.name: d for d in (observed_deployment(o) for o in self.informers["Deployment"].store.values()) if d.name
-        }
+        observed = self.runtime_backend.observed()
         plan = plan_runtimes(
             runtimes=self.runtimes(), predictors=self.predictors(), observed=observed, records=self.records,
             config=self.config, namespace=namespace, storage=self.storage, scheduler_address=self.scheduler_address,
@@ -320,25 +417,5 @@ class Reconciler:
             self.queue.add_after(Key(RUNTIMES, namespace, ""), plan.requeue_after)
 
     async def _apply(self, action: DeploymentAction, *, namespace: str) -> None:
-        dep = kube.DEPLOYMENT
         log.info("deployment %s: %s replicas=%d (%s)", action.name, action.kind.value, action.replicas, action.reason)
-        if action.kind is ActionKind.CREATE:
-            assert action.manifest is not None
-            try:
-                written = await self.api.create(dep, namespace=namespace, body=action.manifest)
-            except KubeError as err:
-                if err.status != 409:
-                    raise
-                written = await self.api.merge_patch(dep, namespace=namespace, name=action.name, patch=action.manifest)
-        elif action.kind is ActionKind.PATCH:
-            assert action.manifest is not None
-            written = await self.api.merge_patch(dep, namespace=namespace, name=action.name, patch=action.manifest)
-        elif action.kind is ActionKind.SCALE:
-            written = await self.api.merge_patch(
-                dep, namespace=namespace, name=action.name, patch={"spec": {"replicas": action.replicas}}
-            )
-        else:
-            await self.api.delete(dep, namespace=namespace, name=action.name)
-            self.informers["Deployment"].store.pop((namespace, action.name), None)
-            return
-        self.informers["Deployment"].observe(written)
+        await self.runtime_backend.apply(action, namespace=namespace)
