@@ -1,4 +1,4 @@
-"""The `meshserve` command: `dev` (local stack), `infer`, `get`, `describe`."""
+"""The `meshserve` command: `dev` (local stack), `infer`, `apply`/`delete` (local resource store), `get`, `describe`."""
 
 from __future__ import annotations
 
@@ -142,7 +142,50 @@ def _mib(n: int | None) -> str:
     return "-" if not n else f"{n / (1 << 20):.1f}Mi"
 
 
+def _resource_client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from meshserve.cli.resources import AdminClient
+
+    return AdminClient(args.admin, token=os.environ.get("MESHSERVE_ADMIN_TOKEN") or None)
+
+
+def cmd_apply(args: argparse.Namespace, *, deleting: bool = False) -> int:
+    from meshserve.cli import resources
+
+    try:
+        docs = resources.load_documents(args.file)
+        if not docs:
+            print("error: no objects passed to " + ("delete" if deleting else "apply"), file=sys.stderr)
+            return 1
+        client = _resource_client(args)
+        try:
+            run = resources.delete if deleting else resources.apply
+            return run(client, docs, namespace=args.namespace, out=sys.stdout, err=sys.stderr)
+        finally:
+            client.close()
+    except resources.LoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    return cmd_apply(args, deleting=True)
+
+
+RESOURCE_KINDS = ["isvc", "inferenceservices", "predictors", "servingruntimes", "clusterservingruntimes"]
+
+
 def cmd_get(args: argparse.Namespace) -> int:
+    if args.kind in RESOURCE_KINDS:
+        from meshserve.cli import resources
+
+        client = _resource_client(args)
+        try:
+            return resources.get(client, args.kind, namespace=args.namespace, out=sys.stdout, err=sys.stderr)
+        except resources.LoadError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        finally:
+            client.close()
     if args.kind == "models":
         items = _admin(args, "GET", "/v1/models?limit=1000")["items"]
         rows = [
@@ -183,8 +226,20 @@ def main(argv: list[str] | None = None) -> int:
     infer.add_argument("--timeout", type=float, default=120)
     infer.set_defaults(fn=cmd_infer)
     admin_default = os.environ.get("MESHSERVE_ADMIN_URL", "http://127.0.0.1:8080")
-    get = sub.add_parser("get", help="list models, pods, vmodels or events")
-    get.add_argument("kind", choices=["models", "pods", "vmodels", "events"])
+    namespace_default = os.environ.get("MESHSERVE_NAMESPACE", "default")
+    for verb, fn, help_text in (
+        ("apply", cmd_apply, "create or update resources from YAML (InferenceService, Predictor, ServingRuntime, ...)"),
+        ("delete", cmd_delete, "delete the resources named in YAML files"),
+    ):
+        p = sub.add_parser(verb, help=help_text)
+        p.add_argument("-f", "--filename", dest="file", action="append", required=True,
+                       help="YAML file with one or more documents, or - for stdin (repeatable)")
+        p.add_argument("-n", "--namespace", default=namespace_default, help="for documents without one")
+        p.add_argument("--admin", default=admin_default, help="scheduler admin API (env MESHSERVE_ADMIN_URL)")
+        p.set_defaults(fn=fn)
+    get = sub.add_parser("get", help="list models, pods, vmodels, events, or resources (isvc, predictors, servingruntimes)")
+    get.add_argument("kind", choices=["models", "pods", "vmodels", "events", *RESOURCE_KINDS])
+    get.add_argument("-n", "--namespace", default=namespace_default)
     get.add_argument("--admin", default=admin_default)
     get.set_defaults(fn=cmd_get)
     describe = sub.add_parser("describe", help="show one model in detail")
