@@ -18,16 +18,24 @@ Only MLServer runtimes (a container named `mlserver`) can run as local processes
 runtime nothing is started and a warning is logged (its models then wait for a runtime, as in a
 cluster whose pods never become ready).
 
-Blocking work (process start/stop) runs in a thread so the reconcile loop keeps serving.
+The pods are started and stopped by a small single-threaded supervisor process (`PodSupervisor`,
+see there why); the controller talks to it over a pipe from a worker thread so the reconcile loop
+keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import itertools
+import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,56 +82,58 @@ def puller_env(manifest: dict[str, Any]) -> tuple[bool, dict[str, str]]:
     return runnable, env
 
 
-class ProcessRuntimes:
-    """RuntimeBackend (see `meshserve.controller.worker.RuntimeBackend`) over local processes."""
+class PodSupervisor:
+    """Runs in its own single-threaded process (`python -m meshserve.cli.runtimes_local`): starts and
+    stops the pods. Forking model servers from the controller itself is unsafe: its gRPC and worker
+    threads may hold locks at fork time, and `ProcessGroup`'s pre-exec hook (PR_SET_PDEATHSIG via
+    ctypes) can then deadlock the child before exec. The supervisor is started without a pre-exec
+    hook, reads one JSON command per line on stdin, answers one JSON line on stdout, and stops every
+    pod when stdin closes (the controller exited)."""
 
-    def __init__(self, settings: Any) -> None:
-        root = settings.local_root.resolve()
+    def __init__(self, *, root: Path, scheduler_address: str, capacity: int) -> None:
         self.stack = Stack(StackConfig(root=root))
         self.stack.redis_url = os.environ.get("MESHSERVE_REDIS_URL", "")
         self.stack.database_url = os.environ.get("MESHSERVE_DATABASE_URL", "")
         self.stack.s3_endpoint = os.environ.get("MESHSERVE_S3_ENDPOINT", "")
         self.stack.key_prefix = os.environ.get("MESHSERVE_SCHEDULER_KEY_PREFIX", self.stack.key_prefix)
-        self.stack.scheduler_grpc = settings.scheduler_address
-        self.capacity = int(settings.local_pod_capacity_bytes or 0)
+        self.stack.scheduler_grpc = scheduler_address
+        self.capacity = capacity
         self.deployments: dict[str, LocalDeployment] = {}
-        # pod folders are pods/pod-<index>: unique per controller process, so a restart never reuses one
+        # pod folders are pods/pod-<index>: unique per supervisor process, so a restart never reuses one
         self._index = itertools.count((os.getpid() % 100_000) * 1000)
-        self._lock = asyncio.Lock()
 
-    # --- RuntimeBackend ------------------------------------------------------------------------
-
-    def observed(self) -> dict[str, ObservedDeployment]:
-        return {
-            d.name: ObservedDeployment(name=d.name, replicas=d.replicas, spec_hash=d.spec_hash)
-            for d in self.deployments.values()
-        }
-
-    async def apply(self, action: DeploymentAction, *, namespace: str) -> None:
-        async with self._lock:
-            await asyncio.to_thread(self._apply, action)
-
-    async def close(self) -> None:
-        async with self._lock:
-            await asyncio.to_thread(self._stop_everything)
-
-    # --- blocking work (in a thread) -----------------------------------------------------------
-
-    def _apply(self, action: DeploymentAction) -> None:
-        if action.kind is ActionKind.DELETE:
-            dep = self.deployments.pop(action.name, None)
+    def handle(self, command: dict[str, Any]) -> dict[str, Any]:
+        name = str(command["name"])
+        if command["op"] == "delete":
+            dep = self.deployments.pop(name, None)
             if dep is not None:
                 self._scale(dep, 0)
-            return
-        dep = self.deployments.setdefault(action.name, LocalDeployment(name=action.name))
-        if action.manifest is not None:
-            new_hash = str(action.manifest["metadata"]["annotations"][SPEC_HASH_ANNOTATION])
-            runnable, env = puller_env(dict(action.manifest))
-            if dep.spec_hash and new_hash != dep.spec_hash and dep.pods:
-                log.info("runtime %s changed: restarting its %d local pod(s)", action.name, len(dep.pods))
+            return {"ok": True}
+        dep = self.deployments.setdefault(name, LocalDeployment(name=name))
+        if command.get("spec_hash") is not None:
+            if dep.spec_hash and command["spec_hash"] != dep.spec_hash and dep.pods:
+                log.info("runtime %s changed: restarting its %d local pod(s)", name, len(dep.pods))
                 self._scale(dep, 0)
-            dep.spec_hash, dep.runnable, dep.env = new_hash, runnable, env
-        self._scale(dep, action.replicas)
+            dep.spec_hash, dep.runnable, dep.env = str(command["spec_hash"]), bool(command["runnable"]), dict(command["env"])
+        self._scale(dep, int(command["replicas"]))
+        return {"ok": True, "pods": [p.pod_id for p in dep.pods]}
+
+    def serve(self, stdin: Any, stdout: Any) -> None:
+        try:
+            for line in stdin:
+                if not line.strip():
+                    continue
+                try:
+                    reply = self.handle(json.loads(line))
+                except Exception as err:
+                    log.exception("command failed")
+                    reply = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+                stdout.write(json.dumps(reply) + "\n")
+                stdout.flush()
+        finally:
+            for dep in list(self.deployments.values()):
+                self._scale(dep, 0)
+            self.stack.stop()
 
     def _scale(self, dep: LocalDeployment, replicas: int) -> None:
         dep.replicas = replicas
@@ -157,14 +167,100 @@ class ProcessRuntimes:
         log.info("stopped local runtime pod %s", handle.pod_id)
 
     def _pod_dir(self, handle: PodHandle) -> Path | None:
-        # Stack.start_pod names the folder after the mlserver process: "<pod-N>-mlserver"
+        # Stack.start_pod names the folder like the mlserver process, minus "-mlserver"
         name = getattr(handle.mlserver, "name", "")
         if not name.endswith("-mlserver"):
             return None
         return self.stack.root / "pods" / name.removesuffix("-mlserver")
 
-    def _stop_everything(self) -> None:
-        for dep in list(self.deployments.values()):
-            self._scale(dep, 0)
-        self.deployments.clear()
 
+class ProcessRuntimes:
+    """RuntimeBackend (see `meshserve.controller.worker.RuntimeBackend`) over local processes,
+    run by a `PodSupervisor` child process (see there for why)."""
+
+    def __init__(self, settings: Any) -> None:
+        self.root = Path(settings.local_root).resolve()
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        config = {
+            "root": str(self.root), "scheduler_address": settings.scheduler_address,
+            "capacity": int(settings.local_pod_capacity_bytes or 0),
+        }
+        self._log = open(self.root / "logs" / "runtime-supervisor.log", "ab")
+        self._proc = subprocess.Popen(  # no preexec_fn: safe from a threaded parent
+            [sys.executable, "-m", "meshserve.cli.runtimes_local", json.dumps(config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
+        )
+        self.deployments: dict[str, ObservedDeployment] = {}
+        self._lock = asyncio.Lock()
+
+    def observed(self) -> dict[str, ObservedDeployment]:
+        return dict(self.deployments)
+
+    async def apply(self, action: DeploymentAction, *, namespace: str) -> None:
+        async with self._lock:
+            if action.kind is ActionKind.DELETE:
+                await asyncio.to_thread(self._call, {"op": "delete", "name": action.name})
+                self.deployments.pop(action.name, None)
+                return
+            command: dict[str, Any] = {"op": "scale", "name": action.name, "replicas": action.replicas}
+            current = self.deployments.get(action.name)
+            spec_hash = current.spec_hash if current is not None else ""
+            if action.manifest is not None:
+                spec_hash = str(action.manifest["metadata"]["annotations"][SPEC_HASH_ANNOTATION])
+                runnable, env = puller_env(dict(action.manifest))
+                command.update(spec_hash=spec_hash, runnable=runnable, env=env)
+            await asyncio.to_thread(self._call, command)
+            self.deployments[action.name] = ObservedDeployment(name=action.name, replicas=action.replicas, spec_hash=spec_hash)
+
+    def _call(self, command: dict[str, Any]) -> dict[str, Any]:
+        if self._proc.poll() is not None or self._proc.stdin is None or self._proc.stdout is None:
+            raise RuntimeError(f"the runtime pod supervisor exited (code {self._proc.returncode}); see {self.root}/logs")
+        self._proc.stdin.write(json.dumps(command) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the runtime pod supervisor closed its output")
+        reply: dict[str, Any] = json.loads(line)
+        if not reply.get("ok"):
+            raise RuntimeError(f"runtime pod supervisor: {reply.get('error')}")
+        return reply
+
+    async def close(self) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._shutdown)
+
+    def _shutdown(self) -> None:
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()   # EOF: the supervisor stops every pod and exits
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
+        self._log.close()
+
+
+def _exit_on_signal(*_: Any) -> None:
+    raise SystemExit(0)   # unwinds `serve`, whose `finally` stops every pod
+
+
+def _main(argv: list[str]) -> int:
+    from meshserve.common import logging as mlog
+
+    replies = os.fdopen(os.dup(1), "w")   # the protocol owns the real stdout ...
+    os.dup2(2, 1)                          # ... and anything printed goes to the log
+    mlog.configure(service="runtime-supervisor", level="INFO", json=False)
+    with contextlib.suppress(Exception):   # die with the controller even if it cannot close our stdin
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    config = json.loads(argv[0])
+    supervisor = PodSupervisor(
+        root=Path(config["root"]), scheduler_address=config["scheduler_address"], capacity=int(config["capacity"])
+    )
+    supervisor.serve(sys.stdin, replies)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

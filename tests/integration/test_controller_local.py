@@ -1,0 +1,251 @@
+"""The controller in local mode over the whole stack as processes: `meshserve apply -f` writes
+upstream-style YAML into the scheduler's resource store, the controller (its own process,
+MESHSERVE_CONTROLLER_MODE=local) registers the models, starts the runtime's pods as local
+processes, writes status back, follows transitions and scales the runtime to zero.
+
+The stack starts with no runtime pods: every pod here is started by the controller."""
+
+from __future__ import annotations
+
+import copy
+import io
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tritonclient.grpc as grpcclient
+import yaml
+
+from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack, StackConfig
+from meshserve.cli.main import main as cli
+from meshserve.cli.procs import free_port, http_ok
+from meshserve.controller.specs import parse_inference_service
+
+from .conftest import EXAMPLES, mnist_inputs
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ISVC_YAML = ROOT / "examples" / "isvc" / "example-mlserver-sklearn-mnist-isvc.yaml"
+RUNTIME_YAML = ROOT / "examples" / "isvc" / "mlserver-1.x-servingruntime.yaml"
+ISVC = "example-sklearn-mnist-svm"
+GRACE_SECONDS = 2
+
+
+def wait_for(check: Callable[[], Any], *, timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    delay, last = 0.05, None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = Path(tmp_path_factory.mktemp("controller-local"))
+    stack = Stack(StackConfig.from_env(root, pods=0, isolate=True, extra_env={"MESHSERVE_SCHEDULER_POD_TIMEOUT_SECONDS": "5"}))
+    try:
+        # Stack.start() with pods=0 would wait for pods that never come: the controller starts them
+        stack.start_infra()
+        stack.migrate()
+        stack.start_scheduler()
+        stack.start_router()
+        stack.upload_examples(EXAMPLES)
+        stack.s3_client().upload_file(
+            str(EXAMPLES / "sklearn" / "mnist-svm.joblib"), EXAMPLE_BUCKET, "fvt/sklearn/mnist-svm.joblib"
+        )
+        health = free_port()
+        env = {
+            **stack.service_env(),
+            "MESHSERVE_CONTROLLER_MODE": "local",
+            "MESHSERVE_CONTROLLER_ADMIN_URL": stack.admin_url,
+            "MESHSERVE_CONTROLLER_SCHEDULER_ADDRESS": stack.scheduler_grpc,
+            "MESHSERVE_CONTROLLER_LOCAL_ROOT": str(root),
+            "MESHSERVE_CONTROLLER_HEALTH_PORT": str(health),
+            "MESHSERVE_CONTROLLER_METRICS_PORT": "0",
+        }
+        proc = stack.group.start("controller", [sys.executable, "-m", "meshserve.controller"], env=env)
+        stack.group.wait_until(proc, http_ok(f"http://127.0.0.1:{health}/readyz"), timeout=60, what="starting the controller")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def run_cli(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    old_stdin = sys.stdin
+    try:
+        if stdin is not None:
+            sys.stdin = io.StringIO(stdin)
+        with redirect_stdout(out), redirect_stderr(err):
+            rc = cli(list(argv))
+    finally:
+        sys.stdin = old_stdin
+    return rc, out.getvalue(), err.getvalue()
+
+
+def apply_docs(stack: Stack, *docs: dict[str, Any]) -> str:
+    rc, out, err = run_cli("apply", "-f", "-", "--admin", stack.admin_url, stdin=yaml.safe_dump_all(docs))
+    assert rc == 0, err
+    return out
+
+
+def isvc_doc(path: str | None = None, **model: Any) -> dict[str, Any]:
+    doc = yaml.safe_load(ISVC_YAML.read_text())
+    if path is not None:
+        doc["spec"]["predictor"]["model"]["storage"]["path"] = path
+    doc["spec"]["predictor"]["model"].update(model)
+    return doc  # type: ignore[no-any-return]
+
+
+def model_status(stack: Stack, name: str = ISVC) -> dict[str, Any]:
+    obj = stack.admin("GET", f"/v1/resources/InferenceService/default/{name}").json()
+    return (obj.get("status") or {}).get("modelStatus") or {}
+
+
+def runtime_pods(stack: Stack) -> list[dict[str, Any]]:
+    return [p for p in stack.admin("GET", "/v1/pods").json()["items"] if p["runtime"] == "mlserver-1.x"]
+
+
+def infer(stack: Stack, name: str = ISVC) -> tuple[list[list[int]], str]:
+    client = grpcclient.InferenceServerClient(stack.router_grpc)
+    try:
+        result = client.infer(name, mnist_inputs(), client_timeout=60)
+        return result.as_numpy("predict").tolist(), result.get_response().model_name
+    finally:
+        client.close()
+
+
+def test_apply_starts_runtime_pods_and_the_isvc_becomes_loaded(stack: Stack) -> None:
+    config = {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "model-serving-config"},
+        "data": {"config.yaml": f"podsPerRuntime: 1\nscaleToZero:\n  enabled: true\n  gracePeriodSeconds: {GRACE_SECONDS}\n"},
+    }
+    out = apply_docs(stack, config)
+    assert "configmap/model-serving-config created" in out
+    rc, out, err = run_cli("apply", "-f", str(RUNTIME_YAML), "-f", str(ISVC_YAML), "--admin", stack.admin_url)
+    assert rc == 0, err
+    assert f"inferenceservice.serving.kserve.io/{ISVC} created" in out
+    wait_for(lambda: runtime_pods(stack), timeout=90, what="a runtime pod started by the controller")
+    assert stack.admin("GET", "/v1/vmodels").json()["items"], "the vmodel is registered"
+    assert infer(stack)[0] == [[8]]
+    status = wait_for(lambda: (s := model_status(stack)).get("states", {}).get("activeModelState") == "Loaded" and s,
+                      timeout=30, what="status Loaded")
+    assert status["transitionStatus"] == "UpToDate"
+    assert status["copies"]["totalCopies"] >= 1
+    obj = stack.admin("GET", f"/v1/resources/InferenceService/default/{ISVC}").json()
+    assert obj["status"]["url"].startswith("grpc://")
+    assert {"type": "Ready", "status": "True"}.items() <= obj["status"]["conditions"][1].items()
+    rc, out, _ = run_cli("get", "isvc", "--admin", stack.admin_url)
+    assert rc == 0 and ISVC in out and "Loaded" in out and "UpToDate" in out
+
+
+def test_invalid_spec_is_reported_in_status(stack: Stack) -> None:
+    bad = isvc_doc(storageUri="s3://modelmesh-example-models/sklearn/mnist-svm.joblib")
+    bad["metadata"]["name"] = "bad-spec"
+    apply_docs(stack, bad)
+    status = wait_for(lambda: (s := model_status(stack, "bad-spec")).get("transitionStatus") == "InvalidSpec" and s,
+                      timeout=30, what="InvalidSpec")
+    assert status["lastFailureInfo"]["reason"] == "InvalidPredictorSpec"
+    assert "cannot have both the storageUri and the storage.path" in status["lastFailureInfo"]["message"]
+    rc, _, err = run_cli("delete", "-f", "-", "--admin", stack.admin_url, stdin=yaml.safe_dump(bad))
+    assert rc == 0, err
+
+
+def test_schema_errors_are_refused_per_document(stack: Stack) -> None:
+    good = isvc_doc()
+    good["metadata"]["name"] = "schema-ok"
+    typo = copy.deepcopy(good)
+    typo["metadata"]["name"] = "schema-typo"
+    typo["spec"]["predictor"]["model"]["modelFormat"] = {"name": 7}
+    rc, out, err = run_cli("apply", "-f", "-", "--admin", stack.admin_url, stdin=yaml.safe_dump_all([good, typo]))
+    assert rc == 1
+    assert "document 2, InferenceService schema-typo" in err and "modelFormat.name: 7 is not of type 'string'" in err
+    assert "schema-ok created" in out
+    assert stack.admin("GET", "/v1/resources/InferenceService/default/schema-typo").status_code == 404
+    rc, _, err = run_cli("delete", "-f", "-", "--admin", stack.admin_url, stdin=yaml.safe_dump(good))
+    assert rc == 0, err
+
+
+def test_changing_the_storage_path_flips_without_a_failed_request(stack: Stack) -> None:
+    old_id = infer(stack)[1]
+    new_doc = isvc_doc(path="fvt/sklearn/mnist-svm.joblib")
+    cr = parse_inference_service({**new_doc, "metadata": {**new_doc["metadata"], "namespace": "default"}})
+    assert cr is not None and cr.model_id != old_id
+    failures: list[str] = []
+    served: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        client = grpcclient.InferenceServerClient(stack.router_grpc)
+        try:
+            while not stop.is_set():
+                try:
+                    result = client.infer(ISVC, mnist_inputs(), client_timeout=30)
+                    if result.as_numpy("predict").tolist() != [[8]]:
+                        failures.append("wrong answer")
+                    served.append(result.get_response().model_name)
+                except Exception as err:
+                    failures.append(str(err))
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(served) > 3, timeout=30, what="traffic flowing")
+        apply_docs(stack, new_doc)
+        wait_for(lambda: served and served[-1] == cr.model_id, timeout=90, what="the new model id being served")
+        status = wait_for(
+            lambda: (s := model_status(stack)).get("transitionStatus") == "UpToDate"
+            and s["states"].get("targetModelState", "") == "" and s,
+            timeout=30, what="UpToDate after the flip",
+        )
+        assert status["states"]["activeModelState"] == "Loaded"
+        n = len(served)
+        wait_for(lambda: len(served) > n + 3, timeout=30, what="more traffic after the flip")
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert failures == []
+    assert old_id in served and served[-1] == cr.model_id
+    vmodel = next(v for v in stack.admin("GET", "/v1/vmodels").json()["items"] if v["id"] == ISVC)
+    assert vmodel["activeModelId"] == cr.model_id
+
+
+def test_invalid_new_path_blocks_and_the_old_model_keeps_serving(stack: Stack) -> None:
+    _, serving = infer(stack)
+    apply_docs(stack, isvc_doc(path="invalid/Storage/Path"))
+    status = wait_for(
+        lambda: (s := model_status(stack)).get("transitionStatus") == "BlockedByFailedLoad" and s,
+        timeout=90, what="BlockedByFailedLoad",
+    )
+    assert status["states"] == {"activeModelState": "Loaded", "targetModelState": "FailedToLoad"}
+    assert status["lastFailureInfo"]["reason"] == "ModelLoadFailed"
+    assert status["lastFailureInfo"]["message"]
+    assert infer(stack) == ([[8]], serving)
+
+
+def test_delete_unregisters_and_scales_the_runtime_to_zero(stack: Stack) -> None:
+    assert runtime_pods(stack)
+    started = time.monotonic()
+    rc, out, err = run_cli("delete", "-f", str(ISVC_YAML), "--admin", stack.admin_url)
+    assert rc == 0, err
+    assert f'inferenceservice.serving.kserve.io "{ISVC}" deleted' in out
+    wait_for(lambda: all(v["id"] != ISVC for v in stack.admin("GET", "/v1/vmodels").json()["items"]),
+             timeout=30, what="the vmodel unregistered")
+    # the controller removes the pod folders after stopping its processes; the scheduler then drops the pods
+    wait_for(lambda: not any((stack.root / "pods").glob("pod-*")), timeout=60, what="runtime pod processes stopped")
+    assert time.monotonic() - started >= GRACE_SECONDS - 1.0, "not before the grace period"
+    wait_for(lambda: not runtime_pods(stack), timeout=30, what="the scheduler to drop the stopped pods")
+    rc, _, err = run_cli("delete", "-f", str(ISVC_YAML), "--admin", stack.admin_url)
+    assert rc == 1 and "NotFound" in err
