@@ -99,6 +99,22 @@ def test_drain_moves_copies_off_a_pod(own_stack: Stack) -> None:
     client.close()
 
 
+def test_a_dead_single_copy_is_replaced_at_once_not_after_the_pod_timeout(own_stack: Stack) -> None:
+    """The router reports the pod whose copy failed; the scheduler checks it and re-places."""
+    assert own_stack.register("lonely", storage_uri=MNIST_URI).status_code == 201
+    assert _infer(own_stack, "lonely") == [[8]]
+    [copy] = _model(own_stack, "lonely")["copies"]
+    victim = next(p for p in own_stack.pods if p.pod_id == copy["pod"])
+    own_stack.group.stop(victim.mlserver)  # type: ignore[arg-type]  # the puller stays up
+    assert _infer(own_stack, "lonely") == [[8]]  # no error: retried on a new copy
+    [new] = _model(own_stack, "lonely")["copies"]
+    assert new["pod"] != victim.pod_id
+    lost = own_stack.admin("GET", f"/v1/events?pod={victim.pod_id}").json()["items"]
+    assert any(e["kind"] == "pod-lost" and "reported" in e["message"] for e in lost)
+    own_stack.group.stop(victim.puller)  # type: ignore[arg-type]
+    own_stack.wait_for_pods([own_stack.start_pod()])  # keep three pods for the tests below
+
+
 def test_redis_restart_loses_nothing(own_stack: Stack) -> None:
     assert own_stack.register("survivor", storage_uri=MNIST_URI).status_code == 201
     assert _infer(own_stack, "survivor") == [[8]]

@@ -225,6 +225,27 @@ class Stack:
         self.group.wait_until(proc, http_ok(f"{admin}/readyz"), timeout=60, what="starting another scheduler")
         return f"127.0.0.1:{grpc_port}", admin
 
+    def start_controller(self, *, extra_env: dict[str, str] | None = None) -> None:
+        """The controller in local mode: watches the resources `meshserve apply` stores in
+        the scheduler, registers models, and runs runtime pods as local processes."""
+        health = free_port()
+        env = {
+            **self.service_env(),
+            "MESHSERVE_CONTROLLER_MODE": "local",
+            "MESHSERVE_CONTROLLER_ADMIN_URL": self.admin_url,
+            "MESHSERVE_CONTROLLER_SCHEDULER_ADDRESS": self.scheduler_grpc,
+            "MESHSERVE_CONTROLLER_LOCAL_ROOT": str(self.root),
+            "MESHSERVE_CONTROLLER_HEALTH_PORT": str(health),
+            "MESHSERVE_CONTROLLER_METRICS_PORT": "0",
+            **(extra_env or {}),
+        }
+        if self.config.admin_token:
+            env["MESHSERVE_CONTROLLER_ADMIN_TOKEN"] = self.config.admin_token
+        proc = self.group.start("controller", [self.python, "-m", "meshserve.controller"], env=env)
+        self.group.wait_until(
+            proc, http_ok(f"http://127.0.0.1:{health}/readyz"), timeout=60, what="starting the controller"
+        )
+
     def start_router(self) -> None:
         port, rest_port = self._port(8033), self._port(8008)
         env = {
@@ -252,10 +273,15 @@ class Stack:
             return bool(v2g.GRPCInferenceServiceStub(channel).ServerReady(v2.ServerReadyRequest(), timeout=1).ready)
 
     def start_pod(
-        self, index: int | None = None, *, capacity_bytes: int | None = None, env: dict[str, str] | None = None
+        self,
+        index: int | None = None,
+        *,
+        capacity_bytes: int | None = None,
+        env: dict[str, str] | None = None,
+        pod_id: str | None = None,
     ) -> PodHandle:
         index = len(self.pods) if index is None else index
-        pod_id = f"pod-{index}"
+        pod_id = pod_id or f"pod-{index}"
         pod_dir = self.root / "pods" / pod_id
         models = pod_dir / "models"
         models.mkdir(parents=True, exist_ok=True)
@@ -308,6 +334,8 @@ class Stack:
         return handle
 
     def wait_for_pods(self, pods: list[PodHandle], timeout: float = 90) -> None:
+        if not pods:
+            return
         for pod in pods:
             self.group.wait_until(
                 pod.mlserver, http_ok(f"{pod.mlserver_rest}/v2/health/ready"), timeout=timeout, what=f"starting {pod.pod_id} MLServer"  # type: ignore[arg-type]
@@ -319,12 +347,14 @@ class Stack:
 
         self.group.wait_until(pods[-1].puller, registered, timeout=timeout, what="waiting for pods to register")  # type: ignore[arg-type]
 
-    def start(self) -> None:
+    def start(self, *, controller: bool = False) -> None:
         try:
             self.start_infra()
             self.migrate()
             self.start_scheduler()
             self.start_router()
+            if controller:
+                self.start_controller()
             pods = [self.start_pod() for _ in range(self.config.pods)]
             self.wait_for_pods(pods)
         except BaseException:

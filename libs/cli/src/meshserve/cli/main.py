@@ -22,50 +22,69 @@ def _repo_root() -> Path:
     return here
 
 
+DEV_RESOURCES = (
+    "examples/dev/model-serving-config.yaml",
+    "examples/isvc/mlserver-1.x-servingruntime.yaml",
+    "examples/isvc/quickstart-sklearn-isvc.yaml",
+)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
+    """Start the stack, then deploy the example the way a user would: `meshserve apply` of
+    upstream-style YAML; the controller (local mode) starts the runtime pods."""
     from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack, StackConfig
+    from meshserve.cli.resources import AdminClient, apply, load_documents
 
     root = _repo_root()
+    token = os.environ.get("MESHSERVE_SCHEDULER_ADMIN_TOKEN") or None
     stack = Stack(
         StackConfig.from_env(
-            root / ".dev",
-            pods=args.pods,
-            pod_capacity_bytes=args.capacity,
-            preferred_ports=True,
-            admin_token=os.environ.get("MESHSERVE_SCHEDULER_ADMIN_TOKEN") or None,
+            root / ".dev", pods=args.pods, pod_capacity_bytes=args.capacity, preferred_ports=True, admin_token=token
         )
     )
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print("starting meshserve (Redis, Postgres, S3, scheduler, router, runtime pods)...", flush=True)
+    print("starting meshserve (Redis, Postgres, S3, scheduler, router, controller)...", flush=True)
     try:
-        stack.start()
+        stack.start(controller=True)
         keys = stack.upload_examples(root / "examples" / "models")
-        response = stack.register(
-            EXAMPLE_MODEL, storage_uri=f"s3://{EXAMPLE_BUCKET}/sklearn/mnist-svm.joblib", storageKey="localMinIO"
+        client = AdminClient(stack.admin_url, token=token)
+        try:
+            docs = load_documents([str(root / p) for p in DEV_RESOURCES])
+            if apply(client, docs, namespace="default", out=sys.stdout, err=sys.stderr) != 0:
+                return 1
+        finally:
+            client.close()
+        print("waiting for the runtime pods the controller starts...", flush=True)
+        stack.group.wait_until(
+            None,
+            lambda: len(stack.admin("GET", "/v1/pods").json()["items"]) >= 2
+            and stack.admin("GET", f"/v1/vmodels/{EXAMPLE_MODEL}").status_code == 200,
+            timeout=180,
+            what="waiting for runtime pods and the example's registration",
         )
-        if response.status_code not in (201, 409):
-            print(f"registering the example failed: {response.status_code} {response.text}", file=sys.stderr)
-            return 1
-        python = Path(sys.executable).parent
+        pods = [p["id"] for p in stack.admin("GET", "/v1/pods").json()["items"]]
+        bin_dir = Path(sys.executable).parent
         print(
             f"""
 meshserve is up.
   router (KServe v2 gRPC)   {stack.router_grpc}
+  router (KServe v2 REST)   {stack.router_rest}
   scheduler admin API       {stack.admin_url}  (OpenAPI: {stack.admin_url}/docs)
   scheduler gRPC            {stack.scheduler_grpc}
   Redis                     {stack.redis_url}
   Postgres                  {stack.database_url}
   S3 (bucket {EXAMPLE_BUCKET}) {stack.s3_endpoint}  ({len(keys)} example files uploaded)
-  runtime pods              {", ".join(p.pod_id for p in stack.pods)}
+  runtime pods              {", ".join(pods)}  (started by the controller for mlserver-1.x)
   logs                      {stack.group.log_dir}
 
-Infer the example model (the first request loads it):
-  {python}/meshserve infer {EXAMPLE_MODEL} -f examples/inputs/sklearn-mnist.json --router {stack.router_grpc}
+Infer the example InferenceService (the first request loads it):
+  {bin_dir}/meshserve infer {EXAMPLE_MODEL} -f examples/inputs/sklearn-mnist.json --router {stack.router_grpc}
 
-Inspect placement:
-  {python}/meshserve get models --admin {stack.admin_url}
+Inspect it:
+  {bin_dir}/meshserve get isvc --admin {stack.admin_url}
+  {bin_dir}/meshserve get models --admin {stack.admin_url}
 
 Ctrl-C stops everything.""",
             flush=True,
@@ -216,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meshserve", description="meshserve: serve thousands of models on a few pods")
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run the whole stack locally (Ctrl-C stops it)")
-    dev.add_argument("--pods", type=int, default=2)
+    dev.add_argument("--pods", type=int, default=0, help="extra runtime pods beside the controller's")
     dev.add_argument("--capacity", type=int, default=512 * 1024 * 1024, help="model memory per pod, bytes")
     dev.set_defaults(fn=cmd_dev)
     infer = sub.add_parser("infer", help="send a v2 JSON request to the router over gRPC")

@@ -83,6 +83,21 @@ def open_channel(
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
+# service-specific exception -> MeshError translators (e.g. a Redis outage -> Unavailable)
+_TRANSLATORS: list[Callable[[BaseException], MeshError | None]] = []
+
+
+def register_error_translator(fn: Callable[[BaseException], MeshError | None]) -> None:
+    _TRANSLATORS.append(fn)
+
+
+def translate(err: BaseException) -> MeshError | None:
+    for fn in _TRANSLATORS:
+        mapped = fn(err)
+        if mapped is not None:
+            return mapped
+    return None
+
 
 def rpc_errors(fn: F) -> F:
     """Map exceptions raised by a grpc.aio servicer method to statuses."""
@@ -95,7 +110,10 @@ def rpc_errors(fn: F) -> F:
             await context.abort(err.code, err.message)
         except grpc.aio.AbortError:
             raise
-        except Exception:
+        except Exception as err:
+            mapped = translate(err)
+            if mapped is not None:
+                await context.abort(mapped.code, mapped.message)
             log.exception("unexpected error in %s", fn.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log")
 
@@ -114,7 +132,10 @@ def rpc_stream_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             await context.abort(err.code, err.message)
         except grpc.aio.AbortError:
             raise
-        except Exception:
+        except Exception as err:
+            mapped = translate(err)
+            if mapped is not None:
+                await context.abort(mapped.code, mapped.message)
             log.exception("unexpected error in %s", fn.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log")
 

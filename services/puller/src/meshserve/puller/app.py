@@ -94,6 +94,11 @@ class PullerApp:
         try:
             while True:
                 try:
+                    if not await self.service.sync_with_model_server():
+                        # model server down: no heartbeat, so the scheduler stops routing here
+                        log.warning("model server not ready; skipping heartbeat")
+                        await asyncio.sleep(min(interval, 1.0))
+                        continue
                     used = await self.memory.rss_bytes() or 0
                     response = await stub.ReportPod(self._report(used), timeout=5)
                     if response.heartbeat_interval_ms:

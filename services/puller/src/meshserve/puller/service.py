@@ -152,6 +152,23 @@ class PullerService:
         disk = await asyncio.to_thread(storage.predict_size, cfg, path=model_path)
         return int(disk * self.settings.model_size_multiplier) if disk else 0
 
+    async def sync_with_model_server(self) -> bool:
+        """False when the model server is not ready. Forget models it no longer holds
+        (it restarted), so heartbeats never report copies that cannot serve."""
+        if not await self.adapter.ready():
+            return False
+        asked_at = time.time()
+        held = set(await self.adapter.loaded_models())
+        stale = [
+            m
+            for m, info in self.loaded.items()
+            if m not in held and info.loaded_at < asked_at and not self._lock(m).locked()
+        ]
+        for model_id in stale:
+            log.warning("model server no longer holds %s; forgetting it", model_id)
+            self.loaded.pop(model_id, None)
+        return True
+
     async def purge(self) -> None:
         """Unload whatever the model server holds (a fresh puller owns nothing yet)."""
         for name in await self.adapter.loaded_models():

@@ -87,7 +87,9 @@ class DataPlane:
             raise InvalidArgument("the request names no model: set the model name (or the mm-vmodel-id header)")
         return self.table.resolve(name)
 
-    async def ensure(self, model_id: str, *, budget: float, refresh: bool = False) -> tuple[Endpoint, ...]:
+    async def ensure(
+        self, model_id: str, *, budget: float, refresh: bool = False, suspect: str | None = None
+    ) -> tuple[Endpoint, ...]:
         endpoints = self.table.endpoints(model_id)
         if endpoints and not refresh:
             return endpoints
@@ -95,7 +97,9 @@ class DataPlane:
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._ensuring[model_id] = future
-            task = asyncio.create_task(self._ensure_call(model_id, future, budget), name=f"ensure:{model_id}")
+            task = asyncio.create_task(
+                self._ensure_call(model_id, future, budget, suspect), name=f"ensure:{model_id}"
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         metrics.MISSES.labels(model_id).inc()
@@ -107,11 +111,12 @@ class DataPlane:
         finally:
             metrics.COLD_WAIT.observe(time.monotonic() - started)
 
-    async def _ensure_call(self, model_id: str, future: asyncio.Future[tuple[Endpoint, ...]], budget: float) -> None:
+    async def _ensure_call(
+        self, model_id: str, future: asyncio.Future[tuple[Endpoint, ...]], budget: float, suspect: str | None
+    ) -> None:
         try:
-            response = await self.scheduler.EnsureLoaded(
-                scheduler_pb2.EnsureLoadedRequest(model_id=model_id), timeout=max(budget, 1.0)
-            )
+            request = scheduler_pb2.EnsureLoadedRequest(model_id=model_id, suspect_pods=[suspect] if suspect else [])
+            response = await self.scheduler.EnsureLoaded(request, timeout=max(budget, 1.0))
             endpoints = tuple(Endpoint(e.pod_id, e.grpc_address, e.rest_address) for e in response.endpoints)
             if endpoints:
                 self.table.set_endpoints(model_id, endpoints)
@@ -135,13 +140,14 @@ class DataPlane:
         """Run `send` against a loaded copy of `model_id`; once more on another copy if it vanished."""
         deadline = time.monotonic() + budget
         refresh = False
+        suspect: str | None = None
         for attempt in (1, 2):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(f"deadline exceeded waiting for {model_id!r}")
             endpoints = self.table.endpoints(model_id)
             if not endpoints or refresh:
-                endpoints = await self.ensure(model_id, budget=remaining, refresh=refresh)
+                endpoints = await self.ensure(model_id, budget=remaining, refresh=refresh, suspect=suspect)
             if not endpoints:
                 raise Unavailable(f"model {model_id!r} has no loaded copy")
             endpoint = balance.pick(endpoints, self.in_flight, self._rng) if len(endpoints) > 1 else endpoints[0]
@@ -157,6 +163,7 @@ class DataPlane:
                 log.info("copy of %s on %s is gone (%s); retrying", model_id, pod, gone)
                 self.table.drop_endpoint(model_id, pod)
                 refresh = not self.table.endpoints(model_id)
+                suspect = pod
             finally:
                 self.in_flight[pod] -= 1
         raise AssertionError("unreachable")

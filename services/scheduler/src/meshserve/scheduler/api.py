@@ -17,8 +17,10 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+from redis.exceptions import RedisError
 
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unauthenticated
+from meshserve.scheduler.live import redis_unavailable
 from meshserve.scheduler.resources import Applied, ResourceStore, identify
 from meshserve.scheduler.service import (
     LOADED,
@@ -85,6 +87,12 @@ def create_app(service: SchedulerService) -> FastAPI:
     @app.exception_handler(MeshError)
     async def _mesh_error(request: Request, err: MeshError) -> JSONResponse:
         return JSONResponse({"error": err.message}, status_code=err.http_status)
+
+    @app.exception_handler(RedisError)
+    async def _redis_error(request: Request, err: RedisError) -> JSONResponse:
+        mapped = redis_unavailable(err)
+        assert mapped is not None
+        return JSONResponse({"error": mapped.message}, status_code=mapped.http_status)
 
     async def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
         token = settings.admin_token

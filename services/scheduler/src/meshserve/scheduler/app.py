@@ -16,10 +16,10 @@ import uvicorn
 from prometheus_client import start_http_server
 
 from meshserve.common.errors import MeshError
-from meshserve.common.grpcutil import bind
+from meshserve.common.grpcutil import bind, register_error_translator
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
 from meshserve.scheduler.api import create_app
-from meshserve.scheduler.live import LiveState
+from meshserve.scheduler.live import LiveState, redis_unavailable
 from meshserve.scheduler.registry import Registry
 from meshserve.scheduler.server import SchedulerServicer
 from meshserve.scheduler.service import SchedulerService
@@ -36,6 +36,7 @@ class SchedulerApp:
         self.service = SchedulerService(settings=settings, registry=self.registry, live=self.live)
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stop = asyncio.Event()
+        register_error_translator(redis_unavailable)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -170,6 +172,9 @@ class LiveState:
             url,
             max_connections=64,
             timeout=10,
+            # a restarted Redis: reconnect and retry the command instead of failing it
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
             decode_responses=True,
             socket_timeout=5,
             socket_connect_timeout=3,
@@ -429,3 +434,10 @@ def _copy(model_id: str, pod_id: str, value: str) -> CopyRecord:
 
 
 REDIS_ERRORS = (RedisError, OSError)
+
+
+def redis_unavailable(err: BaseException) -> Unavailable | None:
+    """Translate a Redis failure into the error callers see (503 / UNAVAILABLE)."""
+    if isinstance(err, RedisError):
+        return Unavailable(f"live state (Redis) is unavailable: {type(err).__name__}: {err}")
+    return None

@@ -90,7 +90,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     @rpc_errors
     async def EnsureLoaded(self, request: pb.EnsureLoadedRequest, context: grpc.aio.ServicerContext) -> pb.EnsureLoadedResponse:
-        state, endpoints = await self.service.ensure_loaded(request.model_id)
+        state, endpoints = await self.service.ensure_loaded(request.model_id, suspect_pods=list(request.suspect_pods))
         return pb.EnsureLoadedResponse(status=status_pb(state), endpoints=endpoints_pb(endpoints))
 
     @rpc_errors

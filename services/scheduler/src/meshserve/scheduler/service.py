@@ -252,8 +252,16 @@ class SchedulerService:
         return failure if age < self.settings.failure_backoff_seconds else None
 
     # -- loading ---------------------------------------------------------------------------
-    async def ensure_loaded(self, model_id: str) -> tuple[ModelState, list[Endpoint]]:
-        """Return the loaded copies of `model_id`, loading a first copy if there is none."""
+    async def ensure_loaded(
+        self, model_id: str, *, suspect_pods: Sequence[str] = ()
+    ) -> tuple[ModelState, list[Endpoint]]:
+        """Return the loaded copies of `model_id`, loading a first copy if there is none.
+
+        `suspect_pods` are pods whose copy failed a caller: each is checked with its
+        puller first, and a copy that is not really there is dropped (the whole pod when
+        it does not answer or its model server is down)."""
+        for pod_id in suspect_pods:
+            await self._check_suspect(pod_id, model_id)
         copies = await self.live.copies(model_id)
         if any(c.state == CopyState.LOADED.value for c in copies):
             return ModelState(LOADED, (), tuple(copies)), await self.endpoints(copies)
@@ -265,6 +273,28 @@ class SchedulerService:
         await asyncio.shield(task)
         copies = await self.live.copies(model_id)
         return ModelState(LOADED, (), tuple(copies)), await self.endpoints(copies)
+
+    async def _check_suspect(self, pod_id: str, model_id: str) -> None:
+        pod = await self.live.pod(pod_id)
+        if pod is None:
+            return
+        try:
+            status = await self.pullers.stub(pod.management_address).RuntimeStatus(
+                runtime_pb2.RuntimeStatusRequest(), timeout=2
+            )
+        except grpc.aio.AioRpcError as err:
+            await self._drop_pod(pod_id, why=f"reported unreachable by a router; puller: {err.code().name}")
+            return
+        if status.status != runtime_pb2.RuntimeStatusResponse.READY:
+            await self._drop_pod(pod_id, why="reported by a router; its model server is not ready")
+        elif model_id not in status.loaded_model_ids and await self.live.release(model_id=model_id, pod_id=pod_id):
+            await self._event("dropped", model_id=model_id, pod_id=pod_id, message="copy missing on the pod")
+            await self._publish(models=[model_id])
+
+    async def _drop_pod(self, pod_id: str, *, why: str) -> None:
+        models = await self.live.remove_pod(pod_id)
+        await self._event("pod-lost", pod_id=pod_id, message=f"{why}; dropped {len(models)} copies")
+        await self._publish(models=models)
 
     async def retry_load(self, model_id: str) -> tuple[ModelState, list[Endpoint]]:
         """Forget recorded failures (an admin fixed the files) and load again."""
@@ -744,14 +774,8 @@ class SchedulerService:
         removed = []
         for pod in await self.live.pods():
             if not self._alive(pod):
-                models = await self.live.remove_pod(pod.pod_id)
                 removed.append(pod.pod_id)
-                await self._event(
-                    "pod-lost",
-                    pod_id=pod.pod_id,
-                    message=f"no heartbeat for {self.settings.pod_timeout_seconds:.0f}s; dropped {len(models)} copies",
-                )
-                await self._publish(models=models)
+                await self._drop_pod(pod.pod_id, why=f"no heartbeat for {self.settings.pod_timeout_seconds:.0f}s")
         return removed
 
     async def report_usage(self, usage: dict[str, int]) -> None:
