@@ -60,8 +60,9 @@ import heapq
 import itertools
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from meshserve.scheduler.models import (
     ALL_BUSY_LOADING,
@@ -201,7 +202,11 @@ def place(
             code=ALL_BUSY_LOADING,
         )
     return _evict_and_place(
-        request, first=fewest_pods, rest=need_eviction, pods=pods, now=now, cfg=cfg
+        request,
+        _by_deficit(fewest_pods, need_eviction, size),
+        census=_Census(pods),
+        now=now,
+        cfg=cfg,
     )
 
 
@@ -214,30 +219,44 @@ class _Option:
     victims: tuple[CopyView, ...]
 
 
+def _by_deficit(first: list[PodView], rest: list[PodView], size: int) -> Iterator[list[PodView]]:
+    """`first` (the smallest deficit), then the other pods of `rest`, one deficit at a time.
+
+    The heap of the rest is only built when `first` could not free enough (rare).
+    """
+    yield first
+    tried = {p.pod_id for p in first}
+    heap = [(size - p.free_bytes, p.pod_id, p) for p in rest if p.pod_id not in tried]
+    heapq.heapify(heap)  # pod ids are unique, so tuples never compare the pods
+    while heap:
+        deficit = heap[0][0]
+        batch: list[PodView] = []
+        while heap and heap[0][0] == deficit:
+            batch.append(heapq.heappop(heap)[2])
+        yield batch
+
+
 def _evict_and_place(
     request: PlacementRequest,
+    batches: Iterable[list[PodView]],
     *,
-    first: list[PodView],
-    rest: list[PodView],
-    pods: Sequence[PodView],
+    census: _CopyCounts,
     now: float,
     cfg: PlacementConfig,
 ) -> Plan:
     """Pick the pod where the fewest bytes must go, then the cheapest victims there.
 
-    `first` are the candidates with the smallest deficit (usually one pod, and usually
-    it works); only when none of them can free enough is the rest ordered, by a heap
-    popped one deficit at a time.
+    `batches` yields the eligible pods (every one of them exactly once) grouped by deficit,
+    smallest first; the first batch where some pod can free enough decides.
     """
     size = request.size_bytes
     policy = cfg.policy
-    census = _Census(pods)
     blocked = dict.fromkeys(_PROTECTIONS, 0)
     best: _Option | None = None
-    heap: list[tuple[int, str, PodView]] | None = None
-    batch = first
-    while batch:
+    tried = 0
+    for batch in batches:
         for pod in batch:
+            tried += 1
             deficit = size - pod.free_bytes
             victims = _victims(pod, deficit, now=now, cfg=cfg, census=census, blocked=blocked)
             if victims is None:
@@ -249,19 +268,12 @@ def _evict_and_place(
                 best = _Option(key, pod, tuple(victims))
         if best is not None:
             break
-        if heap is None:  # rare: every pod with the smallest deficit is blocked
-            tried = {p.pod_id for p in batch}
-            heap = [(size - p.free_bytes, p.pod_id, p) for p in rest if p.pod_id not in tried]
-            heapq.heapify(heap)  # pod ids are unique, so tuples never compare the pods
-        batch = []
-        while heap and (not batch or heap[0][0] == size - batch[0].free_bytes):
-            batch.append(heapq.heappop(heap)[2])
     if best is None:
         held = ", ".join(f"{n} {why}" for why, n in blocked.items() if n) or "none evictable"
         return Plan(
             None,
             reason=(
-                f"no room for {size} bytes on any of {len(rest)} compatible pods, "
+                f"no room for {size} bytes on any of {tried} compatible pods, "
                 f"even after allowed evictions (protected copies: {held})"
             ),
             code=NO_ROOM,
@@ -290,7 +302,7 @@ def _victims(
     *,
     now: float,
     cfg: PlacementConfig,
-    census: _Census,
+    census: _CopyCounts,
     blocked: dict[str, int],
 ) -> list[CopyView] | None:
     """The cheapest evictable copies on `pod` freeing >= `deficit` bytes, or None.
@@ -324,7 +336,7 @@ def _protection(
     *,
     now: float,
     cfg: PlacementConfig,
-    census: _Census,
+    census: _CopyCounts,
 ) -> str | None:
     """Why `copy` must not be evicted, or None when it may be."""
     if copy.state is CopyState.LOADING:
@@ -337,6 +349,10 @@ def _protection(
     if floor >= 1 and census.loaded_copies(copy.model_id) <= floor:
         return _MIN_COPIES
     return None
+
+
+class _CopyCounts(Protocol):
+    def loaded_copies(self, model_id: str) -> int: ...
 
 
 class _Census:
