@@ -9,7 +9,7 @@ EXAMPLES_STAMP := examples/models/.generated
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: dev test venv proto examples lock lint bench bench-placement bench-router manifests clean distclean
+.PHONY: dev test venv proto examples lock lint bench bench-placement bench-router bench-sizes manifests clean distclean
 
 dev: $(STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## start the whole local stack (Ctrl-C stops it)
 	$(BIN)/meshserve dev
@@ -50,13 +50,16 @@ lint: $(STAMP) $(PROTO_STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-bench: bench-placement bench-router
+bench: bench-placement bench-router bench-sizes
 
 bench-placement: $(STAMP) $(PROTO_STAMP)
 	$(BIN)/python -m bench.placement
 
 bench-router: $(STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP)
 	$(BIN)/python -m bench.router
+
+bench-sizes: $(STAMP) $(PROTO_STAMP)
+	$(BIN)/python -m bench.sizes
 
 manifests: ## build the kustomize overlays offline
 	kubectl kustomize deploy/kustomize/base >/dev/null
