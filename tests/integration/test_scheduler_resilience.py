@@ -195,14 +195,15 @@ async def test_two_scheduler_replicas_on_tight_pods_never_overcommit_or_double_l
 def test_dead_pod_is_dropped_from_routes_and_its_min_copies_replaced(own_stack: Stack) -> None:
     copies = _model(own_stack, "min2")["copies"]
     victim = next(p for p in own_stack.pods if p.pod_id == copies[0]["pod"])
-    own_stack.group.stop(victim.puller)  # type: ignore[arg-type]
-    own_stack.group.stop(victim.mlserver)  # type: ignore[arg-type]
+    for proc in (victim.puller, victim.mlserver):  # SIGKILL: no goodbye, only missing heartbeats
+        proc.popen.kill()  # type: ignore[attr-defined]
+        proc.popen.wait(10)  # type: ignore[attr-defined]
     wait_for(
         lambda: victim.pod_id not in {p["id"] for p in own_stack.admin("GET", "/v1/pods").json()["items"]},
         what="pod removal",
     )
     events = own_stack.admin("GET", f"/v1/events?pod={victim.pod_id}").json()["items"]
-    assert any(e["kind"] == "pod-lost" for e in events)
+    assert any(e["kind"] == "pod-lost" and "no heartbeat" in e["message"] for e in events)
     wait_for(
         lambda: len([c for c in _model(own_stack, "min2")["copies"] if c["state"] == "loaded"]) == 2,
         timeout=40,

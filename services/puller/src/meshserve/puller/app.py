@@ -52,6 +52,7 @@ class PullerApp:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
+        await self._say_goodbye()
         await server.stop(grace=2)
         await self.adapter.close()
 
@@ -86,6 +87,18 @@ class PullerApp:
             loaded_model_ids=sorted(self.service.loaded),
             started_at_ms=self.started_ms,
         )
+
+    async def _say_goodbye(self) -> None:
+        """Tell the scheduler this pod is going, so routes drop it now, not after a timeout."""
+        channel = open_channel(self.settings.scheduler_address, tls=self.settings.scheduler_tls)
+        try:
+            report = self._report(0)
+            report.leaving = True
+            await scheduler_pb2_grpc.SchedulerStub(channel).ReportPod(report, timeout=2)
+        except grpc.aio.AioRpcError as err:
+            log.info("could not tell the scheduler we are leaving: %s", err.code().name)
+        finally:
+            await channel.close()
 
     async def _heartbeat_loop(self) -> None:
         channel = open_channel(self.settings.scheduler_address, tls=self.settings.scheduler_tls)

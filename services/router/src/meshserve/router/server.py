@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import version
 
 import grpc
 
-from meshserve.common.errors import MeshError
+from meshserve.common.errors import MeshError, Unavailable, from_grpc
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
-from meshserve.router import metrics, wire
+from meshserve.router import balance, metrics, wire
 from meshserve.router.dataplane import ROUTING_HEADERS, DataPlane
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import GrpcUpstream
+from meshserve.router.upstream_errors import client_status
 
 log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
@@ -54,6 +55,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
         self._handlers = {
             name: grpc.unary_unary_rpc_method_handler(self._wrap(name, fn)) for name, fn in methods.items()
         }
+        self._handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(self.model_stream)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method  # type: ignore[attr-defined]
@@ -130,6 +132,54 @@ class InferenceHandler(grpc.GenericRpcHandler):
             return await upstream.send(endpoint.grpc_address, method, payload, forwarded, budget)
 
         return await self.dp.call(model_id, send, budget=self._budget(context))
+
+    async def model_stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """Forward a ModelStreamInfer stream to one copy. Every request in the stream is for
+        the model the first one names; each has its model name rewritten in the bytes."""
+        method = f"/{SERVICE}/ModelStreamInfer"
+        code, model_id = "OK", ""
+        metrics.IN_FLIGHT.inc()
+        try:
+            first = await anext(aiter(requests), None)
+            if first is None:
+                return
+            metadata = context.invocation_metadata() or ()
+            routing = [(k, v) for k, v in metadata if k in ROUTING_HEADERS]
+            forwarded: list[tuple[str, str | bytes]] = [
+                (k, v) for k, v in metadata if k not in ROUTING_HEADERS and k[0] != ":"
+            ]
+            model_id = self.dp.resolve(None if routing else wire.read_string(first, 1), routing)
+            forwarded.append(("mm-model-id", model_id))
+            budget = self._budget(context)
+            endpoints = await self.dp.ensure(model_id, budget=budget)
+            if not endpoints:
+                raise Unavailable(f"model {model_id!r} has no loaded copy")
+            endpoint = balance.pick(endpoints, self.dp.in_flight, self.dp._rng)
+
+            async def rewritten() -> AsyncIterator[bytes]:
+                yield wire.replace_string(first, model_id, 1)
+                async for item in requests:
+                    yield wire.replace_string(item, model_id, 1)
+
+            stream = self.upstream.stream_callable(endpoint.grpc_address, method)
+            upstream = stream(rewritten(), metadata=forwarded, timeout=context.time_remaining())
+            try:
+                async for reply in upstream:
+                    yield reply
+            except grpc.aio.AioRpcError as err:
+                details = err.details() or err.code().name
+                raise from_grpc(client_status(method, err.code(), details), details) from err
+        except MeshError as err:
+            code = err.code.name
+            await context.abort(err.code, err.message)
+        except wire.WireError as err:
+            code = "INVALID_ARGUMENT"
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelStreamInfer request: {err}")
+        finally:
+            metrics.IN_FLIGHT.dec()
+            metrics.count(model_id, "grpc", "ModelStreamInfer", code)
 
     async def model_ready(self, method: str, request: bytes, context: grpc.aio.ServicerContext, call: _Call) -> bytes:
         try:

@@ -49,6 +49,10 @@ class GrpcUpstream:
             callable_ = self._calls[key] = channel.unary_unary(method)
         return callable_
 
+    def stream_callable(self, address: str, method: str) -> grpc.aio.StreamStreamMultiCallable:
+        self.callable(address, method)  # opens the channel if needed
+        return self._channels[address].stream_stream(method)
+
     async def send(
         self, address: str, method: str, payload: bytes, metadata: Sequence[tuple[str, str | bytes]], budget: float
     ) -> bytes:

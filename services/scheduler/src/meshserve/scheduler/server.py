@@ -156,6 +156,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             from meshserve.common.errors import InvalidArgument
 
             raise InvalidArgument("pod_id and management_address are required")
+        if request.leaving:
+            await self.service.pod_leaving(request.pod_id)
+            return pb.ReportPodResponse()
         await self.service.report_pod(
             {
                 "pod_id": request.pod_id,

@@ -291,6 +291,10 @@ class SchedulerService:
             await self._event("dropped", model_id=model_id, pod_id=pod_id, message="copy missing on the pod")
             await self._publish(models=[model_id])
 
+    async def pod_leaving(self, pod_id: str) -> None:
+        if await self.live.pod(pod_id) is not None:
+            await self._drop_pod(pod_id, why="pod is shutting down")
+
     async def _drop_pod(self, pod_id: str, *, why: str) -> None:
         models = await self.live.remove_pod(pod_id)
         await self._event("pod-lost", pod_id=pod_id, message=f"{why}; dropped {len(models)} copies")
