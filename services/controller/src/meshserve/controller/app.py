@@ -4,7 +4,8 @@ Kubernetes mode builds the Kubernetes ApiClient (kubeconfig from `MESHSERVE_CONT
 else the in-cluster service account); local mode (`MESHSERVE_CONTROLLER_MODE=local`) the client of
 the scheduler's resource store (`local.py`) and a runtime backend (local processes, or nothing for
 `runtime_provider=static`). Both: the scheduler channel, the `Reconciler` (fed by the scheduler's
-route events too), the health server
+route events too) with its `EventRecorder` (core/v1 Events in Kubernetes mode, log lines in local
+mode), the health server
 (`/healthz` always 200 while the loop runs, `/readyz` 200 once every informer has listed and
 until shutdown starts) and the Prometheus endpoint. Owns signals and the shutdown order:
 SIGTERM/SIGINT -> readyz false -> stop the queue and cancel informers/workers -> close the
@@ -20,6 +21,7 @@ import contextlib
 import importlib
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +30,7 @@ from prometheus_client import start_http_server
 
 from meshserve.common.grpcutil import open_channel
 from meshserve.controller import kube
+from meshserve.controller.events import KubeEventRecorder, LogEventRecorder
 from meshserve.controller.kube import KubeApi, api_client_from
 from meshserve.controller.local import LocalInformers, LocalResourceApi, RecordingRuntimes
 from meshserve.controller.scheduler_client import GrpcScheduler
@@ -97,17 +100,19 @@ class ControllerApp:
                 namespace=s.namespace, config_map_name=s.config_map_name, scheduler_address=s.scheduler_address,
                 kinds=LOCAL_KINDS, runtime_backend=backend,
                 informer_runner=LocalInformers(local_api, watch_timeout_seconds=min(s.watch_timeout_seconds, 30)).run,
-                change_feed=scheduler.watch_changes, resync_seconds=s.resync_seconds,
+                change_feed=scheduler.watch_changes, resync_seconds=s.resync_seconds, events=LogEventRecorder(),
             )
             where = f"the local resource store at {s.admin_url} (runtime pods: {s.runtime_provider.value})"
         else:
             api_client = await api_client_from(str(s.kubeconfig) if s.kubeconfig else None)
             closers.append(api_client.close)
+            kube_api = KubeApi(api_client)
             reconciler = Reconciler(
-                api=KubeApi(api_client), scheduler=scheduler,
+                api=kube_api, scheduler=scheduler,
                 namespace=s.namespace, config_map_name=s.config_map_name, scheduler_address=s.scheduler_address,
                 watch_timeout_seconds=s.watch_timeout_seconds, change_feed=scheduler.watch_changes,
                 resync_seconds=s.resync_seconds,
+                events=KubeEventRecorder(kube_api, namespace=s.namespace, instance=socket.gethostname()),
             )
             where = "the Kubernetes API"
         runner = web.AppRunner(create_health_app(is_ready=reconciler.ready, stopping=self._stop))

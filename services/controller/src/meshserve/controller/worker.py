@@ -33,6 +33,18 @@ from meshserve.controller import kube, metrics
 from meshserve.controller import status as st
 from meshserve.controller.backoff import backoff_delay
 from meshserve.controller.deployments import MANAGED_BY, SPEC_HASH_ANNOTATION
+from meshserve.controller.events import (
+    INVALID_CONFIG,
+    INVALID_SPEC,
+    SCALED_TO_ZERO,
+    SCALED_UP,
+    EventRecorder,
+    EventType,
+    InvolvedObject,
+    LogEventRecorder,
+    redact,
+    secret_strings,
+)
 from meshserve.controller.kube import JSON, KubeApi, KubeError, ResourceKind
 from meshserve.controller.reconcile import (
     ActionKind,
@@ -164,6 +176,7 @@ class Reconciler:
         clock: Callable[[], float] = time.time, kinds: tuple[ResourceKind, ...] = WATCHED,
         runtime_backend: RuntimeBackend | None = None, informer_runner: InformerRunner | None = None,
         change_feed: ChangeFeed | None = None, resync_seconds: float | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
         self.api = api
         self.scheduler = scheduler
@@ -188,6 +201,7 @@ class Reconciler:
         self._informer_runner = informer_runner
         self._change_feed = change_feed
         self._resync_seconds = resync_seconds
+        self.events: EventRecorder = events if events is not None else LogEventRecorder()
         self.ready = asyncio.Event()
         self._failures: dict[Key, int] = {}
 
@@ -211,6 +225,8 @@ class Reconciler:
             update = next_config(self.config, data)
             if update.error:
                 log.error("model-serving-config rejected, previous config stays: %s", update.error)
+                self.event(InvolvedObject.of(kind, new), EventType.WARNING, INVALID_CONFIG,
+                           f"invalid model-serving-config, keeping the previous configuration: {update.error}")
             if update.restart_needed:
                 log.warning("storageSecretName changed; it takes effect after a controller restart")
             self.config = update.config
@@ -222,6 +238,11 @@ class Reconciler:
                 log.warning("storage-config key %s ignored: %s", key, why)
             self.queue.add(runtimes_key)
         metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    def event(self, obj: InvolvedObject, type: EventType, reason: str, message: str) -> None:
+        """Record an event; the message never carries a storage-config credential or URL userinfo."""
+        secrets = [s for e in self.storage.entries.values() for s in secret_strings(e.credentials())]
+        self.events.record(obj, type=type, reason=reason, message=redact(message, secrets))
 
     def _enqueue_all_predictors(self) -> None:
         for kind in (kube.INFERENCE_SERVICE, kube.PREDICTOR):
@@ -244,6 +265,7 @@ class Reconciler:
     async def run(self) -> None:
         """Run informers and workers until cancelled."""
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.events.run(), name="events")
             if self._informer_runner is not None:
                 tg.create_task(self._informer_runner(self.informers), name="informers")
             else:
@@ -351,6 +373,7 @@ class Reconciler:
                 view = await self.scheduler.get_vmodel_status(vmodel_id=cr.vmodel_id, owner=cr.source)
             except Unavailable:
                 view, reachable = None, False
+            self.event(InvolvedObject.of(kind, obj), EventType.WARNING, INVALID_SPEC, cr.error)
             new = st.invalid_spec_status(previous, message=cr.error, model_id=cr.model_id, vmodel=view, now=now,
                                          grpc_endpoint=grpc_ep, http_endpoint=http_ep)
         elif plan.op is PredictorOp.NO_RUNTIME and plan.failure is not None:
@@ -413,8 +436,31 @@ class Reconciler:
             log.warning("ServingRuntime %s is invalid: %s", name, "; ".join(errors))
         for action in plan.actions:
             await self._apply(action, namespace=namespace)
+            self._scale_event(action, observed.get(action.name), namespace=namespace)
         if plan.requeue_after is not None:
             self.queue.add_after(Key(RUNTIMES, namespace, ""), plan.requeue_after)
+
+    def _scale_event(self, action: DeploymentAction, before: ObservedDeployment | None, *, namespace: str) -> None:
+        """ScaledToZero / ScaledUp on the ServingRuntime when a written Deployment crossed zero."""
+        if action.kind is ActionKind.DELETE or before is None:
+            return
+        if before.replicas > 0 and action.replicas == 0:
+            reason, message = SCALED_TO_ZERO, f"runtime Deployment {action.name} scaled to 0 replicas ({action.reason})"
+        elif before.replicas == 0 and action.replicas > 0:
+            reason, message = SCALED_UP, (
+                f"runtime Deployment {action.name} scaled up to {action.replicas} replicas ({action.reason})"
+            )
+        else:
+            return
+        obj: JSON | None = None
+        kind = kube.SERVING_RUNTIME
+        for candidate in (kube.SERVING_RUNTIME, kube.CLUSTER_SERVING_RUNTIME):
+            informer = self.informers.get(candidate.kind)
+            found = informer.get(namespace, action.runtime) if informer is not None else None
+            if found is not None:
+                obj, kind = found, candidate
+                break
+        self.event(InvolvedObject.of(kind, obj, namespace=namespace, name=action.runtime), EventType.NORMAL, reason, message)
 
     async def _apply(self, action: DeploymentAction, *, namespace: str) -> None:
         log.info("deployment %s: %s replicas=%d (%s)", action.name, action.kind.value, action.replicas, action.reason)
