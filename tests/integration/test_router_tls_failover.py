@@ -97,9 +97,9 @@ def test_a_copy_killed_mid_traffic_is_retried_on_another(stack: Stack, triton: g
         pods = {c["pod"] for c in stack.admin("GET", f"/v1/models/{name}").json()["copies"] if c["state"] == "loaded"}
         if extra.pod_id in pods and len(pods) >= 2:
             break
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll interval of the bounded wait above
     else:
-        pytest.skip(f"the scheduler did not put a copy on {extra.pod_id} (copies on {pods})")
+        raise AssertionError(f"minCopies=3 on three pods did not put a copy on {extra.pod_id} (copies on {pods})")
 
     failures: list[BaseException] = []
     done = threading.Event()
@@ -120,13 +120,21 @@ def test_a_copy_killed_mid_traffic_is_retried_on_another(stack: Stack, triton: g
     threads = [threading.Thread(target=traffic) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
+    _until(lambda: counts[0] >= 10, what="traffic flowing")
     before = counts[0]
     extra.mlserver.popen.kill()  # type: ignore[attr-defined]
     extra.puller.popen.kill()  # type: ignore[attr-defined]
-    time.sleep(2.0)
+    _until(lambda: counts[0] > before + 40 or bool(failures), what="traffic after the kill")
     done.set()
     for t in threads:
         t.join(timeout=30)
     assert not failures, failures[:3]
     assert counts[0] > before + 10  # traffic kept flowing after the kill
+
+
+def _until(check, *, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
