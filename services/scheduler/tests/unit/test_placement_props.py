@@ -34,7 +34,7 @@ from meshserve.scheduler.models import (
     Plan,
     PodView,
 )
-from meshserve.scheduler.placement import is_protected, place
+from meshserve.scheduler.placement import ClusterIndex, is_protected, place, place_indexed
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MODELS = [f"m{i}" for i in range(12)]
@@ -201,6 +201,7 @@ class ClusterMachine(RuleBasedStateMachine):
         self.policy = EvictionPolicy.USAGE_WEIGHTED
         self.ever_loaded: set[str] = set()
         self.lost_pods = 0
+        self.index = ClusterIndex()   # kept across steps, updated incrementally
 
     def config(self) -> PlacementConfig:
         return PlacementConfig(policy=self.policy, min_residency_seconds=20.0, min_copies=dict(self.min_copies))
@@ -237,6 +238,12 @@ class ClusterMachine(RuleBasedStateMachine):
         r = PlacementRequest(model, self.sizes[model], self.labels[model])
         plan = place(r, views, now=self.now, config=cfg)
         check_plan(plan, r, views, now=self.now, cfg=cfg)
+        for gone in [pid for pid in (v.pod_id for v in self.index.views()) if pid not in self.pods]:
+            self.index.remove(gone)
+        for v in views:
+            if self.index.get(v.pod_id) != v:
+                self.index.update(v)
+        assert place_indexed(r, self.index, now=self.now, config=cfg) == plan
         assert place(r, views, now=self.now, config=cfg) == plan
         self.last_plan = plan
         if plan.pod_id is None:
