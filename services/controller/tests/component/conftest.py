@@ -32,6 +32,7 @@ import yaml
 
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc as pbg
+from meshserve.controller.events import KubeEventRecorder
 from meshserve.controller.kube import KubeApi, api_client_from
 from meshserve.controller.scheduler_client import GrpcScheduler
 from meshserve.controller.worker import Reconciler
@@ -105,6 +106,14 @@ class FakeKube:
 
     async def apply(self, plural_path: str, obj: dict[str, Any]) -> Any:
         return await self.request("POST", plural_path, obj)
+
+    async def events(self, *, kind: str, name: str, reason: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+        """core/v1 Events in `namespace` about the object `kind`/`name` with `reason`."""
+        listed = await self.get(f"/api/v1/namespaces/{namespace}/events")
+        return [
+            e for e in (listed or {}).get("items") or []
+            if e.get("reason") == reason and e["involvedObject"].get("kind") == kind and e["involvedObject"].get("name") == name
+        ]
 
     async def get(self, path: str) -> Any:
         async with self.http.get(self.url + path) as r:
@@ -195,10 +204,13 @@ class Running:
 async def controller(fakekube: FakeKube, scheduler: SchedulerFixture) -> AsyncIterator[Running]:
     api_client = await api_client_from(str(fakekube.kubeconfig))
     channel = grpc.aio.insecure_channel(scheduler.address)
+    api = KubeApi(api_client, request_timeout=5)
     reconciler = Reconciler(
-        api=KubeApi(api_client, request_timeout=5), scheduler=GrpcScheduler(channel, timeout=5),
+        api=api, scheduler=GrpcScheduler(channel, timeout=5),
         namespace=NAMESPACE, config_map_name="model-serving-config", scheduler_address=scheduler.address,
         watch_timeout_seconds=30,
+        # every repeat is written (no coalescing window), so tests can watch `count` grow
+        events=KubeEventRecorder(api, namespace=NAMESPACE, repeat_interval=0, instance="test"),
     )
     task = asyncio.create_task(reconciler.run(), name="reconciler")
     try:

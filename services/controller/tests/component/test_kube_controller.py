@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,81 @@ async def test_invalid_isvc_spec_gets_invalid_spec_status(
     assert {r["contentType"] for r in writes} == {"application/merge-patch+json"}
 
 
+async def test_invalid_serving_config_is_reported_by_event_and_previous_config_kept(
+    fakekube: FakeKube, scheduler: SchedulerFixture, controller: Running
+) -> None:
+    await setup_namespace(fakekube)      # podsPerRuntime: 3
+    await wait_ready(controller)
+    cm_path = f"{CORE}/configmaps/model-serving-config"
+    bad = CONFIG.replace("podsPerRuntime: 3", 'podsPerRuntime: "two"')
+    cm = await fakekube.request("PATCH", cm_path, {"data": {"config.yaml": bad}},
+                                content_type="application/merge-patch+json")
+
+    async def invalid_config() -> Any:
+        return await fakekube.events(kind="ConfigMap", name="model-serving-config", reason="InvalidConfig")
+    [event] = await eventually(invalid_config, what="InvalidConfig Event on the ConfigMap")
+    assert event["type"] == "Warning"
+    assert event["involvedObject"] == {
+        "kind": "ConfigMap", "apiVersion": "v1", "name": "model-serving-config", "namespace": NAMESPACE,
+        "uid": cm["metadata"]["uid"], "resourceVersion": cm["metadata"]["resourceVersion"],
+    }
+    assert "keeping the previous configuration" in event["message"] and "podsPerRuntime" in event["message"]
+    assert event["source"] == {"component": "meshserve-controller"}
+    assert event["count"] == 1 and event["firstTimestamp"] and event["lastTimestamp"]
+    assert event["metadata"]["namespace"] == NAMESPACE
+
+    # the Event is written after the rejected update was processed: an ISVC now still gets podsPerRuntime 3
+    await fakekube.apply(ISVCS, isvc("after-bad-config"))
+
+    def replicas(n: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await deployment_replicas(fakekube) == n
+        return check
+    await eventually(replicas(3), what="runtime Deployment with the previous podsPerRuntime=3")
+    assert controller.reconciler.config.pods_per_runtime == 3
+
+    # a valid update applies without a restart
+    good = CONFIG.replace("podsPerRuntime: 3", "podsPerRuntime: 1")
+    await fakekube.request("PATCH", cm_path, {"data": {"config.yaml": good}}, content_type="application/merge-patch+json")
+    await eventually(replicas(1), what="runtime Deployment follows podsPerRuntime=1 without restart")
+    assert len(await fakekube.events(kind="ConfigMap", name="model-serving-config", reason="InvalidConfig")) == 1
+
+
+async def test_invalid_isvc_gets_one_invalid_spec_event_whose_count_grows(
+    fakekube: FakeKube, scheduler: SchedulerFixture, controller: Running
+) -> None:
+    await setup_namespace(fakekube)
+    await wait_ready(controller)
+    created = await fakekube.apply(ISVCS, isvc("bad-isvc", storageUri="s3://AKIAEXAMPLE:wJalrXUtnFEMI@minio:9000/models/m.joblib"))
+
+    async def invalid_spec() -> Any:
+        return await fakekube.events(kind="InferenceService", name="bad-isvc", reason="InvalidSpec")
+    [event] = await eventually(invalid_spec, what="InvalidSpec Event on the InferenceService")
+    assert event["type"] == "Warning"
+    assert event["involvedObject"]["uid"] == created["metadata"]["uid"]
+    assert event["involvedObject"]["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert event["message"] == f"the InferenceService {NAMESPACE}/bad-isvc cannot have both the storageUri and the storage.path"
+
+    # each metadata change re-reconciles the invalid ISVC: the same Event's count grows, no new Events
+    for i in range(1, 4):
+        await fakekube.request("PATCH", f"{ISVCS}/bad-isvc", {"metadata": {"annotations": {"touch": str(i)}}},
+                               content_type="application/merge-patch+json")
+
+        async def counted(at_least: int = i + 1) -> Any:
+            found = await invalid_spec()
+            return found if len(found) == 1 and found[0]["count"] >= at_least else None
+        await eventually(counted, what=f"InvalidSpec count >= {i + 1}")
+    [event] = await invalid_spec()
+    assert event["firstTimestamp"] <= event["lastTimestamp"]
+    listed = await fakekube.get(f"{CORE}/events")
+    assert not any("wJalrXUtnFEMI" in e["message"] for e in listed["items"])
+    log = await fakekube.get("/_control/requests")
+    creates = [r for r in log if r["method"] == "POST" and r["path"] == f"{CORE}/events"]
+    bumps = [r for r in log if r["method"] == "PATCH" and r["path"].startswith(f"{CORE}/events/bad-isvc.")]
+    assert len(creates) == len(listed["items"]) and len(bumps) >= 3
+    assert {r["contentType"] for r in bumps} == {"application/merge-patch+json"}
+
+
 async def test_delete_isvc_deletes_vmodel_and_scales_runtime_to_zero_after_grace(
     fakekube: FakeKube, scheduler: SchedulerFixture, controller: Running
 ) -> None:
@@ -146,6 +222,14 @@ async def test_delete_isvc_deletes_vmodel_and_scales_runtime_to_zero_after_grace
         return await deployment_replicas(fakekube) == 0
     await eventually(scaled_to_zero, within=10, what="runtime scaled to 0")
     assert time.monotonic() - deleted_at >= 0.9, "scaled to zero before scaleToZero.gracePeriodSeconds"
+
+    async def scaled_event() -> Any:
+        return await fakekube.events(kind="ServingRuntime", name="mlserver-1.x", reason="ScaledToZero")
+    [event] = await eventually(scaled_event, what="ScaledToZero Event on the ServingRuntime")
+    runtime = await fakekube.get(f"{SERVING}/servingruntimes/mlserver-1.x")
+    assert event["type"] == "Normal" and event["involvedObject"]["uid"] == runtime["metadata"]["uid"]
+    assert event["involvedObject"]["apiVersion"] == "serving.kserve.io/v1alpha1"
+    assert "modelmesh-serving-mlserver-1.x" in event["message"]
 
 
 async def test_watch_expiry_relists_and_keeps_reconciling(
