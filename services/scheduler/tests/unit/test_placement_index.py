@@ -105,7 +105,7 @@ def _apply(pod: PodView, r: PlacementRequest, evicted: set[str], now: float) -> 
 @settings(FAST, max_examples=50)
 @given(pods=cluster_st(), cfg=config_st, data=st.data())
 def test_same_plan_after_incremental_updates(pods: list[PodView], cfg: PlacementConfig, data: st.DataObject) -> None:
-    index = ClusterIndex(pods)
+    index = ClusterIndex(pods, warm=cfg if data.draw(st.booleans(), label="warm") else None)
     current = {p.pod_id: p for p in pods}
     now = 100.0
     for _ in range(data.draw(st.integers(1, 12), label="steps")):

@@ -443,13 +443,18 @@ class ClusterIndex:
     usable pods (minCopies protection). Unusable pods (unhealthy or draining) are stored
     but not indexed, exactly as `place()` skips them.
 
+    `warm`: the config decisions will use. When given, `update()` also sorts the new
+    view's victim order for that policy (`PodView.victim_order`, cached on the view), so a
+    decision that evicts on a pod changed since the last one does not pay the sort.
+
     Mutable and owned by one caller; not thread-safe. Pod ids must be unique (a second
     view with the same id replaces the first). `place_indexed(r, index, ...)` returns the
     same Plan as `place(r, index.views(), ...)` (tested by hypothesis, including after
     incremental updates).
     """
 
-    def __init__(self, pods: Iterable[PodView] = ()) -> None:
+    def __init__(self, pods: Iterable[PodView] = (), *, warm: PlacementConfig | None = None) -> None:
+        self._warm = warm
         self._pods: dict[str, PodView] = {}
         self._groups: dict[frozenset[str], _Group] = {}
         self._compatible: dict[frozenset[str], tuple[_Group, ...]] = {}
@@ -489,6 +494,8 @@ class ClusterIndex:
             self._unplace(old)
         if new_usable:
             self._place(pod)
+            if self._warm is not None:
+                pod.victim_order(self._warm.policy, half_life=self._warm.usage_half_life_seconds)
         old_ids = old.model_ids if old is not None and old_usable else frozenset()
         old_loaded = old.loaded_model_ids if old is not None and old_usable else frozenset()
         new_ids = pod.model_ids if new_usable else frozenset()
