@@ -239,8 +239,12 @@ async def test_watch_expiry_relists_and_keeps_reconciling(
     await wait_ready(controller)
     informer = controller.reconciler.informers["InferenceService"]
     before = informer.relists
-    expired = await fakekube.request("POST", "/_control/expire")
-    assert expired["closedWatches"] >= 1
+
+    async def expire_open_watches() -> Any:
+        # `ready` means every informer has listed; its watch request may still be on the way
+        expired = await fakekube.request("POST", "/_control/expire")
+        return expired["closedWatches"] >= 1
+    await eventually(expire_open_watches, what="an open watch ended with 410")
     await eventually(lambda: _true(informer.relists > before), what="re-list after 410")
     await fakekube.apply(ISVCS, isvc("after-expiry"))
     await eventually(lambda: _true(scheduler.servicer.vmodels.get("after-expiry")), what="SetVModel after re-list")
