@@ -3,7 +3,11 @@
 Owns: which keys are enqueued for which watch event, the per-namespace runtime timers
 (`RuntimeRecord`s), the live `ServingConfig`/`StorageConfig`, and the I/O that carries out a
 plan (scheduler calls, status merge-patches through the `/status` subresource, Deployment
-create/patch/scale/delete through apps/v1). All decisions are made by `reconcile`, `status`,
+create/patch/scale/delete through apps/v1), and which events it reports through its
+`EventRecorder`: InvalidConfig (on the ConfigMap) when a model-serving-config update is rejected,
+InvalidSpec (on the CR) on every reconcile of an invalid spec (the recorder de-duplicates), and
+ScaledToZero / ScaledUp (on the ServingRuntime) when a written Deployment crosses zero replicas;
+every message goes through `events.redact` with the storage-config credentials. All decisions are made by `reconcile`, `status`,
 `specs` and `runtimes`; this module never decides what the cluster should look like.
 
 Keys: `InferenceService:ns/name`, `Predictor:ns/name` (one CR each) and `Runtimes:ns/` (every
