@@ -147,10 +147,7 @@ def test_deployment_manifest_is_valid_kubernetes_and_has_the_puller() -> None:
 
 
 def test_puller_env_matches_puller_settings() -> None:
-    try:
-        from meshserve.puller.settings import PullerSettings
-    except ImportError:
-        pytest.skip("meshserve.puller.settings not importable in this checkout")
+    from meshserve.puller.settings import PullerSettings  # same repository: always importable
     manifest = deploy.build_runtime_deployment(runtime=RUNTIMES["mlserver-1.x"], config=ServingConfig(), namespace="ns",
                                                replicas=1, storage=STORAGE, scheduler_address="s:8034")
     names = [e["name"] for e in manifest["spec"]["template"]["spec"]["containers"][1]["env"]]
