@@ -99,6 +99,15 @@ def translate(err: BaseException) -> MeshError | None:
     return None
 
 
+async def _abort(err: Exception, context: grpc.aio.ServicerContext, fn: Callable[..., Any]) -> None:
+    """Abort the RPC with the status `err` maps to; unknown errors are logged, INTERNAL."""
+    mapped = err if isinstance(err, MeshError) else translate(err)
+    if mapped is not None:
+        await context.abort(mapped.code, mapped.message)
+    log.exception("unexpected error in %s", fn.__qualname__)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log")
+
+
 def rpc_errors(fn: F) -> F:
     """Map exceptions raised by a grpc.aio servicer method to statuses."""
 
@@ -106,16 +115,10 @@ def rpc_errors(fn: F) -> F:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await fn(self, request, context)
-        except MeshError as err:
-            await context.abort(err.code, err.message)
         except grpc.aio.AbortError:
             raise
         except Exception as err:
-            mapped = translate(err)
-            if mapped is not None:
-                await context.abort(mapped.code, mapped.message)
-            log.exception("unexpected error in %s", fn.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log")
+            await _abort(err, context, fn)
 
     return wrapper  # type: ignore[return-value]
 
@@ -128,15 +131,9 @@ def rpc_stream_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             async for item in fn(self, request, context):
                 yield item
-        except MeshError as err:
-            await context.abort(err.code, err.message)
         except grpc.aio.AbortError:
             raise
         except Exception as err:
-            mapped = translate(err)
-            if mapped is not None:
-                await context.abort(mapped.code, mapped.message)
-            log.exception("unexpected error in %s", fn.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log")
+            await _abort(err, context, fn)
 
     return wrapper
