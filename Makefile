@@ -48,7 +48,7 @@ lock: ## re-pin requirements.lock from pyproject.toml
 lint: $(STAMP) $(PROTO_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/mypy
+	$(BIN)/mypy  # strict on the files listed in pyproject [tool.mypy]
 
 bench: bench-placement bench-router bench-sizes
 

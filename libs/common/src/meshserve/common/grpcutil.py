@@ -66,7 +66,7 @@ def bind(server: grpc.aio.Server, address: str, tls: TLSSettings | None = None) 
         port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind gRPC server to {address}")
-    return port
+    return int(port)
 
 
 def open_channel(
