@@ -433,9 +433,6 @@ def _copy(model_id: str, pod_id: str, value: str) -> CopyRecord:
     return CopyRecord(model_id=model_id, pod_id=pod_id, state=state, since_ms=int(since or 0))
 
 
-REDIS_ERRORS = (RedisError, OSError)
-
-
 def redis_unavailable(err: BaseException) -> Unavailable | None:
     """Translate a Redis failure into the error callers see (503 / UNAVAILABLE)."""
     if isinstance(err, RedisError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -230,6 +229,3 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             removed_vmodels=sorted(v for v in vmodels if v not in current_vmodels),
         )
 
-
-async def wait_forever() -> None:
-    await asyncio.Event().wait()
