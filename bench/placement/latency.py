@@ -57,7 +57,8 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def placement_latency(
-    *, models: int, pods: int, calls: int, policy: EvictionPolicy, seed: int
+    *, models: int, pods: int, calls: int, policy: EvictionPolicy, seed: int,
+    evict_cheapest_pod: bool = False,
 ) -> Latency:
     """Time `place_indexed()` and `place()` for `calls` cold loads on `pods` pods holding 60% of `models` models.
 
@@ -103,7 +104,10 @@ def placement_latency(
 
     views = [view(j) for j in range(pods)]
     min_copies = {n: 1 for n in rng.sample(names, models // 20)}
-    config = PlacementConfig(policy=policy, min_residency_seconds=30.0, min_copies=min_copies)
+    config = PlacementConfig(
+        policy=policy, min_residency_seconds=30.0, min_copies=min_copies,
+        evict_cheapest_pod=evict_cheapest_pod,
+    )
     unloaded = [n for n in names if n not in where]
     size_of = dict(zip(names, sizes, strict=True))
     index_of = {p: j for j, p in enumerate(pod_ids)}

@@ -204,6 +204,18 @@ def test_equal_deficits_go_to_the_cheapest_victims() -> None:
     assert plan.pod_id == "b"
 
 
+def test_evict_cheapest_pod_prefers_cheaper_victims_over_a_smaller_deficit() -> None:
+    a = pod("a", copies=(copy("a1", 90, last_used=0.0),))           # must free 40, oldest
+    b = pod("b", copies=(copy("b1", 70, last_used=9.0),))           # must free 20
+    cfg = PlacementConfig(policy=EvictionPolicy.LRU, min_residency_seconds=0.0, evict_cheapest_pod=True)
+    plan = place(req(size=50), [a, b], now=NOW, config=cfg)
+    assert plan.pod_id == "a" and [e.model_id for e in plan.evictions] == ["a1"]
+    assert "(40 needed; cheapest victims of any pod)" in plan.reason
+    # equal worst victims: the smaller deficit still decides
+    c = pod("c", copies=(copy("c1", 70, last_used=0.0),))
+    assert place(req(size=50), [a, c], now=NOW, config=cfg).pod_id == "c"
+
+
 def test_evictions_are_on_the_chosen_pod_and_fit() -> None:
     pods = [pod("a", copies=(copy("x", 40), copy("y", 40)), extra=10), pod("b", copies=(copy("z", 95),))]
     plan = place(req(size=50), pods, now=NOW, config=UW)

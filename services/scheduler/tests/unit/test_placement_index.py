@@ -74,6 +74,7 @@ config_st = st.builds(
     min_residency_seconds=st.sampled_from([0.0, 10.0, 30.0]),
     min_copies=st.dictionaries(st.sampled_from(MODELS), st.integers(0, 2), max_size=5),
     usage_half_life_seconds=st.sampled_from([1.0, 60.0, 600.0]),
+    evict_cheapest_pod=st.booleans(),
 )
 
 

@@ -16,7 +16,8 @@ Choice, in order:
 2. Eviction: among eligible pods where enough bytes can be freed, the one where the
    fewest bytes must go (`size - free_bytes`); then the cheapest victims under the
    policy (lowest "worst victim" score), then fewest bytes evicted, fewer loads in
-   progress, pod id. On the chosen pod copies are evicted cheapest first until the
+   progress, pod id. With `evict_cheapest_pod` every eligible pod is tried and the
+   cheapest worst victim decides first, then the deficit (one eviction order across pods). On the chosen pod copies are evicted cheapest first until the
    model fits:
    * `lru`: least recently used first (`last_used`);
    * `usage-weighted` (default): lowest worth per byte first, where worth is an
@@ -252,6 +253,7 @@ def _evict_and_place(
     """
     size = request.size_bytes
     policy = cfg.policy
+    cheapest = cfg.evict_cheapest_pod
     blocked = dict.fromkeys(_PROTECTIONS, 0)
     best: _Option | None = None
     tried = 0
@@ -265,9 +267,9 @@ def _evict_and_place(
             freed = sum(c.size_bytes for c in victims)
             worst = max(_score(c, cfg) for c in victims)
             key = (deficit, worst, freed, pod.loading, pod.pod_id)
-            if best is None or key < best.key:
+            if best is None or _rank(key, cheapest) < _rank(best.key, cheapest):
                 best = _Option(key, pod, tuple(victims))
-        if best is not None:
+        if best is not None and not cheapest:
             break
     if best is None:
         held = ", ".join(f"{n} {why}" for why, n in blocked.items() if n) or "none evictable"
@@ -291,10 +293,16 @@ def _evict_and_place(
         evictions=tuple(Eviction(pod.pod_id, c.model_id, c.size_bytes) for c in best.victims),
         reason=(
             f"evicted {n} cop{'y' if n == 1 else 'ies'} ({policy.value}) on {pod.pod_id} "
-            f"freeing {freed} bytes ({best.key[0]} needed; fewest of any pod): {names}; "
+            f"freeing {freed} bytes ({best.key[0]} needed; "
+            f"{'cheapest victims of any pod' if cheapest else 'fewest of any pod'}): {names}; "
             f"{left} bytes left free"
         ),
     )
+
+
+def _rank(key: tuple[int, float, int, int, str], cheapest: bool) -> tuple[Any, ...]:
+    """`_Option.key` as compared: deficit first, or (`evict_cheapest_pod`) worst victim first."""
+    return (key[1], key[0], *key[2:]) if cheapest else key
 
 
 def _victims(
