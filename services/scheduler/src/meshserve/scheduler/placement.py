@@ -195,14 +195,7 @@ def place(
             reason=f"best fit: {best_key[0]} bytes left free on {best.pod_id}",
         )
     if not need_eviction:
-        return Plan(
-            None,
-            reason=(
-                f"every compatible pod that could take {size} bytes is busy loading "
-                "(max loads in progress)"
-            ),
-            code=ALL_BUSY_LOADING,
-        )
+        return _all_busy(size)
     return _evict_and_place(
         request,
         _by_deficit(fewest_pods, need_eviction, size),
@@ -670,14 +663,7 @@ def place_indexed(
     batches = _equal_free_batches(eligible)
     first = next(batches, None)
     if first is None:
-        return Plan(
-            None,
-            reason=(
-                f"every compatible pod that could take {size} bytes is busy loading "
-                "(max loads in progress)"
-            ),
-            code=ALL_BUSY_LOADING,
-        )
+        return _all_busy(size)
     return _evict_and_place(
         request, itertools.chain((first,), batches), census=index, now=now, cfg=cfg
     )
@@ -696,3 +682,11 @@ def _equal_free_batches(pods: Iterable[PodView]) -> Iterator[list[PodView]]:
         batch.append(pod)
     if batch:
         yield batch
+
+
+def _all_busy(size: int) -> Plan:
+    return Plan(
+        None,
+        reason=f"every compatible pod that could take {size} bytes is busy loading (max loads in progress)",
+        code=ALL_BUSY_LOADING,
+    )
