@@ -9,9 +9,11 @@ fails.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -70,3 +72,19 @@ def mnist_inputs(data: np.ndarray = MNIST_INPUT, *, name: str = "predict", datat
     inp = grpcclient.InferInput(name, list(data.shape), datatype)
     inp.set_data_from_numpy(data)
     return [inp]
+
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], *, timeout: float = 60, what: str = "condition") -> T:
+    """Poll `check` (backing off to 0.5 s) until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

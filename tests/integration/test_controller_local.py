@@ -12,7 +12,7 @@ import io
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from meshserve.cli.main import main as cli
 from meshserve.cli.procs import free_port, http_ok
 from meshserve.controller.specs import parse_inference_service
 
-from .conftest import EXAMPLES, mnist_inputs
+from .conftest import EXAMPLES, mnist_inputs, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,18 +35,6 @@ ISVC_YAML = ROOT / "examples" / "isvc" / "example-mlserver-sklearn-mnist-isvc.ya
 RUNTIME_YAML = ROOT / "examples" / "isvc" / "mlserver-1.x-servingruntime.yaml"
 ISVC = "example-sklearn-mnist-svm"
 GRACE_SECONDS = 2
-
-
-def wait_for(check: Callable[[], Any], *, timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    delay, last = 0.05, None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

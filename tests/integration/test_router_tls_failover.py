@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 from meshserve.cli.devstack import Stack
 from meshserve.cli.procs import free_port
 
-from .conftest import IRIS_URI, mnist_inputs
+from .conftest import IRIS_URI, mnist_inputs, wait_for
 
 pytestmark = pytest.mark.integration
 IRIS_BATCH = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
@@ -120,21 +120,13 @@ def test_a_copy_killed_mid_traffic_is_retried_on_another(stack: Stack, triton: g
     threads = [threading.Thread(target=traffic) for _ in range(4)]
     for t in threads:
         t.start()
-    _until(lambda: counts[0] >= 10, what="traffic flowing")
+    wait_for(lambda: counts[0] >= 10, what="traffic flowing")
     before = counts[0]
     extra.mlserver.popen.kill()  # type: ignore[attr-defined]
     extra.puller.popen.kill()  # type: ignore[attr-defined]
-    _until(lambda: counts[0] > before + 40 or bool(failures), what="traffic after the kill")
+    wait_for(lambda: counts[0] > before + 40 or bool(failures), what="traffic after the kill")
     done.set()
     for t in threads:
         t.join(timeout=30)
     assert not failures, failures[:3]
     assert counts[0] > before + 10  # traffic kept flowing after the kill
-
-
-def _until(check, *, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)

@@ -4,8 +4,7 @@ tests stop and restart, fast heartbeats, a low scale-up threshold."""
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -15,20 +14,9 @@ import tritonclient.grpc as grpcclient
 from meshserve.cli.devstack import Stack, StackConfig
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from .conftest import EXAMPLES, IRIS_URI, MNIST_URI, mnist_inputs
+from .conftest import EXAMPLES, IRIS_URI, MNIST_URI, mnist_inputs, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(check: Callable[[], bool], *, timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +54,7 @@ def _infer(stack: Stack, name: str) -> list[list[int]]:
 
 def test_min_copies_are_placed_at_registration_on_different_pods(own_stack: Stack) -> None:
     assert own_stack.register("min2", storage_uri=MNIST_URI, minCopies=2).status_code == 201
-    wait_for(lambda: sum(c["state"] == "loaded" for c in _model(own_stack, "min2")["copies"]) == 2, what="two copies")
+    wait_for(lambda: sum(c["state"] == "loaded" for c in _model(own_stack, "min2")["copies"]) == 2, timeout=30, what="two copies")
     pods = [c["pod"] for c in _model(own_stack, "min2")["copies"]]
     assert len(set(pods)) == 2
     # first loads on fresh pods: the size is a measured memory delta, not a guess
@@ -148,7 +136,7 @@ def test_postgres_down_keeps_warm_models_serving_and_fails_registration_clearly(
     finally:
         own_stack.postgres.start()
         client.close()
-    wait_for(lambda: own_stack.register("after-outage", storage_uri=IRIS_URI).status_code == 201, what="registry back")
+    wait_for(lambda: own_stack.register("after-outage", storage_uri=IRIS_URI).status_code == 201, timeout=30, what="registry back")
 
 
 async def test_two_scheduler_replicas_on_tight_pods_never_overcommit_or_double_load(own_stack: Stack) -> None:
@@ -202,6 +190,7 @@ def test_dead_pod_is_dropped_from_routes_and_its_min_copies_replaced(own_stack: 
         proc.popen.wait(10)  # type: ignore[attr-defined]
     wait_for(
         lambda: victim.pod_id not in {p["id"] for p in own_stack.admin("GET", "/v1/pods").json()["items"]},
+        timeout=30,
         what="pod removal",
     )
     events = own_stack.admin("GET", f"/v1/events?pod={victim.pod_id}").json()["items"]

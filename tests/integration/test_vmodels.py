@@ -4,7 +4,6 @@ loaded; a new model that fails to load leaves traffic on the old one."""
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
 import pytest
@@ -13,20 +12,9 @@ import tritonclient.grpc as grpcclient
 from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-from .conftest import MNIST_URI, mnist_inputs
+from .conftest import MNIST_URI, mnist_inputs, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _wait(check, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
-    raise AssertionError("timed out")
 
 
 def test_version_change_has_no_failed_request_and_a_bad_version_is_blocked(stack: Stack, unique: str) -> None:
@@ -61,19 +49,19 @@ def test_version_change_has_no_failed_request_and_a_bad_version_is_blocked(stack
     worker.start()
     try:
         assert stack.admin("PUT", f"/v1/vmodels/{vm}", json={"targetModelId": v2, "owner": "isvc", "autoDelete": True}).status_code == 200
-        _wait(lambda: stack.admin("GET", f"/v1/vmodels/{vm}").json()["activeModelId"] == v2)
-        _wait(lambda: bool(served) and served[-1] == v2, timeout=30)
+        wait_for(lambda: stack.admin("GET", f"/v1/vmodels/{vm}").json()["activeModelId"] == v2)
+        wait_for(lambda: bool(served) and served[-1] == v2, timeout=30)
         # the old model was auto-deleted once nothing pointed at it
-        _wait(lambda: stack.admin("GET", f"/v1/models/{v1}").status_code == 404)
+        wait_for(lambda: stack.admin("GET", f"/v1/models/{v1}").status_code == 404)
 
         blocked = stack.admin("PUT", f"/v1/vmodels/{vm}", json={"targetModelId": bad, "owner": "isvc"})
         assert blocked.status_code == 200
-        _wait(lambda: stack.admin("GET", f"/v1/vmodels/{vm}").json()["status"] == "TRANSITION_FAILED")
+        wait_for(lambda: stack.admin("GET", f"/v1/vmodels/{vm}").json()["status"] == "TRANSITION_FAILED")
         view = stack.admin("GET", f"/v1/vmodels/{vm}").json()
         assert view["activeModelId"] == v2 and view["targetState"] == "FailedToLoad"
         assert "no object or prefix" in view["targetErrors"][0]
         n = len(served)
-        _wait(lambda: len(served) > n + 5)
+        wait_for(lambda: len(served) > n + 5)
     finally:
         stop.set()
         worker.join(30)
