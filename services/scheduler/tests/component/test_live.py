@@ -112,3 +112,9 @@ async def test_remove_pod_drops_its_copies(live: LiveState) -> None:
     assert sorted(await live.remove_pod(a)) == ["m"]
     assert [c.pod_id for c in await live.copies("m")] == [b]
     assert await live.pod(a) is None
+
+
+async def test_usage_is_counted_and_aged_by_half_life(live: LiveState) -> None:
+    await live.add_usage({"m": 8}, at_ms=1_000_000, half_life_seconds=10)
+    await live.add_usage({"m": 1}, at_ms=1_010_000, half_life_seconds=10)  # one half-life later
+    assert await live.usage("m") == (5.0, 1_010_000)

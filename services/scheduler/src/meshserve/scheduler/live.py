@@ -354,7 +354,8 @@ class LiveState:
         bucket = at_ms // 10_000
         async with self.redis.pipeline(transaction=False) as pipe:
             for model, n in usage.items():
-                self._age_usage(
+                # the async Script call is a coroutine even on a pipeline: await it to queue it
+                await self._age_usage(
                     keys=[f"{self.p}:usage:{model}"], args=[n, at_ms, half_life_seconds * 1000], client=pipe
                 )
                 pipe.hincrby(f"{self.p}:rate:{model}", str(bucket), n)
