@@ -114,6 +114,71 @@ async def test_remove_pod_drops_its_copies(live: LiveState) -> None:
     assert await live.pod(a) is None
 
 
+async def test_placement_snapshot_reads_pods_allocations_copies_and_usage(live: LiveState) -> None:
+    a, b, gone = await _pods(live, 3)
+    await live.reserve(model_id="m1", pod_id=a, size=100, exclusive=False)
+    await live.settle(model_id="m1", pod_id=a, size=120)
+    await live.reserve(model_id="m2", pod_id=a, size=50, exclusive=False)  # still loading
+    await live.reserve(model_id="m1", pod_id=b, size=100, exclusive=False)
+    await live.settle(model_id="m1", pod_id=b, size=110)
+    await live.reserve(model_id="m3", pod_id=gone, size=10, exclusive=False)
+    await live.remove_pod(gone)
+    await live.add_usage({"m1": 7}, at_ms=1_000_000)
+
+    snap = await live.placement_snapshot([b, gone, a, "never-registered"])
+
+    assert [s.pod.pod_id for s in snap.pods] == [b, a]  # order asked, gone pods left out
+    by_id = {s.pod.pod_id: s for s in snap.pods}
+    assert by_id[a].allocations == {"m1": 120, "m2": 50}
+    assert (by_id[a].pod.allocated, by_id[a].pod.loading, by_id[a].pod.capacity) == (170, 1, CAPACITY)
+    assert {m: c.state for m, c in by_id[a].copies.items()} == {"m1": "loaded", "m2": "loading"}
+    assert all(c.pod_id == a and c.since_ms > 0 for c in by_id[a].copies.values())
+    assert by_id[b].allocations == {"m1": 110}
+    assert {m: c.state for m, c in by_id[b].copies.items()} == {"m1": "loaded"}
+    # usage as usage_many reads it: only models with usage, only models the pods hold
+    assert snap.usage == await live.usage_many(["m1", "m2"]) == {"m1": (7.0, 1_000_000)}
+    assert (await live.placement_snapshot([])).pods == []
+
+
+async def test_placement_snapshot_is_never_caught_half_way(redis_url: str, prefix: str) -> None:
+    """Another client reserves, settles and releases all the time; every snapshot still
+    shows each pod's allocated == the sum of its allocations, loading == its loading
+    copies, and a copy for every allocation (what the reservation scripts keep true)."""
+    writer, reader = LiveState(redis_url, prefix=prefix), LiveState(redis_url, prefix=prefix)
+    try:
+        pods = await _pods(writer, 3)
+        rng = random.Random(11)
+
+        async def churn() -> None:
+            for i in range(300):
+                model, pod = f"m{i % 17}", pods[i % 3]
+                ok, _ = await writer.reserve(model_id=model, pod_id=pod, size=rng.randint(1, 60), exclusive=False)
+                if ok and rng.random() < 0.6:
+                    await writer.settle(model_id=model, pod_id=pod, size=rng.randint(1, 60))
+                if rng.random() < 0.4:
+                    await writer.release(model_id=f"m{rng.randrange(17)}", pod_id=pods[rng.randrange(3)])
+
+        async def observe() -> int:
+            seen = 0
+            for _ in range(150):
+                snap = await reader.placement_snapshot(pods)
+                for s in snap.pods:
+                    assert s.pod.allocated == sum(s.allocations.values()) <= CAPACITY
+                    assert set(s.copies) == set(s.allocations)
+                    assert s.pod.loading == sum(c.state == "loading" for c in s.copies.values())
+                    seen += len(s.allocations)
+            return seen
+
+        _, seen = await asyncio.gather(churn(), observe())
+        assert seen > 0  # the reader saw copies, not only empty pods
+    finally:
+        keys = [k async for k in writer.redis.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await writer.redis.delete(*keys)
+        await writer.close()
+        await reader.close()
+
+
 async def test_usage_is_counted_and_aged_by_half_life(live: LiveState) -> None:
     await live.add_usage({"m": 8}, at_ms=1_000_000, half_life_seconds=10)
     await live.add_usage({"m": 1}, at_ms=1_010_000, half_life_seconds=10)  # one half-life later

@@ -236,8 +236,9 @@ def create_app(service: SchedulerService) -> FastAPI:
     @app.get("/v1/pods")
     async def list_pods() -> dict[str, Any]:
         items = []
-        for pod in await service.live.pods():
-            allocations = await service.live.pod_allocations(pod.pod_id)
+        pods = await service.live.pods()
+        for snap in (await service.live.placement_snapshot(p.pod_id for p in pods)).pods:
+            pod, allocations = snap.pod, snap.allocations
             items.append(
                 {
                     "id": pod.pod_id,

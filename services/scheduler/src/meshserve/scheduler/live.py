@@ -11,6 +11,12 @@ over-commit a pod or start the same first copy twice:
 * `settle`   — after the load, replace the reservation by the measured size;
 * `release`  — give the bytes back (failed load, unload, eviction).
 
+Those scripts keep three facts true between any two commands: a pod's `allocated` is
+the sum of its `alloc` hash, every `alloc` entry has a copy entry (and back), and
+`loading` counts the pod's `loading:` copies. Readers that need all three at once
+(placement's pod views) read them with one script too (`placement_snapshot`), so they
+never see a pod half-way through a reservation.
+
 Key layout (prefix `ms` by default):
   ms:pods                 set of pod ids
   ms:pod:<pod>            hash: capacity, allocated, loading, max_loading, labels, addresses, ...
@@ -119,6 +125,32 @@ redis.call('SREM', KEYS[3], ARGV[1])
 return models
 """
 
+# placement's view of some pods, read atomically in one round trip: for each pod its
+# hash, its allocations and its copy state for each allocated model; then the usage of
+# every model seen. KEYS: pod hash and alloc hash of each pod, in pairs, in ARGV order.
+# ARGV[1]: copies key prefix, ARGV[2]: usage key prefix, ARGV[3..]: the pod ids. The
+# copies and usage keys are built from the prefixes (not declared), like `_REMOVE_POD`.
+_PLACEMENT_SNAPSHOT = """
+local pods, usage, seen = {}, {}, {}
+for i = 3, #ARGV do
+  local pod = ARGV[i]
+  local info = redis.call('HGETALL', KEYS[2 * (i - 3) + 1])
+  local alloc = redis.call('HGETALL', KEYS[2 * (i - 3) + 2])
+  local states = {}
+  for j = 1, #alloc, 2 do
+    local m = alloc[j]
+    states[#states + 1] = redis.call('HGET', ARGV[1] .. m, pod) or ''
+    if not seen[m] then
+      seen[m] = true
+      local u = redis.call('HMGET', ARGV[2] .. m, 'hits', 'last_used_ms')
+      usage[#usage + 1] = {m, u[1] or '', u[2] or ''}
+    end
+  end
+  pods[#pods + 1] = {info, alloc, states}
+end
+return {pods, usage}
+"""
+
 _POD_FIELDS = (
     "runtime",
     "labels",
@@ -161,6 +193,21 @@ class CopyRecord:
     since_ms: int
 
 
+@dataclass(frozen=True)
+class PodSnapshot:
+    """One pod as of one instant: its hash, what it holds, and its copies' states."""
+
+    pod: PodInfo
+    allocations: dict[str, int]          # model id -> bytes held on this pod
+    copies: dict[str, CopyRecord]        # model id -> this pod's copy of it
+
+
+@dataclass(frozen=True)
+class PlacementSnapshot:
+    pods: list[PodSnapshot]              # in the order asked; pods that are gone are left out
+    usage: dict[str, tuple[float, int]]  # model id -> (aged hits, last used ms), as `usage_many`
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -188,6 +235,7 @@ class LiveState:
         self._adopt = self.redis.register_script(_ADOPT)
         self._remove_pod = self.redis.register_script(_REMOVE_POD)
         self._age_usage = self.redis.register_script(_AGE_USAGE)
+        self._placement_snapshot = self.redis.register_script(_PLACEMENT_SNAPSHOT)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -262,6 +310,39 @@ class LiveState:
 
     async def pod_allocations(self, pod_id: str) -> dict[str, int]:
         return {m: int(b) for m, b in (await self.redis.hgetall(self.k_alloc(pod_id))).items()}
+
+    async def placement_snapshot(self, pod_ids: Iterable[str]) -> PlacementSnapshot:
+        """The pods, their allocations and copies, and the usage of the models they hold,
+        in one round trip and one atomic step (see `_PLACEMENT_SNAPSHOT`)."""
+        ids = list(pod_ids)
+        if not ids:
+            return PlacementSnapshot(pods=[], usage={})
+        keys = [key for pod in ids for key in (self.k_pod(pod), self.k_alloc(pod))]
+        rows, usage_rows = await self._placement_snapshot(
+            keys=keys, args=[f"{self.p}:copies:", f"{self.p}:usage:", *ids]
+        )
+        pods = []
+        for pod_id, (info, alloc, states) in zip(ids, rows, strict=True):
+            row = _pairs(info)
+            if "capacity" not in row:
+                continue  # removed meanwhile (or only a stray field left)
+            held = _pairs(alloc)
+            copies = {
+                model: _copy(model, pod_id, state)
+                for model, state in zip(held, states, strict=True)
+                if state
+            }
+            pods.append(
+                PodSnapshot(
+                    pod=self._pod(pod_id, row),
+                    allocations={m: int(b) for m, b in held.items()},
+                    copies=copies,
+                )
+            )
+        usage = {
+            model: (float(hits or 0), int(last or 0)) for model, hits, last in usage_rows if hits or last
+        }
+        return PlacementSnapshot(pods=pods, usage=usage)
 
     async def remove_pod(self, pod_id: str) -> list[str]:
         """Forget a pod and its copies; returns the model ids it held."""
@@ -427,6 +508,11 @@ class LiveState:
     async def publish(self, message: dict[str, Any]) -> None:
         message["version"] = int(await self.redis.incr(f"{self.p}:routes:version"))
         await self.redis.publish(self.channel, json.dumps(message))
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    """HGETALL's flat [field, value, ...] list (as a script returns it) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _copy(model_id: str, pod_id: str, value: str) -> CopyRecord:

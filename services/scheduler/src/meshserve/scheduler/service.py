@@ -488,7 +488,10 @@ class SchedulerService:
         pod = await self.live.pod(pod_id)
         if pod is None or pod.allocated <= pod.capacity:
             return
-        [view] = await self._pod_views([pod])
+        views = await self._pod_views([pod])
+        if not views:
+            return  # the pod was removed meanwhile
+        [view] = views
         view = dataclasses.replace(
             view, copies=tuple(dataclasses.replace(c, in_flight=1) if c.model_id == keep else c for c in view.copies)
         )
@@ -575,19 +578,21 @@ class SchedulerService:
         return json.dumps(key, sort_keys=True)
 
     async def _pod_views(self, pods: Sequence[PodInfo]) -> list[PodView]:
-        """Placement's view of `pods`, read with a few pipelined round trips."""
-        allocations = {p.pod_id: await self.live.pod_allocations(p.pod_id) for p in pods}
-        models = sorted({m for held in allocations.values() for m in held})
-        copies = await self.live.copies_many(models)
-        usage = await self.live.usage_many(models)
+        """Placement's view of `pods`, read in one round trip as one atomic snapshot.
+
+        Capacity, allocated bytes, loading count and copies come from that snapshot (not
+        from `pods`, which may be a moment older), so a view never shows a pod half-way
+        through a reservation. Pods removed meanwhile are left out."""
+        snapshot = await self.live.placement_snapshot(p.pod_id for p in pods)
         views = []
-        for pod in pods:
+        for snap in snapshot.pods:
+            pod = snap.pod
             copy_views = []
-            for model, size in sorted(allocations[pod.pod_id].items()):
-                rec = next((c for c in copies.get(model, []) if c.pod_id == pod.pod_id), None)
+            for model, size in sorted(snap.allocations.items()):
+                rec = snap.copies.get(model)
                 if rec is None:
                     continue
-                hits, last_used = usage.get(model, (0.0, 0))  # hits aged to last_used
+                hits, last_used = snapshot.usage.get(model, (0.0, 0))  # hits aged to last_used
                 copy_views.append(
                     CopyView(
                         model_id=model,
