@@ -1,17 +1,24 @@
-"""Route publishing: `RouteUpdate` messages for changed routes, built fast.
+"""Route publishing: `RouteUpdate` wire bytes for changed routes, built fast.
 
-PURE: no I/O, no clock. Builds the protobuf wire bytes directly (each pod's `Endpoint`
-is encoded once per call and reused for every route that names it; a route is its
-model id plus those pre-encoded endpoints), then parses each batch into a
-`RouteUpdate` with one C-level `FromString`. Building the same messages field by field
-through the Python protobuf API costs a Python call per route and per endpoint; this
-costs one bytes join per route. The bytes are exactly what protobuf itself serialises
-for the same messages (fields in number order, proto3 defaults omitted), tested.
+PURE: no I/O, no clock. Builds the protobuf wire bytes directly instead of going
+through the Python protobuf API (a Python call per route and per endpoint):
+
+* each distinct `Endpoint` is encoded once per call (a pod's endpoint is the same in
+  every route that names it) and reused as bytes;
+* a route is its length prefix, its model id and those pre-encoded endpoints, joined
+  once; routes of the usual size (< 128 bytes) take their one-byte prefixes from tables.
+
+The bytes are exactly what protobuf itself serialises for the same message (fields in
+number order, proto3 defaults omitted, repeated elements always written), tested
+against `SerializeToString` in tests/unit/test_routes.py. The scheduler's `WatchRoutes`
+relay builds its updates with `build_route_update`.
 
 Wire format used (proto/meshserve/v1/scheduler.proto):
-  RouteUpdate: 1 snapshot (bool), 2 routes (Route, repeated), 6 version (uint64)
+  RouteUpdate: 1 snapshot (bool), 2 routes (Route), 3 removed_models (string),
+               4 vmodels (VModelRoute), 5 removed_vmodels (string), 6 version (uint64)
   Route:       1 model_id (string), 2 endpoints (Endpoint, repeated)
   Endpoint:    1 pod_id, 2 grpc_address, 3 rest_address (strings)
+  VModelRoute: 1 vmodel_id, 2 model_id (strings)
 """
 
 from __future__ import annotations
@@ -23,15 +30,13 @@ from meshserve.common.proto.meshserve.v1 import scheduler_pb2
 EndpointTuple = tuple[str, str, str]
 """(pod_id, grpc_address, rest_address), as in `Endpoint`."""
 
-_ROUTE_ENDPOINT = 0x12     # Route.endpoints: field 2, length-delimited
-_UPDATE_SNAPSHOT = b"\x08\x01"   # RouteUpdate.snapshot = true (field 1, varint)
-_UPDATE_VERSION = 0x30     # RouteUpdate.version: field 6, varint
-_SHORT = [bytes((n,)) for n in range(128)]   # one-byte varints
+Routes = Mapping[str, Sequence[EndpointTuple]] | Iterable[tuple[str, Sequence[EndpointTuple]]]
+"""model id -> its endpoints, in the order to publish (empty: registered, no loaded copy)."""
+
+_U64 = 1 << 64
 
 
 def _varint(n: int) -> bytes:
-    if n < 128:
-        return _SHORT[n]
     out = bytearray()
     while n >= 128:
         out.append((n & 0x7F) | 0x80)
@@ -40,62 +45,146 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field(tag: int, data: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(data)) + data
+def _heads(tag: int) -> list[bytes]:
+    """tag + one-byte length, for every length < 128."""
+    return [bytes((tag, n)) for n in range(128)]
+
+
+# field 1, 2, 3 (length-delimited) of any message: tag + length prefixes
+_F1, _F2, _F3 = _heads(0x0A), _heads(0x12), _heads(0x1A)
+_F4, _F5 = _heads(0x22), _heads(0x2A)
+
+
+def _string(table: list[bytes], value: str) -> bytes:
+    """A string field, omitted when empty (proto3 singular)."""
+    if not value:
+        return b""
+    data = value.encode()
+    n = len(data)
+    return (table[n] if n < 128 else table[0][:1] + _varint(n)) + data
+
+
+def _element(table: list[bytes], data: bytes) -> bytes:
+    """One element of a repeated length-delimited field (written even when empty)."""
+    n = len(data)
+    return (table[n] if n < 128 else table[0][:1] + _varint(n)) + data
 
 
 def encode_endpoint(endpoint: EndpointTuple) -> bytes:
     """An `Endpoint` message's bytes (empty strings are omitted, as proto3 does)."""
-    return b"".join(
-        _field(tag, value.encode())
-        for tag, value in zip((0x0A, 0x12, 0x1A), endpoint, strict=True)
-        if value
+    pod_id, grpc_address, rest_address = endpoint
+    return _string(_F1, pod_id) + _string(_F2, grpc_address) + _string(_F3, rest_address)
+
+
+def _encode_routes(routes: Routes, parts: list[bytes], cache: dict[EndpointTuple, bytes]) -> None:
+    """Append the `RouteUpdate.routes` elements of `routes` to `parts`.
+
+    `cache` maps an endpoint to its `Route.endpoints` element bytes (filled as needed)."""
+    items = routes.items() if isinstance(routes, Mapping) else routes
+    append = parts.append
+    f1, f2 = _F1, _F2
+    get = cache.get
+    for model, endpoints in items:
+        name = model.encode()
+        n = len(name)
+        if n == 0:
+            route = b""
+        elif n < 128:
+            route = f1[n] + name
+        else:
+            route = b"\x0a" + _varint(n) + name
+        for endpoint in endpoints:
+            body = get(endpoint)
+            if body is None:
+                body = cache[endpoint] = _element(f2, encode_endpoint(endpoint))
+            route += body
+        n = len(route)
+        if n < 128:
+            append(f2[n])
+        elif n < 16384:   # two-byte length: a route with a few endpoints
+            append(bytes((0x12, n & 0x7F | 0x80, n >> 7)))
+        else:
+            append(b"\x12" + _varint(n))
+        append(route)
+
+
+def _encode_update(
+    routes: Routes,
+    removed_models: Iterable[str],
+    vmodels: Mapping[str, str] | Iterable[tuple[str, str]],
+    removed_vmodels: Iterable[str],
+    version: int,
+    snapshot: bool,
+    cache: dict[EndpointTuple, bytes],
+) -> bytes:
+    if not 0 <= version < _U64:
+        raise ValueError(f"version {version} is not a uint64")
+    parts: list[bytes] = [b"\x08\x01"] if snapshot else []
+    _encode_routes(routes, parts, cache)
+    parts.extend(_element(_F3, m.encode()) for m in removed_models)
+    pairs = vmodels.items() if isinstance(vmodels, Mapping) else vmodels
+    parts.extend(_element(_F4, _string(_F1, v) + _string(_F2, m)) for v, m in pairs)
+    parts.extend(_element(_F5, v.encode()) for v in removed_vmodels)
+    if version:
+        parts.append(b"\x30" + _varint(version))
+    return b"".join(parts)
+
+
+def encode_route_update(
+    routes: Routes = (),
+    *,
+    removed_models: Iterable[str] = (),
+    vmodels: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    removed_vmodels: Iterable[str] = (),
+    version: int = 0,
+    snapshot: bool = False,
+) -> bytes:
+    """One serialised `RouteUpdate`: `routes` (upserts, in the order given), removed
+    model ids, vmodel -> active model upserts, removed vmodel ids, `version`, `snapshot`."""
+    return _encode_update(routes, removed_models, vmodels, removed_vmodels, version, snapshot, {})
+
+
+def build_route_update(
+    routes: Routes = (),
+    *,
+    removed_models: Iterable[str] = (),
+    vmodels: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    removed_vmodels: Iterable[str] = (),
+    version: int = 0,
+    snapshot: bool = False,
+) -> scheduler_pb2.RouteUpdate:
+    """`encode_route_update` parsed into the message (one C-level parse; gRPC's generated
+    handler serialises messages, so the relay hands it a message, not bytes)."""
+    update: scheduler_pb2.RouteUpdate = scheduler_pb2.RouteUpdate.FromString(
+        encode_route_update(
+            routes, removed_models=removed_models, vmodels=vmodels, removed_vmodels=removed_vmodels,
+            version=version, snapshot=snapshot,
+        )
     )
+    return update
 
 
 def encode_route_updates(
-    changes: Mapping[str, Sequence[EndpointTuple]] | Iterable[tuple[str, Sequence[EndpointTuple]]],
+    changes: Routes,
     *,
     batch: int,
     version: int = 0,
     snapshot: bool = False,
 ) -> list[bytes]:
-    """Serialised `RouteUpdate`s: `batch` routes per message, in the order given.
-
-    `changes` maps a model id to its endpoints (in the order to publish; empty means
-    registered without a loaded copy). Message k carries `version + k`.
-    """
+    """Serialised `RouteUpdate`s of `batch` routes each, in the order given; message k
+    carries `version + k` (endpoints encoded once for all of them)."""
     if batch < 1:
         raise ValueError("batch must be >= 1")
     items = list(changes.items()) if isinstance(changes, Mapping) else list(changes)
-    encoded: dict[EndpointTuple, bytes] = {}
-    head = _UPDATE_SNAPSHOT if snapshot else b""
-    out: list[bytes] = []
-    short = _SHORT
-    for lo in range(0, len(items), batch):
-        parts = [head] if head else []
-        append = parts.append
-        for model, endpoints in items[lo : lo + batch]:
-            name = model.encode()
-            n = len(name)
-            route = (b"\x0a" + short[n] if n < 128 else b"\x0a" + _varint(n)) + name if n else b""
-            for endpoint in endpoints:
-                body = encoded.get(endpoint)
-                if body is None:
-                    body = encoded[endpoint] = _field(_ROUTE_ENDPOINT, encode_endpoint(endpoint))
-                route += body
-            n = len(route)
-            append(b"\x12" + short[n] if n < 128 else b"\x12" + _varint(n))
-            append(route)
-        v = version + lo // batch
-        if v:
-            append(bytes((_UPDATE_VERSION,)) + _varint(v))
-        out.append(b"".join(parts))
-    return out
+    cache: dict[EndpointTuple, bytes] = {}
+    return [
+        _encode_update(items[lo : lo + batch], (), (), (), version + k, snapshot, cache)
+        for k, lo in enumerate(range(0, len(items), batch))
+    ]
 
 
 def build_route_updates(
-    changes: Mapping[str, Sequence[EndpointTuple]] | Iterable[tuple[str, Sequence[EndpointTuple]]],
+    changes: Routes,
     *,
     batch: int,
     version: int = 0,
