@@ -7,10 +7,12 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from redis.asyncio.client import PubSub
 
 from meshserve.common.grpcutil import rpc_errors, rpc_stream_errors
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
+from meshserve.scheduler.routes import EndpointTuple, build_route_update
 from meshserve.scheduler.service import Endpoint, ModelSpec, ModelState, SchedulerService
 
 log = logging.getLogger(__name__)
@@ -186,32 +188,42 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         try:
             # subscribe first, then snapshot: nothing published in between is lost
             yield await self._snapshot()
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                if message is None:
-                    continue
-                models: set[str] = set()
-                vmodels: set[str] = set()
-                version = 0
-                while message is not None:  # coalesce whatever is queued
-                    body = json.loads(message["data"])
-                    models.update(body.get("models", []))
-                    vmodels.update(body.get("vmodels", []))
-                    version = max(version, int(body.get("version", 0)))
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
-                yield await self._changes(models, vmodels, version)
+            async for update in self.relay(pubsub):
+                yield update
         finally:
             await pubsub.aclose()
 
+    async def relay(self, pubsub: PubSub) -> AsyncIterator[pb.RouteUpdate]:
+        """The changes after the snapshot: for each batch of queued notifications on the
+        routes channel (`pubsub` is subscribed to it), one `RouteUpdate` read from Redis.
+        (Also driven directly by bench/placement's end-to-end route publishing figure.)"""
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+            if message is None:
+                continue
+            models: set[str] = set()
+            vmodels: set[str] = set()
+            version = 0
+            while message is not None:  # coalesce whatever is queued
+                body = json.loads(message["data"])
+                models.update(body.get("models", []))
+                vmodels.update(body.get("vmodels", []))
+                version = max(version, int(body.get("version", 0)))
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+            yield await self._changes(models, vmodels, version)
+
+    # Route updates are built as wire bytes by routes.build_route_update (protobuf's own
+    # bytes, several times cheaper than pb.Route / pb.Endpoint per route) and parsed once:
+    # the generated handler serialises a message, so the stream cannot carry raw bytes.
     async def _snapshot(self) -> pb.RouteUpdate:
         live = self.service.live
         models = sorted(await live.model_ids())
         routes = await self.service.routes_for(models)
         vmodels = await live.vmodels()
-        return pb.RouteUpdate(
+        return build_route_update(
+            [(m, _endpoint_tuples(routes.get(m, ()))) for m in models],
+            vmodels=sorted(vmodels.items()),
             snapshot=True,
-            routes=[pb.Route(model_id=m, endpoints=endpoints_pb(routes.get(m, []))) for m in models],
-            vmodels=[pb.VModelRoute(vmodel_id=v, model_id=m) for v, m in sorted(vmodels.items())],
         )
 
     async def _changes(self, models: set[str], vmodels: set[str], version: int) -> pb.RouteUpdate:
@@ -220,12 +232,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         present = sorted(m for m in models if m in known)
         routes = await self.service.routes_for(present)
         current_vmodels = await live.vmodels() if vmodels else {}
-        return pb.RouteUpdate(
-            snapshot=False,
-            version=version,
-            routes=[pb.Route(model_id=m, endpoints=endpoints_pb(routes.get(m, []))) for m in present],
+        return build_route_update(
+            [(m, _endpoint_tuples(routes.get(m, ()))) for m in present],
             removed_models=sorted(m for m in models if m not in known),
-            vmodels=[pb.VModelRoute(vmodel_id=v, model_id=current_vmodels[v]) for v in sorted(vmodels) if v in current_vmodels],
+            vmodels=[(v, current_vmodels[v]) for v in sorted(vmodels) if v in current_vmodels],
             removed_vmodels=sorted(v for v in vmodels if v not in current_vmodels),
+            version=version,
         )
 
+
+def _endpoint_tuples(endpoints: Sequence[Endpoint]) -> list[EndpointTuple]:
+    return [(e.pod_id, e.grpc_address, e.rest_address) for e in endpoints]
