@@ -146,6 +146,26 @@ def test_deployment_manifest_is_valid_kubernetes_and_has_the_puller() -> None:
     assert manifest["metadata"]["name"] == ML
 
 
+def test_declared_default_model_size_reaches_the_puller() -> None:
+    """Upstream adapters take `DEFAULT_MODELSIZE` from builtInAdapter.env; the puller reports
+    it to the scheduler as the runtime's default model size."""
+    base = RUNTIMES["mlserver-1.x"]
+    assert base.built_in_adapter is not None
+
+    def puller_env(runtime: rts.Runtime) -> dict[str, str | None]:
+        manifest = deploy.build_runtime_deployment(runtime=runtime, config=ServingConfig(), namespace="ns",
+                                                   replicas=1, storage=STORAGE, scheduler_address="s:8034")
+        return {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][1]["env"]}
+
+    def with_env(value: str) -> rts.Runtime:
+        return replace(base, built_in_adapter=replace(base.built_in_adapter, env=(("DEFAULT_MODELSIZE", value),)))
+
+    assert "MESHSERVE_PULLER_DEFAULT_MODEL_SIZE_BYTES" not in puller_env(base)
+    assert puller_env(with_env("5000000"))["MESHSERVE_PULLER_DEFAULT_MODEL_SIZE_BYTES"] == "5000000"
+    for bad in ("", "5Mi", "-1", "0"):
+        assert "MESHSERVE_PULLER_DEFAULT_MODEL_SIZE_BYTES" not in puller_env(with_env(bad)), bad
+
+
 def test_puller_env_matches_puller_settings() -> None:
     from meshserve.puller.settings import PullerSettings  # same repository: always importable
     manifest = deploy.build_runtime_deployment(runtime=RUNTIMES["mlserver-1.x"], config=ServingConfig(), namespace="ns",

@@ -75,6 +75,15 @@ def capacity_bytes(runtime: Runtime) -> int:
     return max(parse_quantity(request) - buffer, 0)
 
 
+def default_model_size(runtime: Runtime) -> int:
+    """The runtime's declared size of a model nothing is known about: upstream adapters read
+    `DEFAULT_MODELSIZE` (bytes) from `builtInAdapter.env`; 0 when unset or not a positive
+    integer (the puller's own default, ModelMesh's 1000000, then applies)."""
+    env = dict(runtime.built_in_adapter.env) if runtime.built_in_adapter else {}
+    value = env.get("DEFAULT_MODELSIZE", "").strip()
+    return int(value) if value.isdigit() else 0
+
+
 def _models_dir_limit(containers: list[dict[str, Any]]) -> str | None:
     total = 0
     for c in containers:
@@ -116,6 +125,9 @@ def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, 
     ]
     if timeout_ms:
         env.append({"name": "MESHSERVE_PULLER_LOAD_TIMEOUT_SECONDS", "value": str(timeout_ms / 1000)})
+    default_size = default_model_size(runtime)
+    if default_size:
+        env.append({"name": "MESHSERVE_PULLER_DEFAULT_MODEL_SIZE_BYTES", "value": str(default_size)})
     mounts = [
         {"name": "models-dir", "mountPath": MODELS_DIR},
         {"name": "storage-config", "mountPath": "/storage-config", "readOnly": True},
