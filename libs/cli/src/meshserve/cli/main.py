@@ -216,6 +216,21 @@ def cmd_get(args: argparse.Namespace) -> int:
         items = _admin(args, "GET", "/v1/pods")["items"]
         rows = [[p["id"], p["runtime"], _mib(p["capacityBytes"]), _mib(p["allocatedBytes"]), str(len(p["models"])), str(p["loading"])] for p in items]
         print(_table(rows, ["POD", "RUNTIME", "CAPACITY", "ALLOCATED", "MODELS", "LOADING"]))
+    elif args.kind == "runtimes":
+        items = _admin(args, "GET", "/v1/runtimes?limit=1000")["items"]
+        rows = [
+            [
+                r["name"],
+                ",".join(r["supportedModelFormats"]) or "-",
+                str(r["pods"]),
+                _mib(r["podCapacityBytes"]),
+                _mib(r["defaultModelSizeBytes"]),
+                str(r["maxLoadingConcurrency"]),
+                (r["updatedAt"] or "-")[:19],
+            ]
+            for r in items
+        ]
+        print(_table(rows, ["RUNTIME", "FORMATS", "PODS", "POD CAPACITY", "DEFAULT SIZE", "MAX LOADING", "UPDATED"]))
     elif args.kind == "vmodels":
         items = _admin(args, "GET", "/v1/vmodels?limit=1000")["items"]
         print(_table([[v["id"], v["activeModelId"], v["targetModelId"]] for v in items], ["VMODEL", "ACTIVE", "TARGET"]))
@@ -256,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("-n", "--namespace", default=namespace_default, help="for documents without one")
         p.add_argument("--admin", default=admin_default, help="scheduler admin API (env MESHSERVE_ADMIN_URL)")
         p.set_defaults(fn=fn)
-    get = sub.add_parser("get", help="list models, pods, vmodels, events, or resources (isvc, predictors, servingruntimes)")
-    get.add_argument("kind", choices=["models", "pods", "vmodels", "events", *RESOURCE_KINDS])
+    get = sub.add_parser(
+        "get", help="list models, pods, runtimes, vmodels, events, or resources (isvc, predictors, servingruntimes)"
+    )
+    get.add_argument("kind", choices=["models", "pods", "runtimes", "vmodels", "events", *RESOURCE_KINDS])
     get.add_argument("-n", "--namespace", default=namespace_default)
     get.add_argument("--admin", default=admin_default)
     get.set_defaults(fn=cmd_get)

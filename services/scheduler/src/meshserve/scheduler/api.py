@@ -1,6 +1,6 @@
 """Admin REST API of the scheduler (FastAPI, OpenAPI at /docs).
 
-Inspect and steer placement: models, vmodels, pods, events. Mutations need
+Inspect and steer placement: models, vmodels, pods, runtimes, events. Mutations need
 `Authorization: Bearer <token>` when `MESHSERVE_SCHEDULER_ADMIN_TOKEN` is set. Errors
 come back as `{"error": "..."}` with the matching HTTP status; bad input is a 4xx
 (FastAPI's 422 names the missing or invalid field), never a 500.
@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unauthenticated
 from meshserve.scheduler.live import redis_unavailable
+from meshserve.scheduler.registry import RuntimeRecord
 from meshserve.scheduler.resources import Applied, ResourceStore, identify
 from meshserve.scheduler.service import (
     LOADED,
@@ -256,6 +257,13 @@ def create_app(service: SchedulerService) -> FastAPI:
             )
         return {"items": items, "total": len(items)}
 
+    @app.get("/v1/runtimes")
+    async def list_runtimes(
+        offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> dict[str, Any]:
+        records, total = await service.registry.list_runtimes(offset=offset, limit=limit)
+        return {"items": [_runtime_json(r) for r in records], "total": total, "offset": offset, "limit": limit}
+
     @app.post("/v1/pods/{pod_id}:drain", dependencies=mutate)
     async def drain(pod_id: str) -> dict[str, Any]:
         return await service.drain_pod(pod_id)
@@ -340,6 +348,21 @@ def _applied_json(a: Applied) -> dict[str, Any]:
 
 def _ms_iso(ms: int) -> str | None:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat() if ms else None
+
+
+def _runtime_json(r: RuntimeRecord) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "supportedModelFormats": r.spec.get("supportedModelFormats", []),
+        "protocolVersions": r.spec.get("protocolVersions", []),
+        "labels": list(r.labels),
+        "defaultModelSizeBytes": r.default_model_size,
+        "podCapacityBytes": r.pod_capacity_bytes,
+        "maxLoadingConcurrency": r.max_loading_concurrency,
+        "pods": r.pods,
+        "createdAt": r.created_at.isoformat() if r.created_at else None,
+        "updatedAt": r.updated_at.isoformat() if r.updated_at else None,
+    }
 
 
 def _event_json(e: Any) -> dict[str, Any]:

@@ -101,6 +101,7 @@ class SchedulerApp:
                     leader = True
                 if leader:
                     await self.service.remove_dead_pods()
+                    await self.service.sync_runtimes()
                     now = asyncio.get_running_loop().time()
                     if now - last_scale >= self.settings.scaling_interval_seconds:
                         last_scale = now

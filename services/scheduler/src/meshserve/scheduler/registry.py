@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -46,9 +47,19 @@ def _now() -> dt.datetime:
 
 
 class RuntimeRow(Base):
+    """A runtime as its live pods describe it (written by the scheduler's leader; see
+    `SchedulerService.sync_runtimes`). `pods` is the live pod count as of `updated_at`."""
+
     __tablename__ = "runtimes"
     name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    # what the pods' labels say of the ServingRuntime spec: supportedModelFormats
+    # (the auto-selected ones, "name" or "name:version") and protocolVersions
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    default_model_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    pod_capacity_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    max_loading_concurrency: Mapped[int] = mapped_column(Integer, default=0)
+    pods: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
 
@@ -134,6 +145,33 @@ class ModelRecord:
             max_copies=row.max_copies,
             last_failure=row.last_failure,
             created_at=row.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class RuntimeRecord:
+    name: str
+    spec: dict[str, Any]
+    labels: tuple[str, ...]
+    default_model_size: int
+    pod_capacity_bytes: int
+    max_loading_concurrency: int
+    pods: int
+    created_at: dt.datetime | None = field(default=None, compare=False)
+    updated_at: dt.datetime | None = field(default=None, compare=False)
+
+    @classmethod
+    def of(cls, row: RuntimeRow) -> RuntimeRecord:
+        return cls(
+            name=row.name,
+            spec=dict(row.spec or {}),
+            labels=tuple(row.labels or ()),
+            default_model_size=row.default_model_size,
+            pod_capacity_bytes=row.pod_capacity_bytes,
+            max_loading_concurrency=row.max_loading_concurrency,
+            pods=row.pods,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
         )
 
 
@@ -252,6 +290,28 @@ class Registry:
         async with self._session() as s:
             result = await s.execute(delete(ModelRow).where(ModelRow.id == model_id))
             return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # -- runtimes -------------------------------------------------------------------------
+    async def upsert_runtime(self, runtime: RuntimeRecord) -> None:
+        """Insert or replace a runtime's row (one statement: safe when two replicas race)."""
+        values = {
+            "spec": runtime.spec,
+            "labels": list(runtime.labels),
+            "default_model_size": runtime.default_model_size,
+            "pod_capacity_bytes": runtime.pod_capacity_bytes,
+            "max_loading_concurrency": runtime.max_loading_concurrency,
+            "pods": runtime.pods,
+            "updated_at": _now(),
+        }
+        statement = pg_insert(RuntimeRow).values(name=runtime.name, **values)
+        async with self._session() as s:
+            await s.execute(statement.on_conflict_do_update(index_elements=[RuntimeRow.name], set_=values))
+
+    async def list_runtimes(self, *, offset: int = 0, limit: int = 100) -> tuple[list[RuntimeRecord], int]:
+        async with self._session() as s:
+            total = (await s.execute(select(func.count()).select_from(RuntimeRow))).scalar_one()
+            query = select(RuntimeRow).order_by(RuntimeRow.name).offset(offset).limit(limit)
+            return [RuntimeRecord.of(r) for r in (await s.execute(query)).scalars()], int(total)
 
     # -- vmodels ----------------------------------------------------------------------
     async def upsert_vmodel(

@@ -53,7 +53,7 @@ from meshserve.scheduler.models import (
     PlacementRequest,
     PodView,
 )
-from meshserve.scheduler.registry import ModelRecord, Registry
+from meshserve.scheduler.registry import ModelRecord, Registry, RuntimeRecord
 from meshserve.scheduler.scaling import CopyChange, ModelLoad, ScalingPolicy, plan_scaling
 from meshserve.scheduler.settings import SchedulerSettings
 
@@ -536,9 +536,9 @@ class SchedulerService:
 
     async def _size_for(self, record: ModelRecord, pods: Sequence[PodInfo]) -> int:
         """Measured size, else declared, else the puller's prediction, else the runtime default."""
-        for size in (record.measured_size, record.declared_size, record.predicted_size):
-            if size > 0:
-                return size
+        size = known_size(record)
+        if size > 0:
+            return size
         for pod in pods[:1]:
             try:
                 response = await self.pullers.stub(pod.management_address).PredictModelSize(
@@ -556,7 +556,7 @@ class SchedulerService:
             if response.size_in_bytes > 0:
                 await self._best_effort(self.registry.update_model(record.id, predicted_size=response.size_in_bytes))
                 return int(response.size_in_bytes)
-        return pods[0].default_size if pods else 1_000_000
+        return runtime_default_size(pods)
 
     @staticmethod
     def _storage_path(record: ModelRecord) -> str:
@@ -759,7 +759,7 @@ class SchedulerService:
             record = await self._safe_find(model)
             if record is None:
                 continue
-            size = record.measured_size or record.predicted_size or int(fields.get("default_size", 1_000_000))
+            size = known_size(record) or int(fields.get("default_size", DEFAULT_MODEL_SIZE))
             if await self.live.adopt(model_id=model, pod_id=pod_id, size=size):
                 changed.append(model)
         grace = 3 * self.settings.heartbeat_interval_seconds * 1000
@@ -778,6 +778,34 @@ class SchedulerService:
             return await self.registry.find_model(model_id)
         except Unavailable:
             return None
+
+    async def sync_runtimes(self) -> list[str]:
+        """Leader duty: make the registry's `runtimes` rows say what the live pods say
+        (labels, default model size, capacity, pod count); returns the names written.
+
+        Only rows that differ are written, so a steady cluster costs one small SELECT per
+        pass. A runtime whose pods are all gone keeps its row with `pods = 0`. Best-effort:
+        with Postgres down nothing is written (routing and placement go on) and a later
+        pass repairs the rows."""
+        current = describe_runtimes([p for p in await self.live.pods() if self._alive(p)])
+        try:
+            stored = {r.name: r for r in (await self.registry.list_runtimes(limit=100_000))[0]}
+        except Unavailable as err:
+            log.warning("runtime rows not synced: %s", err.message)
+            return []
+        for name, record in stored.items():
+            current.setdefault(name, dataclasses.replace(record, pods=0))
+        written = []
+        for name, record in sorted(current.items()):
+            if stored.get(name) == record:
+                continue
+            try:
+                await self.registry.upsert_runtime(record)
+            except Unavailable as err:
+                log.warning("runtime rows not synced: %s", err.message)
+                break
+            written.append(name)
+        return written
 
     async def remove_dead_pods(self) -> list[str]:
         removed = []
@@ -896,6 +924,67 @@ class SchedulerService:
             await coro
         except Unavailable as err:
             log.warning("registry write skipped: %s", err.message)
+
+
+DEFAULT_MODEL_SIZE = 1_000_000
+"""Bytes assumed for a model nothing is known about when no pod says otherwise
+(ModelMesh's `DEFAULT_MODELSIZE`)."""
+
+
+def known_size(record: ModelRecord) -> int:
+    """The best size the registry knows: measured, else declared, else predicted (0: none)."""
+    return record.measured_size or record.declared_size or record.predicted_size
+
+
+def runtime_default_size(pods: Sequence[PodInfo]) -> int:
+    """The default model size of the runtimes of `pods` (each pod reports its runtime's
+    declared default, `MESHSERVE_PULLER_DEFAULT_MODEL_SIZE_BYTES`). When several runtimes
+    could take the model, the largest: a reservation too big is settled down to the real
+    size after the load, one too small could over-commit the pod until then."""
+    return max((p.default_size for p in pods), default=DEFAULT_MODEL_SIZE)
+
+
+def describe_runtimes(pods: Sequence[PodInfo]) -> dict[str, RuntimeRecord]:
+    """Name -> the runtime as its pods report it (pods without a runtime name are left out).
+
+    The pods of one runtime normally agree; during a rollout the largest values and the
+    union of the labels are kept."""
+    groups: dict[str, list[PodInfo]] = {}
+    for pod in pods:
+        if pod.runtime:
+            groups.setdefault(pod.runtime, []).append(pod)
+    out = {}
+    for name, group in groups.items():
+        labels = sorted(frozenset().union(*(p.labels for p in group)))
+        out[name] = RuntimeRecord(
+            name=name,
+            spec=_spec_from_labels(labels),
+            labels=tuple(labels),
+            default_model_size=runtime_default_size(group),
+            pod_capacity_bytes=max(p.capacity for p in group),
+            max_loading_concurrency=max(p.max_loading for p in group),
+            pods=len(group),
+        )
+    return out
+
+
+def _spec_from_labels(labels: Sequence[str]) -> dict[str, Any]:
+    """The part of a ServingRuntime spec its pods' labels carry: the auto-selected formats
+    (`mt:<name>` / `mt:<name>:<version>`) and the protocol versions (`pv:<protocol>`)."""
+    versions: dict[str, str] = {}
+    protocols = []
+    for label in labels:
+        kind, _, rest = label.partition(":")
+        if kind == "mt":
+            name, _, version = rest.partition(":")
+            if version or name not in versions:
+                versions[name] = version
+        elif kind == "pv":
+            protocols.append(rest)
+    return {
+        "supportedModelFormats": [f"{n}:{v}" if v else n for n, v in sorted(versions.items())],
+        "protocolVersions": sorted(protocols),
+    }
 
 
 def failure_time(failure: dict[str, Any] | None) -> dt.datetime | None:
