@@ -6,7 +6,9 @@ import gc
 import random
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bench.placement.traces import model_sizes
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2
@@ -19,7 +21,7 @@ from meshserve.scheduler.models import (
     PodView,
 )
 from meshserve.scheduler.placement import ClusterIndex, place, place_indexed
-from meshserve.scheduler.routes import build_route_updates
+from meshserve.scheduler.routes import EndpointTuple, build_route_update
 
 LABELS = frozenset({"rt:mlserver-1.x", "mt:sklearn", "pv:grpc-v2"})
 
@@ -174,19 +176,19 @@ class Publish:
     changes: int
     messages: int
     wire_bytes: int
-    median_ms: float       # routes.build_route_updates + SerializeToString
+    median_ms: float       # compute + routes.build_route_update (the relay's builder) + SerializeToString
     max_ms: float
     cpu_median_ms: float   # CPU time of the thread (less sensitive to other processes)
+    compute_median_ms: float       # of which: applying the events and listing each changed route's endpoints
     baseline_median_ms: float      # the same messages built field by field (protobuf API)
     baseline_cpu_median_ms: float
 
 
-def route_publish(*, models: int, pods: int, changes: int, batch: int, repeats: int, seed: int) -> Publish:
-    """Apply `changes` copy events (load here / evict there) to a model->pods table, then
-    build and serialise the `RouteUpdate` messages for every model whose route changed.
-    Timed: computing the changed routes + building + serialising the protobufs, with
-    `routes.build_route_updates` and, alternating, with the protobuf API as a baseline
-    (`routes.add()` / `endpoints.add()` per route and endpoint). Both give the same bytes."""
+def _publish_case(*, models: int, pods: int, changes: int, seed: int) -> tuple[
+    dict[str, EndpointTuple], dict[str, set[str]], list[tuple[str, str, bool]]
+]:
+    """Pod endpoints, the model -> pods table before, and `changes` copy events on distinct
+    models (model, pod, add: add a copy on pod, else drop one, maybe the last)."""
     rng = random.Random(seed)
     pod_ids = [f"mlserver-{j:04d}" for j in range(pods)]
     endpoints = {
@@ -197,28 +199,46 @@ def route_publish(*, models: int, pods: int, changes: int, batch: int, repeats: 
     base: dict[str, set[str]] = {n: {pod_ids[i % pods]} for i, n in enumerate(names)}
     for n in rng.sample(names, models // 10):
         base[n].add(rng.choice(pod_ids))
-    # `changes` events on distinct models: add a copy, or drop one (maybe the last)
     touched = rng.sample(names, changes)
-    events = [(n, rng.choice(pod_ids), rng.random() < 0.5) for n in touched]
+    return endpoints, base, [(n, rng.choice(pod_ids), rng.random() < 0.5) for n in touched]
 
-    def apply(table: dict[str, set[str]]) -> list[str]:
-        changed: list[str] = []
-        for model, pod, add in events:
-            pods_of = table[model]
-            if add:
-                pods_of.add(pod)
-            else:
-                pods_of.pop()
-            changed.append(model)
-        return changed
+
+def _apply(table: dict[str, set[str]], events: list[tuple[str, str, bool]]) -> list[str]:
+    changed: list[str] = []
+    for model, pod, add in events:
+        pods_of = table[model]
+        if add:
+            pods_of.add(pod)
+        else:
+            pods_of.pop()
+        changed.append(model)
+    return changed
+
+
+def route_publish(*, models: int, pods: int, changes: int, batch: int, repeats: int, seed: int) -> Publish:
+    """Apply `changes` copy events (load here / evict there) to a model->pods table, then
+    build and serialise the `RouteUpdate` messages for every model whose route changed.
+    Timed: computing the changed routes + building + serialising the protobufs, with
+    `routes.build_route_update` (what the scheduler's WatchRoutes relay builds each update
+    with: wire bytes, parsed once into the message) + `SerializeToString` (what gRPC's
+    handler does with it), `batch` routes per message; alternating, with the protobuf
+    API as a baseline (`routes.add()` / `endpoints.add()` per route and endpoint). Both
+    must give the same bytes. No Redis, no pub/sub: see `route_publish_end_to_end`."""
+    endpoints, base, events = _publish_case(models=models, pods=pods, changes=changes, seed=seed)
+    compute: list[float] = []
 
     def fast(table: dict[str, set[str]], version: int) -> list[bytes]:
-        changed = apply(table)
-        routes = {m: [endpoints[p] for p in sorted(table[m])] for m in changed}
-        return [u.SerializeToString() for u in build_route_updates(routes, batch=batch, version=version)]
+        t0 = time.perf_counter()
+        changed = _apply(table, events)
+        routes = [(m, [endpoints[p] for p in sorted(table[m])]) for m in changed]
+        compute.append((time.perf_counter() - t0) * 1000.0)
+        return [
+            build_route_update(routes[lo : lo + batch], version=version + k).SerializeToString()
+            for k, lo in enumerate(range(0, len(routes), batch))
+        ]
 
     def baseline(table: dict[str, set[str]], version: int) -> list[bytes]:
-        changed = apply(table)
+        changed = _apply(table, events)
         payloads: list[bytes] = []
         for lo in range(0, len(changed), batch):
             update = scheduler_pb2.RouteUpdate(snapshot=False, version=version)
@@ -237,17 +257,180 @@ def route_publish(*, models: int, pods: int, changes: int, batch: int, repeats: 
     for r in range(repeats):
         for name, build in (("fast", fast), ("baseline", baseline)) if r % 2 == 0 else (("baseline", baseline), ("fast", fast)):
             table = {n: set(p) for n, p in base.items()}
+            gc.collect()   # not the 100,000 sets just copied: their collection is the harness's
             c0 = time.thread_time()
             t0 = time.perf_counter()
-            out[name] = build(table, 1000 * r)
+            out[name] = build(table, 1000 * r + 1)
             runs[name].append((time.perf_counter() - t0) * 1000.0)
             cpu[name].append((time.thread_time() - c0) * 1000.0)
-        assert out["fast"] == out["baseline"], "build_route_updates differs from the protobuf API"
+        assert out["fast"] == out["baseline"], "build_route_update differs from the protobuf API"
     payloads = out["fast"]
     check = scheduler_pb2.RouteUpdate.FromString(payloads[0])
     assert len(check.routes) == min(batch, changes)
     return Publish(
         changes, len(payloads), sum(len(p) for p in payloads),
         statistics.median(runs["fast"]), max(runs["fast"]), statistics.median(cpu["fast"]),
+        statistics.median(compute),
         statistics.median(runs["baseline"]), statistics.median(cpu["baseline"]),
     )
+
+
+@dataclass(frozen=True)
+class PublishEndToEnd:
+    changes: int
+    models: int
+    pods: int
+    redis: str             # "MESHSERVE_REDIS_URL" or "private redis-server"
+    wire_bytes: int
+    median_ms: float       # live.publish() of the notification -> relay -> serialised RouteUpdate
+    max_ms: float
+    # where the time goes: the relay's Redis reads, timed inside the end-to-end runs (medians)
+    model_ids_ms: float    # live.model_ids(): every registered model id (to tell removed from changed)
+    copies_ms: float       # live.copies_many(changed): one HGETALL per changed model, pipelined
+    pods_ms: float         # live.pods(): one HGETALL per pod, pipelined
+    build_ms: float        # routes.build_route_update + SerializeToString of the update, without Redis
+    setup_s: float
+
+
+def route_publish_end_to_end(*, models: int, pods: int, changes: int, repeats: int, seed: int) -> PublishEndToEnd:
+    """The real route path on a real Redis (MESHSERVE_REDIS_URL if set, with a private key
+    prefix removed afterwards; else a private redis-server): `models` registered models
+    with copies on `pods` pods; the copy events of `route_publish` are written to Redis
+    (untimed: the load and unload paths write them), then timed: one notification listing
+    the `changes` changed models published on the routes channel (`LiveState.publish`, as
+    `SchedulerService._publish` does) -> `SchedulerServicer.relay` (the WatchRoutes loop
+    after the snapshot) receives it, reads the routes from Redis and builds the
+    `RouteUpdate` -> `SerializeToString` (what gRPC's handler sends). Odd repeats publish the
+    events undone (the routes before), so every repeat publishes `changes` real changes.
+    The routes received are checked against the in-memory table of the same events."""
+    import asyncio
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from meshserve.cli import infra
+    from meshserve.cli.procs import ProcessGroup
+
+    with tempfile.TemporaryDirectory(prefix="meshserve-bench-redis-") as tmp:
+        group = ProcessGroup(log_dir=Path(tmp) / "logs")
+        try:
+            url = os.environ.get("MESHSERVE_REDIS_URL")
+            where = "MESHSERVE_REDIS_URL" if url else "private redis-server"
+            url = url or infra.start_redis(group, Path(tmp) / "redis")
+            return asyncio.run(
+                _end_to_end(url, where, models=models, pods=pods, changes=changes, repeats=repeats, seed=seed)
+            )
+        finally:
+            group.stop_all()
+
+
+_REPLACE_COPIES = """
+local stamp = ARGV[1]
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  redis.call('DEL', ARGV[i])
+  for j = 1, n do redis.call('HSET', ARGV[i], ARGV[i + 1 + j], stamp) end
+  i = i + 2 + n
+end
+return 0
+"""
+
+
+async def _end_to_end(
+    url: str, where: str, *, models: int, pods: int, changes: int, repeats: int, seed: int
+) -> PublishEndToEnd:
+    import asyncio
+    import uuid
+
+    from meshserve.scheduler.live import LiveState, now_ms
+    from meshserve.scheduler.server import SchedulerServicer
+    from meshserve.scheduler.service import SchedulerService
+    from meshserve.scheduler.settings import SchedulerSettings
+
+    endpoints, base, events = _publish_case(models=models, pods=pods, changes=changes, seed=seed)
+    after = {n: set(p) for n, p in base.items()}
+    touched = _apply(after, events)
+    live = LiveState(url, prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    # the relay reads only Redis: no registry (Postgres) and no puller is touched
+    service = SchedulerService(settings=SchedulerSettings(), registry=None, live=live)  # type: ignore[arg-type]
+    relay_of = SchedulerServicer(service)
+    pubsub = live.redis.pubsub()
+    try:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(
+            live.upsert_pod(pod_id=pod_id, fields={
+                "runtime": "mlserver-1.x", "labels": sorted(LABELS), "management_address": "127.0.0.1:1",
+                "grpc_address": grpc_address, "rest_address": rest_address, "capacity": 1 << 40,
+                "used": 0, "max_loading": 1, "default_size": 1_000_000, "heartbeat_ms": now_ms(), "started_ms": 0,
+            })
+            for pod_id, (_, grpc_address, rest_address) in endpoints.items()
+        ))
+        await live.sync_registry(model_ids=list(base), vmodels={})
+        # copy hashes as the loading path leaves them (LiveState's key and value format),
+        # written by a script: 100,000 pipelined HSETs cost seconds in redis-py
+        replace = live.redis.register_script(_REPLACE_COPIES)
+
+        async def write(table: dict[str, set[str]], ids: list[str]) -> None:
+            for lo in range(0, len(ids), 20_000):
+                args: list[str | int] = [f"loaded:{now_ms()}"]
+                for m in ids[lo : lo + 20_000]:
+                    args += (live.k_copies(m), len(table[m]), *table[m])
+                await replace(keys=[], args=args)
+
+        await write(base, list(base))
+        setup_s = time.perf_counter() - t0
+
+        await pubsub.subscribe(live.channel)
+        relay = relay_of.relay(pubsub)
+        # where the time goes: the relay's Redis reads, timed inside the real runs
+        spent: dict[str, list[float]] = {"model_ids": [], "copies_many": [], "pods": []}
+
+        def timed(name: str, read: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def timed_read(*args: Any, **kwargs: Any) -> Any:
+                t = time.perf_counter()
+                try:
+                    return await read(*args, **kwargs)
+                finally:
+                    spent[name].append((time.perf_counter() - t) * 1000.0)
+            return timed_read
+
+        for name in spent:
+            setattr(live, name, timed(name, getattr(live, name)))
+        wall: list[float] = []
+        payload = b""
+        for r in range(repeats):
+            table = after if r % 2 == 0 else base
+            await write(table, touched)
+            gc.collect()
+            t0 = time.perf_counter()
+            await live.publish({"models": touched, "vmodels": []})
+            update = await anext(relay)
+            payload = update.SerializeToString()
+            wall.append((time.perf_counter() - t0) * 1000.0)
+            got = {route.model_id: [e.pod_id for e in route.endpoints] for route in update.routes}
+            assert got == {m: sorted(table[m]) for m in touched}, "relay routes differ from the table"
+            assert all(
+                (e.pod_id, e.grpc_address, e.rest_address) == endpoints[e.pod_id]
+                for route in update.routes for e in route.endpoints
+            )
+        await relay.aclose()
+        assert all(len(v) == repeats for v in spent.values()), spent
+        present = sorted(touched)
+        build: list[float] = []
+        for _ in range(5):   # the same update from the same routes, without Redis
+            t0 = time.perf_counter()
+            build_route_update([(m, [endpoints[p] for p in sorted(after[m])]) for m in present], version=1).SerializeToString()
+            build.append((time.perf_counter() - t0) * 1000.0)
+        return PublishEndToEnd(
+            changes, models, pods, where, len(payload), statistics.median(wall), max(wall),
+            statistics.median(spent["model_ids"]), statistics.median(spent["copies_many"]),
+            statistics.median(spent["pods"]), statistics.median(build), setup_s,
+        )
+    finally:
+        await pubsub.aclose()
+        if where == "MESHSERVE_REDIS_URL":   # a shared server: remove this run's keys
+            keys = [k async for k in live.redis.scan_iter(match=f"{live.p}:*", count=10_000)]
+            for lo in range(0, len(keys), 10_000):
+                await live.redis.unlink(*keys[lo : lo + 10_000])
+        await live.close()
