@@ -202,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
               f"\n  live.pods(): {e2e.pods:,} HGETALLs               {e2e.pods_ms:7,.0f} ms"
               f"\n  everything else (notify, JSON, Endpoints, build) {e2e.median_ms - reads:7,.0f} ms, "
               f"of which build + serialise {e2e.build_ms:.0f} ms"
-              f"\n  i.e. {reads / e2e.median_ms:.0%} is reading Redis: redis-py decodes each reply in "
-              f"pure Python (no hiredis), one element and one pipelined command at a time")
+              f"\n  i.e. {reads / e2e.median_ms:.0%} is reading Redis: redis-py decodes each reply "
+              f"{'with hiredis' if e2e.hiredis else 'in pure Python (hiredis is not installed)'}; "
+              f"one pipelined command per changed model and per pod, and every model id, per notification")
         print(f"target <= {TARGET_PUBLISH_MS:.0f} ms on (b), the figure that includes publishing: "
               f"{_yes(e2e.median_ms <= TARGET_PUBLISH_MS)}; on (a) alone (no Redis, no pub/sub): "
               f"{_yes(pub.median_ms <= TARGET_PUBLISH_MS)}")
