@@ -60,7 +60,7 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 def placement_latency(
     *, models: int, pods: int, calls: int, policy: EvictionPolicy, seed: int,
-    evict_cheapest_pod: bool = False,
+    eviction_candidates: int = PlacementConfig.eviction_candidates,
 ) -> Latency:
     """Time `place_indexed()` and `place()` for `calls` cold loads on `pods` pods holding 60% of `models` models.
 
@@ -108,7 +108,7 @@ def placement_latency(
     min_copies = {n: 1 for n in rng.sample(names, models // 20)}
     config = PlacementConfig(
         policy=policy, min_residency_seconds=30.0, min_copies=min_copies,
-        evict_cheapest_pod=evict_cheapest_pod,
+        eviction_candidates=eviction_candidates,
     )
     unloaded = [n for n in names if n not in where]
     size_of = dict(zip(names, sizes, strict=True))

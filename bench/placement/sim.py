@@ -60,10 +60,14 @@ def simulate_place(
     capacities: list[int],
     policy: EvictionPolicy,
     warmup: int,
-    evict_cheapest_pod: bool = False,
+    eviction_candidates: int = PlacementConfig.eviction_candidates,
+    stale_after_intervals: float = PlacementConfig.stale_after_intervals,
 ) -> Result:
     """Replay `requests` (model indexes) through `place()`; count after `warmup` requests."""
-    config = PlacementConfig(policy=policy, min_residency_seconds=0.0, evict_cheapest_pod=evict_cheapest_pod)
+    config = PlacementConfig(
+        policy=policy, min_residency_seconds=0.0, eviction_candidates=eviction_candidates,
+        stale_after_intervals=stale_after_intervals,
+    )
     half_life = config.usage_half_life_seconds
     names = [f"m{i:05d}" for i in range(len(sizes))]
     size_of = [int(s) for s in sizes]

@@ -3,6 +3,8 @@ test_placement_props.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from meshserve.scheduler.models import (
@@ -22,7 +24,9 @@ from meshserve.scheduler.placement import age_hits, is_protected, place
 
 NOW = 10_000.0
 LRU = PlacementConfig(policy=EvictionPolicy.LRU, min_residency_seconds=0.0)
-UW = PlacementConfig(policy=EvictionPolicy.USAGE_WEIGHTED, min_residency_seconds=0.0)
+# the score order alone (these examples use raw counts long before NOW, which staleness
+# would drop first; staleness has its own tests below)
+UW = PlacementConfig(policy=EvictionPolicy.USAGE_WEIGHTED, min_residency_seconds=0.0, stale_after_intervals=0.0)
 
 
 def pod(
@@ -193,7 +197,8 @@ def test_eviction_stops_as_soon_as_the_model_fits() -> None:
 def test_eviction_picks_the_pod_where_fewest_bytes_must_go() -> None:
     a = pod("a", copies=(copy("a1", 90, last_used=0.0),))           # must free 40
     b = pod("b", copies=(copy("b1", 70, last_used=9.0),))           # must free 20
-    plan = place(req(size=50), [a, b], now=NOW, config=LRU)
+    one = dataclasses.replace(LRU, eviction_candidates=1)
+    plan = place(req(size=50), [a, b], now=NOW, config=one)
     assert plan.pod_id == "b" and [e.model_id for e in plan.evictions] == ["b1"]
 
 
@@ -204,16 +209,64 @@ def test_equal_deficits_go_to_the_cheapest_victims() -> None:
     assert plan.pod_id == "b"
 
 
-def test_evict_cheapest_pod_prefers_cheaper_victims_over_a_smaller_deficit() -> None:
+def test_eviction_candidates_prefer_cheaper_victims_over_a_smaller_deficit() -> None:
     a = pod("a", copies=(copy("a1", 90, last_used=0.0),))           # must free 40, oldest
     b = pod("b", copies=(copy("b1", 70, last_used=9.0),))           # must free 20
-    cfg = PlacementConfig(policy=EvictionPolicy.LRU, min_residency_seconds=0.0, evict_cheapest_pod=True)
+    cfg = PlacementConfig(policy=EvictionPolicy.LRU, min_residency_seconds=0.0)
     plan = place(req(size=50), [a, b], now=NOW, config=cfg)
     assert plan.pod_id == "a" and [e.model_id for e in plan.evictions] == ["a1"]
-    assert "(40 needed; cheapest victims of any pod)" in plan.reason
+    assert "(40 needed; cheapest victims of 2 candidate pods)" in plan.reason
     # equal worst victims: the smaller deficit still decides
     c = pod("c", copies=(copy("c1", 70, last_used=0.0),))
     assert place(req(size=50), [a, c], now=NOW, config=cfg).pod_id == "c"
+    # one candidate: the pod where the fewest bytes must go, whatever its victims cost
+    one = dataclasses.replace(cfg, eviction_candidates=1)
+    plan = place(req(size=50), [a, b], now=NOW, config=one)
+    assert plan.pod_id == "b" and "cheapest victims of 1 candidate pod)" in plan.reason
+
+
+def test_eviction_candidates_stop_after_enough_pods_can_free_room() -> None:
+    # deficits 10 (d1), 20 (d2), 30 (d3); the cheapest victim is on the pod with the largest deficit
+    pods = [
+        pod("d1", copies=(copy("x1", 60, last_used=9.0),), extra=0),
+        pod("d2", copies=(copy("x2", 70, last_used=8.0),), extra=0),
+        pod("d3", copies=(copy("x3", 80, last_used=1.0),), extra=0),
+    ]
+    base = PlacementConfig(policy=EvictionPolicy.LRU, min_residency_seconds=0.0)
+    picks = [
+        place(req(size=50), pods, now=NOW, config=dataclasses.replace(base, eviction_candidates=n)).pod_id
+        for n in (1, 2, 3)
+    ]
+    assert picks == ["d1", "d2", "d3"]
+
+
+def test_stale_copies_are_evicted_before_cheaper_ones() -> None:
+    # "was-hot": 1000 aged hits, but unused for far more than 6 of its expected gaps
+    # (half-life 600 s: one request every ~0.87 s); "cold": 1 hit, used just now
+    half = 600.0
+    was_hot = copy("was-hot", 50, last_used=NOW - 100.0, hits=1000.0)
+    cold = copy("cold", 50, last_used=NOW, hits=1.0)
+    cfg = PlacementConfig(min_residency_seconds=0.0, usage_half_life_seconds=half)
+    assert was_hot.stale_at(half, 6.0) < NOW < cold.stale_at(half, 6.0)
+    assert was_hot.usage_score(half) > cold.usage_score(half)   # aging alone keeps it
+    plan = place(req(size=40), [pod("a", copies=(was_hot, cold))], now=NOW, config=cfg)
+    assert [e.model_id for e in plan.evictions] == ["was-hot"]
+    assert "1 gone cold" in plan.reason
+    off = dataclasses.replace(cfg, stale_after_intervals=0.0)
+    plan = place(req(size=40), [pod("a", copies=(was_hot, cold))], now=NOW, config=off)
+    assert [e.model_id for e in plan.evictions] == ["cold"]
+    # a stale copy is still protected while it serves requests
+    busy = dataclasses.replace(was_hot, in_flight=1)
+    plan = place(req(size=40), [pod("a", copies=(busy, cold))], now=NOW, config=cfg)
+    assert [e.model_id for e in plan.evictions] == ["cold"]
+
+
+def test_stale_pods_win_among_candidates() -> None:
+    # b must free more, but only a stale copy: its worst victim is cheapest of all
+    a = pod("a", copies=(copy("a1", 80, last_used=NOW, hits=1.0),), extra=0)
+    b = pod("b", copies=(copy("b1", 90, last_used=NOW - 100.0, hits=1000.0),), extra=0)
+    cfg = PlacementConfig(min_residency_seconds=0.0)
+    assert place(req(size=50), [a, b], now=NOW, config=cfg).pod_id == "b"
 
 
 def test_evictions_are_on_the_chosen_pod_and_fit() -> None:

@@ -74,7 +74,8 @@ config_st = st.builds(
     min_residency_seconds=st.sampled_from([0.0, 10.0, 30.0]),
     min_copies=st.dictionaries(st.sampled_from(MODELS), st.integers(0, 2), max_size=5),
     usage_half_life_seconds=st.sampled_from([1.0, 60.0, 600.0]),
-    evict_cheapest_pod=st.booleans(),
+    eviction_candidates=st.sampled_from([1, 2, 16]),
+    stale_after_intervals=st.sampled_from([0.0, 1.0, 6.0]),
 )
 
 
@@ -182,7 +183,7 @@ def test_equal_deficits_across_label_groups_match_place() -> None:
 
 def test_smallest_deficit_wins_across_label_groups() -> None:
     """The pod with the most free bytes is in the label group indexed last."""
-    cfg = PlacementConfig(min_residency_seconds=0.0)
+    cfg = PlacementConfig(min_residency_seconds=0.0, eviction_candidates=1)
     pods = [
         PodView("x", 100, 98, frozenset({"rt:a"}), copies=(CopyView("m1", 98, hits=1.0),)),
         PodView("y", 100, 90, frozenset({"rt:a", "mt:x"}), copies=(CopyView("m2", 90, hits=9.0),)),
@@ -190,4 +191,4 @@ def test_smallest_deficit_wins_across_label_groups() -> None:
     r = PlacementRequest("new", 20, frozenset({"rt:a"}))
     plan = place_indexed(r, ClusterIndex(pods), now=50.0, config=cfg)
     assert plan == place(r, pods, now=50.0, config=cfg)
-    assert plan.pod_id == "y" and "(10 needed; fewest of any pod)" in plan.reason
+    assert plan.pod_id == "y" and "(10 needed; cheapest victims of 1 candidate pod)" in plan.reason

@@ -91,6 +91,8 @@ config_st = st.builds(
     min_residency_seconds=st.sampled_from([0.0, 10.0, 30.0]),
     min_copies=st.dictionaries(st.sampled_from(MODELS), st.integers(0, 2), max_size=4),
     usage_half_life_seconds=st.sampled_from([1.0, 60.0, 600.0]),
+    eviction_candidates=st.sampled_from([1, 3, 16]),
+    stale_after_intervals=st.sampled_from([0.0, 1.0, 6.0]),
 )
 
 

@@ -25,6 +25,7 @@ MIB = 1 << 20
 _MODEL_ID = attrgetter("model_id")
 _LRU_KEY = attrgetter("last_used", "model_id")
 _TINY = 1e-9
+_LN2 = math.log(2.0)
 
 
 class CopyState(str, enum.Enum):  # noqa: UP042 (keep str() and format() as they were)
@@ -65,6 +66,20 @@ class CopyView:
         minus the same `now / half_life` for every copy: comparisons never depend on `now`.
         """
         return self.last_used / half_life + self.log_value
+
+    def stale_at(self, half_life: float, intervals: float) -> float:
+        """When this copy's model counts as gone cold (`math.inf`: never, or disabled).
+
+        `hits` is an aged count with `half_life`, so the model's request rate is about
+        `hits x ln 2 / half_life` and its expected gap between requests the inverse; the
+        copy is stale once `intervals` such gaps have passed since `last_used` without a
+        request. Hot models go stale fast when their traffic stops (a shifted popular set);
+        a rarely used model practically never does (its score decides instead). Depends
+        only on the view, never on `now`, so it can be sorted once per pod view.
+        """
+        if intervals <= 0 or self.hits <= 0:
+            return math.inf
+        return self.last_used + intervals * half_life / (_LN2 * self.hits)
 
 
 @dataclass(frozen=True)
@@ -148,6 +163,21 @@ class PodView:
             cache[(policy, half_life)] = order
         return order
 
+    def stale_order(self, half_life: float, intervals: float) -> tuple[tuple[CopyView, ...], list[float]]:
+        """Copies that can go stale, earliest `CopyView.stale_at` first (ties: model id), and
+        those times (for bisection: the copies stale at `now` are a prefix). Cached."""
+        cache: dict[tuple[float, float], tuple[tuple[CopyView, ...], list[float]]] = (
+            self.__dict__.setdefault("_stale_order", {})
+        )
+        found = cache.get((half_life, intervals))
+        if found is None:
+            keyed = sorted(
+                (t, c.model_id, c) for c in self.copies if (t := c.stale_at(half_life, intervals)) != math.inf
+            )
+            found = tuple(c for _, _, c in keyed), [t for t, _, _ in keyed]
+            cache[(half_life, intervals)] = found
+        return found
+
 
 @dataclass(frozen=True)
 class PlacementRequest:
@@ -194,16 +224,26 @@ class PlacementConfig:
     """Usage-weighted aging: a copy's worth halves for every this many seconds unused.
     Around the time the cluster takes to serve ~2 requests per registered model works
     best (bench: 20,000 requests for 10,000 models; chosen among 10k/20k/50k)."""
-    evict_cheapest_pod: bool = False
-    """When evicting, choose the pod whose worst victim scores lowest under the policy
-    (one eviction order across the cluster) instead of the pod where the fewest bytes must
-    go. Every eligible pod then walks its victim order: O(pods) per evicting decision, so
-    off by default. Bench (usage-weighted, two seed sets): +0.1 to +3.1 hit-ratio points on
-    every trace, but place_indexed() p99 ~22 ms instead of ~0.13 ms at 1,000 pods."""
+    eviction_candidates: int = 16
+    """When no pod has room, compare up to this many eligible pods (those where the fewest
+    bytes must go first, whole ties included) and evict on the one whose worst victim is
+    cheapest under the policy: close to one eviction order across the cluster, at a bounded
+    cost (each candidate walks its victim order). 1 = simply the pod with the smallest
+    deficit. Bench (8 pods, so every pod is a candidate): +0.5 to +3 hit-ratio points over
+    1 on every trace; decision p99 stays under 1 ms at 1,000 pods."""
+    stale_after_intervals: float = 6.0
+    """Usage-weighted only: a copy whose model went unused for this many of its own
+    expected gaps between requests is evicted before any other (`CopyView.stale_at`), so
+    yesterday's hot models do not linger for half-lives after their traffic moved on.
+    0 disables. Bench: shifting trace +0.8 points, static Zipf traces within +-0.1."""
 
     def __post_init__(self) -> None:
         if self.usage_half_life_seconds <= 0:
             raise ValueError("usage_half_life_seconds must be positive")
+        if self.eviction_candidates < 1:
+            raise ValueError("eviction_candidates must be at least 1")
+        if self.stale_after_intervals < 0:
+            raise ValueError("stale_after_intervals must be >= 0 (0 disables)")
 
 
 # failure codes a Plan can carry

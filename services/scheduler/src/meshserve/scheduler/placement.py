@@ -13,24 +13,31 @@ than `max_loading` loads in progress.
 Choice, in order:
 1. Best fit: among eligible pods where the model fits without eviction, the one left
    with the least free space; ties go to fewer loads in progress, then pod id.
-2. Eviction: among eligible pods where enough bytes can be freed, the one where the
-   fewest bytes must go (`size - free_bytes`); then the cheapest victims under the
-   policy (lowest "worst victim" score), then fewest bytes evicted, fewer loads in
-   progress, pod id. With `evict_cheapest_pod` every eligible pod is tried and the
-   cheapest worst victim decides first, then the deficit (one eviction order across pods). On the chosen pod copies are evicted cheapest first until the
-   model fits:
+2. Eviction: the eligible pods are tried in order of how many bytes must go (`size -
+   free_bytes`, smallest first, whole ties at a time) until `eviction_candidates` of them
+   (default 16) can free enough; among those, the pod whose worst victim is cheapest under
+   the policy wins (then the smaller deficit, fewer bytes evicted, fewer loads in
+   progress, pod id). With 16 candidates this is close to one eviction order across the
+   cluster at a bounded cost; 1 gives "the pod where the fewest bytes must go". On the
+   chosen pod copies are evicted cheapest first until the model fits:
    * `lru`: least recently used first (`last_used`);
-   * `usage-weighted` (default): lowest worth per byte first, where worth is an
-     exponentially aged request count: `hits x load_cost / size_MiB x
+   * `usage-weighted` (default): first any copy that has gone cold: unused for
+     `stale_after_intervals` (6) of its model's own expected gaps between requests
+     (`CopyView.stale_at`), earliest first; then lowest worth per byte first, where worth
+     is an exponentially aged request count: `hits x load_cost / size_MiB x
      2^(-(now - last_used) / usage_half_life_seconds)`. Compared as logarithms,
      `last_used / half_life + log2(hits x load_cost / size_MiB)`, this is GreedyDual-
      Size-Frequency whose clock L is time (`now / half_life`) instead of "the priority
      of the last evicted copy": no clock state to carry between calls, and the order
-     never depends on `now`, so it is cached per pod view. Tuning note: textbook GDSF
-     (L raised to each victim's priority, same hit counts) scored 4.6-5.8 hit-ratio
-     points lower on the bench traces (Zipf 0.8 at 5%: 0.465 vs 0.523; shifting:
-     0.671 vs 0.727, 200k requests) because L rises with every miss, which turns it
-     into near-LRU under heavy churn.
+     never depends on `now`, so it is cached per pod view (so is the order by `stale_at`;
+     `now` only cuts it). Tuning notes: textbook GDSF (L raised to each victim's
+     priority, same hit counts) scored 4.6-5.8 hit-ratio points lower on the bench traces
+     (Zipf 0.8 at 5%: 0.465 vs 0.523; shifting: 0.671 vs 0.727, 200k requests) because L
+     rises with every miss, which turns it into near-LRU under heavy churn. Aging alone
+     keeps a formerly hot model for log2(its count / a marginal model's count)
+     half-lives after its traffic stops; staleness drops it after a few of its own gaps.
+     Tried and rejected on the bench: max of a fast and a slow count, bias-corrected
+     counts for young models (both cost 1-3 points on static Zipf traces).
 
 Never evicted ("protected"):
 * a copy that is loading, or has requests in flight (`in_flight > 0`);
@@ -49,10 +56,11 @@ Invariants (checked by the unit and hypothesis tests):
   `models.FAILURE_CODES`; a Plan with a pod carries a reason (the admin API's "why").
 
 Cost: one pass over the pods (O(pods) Python: about 0.5-1 ms for 1,000 pods, the
-dominant cost); then, only when eviction is needed, the pods with the smallest deficit
-walk their cached victim order (`PodView.victim_order`) until enough bytes are free; a
-heap of the other candidates is built only when all of those are blocked. Counting
-copies for min_copies gathers every usable pod's model set once per call, on demand.
+dominant cost); then, only when eviction is needed, pods walk their cached victim order
+(`PodView.victim_order`, and the stale prefix of `PodView.stale_order`) in order of
+deficit until `eviction_candidates` of them can free enough; a heap of the pods past the
+smallest deficit is built only when the first ones are not enough. Counting copies for
+min_copies gathers every usable pod's model set once per call, on demand.
 """
 
 from __future__ import annotations
@@ -209,9 +217,10 @@ def place(
 class _Option:
     """Evicting `victims` on `pod` makes room; `key` ranks options (lower is better)."""
 
-    key: tuple[int, float, int, int, str]
+    key: tuple[float, int, int, int, str]   # worst victim, deficit, freed, loading, pod id
     pod: PodView
     victims: tuple[CopyView, ...]
+    stale: int                              # how many victims had gone cold
 
 
 def _by_deficit(first: list[PodView], rest: list[PodView], size: int) -> Iterator[list[PodView]]:
@@ -239,30 +248,34 @@ def _evict_and_place(
     now: float,
     cfg: PlacementConfig,
 ) -> Plan:
-    """Pick the pod where the fewest bytes must go, then the cheapest victims there.
+    """Among the first `eviction_candidates` pods that can free enough (smallest deficit
+    first), evict on the one whose worst victim is cheapest.
 
     `batches` yields the eligible pods (every one of them exactly once) grouped by deficit,
-    smallest first; the first batch where some pod can free enough decides.
+    smallest first. Whole batches are tried until at least `cfg.eviction_candidates` pods
+    can free enough (so ties never depend on input order); the options are ranked by worst
+    victim's score, then deficit, bytes freed, loads in progress, pod id.
     """
     size = request.size_bytes
     policy = cfg.policy
-    cheapest = cfg.evict_cheapest_pod
+    limit = cfg.eviction_candidates
     blocked = dict.fromkeys(_PROTECTIONS, 0)
     best: _Option | None = None
-    tried = 0
+    tried = options = 0
     for batch in batches:
         for pod in batch:
             tried += 1
             deficit = size - pod.free_bytes
-            victims = _victims(pod, deficit, now=now, cfg=cfg, census=census, blocked=blocked)
-            if victims is None:
+            found = _victims(pod, deficit, now=now, cfg=cfg, census=census, blocked=blocked)
+            if found is None:
                 continue
+            victims, worst, stale = found
+            options += 1
             freed = sum(c.size_bytes for c in victims)
-            worst = max(_score(c, cfg) for c in victims)
-            key = (deficit, worst, freed, pod.loading, pod.pod_id)
-            if best is None or _rank(key, cheapest) < _rank(best.key, cheapest):
-                best = _Option(key, pod, tuple(victims))
-        if best is not None and not cheapest:
+            key = (worst, deficit, freed, pod.loading, pod.pod_id)
+            if best is None or key < best.key:
+                best = _Option(key, pod, tuple(victims), stale)
+        if options >= limit:
             break
     if best is None:
         held = ", ".join(f"{n} {why}" for why, n in blocked.items() if n) or "none evictable"
@@ -281,21 +294,16 @@ def _evict_and_place(
     if len(best.victims) > _MAX_NAMED_VICTIMS:
         names += f", +{len(best.victims) - _MAX_NAMED_VICTIMS} more"
     n = len(best.victims)
+    cold = f", {best.stale} gone cold" if best.stale else ""
     return Plan(
         pod.pod_id,
         evictions=tuple(Eviction(pod.pod_id, c.model_id, c.size_bytes) for c in best.victims),
         reason=(
-            f"evicted {n} cop{'y' if n == 1 else 'ies'} ({policy.value}) on {pod.pod_id} "
-            f"freeing {freed} bytes ({best.key[0]} needed; "
-            f"{'cheapest victims of any pod' if cheapest else 'fewest of any pod'}): {names}; "
-            f"{left} bytes left free"
+            f"evicted {n} cop{'y' if n == 1 else 'ies'} ({policy.value}{cold}) on {pod.pod_id} "
+            f"freeing {freed} bytes ({best.key[1]} needed; cheapest victims of "
+            f"{options} candidate pod{'' if options == 1 else 's'}): {names}; {left} bytes left free"
         ),
     )
-
-
-def _rank(key: tuple[int, float, int, int, str], cheapest: bool) -> tuple[Any, ...]:
-    """`_Option.key` as compared: deficit first, or (`evict_cheapest_pod`) worst victim first."""
-    return (key[1], key[0], *key[2:]) if cheapest else key
 
 
 def _victims(
@@ -306,15 +314,35 @@ def _victims(
     cfg: PlacementConfig,
     census: _CopyCounts,
     blocked: dict[str, int],
-) -> list[CopyView] | None:
-    """The cheapest evictable copies on `pod` freeing >= `deficit` bytes, or None.
+) -> tuple[list[CopyView], float, int] | None:
+    """The cheapest evictable copies on `pod` freeing >= `deficit` bytes, the score of the
+    worst of them (-inf when all are stale) and how many are stale; or None.
 
-    Walks `pod.victim_order` (cheapest first), skipping protected copies, and stops as
-    soon as enough is freed.
+    Usage-weighted: copies that went stale (`CopyView.stale_at <= now`) come first, earliest
+    first; then `pod.victim_order` (cheapest first). Protected copies are skipped; the walk
+    stops as soon as enough is freed.
     """
     victims: list[CopyView] = []
     freed = 0
-    for copy in pod.victim_order(cfg.policy, half_life=cfg.usage_half_life_seconds):
+    seen: set[str] = set()
+    half_life = cfg.usage_half_life_seconds
+    if cfg.policy is EvictionPolicy.USAGE_WEIGHTED and cfg.stale_after_intervals > 0:
+        order, times = pod.stale_order(half_life, cfg.stale_after_intervals)
+        for copy in order[: bisect.bisect_right(times, now)]:
+            seen.add(copy.model_id)
+            why = _protection(copy, now=now, cfg=cfg, census=census)
+            if why is not None:
+                blocked[why] += 1
+                continue
+            victims.append(copy)
+            freed += copy.size_bytes
+            if freed >= deficit:
+                return victims, -math.inf, len(victims)
+    stale = len(victims)
+    worst = -math.inf
+    for copy in pod.victim_order(cfg.policy, half_life=half_life):
+        if seen and copy.model_id in seen:
+            continue
         why = _protection(copy, now=now, cfg=cfg, census=census)
         if why is not None:
             blocked[why] += 1
@@ -322,15 +350,10 @@ def _victims(
         victims.append(copy)
         freed += copy.size_bytes
         if freed >= deficit:
-            return victims
+            # victim_order is ascending, so the last copy taken is the worst
+            worst = copy.last_used if cfg.policy is EvictionPolicy.LRU else copy.usage_score(half_life)
+            return victims, worst, stale
     return None
-
-
-def _score(copy: CopyView, cfg: PlacementConfig) -> float:
-    """How valuable a copy is under the policy (evicting lower scores is cheaper)."""
-    if cfg.policy is EvictionPolicy.LRU:
-        return copy.last_used
-    return copy.usage_score(cfg.usage_half_life_seconds)
 
 
 def _protection(
@@ -495,8 +518,11 @@ class ClusterIndex:
             self._unplace(old)
         if new_usable:
             self._place(pod)
-            if self._warm is not None:
-                pod.victim_order(self._warm.policy, half_life=self._warm.usage_half_life_seconds)
+            warm = self._warm
+            if warm is not None:
+                pod.victim_order(warm.policy, half_life=warm.usage_half_life_seconds)
+                if warm.policy is EvictionPolicy.USAGE_WEIGHTED and warm.stale_after_intervals > 0:
+                    pod.stale_order(warm.usage_half_life_seconds, warm.stale_after_intervals)
         old_ids = old.model_ids if old is not None and old_usable else frozenset()
         old_loaded = old.loaded_model_ids if old is not None and old_usable else frozenset()
         new_ids = pod.model_ids if new_usable else frozenset()
