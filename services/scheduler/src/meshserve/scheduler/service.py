@@ -376,9 +376,7 @@ class SchedulerService:
             ),
             views,
             now=self.clock(),
-            config=PlacementConfig(
-                policy=self.settings.eviction_policy,
-                min_residency_seconds=self.settings.min_residency_seconds,
+            config=self._placement_config(
                 min_copies={m: lo for m, (lo, _) in (await self.live.bounds()).items() if lo > 0},
             ),
         )
@@ -499,7 +497,7 @@ class SchedulerService:
             PlacementRequest(model_id="__overcommit__", size_bytes=0),
             [view],
             now=self.clock(),
-            config=PlacementConfig(policy=self.settings.eviction_policy, min_residency_seconds=0.0),
+            config=self._placement_config(min_residency_seconds=0.0),
         )
         if not plan.evictions:
             await self._event(
@@ -816,7 +814,19 @@ class SchedulerService:
         return removed
 
     async def report_usage(self, usage: dict[str, int]) -> None:
-        await self.live.add_usage(usage, at_ms=now_ms())
+        await self.live.add_usage(usage, at_ms=now_ms(), half_life_seconds=self.settings.usage_half_life_seconds)
+
+    def _placement_config(self, **overrides: Any) -> PlacementConfig:
+        """The placement rules from the settings (`overrides` replace single fields)."""
+        s = self.settings
+        fields: dict[str, Any] = {
+            "policy": s.eviction_policy,
+            "min_residency_seconds": s.min_residency_seconds,
+            "usage_half_life_seconds": s.usage_half_life_seconds,
+            "eviction_candidates": s.eviction_candidates,
+            "stale_after_intervals": s.stale_after_intervals,
+        }
+        return PlacementConfig(**(fields | overrides))
 
     # -- copies: scaling and draining ------------------------------------------------------
     async def scale_once(self, *, only: Sequence[str] | None = None) -> list[CopyChange]:

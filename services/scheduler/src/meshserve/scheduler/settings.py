@@ -35,6 +35,9 @@ class SchedulerSettings(BaseSettings):
     heartbeat_interval_seconds: float = 2.0
     failure_backoff_seconds: float = 900.0    # ModelMesh's MM_LOAD_FAILURE_EXPIRY_TIME_MS
     min_residency_seconds: float = 30.0
+    usage_half_life_seconds: float = Field(default=600.0, gt=0)   # usage-weighted: a count halves per this much idle time
+    eviction_candidates: int = Field(default=16, ge=1)            # pods compared for the cheapest victims
+    stale_after_intervals: float = Field(default=6.0, ge=0)       # usage-weighted: unused for this many expected gaps = cold (0: off)
     scale_up_rpm_threshold: float = 2000.0    # ModelMesh's MM_SCALEUP_RPM_THRESHOLD
     scaling_interval_seconds: float = 5.0
     runtime_wait_seconds: float = 30.0        # wait this long for a compatible pod (scale from zero)
