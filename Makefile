@@ -53,7 +53,7 @@ lint: $(STAMP) $(PROTO_STAMP)
 bench: bench-placement bench-router bench-sizes
 
 bench-placement: $(STAMP) $(PROTO_STAMP)
-	$(BIN)/python -m bench.placement
+	$(BIN)/python -m bench.placement $(BENCH_ARGS)
 
 bench-router: $(STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP)
 	$(BIN)/python -m bench.router
