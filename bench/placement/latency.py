@@ -20,7 +20,8 @@ from meshserve.scheduler.models import (
     PlacementRequest,
     PodView,
 )
-from meshserve.scheduler.placement import ClusterIndex, place, place_indexed
+from meshserve.scheduler.placement import place
+from meshserve.scheduler.placement_index import ClusterIndex, place_indexed
 from meshserve.scheduler.routes import EndpointTuple, build_route_update
 
 LABELS = frozenset({"rt:mlserver-1.x", "mt:sklearn", "pv:grpc-v2"})
@@ -285,9 +286,8 @@ class PublishEndToEnd:
     median_ms: float       # live.publish() of the notification -> relay -> serialised RouteUpdate
     max_ms: float
     # where the time goes: the relay's Redis reads, timed inside the end-to-end runs (medians)
-    model_ids_ms: float    # live.model_ids(): every registered model id (to tell removed from changed)
-    copies_ms: float       # live.copies_many(changed): one HGETALL per changed model, pipelined
-    pods_ms: float         # live.pods(): one HGETALL per pod, pipelined
+    registered_ms: float   # live.registered(changed): one SMISMEMBER (to tell removed from changed)
+    routes_ms: float       # live.routes_many(present): copies + their pods' addresses, one script per 5,000 models
     build_ms: float        # routes.build_route_update + SerializeToString of the update, without Redis
     setup_s: float
     hiredis: bool          # redis-py decodes replies with hiredis (C) rather than in pure Python
@@ -391,7 +391,7 @@ async def _end_to_end(
         await pubsub.subscribe(live.channel)
         relay = relay_of.relay(pubsub)
         # where the time goes: the relay's Redis reads, timed inside the real runs
-        spent: dict[str, list[float]] = {"model_ids": [], "copies_many": [], "pods": []}
+        spent: dict[str, list[float]] = {"registered": [], "routes_many": []}
 
         def timed(name: str, read: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def timed_read(*args: Any, **kwargs: Any) -> Any:
@@ -430,8 +430,8 @@ async def _end_to_end(
             build.append((time.perf_counter() - t0) * 1000.0)
         return PublishEndToEnd(
             changes, models, pods, where, len(payload), statistics.median(wall), max(wall),
-            statistics.median(spent["model_ids"]), statistics.median(spent["copies_many"]),
-            statistics.median(spent["pods"]), statistics.median(build), setup_s, HIREDIS_AVAILABLE,
+            statistics.median(spent["registered"]), statistics.median(spent["routes_many"]),
+            statistics.median(build), setup_s, HIREDIS_AVAILABLE,
         )
     finally:
         gc.unfreeze()
