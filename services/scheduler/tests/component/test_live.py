@@ -183,3 +183,71 @@ async def test_usage_is_counted_and_aged_by_half_life(live: LiveState) -> None:
     await live.add_usage({"m": 8}, at_ms=1_000_000, half_life_seconds=10)
     await live.add_usage({"m": 1}, at_ms=1_010_000, half_life_seconds=10)  # one half-life later
     assert await live.usage("m") == (5.0, 1_010_000)
+
+
+async def test_registered_answers_for_the_ids_asked_only(live: LiveState) -> None:
+    await live.sync_registry(model_ids=["a", "b", "c"], vmodels={})
+    assert await live.registered(["b", "x", "c", "b"]) == {"b", "c"}
+    assert await live.registered([]) == set()
+    await live.remove_model("b")
+    assert await live.registered(["a", "b"]) == {"a"}
+
+
+async def _addressed_pods(live: LiveState, n: int) -> list[str]:
+    ids = [f"pod-{i}" for i in range(n)]
+    for i, pod in enumerate(ids):
+        await live.upsert_pod(pod_id=pod, fields={
+            "capacity": CAPACITY, "max_loading": 100, "labels": [],
+            "grpc_address": f"10.0.0.{i}:8001", "rest_address": f"10.0.0.{i}:8002",
+        })
+    return ids
+
+
+async def _load(live: LiveState, model: str, pod: str, *, settle: bool = True) -> None:
+    assert (await live.reserve(model_id=model, pod_id=pod, size=10, exclusive=False))[0]
+    if settle:
+        assert await live.settle(model_id=model, pod_id=pod, size=10)
+
+
+async def test_routes_many_lists_loaded_copies_on_live_pods_with_addresses(live: LiveState) -> None:
+    a, b, c, gone = await _addressed_pods(live, 4)
+    await _load(live, "m1", c)
+    await _load(live, "m1", a)
+    await _load(live, "m1", b, settle=False)  # still loading: not routed
+    await _load(live, "m2", gone)
+    await _load(live, "m2", b)
+    await _load(live, "m3", gone)
+    # a pod gone without its copies being cleaned up (e.g. its hash expired or was deleted)
+    await live.redis.delete(live.k_pod(gone))
+
+    routes = await live.routes_many(["m1", "m2", "m3", "never-registered"])
+
+    def at(pod: str) -> tuple[str, str, str]:
+        i = pod.split("-")[1]
+        return (pod, f"10.0.0.{i}:8001", f"10.0.0.{i}:8002")
+
+    assert routes == {"m1": [at(a), at(c)], "m2": [at(b)], "m3": [], "never-registered": []}
+    assert await live.routes_many([]) == {}
+
+
+async def test_routes_many_agrees_with_copies_and_pods_across_chunks(live: LiveState) -> None:
+    """The same routes as the per-model reads (`copies_many` + `pods`, what
+    `SchedulerService.routes_for` uses), whatever the chunk size."""
+    pods = await _addressed_pods(live, 6)
+    rng = random.Random(3)
+    models = [f"m{i}" for i in range(40)]
+    for m in models:
+        for pod in rng.sample(pods, rng.randint(0, 4)):
+            await _load(live, m, pod, settle=rng.random() < 0.8)
+    await live.remove_pod(pods[0])
+    await live.redis.srem(f"{live.p}:pods", pods[1])  # out of the pods set: not routed either
+
+    live_pods = {p.pod_id: p for p in await live.pods()}
+    expected = {
+        m: [(c.pod_id, live_pods[c.pod_id].grpc_address, live_pods[c.pod_id].rest_address)
+            for c in recs if c.state == "loaded" and c.pod_id in live_pods]
+        for m, recs in (await live.copies_many(models)).items()
+    }
+    assert any(expected.values())
+    for chunk in (1, 7, 5_000):
+        assert await live.routes_many(models, chunk=chunk) == expected

@@ -151,6 +151,40 @@ end
 return {pods, usage}
 """
 
+# the routes of some models, read atomically in one round trip: for each model (KEYS:
+# its copies hash) the pods holding a loaded copy that are still registered (in the
+# pods set, hash with a capacity), then the addresses of every pod named. ARGV[1]: pod
+# key prefix, ARGV[2]: the pods set. Pods that are gone are left out, as `pods()` does.
+_ROUTES = """
+local routes, addresses, known = {}, {}, {}
+for i = 1, #KEYS do
+  local copies = redis.call('HGETALL', KEYS[i])
+  local on = {}
+  for j = 1, #copies, 2 do
+    local pod = copies[j]
+    if string.sub(copies[j + 1], 1, 7) == 'loaded:' then
+      local ok = known[pod]
+      if ok == nil then
+        ok = false
+        if redis.call('SISMEMBER', ARGV[2], pod) == 1 then
+          local a = redis.call('HMGET', ARGV[1] .. pod, 'capacity', 'grpc_address', 'rest_address')
+          if a[1] then
+            ok = true
+            addresses[#addresses + 1] = pod
+            addresses[#addresses + 1] = a[2] or ''
+            addresses[#addresses + 1] = a[3] or ''
+          end
+        end
+        known[pod] = ok
+      end
+      if ok then on[#on + 1] = pod end
+    end
+  end
+  routes[i] = on
+end
+return {routes, addresses}
+"""
+
 _POD_FIELDS = (
     "runtime",
     "labels",
@@ -236,6 +270,7 @@ class LiveState:
         self._remove_pod = self.redis.register_script(_REMOVE_POD)
         self._age_usage = self.redis.register_script(_AGE_USAGE)
         self._placement_snapshot = self.redis.register_script(_PLACEMENT_SNAPSHOT)
+        self._routes = self.redis.register_script(_ROUTES)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -386,6 +421,26 @@ class LiveState:
             rows = await pipe.execute()
         return {m: [_copy(m, pod, v) for pod, v in sorted(row.items())] for m, row in zip(ids, rows, strict=True)}
 
+    async def routes_many(
+        self, model_ids: Iterable[str], *, chunk: int = 5_000
+    ) -> dict[str, list[tuple[str, str, str]]]:
+        """The route of each model: (pod id, gRPC address, REST address) of its loaded
+        copies on pods that are registered, sorted by pod id (what
+        `SchedulerService.routes_for` computes from `copies_many` and `pods`). Read by one
+        script per `chunk` models (a round trip each): a model's copies and the addresses
+        of their pods come from the same instant, and a copy on a pod that is gone is
+        left out. Only the pods named are read, not every pod."""
+        ids = list(model_ids)
+        out: dict[str, list[tuple[str, str, str]]] = {}
+        pod_prefix, pods_set = f"{self.p}:pod:", f"{self.p}:pods"
+        for lo in range(0, len(ids), chunk):
+            part = ids[lo : lo + chunk]
+            routes, flat = await self._routes(keys=[self.k_copies(m) for m in part], args=[pod_prefix, pods_set])
+            where = {flat[i]: (flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)}
+            for model, on in zip(part, routes, strict=True):
+                out[model] = [where[pod] for pod in sorted(on)]
+        return out
+
     # -- registry mirror ------------------------------------------------------------------
     async def add_model(self, model_id: str) -> None:
         await self.redis.sadd(f"{self.p}:models", model_id)
@@ -399,6 +454,15 @@ class LiveState:
 
     async def model_ids(self) -> set[str]:
         return set(await self.redis.smembers(f"{self.p}:models"))
+
+    async def registered(self, model_ids: Iterable[str]) -> set[str]:
+        """Which of `model_ids` are registered: one SMISMEMBER (Redis >= 6.2), so the
+        reply is as long as the question, not the whole `ms:models` set."""
+        ids = list(dict.fromkeys(model_ids))
+        if not ids:
+            return set()
+        flags = await self.redis.smismember(f"{self.p}:models", ids)
+        return {m for m, flag in zip(ids, flags, strict=True) if flag}
 
     async def has_model(self, model_id: str) -> bool:
         return bool(await self.redis.sismember(f"{self.p}:models", model_id))

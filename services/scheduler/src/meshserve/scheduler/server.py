@@ -228,12 +228,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     async def _changes(self, models: set[str], vmodels: set[str], version: int) -> pb.RouteUpdate:
         live = self.service.live
-        known = await live.model_ids()
+        # only the changed models: which are still registered (SMISMEMBER, not every id),
+        # then their routes with the addresses of their pods in one script per 5,000 models
+        known = await live.registered(models)
         present = sorted(m for m in models if m in known)
-        routes = await self.service.routes_for(present)
+        routes = await live.routes_many(present)
         current_vmodels = await live.vmodels() if vmodels else {}
         return build_route_update(
-            [(m, _endpoint_tuples(routes.get(m, ()))) for m in present],
+            [(m, routes.get(m, [])) for m in present],
             removed_models=sorted(m for m in models if m not in known),
             vmodels=[(v, current_vmodels[v]) for v in sorted(vmodels) if v in current_vmodels],
             removed_vmodels=sorted(v for v in vmodels if v not in current_vmodels),
