@@ -193,6 +193,23 @@ async def test_registered_answers_for_the_ids_asked_only(live: LiveState) -> Non
     assert await live.registered(["a", "b"]) == {"a"}
 
 
+async def test_registered_and_routes_take_any_ids_and_many_of_them(live: LiveState) -> None:
+    """Ids are sent joined by newlines, or one argument each when one holds a newline;
+    SMISMEMBER is called 1,000 ids at a time."""
+    odd = ["with\nnewline", "ütf-8 ✓", "\n", "trailing\n", "x"]
+    many = [f"m{i}" for i in range(2_500)]
+    await live.sync_registry(model_ids=odd + many[::2], vmodels={})
+    assert await live.registered([*odd, "missing\n"]) == set(odd)
+    assert await live.registered(["ütf-8 ✓", "x", "y"]) == {"ütf-8 ✓", "x"}
+    assert await live.registered(many) == set(many[::2])
+    (pod,) = await _addressed_pods(live, 1)
+    for m in (*odd, "m7"):
+        await _load(live, m, pod)
+    expected = [(pod, "10.0.0.0:8001", "10.0.0.0:8002")]
+    assert await live.routes_many([*odd, "m7", "m8"]) == {**{m: expected for m in odd}, "m7": expected, "m8": []}
+    assert await live.routes_many(["ütf-8 ✓", "m8"]) == {"ütf-8 ✓": expected, "m8": []}
+
+
 async def _addressed_pods(live: LiveState, n: int) -> list[str]:
     ids = [f"pod-{i}" for i in range(n)]
     for i, pod in enumerate(ids):
