@@ -247,7 +247,7 @@ def test_stale_copies_are_evicted_before_cheaper_ones() -> None:
     was_hot = copy("was-hot", 50, last_used=NOW - 100.0, hits=1000.0)
     cold = copy("cold", 50, last_used=NOW, hits=1.0)
     cfg = PlacementConfig(min_residency_seconds=0.0, usage_half_life_seconds=half)
-    assert was_hot.stale_at(half, 6.0) < NOW < cold.stale_at(half, 6.0)
+    assert was_hot.stale_at(half, 6.0, 60.0) < NOW < cold.stale_at(half, 6.0, 60.0)
     assert was_hot.usage_score(half) > cold.usage_score(half)   # aging alone keeps it
     plan = place(req(size=40), [pod("a", copies=(was_hot, cold))], now=NOW, config=cfg)
     assert [e.model_id for e in plan.evictions] == ["was-hot"]
@@ -259,6 +259,20 @@ def test_stale_copies_are_evicted_before_cheaper_ones() -> None:
     busy = dataclasses.replace(was_hot, in_flight=1)
     plan = place(req(size=40), [pod("a", copies=(busy, cold))], now=NOW, config=cfg)
     assert [e.model_id for e in plan.evictions] == ["cold"]
+
+
+def test_a_busy_model_is_not_stale_before_stale_min_seconds() -> None:
+    # 1000 aged hits: 6 expected gaps are ~5 s, but usage arrives in batches, so the
+    # floor (60 s by default) keeps it from counting as cold 30 s after its last report
+    half = 600.0
+    busy = copy("busy", 50, last_used=NOW - 30.0, hits=1000.0)
+    cold = copy("cold", 50, last_used=NOW, hits=1.0)
+    assert busy.stale_at(half, 6.0) < NOW < busy.stale_at(half, 6.0, 60.0)
+    plan = place(req(size=40), [pod("a", copies=(busy, cold))], now=NOW, config=PlacementConfig(min_residency_seconds=0.0))
+    assert [e.model_id for e in plan.evictions] == ["cold"]
+    no_floor = PlacementConfig(min_residency_seconds=0.0, stale_min_seconds=0.0)
+    plan = place(req(size=40), [pod("a", copies=(busy, cold))], now=NOW, config=no_floor)
+    assert [e.model_id for e in plan.evictions] == ["busy"]
 
 
 def test_stale_pods_win_among_candidates() -> None:

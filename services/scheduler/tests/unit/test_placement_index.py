@@ -77,6 +77,7 @@ config_st = st.builds(
     usage_half_life_seconds=st.sampled_from([1.0, 60.0, 600.0]),
     eviction_candidates=st.sampled_from([1, 2, 16]),
     stale_after_intervals=st.sampled_from([0.0, 1.0, 6.0]),
+    stale_min_seconds=st.sampled_from([0.0, 5.0, 60.0]),
 )
 
 

@@ -22,8 +22,8 @@ Choice, in order:
    chosen pod copies are evicted cheapest first until the model fits:
    * `lru`: least recently used first (`last_used`);
    * `usage-weighted` (default): first any copy that has gone cold: unused for
-     `stale_after_intervals` (6) of its model's own expected gaps between requests
-     (`CopyView.stale_at`), earliest first; then lowest worth per byte first, where worth
+     `stale_after_intervals` (6) of its model's own expected gaps between requests, and
+     at least `stale_min_seconds` (60) (`CopyView.stale_at`), earliest first; then lowest worth per byte first, where worth
      is an exponentially aged request count: `hits x load_cost / size_MiB x
      2^(-(now - last_used) / usage_half_life_seconds)`. Compared as logarithms,
      `last_used / half_life + log2(hits x load_cost / size_MiB)`, this is GreedyDual-
@@ -329,7 +329,7 @@ def _victims(
     seen: set[str] = set()
     half_life = cfg.usage_half_life_seconds
     if cfg.policy is EvictionPolicy.USAGE_WEIGHTED and cfg.stale_after_intervals > 0:
-        order, times = pod.stale_order(half_life, cfg.stale_after_intervals)
+        order, times = pod.stale_order(half_life, cfg.stale_after_intervals, cfg.stale_min_seconds)
         for copy in order[: bisect.bisect_right(times, now)]:
             seen.add(copy.model_id)
             why = _protection(copy, now=now, cfg=cfg, census=census)

@@ -125,7 +125,7 @@ class ClusterIndex:
             if warm is not None:
                 pod.victim_order(warm.policy, half_life=warm.usage_half_life_seconds)
                 if warm.policy is EvictionPolicy.USAGE_WEIGHTED and warm.stale_after_intervals > 0:
-                    pod.stale_order(warm.usage_half_life_seconds, warm.stale_after_intervals)
+                    pod.stale_order(warm.usage_half_life_seconds, warm.stale_after_intervals, warm.stale_min_seconds)
         old_ids = old.model_ids if old is not None and old_usable else frozenset()
         old_loaded = old.loaded_model_ids if old is not None and old_usable else frozenset()
         new_ids = pod.model_ids if new_usable else frozenset()

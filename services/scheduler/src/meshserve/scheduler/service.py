@@ -825,6 +825,7 @@ class SchedulerService:
             "usage_half_life_seconds": s.usage_half_life_seconds,
             "eviction_candidates": s.eviction_candidates,
             "stale_after_intervals": s.stale_after_intervals,
+            "stale_min_seconds": s.stale_min_seconds,
         }
         return PlacementConfig(**(fields | overrides))
 

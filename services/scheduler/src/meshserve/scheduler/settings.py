@@ -38,6 +38,7 @@ class SchedulerSettings(BaseSettings):
     usage_half_life_seconds: float = Field(default=600.0, gt=0)   # usage-weighted: a count halves per this much idle time
     eviction_candidates: int = Field(default=16, ge=1)            # pods compared for the cheapest victims
     stale_after_intervals: float = Field(default=6.0, ge=0)       # usage-weighted: unused for this many expected gaps = cold (0: off)
+    stale_min_seconds: float = Field(default=60.0, ge=0)          # ... and never sooner than this after its last reported use
     scale_up_rpm_threshold: float = 2000.0    # ModelMesh's MM_SCALEUP_RPM_THRESHOLD
     scaling_interval_seconds: float = 5.0
     runtime_wait_seconds: float = 30.0        # wait this long for a compatible pod (scale from zero)
