@@ -167,43 +167,15 @@ def place(
                 fewest_pods.append(pod)
 
     if n_compatible == 0:
-        return Plan(
-            None,
-            reason=f"no healthy pod supports {_labels(request)}",
-            code=NO_COMPATIBLE_RUNTIME,
-        )
+        return _no_compatible_pod(request)
     if size > max_capacity:
-        return Plan(
-            None,
-            reason=(
-                f"model needs {size} bytes but the largest compatible pod "
-                f"has a capacity of {max_capacity} bytes"
-            ),
-            code=TOO_BIG,
-        )
+        return _too_big(size, max_capacity)
     if n_candidates == 0:
-        return Plan(
-            None,
-            reason=(
-                f"all {n_compatible} compatible pods already hold a copy of {model} "
-                "or are in failure back-off"
-            ),
-            code=NO_ROOM,
-        )
+        return _all_hold_a_copy(n_compatible, model)
     if n_big_enough == 0:
-        return Plan(
-            None,
-            reason=(
-                f"the compatible pods with {size} bytes of capacity already hold a copy "
-                f"of {model} or are in failure back-off"
-            ),
-            code=NO_ROOM,
-        )
+        return _big_ones_hold_a_copy(size, model)
     if best is not None and best_key is not None:
-        return Plan(
-            best.pod_id,
-            reason=f"best fit: {best_key[0]} bytes left free on {best.pod_id}",
-        )
+        return _best_fit(best.pod_id, best_key[0])
     if not need_eviction:
         return _all_busy(size)
     return _evict_and_place(
@@ -325,37 +297,38 @@ def _victims(
     stops as soon as enough is freed.
     """
     victims: list[CopyView] = []
-    freed = 0
-    seen: set[str] = set()
-    half_life = cfg.usage_half_life_seconds
-    if cfg.policy is EvictionPolicy.USAGE_WEIGHTED and cfg.stale_after_intervals > 0:
-        order, times = pod.stale_order(half_life, cfg.stale_after_intervals, cfg.stale_min_seconds)
-        for copy in order[: bisect.bisect_right(times, now)]:
-            seen.add(copy.model_id)
-            why = _protection(copy, now=now, cfg=cfg, census=census)
-            if why is not None:
-                blocked[why] += 1
-                continue
-            victims.append(copy)
-            freed += copy.size_bytes
-            if freed >= deficit:
-                return victims, -math.inf, len(victims)
-    stale = len(victims)
-    worst = -math.inf
-    for copy in pod.victim_order(cfg.policy, half_life=half_life):
-        if seen and copy.model_id in seen:
-            continue
+    freed = stale = 0
+    for copy, cold in _eviction_order(pod, now=now, cfg=cfg):
         why = _protection(copy, now=now, cfg=cfg, census=census)
         if why is not None:
             blocked[why] += 1
             continue
         victims.append(copy)
         freed += copy.size_bytes
+        stale += cold
         if freed >= deficit:
-            # victim_order is ascending, so the last copy taken is the worst
-            worst = copy.last_used if cfg.policy is EvictionPolicy.LRU else copy.usage_score(half_life)
+            # each part of the order is ascending, so the last copy taken is the worst
+            if cold:
+                return victims, -math.inf, stale
+            worst = copy.last_used if cfg.policy is EvictionPolicy.LRU else copy.usage_score(cfg.usage_half_life_seconds)
             return victims, worst, stale
     return None
+
+
+def _eviction_order(pod: PodView, *, now: float, cfg: PlacementConfig) -> Iterator[tuple[CopyView, bool]]:
+    """`pod`'s copies, cheapest to evict first, each with whether it has gone cold: the
+    stale ones first (usage-weighted), earliest first; then `pod.victim_order` without them."""
+    half_life = cfg.usage_half_life_seconds
+    cold: frozenset[str] = frozenset()
+    if cfg.policy is EvictionPolicy.USAGE_WEIGHTED and cfg.stale_after_intervals > 0:
+        order, times = pod.stale_order(half_life, cfg.stale_after_intervals, cfg.stale_min_seconds)
+        stale = order[: bisect.bisect_right(times, now)]
+        for copy in stale:
+            yield copy, True
+        cold = frozenset(c.model_id for c in stale)
+    for copy in pod.victim_order(cfg.policy, half_life=half_life):
+        if copy.model_id not in cold:
+            yield copy, False
 
 
 def _protection(
@@ -425,6 +398,45 @@ def age_hits(*, hits: float, last_used: float, now: float, new: float, half_life
     """
     elapsed = max(0.0, now - last_used)
     return hits * math.pow(2.0, -elapsed / half_life) + new
+
+
+# One constructor per plan both `place()` and `placement_index.place_indexed()` return
+# (their plans must be equal, reasons included).
+
+
+def _no_compatible_pod(request: PlacementRequest) -> Plan:
+    return Plan(None, reason=f"no healthy pod supports {_labels(request)}", code=NO_COMPATIBLE_RUNTIME)
+
+
+def _too_big(size: int, max_capacity: int) -> Plan:
+    return Plan(
+        None,
+        reason=f"model needs {size} bytes but the largest compatible pod has a capacity of {max_capacity} bytes",
+        code=TOO_BIG,
+    )
+
+
+def _all_hold_a_copy(n_compatible: int, model: str) -> Plan:
+    return Plan(
+        None,
+        reason=f"all {n_compatible} compatible pods already hold a copy of {model} or are in failure back-off",
+        code=NO_ROOM,
+    )
+
+
+def _big_ones_hold_a_copy(size: int, model: str) -> Plan:
+    return Plan(
+        None,
+        reason=(
+            f"the compatible pods with {size} bytes of capacity already hold a copy "
+            f"of {model} or are in failure back-off"
+        ),
+        code=NO_ROOM,
+    )
+
+
+def _best_fit(pod_id: str, left: int) -> Plan:
+    return Plan(pod_id, reason=f"best fit: {left} bytes left free on {pod_id}")
 
 
 def _all_busy(size: int) -> Plan:

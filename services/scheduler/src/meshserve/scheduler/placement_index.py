@@ -19,16 +19,22 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from meshserve.scheduler.models import (
-    NO_COMPATIBLE_RUNTIME,
-    NO_ROOM,
-    TOO_BIG,
     EvictionPolicy,
     PlacementConfig,
     PlacementRequest,
     Plan,
     PodView,
 )
-from meshserve.scheduler.placement import _DEFAULT_CONFIG, _all_busy, _evict_and_place, _labels
+from meshserve.scheduler.placement import (
+    _DEFAULT_CONFIG,
+    _all_busy,
+    _all_hold_a_copy,
+    _best_fit,
+    _big_ones_hold_a_copy,
+    _evict_and_place,
+    _no_compatible_pod,
+    _too_big,
+)
 
 
 class _Group:
@@ -229,21 +235,10 @@ def place_indexed(
     groups = [g for g in index._groups_for(labels) if g.caps]
     n_compatible = sum(len(g.caps) for g in groups)
     if n_compatible == 0:
-        return Plan(
-            None,
-            reason=f"no healthy pod supports {_labels(request)}",
-            code=NO_COMPATIBLE_RUNTIME,
-        )
+        return _no_compatible_pod(request)
     max_capacity = max(g.caps[-1] for g in groups)
     if size > max_capacity:
-        return Plan(
-            None,
-            reason=(
-                f"model needs {size} bytes but the largest compatible pod "
-                f"has a capacity of {max_capacity} bytes"
-            ),
-            code=TOO_BIG,
-        )
+        return _too_big(size, max_capacity)
     pods = index._pods
     best_key: tuple[int, int, str] | None = None
     for g in groups:
@@ -258,10 +253,7 @@ def place_indexed(
             best_key = key
             break
     if best_key is not None:
-        return Plan(
-            best_key[2],
-            reason=f"best fit: {best_key[0] - size} bytes left free on {best_key[2]}",
-        )
+        return _best_fit(best_key[2], best_key[0] - size)
     # No best fit: count what place() counts, from the model's holders and the exclusions.
     skipped = [
         p
@@ -269,24 +261,10 @@ def place_indexed(
         if p is not None and p.usable and labels <= p.labels
     ]
     if len(skipped) == n_compatible:
-        return Plan(
-            None,
-            reason=(
-                f"all {n_compatible} compatible pods already hold a copy of {model} "
-                "or are in failure back-off"
-            ),
-            code=NO_ROOM,
-        )
+        return _all_hold_a_copy(n_compatible, model)
     big_enough = sum(len(g.caps) - bisect.bisect_left(g.caps, size) for g in groups)
     if big_enough == sum(p.capacity_bytes >= size for p in skipped):
-        return Plan(
-            None,
-            reason=(
-                f"the compatible pods with {size} bytes of capacity already hold a copy "
-                f"of {model} or are in failure back-off"
-            ),
-            code=NO_ROOM,
-        )
+        return _big_ones_hold_a_copy(size, model)
     walks = [index._eligible_desc(g, model, exclude, size) for g in groups]
     eligible = walks[0] if len(walks) == 1 else heapq.merge(*walks, key=_FREE, reverse=True)
     batches = _equal_free_batches(eligible)
