@@ -4,10 +4,12 @@ database), else private instances started from the pip packages."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -15,7 +17,13 @@ from sqlalchemy.engine import make_url
 
 from meshserve.cli import infra
 from meshserve.cli.procs import ProcessGroup
-from meshserve.scheduler.registry import to_sync_url
+from meshserve.scheduler.live import LiveState
+from meshserve.scheduler.migrate import upgrade
+from meshserve.scheduler.registry import Registry, to_sync_url
+from meshserve.scheduler.service import SchedulerService
+from meshserve.scheduler.settings import SchedulerSettings
+
+ServiceFactory = Callable[..., contextlib.AbstractAsyncContextManager[SchedulerService]]
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +57,34 @@ def database_url(infra_group: ProcessGroup, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_service(redis_url: str, prefix: str) -> ServiceFactory:
+    """`async with make_service(database_url, **settings) as service:` a SchedulerService on
+    the test's Redis prefix and that database; on exit its keys are deleted and it is closed."""
+
+    @contextlib.asynccontextmanager
+    async def make(database_url: str, **settings: Any) -> AsyncIterator[SchedulerService]:
+        config = SchedulerSettings(redis_url=redis_url, database_url=database_url, key_prefix=prefix, **settings)
+        registry, live = Registry(database_url), LiveState(redis_url, prefix=prefix)
+        service = SchedulerService(settings=config, registry=registry, live=live)
+        try:
+            yield service
+        finally:
+            keys = [k async for k in live.redis.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await live.redis.delete(*keys)
+            await service.pullers.close()
+            await live.close()
+            await registry.close()
+
+    return make
+
+
+@pytest.fixture
+async def service(make_service: ServiceFactory, database_url: str) -> AsyncIterator[SchedulerService]:
+    """A SchedulerService on a migrated database (see `make_service`)."""
+    upgrade(database_url)
+    async with make_service(database_url) as svc:
+        yield svc

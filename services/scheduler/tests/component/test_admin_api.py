@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from meshserve.scheduler.api import create_app
-from meshserve.scheduler.live import LiveState
 from meshserve.scheduler.migrate import upgrade
-from meshserve.scheduler.registry import Registry
 from meshserve.scheduler.service import SchedulerService
-from meshserve.scheduler.settings import SchedulerSettings
 
 TOKEN = "admin-token-for-tests"
 
 
 @pytest.fixture
-async def client(redis_url: str, database_url: str, prefix: str) -> AsyncIterator[httpx.AsyncClient]:
+async def client(make_service: Callable[..., AbstractAsyncContextManager[SchedulerService]], database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     upgrade(database_url)
-    settings = SchedulerSettings(redis_url=redis_url, database_url=database_url, key_prefix=prefix, admin_token=SecretStr(TOKEN))
-    registry, live = Registry(database_url), LiveState(redis_url, prefix=prefix)
-    service = SchedulerService(settings=settings, registry=registry, live=live)
-    transport = httpx.ASGITransport(app=create_app(service))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as c:
-        yield c
-    await service.pullers.close()
-    await live.close()
-    await registry.close()
+    async with make_service(database_url, admin_token=SecretStr(TOKEN)) as service:
+        transport = httpx.ASGITransport(app=create_app(service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as c:
+            yield c
 
 
 BODY = {"name": "auth-model", "format": "sklearn", "storageUri": "s3://b/m.joblib"}

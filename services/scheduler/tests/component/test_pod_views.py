@@ -2,29 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
-from meshserve.scheduler.live import LiveState
 from meshserve.scheduler.models import CopyState, CopyView, PodView
-from meshserve.scheduler.registry import Registry
 from meshserve.scheduler.service import SchedulerService
-from meshserve.scheduler.settings import SchedulerSettings
-
-
-@pytest.fixture
-async def service(redis_url: str, database_url: str, prefix: str) -> AsyncIterator[SchedulerService]:
-    settings = SchedulerSettings(redis_url=redis_url, database_url=database_url, key_prefix=prefix)
-    registry, live = Registry(database_url), LiveState(redis_url, prefix=prefix)
-    svc = SchedulerService(settings=settings, registry=registry, live=live)
-    yield svc
-    keys = [k async for k in live.redis.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await live.redis.delete(*keys)
-    await svc.pullers.close()
-    await live.close()
-    await registry.close()
 
 
 async def test_pod_views_show_each_pods_copies_sizes_states_and_usage(service: SchedulerService) -> None:

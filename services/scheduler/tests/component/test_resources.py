@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 import pytest
 
 from meshserve.scheduler.api import create_app
-from meshserve.scheduler.live import LiveState
 from meshserve.scheduler.migrate import upgrade
-from meshserve.scheduler.registry import Registry
 from meshserve.scheduler.service import SchedulerService
-from meshserve.scheduler.settings import SchedulerSettings
 
 
 @pytest.fixture
-async def client(redis_url: str, database_url: str, prefix: str) -> AsyncIterator[httpx.AsyncClient]:
+async def client(make_service: Callable[..., AbstractAsyncContextManager[SchedulerService]], database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     upgrade(database_url)
-    settings = SchedulerSettings(redis_url=redis_url, database_url=database_url, key_prefix=prefix)
-    registry, live = Registry(database_url), LiveState(redis_url, prefix=prefix)
-    service = SchedulerService(settings=settings, registry=registry, live=live)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)), base_url="http://a") as c:
-        yield c
-    await live.close()
-    await registry.close()
+    async with make_service(database_url) as service:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)), base_url="http://a") as c:
+            yield c
 
 
 def isvc(name: str, path: str = "sklearn/mnist-svm.joblib") -> dict[str, object]:

@@ -3,35 +3,18 @@ runtime default model size placement falls back to (real Redis + Postgres)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
-import pytest
 
 from meshserve.scheduler.api import create_app
-from meshserve.scheduler.live import LiveState, now_ms
-from meshserve.scheduler.migrate import upgrade
-from meshserve.scheduler.registry import Registry, RuntimeRecord
+from meshserve.scheduler.live import now_ms
+from meshserve.scheduler.registry import RuntimeRecord
 from meshserve.scheduler.service import SchedulerService
-from meshserve.scheduler.settings import SchedulerSettings
 
 MIB = 1 << 20
-
-
-@pytest.fixture
-async def service(redis_url: str, database_url: str, prefix: str) -> AsyncIterator[SchedulerService]:
-    upgrade(database_url)
-    settings = SchedulerSettings(redis_url=redis_url, database_url=database_url, key_prefix=prefix)
-    registry, live = Registry(database_url), LiveState(redis_url, prefix=prefix)
-    svc = SchedulerService(settings=settings, registry=registry, live=live)
-    yield svc
-    keys = [k async for k in live.redis.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await live.redis.delete(*keys)
-    await svc.pullers.close()
-    await live.close()
-    await registry.close()
 
 
 def _pod(pod_id: str, runtime: str, **fields: Any) -> dict[str, Any]:
@@ -88,21 +71,11 @@ async def test_runtime_rows_follow_the_live_pods(service: SchedulerService, pref
     assert rows[one].updated_at is not None and rows[one].updated_at > first_update
 
 
-async def test_runtime_sync_is_best_effort_when_postgres_is_down(redis_url: str, prefix: str) -> None:
-    settings = SchedulerSettings(redis_url=redis_url, key_prefix=prefix)
-    down = Registry("postgresql://postgres@127.0.0.1:9/nowhere")  # nothing listens on port 9
-    live = LiveState(redis_url, prefix=prefix)
-    service = SchedulerService(settings=settings, registry=down, live=live)
-    try:
+async def test_runtime_sync_is_best_effort_when_postgres_is_down(make_service: Callable[..., AbstractAsyncContextManager[SchedulerService]], prefix: str) -> None:
+    async with make_service("postgresql://postgres@127.0.0.1:9/nowhere") as service:  # nothing listens on port 9
         await service.report_pod(_pod(f"{prefix}-a", f"{prefix}-rt"), [])
         assert await service.sync_runtimes() == []
-        assert [p.pod_id for p in await live.pods()] == [f"{prefix}-a"]  # the pod still counts
-    finally:
-        keys = [k async for k in live.redis.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await live.redis.delete(*keys)
-        await live.close()
-        await down.close()
+        assert [p.pod_id for p in await service.live.pods()] == [f"{prefix}-a"]  # the pod still counts
 
 
 async def test_size_falls_back_to_the_runtime_default_of_the_candidate_pods(service: SchedulerService, prefix: str) -> None:
