@@ -75,18 +75,12 @@ class InferenceHandler(grpc.GenericRpcHandler):
             metrics.IN_FLIGHT.inc()
             try:
                 return await fn(method, request, context, call)
-            except MeshError as err:
-                code = err.code.name
-                await context.abort(err.code, err.message)
-            except wire.WireError as err:
-                code = "INVALID_ARGUMENT"
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {name} request: {err}")
             except grpc.aio.AbortError:
                 raise
-            except Exception:
-                code = "INTERNAL"
-                log.exception("unexpected error in %s", name)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal router error; see the router log")
+            except Exception as err:
+                status, message = _status_for(name, err)
+                code = status.name
+                await context.abort(status, message)
             finally:
                 metrics.IN_FLIGHT.dec()
                 latency.observe(time.perf_counter() - started)
@@ -171,12 +165,12 @@ class InferenceHandler(grpc.GenericRpcHandler):
             except grpc.aio.AioRpcError as err:
                 details = err.details() or err.code().name
                 raise from_grpc(client_status(method, err.code(), details), details) from err
-        except MeshError as err:
-            code = err.code.name
-            await context.abort(err.code, err.message)
-        except wire.WireError as err:
-            code = "INVALID_ARGUMENT"
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelStreamInfer request: {err}")
+        except grpc.aio.AbortError:
+            raise
+        except Exception as err:
+            status, message = _status_for("ModelStreamInfer", err)
+            code = status.name
+            await context.abort(status, message)
         finally:
             metrics.IN_FLIGHT.dec()
             metrics.count(model_id, "grpc", "ModelStreamInfer", code)
@@ -196,3 +190,14 @@ def server_version() -> str:
         return version("meshserve")
     except Exception:
         return "0.0.0"
+
+
+def _status_for(name: str, err: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status and message a failed `name` call ends with: our own errors as they say,
+    a malformed message as INVALID_ARGUMENT, anything else as INTERNAL (logged)."""
+    if isinstance(err, MeshError):
+        return err.code, err.message
+    if isinstance(err, wire.WireError):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"malformed {name} request: {err}"
+    log.exception("unexpected error in %s", name)
+    return grpc.StatusCode.INTERNAL, "internal router error; see the router log"
