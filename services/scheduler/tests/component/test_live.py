@@ -248,8 +248,8 @@ async def test_routes_many_lists_loaded_copies_on_live_pods_with_addresses(live:
 
 
 async def test_routes_many_agrees_with_copies_and_pods_across_chunks(live: LiveState) -> None:
-    """The same routes as the per-model reads (`copies_many` + `pods`, what
-    `SchedulerService.routes_for` uses), whatever the chunk size."""
+    """The same routes as the per-model reads (`copies_many` + `pods`), whatever the
+    chunk size."""
     pods = await _addressed_pods(live, 6)
     rng = random.Random(3)
     models = [f"m{i}" for i in range(40)]

@@ -470,8 +470,8 @@ class LiveState:
         self, model_ids: Iterable[str], *, chunk: int = 5_000
     ) -> dict[str, list[tuple[str, str, str]]]:
         """The route of each model: (pod id, gRPC address, REST address) of its loaded
-        copies on pods that are registered, sorted by pod id (what
-        `SchedulerService.routes_for` computes from `copies_many` and `pods`). Read by one
+        copies on pods that are registered, sorted by pod id (the same as filtering
+        `copies_many` by `pods`, tested). The relay's snapshots and changes. Read by one
         script per `chunk` models (a round trip each, and Redis busy for a few ms): a
         model's copies and the addresses of their pods come from the same instant, and a
         copy on a pod that is gone is left out. Only the pods named are read."""

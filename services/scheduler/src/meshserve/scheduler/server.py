@@ -12,7 +12,7 @@ from redis.asyncio.client import PubSub
 from meshserve.common.grpcutil import rpc_errors, rpc_stream_errors
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
-from meshserve.scheduler.routes import EndpointTuple, build_route_update
+from meshserve.scheduler.routes import build_route_update
 from meshserve.scheduler.service import Endpoint, ModelSpec, ModelState, SchedulerService
 
 log = logging.getLogger(__name__)
@@ -218,10 +218,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def _snapshot(self) -> pb.RouteUpdate:
         live = self.service.live
         models = sorted(await live.model_ids())
-        routes = await self.service.routes_for(models)
+        routes = await live.routes_many(models)
         vmodels = await live.vmodels()
         return build_route_update(
-            [(m, _endpoint_tuples(routes.get(m, ()))) for m in models],
+            [(m, routes[m]) for m in models],
             vmodels=sorted(vmodels.items()),
             snapshot=True,
         )
@@ -241,7 +241,3 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             removed_vmodels=sorted(v for v in vmodels if v not in current_vmodels),
             version=version,
         )
-
-
-def _endpoint_tuples(endpoints: Sequence[Endpoint]) -> list[EndpointTuple]:
-    return [(e.pod_id, e.grpc_address, e.rest_address) for e in endpoints]

@@ -908,18 +908,6 @@ class SchedulerService:
         return {"pod": pod_id, "moved": moved, "unloaded": dropped}
 
     # -- routes ----------------------------------------------------------------------------
-    async def routes_for(self, model_ids: Sequence[str]) -> dict[str, list[Endpoint]]:
-        copies = await self.live.copies_many(model_ids)
-        pods = {p.pod_id: p for p in await self.live.pods()}
-        out: dict[str, list[Endpoint]] = {}
-        for model, recs in copies.items():
-            out[model] = [
-                Endpoint(pod_id=c.pod_id, grpc_address=pods[c.pod_id].grpc_address, rest_address=pods[c.pod_id].rest_address)
-                for c in recs
-                if c.state == CopyState.LOADED.value and c.pod_id in pods
-            ]
-        return out
-
     async def _publish(self, *, models: Sequence[str] = (), vmodels: Sequence[str] = ()) -> None:
         try:
             await self.live.publish({"models": list(models), "vmodels": list(vmodels)})
