@@ -9,7 +9,13 @@ from meshserve.common.errors import (
     from_grpc,
     http_status_for,
 )
-from meshserve.common.labels import SupportedFormat, model_labels, parse_formats, runtime_labels
+from meshserve.common.labels import (
+    SupportedFormat,
+    model_labels,
+    parse_formats,
+    runtime_labels,
+    runtime_spec_from_labels,
+)
 from meshserve.common.modelid import model_id, spec_hash
 
 
@@ -38,6 +44,16 @@ def test_labels_match_like_modelmesh() -> None:
 
 def test_parse_formats() -> None:
     assert parse_formats("sklearn:0, xgboost") == [SupportedFormat("sklearn", "0", True), SupportedFormat("xgboost", None, True)]
+
+
+def test_runtime_spec_from_labels_inverts_runtime_labels() -> None:
+    formats = [SupportedFormat("sklearn", "0", True), SupportedFormat("xgboost", None, True), SupportedFormat("onnx", "1")]
+    labels = runtime_labels(runtime="mlserver-1.x", formats=formats, protocol_versions=["grpc-v2", "v2"])
+    assert runtime_spec_from_labels(labels) == {
+        "supportedModelFormats": ["sklearn:0", "xgboost"],   # onnx is not auto-selected: no label
+        "protocolVersions": ["grpc-v2", "v2"],
+    }
+    assert runtime_spec_from_labels([]) == {"supportedModelFormats": [], "protocolVersions": []}
 
 
 def test_error_mapping_round_trip() -> None:

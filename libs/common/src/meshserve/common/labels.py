@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,23 @@ def parse_formats(spec: str) -> list[SupportedFormat]:
         name, _, version = item.partition(":")
         out.append(SupportedFormat(name=name, version=version or None, auto_select=True))
     return out
+
+
+def runtime_spec_from_labels(labels: Iterable[str]) -> dict[str, Any]:
+    """The part of a ServingRuntime spec a pod's labels carry (the inverse of
+    `runtime_labels`): the auto-selected formats, `name` or `name:version`, and the
+    protocol versions, each sorted."""
+    versions: dict[str, str] = {}
+    protocols = []
+    for label in labels:
+        kind, _, rest = label.partition(":")
+        if kind == "mt":
+            name, _, version = rest.partition(":")
+            if version or name not in versions:
+                versions[name] = version
+        elif kind == "pv":
+            protocols.append(rest)
+    return {
+        "supportedModelFormats": [f"{n}:{v}" if v else n for n, v in sorted(versions.items())],
+        "protocolVersions": sorted(protocols),
+    }

@@ -38,7 +38,7 @@ from meshserve.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from meshserve.common.labels import model_labels
+from meshserve.common.labels import model_labels, runtime_spec_from_labels
 from meshserve.common.proto.meshserve.v1 import runtime_pb2, runtime_pb2_grpc
 from meshserve.common.storage import check_model_id, parse_storage_uri
 from meshserve.scheduler import placement
@@ -957,7 +957,7 @@ def describe_runtimes(pods: Sequence[PodInfo]) -> dict[str, RuntimeRecord]:
         labels = sorted(frozenset().union(*(p.labels for p in group)))
         out[name] = RuntimeRecord(
             name=name,
-            spec=_spec_from_labels(labels),
+            spec=runtime_spec_from_labels(labels),
             labels=tuple(labels),
             default_model_size=runtime_default_size(group),
             pod_capacity_bytes=max(p.capacity for p in group),
@@ -965,25 +965,6 @@ def describe_runtimes(pods: Sequence[PodInfo]) -> dict[str, RuntimeRecord]:
             pods=len(group),
         )
     return out
-
-
-def _spec_from_labels(labels: Sequence[str]) -> dict[str, Any]:
-    """The part of a ServingRuntime spec its pods' labels carry: the auto-selected formats
-    (`mt:<name>` / `mt:<name>:<version>`) and the protocol versions (`pv:<protocol>`)."""
-    versions: dict[str, str] = {}
-    protocols = []
-    for label in labels:
-        kind, _, rest = label.partition(":")
-        if kind == "mt":
-            name, _, version = rest.partition(":")
-            if version or name not in versions:
-                versions[name] = version
-        elif kind == "pv":
-            protocols.append(rest)
-    return {
-        "supportedModelFormats": [f"{n}:{v}" if v else n for n, v in sorted(versions.items())],
-        "protocolVersions": sorted(protocols),
-    }
 
 
 def failure_time(failure: dict[str, Any] | None) -> dt.datetime | None:
