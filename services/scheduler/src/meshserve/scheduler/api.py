@@ -237,8 +237,7 @@ def create_app(service: SchedulerService) -> FastAPI:
     @app.get("/v1/pods")
     async def list_pods() -> dict[str, Any]:
         items = []
-        pods = await service.live.pods()
-        for snap in (await service.live.placement_snapshot(p.pod_id for p in pods)).pods:
+        for snap in (await service.live.placement_snapshot(await service.live.pod_ids())).pods:
             pod, allocations = snap.pod, snap.allocations
             items.append(
                 {

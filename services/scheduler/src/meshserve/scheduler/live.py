@@ -354,8 +354,12 @@ class LiveState:
             existed, *_ = await pipe.execute()
         return not existed
 
+    async def pod_ids(self) -> list[str]:
+        """The registered pod ids, sorted (a pod's hash may already be gone: see `pods`)."""
+        return sorted(await self.redis.smembers(f"{self.p}:pods"))
+
     async def pods(self) -> list[PodInfo]:
-        ids = sorted(await self.redis.smembers(f"{self.p}:pods"))
+        ids = await self.pod_ids()
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
