@@ -6,9 +6,7 @@ import gc
 import random
 import statistics
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from bench.placement.traces import model_sizes
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2
@@ -22,7 +20,7 @@ from meshserve.scheduler.models import (
 )
 from meshserve.scheduler.placement import place
 from meshserve.scheduler.placement_index import ClusterIndex, place_indexed
-from meshserve.scheduler.routes import EndpointTuple, build_route_update
+from meshserve.scheduler.routes import EndpointTuple, encode_route_update
 
 LABELS = frozenset({"rt:mlserver-1.x", "mt:sklearn", "pv:grpc-v2"})
 
@@ -177,7 +175,7 @@ class Publish:
     changes: int
     messages: int
     wire_bytes: int
-    median_ms: float       # compute + routes.build_route_update (the relay's builder) + SerializeToString
+    median_ms: float       # compute + routes.encode_route_update (protobuf's bytes, built in Python)
     max_ms: float
     cpu_median_ms: float   # CPU time of the thread (less sensitive to other processes)
     compute_median_ms: float       # of which: applying the events and listing each changed route's endpoints
@@ -218,13 +216,13 @@ def _apply(table: dict[str, set[str]], events: list[tuple[str, str, bool]]) -> l
 
 def route_publish(*, models: int, pods: int, changes: int, batch: int, repeats: int, seed: int) -> Publish:
     """Apply `changes` copy events (load here / evict there) to a model->pods table, then
-    build and serialise the `RouteUpdate` messages for every model whose route changed.
-    Timed: computing the changed routes + building + serialising the protobufs, with
-    `routes.build_route_update` (what the scheduler's WatchRoutes relay builds each update
-    with: wire bytes, parsed once into the message) + `SerializeToString` (what gRPC's
-    handler does with it), `batch` routes per message; alternating, with the protobuf
-    API as a baseline (`routes.add()` / `endpoints.add()` per route and endpoint). Both
-    must give the same bytes. No Redis, no pub/sub: see `route_publish_end_to_end`."""
+    build and serialise the `RouteUpdate` messages for every model whose route changed:
+    what a relay holding the routes in its own memory would do (the scheduler's relay
+    does not: its routes are computed in Redis, see `route_publish_end_to_end`).
+    Timed: computing the changed routes + `routes.encode_route_update` (protobuf's bytes
+    built in Python), `batch` routes per message; alternating, with the protobuf API as
+    a baseline (`routes.add()` / `endpoints.add()` per route and endpoint, then
+    `SerializeToString`). Both must give the same bytes."""
     endpoints, base, events = _publish_case(models=models, pods=pods, changes=changes, seed=seed)
     compute: list[float] = []
 
@@ -234,7 +232,7 @@ def route_publish(*, models: int, pods: int, changes: int, batch: int, repeats: 
         routes = [(m, [endpoints[p] for p in sorted(table[m])]) for m in changed]
         compute.append((time.perf_counter() - t0) * 1000.0)
         return [
-            build_route_update(routes[lo : lo + batch], version=version + k).SerializeToString()
+            encode_route_update(routes[lo : lo + batch], version=version + k)
             for k, lo in enumerate(range(0, len(routes), batch))
         ]
 
@@ -264,7 +262,7 @@ def route_publish(*, models: int, pods: int, changes: int, batch: int, repeats: 
             out[name] = build(table, 1000 * r + 1)
             runs[name].append((time.perf_counter() - t0) * 1000.0)
             cpu[name].append((time.thread_time() - c0) * 1000.0)
-        assert out["fast"] == out["baseline"], "build_route_update differs from the protobuf API"
+        assert out["fast"] == out["baseline"], "encode_route_update differs from the protobuf API"
     payloads = out["fast"]
     check = scheduler_pb2.RouteUpdate.FromString(payloads[0])
     assert len(check.routes) == min(batch, changes)
@@ -278,17 +276,20 @@ def route_publish(*, models: int, pods: int, changes: int, batch: int, repeats: 
 
 @dataclass(frozen=True)
 class PublishEndToEnd:
-    changes: int
+    changes: int           # models whose route changed, per repeat
+    entries: int           # route log entries appended per repeat (a model may change twice)
     models: int
     pods: int
     redis: str             # "MESHSERVE_REDIS_URL" or "private redis-server"
     wire_bytes: int
-    median_ms: float       # live.publish() of the notification -> relay -> serialised RouteUpdate
+    median_ms: float       # hub step: read the log -> apply to the table -> RouteUpdate bytes
     max_ms: float
-    # where the time goes: the relay's Redis reads, timed inside the end-to-end runs (medians)
-    registered_ms: float   # live.registered(changed): one SMISMEMBER (to tell removed from changed)
-    routes_ms: float       # live.routes_many(present): copies + their pods' addresses, one script per 5,000 models
-    build_ms: float        # routes.build_route_update + SerializeToString of the update, without Redis
+    read_ms: float         # of which: reading the entries (one script)
+    apply_ms: float        # of which: applying them to the table (the routes computed)
+    encode_ms: float       # of which: encoding the changed routes
+    scripts_s: float       # the copy scripts themselves, pipelined (untimed in the figure)
+    load_s: float          # loading the table (position, then every model's copies and every pod)
+    snapshot_ms: float     # encoding a snapshot of every route from the table
     setup_s: float
     hiredis: bool          # redis-py decodes replies with hiredis (C) rather than in pure Python
 
@@ -296,14 +297,14 @@ class PublishEndToEnd:
 def route_publish_end_to_end(*, models: int, pods: int, changes: int, repeats: int, seed: int) -> PublishEndToEnd:
     """The real route path on a real Redis (MESHSERVE_REDIS_URL if set, with a private key
     prefix removed afterwards; else a private redis-server): `models` registered models
-    with copies on `pods` pods; the copy events of `route_publish` are written to Redis
-    (untimed: the load and unload paths write them), then timed: one notification listing
-    the `changes` changed models published on the routes channel (`LiveState.publish`, as
-    `SchedulerService._publish` does) -> `SchedulerServicer.relay` (the WatchRoutes loop
-    after the snapshot) receives it, reads the routes from Redis and builds the
-    `RouteUpdate` -> `SerializeToString` (what gRPC's handler sends). Odd repeats publish the
-    events undone (the routes before), so every repeat publishes `changes` real changes.
-    The routes received are checked against the in-memory table of the same events."""
+    with copies on `pods` pods, a route table loaded from it as the scheduler's route hub
+    loads one. Each repeat applies the copy events of `route_publish` (odd repeats undo
+    them) through the real copy scripts (`LiveState.reserve` + `settle` to add a copy,
+    `release` to drop one), which append a route log entry as they change the copy
+    (untimed: that is the placement's own work). Then timed: `routehub.catch_up`, the hub's
+    step: read the entries, apply them to the table, encode the `RouteUpdate` bytes that
+    every WatchRoutes stream is handed. The update is checked against the in-memory
+    table of the same events."""
     import asyncio
     import os
     import tempfile
@@ -341,101 +342,113 @@ return 0
 async def _end_to_end(
     url: str, where: str, *, models: int, pods: int, changes: int, repeats: int, seed: int
 ) -> PublishEndToEnd:
-    import asyncio
     import uuid
 
     from redis.utils import HIREDIS_AVAILABLE
 
     from meshserve.scheduler.live import LiveState, now_ms
-    from meshserve.scheduler.server import SchedulerServicer
-    from meshserve.scheduler.service import SchedulerService
-    from meshserve.scheduler.settings import SchedulerSettings
+    from meshserve.scheduler.route_table import RouteTable
+    from meshserve.scheduler.routehub import catch_up, load_table
 
     endpoints, base, events = _publish_case(models=models, pods=pods, changes=changes, seed=seed)
     after = {n: set(p) for n, p in base.items()}
     touched = _apply(after, events)
     live = LiveState(url, prefix=f"bench-{uuid.uuid4().hex[:8]}")
-    # the relay reads only Redis: no registry (Postgres) and no puller is touched
-    service = SchedulerService(settings=SchedulerSettings(), registry=None, live=live)  # type: ignore[arg-type]
-    relay_of = SchedulerServicer(service)
-    pubsub = live.redis.pubsub()
     try:
         t0 = time.perf_counter()
-        await asyncio.gather(*(
-            live.upsert_pod(pod_id=pod_id, fields={
+        for pod_id, (_, grpc_address, rest_address) in endpoints.items():
+            await live.upsert_pod(pod_id=pod_id, fields={
                 "runtime": "mlserver-1.x", "labels": sorted(LABELS), "management_address": "127.0.0.1:1",
-                "grpc_address": grpc_address, "rest_address": rest_address, "capacity": 1 << 40,
-                "used": 0, "max_loading": 1, "default_size": 1_000_000, "heartbeat_ms": now_ms(), "started_ms": 0,
+                "grpc_address": grpc_address, "rest_address": rest_address, "capacity": 1 << 60,
+                "used": 0, "max_loading": 1 << 30, "default_size": 1_000_000, "heartbeat_ms": now_ms(), "started_ms": 0,
             })
-            for pod_id, (_, grpc_address, rest_address) in endpoints.items()
-        ))
         await live.sync_registry(model_ids=list(base), vmodels={})
-        # copy hashes as the loading path leaves them (LiveState's key and value format),
-        # written by a script: 100,000 pipelined HSETs cost seconds in redis-py
+        # the starting copies, written by a plain script (100,000 loads through the copy
+        # scripts would only take longer): "loaded" copy entries, as the scripts leave them
         replace = live.redis.register_script(_REPLACE_COPIES)
-
-        async def write(table: dict[str, set[str]], ids: list[str]) -> None:
-            for lo in range(0, len(ids), 20_000):
-                args: list[str | int] = [f"loaded:{now_ms()}"]
-                for m in ids[lo : lo + 20_000]:
-                    args += (live.k_copies(m), len(table[m]), *table[m])
-                await replace(keys=[], args=args)
-
-        await write(base, list(base))
+        ids = list(base)
+        for lo in range(0, len(ids), 20_000):
+            args: list[str | int] = [f"loaded:{now_ms()}"]
+            for m in ids[lo : lo + 20_000]:
+                args += (live.k_copies(m), len(base[m]), *base[m])
+            await replace(keys=[], args=args)
         setup_s = time.perf_counter() - t0
         # this harness's own tables (200,000 sets) out of the collector's way: a scheduler
-        # process holds no such heap, and full collections walking it would be billed to the relay
+        # process holds no such heap, and full collections walking it would be billed to the hub
         gc.collect()
         gc.freeze()
 
-        await pubsub.subscribe(live.channel)
-        relay = relay_of.relay(pubsub)
-        # where the time goes: the relay's Redis reads, timed inside the real runs
-        spent: dict[str, list[float]] = {"registered": [], "routes_many": []}
+        t0 = time.perf_counter()
+        table, position = await load_table(live.routes)
+        load_s = time.perf_counter() - t0
+        assert len(table.registered) == models
+        t0 = time.perf_counter()
+        first = table.snapshot(version=position.seq)
+        snapshot_ms = (time.perf_counter() - t0) * 1000.0
+        assert len(scheduler_pb2.RouteUpdate.FromString(first).routes) == models
 
-        def timed(name: str, read: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def timed_read(*args: Any, **kwargs: Any) -> Any:
-                t = time.perf_counter()
-                try:
-                    return await read(*args, **kwargs)
-                finally:
-                    spent[name].append((time.perf_counter() - t) * 1000.0)
-            return timed_read
-
-        for name in spent:
-            setattr(live, name, timed(name, getattr(live, name)))
+        # where the time goes: the same three steps as catch_up, timed one by one on a copy
+        spent: dict[str, list[float]] = {"read": [], "apply": [], "encode": []}
+        current = {m: set(base[m]) for m in touched}
         wall: list[float] = []
-        payload = b""
+        scripts: list[float] = []
+        logged: list[int] = []
+        changed_models: list[int] = []
+        payload: bytes | None = b""
         for r in range(repeats):
-            table = after if r % 2 == 0 else base
-            await write(table, touched)
+            table_now = after if r % 2 == 0 else base
             t0 = time.perf_counter()
-            await live.publish({"models": touched, "vmodels": []})
-            update = await anext(relay)
-            payload = update.SerializeToString()
+            async with live.redis.pipeline(transaction=False) as pipe:
+                for m in touched:
+                    for pod in sorted(table_now[m] - current[m]):
+                        await live._reserve(keys=live._keys(m, pod), args=[m, pod, 10, now_ms(), "0"], client=pipe)
+                        await live._settle(keys=live._keys(m, pod), args=[m, pod, 10, now_ms(), live.p], client=pipe)
+                    for pod in sorted(current[m] - table_now[m]):
+                        await live._release(keys=live._keys(m, pod), args=[m, pod, live.p], client=pipe)
+                    current[m] = set(table_now[m])
+                replies = await pipe.execute()
+            scripts.append(time.perf_counter() - t0)
+            assert all(replies), "a copy script refused a change"
+            logged.append((await live.routes.position()).seq - position.seq)
+            # the breakdown, on a throw-away copy of the table (untimed copy)
+            shadow = RouteTable(
+                models=table.registered, loaded=[(m, p) for m, ps in table.copies.items() for p in ps],
+                pods=table.pods.values(), vmodels=table.vmodels,
+            )
+            t1 = time.perf_counter()
+            entries = await live.routes.read(position, most=100_000)
+            t2 = time.perf_counter()
+            shadow_changed = shadow.apply(entries.flat)
+            t3 = time.perf_counter()
+            shadow.changes(shadow_changed, version=entries.position.seq)
+            t4 = time.perf_counter()
+            for name, (lo, hi) in (("read", (t1, t2)), ("apply", (t2, t3)), ("encode", (t3, t4))):
+                spent[name].append((hi - lo) * 1000.0)
+            del shadow
+            # the figure: the hub's own step
+            t0 = time.perf_counter()
+            new_position, payload, count = await catch_up(live.routes, table, position, most=100_000)
             wall.append((time.perf_counter() - t0) * 1000.0)
+            assert new_position is not None and payload is not None and count == logged[-1]
+            position = new_position
+            update = scheduler_pb2.RouteUpdate.FromString(payload)
             got = {route.model_id: [e.pod_id for e in route.endpoints] for route in update.routes}
-            assert got == {m: sorted(table[m]) for m in touched}, "relay routes differ from the table"
+            changed = {m for m in touched if table_now[m] != (after if r % 2 else base)[m]}
+            changed_models.append(len(changed))
+            assert set(got) == changed, "the update does not hold exactly the changed models"
+            assert got == {m: sorted(table_now[m]) for m in changed}, "routes differ from the table"
             assert all(
                 (e.pod_id, e.grpc_address, e.rest_address) == endpoints[e.pod_id]
                 for route in update.routes for e in route.endpoints
             )
-        await relay.aclose()
-        assert all(len(v) == repeats for v in spent.values()), spent
-        present = sorted(touched)
-        build: list[float] = []
-        for _ in range(5):   # the same update from the same routes, without Redis
-            t0 = time.perf_counter()
-            build_route_update([(m, [endpoints[p] for p in sorted(after[m])]) for m in present], version=1).SerializeToString()
-            build.append((time.perf_counter() - t0) * 1000.0)
         return PublishEndToEnd(
-            changes, models, pods, where, len(payload), statistics.median(wall), max(wall),
-            statistics.median(spent["registered"]), statistics.median(spent["routes_many"]),
-            statistics.median(build), setup_s, HIREDIS_AVAILABLE,
+            int(statistics.median(changed_models)), int(statistics.median(logged)), models, pods, where,
+            len(payload or b""), statistics.median(wall), max(wall),
+            statistics.median(spent["read"]), statistics.median(spent["apply"]), statistics.median(spent["encode"]),
+            statistics.median(scripts), load_s, snapshot_ms, setup_s, HIREDIS_AVAILABLE,
         )
     finally:
         gc.unfreeze()
-        await pubsub.aclose()
         if where == "MESHSERVE_REDIS_URL":   # a shared server: remove this run's keys
             keys = [k async for k in live.redis.scan_iter(match=f"{live.p}:*", count=10_000)]
             for lo in range(0, len(keys), 10_000):

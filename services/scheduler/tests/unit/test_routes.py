@@ -11,11 +11,9 @@ from hypothesis import strategies as st
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.scheduler.routes import (
     EndpointTuple,
-    build_route_update,
-    build_route_updates,
     encode_endpoint,
     encode_route_update,
-    encode_route_updates,
+    update_bytes,
 )
 
 text = st.text(max_size=150)   # unicode, empty, and longer than 127 bytes (2-byte lengths)
@@ -23,51 +21,28 @@ endpoint_st = st.tuples(text, text, text)
 changes_st = st.dictionaries(text, st.lists(endpoint_st, max_size=4), max_size=12)
 
 
-def reference(
-    changes: dict[str, list[EndpointTuple]], *, batch: int, version: int, snapshot: bool
-) -> list[pb.RouteUpdate]:
-    items = list(changes.items())
-    out = []
-    for k, lo in enumerate(range(0, len(items), batch)):
-        update = pb.RouteUpdate(snapshot=snapshot, version=version + k)
-        for model, endpoints in items[lo : lo + batch]:
-            route = update.routes.add(model_id=model)
-            for pid, grpc_address, rest_address in endpoints:
-                route.endpoints.add(pod_id=pid, grpc_address=grpc_address, rest_address=rest_address)
-        out.append(update)
-    return out
+def test_endpoint_bytes() -> None:
+    a = ("p1", "10.0.0.1:8001", "http://10.0.0.1:8002")
+    assert pb.Endpoint.FromString(encode_endpoint(a)) == pb.Endpoint(pod_id="p1", grpc_address=a[1], rest_address=a[2])
+    assert encode_endpoint(("p", "", "")) == pb.Endpoint(pod_id="p").SerializeToString()
 
 
 @settings(max_examples=100, deadline=None)
-@given(changes=changes_st, batch=st.integers(1, 5), version=st.sampled_from([0, 1, 127, 128, 2**40, 2**64 - 20]), snapshot=st.booleans())
-def test_same_messages_and_bytes_as_protobuf(
-    changes: dict[str, list[EndpointTuple]], batch: int, version: int, snapshot: bool
+@given(
+    parts=st.lists(st.tuples(text, st.lists(endpoint_st, max_size=3)), max_size=6),
+    version=st.sampled_from([0, 1, 127, 128, 2**40, 2**64 - 1]),
+    snapshot=st.booleans(),
+)
+def test_update_bytes_joins_encoded_elements(
+    parts: list[tuple[str, list[EndpointTuple]]], version: int, snapshot: bool
 ) -> None:
-    expected = reference(changes, batch=batch, version=version, snapshot=snapshot)
-    built = build_route_updates(changes, batch=batch, version=version, snapshot=snapshot)
-    assert built == expected
-    assert encode_route_updates(changes, batch=batch, version=version, snapshot=snapshot) == [
-        m.SerializeToString() for m in expected
-    ]
-    # round trip: the routes read back are the routes given, in order
-    routes = [(r.model_id, [(e.pod_id, e.grpc_address, e.rest_address) for e in r.endpoints]) for m in built for r in m.routes]
-    assert routes == [(m, list(eps)) for m, eps in changes.items()]
-
-
-def test_batches_versions_and_pairs() -> None:
-    a = ("p1", "10.0.0.1:8001", "http://10.0.0.1:8002")
-    b = ("p2", "10.0.0.2:8001", "http://10.0.0.2:8002")
-    pairs = [("m1", [a, b]), ("m2", []), ("m3", [b])]
-    updates = build_route_updates(pairs, batch=2, version=7)
-    assert [len(u.routes) for u in updates] == [2, 1]
-    assert [u.version for u in updates] == [7, 8]
-    assert not updates[0].snapshot
-    assert list(updates[0].routes[1].endpoints) == []
-    assert updates[1].routes[0].endpoints[0] == pb.Endpoint(pod_id="p2", grpc_address=b[1], rest_address=b[2])
-    assert build_route_updates({}, batch=10) == []
-    assert pb.Endpoint.FromString(encode_endpoint(a)) == pb.Endpoint(pod_id="p1", grpc_address=a[1], rest_address=a[2])
+    """Elements encoded one by one (as the route log holds them), joined: the message with
+    all of them, in order, and the version and snapshot flag."""
+    elements = [encode_route_update([part]) for part in parts]
+    expected = encode_route_update(parts, version=version, snapshot=snapshot)
+    assert update_bytes(elements, version=version, snapshot=snapshot) == expected
     with pytest.raises(ValueError):
-        build_route_updates(pairs, batch=0)
+        update_bytes(elements, version=2**64)
 
 
 def reference_update(
@@ -79,7 +54,7 @@ def reference_update(
     version: int,
     snapshot: bool,
 ) -> pb.RouteUpdate:
-    """The same message built through the protobuf API (as the relay did before)."""
+    """The same message built through the protobuf API."""
     return pb.RouteUpdate(
         snapshot=snapshot,
         version=version,
@@ -102,7 +77,7 @@ def check_update(
     version: int = 0,
     snapshot: bool = False,
 ) -> bytes:
-    """encode_route_update / build_route_update against the protobuf API; the bytes."""
+    """encode_route_update against the protobuf API; the bytes."""
     expected = reference_update(
         routes, removed_models=removed_models, vmodels=vmodels, removed_vmodels=removed_vmodels,
         version=version, snapshot=snapshot,
@@ -112,11 +87,7 @@ def check_update(
         version=version, snapshot=snapshot,
     )
     assert payload == expected.SerializeToString()
-    built = build_route_update(
-        routes, removed_models=removed_models, vmodels=vmodels, removed_vmodels=removed_vmodels,
-        version=version, snapshot=snapshot,
-    )
-    assert built == expected
+    assert pb.RouteUpdate.FromString(payload) == expected
     return payload
 
 

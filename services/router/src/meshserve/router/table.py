@@ -40,7 +40,8 @@ class RoutingTable:
             self.vmodels[vm.vmodel_id] = vm.model_id
         for vmodel_id in update.removed_vmodels:
             self.vmodels.pop(vmodel_id, None)
-        self.version = max(self.version, update.version)
+        # a snapshot may start a new epoch of the scheduler's route log (its versions restart)
+        self.version = update.version if update.snapshot else max(self.version, update.version)
 
     def resolve(self, name: str) -> str:
         """vmodel id -> its active model id; anything else is taken as a model id."""

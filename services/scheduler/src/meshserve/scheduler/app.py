@@ -17,11 +17,10 @@ from prometheus_client import start_http_server
 
 from meshserve.common.errors import MeshError
 from meshserve.common.grpcutil import bind, register_error_translator
-from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
 from meshserve.scheduler.api import create_app
 from meshserve.scheduler.live import LiveState, redis_unavailable
 from meshserve.scheduler.registry import Registry
-from meshserve.scheduler.server import SchedulerServicer
+from meshserve.scheduler.server import SchedulerServicer, add_to_server
 from meshserve.scheduler.service import SchedulerService
 from meshserve.scheduler.settings import SchedulerSettings
 
@@ -46,7 +45,8 @@ class SchedulerApp:
             start_http_server(self.settings.metrics_port)
         admin_app = create_app(self.service)
         server = grpc.aio.server()
-        scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.service), server)
+        servicer = SchedulerServicer(self.service)
+        add_to_server(servicer, server)
         port = bind(server, self.settings.grpc_address, self.settings.tls)
         await server.start()
         admin = uvicorn.Server(
@@ -70,6 +70,7 @@ class SchedulerApp:
         with contextlib.suppress(asyncio.CancelledError):
             await admin_task
         await asyncio.gather(*loops, return_exceptions=True)
+        await servicer.close()
         await self.service.pullers.close()
         await self.live.close()
         await self.registry.close()

@@ -26,7 +26,7 @@ Key layout (prefix `ms` by default):
   ms:vmodels              hash: vmodel id -> active model id
   ms:usage:<model>        hash: hits, last_used_ms
   ms:fail:<model>:<pod>   string (TTL = back-off): reason of the last failed load there
-  ms:routes               pub/sub channel of route changes (JSON)
+  ms:routelog...          the route log (see routelog.py): every route change, in order
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meshserve.common.errors import Unavailable
+from meshserve.scheduler.routelog import LOG_SCRIPT, LUA, RESET_SCRIPT, RouteLog, log_args
 
 _RESERVE = """
 local cap = tonumber(redis.call('HGET', KEYS[1], 'capacity') or '-1')
@@ -64,7 +65,7 @@ redis.call('HSET', KEYS[3], ARGV[2], 'loading:' .. ARGV[4])
 return {1, 'ok'}
 """
 
-_SETTLE = """
+_SETTLE = LUA + """
 local state = redis.call('HGET', KEYS[3], ARGV[2])
 if not state or string.sub(state, 1, 8) ~= 'loading:' then return 0 end
 local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
@@ -73,10 +74,12 @@ redis.call('HINCRBY', KEYS[1], 'allocated', bytes - old)
 redis.call('HINCRBY', KEYS[1], 'loading', -1)
 redis.call('HSET', KEYS[2], ARGV[1], bytes)
 redis.call('HSET', KEYS[3], ARGV[2], 'loaded:' .. ARGV[4])
+log_change('+', ARGV[1], ARGV[2])
+routes_logged(ARGV[5])
 return 1
 """
 
-_RELEASE = """
+_RELEASE = LUA + """
 local state = redis.call('HGET', KEYS[3], ARGV[2])
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if old then
@@ -87,18 +90,24 @@ if state and string.sub(state, 1, 8) == 'loading:' and redis.call('EXISTS', KEYS
   redis.call('HINCRBY', KEYS[1], 'loading', -1)
 end
 redis.call('HDEL', KEYS[3], ARGV[2])
-if state then return 1 end
-return 0
+if not state then return 0 end
+if string.sub(state, 1, 7) == 'loaded:' then
+  log_change('-', ARGV[1], ARGV[2])
+  routes_logged(ARGV[3])
+end
+return 1
 """
 
 # adopt a copy a pod reports as loaded that Redis does not know (after a Redis restart)
-_ADOPT = """
+_ADOPT = LUA + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return 0 end
 local bytes = tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'allocated', bytes)
 redis.call('HSET', KEYS[2], ARGV[1], bytes)
 redis.call('HSET', KEYS[3], ARGV[2], 'loaded:' .. ARGV[4])
+log_change('+', ARGV[1], ARGV[2])
+routes_logged(ARGV[5])
 return 1
 """
 
@@ -114,15 +123,38 @@ redis.call('HSET', KEYS[1], 'hits', tostring(hits), 'last_used_ms', ARGV[2])
 return 1
 """
 
-# forget a pod: drop it from every copy set it appears in
-_REMOVE_POD = """
+# forget a pod: drop it from every copy set it appears in (one P entry in the route log
+# says so). ARGV[1]: pod id, ARGV[2]: key prefix.
+_REMOVE_POD = LUA + """
+local P = ARGV[2]
 local models = redis.call('HKEYS', KEYS[2])
 for _, m in ipairs(models) do
-  redis.call('HDEL', ARGV[2] .. m, ARGV[1])
+  redis.call('HDEL', P .. ':copies:' .. m, ARGV[1])
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
+log_change('P', ARGV[1])
+routes_logged(P)
 return models
+"""
+
+# a pod's heartbeat: write its fields; log its addresses when it is new to the pods set
+# or they changed. KEYS: pod hash, pods set. ARGV[1]: pod id, ARGV[2]: key prefix, then
+# field, value pairs. Returns 1 when the pod hash existed before.
+_UPSERT_POD = LUA + """
+local existed = redis.call('EXISTS', KEYS[1])
+local before = redis.call('HMGET', KEYS[1], 'capacity', 'grpc_address', 'rest_address')
+local member = redis.call('SISMEMBER', KEYS[2], ARGV[1])
+if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
+redis.call('HSETNX', KEYS[1], 'allocated', 0)
+redis.call('HSETNX', KEYS[1], 'loading', 0)
+redis.call('SADD', KEYS[2], ARGV[1])
+local after = redis.call('HMGET', KEYS[1], 'capacity', 'grpc_address', 'rest_address')
+if after[1] and (member == 0 or not before[1] or before[2] ~= after[2] or before[3] ~= after[3]) then
+  log_change('A', ARGV[1], after[2] or '', after[3] or '')
+  routes_logged(ARGV[2])
+end
+return existed
 """
 
 # placement's view of some pods, read atomically in one round trip: for each pod its
@@ -150,84 +182,6 @@ for i = 3, #ARGV do
 end
 return {pods, usage}
 """
-
-# Scripts reading many models take the ids as ONE argument, joined by newlines (redis-py
-# packs each argument in Python: ~2 us apiece, 20 ms for 10,000 ids), or one argument
-# each when an id contains a newline (ids are only limited in length). ARGV[1]: "1"
-# joined, "0" one each; the ids follow.
-_IDS = """
-local function ids_of(argv, first)
-  local ids = {}
-  if argv[first - 1] == '1' then
-    local s, pos = argv[first], 1
-    while true do
-      local nl = string.find(s, '\\n', pos, true)
-      if not nl then ids[#ids + 1] = string.sub(s, pos); return ids end
-      ids[#ids + 1] = string.sub(s, pos, nl - 1)
-      pos = nl + 1
-    end
-  end
-  for i = first, #argv do ids[#ids + 1] = argv[i] end
-  return ids
-end
-"""
-
-# which of the ids are in the set KEYS[1]: SMISMEMBER (Redis >= 6.2), 1,000 ids a call
-# (Lua's unpack is limited to a few thousand values). ARGV: the ids, as `_IDS`.
-_REGISTERED = _IDS + """
-local ids = ids_of(ARGV, 2)
-local flags = {}
-for lo = 1, #ids, 1000 do
-  local part = redis.call('SMISMEMBER', KEYS[1], unpack(ids, lo, math.min(lo + 999, #ids)))
-  for j = 1, #part do flags[#flags + 1] = part[j] end
-end
-return flags
-"""
-
-# the routes of some models, read atomically in one round trip: for each model its pods
-# holding a loaded copy that are still registered (in the pods set, hash with a
-# capacity), then the id and addresses of every pod named. ARGV[1]: copies key prefix,
-# ARGV[2]: pod key prefix, ARGV[3..]: the model ids, as `_IDS`. KEYS[1]: the pods set;
-# the copies and pod keys are built from the prefixes (not declared), like `_REMOVE_POD`.
-_ROUTES = _IDS + """
-local routes, addresses, known = {}, {}, {}
-local models = ids_of(ARGV, 4)
-for i = 1, #models do
-  local copies = redis.call('HGETALL', ARGV[1] .. models[i])
-  local on = {}
-  for j = 1, #copies, 2 do
-    local pod = copies[j]
-    if string.sub(copies[j + 1], 1, 7) == 'loaded:' then
-      local ok = known[pod]
-      if ok == nil then
-        ok = false
-        if redis.call('SISMEMBER', KEYS[1], pod) == 1 then
-          local a = redis.call('HMGET', ARGV[2] .. pod, 'capacity', 'grpc_address', 'rest_address')
-          if a[1] then
-            ok = true
-            addresses[#addresses + 1] = pod
-            addresses[#addresses + 1] = a[2] or ''
-            addresses[#addresses + 1] = a[3] or ''
-          end
-        end
-        known[pod] = ok
-      end
-      if ok then on[#on + 1] = pod end
-    end
-  end
-  routes[i] = on
-end
-return {routes, addresses}
-"""
-
-
-def _id_args(ids: list[str]) -> list[str]:
-    """`ids` as the scripts of `_IDS` take them: joined by newlines when none holds one."""
-    joined = "\n".join(ids)
-    if joined.count("\n") == len(ids) - 1:
-        return ["1", joined]
-    return ["0", *ids]
-
 
 _POD_FIELDS = (
     "runtime",
@@ -312,10 +266,12 @@ class LiveState:
         self._release = self.redis.register_script(_RELEASE)
         self._adopt = self.redis.register_script(_ADOPT)
         self._remove_pod = self.redis.register_script(_REMOVE_POD)
+        self._upsert_pod = self.redis.register_script(_UPSERT_POD)
         self._age_usage = self.redis.register_script(_AGE_USAGE)
         self._placement_snapshot = self.redis.register_script(_PLACEMENT_SNAPSHOT)
-        self._routes = self.redis.register_script(_ROUTES)
-        self._registered = self.redis.register_script(_REGISTERED)
+        self._log_routes = self.redis.register_script(LOG_SCRIPT)
+        self._reset_routes = self.redis.register_script(RESET_SCRIPT)
+        self.routes = RouteLog(self.redis, url, prefix=prefix)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -330,10 +286,6 @@ class LiveState:
     def k_copies(self, model: str) -> str:
         return f"{self.p}:copies:{model}"
 
-    @property
-    def channel(self) -> str:
-        return f"{self.p}:routes"
-
     async def ping(self) -> None:
         try:
             await self.redis.ping()
@@ -342,16 +294,14 @@ class LiveState:
 
     # -- pods ---------------------------------------------------------------------------
     async def upsert_pod(self, *, pod_id: str, fields: dict[str, Any]) -> bool:
-        """Write a pod's heartbeat; returns True when the pod was not known before."""
-        key = self.k_pod(pod_id)
-        mapping = {k: (json.dumps(sorted(v)) if k == "labels" else str(v)) for k, v in fields.items()}
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.exists(key)
-            pipe.hset(key, mapping=mapping)
-            pipe.hsetnx(key, "allocated", 0)
-            pipe.hsetnx(key, "loading", 0)
-            pipe.sadd(f"{self.p}:pods", pod_id)
-            existed, *_ = await pipe.execute()
+        """Write a pod's heartbeat; returns True when the pod was not known before. A new
+        pod, or new addresses, are logged for the routes (see `_UPSERT_POD`)."""
+        pairs = [
+            str(x)
+            for k, v in fields.items()
+            for x in (k, json.dumps(sorted(v)) if k == "labels" else v)
+        ]
+        existed = await self._upsert_pod(keys=[self.k_pod(pod_id), f"{self.p}:pods"], args=[pod_id, self.p, *pairs])
         return not existed
 
     async def pod_ids(self) -> list[str]:
@@ -432,7 +382,7 @@ class LiveState:
         """Forget a pod and its copies; returns the model ids it held."""
         models = await self._remove_pod(
             keys=[self.k_pod(pod_id), self.k_alloc(pod_id), f"{self.p}:pods"],
-            args=[pod_id, f"{self.p}:copies:"],
+            args=[pod_id, self.p],
         )
         return list(models)
 
@@ -450,13 +400,13 @@ class LiveState:
         return bool(ok), str(why)
 
     async def settle(self, *, model_id: str, pod_id: str, size: int) -> bool:
-        return bool(await self._settle(keys=self._keys(model_id, pod_id), args=[model_id, pod_id, size, now_ms()]))
+        return bool(await self._settle(keys=self._keys(model_id, pod_id), args=[model_id, pod_id, size, now_ms(), self.p]))
 
     async def release(self, *, model_id: str, pod_id: str) -> bool:
-        return bool(await self._release(keys=self._keys(model_id, pod_id), args=[model_id, pod_id]))
+        return bool(await self._release(keys=self._keys(model_id, pod_id), args=[model_id, pod_id, self.p]))
 
     async def adopt(self, *, model_id: str, pod_id: str, size: int) -> bool:
-        return bool(await self._adopt(keys=self._keys(model_id, pod_id), args=[model_id, pod_id, size, now_ms()]))
+        return bool(await self._adopt(keys=self._keys(model_id, pod_id), args=[model_id, pod_id, size, now_ms(), self.p]))
 
     async def copies(self, model_id: str) -> list[CopyRecord]:
         raw = await self.redis.hgetall(self.k_copies(model_id))
@@ -470,59 +420,40 @@ class LiveState:
             rows = await pipe.execute()
         return {m: [_copy(m, pod, v) for pod, v in sorted(row.items())] for m, row in zip(ids, rows, strict=True)}
 
-    async def routes_many(
-        self, model_ids: Iterable[str], *, chunk: int = 5_000
-    ) -> dict[str, list[tuple[str, str, str]]]:
-        """The route of each model: (pod id, gRPC address, REST address) of its loaded
-        copies on pods that are registered, sorted by pod id (the same as filtering
-        `copies_many` by `pods`, tested). The relay's snapshots and changes. Read by one
-        script per `chunk` models (a round trip each, and Redis busy for a few ms): a
-        model's copies and the addresses of their pods come from the same instant, and a
-        copy on a pod that is gone is left out. Only the pods named are read."""
-        ids = list(model_ids)
-        out: dict[str, list[tuple[str, str, str]]] = {}
-        prefixes = [f"{self.p}:copies:", f"{self.p}:pod:"]
-        for lo in range(0, len(ids), chunk):
-            part = ids[lo : lo + chunk]
-            routes, flat = await self._routes(keys=[f"{self.p}:pods"], args=[*prefixes, *_id_args(part)])
-            where = {flat[i]: (flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)}
-            for model, on in zip(part, routes, strict=True):
-                if len(on) > 1:
-                    on.sort()
-                out[model] = [where[pod] for pod in on]
-        return out
-
     # -- registry mirror ------------------------------------------------------------------
+    # Changes to which models and vmodels exist append their routes to the route log in
+    # the same transaction (MULTI), like the copy scripts do.
     async def add_model(self, model_id: str) -> None:
-        await self.redis.sadd(f"{self.p}:models", model_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(f"{self.p}:models", model_id)
+            await self._log_routes(keys=[], args=log_args(self.p, [("R", model_id, "")]), client=pipe)
+            await pipe.execute()
 
     async def remove_model(self, model_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(f"{self.p}:models", model_id)
             pipe.hdel(f"{self.p}:bounds", model_id)
             pipe.delete(f"{self.p}:usage:{model_id}", f"{self.p}:rate:{model_id}")
+            await self._log_routes(keys=[], args=log_args(self.p, [("U", model_id, "")]), client=pipe)
             await pipe.execute()
 
     async def model_ids(self) -> set[str]:
         return set(await self.redis.smembers(f"{self.p}:models"))
 
-    async def registered(self, model_ids: Iterable[str]) -> set[str]:
-        """Which of `model_ids` are registered: SMISMEMBER (Redis >= 6.2) in a script, so
-        the reply is as long as the question, not the whole `ms:models` set."""
-        ids = list(dict.fromkeys(model_ids))
-        if not ids:
-            return set()
-        flags = await self._registered(keys=[f"{self.p}:models"], args=_id_args(ids))
-        return {m for m, flag in zip(ids, flags, strict=True) if flag}
-
     async def has_model(self, model_id: str) -> bool:
         return bool(await self.redis.sismember(f"{self.p}:models", model_id))
 
     async def set_vmodel(self, vmodel_id: str, model_id: str) -> None:
-        await self.redis.hset(f"{self.p}:vmodels", vmodel_id, model_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{self.p}:vmodels", vmodel_id, model_id)
+            await self._log_routes(keys=[], args=log_args(self.p, [("V", vmodel_id, model_id)]), client=pipe)
+            await pipe.execute()
 
     async def delete_vmodel(self, vmodel_id: str) -> None:
-        await self.redis.hdel(f"{self.p}:vmodels", vmodel_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(f"{self.p}:vmodels", vmodel_id)
+            await self._log_routes(keys=[], args=log_args(self.p, [("X", vmodel_id, "")]), client=pipe)
+            await pipe.execute()
 
     async def vmodels(self) -> dict[str, str]:
         return dict(await self.redis.hgetall(f"{self.p}:vmodels"))
@@ -530,7 +461,8 @@ class LiveState:
     async def sync_registry(
         self, *, model_ids: Iterable[str], vmodels: dict[str, str], bounds: dict[str, tuple[int, int]] | None = None
     ) -> None:
-        """Replace the Redis mirror of the registry (after a Redis restart or at start)."""
+        """Replace the Redis mirror of the registry (after a Redis restart or at start);
+        the route log starts a new epoch, so every route hub reloads and sends routers a snapshot."""
         ids = list(model_ids)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(f"{self.p}:models", f"{self.p}:vmodels", f"{self.p}:bounds")
@@ -540,6 +472,7 @@ class LiveState:
                 pipe.hset(f"{self.p}:vmodels", mapping=vmodels)
             if bounds:
                 pipe.hset(f"{self.p}:bounds", mapping={m: f"{lo}:{hi}" for m, (lo, hi) in bounds.items()})
+            await self._reset_routes(keys=[], args=[self.p], client=pipe)
             await pipe.execute()
 
     # -- usage and failures ---------------------------------------------------------------
@@ -618,11 +551,6 @@ class LiveState:
         keys = [k async for k in self.redis.scan_iter(match=f"{self.p}:fail:{model_id}:*", count=500)]
         if keys:
             await self.redis.delete(*keys)
-
-    # -- routes ---------------------------------------------------------------------------
-    async def publish(self, message: dict[str, Any]) -> None:
-        message["version"] = int(await self.redis.incr(f"{self.p}:routes:version"))
-        await self.redis.publish(self.channel, json.dumps(message))
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:

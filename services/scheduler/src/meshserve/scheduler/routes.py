@@ -1,4 +1,5 @@
-"""Route publishing: `RouteUpdate` wire bytes for changed routes, built fast.
+"""`RouteUpdate` wire bytes, built in Python (the route log builds its entries in Lua:
+routelog.py; snapshots' vmodels and the tests' references are built here).
 
 PURE: no I/O, no clock. Builds the protobuf wire bytes directly instead of going
 through the Python protobuf API (a Python call per route and per endpoint):
@@ -10,8 +11,7 @@ through the Python protobuf API (a Python call per route and per endpoint):
 
 The bytes are exactly what protobuf itself serialises for the same message (fields in
 number order, proto3 defaults omitted, repeated elements always written), tested
-against `SerializeToString` in tests/unit/test_routes.py. The scheduler's `WatchRoutes`
-relay builds its updates with `build_route_update`.
+against `SerializeToString` in tests/unit/test_routes.py.
 
 Wire format used (proto/meshserve/v1/scheduler.proto):
   RouteUpdate: 1 snapshot (bool), 2 routes (Route), 3 removed_models (string),
@@ -24,8 +24,6 @@ Wire format used (proto/meshserve/v1/scheduler.proto):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-
-from meshserve.common.proto.meshserve.v1 import scheduler_pb2
 
 EndpointTuple = tuple[str, str, str]
 """(pod_id, grpc_address, rest_address), as in `Endpoint`."""
@@ -144,55 +142,12 @@ def encode_route_update(
     return _encode_update(routes, removed_models, vmodels, removed_vmodels, version, snapshot, {})
 
 
-def build_route_update(
-    routes: Routes = (),
-    *,
-    removed_models: Iterable[str] = (),
-    vmodels: Mapping[str, str] | Iterable[tuple[str, str]] = (),
-    removed_vmodels: Iterable[str] = (),
-    version: int = 0,
-    snapshot: bool = False,
-) -> scheduler_pb2.RouteUpdate:
-    """`encode_route_update` parsed into the message (one C-level parse; gRPC's generated
-    handler serialises messages, so the relay hands it a message, not bytes)."""
-    update: scheduler_pb2.RouteUpdate = scheduler_pb2.RouteUpdate.FromString(
-        encode_route_update(
-            routes, removed_models=removed_models, vmodels=vmodels, removed_vmodels=removed_vmodels,
-            version=version, snapshot=snapshot,
-        )
-    )
-    return update
-
-
-def encode_route_updates(
-    changes: Routes,
-    *,
-    batch: int,
-    version: int = 0,
-    snapshot: bool = False,
-) -> list[bytes]:
-    """Serialised `RouteUpdate`s of `batch` routes each, in the order given; message k
-    carries `version + k` (endpoints encoded once for all of them)."""
-    if batch < 1:
-        raise ValueError("batch must be >= 1")
-    items = list(changes.items()) if isinstance(changes, Mapping) else list(changes)
-    cache: dict[EndpointTuple, bytes] = {}
-    return [
-        _encode_update(items[lo : lo + batch], (), (), (), version + k, snapshot, cache)
-        for k, lo in enumerate(range(0, len(items), batch))
-    ]
-
-
-def build_route_updates(
-    changes: Routes,
-    *,
-    batch: int,
-    version: int = 0,
-    snapshot: bool = False,
-) -> list[scheduler_pb2.RouteUpdate]:
-    """`RouteUpdate` messages for `changes` (see `encode_route_updates`), `batch` routes each."""
-    parse = scheduler_pb2.RouteUpdate.FromString
-    return [
-        parse(payload)
-        for payload in encode_route_updates(changes, batch=batch, version=version, snapshot=snapshot)
-    ]
+def update_bytes(elements: Iterable[bytes], *, version: int, snapshot: bool = False) -> bytes:
+    """A serialised `RouteUpdate` from already-encoded elements of its fields 2-5 (the
+    route log's entries: see routelog.py), with `version` and `snapshot` added. Repeated
+    fields may come interleaved; protobuf parsers keep each field's elements in order."""
+    if not 0 <= version < _U64:
+        raise ValueError(f"version {version} is not a uint64")
+    head = b"\x08\x01" if snapshot else b""
+    tail = b"\x30" + _varint(version) if version else b""
+    return head + b"".join(elements) + tail

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
-from redis.asyncio.client import PubSub
 
 from meshserve.common.grpcutil import rpc_errors, rpc_stream_errors
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
-from meshserve.scheduler.routes import build_route_update
+from meshserve.scheduler.routehub import RouteHub
 from meshserve.scheduler.service import Endpoint, ModelSpec, ModelState, SchedulerService
 
 log = logging.getLogger(__name__)
@@ -66,8 +64,12 @@ def spec_from_pb(model_id: str, info: pb.ModelInfo, *, min_copies: int = 0, max_
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, service: SchedulerService) -> None:
+    def __init__(self, service: SchedulerService, *, hub: RouteHub | None = None) -> None:
         self.service = service
+        self.hub = hub or RouteHub(service.live.routes)
+
+    async def close(self) -> None:
+        await self.hub.close()
 
     @rpc_errors
     async def RegisterModel(self, request: pb.RegisterModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatusInfo:
@@ -181,63 +183,37 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         )
 
     @rpc_stream_errors
-    async def WatchRoutes(self, request: pb.WatchRoutesRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RouteUpdate]:
-        live = self.service.live
-        pubsub = live.redis.pubsub()
-        await pubsub.subscribe(live.channel)
-        try:
-            # subscribe first, then snapshot: nothing published in between is lost
-            yield await self._snapshot()
-            async for update in self.relay(pubsub):
-                yield update
-        finally:
-            await pubsub.aclose()
+    async def WatchRoutes(self, request: pb.WatchRoutesRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        # serialised RouteUpdates from this process's route hub: registered with a
+        # pass-through serializer (add_to_server)
+        async for update in self.hub.subscribe():
+            yield update
 
-    async def relay(self, pubsub: PubSub) -> AsyncIterator[pb.RouteUpdate]:
-        """The changes after the snapshot: for each batch of queued notifications on the
-        routes channel (`pubsub` is subscribed to it), one `RouteUpdate` read from Redis.
-        (Also driven directly by bench/placement's end-to-end route publishing figure.)"""
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-            if message is None:
-                continue
-            models: set[str] = set()
-            vmodels: set[str] = set()
-            version = 0
-            while message is not None:  # coalesce whatever is queued
-                body = json.loads(message["data"])
-                models.update(body.get("models", []))
-                vmodels.update(body.get("vmodels", []))
-                version = max(version, int(body.get("version", 0)))
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
-            yield await self._changes(models, vmodels, version)
 
-    # Route updates are built as wire bytes by routes.build_route_update (protobuf's own
-    # bytes, several times cheaper than pb.Route / pb.Endpoint per route) and parsed once:
-    # the generated handler serialises a message, so the stream cannot carry raw bytes.
-    async def _snapshot(self) -> pb.RouteUpdate:
-        live = self.service.live
-        models = sorted(await live.model_ids())
-        routes = await live.routes_many(models)
-        vmodels = await live.vmodels()
-        return build_route_update(
-            [(m, routes[m]) for m in models],
-            vmodels=sorted(vmodels.items()),
-            snapshot=True,
-        )
+def _serialised(update: bytes | pb.RouteUpdate) -> bytes:
+    return update if isinstance(update, bytes) else update.SerializeToString()
 
-    async def _changes(self, models: set[str], vmodels: set[str], version: int) -> pb.RouteUpdate:
-        live = self.service.live
-        # only the changed models: which are still registered (SMISMEMBER, not every id),
-        # then their routes with the addresses of their pods in one script per 5,000 models
-        known = await live.registered(models)
-        present = sorted(m for m in models if m in known)
-        routes = await live.routes_many(present)
-        current_vmodels = await live.vmodels() if vmodels else {}
-        return build_route_update(
-            [(m, routes.get(m, [])) for m in present],
-            removed_models=sorted(m for m in models if m not in known),
-            vmodels=[(v, current_vmodels[v]) for v in sorted(vmodels) if v in current_vmodels],
-            removed_vmodels=sorted(v for v in vmodels if v not in current_vmodels),
-            version=version,
-        )
+
+def add_to_server(servicer: SchedulerServicer, server: grpc.aio.Server) -> None:
+    """The generated `add_SchedulerServicer_to_server`, except that WatchRoutes sends the
+    bytes the route hub built as they are (the generated handler would want a message, and
+    parsing the bytes into one only to serialise it again costs more than building them)."""
+    captured: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    class _Capture:
+        def add_generic_rpc_handlers(self, handlers: object) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+            captured[service] = handlers
+
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, _Capture())  # type: ignore[arg-type]
+    (service, handlers), = captured.items()
+    handlers = dict(handlers)
+    handlers["WatchRoutes"] = grpc.unary_stream_rpc_method_handler(
+        servicer.WatchRoutes,
+        request_deserializer=pb.WatchRoutesRequest.FromString,
+        response_serializer=_serialised,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)

@@ -196,7 +196,6 @@ class SchedulerService:
         await self.live.add_model(spec.model_id)
         await self.live.set_bounds(spec.model_id, min_copies=spec.min_copies, max_copies=spec.max_copies)
         await self._event("registered", model_id=spec.model_id, message=f"format {spec.model_type}")
-        await self._publish(models=[spec.model_id])
         if load_now or spec.min_copies > 0:
             # minCopies are placed at registration: the first copy now, the rest by the
             # scaling pass that follows it
@@ -224,7 +223,6 @@ class SchedulerService:
         await self.live.remove_model(model_id)
         await self.live.clear_failures(model_id)
         await self._event("unregistered", model_id=model_id)
-        await self._publish(models=[model_id])
 
     # -- status ----------------------------------------------------------------------------
     async def model_state(self, model_id: str, record: ModelRecord | None = None) -> ModelState:
@@ -289,7 +287,6 @@ class SchedulerService:
             await self._drop_pod(pod_id, why="reported by a router; its model server is not ready")
         elif model_id not in status.loaded_model_ids and await self.live.release(model_id=model_id, pod_id=pod_id):
             await self._event("dropped", model_id=model_id, pod_id=pod_id, message="copy missing on the pod")
-            await self._publish(models=[model_id])
 
     async def pod_leaving(self, pod_id: str) -> None:
         if await self.live.pod(pod_id) is not None:
@@ -298,7 +295,6 @@ class SchedulerService:
     async def _drop_pod(self, pod_id: str, *, why: str) -> None:
         models = await self.live.remove_pod(pod_id)
         await self._event("pod-lost", pod_id=pod_id, message=f"{why}; dropped {len(models)} copies")
-        await self._publish(models=models)
 
     async def retry_load(self, model_id: str) -> tuple[ModelState, list[Endpoint]]:
         """Forget recorded failures (an admin fixed the files) and load again."""
@@ -409,7 +405,6 @@ class SchedulerService:
             log.debug("reservation of %s on %s refused: %s", model_id, plan.pod_id, why)
             return False
         pod = next(p for p in pods if p.pod_id == plan.pod_id)
-        await self._publish(models=[model_id])
         return await self._load_on(record, pod=pod, size=size, reason=plan.reason, deadline=deadline)
 
     async def _load_on(self, record: ModelRecord, *, pod: PodInfo, size: int, reason: str, deadline: float) -> bool:
@@ -432,7 +427,6 @@ class SchedulerService:
             message = err.details() or err.code().name
             model_fault = err.code() in _MODEL_FAULTS
             await self._record_failure(record, pod_id=pod.pod_id, message=message, model_fault=model_fault)
-            await self._publish(models=[model_id])
             if model_fault:
                 raise FailedPrecondition(f"model {model_id!r} failed to load: {message}") from err
             log.warning("load of %s on %s failed (%s): %s; trying another pod", model_id, pod.pod_id, err.code().name, message)
@@ -463,7 +457,6 @@ class SchedulerService:
             + (" (measured)" if response.measured else " (predicted)"),
             details={"reserved": size, "size": measured, "measured": response.measured, "seconds": elapsed},
         )
-        await self._publish(models=[model_id])
         return True
 
     def _runtime_wait_until(self, model_id: str) -> float:
@@ -619,7 +612,6 @@ class SchedulerService:
     async def _unload_copy(self, *, model_id: str, pod_id: str, kind: str, why: str) -> None:
         pod = await self.live.pod(pod_id)
         await self.live.release(model_id=model_id, pod_id=pod_id)
-        await self._publish(models=[model_id])
         if pod is not None:
             try:
                 await self.pullers.stub(pod.management_address).UnloadModel(
@@ -685,7 +677,6 @@ class SchedulerService:
     async def _flip_vmodel(self, vmodel_id: str, *, owner: str, new: str, old: str, auto_delete: bool) -> None:
         await self.registry.upsert_vmodel(vmodel_id=vmodel_id, owner=owner, active=new, target="", auto_delete=auto_delete)
         await self.live.set_vmodel(vmodel_id, new)
-        await self._publish(vmodels=[vmodel_id])
         if old and old != new:
             await self._event("vmodel-switched", model_id=new, message=f"vmodel {vmodel_id}: {old} -> {new}")
             if auto_delete:
@@ -735,7 +726,6 @@ class SchedulerService:
             task.cancel()
         await self.registry.delete_vmodel(vmodel_id)
         await self.live.delete_vmodel(vmodel_id)
-        await self._publish(vmodels=[vmodel_id])
         if record.auto_delete:
             for model in {record.active_model_id, record.target_model_id} - {""}:
                 await self._unregister_if_unreferenced(model)
@@ -746,7 +736,6 @@ class SchedulerService:
         body = {k: v for k, v in fields.items() if k != "pod_id"}
         body["heartbeat_ms"] = now_ms()
         is_new = await self.live.upsert_pod(pod_id=pod_id, fields=body)
-        changed: list[str] = []
         held = await self.live.pod_allocations(pod_id)
         reported = set(loaded_model_ids)
         if is_new:
@@ -758,8 +747,7 @@ class SchedulerService:
             if record is None:
                 continue
             size = known_size(record) or int(fields.get("default_size", DEFAULT_MODEL_SIZE))
-            if await self.live.adopt(model_id=model, pod_id=pod_id, size=size):
-                changed.append(model)
+            await self.live.adopt(model_id=model, pod_id=pod_id, size=size)
         grace = 3 * self.settings.heartbeat_interval_seconds * 1000
         copies = await self.live.copies_many(sorted(set(held) - reported))
         for model, recs in copies.items():
@@ -767,9 +755,6 @@ class SchedulerService:
                 if rec.pod_id == pod_id and rec.state == "loaded" and now_ms() - rec.since_ms > grace:
                     await self.live.release(model_id=model, pod_id=pod_id)
                     await self._event("dropped", model_id=model, pod_id=pod_id, message="pod no longer reports it")
-                    changed.append(model)
-        if changed or is_new:
-            await self._publish(models=changed)
 
     async def _safe_find(self, model_id: str) -> ModelRecord | None:
         try:
@@ -906,13 +891,6 @@ class SchedulerService:
                 dropped.append(model)
         await self._event("drained", pod_id=pod_id, message=f"moved {len(moved)}, dropped {len(dropped)}")
         return {"pod": pod_id, "moved": moved, "unloaded": dropped}
-
-    # -- routes ----------------------------------------------------------------------------
-    async def _publish(self, *, models: Sequence[str] = (), vmodels: Sequence[str] = ()) -> None:
-        try:
-            await self.live.publish({"models": list(models), "vmodels": list(vmodels)})
-        except Exception as err:  # a lost notification is repaired by the next snapshot
-            log.warning("route publish failed: %s", err)
 
     # -- events ----------------------------------------------------------------------------
     async def _event(self, kind: str, **kwargs: Any) -> None:

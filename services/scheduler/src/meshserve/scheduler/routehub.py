@@ -1,0 +1,147 @@
+"""One route table per scheduler process, fed from the route log, fanned out to routers.
+
+A single background task (started by the first `WatchRoutes`) loads the table from
+Redis, then loops: read the log entries after its position, apply them to the table,
+encode one `RouteUpdate` for what changed and hand the bytes to every subscriber; then
+wait for the log's wake-up (or the poll interval). It loads the table again, and sends
+every subscriber a snapshot, when the log no longer holds its position.
+
+A subscriber (one per `WatchRoutes` stream) gets a snapshot of the table as it is when
+it subscribes, then every update after it, in order, through its own queue. One that
+falls more than `queue_limit` updates behind is given a fresh snapshot instead of the
+backlog. Redis errors are logged and retried with a capped back-off; subscribers keep
+the routes they have meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from meshserve.scheduler.route_table import RouteTable
+from meshserve.scheduler.routelog import Position, RouteLog, Waiter
+
+log = logging.getLogger(__name__)
+
+
+async def load_table(routes: RouteLog) -> tuple[RouteTable, Position]:
+    state = await routes.load()
+    table = RouteTable(models=state.models, loaded=state.loaded, pods=state.pods, vmodels=state.vmodels)
+    return table, state.position
+
+
+async def catch_up(routes: RouteLog, table: RouteTable, position: Position, *, most: int) -> tuple[
+    Position | None, bytes | None, int
+]:
+    """One step: the entries after `position` (at most `most`) applied to `table`.
+    Returns (the new position or None when the table must be loaded again, the
+    `RouteUpdate` bytes for what changed or None, the number of entries read)."""
+    entries = await routes.read(position, most=most)
+    if entries.reload:
+        return None, None, 0
+    changed = table.apply(entries.flat)
+    payload = table.changes(changed, version=entries.position.seq) if changed else None
+    return entries.position, payload, entries.count
+
+
+class _Subscriber:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+
+class RouteHub:
+    def __init__(
+        self, routes: RouteLog, *, poll_seconds: float = 5.0, most: int = 20_000, queue_limit: int = 256
+    ) -> None:
+        self.routes = routes
+        self.poll_seconds = poll_seconds
+        self.most = most
+        self.queue_limit = queue_limit
+        self._subscribers: set[_Subscriber] = set()
+        self._table = RouteTable()
+        self._version = 0                      # of the table as it is
+        self._position: Position | None = None  # None: (re)load the table first
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._waiter: Waiter | None = None
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="route-hub")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._waiter is not None:
+            await self._waiter.close()
+            self._waiter = None
+
+    async def subscribe(self) -> AsyncIterator[bytes]:
+        """A snapshot, then every update after it (serialised `RouteUpdate`s)."""
+        self._start()
+        await self._ready.wait()
+        sub = _Subscriber()
+        # no await between the snapshot and joining: nothing can be missed or doubled
+        sub.queue.put_nowait(self._table.snapshot(version=self._version))
+        self._subscribers.add(sub)
+        try:
+            while True:
+                yield await sub.queue.get()
+        finally:
+            self._subscribers.discard(sub)
+
+    def _publish(self, payload: bytes) -> None:
+        for sub in self._subscribers:
+            if sub.queue.qsize() >= self.queue_limit:
+                while not sub.queue.empty():
+                    sub.queue.get_nowait()
+                log.warning("a route subscriber fell %d updates behind: sending it a snapshot", self.queue_limit)
+                sub.queue.put_nowait(self._table.snapshot(version=self._version))
+            else:
+                sub.queue.put_nowait(payload)
+
+    def _broadcast_snapshot(self) -> None:
+        payload = self._table.snapshot(version=self._version)
+        for sub in self._subscribers:
+            while not sub.queue.empty():
+                sub.queue.get_nowait()
+            sub.queue.put_nowait(payload)
+
+    async def _run(self) -> None:
+        self._waiter = self.routes.waiter()
+        delay = 0.1
+        while True:
+            try:
+                await self._step()
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # Redis down or restarting: keep what we have, retry
+                log.warning("route hub: %s: %s; retrying in %.1fs", type(err).__name__, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _step(self) -> None:
+        assert self._waiter is not None
+        if self._position is None:
+            self._table, self._position = await load_table(self.routes)
+            self._version = self._position.seq
+            log.info("route table loaded: %d models, %d pods (log %s)",
+                     len(self._table.registered), len(self._table.pods), self._position)
+            self._broadcast_snapshot()
+            self._ready.set()
+        position, payload, count = await catch_up(self.routes, self._table, self._position, most=self.most)
+        if position is None:
+            self._position = None   # loaded again on the next step
+            return
+        self._position = position
+        self._version = position.seq
+        if payload is not None:
+            self._publish(payload)
+        if count < self.most:
+            await self._waiter.wait(self.poll_seconds)

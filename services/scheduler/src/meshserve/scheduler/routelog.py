@@ -1,0 +1,340 @@
+"""The route log: every change that can move a route, in the order it happened.
+
+Routers learn where models live from the scheduler's `WatchRoutes` stream. Each Redis
+script that changes what routes are made of also appends, in the same atomic step, a
+small entry saying what changed; a Lua script cannot interleave with another, so the
+order of the log is the order of the state changes, whichever scheduler replica made
+them. Each scheduler process keeps one in-memory route table (route_table.py) that it
+loads once and then keeps current from the log (routehub.py): computing 10,000 changed
+routes is a few Python set operations and the encoding of their bytes, instead of
+reading them back from Redis.
+
+Entries are four list elements each, `kind, a, b, c` (unused ones empty), all strings:
+  +  model pod        a copy became loaded (settle, adopt)
+  -  model pod        a loaded copy is gone (release)
+  P  pod              a pod is gone, and every copy on it (remove_pod)
+  A  pod grpc rest    a pod registered, or its addresses changed (upsert_pod)
+  R  model            a model was registered (followed by a + for each loaded copy)
+  U  model            a model was unregistered
+  V  vmodel model     a vmodel points at a model
+  X  vmodel           a vmodel was deleted
+Every entry states the value of what it touches as of its own time, so replaying the
+entries after a position onto any state read later than that position ends at the
+truth: that is how a table is loaded without stopping writers (position first, then the
+state chunk by chunk, then the entries after the position).
+
+Positions are (epoch, sequence). The sequence counts entries; the log keeps the last
+`LOG_LENGTH`. A reader behind the start of the log, or whose epoch is no longer the
+log's (Redis restarted and lost it, or the registry mirror was rebuilt), loads the
+table again and sends routers a snapshot.
+
+Wake-ups: a stream holding only its latest entry (XADD MAXLEN 1). A reader blocked on it
+(XREAD BLOCK) wakes once for any number of changes; pub/sub would cost the reader a
+message each (~40 us in redis-py: 400 ms for 10,000 changes). It is only a hint: the
+reader also reads the log every poll interval.
+
+Keys (prefix `ms`): ms:routelog (the list), ms:routelog:seq (entries appended in this
+epoch), ms:routelog:epoch, ms:routelog:wake (the wake-up stream). The scripts build the
+keys they touch from the prefix (not declared), so they need a single Redis, not a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+LOG_LENGTH = 50_000
+"""Entries kept in the log; a reader further behind than this loads its table again."""
+
+# Shared by every script that logs. `log_change(kind, a, b, c)` queues an entry;
+# `routes_logged(P)` appends what was queued, trims the log and wakes the readers, once
+# per script run (P: the key prefix).
+LUA = """
+local pending = {}
+
+local function log_change(kind, a, b, c)
+  pending[#pending + 1] = kind
+  pending[#pending + 1] = a or ''
+  pending[#pending + 1] = b or ''
+  pending[#pending + 1] = c or ''
+end
+
+local function log_epoch(P)
+  local epoch = redis.call('GET', P .. ':routelog:epoch')
+  if not epoch then
+    local t = redis.call('TIME')
+    epoch = t[1] .. '.' .. t[2]
+    redis.call('SET', P .. ':routelog:epoch', epoch)
+  end
+  return epoch
+end
+
+-- a model's loaded copies, logged after its registration
+local function log_loaded_copies(P, m)
+  local copies = redis.call('HGETALL', P .. ':copies:' .. m)
+  for j = 1, #copies, 2 do
+    if string.sub(copies[j + 1], 1, 7) == 'loaded:' then log_change('+', m, copies[j]) end
+  end
+end
+
+local function routes_logged(P)
+  log_epoch(P)
+  local seq = redis.call('INCRBY', P .. ':routelog:seq', #pending / 4)
+  for lo = 1, #pending, 1000 do
+    redis.call('RPUSH', P .. ':routelog', unpack(pending, lo, math.min(lo + 999, #pending)))
+  end
+  pending = {}
+  local n = redis.call('LLEN', P .. ':routelog')
+  if n > 4 * (LOG_LENGTH + LOG_LENGTH / 4) then
+    redis.call('LTRIM', P .. ':routelog', n - 4 * LOG_LENGTH, -1)
+    redis.call('INCR', P .. ':routelog:trims')
+  end
+  redis.call('XADD', P .. ':routelog:wake', 'MAXLEN', '1', '*', 'seq', seq)
+end
+""".replace("LOG_LENGTH", str(LOG_LENGTH))
+
+# Log entries made by plain commands in the same MULTI (registration, vmodels).
+# ARGV[1]: prefix, then (kind, a, b) triples; an R also logs the model's loaded copies.
+LOG_SCRIPT = LUA + """
+local P = ARGV[1]
+for i = 2, #ARGV, 3 do
+  log_change(ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  if ARGV[i] == 'R' then log_loaded_copies(P, ARGV[i + 1]) end
+end
+routes_logged(P)
+return redis.call('GET', P .. ':routelog:seq')
+"""
+
+# A new epoch with an empty log: every reader loads its table again. ARGV[1]: prefix.
+RESET_SCRIPT = LUA + """
+local P = ARGV[1]
+redis.call('DEL', P .. ':routelog', P .. ':routelog:epoch')
+routes_logged(P)
+return log_epoch(P)
+"""
+
+# The entries after a position. ARGV: prefix, epoch, sequence, most entries to return.
+# Returns {epoch, sequence after the entries returned, 'ok' | 'reload', entries}:
+# 'reload' when the position is not in the log (other epoch, trimmed, or ahead of it).
+_READ = LUA + """
+local P, after, most = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
+local epoch = log_epoch(P)
+local seq = tonumber(redis.call('GET', P .. ':routelog:seq') or '0')
+if ARGV[2] ~= epoch then return {epoch, seq, 'reload', {}} end
+local first = seq - redis.call('LLEN', P .. ':routelog') / 4 + 1
+if after > seq or after + 1 < first then return {epoch, seq, 'reload', {}} end
+local count = math.min(seq - after, most)
+if count <= 0 then return {epoch, seq, 'ok', {}} end
+local lo = 4 * (after + 1 - first)
+return {epoch, after + count, 'ok', redis.call('LRANGE', P .. ':routelog', lo, lo + 4 * count - 1)}
+"""
+
+# Where the log is: {epoch, sequence, sequence of its first entry, trims so far}. A reader
+# then takes the entries it wants by index with a plain LRANGE, in a MULTI that checks
+# the epoch and trims again (appending does not move an index; trimming does). Returning
+# the entries from a script would cost ~2.5 times more: Lua's tables are converted one
+# element at a time. ARGV[1]: prefix.
+_WHERE = LUA + """
+local P = ARGV[1]
+local epoch = log_epoch(P)
+local seq = tonumber(redis.call('GET', P .. ':routelog:seq') or '0')
+local first = seq - redis.call('LLEN', P .. ':routelog') / 4 + 1
+return {epoch, seq, first, redis.call('GET', P .. ':routelog:trims') or '0'}
+"""
+
+# Scripts reading many models take the ids as ONE argument, joined by newlines (redis-py
+# packs each argument in Python: ~2 us apiece, 20 ms for 10,000 ids), or one argument
+# each when an id contains a newline (ids are only limited in length). ARGV[first - 1]:
+# "1" joined, "0" one each; the ids follow.
+_IDS = """
+local function ids_of(argv, first)
+  local ids = {}
+  if argv[first - 1] == '1' then
+    local s, pos = argv[first], 1
+    while true do
+      local nl = string.find(s, '\\n', pos, true)
+      if not nl then ids[#ids + 1] = string.sub(s, pos); return ids end
+      ids[#ids + 1] = string.sub(s, pos, nl - 1)
+      pos = nl + 1
+    end
+  end
+  for i = first, #argv do ids[#ids + 1] = argv[i] end
+  return ids
+end
+"""
+
+
+def _id_args(ids: Sequence[str]) -> list[str]:
+    """`ids` as `_IDS` takes them: joined by newlines when none holds one."""
+    joined = "\n".join(ids)
+    if joined.count("\n") == len(ids) - 1:
+        return ["1", joined]
+    return ["0", *ids]
+
+
+# Loading a table: the pods holding a loaded copy of each model asked, as flat
+# {model, pod, model, pod, ...}. ARGV[1]: copies key prefix, then the ids as `_IDS`.
+_LOADED = _IDS + """
+local out = {}
+for _, m in ipairs(ids_of(ARGV, 3)) do
+  local copies = redis.call('HGETALL', ARGV[1] .. m)
+  for j = 1, #copies, 2 do
+    if string.sub(copies[j + 1], 1, 7) == 'loaded:' then
+      out[#out + 1] = m
+      out[#out + 1] = copies[j]
+    end
+  end
+end
+return out
+"""
+
+# Loading a table: every registered pod's addresses, flat {pod, grpc, rest, ...}; a pod
+# in the set whose hash is gone (no capacity) is left out. ARGV[1]: prefix.
+_PODS = """
+local out = {}
+for _, pod in ipairs(redis.call('SMEMBERS', ARGV[1] .. ':pods')) do
+  local a = redis.call('HMGET', ARGV[1] .. ':pod:' .. pod, 'capacity', 'grpc_address', 'rest_address')
+  if a[1] then
+    out[#out + 1] = pod
+    out[#out + 1] = a[2] or ''
+    out[#out + 1] = a[3] or ''
+  end
+end
+return out
+"""
+
+
+def log_args(prefix: str, changes: Sequence[tuple[str, str, str]]) -> list[str]:
+    """The arguments of `LOG_SCRIPT`: (kind, a, b) per entry."""
+    return [prefix, *(field for change in changes for field in change)]
+
+
+@dataclass(frozen=True)
+class Position:
+    epoch: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class Entries:
+    position: Position               # after these entries
+    reload: bool                     # the position asked for is not in the log any more
+    flat: list[str]                  # kind, a, b, c of each entry, in log order
+
+    @property
+    def count(self) -> int:
+        return len(self.flat) // 4
+
+
+@dataclass(frozen=True)
+class TableState:
+    """What a route table is loaded from (see `RouteLog.load`)."""
+
+    position: Position
+    models: list[str]                # registered model ids
+    loaded: list[tuple[str, str]]    # (model, pod) of every loaded copy of those models
+    pods: list[tuple[str, str, str]]  # (pod id, gRPC address, REST address) of registered pods
+    vmodels: dict[str, str]
+
+
+class RouteLog:
+    """Reads the route log and the state a route table is loaded from (`redis`: a client
+    that decodes replies, as LiveState's does)."""
+
+    def __init__(self, redis: aioredis.Redis, url: str, *, prefix: str = "ms") -> None:
+        self.redis = redis
+        self.p = prefix
+        self._url = url
+        self._log = redis.register_script(LOG_SCRIPT)
+        self._reset = redis.register_script(RESET_SCRIPT)
+        self._read = redis.register_script(_READ)
+        self._where = redis.register_script(_WHERE)
+        self._loaded = redis.register_script(_LOADED)
+        self._pods = redis.register_script(_PODS)
+
+    def waiter(self) -> Waiter:
+        """A wake-up listener (its own connection: it blocks)."""
+        return Waiter(self._url, key=f"{self.p}:routelog:wake")
+
+    async def log(self, changes: Sequence[tuple[str, str, str]]) -> int:
+        """Append entries (kind, a, b); returns the new sequence. Changes made by the
+        scripts are logged by the scripts; this is for the others (and tests)."""
+        if not changes:
+            return 0
+        return int(await self._log(keys=[], args=log_args(self.p, changes)))
+
+    async def reset(self) -> Position:
+        """Start a new epoch with an empty log: every reader will load its table again."""
+        return Position(str(await self._reset(keys=[], args=[self.p])), 0)
+
+    async def position(self) -> Position:
+        epoch, seq, _, _ = await self._read(keys=[], args=[self.p, "", 0, 0])
+        return Position(str(epoch), int(seq))
+
+    async def read(self, after: Position, *, most: int = 20_000, attempts: int = 3) -> Entries:
+        """Up to `most` entries after `after` (see `_WHERE`; after `attempts` spoilt by a
+        trim, one atomic script that returns them itself)."""
+        for _ in range(attempts):
+            epoch, seq, first, trims = await self._where(keys=[], args=[self.p])
+            seq, first = int(seq), int(first)
+            if epoch != after.epoch or after.seq > seq or after.seq + 1 < first:
+                return Entries(Position(epoch, seq), True, [])
+            count = min(seq - after.seq, most)
+            if count <= 0:
+                return Entries(Position(epoch, seq), False, [])
+            lo = 4 * (after.seq + 1 - first)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.get(f"{self.p}:routelog:epoch")
+                pipe.get(f"{self.p}:routelog:trims")
+                pipe.lrange(f"{self.p}:routelog", lo, lo + 4 * count - 1)
+                epoch_now, trims_now, flat = await pipe.execute()
+            if epoch_now == epoch and (trims_now or "0") == trims and len(flat) == 4 * count:
+                return Entries(Position(epoch, after.seq + count), False, flat)
+        epoch, seq, status, flat = await self._read(keys=[], args=[self.p, after.epoch, after.seq, most])
+        position = Position(str(epoch), int(seq))
+        if status == "reload":
+            return Entries(position, True, [])
+        return Entries(position, False, flat)
+
+    async def load(self, *, chunk: int = 5_000) -> TableState:
+        """The position, then the state after it, chunk by chunk (writers are not stopped:
+        the entries after the position are to be replayed on top)."""
+        position = await self.position()
+        models = sorted(await self.redis.smembers(f"{self.p}:models"))
+        loaded: list[tuple[str, str]] = []
+        for lo in range(0, len(models), chunk):
+            flat = await self._loaded(keys=[], args=[f"{self.p}:copies:", *_id_args(models[lo : lo + chunk])])
+            loaded += zip(flat[::2], flat[1::2], strict=True)
+        flat = await self._pods(keys=[], args=[self.p])
+        pods = list(zip(flat[::3], flat[1::3], flat[2::3], strict=True))
+        vmodels = dict(await self.redis.hgetall(f"{self.p}:vmodels"))
+        return TableState(position, models, loaded, pods, vmodels)
+
+
+class Waiter:
+    """Blocks until the route log's wake-up stream has an entry newer than the last one
+    seen (or `seconds` pass). The first call returns at once when any entry exists."""
+
+    def __init__(self, url: str, *, key: str) -> None:
+        # no socket timeout (redis-py's default of 5 s would cut a longer XREAD BLOCK):
+        # each wait is bounded by its own deadline instead
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, single_connection_client=True, decode_responses=True, socket_connect_timeout=3, socket_timeout=None
+        )
+        self.key = key
+        self.last = "0-0"
+
+    async def wait(self, seconds: float) -> bool:
+        """True when woken by a change, False when `seconds` passed without one."""
+        async with asyncio.timeout(seconds + 5.0):
+            reply = await self.redis.xread({self.key: self.last}, block=max(1, int(seconds * 1000)))
+        if not reply:
+            return False
+        self.last = reply[0][1][-1][0]
+        return True
+
+    async def close(self) -> None:
+        await self.redis.aclose()
