@@ -289,6 +289,22 @@ async def test_a_subscriber_that_falls_behind_gets_a_snapshot(live: LiveState) -
         await hub.close()
 
 
+async def test_an_entry_the_table_cannot_apply_makes_the_hub_load_it_again(live: LiveState) -> None:
+    await live.sync_registry(model_ids=["m"], vmodels={})
+    hub = RouteHub(live.routes, poll_seconds=30)
+    sub = hub.subscribe()
+    try:
+        assert (await _next(sub)).snapshot
+        await live.routes.log([("Q", "from-a-newer-version", "")])
+        again = await _next(sub)
+        assert again.snapshot and set(routes_in(again)) == {"m"}
+        await live.add_model("o")
+        assert set(routes_in(await _next(sub))) == {"o"}
+    finally:
+        await sub.aclose()
+        await hub.close()
+
+
 async def test_watch_routes_streams_the_hub_over_grpc(service: SchedulerService) -> None:
     live = service.live
     await live.sync_registry(model_ids=["m"], vmodels={})

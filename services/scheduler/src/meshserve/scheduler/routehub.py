@@ -10,15 +10,17 @@ A subscriber (one per `WatchRoutes` stream) gets a snapshot of the table as it i
 it subscribes, then every update after it, in order, through its own queue. One that
 falls more than `queue_limit` updates behind is given a fresh snapshot instead of the
 backlog. Redis errors are logged and retried with a capped back-off; subscribers keep
-the routes they have meanwhile.
+the routes they have meanwhile. An entry the table cannot apply (a log written by a
+newer version, say) is logged and the table is loaded again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
+
+from redis.exceptions import RedisError
 
 from meshserve.scheduler.route_table import RouteTable
 from meshserve.scheduler.routelog import Position, RouteLog, Waiter
@@ -66,17 +68,28 @@ class RouteHub:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._waiter: Waiter | None = None
+        self._closed = False
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="route-hub")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # a read blocked in redis-py has been seen to outlive its cancellation (the
+            # task stays "cancelling" on the socket): closing the waiter's connection ends
+            # the read, and the loop sees `_closed`
+            _, pending = await asyncio.wait({task}, timeout=2.0)
+            if pending and self._waiter is not None:
+                await self._waiter.close()
+                _, pending = await asyncio.wait({task}, timeout=5.0)
+            if pending:
+                log.warning("route hub: its task did not stop; left behind")
+            elif not task.cancelled() and task.exception() is not None:
+                log.warning("route hub stopped with %r", task.exception())
         if self._waiter is not None:
             await self._waiter.close()
             self._waiter = None
@@ -115,14 +128,19 @@ class RouteHub:
     async def _run(self) -> None:
         self._waiter = self.routes.waiter()
         delay = 0.1
-        while True:
+        while not self._closed:
             try:
                 await self._step()
                 delay = 0.1
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # Redis down or restarting: keep what we have, retry
+            except RedisError as err:  # Redis down or restarting: keep what we have, retry
                 log.warning("route hub: %s: %s; retrying in %.1fs", type(err).__name__, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:  # an entry the table could not apply: it may be half-applied
+                log.exception("route hub: the route log could not be applied; loading the table again")
+                self._position = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
