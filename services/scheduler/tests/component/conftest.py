@@ -60,6 +60,17 @@ def prefix() -> str:
 
 
 @pytest.fixture
+async def live(redis_url: str, prefix: str) -> AsyncIterator[LiveState]:
+    """LiveState on a private key prefix, its keys removed afterwards."""
+    state = LiveState(redis_url, prefix=prefix)
+    yield state
+    keys = [k async for k in state.redis.scan_iter(match=f"{prefix}:*")]
+    if keys:
+        await state.redis.delete(*keys)
+    await state.close()
+
+
+@pytest.fixture
 def make_service(redis_url: str, prefix: str) -> ServiceFactory:
     """`async with make_service(database_url, **settings) as service:` a SchedulerService on
     the test's Redis prefix and that database; on exit its keys are deleted and it is closed."""

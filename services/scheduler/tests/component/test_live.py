@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 
-import pytest
-
 from meshserve.scheduler.live import LiveState
 
 CAPACITY = 1_000
@@ -17,16 +15,6 @@ async def _pods(live: LiveState, n: int, *, max_loading: int = 100) -> list[str]
     for pod in ids:
         await live.upsert_pod(pod_id=pod, fields={"capacity": CAPACITY, "max_loading": max_loading, "labels": []})
     return ids
-
-
-@pytest.fixture
-async def live(redis_url: str, prefix: str):  # type: ignore[no-untyped-def]
-    state = LiveState(redis_url, prefix=prefix)
-    yield state
-    keys = [k async for k in state.redis.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await state.redis.delete(*keys)
-    await state.close()
 
 
 async def test_reserve_settle_release_keeps_allocation_exact(live: LiveState) -> None:

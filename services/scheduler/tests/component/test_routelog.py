@@ -9,7 +9,6 @@ import random
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
-import pytest
 
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
@@ -22,16 +21,6 @@ from meshserve.scheduler.service import SchedulerService
 
 CAPACITY = 1_000
 Routes = dict[str, list[tuple[str, str, str]]]
-
-
-@pytest.fixture
-async def live(redis_url: str, prefix: str):  # type: ignore[no-untyped-def]
-    state = LiveState(redis_url, prefix=prefix)
-    yield state
-    keys = [k async for k in state.redis.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await state.redis.delete(*keys)
-    await state.close()
 
 
 async def _pods(live: LiveState, n: int, *, capacity: int = CAPACITY) -> list[str]:
