@@ -69,6 +69,8 @@ class RouteHub:
         self._task: asyncio.Task[None] | None = None
         self._waiter: Waiter | None = None
         self._closed = False
+        self._table_id = 0                     # bumped on every load: versions restart with an epoch
+        self._snapshot_cache: tuple[tuple[int, int], bytes] | None = None
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
@@ -100,7 +102,7 @@ class RouteHub:
         await self._ready.wait()
         sub = _Subscriber()
         # no await between the snapshot and joining: nothing can be missed or doubled
-        sub.queue.put_nowait(self._table.snapshot(version=self._version))
+        sub.queue.put_nowait(self._snapshot())
         self._subscribers.add(sub)
         try:
             while True:
@@ -108,18 +110,25 @@ class RouteHub:
         finally:
             self._subscribers.discard(sub)
 
+    def _snapshot(self) -> bytes:
+        """The table's snapshot, encoded once per version (100,000 routes take ~0.2 s, on
+        the event loop: routers reconnecting together after a reload share one)."""
+        if self._snapshot_cache is None or self._snapshot_cache[0] != (self._table_id, self._version):
+            self._snapshot_cache = ((self._table_id, self._version), self._table.snapshot(version=self._version))
+        return self._snapshot_cache[1]
+
     def _publish(self, payload: bytes) -> None:
         for sub in self._subscribers:
             if sub.queue.qsize() >= self.queue_limit:
                 while not sub.queue.empty():
                     sub.queue.get_nowait()
                 log.warning("a route subscriber fell %d updates behind: sending it a snapshot", self.queue_limit)
-                sub.queue.put_nowait(self._table.snapshot(version=self._version))
+                sub.queue.put_nowait(self._snapshot())
             else:
                 sub.queue.put_nowait(payload)
 
     def _broadcast_snapshot(self) -> None:
-        payload = self._table.snapshot(version=self._version)
+        payload = self._snapshot()
         for sub in self._subscribers:
             while not sub.queue.empty():
                 sub.queue.get_nowait()
@@ -148,6 +157,7 @@ class RouteHub:
         assert self._waiter is not None
         if self._position is None:
             self._table, self._position = await load_table(self.routes)
+            self._table_id += 1
             self._version = self._position.seq
             log.info("route table loaded: %d models, %d pods (log %s)",
                      len(self._table.registered), len(self._table.pods), self._position)
