@@ -610,8 +610,15 @@ class SchedulerService:
         return views
 
     async def _unload_copy(self, *, model_id: str, pod_id: str, kind: str, why: str) -> None:
+        """Release the copy in live state, then tell its pod. When the release finds no copy
+        (another scheduler replica evicted it first, acting on the same view), nothing is
+        recorded and the pod is not told: the model may be loading there again by now."""
         pod = await self.live.pod(pod_id)
-        await self.live.release(model_id=model_id, pod_id=pod_id)
+        if not await self.live.release(model_id=model_id, pod_id=pod_id):
+            log.debug("%s of %s on %s: already gone", kind, model_id, pod_id)
+            return
+        # recorded at the state change, not after the pod's (serialised, maybe slow) unload
+        await self._event(kind, model_id=model_id, pod_id=pod_id, message=why)
         if pod is not None:
             try:
                 await self.pullers.stub(pod.management_address).UnloadModel(
@@ -619,7 +626,6 @@ class SchedulerService:
                 )
             except grpc.aio.AioRpcError as err:
                 log.warning("unload of %s on %s failed: %s", model_id, pod_id, err.details())
-        await self._event(kind, model_id=model_id, pod_id=pod_id, message=why)
 
     async def unload(self, model_id: str) -> int:
         copies = await self.live.copies(model_id)
