@@ -17,30 +17,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from meshserve.scheduler.routes import (
-    _F1,
-    _F2,
+    HEADS_1,
+    HEADS_2,
     EndpointTuple,
     encode_endpoint,
     encode_route_update,
+    length_delimited,
     update_bytes,
 )
 
 _TWO_BYTE_LIMIT = 1 << 14
-
-
-def _element(tag: int, data: bytes) -> bytes:
-    """One length-delimited field: tag, varint length, data."""
-    n = len(data)
-    if n < 128:
-        return bytes((tag, n)) + data
-    if n < _TWO_BYTE_LIMIT:
-        return bytes((tag, n & 0x7F | 0x80, n >> 7)) + data
-    head = bytearray((tag,))
-    while n >= 128:
-        head.append(n & 0x7F | 0x80)
-        n >>= 7
-    head.append(n)
-    return bytes(head) + data
 
 
 @dataclass
@@ -83,7 +69,7 @@ class RouteTable:
     # -- state ---------------------------------------------------------------------------
     def _set_pod(self, endpoint: EndpointTuple) -> None:
         self.pods[endpoint[0]] = endpoint
-        self._endpoint[endpoint[0]] = _element(0x12, encode_endpoint(endpoint))
+        self._endpoint[endpoint[0]] = length_delimited(0x12, encode_endpoint(endpoint))
 
     def models_on(self, pod: str) -> set[str]:
         """The models with a loaded copy on `pod` (a scan of every model's copies)."""
@@ -153,7 +139,7 @@ class RouteTable:
     # -- wire bytes ----------------------------------------------------------------------
     def _route_elements(self, models: Iterable[str], out: list[bytes], removed: list[str]) -> None:
         registered, copies, endpoint = self.registered, self.copies, self._endpoint
-        f1, f2 = _F1, _F2
+        f1, f2 = HEADS_1, HEADS_2
         append = out.append
         for model in models:
             if model not in registered:
@@ -161,7 +147,7 @@ class RouteTable:
                 continue
             name = model.encode()
             n = len(name)
-            route = (f1[n] + name if n < 128 else _element(0x0A, name)) if n else b""
+            route = (f1[n] + name if n < 128 else length_delimited(0x0A, name)) if n else b""
             held = copies.get(model)
             if held:
                 if len(held) == 1:
@@ -174,7 +160,7 @@ class RouteTable:
             elif n < _TWO_BYTE_LIMIT:
                 append(bytes((0x12, n & 0x7F | 0x80, n >> 7)) + route)
             else:
-                append(_element(0x12, route))
+                append(length_delimited(0x12, route))
 
     def changes(self, changed: Changed, *, version: int) -> bytes:
         """The `RouteUpdate` for what `apply` said changed."""

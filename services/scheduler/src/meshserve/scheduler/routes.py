@@ -48,9 +48,9 @@ def _heads(tag: int) -> list[bytes]:
     return [bytes((tag, n)) for n in range(128)]
 
 
-# field 1, 2, 3 (length-delimited) of any message: tag + length prefixes
-_F1, _F2, _F3 = _heads(0x0A), _heads(0x12), _heads(0x1A)
-_F4, _F5 = _heads(0x22), _heads(0x2A)
+# fields 1-5 (length-delimited) of any message: tag + one-byte length prefixes, by length
+HEADS_1, HEADS_2, HEADS_3 = _heads(0x0A), _heads(0x12), _heads(0x1A)
+HEADS_4, HEADS_5 = _heads(0x22), _heads(0x2A)
 
 
 def _string(table: list[bytes], value: str) -> bytes:
@@ -68,10 +68,17 @@ def _element(table: list[bytes], data: bytes) -> bytes:
     return (table[n] if n < 128 else table[0][:1] + _varint(n)) + data
 
 
+def length_delimited(tag: int, data: bytes) -> bytes:
+    """One length-delimited field or repeated element (`tag` is its tag byte): tag,
+    varint length, data; written even when empty."""
+    n = len(data)
+    return (bytes((tag, n)) if n < 128 else bytes((tag,)) + _varint(n)) + data
+
+
 def encode_endpoint(endpoint: EndpointTuple) -> bytes:
     """An `Endpoint` message's bytes (empty strings are omitted, as proto3 does)."""
     pod_id, grpc_address, rest_address = endpoint
-    return _string(_F1, pod_id) + _string(_F2, grpc_address) + _string(_F3, rest_address)
+    return _string(HEADS_1, pod_id) + _string(HEADS_2, grpc_address) + _string(HEADS_3, rest_address)
 
 
 def _encode_routes(routes: Routes, parts: list[bytes], cache: dict[EndpointTuple, bytes]) -> None:
@@ -80,7 +87,7 @@ def _encode_routes(routes: Routes, parts: list[bytes], cache: dict[EndpointTuple
     `cache` maps an endpoint to its `Route.endpoints` element bytes (filled as needed)."""
     items = routes.items() if isinstance(routes, Mapping) else routes
     append = parts.append
-    f1, f2 = _F1, _F2
+    f1, f2 = HEADS_1, HEADS_2
     get = cache.get
     for model, endpoints in items:
         name = model.encode()
@@ -119,10 +126,10 @@ def _encode_update(
         raise ValueError(f"version {version} is not a uint64")
     parts: list[bytes] = [b"\x08\x01"] if snapshot else []
     _encode_routes(routes, parts, cache)
-    parts.extend(_element(_F3, m.encode()) for m in removed_models)
+    parts.extend(_element(HEADS_3, m.encode()) for m in removed_models)
     pairs = vmodels.items() if isinstance(vmodels, Mapping) else vmodels
-    parts.extend(_element(_F4, _string(_F1, v) + _string(_F2, m)) for v, m in pairs)
-    parts.extend(_element(_F5, v.encode()) for v in removed_vmodels)
+    parts.extend(_element(HEADS_4, _string(HEADS_1, v) + _string(HEADS_2, m)) for v, m in pairs)
+    parts.extend(_element(HEADS_5, v.encode()) for v in removed_vmodels)
     if version:
         parts.append(b"\x30" + _varint(version))
     return b"".join(parts)
