@@ -17,16 +17,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from meshserve.scheduler.routes import (
-    HEADS_1,
-    HEADS_2,
     EndpointTuple,
     encode_endpoint,
     encode_route_update,
     length_delimited,
+    route_element,
     update_bytes,
 )
-
-_TWO_BYTE_LIMIT = 1 << 14
 
 
 @dataclass
@@ -55,14 +52,14 @@ class RouteTable:
         vmodels: Mapping[str, str] | None = None,
     ) -> None:
         self.registered: set[str] = set(models)
-        self.copies: dict[str, tuple[str, ...]] = {}   # model -> pods with a loaded copy, sorted
         self.pods: dict[str, EndpointTuple] = {}       # registered pods
         self._endpoint: dict[str, bytes] = {}          # pod -> its Route.endpoints element
         self.vmodels: dict[str, str] = dict(vmodels or {})
         grouped: dict[str, set[str]] = {}
         for model, pod in loaded:
             grouped.setdefault(model, set()).add(pod)
-        self.copies = {model: tuple(sorted(pods)) for model, pods in grouped.items()}
+        # model -> pods with a loaded copy, sorted
+        self.copies: dict[str, tuple[str, ...]] = {model: tuple(sorted(pods)) for model, pods in grouped.items()}
         for endpoint in pods:
             self._set_pod(endpoint)
 
@@ -139,28 +136,16 @@ class RouteTable:
     # -- wire bytes ----------------------------------------------------------------------
     def _route_elements(self, models: Iterable[str], out: list[bytes], removed: list[str]) -> None:
         registered, copies, endpoint = self.registered, self.copies, self._endpoint
-        f1, f2 = HEADS_1, HEADS_2
         append = out.append
         for model in models:
             if model not in registered:
                 removed.append(model)
                 continue
-            name = model.encode()
-            n = len(name)
-            route = (f1[n] + name if n < 128 else length_delimited(0x0A, name)) if n else b""
-            held = copies.get(model)
-            if held:
-                if len(held) == 1:
-                    route += endpoint.get(held[0], b"")
-                else:
-                    route += b"".join([endpoint.get(pod, b"") for pod in held])
-            n = len(route)
-            if n < 128:
-                append(f2[n] + route)
-            elif n < _TWO_BYTE_LIMIT:
-                append(bytes((0x12, n & 0x7F | 0x80, n >> 7)) + route)
+            held = copies.get(model, ())
+            if len(held) == 1:
+                append(route_element(model, endpoint.get(held[0], b"")))
             else:
-                append(length_delimited(0x12, route))
+                append(route_element(model, b"".join([endpoint.get(pod, b"") for pod in held])))
 
     def changes(self, changed: Changed, *, version: int) -> bytes:
         """The `RouteUpdate` for what `apply` said changed."""
@@ -174,6 +159,7 @@ class RouteTable:
             removed_vmodels=sorted(v for v in changed.vmodels if v not in self.vmodels),
         )
         return update_bytes([*routes, tail], version=version)
+
     def snapshot(self, *, version: int) -> bytes:
         """A snapshot `RouteUpdate`: every registered model's route and every vmodel."""
         routes: list[bytes] = []

@@ -1,13 +1,13 @@
-"""`RouteUpdate` wire bytes, built in Python (the route log builds its entries in Lua:
-routelog.py; snapshots' vmodels and the tests' references are built here).
+"""`RouteUpdate` wire bytes, built directly (the route table's updates and snapshots,
+route_table.py, are built from these pieces).
 
 PURE: no I/O, no clock. Builds the protobuf wire bytes directly instead of going
 through the Python protobuf API (a Python call per route and per endpoint):
 
-* each distinct `Endpoint` is encoded once per call (a pod's endpoint is the same in
-  every route that names it) and reused as bytes;
+* each distinct `Endpoint` is encoded once (a pod's endpoint is the same in every route
+  that names it) and reused as bytes;
 * a route is its length prefix, its model id and those pre-encoded endpoints, joined
-  once; routes of the usual size (< 128 bytes) take their one-byte prefixes from tables.
+  once (`route_element`); lengths under 128 take their prefixes from tables.
 
 The bytes are exactly what protobuf itself serialises for the same message (fields in
 number order, proto3 defaults omitted, repeated elements always written), tested
@@ -48,9 +48,8 @@ def _heads(tag: int) -> list[bytes]:
     return [bytes((tag, n)) for n in range(128)]
 
 
-# fields 1-5 (length-delimited) of any message: tag + one-byte length prefixes, by length
+# fields 1-3 (length-delimited) of any message: tag + one-byte length prefixes, by length
 HEADS_1, HEADS_2, HEADS_3 = _heads(0x0A), _heads(0x12), _heads(0x1A)
-HEADS_4, HEADS_5 = _heads(0x22), _heads(0x2A)
 
 
 def _string(table: list[bytes], value: str) -> bytes:
@@ -62,17 +61,25 @@ def _string(table: list[bytes], value: str) -> bytes:
     return (table[n] if n < 128 else table[0][:1] + _varint(n)) + data
 
 
-def _element(table: list[bytes], data: bytes) -> bytes:
-    """One element of a repeated length-delimited field (written even when empty)."""
-    n = len(data)
-    return (table[n] if n < 128 else table[0][:1] + _varint(n)) + data
-
-
 def length_delimited(tag: int, data: bytes) -> bytes:
     """One length-delimited field or repeated element (`tag` is its tag byte): tag,
     varint length, data; written even when empty."""
     n = len(data)
     return (bytes((tag, n)) if n < 128 else bytes((tag,)) + _varint(n)) + data
+
+
+def route_element(model: str, endpoints: bytes) -> bytes:
+    """One `RouteUpdate.routes` element: `model`'s id and `endpoints`, its endpoints'
+    already-encoded `Route.endpoints` elements, joined. (Hot path: one call per route.)"""
+    name = model.encode()
+    n = len(name)
+    route = (HEADS_1[n] + name if n < 128 else length_delimited(0x0A, name)) + endpoints if n else endpoints
+    n = len(route)
+    if n < 128:
+        return HEADS_2[n] + route
+    if n < 16384:   # two-byte length: a route with a few endpoints
+        return bytes((0x12, n & 0x7F | 0x80, n >> 7)) + route
+    return length_delimited(0x12, route)
 
 
 def encode_endpoint(endpoint: EndpointTuple) -> bytes:
@@ -86,31 +93,15 @@ def _encode_routes(routes: Routes, parts: list[bytes], cache: dict[EndpointTuple
 
     `cache` maps an endpoint to its `Route.endpoints` element bytes (filled as needed)."""
     items = routes.items() if isinstance(routes, Mapping) else routes
-    append = parts.append
-    f1, f2 = HEADS_1, HEADS_2
     get = cache.get
     for model, endpoints in items:
-        name = model.encode()
-        n = len(name)
-        if n == 0:
-            route = b""
-        elif n < 128:
-            route = f1[n] + name
-        else:
-            route = b"\x0a" + _varint(n) + name
+        encoded = b""
         for endpoint in endpoints:
             body = get(endpoint)
             if body is None:
-                body = cache[endpoint] = _element(f2, encode_endpoint(endpoint))
-            route += body
-        n = len(route)
-        if n < 128:
-            append(f2[n])
-        elif n < 16384:   # two-byte length: a route with a few endpoints
-            append(bytes((0x12, n & 0x7F | 0x80, n >> 7)))
-        else:
-            append(b"\x12" + _varint(n))
-        append(route)
+                body = cache[endpoint] = length_delimited(0x12, encode_endpoint(endpoint))
+            encoded += body
+        parts.append(route_element(model, encoded))
 
 
 def _encode_update(
@@ -122,17 +113,13 @@ def _encode_update(
     snapshot: bool,
     cache: dict[EndpointTuple, bytes],
 ) -> bytes:
-    if not 0 <= version < _U64:
-        raise ValueError(f"version {version} is not a uint64")
-    parts: list[bytes] = [b"\x08\x01"] if snapshot else []
+    parts: list[bytes] = []
     _encode_routes(routes, parts, cache)
-    parts.extend(_element(HEADS_3, m.encode()) for m in removed_models)
+    parts.extend(length_delimited(0x1A, m.encode()) for m in removed_models)
     pairs = vmodels.items() if isinstance(vmodels, Mapping) else vmodels
-    parts.extend(_element(HEADS_4, _string(HEADS_1, v) + _string(HEADS_2, m)) for v, m in pairs)
-    parts.extend(_element(HEADS_5, v.encode()) for v in removed_vmodels)
-    if version:
-        parts.append(b"\x30" + _varint(version))
-    return b"".join(parts)
+    parts.extend(length_delimited(0x22, _string(HEADS_1, v) + _string(HEADS_2, m)) for v, m in pairs)
+    parts.extend(length_delimited(0x2A, v.encode()) for v in removed_vmodels)
+    return update_bytes(parts, version=version, snapshot=snapshot)
 
 
 def encode_route_update(
