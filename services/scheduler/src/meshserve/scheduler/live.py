@@ -45,7 +45,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meshserve.common.errors import Unavailable
-from meshserve.scheduler.routelog import LOG_SCRIPT, LUA, RESET_SCRIPT, RouteLog, log_args
+from meshserve.scheduler.routelog import LUA, RouteLog
 
 _RESERVE = """
 local cap = tonumber(redis.call('HGET', KEYS[1], 'capacity') or '-1')
@@ -269,8 +269,6 @@ class LiveState:
         self._upsert_pod = self.redis.register_script(_UPSERT_POD)
         self._age_usage = self.redis.register_script(_AGE_USAGE)
         self._placement_snapshot = self.redis.register_script(_PLACEMENT_SNAPSHOT)
-        self._log_routes = self.redis.register_script(LOG_SCRIPT)
-        self._reset_routes = self.redis.register_script(RESET_SCRIPT)
         self.routes = RouteLog(self.redis, url, prefix=prefix)
 
     async def close(self) -> None:
@@ -426,7 +424,7 @@ class LiveState:
     async def add_model(self, model_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(f"{self.p}:models", model_id)
-            await self._log_routes(keys=[], args=log_args(self.p, [("R", model_id, "")]), client=pipe)
+            await self.routes.log([("R", model_id, "")], pipe=pipe)
             await pipe.execute()
 
     async def remove_model(self, model_id: str) -> None:
@@ -434,7 +432,7 @@ class LiveState:
             pipe.srem(f"{self.p}:models", model_id)
             pipe.hdel(f"{self.p}:bounds", model_id)
             pipe.delete(f"{self.p}:usage:{model_id}", f"{self.p}:rate:{model_id}")
-            await self._log_routes(keys=[], args=log_args(self.p, [("U", model_id, "")]), client=pipe)
+            await self.routes.log([("U", model_id, "")], pipe=pipe)
             await pipe.execute()
 
     async def model_ids(self) -> set[str]:
@@ -446,13 +444,13 @@ class LiveState:
     async def set_vmodel(self, vmodel_id: str, model_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(f"{self.p}:vmodels", vmodel_id, model_id)
-            await self._log_routes(keys=[], args=log_args(self.p, [("V", vmodel_id, model_id)]), client=pipe)
+            await self.routes.log([("V", vmodel_id, model_id)], pipe=pipe)
             await pipe.execute()
 
     async def delete_vmodel(self, vmodel_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(f"{self.p}:vmodels", vmodel_id)
-            await self._log_routes(keys=[], args=log_args(self.p, [("X", vmodel_id, "")]), client=pipe)
+            await self.routes.log([("X", vmodel_id, "")], pipe=pipe)
             await pipe.execute()
 
     async def vmodels(self) -> dict[str, str]:
@@ -472,7 +470,7 @@ class LiveState:
                 pipe.hset(f"{self.p}:vmodels", mapping=vmodels)
             if bounds:
                 pipe.hset(f"{self.p}:bounds", mapping={m: f"{lo}:{hi}" for m, (lo, hi) in bounds.items()})
-            await self._reset_routes(keys=[], args=[self.p], client=pipe)
+            await self.routes.reset(pipe=pipe)
             await pipe.execute()
 
     # -- usage and failures ---------------------------------------------------------------

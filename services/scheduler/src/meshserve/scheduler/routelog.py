@@ -45,13 +45,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 LOG_LENGTH = 50_000
 """Entries kept in the log; a reader further behind than this loads its table again."""
 
-# Shared by every script that logs. `log_change(kind, a, b, c)` queues an entry;
-# `routes_logged(P)` appends what was queued, trims the log and wakes the readers, once
-# per script run (P: the key prefix).
+# Shared by every script that logs or reads the log. `log_change(kind, a, b, c)` queues
+# an entry; `routes_logged(P)` appends what was queued, trims the log and wakes the
+# readers, once per script run (P: the key prefix); `log_where(P)` says where it is.
 LUA = """
 local pending = {}
 
@@ -72,12 +73,11 @@ local function log_epoch(P)
   return epoch
 end
 
--- a model's loaded copies, logged after its registration
-local function log_loaded_copies(P, m)
-  local copies = redis.call('HGETALL', P .. ':copies:' .. m)
-  for j = 1, #copies, 2 do
-    if string.sub(copies[j + 1], 1, 7) == 'loaded:' then log_change('+', m, copies[j]) end
-  end
+-- the log's epoch, sequence and the sequence of its first entry
+local function log_where(P)
+  local epoch = log_epoch(P)
+  local seq = tonumber(redis.call('GET', P .. ':routelog:seq') or '0')
+  return epoch, seq, seq - redis.call('LLEN', P .. ':routelog') / 4 + 1
 end
 
 local function routes_logged(P)
@@ -98,18 +98,23 @@ end
 
 # Log entries made by plain commands in the same MULTI (registration, vmodels).
 # ARGV[1]: prefix, then (kind, a, b) triples; an R also logs the model's loaded copies.
-LOG_SCRIPT = LUA + """
+_LOG = LUA + """
 local P = ARGV[1]
 for i = 2, #ARGV, 3 do
   log_change(ARGV[i], ARGV[i + 1], ARGV[i + 2])
-  if ARGV[i] == 'R' then log_loaded_copies(P, ARGV[i + 1]) end
+  if ARGV[i] == 'R' then
+    local copies = redis.call('HGETALL', P .. ':copies:' .. ARGV[i + 1])
+    for j = 1, #copies, 2 do
+      if string.sub(copies[j + 1], 1, 7) == 'loaded:' then log_change('+', ARGV[i + 1], copies[j]) end
+    end
+  end
 end
 routes_logged(P)
 return redis.call('GET', P .. ':routelog:seq')
 """
 
 # A new epoch with an empty log: every reader loads its table again. ARGV[1]: prefix.
-RESET_SCRIPT = LUA + """
+_RESET = LUA + """
 local P = ARGV[1]
 redis.call('DEL', P .. ':routelog', P .. ':routelog:epoch')
 routes_logged(P)
@@ -121,10 +126,8 @@ return log_epoch(P)
 # 'reload' when the position is not in the log (other epoch, trimmed, or ahead of it).
 _READ = LUA + """
 local P, after, most = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
-local epoch = log_epoch(P)
-local seq = tonumber(redis.call('GET', P .. ':routelog:seq') or '0')
+local epoch, seq, first = log_where(P)
 if ARGV[2] ~= epoch then return {epoch, seq, 'reload', {}} end
-local first = seq - redis.call('LLEN', P .. ':routelog') / 4 + 1
 if after > seq or after + 1 < first then return {epoch, seq, 'reload', {}} end
 local count = math.min(seq - after, most)
 if count <= 0 then return {epoch, seq, 'ok', {}} end
@@ -138,11 +141,8 @@ return {epoch, after + count, 'ok', redis.call('LRANGE', P .. ':routelog', lo, l
 # the entries from a script would cost ~2.5 times more: Lua's tables are converted one
 # element at a time. ARGV[1]: prefix.
 _WHERE = LUA + """
-local P = ARGV[1]
-local epoch = log_epoch(P)
-local seq = tonumber(redis.call('GET', P .. ':routelog:seq') or '0')
-local first = seq - redis.call('LLEN', P .. ':routelog') / 4 + 1
-return {epoch, seq, first, redis.call('GET', P .. ':routelog:trims') or '0'}
+local epoch, seq, first = log_where(ARGV[1])
+return {epoch, seq, first, redis.call('GET', ARGV[1] .. ':routelog:trims') or '0'}
 """
 
 # Scripts reading many models take the ids as ONE argument, joined by newlines (redis-py
@@ -207,11 +207,6 @@ return out
 """
 
 
-def log_args(prefix: str, changes: Sequence[tuple[str, str, str]]) -> list[str]:
-    """The arguments of `LOG_SCRIPT`: (kind, a, b) per entry."""
-    return [prefix, *(field for change in changes for field in change)]
-
-
 @dataclass(frozen=True)
 class Position:
     epoch: str
@@ -248,8 +243,8 @@ class RouteLog:
         self.redis = redis
         self.p = prefix
         self._url = url
-        self._log = redis.register_script(LOG_SCRIPT)
-        self._reset = redis.register_script(RESET_SCRIPT)
+        self._log = redis.register_script(_LOG)
+        self._reset = redis.register_script(_RESET)
         self._read = redis.register_script(_READ)
         self._where = redis.register_script(_WHERE)
         self._loaded = redis.register_script(_LOADED)
@@ -259,20 +254,21 @@ class RouteLog:
         """A wake-up listener (its own connection: it blocks)."""
         return Waiter(self._url, key=f"{self.p}:routelog:wake")
 
-    async def log(self, changes: Sequence[tuple[str, str, str]]) -> int:
-        """Append entries (kind, a, b); returns the new sequence. Changes made by the
-        scripts are logged by the scripts; this is for the others (and tests)."""
-        if not changes:
-            return 0
-        return int(await self._log(keys=[], args=log_args(self.p, changes)))
+    async def log(self, changes: Sequence[tuple[str, str, str]], *, pipe: Pipeline | None = None) -> None:
+        """Append entries (kind, a, b), or queue that on `pipe` (a MULTI holding the change
+        they describe). Changes made by the copy scripts are logged by those scripts."""
+        if changes:
+            args = [self.p, *(field for change in changes for field in change)]
+            await self._log(keys=[], args=args, client=pipe)
 
-    async def reset(self) -> Position:
-        """Start a new epoch with an empty log: every reader will load its table again."""
-        return Position(str(await self._reset(keys=[], args=[self.p])), 0)
+    async def reset(self, *, pipe: Pipeline) -> None:
+        """Queue on `pipe` the start of a new epoch with an empty log: every reader will
+        load its table again."""
+        await self._reset(keys=[], args=[self.p], client=pipe)
 
     async def position(self) -> Position:
-        epoch, seq, _, _ = await self._read(keys=[], args=[self.p, "", 0, 0])
-        return Position(str(epoch), int(seq))
+        epoch, seq, _, _ = await self._where(keys=[], args=[self.p])
+        return Position(epoch, int(seq))
 
     async def read(self, after: Position, *, most: int = 20_000, attempts: int = 3) -> Entries:
         """Up to `most` entries after `after` (see `_WHERE`; after `attempts` spoilt by a
