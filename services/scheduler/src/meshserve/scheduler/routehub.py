@@ -48,11 +48,6 @@ async def catch_up(routes: RouteLog, table: RouteTable, position: Position, *, m
     return entries.position, payload, entries.count
 
 
-class _Subscriber:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-
 class RouteHub:
     def __init__(
         self, routes: RouteLog, *, poll_seconds: float = 5.0, most: int = 20_000, queue_limit: int = 256
@@ -61,7 +56,7 @@ class RouteHub:
         self.poll_seconds = poll_seconds
         self.most = most
         self.queue_limit = queue_limit
-        self._subscribers: set[_Subscriber] = set()
+        self._subscribers: set[asyncio.Queue[bytes]] = set()   # one queue per subscriber
         self._table = RouteTable()
         self._version = 0                      # of the table as it is
         self._position: Position | None = None  # None: (re)load the table first
@@ -100,15 +95,15 @@ class RouteHub:
         """A snapshot, then every update after it (serialised `RouteUpdate`s)."""
         self._start()
         await self._ready.wait()
-        sub = _Subscriber()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
         # no await between the snapshot and joining: nothing can be missed or doubled
-        sub.queue.put_nowait(self._snapshot())
-        self._subscribers.add(sub)
+        queue.put_nowait(self._snapshot())
+        self._subscribers.add(queue)
         try:
             while True:
-                yield await sub.queue.get()
+                yield await queue.get()
         finally:
-            self._subscribers.discard(sub)
+            self._subscribers.discard(queue)
 
     def _snapshot(self) -> bytes:
         """The table's snapshot, encoded once per version (100,000 routes take ~0.2 s, on
@@ -118,21 +113,18 @@ class RouteHub:
         return self._snapshot_cache[1]
 
     def _publish(self, payload: bytes) -> None:
-        for sub in self._subscribers:
-            if sub.queue.qsize() >= self.queue_limit:
-                while not sub.queue.empty():
-                    sub.queue.get_nowait()
+        for queue in self._subscribers:
+            if queue.qsize() >= self.queue_limit:
                 log.warning("a route subscriber fell %d updates behind: sending it a snapshot", self.queue_limit)
-                sub.queue.put_nowait(self._snapshot())
+                self._replace_with_snapshot(queue)
             else:
-                sub.queue.put_nowait(payload)
+                queue.put_nowait(payload)
 
-    def _broadcast_snapshot(self) -> None:
-        payload = self._snapshot()
-        for sub in self._subscribers:
-            while not sub.queue.empty():
-                sub.queue.get_nowait()
-            sub.queue.put_nowait(payload)
+    def _replace_with_snapshot(self, queue: asyncio.Queue[bytes]) -> None:
+        """Drop what `queue` has not sent yet; the table's snapshot replaces it."""
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(self._snapshot())
 
     async def _run(self) -> None:
         self._waiter = self.routes.waiter()
@@ -161,7 +153,8 @@ class RouteHub:
             self._version = self._position.seq
             log.info("route table loaded: %d models, %d pods (log %s)",
                      len(self._table.registered), len(self._table.pods), self._position)
-            self._broadcast_snapshot()
+            for queue in self._subscribers:
+                self._replace_with_snapshot(queue)
             self._ready.set()
         position, payload, count = await catch_up(self.routes, self._table, self._position, most=self.most)
         if position is None:
