@@ -184,7 +184,7 @@ async def test_two_scheduler_replicas_on_tight_pods_never_overcommit_or_double_l
         client.close()
     loaded: dict[str, set[str]] = {}
     copy_changes = 0
-    for kind, model, pod, _ in zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4], strict=True):
+    for kind, model, pod in zip(flat[0::3], flat[1::3], flat[2::3], strict=True):
         if kind == "+":
             loaded.setdefault(model, set()).add(pod)
             assert len(loaded[model]) == 1, (model, loaded[model])

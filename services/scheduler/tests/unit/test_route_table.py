@@ -17,7 +17,7 @@ from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.scheduler.route_table import RouteTable
 
 MODELS = ["m1", "m2", "ü" * 70, "m/4", ""]
-PODS = ["p1", "p2", "P3", "pod-" + "x" * 130]
+PODS = ["p1", "p2", "P3", "pod-" + "x" * 130, "pöd"]
 Route = list[tuple[str, str, str]]
 
 
@@ -37,49 +37,55 @@ class State:
         """Loaded as RouteLog.load reads it: the copies of registered models only (an R
         entry carries the loaded copies of the model it registers)."""
         return RouteTable(
-            models=self.registered,
-            loaded=[(m, p) for m, ps in self.copies.items() if m in self.registered for p in ps],
+            models=[m.encode() for m in self.registered],
+            loaded=[(m.encode(), p.encode()) for m, ps in self.copies.items() if m in self.registered for p in ps],
             pods=self.pods.values(),
             vmodels=self.vmodels,
         )
 
 
-def step(state: State, op: tuple[str, int, int, int]) -> list[str]:
+def step(state: State, op: tuple[str, int, int, int]) -> list[bytes]:
     """Apply one operation as the scripts do; returns the entries they log (flat)."""
+    return [x.encode() for x in _step(state, op)]
+
+
+def _step(state: State, op: tuple[str, int, int, int]) -> list[str]:
     kind, i, j, k = op
     model, pod = MODELS[i % len(MODELS)], PODS[j % len(PODS)]
     if kind == "load":          # settle / adopt
         state.copies.setdefault(model, set()).add(pod)
-        return ["+", model, pod, ""]
+        return ["+", model, pod]
     if kind == "unload":        # release of a loaded copy
         if pod not in state.copies.get(model, set()):
             return []
         state.copies[model].discard(pod)
-        return ["-", model, pod, ""]
+        return ["-", model, pod]
     if kind == "pod-gone":      # remove_pod
         for held in state.copies.values():
             held.discard(pod)
         state.pods.pop(pod, None)
-        return ["P", pod, "", ""]
+        return ["P", pod, ""]
     if kind == "pod-up":        # upsert_pod with (maybe new) addresses
-        endpoint = (pod, f"10.0.0.{k}:8001", "" if k % 3 == 0 else f"http://10.0.0.{k}:8002")
+        # (a non-ASCII address: the A entry gives the gRPC address's length in bytes)
+        grpc = f"hôst-{k}:8001" if k % 4 == 1 else f"10.0.0.{k}:8001"
+        endpoint = (pod, grpc, "" if k % 3 == 0 else f"http://10.0.0.{k}:8002")
         if state.pods.get(pod) == endpoint:
             return []
         state.pods[pod] = endpoint
-        return ["A", *endpoint]
+        return ["A", pod, f"{len(endpoint[1].encode())}:{endpoint[1]}{endpoint[2]}"]
     if kind == "register":      # add_model: R, then a + per loaded copy
         state.registered.add(model)
-        return ["R", model, "", ""] + [x for p in sorted(state.copies.get(model, ())) for x in ("+", model, p, "")]
+        return ["R", model, ""] + [x for p in sorted(state.copies.get(model, ())) for x in ("+", model, p)]
     if kind == "unregister":
         state.registered.discard(model)
-        return ["U", model, "", ""]
+        return ["U", model, ""]
     if kind == "vmodel":
         vmodel = f"v{k % 3}"
         state.vmodels[vmodel] = model
-        return ["V", vmodel, model, ""]
+        return ["V", vmodel, model]
     vmodel = f"v{k % 3}"        # vmodel deleted
     state.vmodels.pop(vmodel, None)
-    return ["X", vmodel, "", ""]
+    return ["X", vmodel, ""]
 
 
 KINDS = ["load", "unload", "pod-gone", "pod-up", "register", "unregister", "vmodel", "vmodel-gone"]
@@ -120,12 +126,13 @@ def test_applied_entries_keep_the_table_equal_to_the_state(
         for model in MODELS:
             assert table.route(model) == state.route(model)
             if before.route(model) != state.route(model):
-                assert model in changed.models
+                assert model.encode() in changed.models
         assert table.vmodels == state.vmodels
         update = pb.RouteUpdate.FromString(table.changes(changed, version=n))
         assert update.version == n and not update.snapshot
-        assert routes_of(update) == {m: state.route(m) for m in changed.models if m in state.registered}
-        assert sorted(update.removed_models) == sorted(m for m in changed.models if m not in state.registered)
+        names = [m.decode() for m in changed.models]
+        assert routes_of(update) == {m: state.route(m) for m in names if m in state.registered}
+        assert sorted(update.removed_models) == sorted(m for m in names if m not in state.registered)
         assert {v.vmodel_id: v.model_id for v in update.vmodels} == {
             v: state.vmodels[v] for v in changed.vmodels if v in state.vmodels
         }
@@ -142,7 +149,7 @@ def test_a_table_loaded_late_and_replayed_from_an_earlier_position_ends_at_the_t
     """How a table is loaded without stopping writers: position k taken first, the state
     read at any later time j >= k, then every entry after k replayed on top."""
     state = State()
-    entries: list[list[str]] = []
+    entries: list[list[bytes]] = []
     states: list[State] = [copy.deepcopy(state)]
     for op in ops:
         entries.append(step(state, op))
@@ -158,12 +165,12 @@ def test_a_table_loaded_late_and_replayed_from_an_earlier_position_ends_at_the_t
 
 
 def test_an_unknown_entry_kind_is_an_error() -> None:
-    with pytest.raises(ValueError, match="unknown kind 'Q'"):
-        RouteTable().apply(["Q", "a", "", ""])
+    with pytest.raises(ValueError, match="unknown kind b'Q'"):
+        RouteTable().apply([b"Q", b"a", b""])
 
 
 def test_nothing_changed_encodes_an_empty_update() -> None:
-    table = RouteTable(models=["m"], loaded=[("m", "p")], pods=[("p", "g", "r")])
+    table = RouteTable(models=[b"m"], loaded=[(b"m", b"p")], pods=[("p", "g", "r")])
     changed = table.apply([])
     assert not changed
     assert pb.RouteUpdate.FromString(table.changes(changed, version=3)) == pb.RouteUpdate(version=3)

@@ -151,7 +151,8 @@ redis.call('HSETNX', KEYS[1], 'loading', 0)
 redis.call('SADD', KEYS[2], ARGV[1])
 local after = redis.call('HMGET', KEYS[1], 'capacity', 'grpc_address', 'rest_address')
 if after[1] and (member == 0 or not before[1] or before[2] ~= after[2] or before[3] ~= after[3]) then
-  log_change('A', ARGV[1], after[2] or '', after[3] or '')
+  local grpc = after[2] or ''
+  log_change('A', ARGV[1], #grpc .. ':' .. grpc .. (after[3] or ''))
   routes_logged(ARGV[2])
 end
 return existed
@@ -269,9 +270,10 @@ class LiveState:
         self._upsert_pod = self.redis.register_script(_UPSERT_POD)
         self._age_usage = self.redis.register_script(_AGE_USAGE)
         self._placement_snapshot = self.redis.register_script(_PLACEMENT_SNAPSHOT)
-        self.routes = RouteLog(self.redis, url, prefix=prefix)
+        self.routes = RouteLog(url, prefix=prefix)
 
     async def close(self) -> None:
+        await self.routes.close()
         await self.redis.aclose()
 
     # -- keys -------------------------------------------------------------------------

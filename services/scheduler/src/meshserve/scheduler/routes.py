@@ -68,10 +68,10 @@ def length_delimited(tag: int, data: bytes) -> bytes:
     return (bytes((tag, n)) if n < 128 else bytes((tag,)) + _varint(n)) + data
 
 
-def route_element(model: str, endpoints: bytes) -> bytes:
-    """One `RouteUpdate.routes` element: `model`'s id and `endpoints`, its endpoints'
-    already-encoded `Route.endpoints` elements, joined. (Hot path: one call per route.)"""
-    name = model.encode()
+def route_element(name: bytes, endpoints: bytes) -> bytes:
+    """One `RouteUpdate.routes` element: the model id `name` (UTF-8) and `endpoints`, its
+    endpoints' already-encoded `Route.endpoints` elements, joined. (Hot path: one call
+    per route.)"""
     n = len(name)
     route = (HEADS_1[n] + name if n < 128 else length_delimited(0x0A, name)) + endpoints if n else endpoints
     n = len(route)
@@ -101,7 +101,7 @@ def _encode_routes(routes: Routes, parts: list[bytes], cache: dict[EndpointTuple
             if body is None:
                 body = cache[endpoint] = length_delimited(0x12, encode_endpoint(endpoint))
             encoded += body
-        parts.append(route_element(model, encoded))
+        parts.append(route_element(model.encode(), encoded))
 
 
 def _encode_update(
