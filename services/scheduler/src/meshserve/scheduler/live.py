@@ -19,7 +19,9 @@ never see a pod half-way through a reservation.
 
 Key layout (prefix `ms` by default):
   ms:pods                 set of pod ids
-  ms:pod:<pod>            hash: capacity, allocated, loading, max_loading, labels, addresses, ...
+  ms:pod:<pod>            hash: capacity, allocated, loading, max_loading, labels, addresses, ...,
+                          view_version (new with every change placement would see but usage)
+  ms:view_seq             the counter view versions come from
   ms:alloc:<pod>          hash: model id -> bytes held on that pod
   ms:copies:<model>       hash: pod id -> "loading:<ms>" | "loaded:<ms>"
   ms:models               set of registered model ids
@@ -47,7 +49,23 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from meshserve.common.errors import Unavailable
 from meshserve.scheduler.routelog import LUA, RouteLog
 
-_RESERVE = """
+# Placement's views of a pod are versioned: every script that changes what placement sees
+# of a pod gives it a new `view_version` (views.py keeps views between decisions and reads
+# again only pods whose version moved). Versions come from one counter (KEYS[4] of the
+# copy scripts, `ms:view_seq`) that starts at the server's clock in microseconds, so a
+# pod removed and registered again, or a Redis that lost its data, never repeats a
+# version a reader holds.
+_VIEW = """
+local function new_view(pod_key, seq_key)
+  if redis.call('EXISTS', seq_key) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', seq_key, t[1] .. string.format('%06d', tonumber(t[2])))
+  end
+  redis.call('HSET', pod_key, 'view_version', redis.call('INCR', seq_key))
+end
+"""
+
+_RESERVE = _VIEW + """
 local cap = tonumber(redis.call('HGET', KEYS[1], 'capacity') or '-1')
 if cap < 0 then return {0, 'pod-gone'} end
 if ARGV[5] == '1' and redis.call('HLEN', KEYS[3]) > 0 then return {0, 'exists'} end
@@ -62,10 +80,11 @@ redis.call('HINCRBY', KEYS[1], 'allocated', bytes)
 redis.call('HINCRBY', KEYS[1], 'loading', 1)
 redis.call('HSET', KEYS[2], ARGV[1], bytes)
 redis.call('HSET', KEYS[3], ARGV[2], 'loading:' .. ARGV[4])
+new_view(KEYS[1], KEYS[4])
 return {1, 'ok'}
 """
 
-_SETTLE = LUA + """
+_SETTLE = LUA + _VIEW + """
 local state = redis.call('HGET', KEYS[3], ARGV[2])
 if not state or string.sub(state, 1, 8) ~= 'loading:' then return 0 end
 local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
@@ -74,12 +93,13 @@ redis.call('HINCRBY', KEYS[1], 'allocated', bytes - old)
 redis.call('HINCRBY', KEYS[1], 'loading', -1)
 redis.call('HSET', KEYS[2], ARGV[1], bytes)
 redis.call('HSET', KEYS[3], ARGV[2], 'loaded:' .. ARGV[4])
+new_view(KEYS[1], KEYS[4])
 log_change('+', ARGV[1], ARGV[2])
 routes_logged(ARGV[5])
 return 1
 """
 
-_RELEASE = LUA + """
+_RELEASE = LUA + _VIEW + """
 local state = redis.call('HGET', KEYS[3], ARGV[2])
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if old then
@@ -91,6 +111,7 @@ if state and string.sub(state, 1, 8) == 'loading:' and redis.call('EXISTS', KEYS
 end
 redis.call('HDEL', KEYS[3], ARGV[2])
 if not state then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then new_view(KEYS[1], KEYS[4]) end
 if string.sub(state, 1, 7) == 'loaded:' then
   log_change('-', ARGV[1], ARGV[2])
   routes_logged(ARGV[3])
@@ -99,13 +120,14 @@ return 1
 """
 
 # adopt a copy a pod reports as loaded that Redis does not know (after a Redis restart)
-_ADOPT = LUA + """
+_ADOPT = LUA + _VIEW + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return 0 end
 local bytes = tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'allocated', bytes)
 redis.call('HSET', KEYS[2], ARGV[1], bytes)
 redis.call('HSET', KEYS[3], ARGV[2], 'loaded:' .. ARGV[4])
+new_view(KEYS[1], KEYS[4])
 log_change('+', ARGV[1], ARGV[2])
 routes_logged(ARGV[5])
 return 1
@@ -139,23 +161,53 @@ return models
 """
 
 # a pod's heartbeat: write its fields; log its addresses when it is new to the pods set
-# or they changed. KEYS: pod hash, pods set. ARGV[1]: pod id, ARGV[2]: key prefix, then
-# field, value pairs. Returns 1 when the pod hash existed before.
-_UPSERT_POD = LUA + """
+# or they changed; bump its view version when a field other than the heartbeat's clock
+# and memory reading changed. KEYS: pod hash, pods set, view counter. ARGV[1]: pod id, ARGV[2]: key
+# prefix, then field, value pairs. Returns 1 when the pod hash existed before.
+_UPSERT_POD = LUA + _VIEW + """
+local VIEW = {'capacity', 'grpc_address', 'rest_address', 'runtime', 'labels', 'management_address',
+              'max_loading', 'default_size', 'started_ms'}
 local existed = redis.call('EXISTS', KEYS[1])
-local before = redis.call('HMGET', KEYS[1], 'capacity', 'grpc_address', 'rest_address')
+local before = redis.call('HMGET', KEYS[1], unpack(VIEW))
 local member = redis.call('SISMEMBER', KEYS[2], ARGV[1])
 if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
 redis.call('HSETNX', KEYS[1], 'allocated', 0)
 redis.call('HSETNX', KEYS[1], 'loading', 0)
 redis.call('SADD', KEYS[2], ARGV[1])
-local after = redis.call('HMGET', KEYS[1], 'capacity', 'grpc_address', 'rest_address')
+local after = redis.call('HMGET', KEYS[1], unpack(VIEW))
+local changed = member == 0
+for i = 1, #VIEW do
+  if before[i] ~= after[i] then changed = true end
+end
+if changed then new_view(KEYS[1], KEYS[3]) end
 if after[1] and (member == 0 or not before[1] or before[2] ~= after[2] or before[3] ~= after[3]) then
   local grpc = after[2] or ''
   log_change('A', ARGV[1], #grpc .. ':' .. grpc .. (after[3] or ''))
   routes_logged(ARGV[2])
 end
 return existed
+"""
+
+# draining on or off. KEYS: pod hash, view counter. ARGV[1]: "1" | "0".
+_SET_DRAINING = _VIEW + """
+redis.call('HSET', KEYS[1], 'draining', ARGV[1])
+new_view(KEYS[1], KEYS[2])
+return 1
+"""
+
+# every registered pod's view version and last heartbeat, flat {pod, version, heartbeat_ms,
+# ...}; a pod in the set whose hash has no capacity is left out. ARGV[1]: prefix.
+_POD_HEADS = """
+local out = {}
+for _, pod in ipairs(redis.call('SMEMBERS', ARGV[1] .. ':pods')) do
+  local h = redis.call('HMGET', ARGV[1] .. ':pod:' .. pod, 'capacity', 'view_version', 'heartbeat_ms')
+  if h[1] then
+    out[#out + 1] = pod
+    out[#out + 1] = h[2] or '0'
+    out[#out + 1] = h[3] or '0'
+  end
+end
+return out
 """
 
 # placement's view of some pods, read atomically in one round trip: for each pod its
@@ -216,6 +268,7 @@ class PodInfo:
     heartbeat_ms: int
     started_ms: int
     draining: bool
+    view_version: int = 0   # bumped by every change to what placement sees of the pod
 
 
 @dataclass(frozen=True)
@@ -270,6 +323,8 @@ class LiveState:
         self._upsert_pod = self.redis.register_script(_UPSERT_POD)
         self._age_usage = self.redis.register_script(_AGE_USAGE)
         self._placement_snapshot = self.redis.register_script(_PLACEMENT_SNAPSHOT)
+        self._pod_heads = self.redis.register_script(_POD_HEADS)
+        self._set_draining = self.redis.register_script(_SET_DRAINING)
         self.routes = RouteLog(url, prefix=prefix)
 
     async def close(self) -> None:
@@ -286,6 +341,10 @@ class LiveState:
     def k_copies(self, model: str) -> str:
         return f"{self.p}:copies:{model}"
 
+    @property
+    def k_view_seq(self) -> str:
+        return f"{self.p}:view_seq"
+
     async def ping(self) -> None:
         try:
             await self.redis.ping()
@@ -301,7 +360,9 @@ class LiveState:
             for k, v in fields.items()
             for x in (k, json.dumps(sorted(v)) if k == "labels" else v)
         ]
-        existed = await self._upsert_pod(keys=[self.k_pod(pod_id), f"{self.p}:pods"], args=[pod_id, self.p, *pairs])
+        existed = await self._upsert_pod(
+            keys=[self.k_pod(pod_id), f"{self.p}:pods", self.k_view_seq], args=[pod_id, self.p, *pairs]
+        )
         return not existed
 
     async def pod_ids(self) -> list[str]:
@@ -340,7 +401,14 @@ class LiveState:
             heartbeat_ms=int(row.get("heartbeat_ms", 0)),
             started_ms=int(row.get("started_ms", 0)),
             draining=row.get("draining") == "1",
+            view_version=int(row.get("view_version", 0)),
         )
+
+    async def pod_heads(self) -> dict[str, tuple[int, int]]:
+        """Every registered pod's (view version, last heartbeat ms), in one round trip: what
+        a long-lived view of the cluster checks before a decision (see `_POD_HEADS`)."""
+        flat = await self._pod_heads(keys=[], args=[self.p])
+        return {pod: (int(v), int(hb)) for pod, v, hb in zip(flat[::3], flat[1::3], flat[2::3], strict=True)}
 
     async def pod_allocations(self, pod_id: str) -> dict[str, int]:
         return {m: int(b) for m, b in (await self.redis.hgetall(self.k_alloc(pod_id))).items()}
@@ -387,11 +455,11 @@ class LiveState:
         return list(models)
 
     async def set_draining(self, pod_id: str, draining: bool) -> None:
-        await self.redis.hset(self.k_pod(pod_id), "draining", "1" if draining else "0")
+        await self._set_draining(keys=[self.k_pod(pod_id), self.k_view_seq], args=["1" if draining else "0"])
 
     # -- copies -------------------------------------------------------------------------
     def _keys(self, model: str, pod: str) -> list[str]:
-        return [self.k_pod(pod), self.k_alloc(pod), self.k_copies(model)]
+        return [self.k_pod(pod), self.k_alloc(pod), self.k_copies(model), self.k_view_seq]
 
     async def reserve(self, *, model_id: str, pod_id: str, size: int, exclusive: bool) -> tuple[bool, str]:
         ok, why = await self._reserve(

@@ -48,14 +48,14 @@ from meshserve.scheduler.models import (
     NO_COMPATIBLE_RUNTIME,
     TOO_BIG,
     CopyState,
-    CopyView,
     PlacementConfig,
     PlacementRequest,
-    PodView,
 )
+from meshserve.scheduler.placement_index import place_indexed
 from meshserve.scheduler.registry import ModelRecord, Registry, RuntimeRecord
 from meshserve.scheduler.scaling import CopyChange, ModelLoad, ScalingPolicy, plan_scaling
 from meshserve.scheduler.settings import SchedulerSettings
+from meshserve.scheduler.views import ClusterViews, pod_views
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,10 @@ class SchedulerService:
         self._load_done = asyncio.Condition()
         self._runtime_waits: dict[str, float] = {}
         self._transitions: dict[str, asyncio.Task[None]] = {}
+        # placement's views, kept between decisions and read again only where they changed
+        self.views = ClusterViews(
+            live, pod_timeout_seconds=settings.pod_timeout_seconds, warm=self._placement_config()
+        )
 
     # -- start-up ------------------------------------------------------------------------
     async def sync_registry_mirror(self) -> None:
@@ -307,7 +311,8 @@ class SchedulerService:
         loaded = [c.pod_id for c in copies if c.state == CopyState.LOADED.value]
         if not loaded:
             return []
-        pods = {p.pod_id: p for p in await self.live.pods()}
+        await self.views.refresh()
+        pods = {p.pod_id: p for p in self.views.pods(alive=False)}
         return [
             Endpoint(pod_id=p, grpc_address=pods[p].grpc_address, rest_address=pods[p].rest_address)
             for p in loaded
@@ -352,7 +357,8 @@ class SchedulerService:
     async def _place_and_load(self, record: ModelRecord, *, exclusive: bool, deadline: float) -> bool:
         """One placement attempt; True when a copy was loaded, False to try again."""
         model_id = record.id
-        pods = [p for p in await self.live.pods() if self._alive(p)]
+        await self.views.refresh()
+        pods = self.views.pods(alive=True)
         labels = model_labels(
             model_type=record.model_type,
             model_type_version=record.model_type_version,
@@ -365,17 +371,18 @@ class SchedulerService:
             reason = self._failure_message(record, failed)
             raise FailedPrecondition(reason)
         size = await self._size_for(record, compatible)
-        views = await self._pod_views(pods)
-        plan = placement.place(
-            PlacementRequest(
-                model_id=model_id, size_bytes=size, required_labels=labels, exclude_pods=frozenset(failed)
-            ),
-            views,
-            now=self.clock(),
-            config=self._placement_config(
-                min_copies={m: lo for m, (lo, _) in (await self.live.bounds()).items() if lo > 0},
-            ),
+        request = PlacementRequest(
+            model_id=model_id, size_bytes=size, required_labels=labels, exclude_pods=frozenset(failed)
         )
+        config = self._placement_config(
+            min_copies={m: lo for m, (lo, _) in (await self.live.bounds()).items() if lo > 0},
+        )
+        plan = place_indexed(request, self.views.index, now=self.clock(), config=config)
+        if plan.evictions:
+            # victims are ranked by usage, which moves without a new view version: decide
+            # again on the chosen pod read afresh (see views.py)
+            await self.views.reread({ev.pod_id for ev in plan.evictions})
+            plan = place_indexed(request, self.views.index, now=self.clock(), config=config)
         if plan.pod_id is None:
             if plan.code == TOO_BIG:
                 await self._event("failed", model_id=model_id, message=plan.reason)
@@ -404,7 +411,9 @@ class SchedulerService:
         if not ok:
             log.debug("reservation of %s on %s refused: %s", model_id, plan.pod_id, why)
             return False
-        pod = next(p for p in pods if p.pod_id == plan.pod_id)
+        pod = self.views.info(plan.pod_id)
+        if pod is None:   # removed meanwhile (its reservation failed or was dropped with it)
+            return False
         return await self._load_on(record, pod=pod, size=size, reason=plan.reason, deadline=deadline)
 
     async def _load_on(self, record: ModelRecord, *, pod: PodInfo, size: int, reason: str, deadline: float) -> bool:
@@ -479,10 +488,10 @@ class SchedulerService:
         pod = await self.live.pod(pod_id)
         if pod is None or pod.allocated <= pod.capacity:
             return
-        views = await self._pod_views([pod])
+        views = pod_views(await self.live.placement_snapshot([pod_id]))
         if not views:
             return  # the pod was removed meanwhile
-        [view] = views
+        [(_, view)] = views
         view = dataclasses.replace(
             view, copies=tuple(dataclasses.replace(c, in_flight=1) if c.model_id == keep else c for c in view.copies)
         )
@@ -567,47 +576,6 @@ class SchedulerService:
         if record.storage_key:
             key["storage_key"] = record.storage_key
         return json.dumps(key, sort_keys=True)
-
-    async def _pod_views(self, pods: Sequence[PodInfo]) -> list[PodView]:
-        """Placement's view of `pods`, read in one round trip as one atomic snapshot.
-
-        Capacity, allocated bytes, loading count and copies come from that snapshot (not
-        from `pods`, which may be a moment older), so a view never shows a pod half-way
-        through a reservation. Pods removed meanwhile are left out."""
-        snapshot = await self.live.placement_snapshot(p.pod_id for p in pods)
-        views = []
-        for snap in snapshot.pods:
-            pod = snap.pod
-            copy_views = []
-            for model, size in sorted(snap.allocations.items()):
-                rec = snap.copies.get(model)
-                if rec is None:
-                    continue
-                hits, last_used = snapshot.usage.get(model, (0.0, 0))  # hits aged to last_used
-                copy_views.append(
-                    CopyView(
-                        model_id=model,
-                        size_bytes=size,
-                        state=CopyState.LOADING if rec.state == "loading" else CopyState.LOADED,
-                        last_used=max(last_used, rec.since_ms) / 1000,
-                        hits=float(hits),
-                        loaded_at=rec.since_ms / 1000,
-                    )
-                )
-            views.append(
-                PodView(
-                    pod_id=pod.pod_id,
-                    capacity_bytes=pod.capacity,
-                    allocated_bytes=pod.allocated,
-                    labels=pod.labels,
-                    loading=pod.loading,
-                    max_loading=pod.max_loading,
-                    healthy=True,
-                    draining=pod.draining,
-                    copies=tuple(copy_views),
-                )
-            )
-        return views
 
     async def _unload_copy(self, *, model_id: str, pod_id: str, kind: str, why: str) -> None:
         """Release the copy in live state, then tell its pod. When the release finds no copy
