@@ -6,7 +6,9 @@ import gc
 import random
 import statistics
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from bench.placement.traces import model_sizes
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2
@@ -23,6 +25,7 @@ from meshserve.scheduler.placement_index import ClusterIndex, place_indexed
 from meshserve.scheduler.routes import EndpointTuple, encode_route_update
 
 LABELS = frozenset({"rt:mlserver-1.x", "mt:sklearn", "pv:grpc-v2"})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -305,6 +308,14 @@ def route_publish_end_to_end(*, models: int, pods: int, changes: int, repeats: i
     step: read the entries, apply them to the table, encode the `RouteUpdate` bytes that
     every WatchRoutes stream is handed. The update is checked against the in-memory
     table of the same events."""
+    return with_redis(
+        lambda url, where: _end_to_end(url, where, models=models, pods=pods, changes=changes, repeats=repeats, seed=seed)
+    )
+
+
+def with_redis(run: Callable[[str, str], Coroutine[Any, Any, T]]) -> T:
+    """`run(url, where)` on a real Redis: MESHSERVE_REDIS_URL if set (the caller removes its
+    keys), else a private redis-server for the call."""
     import asyncio
     import os
     import tempfile
@@ -319,9 +330,7 @@ def route_publish_end_to_end(*, models: int, pods: int, changes: int, repeats: i
             url = os.environ.get("MESHSERVE_REDIS_URL")
             where = "MESHSERVE_REDIS_URL" if url else "private redis-server"
             url = url or infra.start_redis(group, Path(tmp) / "redis")
-            return asyncio.run(
-                _end_to_end(url, where, models=models, pods=pods, changes=changes, repeats=repeats, seed=seed)
-            )
+            return asyncio.run(run(url, where))
         finally:
             group.stop_all()
 
