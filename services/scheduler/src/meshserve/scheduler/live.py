@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meshserve.common.errors import Unavailable
-from meshserve.scheduler.routelog import LUA, RouteLog
+from meshserve.scheduler.routelog import LUA, POD_FIELDS, RouteLog
 
 # Placement's views of a pod are versioned: every script that changes what placement sees
 # of a pod gives it a new `view_version` (views.py keeps views between decisions and reads
@@ -195,21 +195,6 @@ new_view(KEYS[1], KEYS[2])
 return 1
 """
 
-# every registered pod's view version and last heartbeat, flat {pod, version, heartbeat_ms,
-# ...}; a pod in the set whose hash has no capacity is left out. ARGV[1]: prefix.
-_POD_HEADS = """
-local out = {}
-for _, pod in ipairs(redis.call('SMEMBERS', ARGV[1] .. ':pods')) do
-  local h = redis.call('HMGET', ARGV[1] .. ':pod:' .. pod, 'capacity', 'view_version', 'heartbeat_ms')
-  if h[1] then
-    out[#out + 1] = pod
-    out[#out + 1] = h[2] or '0'
-    out[#out + 1] = h[3] or '0'
-  end
-end
-return out
-"""
-
 # placement's view of some pods, read atomically in one round trip: for each pod its
 # hash, its allocations and its copy state for each allocated model; then the usage of
 # every model seen. KEYS: pod hash and alloc hash of each pod, in pairs, in ARGV order.
@@ -323,7 +308,7 @@ class LiveState:
         self._upsert_pod = self.redis.register_script(_UPSERT_POD)
         self._age_usage = self.redis.register_script(_AGE_USAGE)
         self._placement_snapshot = self.redis.register_script(_PLACEMENT_SNAPSHOT)
-        self._pod_heads = self.redis.register_script(_POD_HEADS)
+        self._pod_fields = self.redis.register_script(POD_FIELDS)
         self._set_draining = self.redis.register_script(_SET_DRAINING)
         self.routes = RouteLog(url, prefix=prefix)
 
@@ -406,9 +391,11 @@ class LiveState:
 
     async def pod_heads(self) -> dict[str, tuple[int, int]]:
         """Every registered pod's (view version, last heartbeat ms), in one round trip: what
-        a long-lived view of the cluster checks before a decision (see `_POD_HEADS`)."""
-        flat = await self._pod_heads(keys=[], args=[self.p])
-        return {pod: (int(v), int(hb)) for pod, v, hb in zip(flat[::3], flat[1::3], flat[2::3], strict=True)}
+        a long-lived view of the cluster checks before a decision (views.py)."""
+        flat = await self._pod_fields(keys=[], args=[self.p, "view_version", "heartbeat_ms"])
+        return {
+            pod: (int(v or 0), int(hb or 0)) for pod, v, hb in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
+        }
 
     async def pod_allocations(self, pod_id: str) -> dict[str, int]:
         return {m: int(b) for m, b in (await self.redis.hgetall(self.k_alloc(pod_id))).items()}

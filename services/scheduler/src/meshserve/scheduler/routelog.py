@@ -196,16 +196,17 @@ end
 return out
 """
 
-# Loading a table: every registered pod's addresses, flat {pod, grpc, rest, ...}; a pod
-# in the set whose hash is gone (no capacity) is left out. ARGV[1]: prefix.
-_PODS = """
+# Every registered pod (in the set, with a capacity: a hash without one is left out) with
+# some fields of its hash, flat {pod, field, ..., pod, ...}; a missing field reads ''.
+# Loading a table asks for the addresses; views.py for the view version and heartbeat.
+# ARGV[1]: prefix, ARGV[2..]: the fields.
+POD_FIELDS = """
 local out = {}
 for _, pod in ipairs(redis.call('SMEMBERS', ARGV[1] .. ':pods')) do
-  local a = redis.call('HMGET', ARGV[1] .. ':pod:' .. pod, 'capacity', 'grpc_address', 'rest_address')
+  local a = redis.call('HMGET', ARGV[1] .. ':pod:' .. pod, 'capacity', unpack(ARGV, 2))
   if a[1] then
     out[#out + 1] = pod
-    out[#out + 1] = a[2] or ''
-    out[#out + 1] = a[3] or ''
+    for i = 2, #a do out[#out + 1] = a[i] or '' end
   end
 end
 return out
@@ -272,7 +273,7 @@ class RouteLog:
         self._read = self.redis.register_script(_READ)
         self._where = self.redis.register_script(_WHERE)
         self._loaded = self.redis.register_script(_LOADED)
-        self._pods = self.redis.register_script(_PODS)
+        self._pods = self.redis.register_script(POD_FIELDS)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -331,7 +332,7 @@ class RouteLog:
         for lo in range(0, len(models), chunk):
             flat = await self._loaded(keys=[], args=[f"{self.p}:copies:", *_id_args(models[lo : lo + chunk])])
             loaded += zip(flat[::2], flat[1::2], strict=True)
-        flat = [_text(x) for x in await self._pods(keys=[], args=[self.p])]
+        flat = [_text(x) for x in await self._pods(keys=[], args=[self.p, "grpc_address", "rest_address"])]
         pods = list(zip(flat[::3], flat[1::3], flat[2::3], strict=True))
         vmodels = {_text(v): _text(m) for v, m in (await self.redis.hgetall(f"{self.p}:vmodels")).items()}
         return TableState(position, models, loaded, pods, vmodels)
