@@ -70,8 +70,13 @@ def test_hot_model_gets_another_copy_and_cools_back(own_stack: Stack) -> None:
     finally:
         client.close()
     wait_for(lambda: len(_model(own_stack, "hot")["copies"]) >= 2, timeout=40, what="a scale-up")
-    kinds = [e["kind"] for e in own_stack.admin("GET", "/v1/events?model=hot&limit=100").json()["items"]]
-    assert "scaled-up" in kinds
+
+    def kinds() -> list[str]:
+        return [e["kind"] for e in own_stack.admin("GET", "/v1/events?model=hot&limit=100").json()["items"]]
+
+    # the event is written once the second copy has loaded; the copy is listed from its reservation on
+    wait_for(lambda: "scaled-up" in kinds(), timeout=40, what="the scaled-up event")
+    assert kinds().count("placed") >= 2
 
 
 def test_drain_moves_copies_off_a_pod(own_stack: Stack) -> None:
