@@ -76,7 +76,11 @@ async def test_pod_views_show_each_pods_copies_sizes_states_and_usage(live: Live
 
 
 async def _versions(live: LiveState) -> dict[str, int]:
-    return {pod: version for pod, (version, _) in (await live.pod_heads()).items()}
+    """The heads hash's versions, checked against the pods' own hashes."""
+    heads = await live.pod_heads()
+    pods = {p.pod_id: p for p in await live.pods()}
+    assert heads == {p: (info.view_version, info.heartbeat_ms) for p, info in pods.items()}
+    return {pod: version for pod, (version, _) in heads.items()}
 
 
 async def test_every_change_placement_sees_gives_a_pod_a_new_view_version(live: LiveState) -> None:

@@ -22,6 +22,7 @@ Key layout (prefix `ms` by default):
   ms:pod:<pod>            hash: capacity, allocated, loading, max_loading, labels, addresses, ...,
                           view_version (new with every change placement would see but usage)
   ms:view_seq             the counter view versions come from
+  ms:heads                hash: pod id -> "<view_version>:<heartbeat_ms>" of every registered pod
   ms:alloc:<pod>          hash: model id -> bytes held on that pod
   ms:copies:<model>       hash: pod id -> "loading:<ms>" | "loaded:<ms>"
   ms:models               set of registered model ids
@@ -47,21 +48,33 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meshserve.common.errors import Unavailable
-from meshserve.scheduler.routelog import LUA, POD_FIELDS, RouteLog
+from meshserve.scheduler.routelog import LUA, RouteLog
 
 # Placement's views of a pod are versioned: every script that changes what placement sees
 # of a pod gives it a new `view_version` (views.py keeps views between decisions and reads
-# again only pods whose version moved). Versions come from one counter (KEYS[4] of the
-# copy scripts, `ms:view_seq`) that starts at the server's clock in microseconds, so a
-# pod removed and registered again, or a Redis that lost its data, never repeats a
-# version a reader holds.
+# again only pods whose version moved). Versions come from one counter (`ms:view_seq`, KEYS[4]
+# of the copy scripts) that starts at the server's clock in microseconds, so a pod removed
+# and registered again, or a Redis that lost its data, never repeats a version a reader
+# holds. `ms:heads` (KEYS[5]) holds every registered pod's "<view version>:<heartbeat ms>",
+# so a reader checks 1,000 pods with one HGETALL instead of a read of each pod's hash.
 _VIEW = """
-local function new_view(pod_key, seq_key)
+-- the pod's entry in the heads hash, from its hash (none without a capacity)
+local function write_head(pod_key, heads_key, pod)
+  local h = redis.call('HMGET', pod_key, 'capacity', 'view_version', 'heartbeat_ms')
+  if h[1] then
+    redis.call('HSET', heads_key, pod, (h[2] or '0') .. ':' .. (h[3] or '0'))
+  else
+    redis.call('HDEL', heads_key, pod)
+  end
+end
+
+local function new_view(pod_key, seq_key, heads_key, pod)
   if redis.call('EXISTS', seq_key) == 0 then
     local t = redis.call('TIME')
     redis.call('SET', seq_key, t[1] .. string.format('%06d', tonumber(t[2])))
   end
   redis.call('HSET', pod_key, 'view_version', redis.call('INCR', seq_key))
+  write_head(pod_key, heads_key, pod)
 end
 """
 
@@ -80,7 +93,7 @@ redis.call('HINCRBY', KEYS[1], 'allocated', bytes)
 redis.call('HINCRBY', KEYS[1], 'loading', 1)
 redis.call('HSET', KEYS[2], ARGV[1], bytes)
 redis.call('HSET', KEYS[3], ARGV[2], 'loading:' .. ARGV[4])
-new_view(KEYS[1], KEYS[4])
+new_view(KEYS[1], KEYS[4], KEYS[5], ARGV[2])
 return {1, 'ok'}
 """
 
@@ -93,7 +106,7 @@ redis.call('HINCRBY', KEYS[1], 'allocated', bytes - old)
 redis.call('HINCRBY', KEYS[1], 'loading', -1)
 redis.call('HSET', KEYS[2], ARGV[1], bytes)
 redis.call('HSET', KEYS[3], ARGV[2], 'loaded:' .. ARGV[4])
-new_view(KEYS[1], KEYS[4])
+new_view(KEYS[1], KEYS[4], KEYS[5], ARGV[2])
 log_change('+', ARGV[1], ARGV[2])
 routes_logged(ARGV[5])
 return 1
@@ -111,7 +124,7 @@ if state and string.sub(state, 1, 8) == 'loading:' and redis.call('EXISTS', KEYS
 end
 redis.call('HDEL', KEYS[3], ARGV[2])
 if not state then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 1 then new_view(KEYS[1], KEYS[4]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then new_view(KEYS[1], KEYS[4], KEYS[5], ARGV[2]) end
 if string.sub(state, 1, 7) == 'loaded:' then
   log_change('-', ARGV[1], ARGV[2])
   routes_logged(ARGV[3])
@@ -127,7 +140,7 @@ local bytes = tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'allocated', bytes)
 redis.call('HSET', KEYS[2], ARGV[1], bytes)
 redis.call('HSET', KEYS[3], ARGV[2], 'loaded:' .. ARGV[4])
-new_view(KEYS[1], KEYS[4])
+new_view(KEYS[1], KEYS[4], KEYS[5], ARGV[2])
 log_change('+', ARGV[1], ARGV[2])
 routes_logged(ARGV[5])
 return 1
@@ -155,6 +168,7 @@ for _, m in ipairs(models) do
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 log_change('P', ARGV[1])
 routes_logged(P)
 return models
@@ -162,7 +176,7 @@ return models
 
 # a pod's heartbeat: write its fields; log its addresses when it is new to the pods set
 # or they changed; bump its view version when a field other than the heartbeat's clock
-# and memory reading changed. KEYS: pod hash, pods set, view counter. ARGV[1]: pod id, ARGV[2]: key
+# and memory reading changed. KEYS: pod hash, pods set, view counter, heads. ARGV[1]: pod id, ARGV[2]: key
 # prefix, then field, value pairs. Returns 1 when the pod hash existed before.
 _UPSERT_POD = LUA + _VIEW + """
 local VIEW = {'capacity', 'grpc_address', 'rest_address', 'runtime', 'labels', 'management_address',
@@ -179,7 +193,8 @@ local changed = member == 0
 for i = 1, #VIEW do
   if before[i] ~= after[i] then changed = true end
 end
-if changed then new_view(KEYS[1], KEYS[3]) end
+if changed then new_view(KEYS[1], KEYS[3], KEYS[4], ARGV[1]) end
+write_head(KEYS[1], KEYS[4], ARGV[1])
 if after[1] and (member == 0 or not before[1] or before[2] ~= after[2] or before[3] ~= after[3]) then
   local grpc = after[2] or ''
   log_change('A', ARGV[1], #grpc .. ':' .. grpc .. (after[3] or ''))
@@ -188,10 +203,10 @@ end
 return existed
 """
 
-# draining on or off. KEYS: pod hash, view counter. ARGV[1]: "1" | "0".
+# draining on or off. KEYS: pod hash, view counter, heads. ARGV[1]: "1" | "0", ARGV[2]: pod id.
 _SET_DRAINING = _VIEW + """
 redis.call('HSET', KEYS[1], 'draining', ARGV[1])
-new_view(KEYS[1], KEYS[2])
+new_view(KEYS[1], KEYS[2], KEYS[3], ARGV[2])
 return 1
 """
 
@@ -308,7 +323,6 @@ class LiveState:
         self._upsert_pod = self.redis.register_script(_UPSERT_POD)
         self._age_usage = self.redis.register_script(_AGE_USAGE)
         self._placement_snapshot = self.redis.register_script(_PLACEMENT_SNAPSHOT)
-        self._pod_fields = self.redis.register_script(POD_FIELDS)
         self._set_draining = self.redis.register_script(_SET_DRAINING)
         self.routes = RouteLog(url, prefix=prefix)
 
@@ -330,6 +344,10 @@ class LiveState:
     def k_view_seq(self) -> str:
         return f"{self.p}:view_seq"
 
+    @property
+    def k_heads(self) -> str:
+        return f"{self.p}:heads"
+
     async def ping(self) -> None:
         try:
             await self.redis.ping()
@@ -346,7 +364,7 @@ class LiveState:
             for x in (k, json.dumps(sorted(v)) if k == "labels" else v)
         ]
         existed = await self._upsert_pod(
-            keys=[self.k_pod(pod_id), f"{self.p}:pods", self.k_view_seq], args=[pod_id, self.p, *pairs]
+            keys=[self.k_pod(pod_id), f"{self.p}:pods", self.k_view_seq, self.k_heads], args=[pod_id, self.p, *pairs]
         )
         return not existed
 
@@ -390,12 +408,14 @@ class LiveState:
         )
 
     async def pod_heads(self) -> dict[str, tuple[int, int]]:
-        """Every registered pod's (view version, last heartbeat ms), in one round trip: what
-        a long-lived view of the cluster checks before a decision (views.py)."""
-        flat = await self._pod_fields(keys=[], args=[self.p, "view_version", "heartbeat_ms"])
-        return {
-            pod: (int(v or 0), int(hb or 0)) for pod, v, hb in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
-        }
+        """Every registered pod's (view version, last heartbeat ms), one HGETALL: what a
+        long-lived view of the cluster checks before a decision (views.py)."""
+        heads = await self.redis.hgetall(self.k_heads)
+        out = {}
+        for pod, head in heads.items():
+            version, _, heartbeat = head.partition(":")
+            out[pod] = (int(version), int(heartbeat))
+        return out
 
     async def pod_allocations(self, pod_id: str) -> dict[str, int]:
         return {m: int(b) for m, b in (await self.redis.hgetall(self.k_alloc(pod_id))).items()}
@@ -436,17 +456,19 @@ class LiveState:
     async def remove_pod(self, pod_id: str) -> list[str]:
         """Forget a pod and its copies; returns the model ids it held."""
         models = await self._remove_pod(
-            keys=[self.k_pod(pod_id), self.k_alloc(pod_id), f"{self.p}:pods"],
+            keys=[self.k_pod(pod_id), self.k_alloc(pod_id), f"{self.p}:pods", self.k_heads],
             args=[pod_id, self.p],
         )
         return list(models)
 
     async def set_draining(self, pod_id: str, draining: bool) -> None:
-        await self._set_draining(keys=[self.k_pod(pod_id), self.k_view_seq], args=["1" if draining else "0"])
+        await self._set_draining(
+            keys=[self.k_pod(pod_id), self.k_view_seq, self.k_heads], args=["1" if draining else "0", pod_id]
+        )
 
     # -- copies -------------------------------------------------------------------------
     def _keys(self, model: str, pod: str) -> list[str]:
-        return [self.k_pod(pod), self.k_alloc(pod), self.k_copies(model), self.k_view_seq]
+        return [self.k_pod(pod), self.k_alloc(pod), self.k_copies(model), self.k_view_seq, self.k_heads]
 
     async def reserve(self, *, model_id: str, pod_id: str, size: int, exclusive: bool) -> tuple[bool, str]:
         ok, why = await self._reserve(

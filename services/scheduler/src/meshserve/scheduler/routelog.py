@@ -198,7 +198,6 @@ return out
 
 # Every registered pod (in the set, with a capacity: a hash without one is left out) with
 # some fields of its hash, flat {pod, field, ..., pod, ...}; a missing field reads ''.
-# Loading a table asks for the addresses; views.py for the view version and heartbeat.
 # ARGV[1]: prefix, ARGV[2..]: the fields.
 POD_FIELDS = """
 local out = {}
