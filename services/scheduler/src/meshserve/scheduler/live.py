@@ -41,13 +41,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meshserve.common.errors import Unavailable
+from meshserve.scheduler.redisconn import connect
 from meshserve.scheduler.routelog import LUA, RouteLog
 
 # Placement's views of a pod are versioned: every script that changes what placement sees
@@ -300,20 +299,7 @@ def now_ms() -> int:
 
 class LiveState:
     def __init__(self, url: str, *, prefix: str = "ms") -> None:
-        # a blocking pool: a burst of requests waits for a connection instead of failing
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=64,
-            timeout=10,
-            # a restarted Redis: reconnect and retry the command instead of failing it
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            decode_responses=True,
-            socket_timeout=5,
-            socket_connect_timeout=3,
-            health_check_interval=15,
-        )
-        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.redis: aioredis.Redis = connect(url, decode=True, max_connections=64)
         self.p = prefix
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)

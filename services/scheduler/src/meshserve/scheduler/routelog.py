@@ -48,10 +48,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from meshserve.scheduler.redisconn import connect
 
 LOG_LENGTH = 50_000
 """Entries kept in the log; a reader further behind than this loads its table again."""
@@ -257,16 +255,7 @@ class RouteLog:
     def __init__(self, url: str, *, prefix: str = "ms") -> None:
         self.p = prefix
         self._url = url
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=False,
-            max_connections=16,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            socket_timeout=5,
-            socket_connect_timeout=3,
-            health_check_interval=15,
-        )
+        self.redis: aioredis.Redis = connect(url, decode=False, max_connections=16)
         self._log = self.redis.register_script(_LOG)
         self._reset = self.redis.register_script(_RESET)
         self._read = self.redis.register_script(_READ)
