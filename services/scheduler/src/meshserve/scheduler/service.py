@@ -152,7 +152,7 @@ class SchedulerService:
         self._background: set[asyncio.Task[None]] = set()
         self._load_done = asyncio.Condition()
         self._runtime_waits: dict[str, float] = {}
-        self._transitions: dict[str, asyncio.Task[None]] = {}
+        self._transitions: dict[str, tuple[str, asyncio.Task[None]]] = {}   # vmodel -> (target, task)
         # placement's views, kept between decisions and read again only where they changed
         self.views = ClusterViews(
             live, pod_timeout_seconds=settings.pod_timeout_seconds, warm=self._placement_config()
@@ -638,10 +638,12 @@ class SchedulerService:
         await self.registry.upsert_vmodel(
             vmodel_id=vmodel_id, owner=owner, active=active, target=target_model_id, auto_delete=auto_delete
         )
-        task = self._transitions.get(vmodel_id)
-        if task is None or task.done():
+        # one transition per target: a task still running for an earlier target (still
+        # loading it, or unregistering the model it replaced) sees the change and stops
+        running = self._transitions.get(vmodel_id)
+        if running is None or running[1].done() or running[0] != target_model_id:
             task = asyncio.create_task(self._transition(vmodel_id, target_model_id))
-            self._transitions[vmodel_id] = task
+            self._transitions[vmodel_id] = (target_model_id, task)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -695,9 +697,9 @@ class SchedulerService:
             return
         if owner and record.owner and owner != record.owner:
             raise AlreadyExists(f"vmodel {vmodel_id!r} belongs to owner {record.owner!r}")
-        task = self._transitions.pop(vmodel_id, None)
-        if task is not None:
-            task.cancel()
+        running = self._transitions.pop(vmodel_id, None)
+        if running is not None:
+            running[1].cancel()
         await self.registry.delete_vmodel(vmodel_id)
         await self.live.delete_vmodel(vmodel_id)
         if record.auto_delete:
