@@ -24,14 +24,11 @@ the views read afresh.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 
 from meshserve.scheduler.live import LiveState, PlacementSnapshot, PodInfo, PodSnapshot, now_ms
 from meshserve.scheduler.models import CopyState, CopyView, PlacementConfig, PodView
 from meshserve.scheduler.placement_index import ClusterIndex
-
-log = logging.getLogger(__name__)
 
 
 def pod_view(snap: PodSnapshot, usage: dict[str, tuple[float, int]]) -> PodView:
@@ -74,8 +71,9 @@ class ClusterViews:
     """The registered pods' infos and views as this process last read them, and a
     `ClusterIndex` of the live ones (latest heartbeat within `pod_timeout_seconds`).
 
-    Owned by one event loop; `refresh` may run concurrently with itself (each pod keeps
-    the newest version read)."""
+    Owned by one event loop; `refresh` may run concurrently with itself (a pod may then
+    briefly hold an older read: its version differs from the pod's, so the next refresh
+    reads it again)."""
 
     def __init__(self, live: LiveState, *, pod_timeout_seconds: float, warm: PlacementConfig | None = None) -> None:
         self.live = live
@@ -96,7 +94,8 @@ class ClusterViews:
         held = self._held
         if not alive:
             return [held[p][0] for p in sorted(held)]
-        return [held[p][0] for p in sorted(self.index._pods) if p in held]
+        index = self.index
+        return [held[p][0] for p in sorted(held) if p in index]
 
     async def refresh(self) -> None:
         """Read what changed since the last call: the pods' view versions and heartbeats,
