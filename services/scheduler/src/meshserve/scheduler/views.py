@@ -24,7 +24,7 @@ the views read afresh.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from meshserve.scheduler.live import LiveState, PlacementSnapshot, PodInfo, PodSnapshot, now_ms
 from meshserve.scheduler.models import CopyState, CopyView, PlacementConfig, PodView
@@ -80,7 +80,6 @@ class ClusterViews:
         self.pod_timeout_ms = pod_timeout_seconds * 1000
         self.index = ClusterIndex(warm=warm)
         self._held: dict[str, tuple[PodInfo, PodView]] = {}   # pod -> as last read
-        self._heartbeat: dict[str, int] = {}
 
     def info(self, pod_id: str) -> PodInfo | None:
         """A registered pod's info as of the last read of its view (`heartbeat_ms` too: liveness
@@ -103,7 +102,6 @@ class ClusterViews:
         heads = await self.live.pod_heads()
         for pod_id in [p for p in self._held if p not in heads]:   # removed
             del self._held[pod_id]
-            self._heartbeat.pop(pod_id, None)
             self.index.remove(pod_id)
         held = self._held
         stale = [p for p, (version, _) in heads.items() if p not in held or held[p][0].view_version != version]
@@ -115,7 +113,6 @@ class ClusterViews:
             pod = held.get(pod_id)
             if pod is None:   # removed between the heads and its snapshot
                 continue
-            self._heartbeat[pod_id] = heartbeat
             if heartbeat >= oldest:
                 if pod_id not in index:
                     index.update(pod[1])
@@ -123,7 +120,8 @@ class ClusterViews:
                 index.remove(pod_id)
 
     async def reread(self, pod_ids: Iterable[str]) -> None:
-        """Read these pods' views again (whatever their version says) and index them."""
+        """Read these pods' views again (whatever their version says); those in the index
+        are replaced there. Which pods are in it is `refresh`'s call, on their heartbeats."""
         ids = list(pod_ids)
         if not ids:
             return
@@ -131,15 +129,5 @@ class ClusterViews:
         # held then differs from the pod's, and the next refresh reads it again)
         for info, view in pod_views(await self.live.placement_snapshot(ids)):
             self._held[info.pod_id] = (info, view)
-            heartbeat = max(info.heartbeat_ms, self._heartbeat.get(info.pod_id, 0))
-            if now_ms() - heartbeat <= self.pod_timeout_ms:
+            if info.pod_id in self.index:
                 self.index.update(view)
-            else:
-                self.index.remove(info.pod_id)
-
-    def forget(self, pod_ids: Sequence[str] | None = None) -> None:
-        """Drop held views (all when `pod_ids` is None): they are read again when next needed."""
-        for pod_id in list(self._held) if pod_ids is None else pod_ids:
-            self._held.pop(pod_id, None)
-            self._heartbeat.pop(pod_id, None)
-            self.index.remove(pod_id)
