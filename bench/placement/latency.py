@@ -8,7 +8,7 @@ import statistics
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bench.placement.traces import model_sizes
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2
@@ -23,6 +23,9 @@ from meshserve.scheduler.models import (
 from meshserve.scheduler.placement import place
 from meshserve.scheduler.placement_index import ClusterIndex, place_indexed
 from meshserve.scheduler.routes import EndpointTuple, encode_route_update
+
+if TYPE_CHECKING:
+    from meshserve.scheduler.live import LiveState
 
 LABELS = frozenset({"rt:mlserver-1.x", "mt:sklearn", "pv:grpc-v2"})
 T = TypeVar("T")
@@ -315,7 +318,7 @@ def route_publish_end_to_end(*, models: int, pods: int, changes: int, repeats: i
 
 def with_redis(run: Callable[[str, str], Coroutine[Any, Any, T]]) -> T:
     """`run(url, where)` on a real Redis: MESHSERVE_REDIS_URL if set (the caller removes its
-    keys), else a private redis-server for the call."""
+    keys: `close_live`), else a private redis-server for the call."""
     import asyncio
     import os
     import tempfile
@@ -333,6 +336,17 @@ def with_redis(run: Callable[[str, str], Coroutine[Any, Any, T]]) -> T:
             return asyncio.run(run(url, where))
         finally:
             group.stop_all()
+
+
+
+async def close_live(live: LiveState, where: str) -> None:
+    """Close a bench's LiveState; on a shared server (MESHSERVE_REDIS_URL) first remove the
+    keys under its private prefix."""
+    if where == "MESHSERVE_REDIS_URL":
+        keys = [k async for k in live.redis.scan_iter(match=f"{live.p}:*", count=10_000)]
+        for lo in range(0, len(keys), 10_000):
+            await live.redis.unlink(*keys[lo : lo + 10_000])
+    await live.close()
 
 
 _REPLACE_COPIES = """
@@ -458,8 +472,4 @@ async def _end_to_end(
         )
     finally:
         gc.unfreeze()
-        if where == "MESHSERVE_REDIS_URL":   # a shared server: remove this run's keys
-            keys = [k async for k in live.redis.scan_iter(match=f"{live.p}:*", count=10_000)]
-            for lo in range(0, len(keys), 10_000):
-                await live.redis.unlink(*keys[lo : lo + 10_000])
-        await live.close()
+        await close_live(live, where)

@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from bench.placement.latency import LABELS, with_redis
+from bench.placement.latency import LABELS, close_live, with_redis
 from meshserve.scheduler.live import LiveState, now_ms
 from meshserve.scheduler.models import PlacementConfig, PlacementRequest
 from meshserve.scheduler.placement_index import place_indexed
@@ -101,8 +101,4 @@ async def _run(url: str, where: str, n_pods: int, per_pod: int, repeats: int, se
             statistics.median(unchanged), statistics.median(one), statistics.median(decide),
         )
     finally:
-        if where == "MESHSERVE_REDIS_URL":   # a shared server: remove this run's keys
-            keys = [k async for k in live.redis.scan_iter(match=f"{live.p}:*", count=10_000)]
-            for lo in range(0, len(keys), 10_000):
-                await live.redis.unlink(*keys[lo : lo + 10_000])
-        await live.close()
+        await close_live(live, where)
