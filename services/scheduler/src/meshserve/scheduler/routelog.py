@@ -54,6 +54,9 @@ from meshserve.scheduler.redisconn import connect
 LOG_LENGTH = 50_000
 """Entries kept in the log; a reader further behind than this loads its table again."""
 
+ENTRY = 3
+"""List elements per entry (`kind, a, b`); the Lua below is written with it too."""
+
 # Shared by every script that logs or reads the log. `log_change(kind, a, b)` queues
 # an entry; `routes_logged(P)` appends what was queued, trims the log and wakes the
 # readers, once per script run (P: the key prefix); `log_where(P)` says where it is.
@@ -80,24 +83,24 @@ end
 local function log_where(P)
   local epoch = log_epoch(P)
   local seq = tonumber(redis.call('GET', P .. ':routelog:seq') or '0')
-  return epoch, seq, seq - redis.call('LLEN', P .. ':routelog') / 3 + 1
+  return epoch, seq, seq - redis.call('LLEN', P .. ':routelog') / ENTRY + 1
 end
 
 local function routes_logged(P)
   log_epoch(P)
-  local seq = redis.call('INCRBY', P .. ':routelog:seq', #pending / 3)
+  local seq = redis.call('INCRBY', P .. ':routelog:seq', #pending / ENTRY)
   for lo = 1, #pending, 999 do
     redis.call('RPUSH', P .. ':routelog', unpack(pending, lo, math.min(lo + 998, #pending)))
   end
   pending = {}
   local n = redis.call('LLEN', P .. ':routelog')
-  if n > 3 * (LOG_LENGTH + LOG_LENGTH / 4) then
-    redis.call('LTRIM', P .. ':routelog', n - 3 * LOG_LENGTH, -1)
+  if n > ENTRY * (LOG_LENGTH + LOG_LENGTH / 4) then
+    redis.call('LTRIM', P .. ':routelog', n - ENTRY * LOG_LENGTH, -1)
     redis.call('INCR', P .. ':routelog:trims')
   end
   redis.call('XADD', P .. ':routelog:wake', 'MAXLEN', '1', '*', 'seq', seq)
 end
-""".replace("LOG_LENGTH", str(LOG_LENGTH))
+""".replace("LOG_LENGTH", str(LOG_LENGTH)).replace("ENTRY", str(ENTRY))
 
 # Log entries made by plain commands in the same MULTI (registration, vmodels).
 # ARGV[1]: prefix, then (kind, a, b) triples; an R also logs the model's loaded copies.
@@ -134,9 +137,9 @@ if ARGV[2] ~= epoch then return {epoch, seq, 'reload', {}} end
 if after > seq or after + 1 < first then return {epoch, seq, 'reload', {}} end
 local count = math.min(seq - after, most)
 if count <= 0 then return {epoch, seq, 'ok', {}} end
-local lo = 3 * (after + 1 - first)
-return {epoch, after + count, 'ok', redis.call('LRANGE', P .. ':routelog', lo, lo + 3 * count - 1)}
-"""
+local lo = ENTRY * (after + 1 - first)
+return {epoch, after + count, 'ok', redis.call('LRANGE', P .. ':routelog', lo, lo + ENTRY * count - 1)}
+""".replace("ENTRY", str(ENTRY))
 
 # Where the log is: {epoch, sequence, sequence of its first entry, trims so far}. A reader
 # then takes the entries it wants by index with a plain LRANGE, in a MULTI that checks
@@ -214,10 +217,6 @@ return out
 class Position:
     epoch: str
     seq: int
-
-
-ENTRY = 3
-"""List elements per entry."""
 
 
 @dataclass(frozen=True)
