@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from meshserve.scheduler.live import LiveState, now_ms
 from meshserve.scheduler.models import (
     CopyState,
@@ -168,3 +170,26 @@ async def test_a_held_view_ranks_victims_on_old_usage_until_it_is_read_again(liv
     fresh = place_indexed(request, views.index, now=t / 1000 + 2, config=config)
     assert [ev.model_id for ev in stale.evictions] == ["hot"]
     assert [ev.model_id for ev in fresh.evictions] == ["cold"]
+
+
+async def test_concurrent_refreshes_share_reads_and_each_sees_changes_made_before_it(
+    live: LiveState, redis_url: str, prefix: str
+) -> None:
+    """A burst of decisions (EnsureLoaded calls at once) costs at most two reads of the heads,
+    and none of them decides on a read older than its call."""
+    other = LiveState(redis_url, prefix=prefix)
+    try:
+        for pod in ("a", "b"):
+            await _pod(live, pod)
+        views = ClusterViews(live, pod_timeout_seconds=TIMEOUT)
+        await views.refresh()
+        reads = views.reads
+        first = asyncio.ensure_future(views.refresh())     # a read in flight ...
+        await _loaded(other, "m", "a", 100)                 # ... a change by another replica ...
+        burst = [asyncio.ensure_future(views.refresh()) for _ in range(50)]   # ... then 50 callers
+        await asyncio.gather(first, *burst)
+        assert views.reads - reads <= 2
+        a = views.index.get("a")
+        assert a is not None and a.model_ids == {"m"} and a.allocated_bytes == 100
+    finally:
+        await other.close()

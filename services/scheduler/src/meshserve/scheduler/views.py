@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from meshserve.common.coalesce import Coalesced
 from meshserve.scheduler.live import LiveState, PlacementSnapshot, PodInfo, PodSnapshot, now_ms
 from meshserve.scheduler.models import CopyState, CopyView, PlacementConfig, PodView
 from meshserve.scheduler.placement_index import ClusterIndex
@@ -71,15 +72,19 @@ class ClusterViews:
     """The registered pods' infos and views as this process last read them, and a
     `ClusterIndex` of the live ones (latest heartbeat within `pod_timeout_seconds`).
 
-    Owned by one event loop; `refresh` may run concurrently with itself (a pod may then
-    briefly hold an older read: its version differs from the pod's, so the next refresh
-    reads it again)."""
+    Owned by one event loop. Concurrent `refresh` calls share reads (`Coalesced`: each
+    call returns after a read that began after it, and a burst of N calls costs at most
+    two reads of the heads). `reread` may run beside a refresh (a pod may then briefly
+    hold an older read: its version differs from the pod's, so the next refresh reads it
+    again)."""
 
     def __init__(self, live: LiveState, *, pod_timeout_seconds: float, warm: PlacementConfig | None = None) -> None:
         self.live = live
         self.pod_timeout_ms = pod_timeout_seconds * 1000
         self.index = ClusterIndex(warm=warm)
         self._held: dict[str, tuple[PodInfo, PodView]] = {}   # pod -> as last read
+        self._refresh = Coalesced(self._refresh_once)
+        self.reads = 0                                        # reads of the heads so far
 
     def info(self, pod_id: str) -> PodInfo | None:
         """A registered pod's info as of the last read of its view (`heartbeat_ms` too: liveness
@@ -97,8 +102,13 @@ class ClusterViews:
         return [held[p][0] for p in sorted(held) if p in index]
 
     async def refresh(self) -> None:
-        """Read what changed since the last call: the pods' view versions and heartbeats,
-        then the views whose version moved."""
+        """Read what changed since the last read: the pods' view versions and heartbeats,
+        then the views whose version moved. Returns after a read that began after the
+        call, shared with concurrent callers."""
+        await self._refresh()
+
+    async def _refresh_once(self) -> None:
+        self.reads += 1
         heads = await self.live.pod_heads()
         for pod_id in [p for p in self._held if p not in heads]:   # removed
             del self._held[pod_id]
