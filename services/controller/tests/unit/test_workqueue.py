@@ -49,7 +49,8 @@ async def test_add_after_fires_and_earlier_add_wins() -> None:
 async def test_shutdown_wakes_waiting_workers() -> None:
     q = WorkQueue()
     waiter = asyncio.create_task(q.get())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn, not a wait for time: the new task runs up to its wait
+    assert not waiter.done()
     q.shutdown()
     try:
         await asyncio.wait_for(waiter, 2)
