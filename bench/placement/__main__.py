@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{bsz.hit_ratio:>7.3f} | {lru.loads_per_1000:>13.0f} {uw.loads_per_1000:>5.0f} "
               f"{bel.loads_per_1000:>6.0f} | {ratio:>10.1%} {uw.hit_ratio / bsz.hit_ratio:>10.1%} "
               f"{points:>+9.1f} | {_yes(ok_ratio)} / {_yes(ok_points)}"
-              + (f" (Belady itself is only {headroom:+.1f})" if headroom < TARGET_POINTS else ""))
+              + (f" (Belady itself is only {headroom:+.1f}, B-Size {100 * (bsz.hit_ratio - lru.hit_ratio):+.1f})"
+                 if headroom < TARGET_POINTS else ""))
     print("Belady = farthest-next-use (classic MIN applied to sizes); B-Size = evict largest"
           " next-use-distance x size.\nBoth are offline reference heuristics on ONE cache of the same"
           " total bytes (no per-pod packing loss); with variable sizes the true optimum is NP-hard,"
