@@ -23,14 +23,13 @@ from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unauth
 from meshserve.scheduler.live import redis_unavailable
 from meshserve.scheduler.registry import RuntimeRecord
 from meshserve.scheduler.resources import Applied, ResourceStore, identify
-from meshserve.scheduler.service import (
+from meshserve.scheduler.service import ModelSpec, SchedulerService
+from meshserve.scheduler.status import (
     LOADED,
     LOADING,
     LOADING_FAILED,
     NOT_LOADED,
-    ModelSpec,
     ModelState,
-    SchedulerService,
     failure_time,
 )
 
@@ -200,7 +199,7 @@ def create_app(service: SchedulerService) -> FastAPI:
 
     @app.put("/v1/vmodels/{vmodel_id}", dependencies=mutate)
     async def set_vmodel(vmodel_id: str, body: VModelSet) -> dict[str, Any]:
-        await service.set_vmodel(
+        await service.vmodels.set_vmodel(
             vmodel_id=vmodel_id,
             target_model_id=body.target_model_id,
             owner=body.owner,
@@ -210,7 +209,7 @@ def create_app(service: SchedulerService) -> FastAPI:
         return await vmodel_view(vmodel_id)
 
     async def vmodel_view(vmodel_id: str) -> dict[str, Any]:
-        status, record, active, target = await service.vmodel_state(vmodel_id)
+        status, record, active, target = await service.vmodels.vmodel_state(vmodel_id)
         if record is None:
             raise NotFound(f"vmodel {vmodel_id!r} not found")
         return {
@@ -232,7 +231,7 @@ def create_app(service: SchedulerService) -> FastAPI:
     async def delete_vmodel(vmodel_id: str) -> None:
         if await service.registry.get_vmodel(vmodel_id) is None:
             raise NotFound(f"vmodel {vmodel_id!r} not found")
-        await service.delete_vmodel(vmodel_id)
+        await service.vmodels.delete_vmodel(vmodel_id)
 
     @app.get("/v1/pods")
     async def list_pods() -> dict[str, Any]:

@@ -11,7 +11,8 @@ from meshserve.common.grpcutil import rpc_errors, rpc_stream_errors
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
 from meshserve.scheduler.routehub import RouteHub
-from meshserve.scheduler.service import Endpoint, ModelSpec, ModelState, SchedulerService
+from meshserve.scheduler.service import Endpoint, ModelSpec, SchedulerService
+from meshserve.scheduler.status import ModelState
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             from meshserve.common.errors import NotFound
 
             raise NotFound(f"vmodel {request.vmodel_id!r} not found (update_only)")
-        await self.service.set_vmodel(
+        await self.service.vmodels.set_vmodel(
             vmodel_id=request.vmodel_id,
             target_model_id=request.target_model_id,
             owner=request.owner,
@@ -121,7 +122,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return await self._vmodel_status(request.vmodel_id)
 
     async def _vmodel_status(self, vmodel_id: str) -> pb.VModelStatusInfo:
-        status, record, active, target = await self.service.vmodel_state(vmodel_id)
+        status, record, active, target = await self.service.vmodels.vmodel_state(vmodel_id)
         if record is None:
             return pb.VModelStatusInfo(status=pb.VMODEL_NOT_FOUND)
         info = pb.VModelStatusInfo(
@@ -138,7 +139,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     @rpc_errors
     async def DeleteVModel(self, request: pb.DeleteVModelRequest, context: grpc.aio.ServicerContext) -> pb.DeleteVModelResponse:
-        await self.service.delete_vmodel(request.vmodel_id, owner=request.owner)
+        await self.service.vmodels.delete_vmodel(request.vmodel_id, owner=request.owner)
         return pb.DeleteVModelResponse()
 
     @rpc_errors

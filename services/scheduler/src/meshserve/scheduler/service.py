@@ -3,7 +3,8 @@
 Reads state from the registry (Postgres) and live state (Redis), asks `placement.place`
 for a decision, and applies it: reserve in Redis (atomic), call the puller, settle or
 release, record the event, publish the route change. Transports (`server.py`,
-`api.py`) only convert to and from this module's values.
+`api.py`) only convert to and from this module's values. Virtual models are kept by
+`vmodels.VModels` (`SchedulerService.vmodels`), which builds on these use cases.
 
 Concurrency rules:
 * concurrent `ensure_loaded` calls for one model in this replica share one task;
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import logging
 import time
@@ -30,7 +30,6 @@ from typing import Any
 import grpc
 
 from meshserve.common.errors import (
-    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     MeshError,
@@ -38,7 +37,7 @@ from meshserve.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from meshserve.common.labels import model_labels, runtime_spec_from_labels
+from meshserve.common.labels import model_labels
 from meshserve.common.proto.meshserve.v1 import runtime_pb2, runtime_pb2_grpc
 from meshserve.common.storage import check_model_id, parse_storage_uri
 from meshserve.scheduler import placement
@@ -52,21 +51,28 @@ from meshserve.scheduler.models import (
     PlacementRequest,
 )
 from meshserve.scheduler.placement_index import place_indexed
-from meshserve.scheduler.registry import ModelRecord, Registry, RuntimeRecord
+from meshserve.scheduler.registry import ModelRecord, Registry
 from meshserve.scheduler.scaling import CopyChange, ModelLoad, ScalingPolicy, plan_scaling
 from meshserve.scheduler.settings import SchedulerSettings
+from meshserve.scheduler.sizing import (
+    DEFAULT_MODEL_SIZE,
+    describe_runtimes,
+    known_size,
+    runtime_default_size,
+)
+from meshserve.scheduler.status import (
+    LOADED,
+    LOADING,
+    LOADING_FAILED,
+    NOT_FOUND,
+    NOT_LOADED,
+    ModelState,
+)
 from meshserve.scheduler.views import ClusterViews, pod_views
+from meshserve.scheduler.vmodels import VModels
 
 log = logging.getLogger(__name__)
 
-# statuses (ModelMesh's ModelStatus names)
-NOT_FOUND, NOT_LOADED, LOADING, LOADED, LOADING_FAILED = (
-    "NOT_FOUND",
-    "NOT_LOADED",
-    "LOADING",
-    "LOADED",
-    "LOADING_FAILED",
-)
 # puller status codes that mean "the model itself is bad": do not try other pods
 _MODEL_FAULTS = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -100,14 +106,6 @@ class Endpoint:
     pod_id: str
     grpc_address: str
     rest_address: str
-
-
-@dataclass(frozen=True)
-class ModelState:
-    status: str
-    errors: tuple[str, ...]
-    copies: tuple[CopyRecord, ...]
-    failure: dict[str, Any] | None = None
 
 
 class PullerClients:
@@ -152,11 +150,11 @@ class SchedulerService:
         self._background: set[asyncio.Task[None]] = set()
         self._load_done = asyncio.Condition()
         self._runtime_waits: dict[str, float] = {}
-        self._transitions: dict[str, tuple[str, asyncio.Task[None]]] = {}   # vmodel -> (target, task)
         # placement's views, kept between decisions and read again only where they changed
         self.views = ClusterViews(
             live, pod_timeout_seconds=settings.pod_timeout_seconds, warm=self._placement_config()
         )
+        self.vmodels = VModels(registry=registry, live=live, models=self, event=self._event)
 
     # -- start-up ------------------------------------------------------------------------
     async def sync_registry_mirror(self) -> None:
@@ -215,6 +213,15 @@ class SchedulerService:
                 await self.scale_once(only=[model_id])
         except MeshError as err:
             log.warning("background load of %s failed: %s", model_id, err.message)
+
+    def load_in_background(self, model_id: str) -> None:
+        """Start loading a first copy of `model_id`; a failure is logged, not raised."""
+        self._spawn(self._ensure_quietly(model_id))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def unregister_model(self, model_id: str) -> None:
         record = await self.registry.find_model(model_id)
@@ -601,111 +608,6 @@ class SchedulerService:
             await self._unload_copy(model_id=model_id, pod_id=copy.pod_id, kind="unloaded", why="requested by admin")
         return len(copies)
 
-    # -- vmodels ---------------------------------------------------------------------------
-    async def set_vmodel(
-        self,
-        *,
-        vmodel_id: str,
-        target_model_id: str,
-        owner: str = "",
-        auto_delete: bool = False,
-        force: bool = False,
-        load_now: bool = True,
-    ) -> None:
-        """Point `vmodel_id` at `target_model_id`, without a failed request in between.
-
-        A new vmodel, an active model with no copy, or `force` switches at once. Otherwise
-        the active model keeps serving while the target loads in the background; the
-        vmodel flips when the target is loaded, and the old model is unregistered if the
-        vmodel auto-deletes its models. A target that fails to load leaves the vmodel on
-        the active model (status TRANSITION_FAILED).
-        """
-        check_model_id(vmodel_id)
-        existing = await self.registry.get_vmodel(vmodel_id)
-        if existing is not None and owner and existing.owner and existing.owner != owner:
-            raise AlreadyExists(
-                f"vmodel {vmodel_id!r} already exists with owner {existing.owner!r} (asked by {owner!r})"
-            )
-        if await self.registry.find_model(target_model_id) is None:
-            raise NotFound(f"target model {target_model_id!r} not found")
-        owner = owner or (existing.owner if existing else "")
-        active = existing.active_model_id if existing else ""
-        if not active or active == target_model_id or force or not await self.live.copies(active):
-            await self._flip_vmodel(vmodel_id, owner=owner, new=target_model_id, old=active, auto_delete=auto_delete)
-            if load_now:
-                self._spawn(self._ensure_quietly(target_model_id))
-            return
-        await self.registry.upsert_vmodel(
-            vmodel_id=vmodel_id, owner=owner, active=active, target=target_model_id, auto_delete=auto_delete
-        )
-        # one transition per target: a task still running for an earlier target (still
-        # loading it, or unregistering the model it replaced) sees the change and stops
-        running = self._transitions.get(vmodel_id)
-        if running is None or running[1].done() or running[0] != target_model_id:
-            task = asyncio.create_task(self._transition(vmodel_id, target_model_id))
-            self._transitions[vmodel_id] = (target_model_id, task)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _flip_vmodel(self, vmodel_id: str, *, owner: str, new: str, old: str, auto_delete: bool) -> None:
-        await self.registry.upsert_vmodel(vmodel_id=vmodel_id, owner=owner, active=new, target="", auto_delete=auto_delete)
-        await self.live.set_vmodel(vmodel_id, new)
-        if old and old != new:
-            await self._event("vmodel-switched", model_id=new, message=f"vmodel {vmodel_id}: {old} -> {new}")
-            if auto_delete:
-                await self._unregister_if_unreferenced(old)
-
-    async def _unregister_if_unreferenced(self, model_id: str) -> None:
-        vmodels, _ = await self.registry.list_vmodels(limit=1_000_000)
-        if any(model_id in (v.active_model_id, v.target_model_id) for v in vmodels):
-            return
-        with contextlib.suppress(NotFound):
-            await self.unregister_model(model_id)
-
-    async def _transition(self, vmodel_id: str, target: str) -> None:
-        try:
-            await self.ensure_loaded(target)
-        except MeshError as err:
-            log.info("vmodel %s: target %s did not load: %s", vmodel_id, target, err.message)
-            return
-        current = await self.registry.get_vmodel(vmodel_id)
-        if current is None or current.target_model_id != target:
-            return  # changed or deleted meanwhile
-        await self._flip_vmodel(
-            vmodel_id, owner=current.owner, new=target, old=current.active_model_id, auto_delete=current.auto_delete
-        )
-
-    async def vmodel_state(self, vmodel_id: str) -> tuple[str, Any, ModelState | None, ModelState | None]:
-        """(status, record, active state, target state); status as ModelMesh's VModelStatus."""
-        record = await self.registry.get_vmodel(vmodel_id)
-        if record is None:
-            return "NOT_FOUND", None, None, None
-        active = await self.model_state(record.active_model_id)
-        if not record.target_model_id or record.target_model_id == record.active_model_id:
-            return "DEFINED", record, active, None
-        target = await self.model_state(record.target_model_id)
-        status = "TRANSITION_FAILED" if target.status == LOADING_FAILED else "TRANSITIONING"
-        return status, record, active, target
-
-    async def delete_vmodel(self, vmodel_id: str, *, owner: str = "") -> None:
-        """Idempotent. Unregisters its models when the vmodel auto-deletes them."""
-        record = await self.registry.get_vmodel(vmodel_id)
-        if record is None:
-            return
-        if owner and record.owner and owner != record.owner:
-            raise AlreadyExists(f"vmodel {vmodel_id!r} belongs to owner {record.owner!r}")
-        running = self._transitions.pop(vmodel_id, None)
-        if running is not None:
-            running[1].cancel()
-        await self.registry.delete_vmodel(vmodel_id)
-        await self.live.delete_vmodel(vmodel_id)
-        if record.auto_delete:
-            for model in {record.active_model_id, record.target_model_id} - {""}:
-                await self._unregister_if_unreferenced(model)
-
     # -- pods ------------------------------------------------------------------------------
     async def report_pod(self, fields: dict[str, Any], loaded_model_ids: Sequence[str]) -> None:
         pod_id = str(fields["pod_id"])
@@ -877,51 +779,3 @@ class SchedulerService:
             await coro
         except Unavailable as err:
             log.warning("registry write skipped: %s", err.message)
-
-
-DEFAULT_MODEL_SIZE = 1_000_000
-"""Bytes assumed for a model nothing is known about when no pod says otherwise
-(ModelMesh's `DEFAULT_MODELSIZE`)."""
-
-
-def known_size(record: ModelRecord) -> int:
-    """The best size the registry knows: measured, else declared, else predicted (0: none)."""
-    return record.measured_size or record.declared_size or record.predicted_size
-
-
-def runtime_default_size(pods: Sequence[PodInfo]) -> int:
-    """The default model size of the runtimes of `pods` (each pod reports its runtime's
-    declared default, `MESHSERVE_PULLER_DEFAULT_MODEL_SIZE_BYTES`). When several runtimes
-    could take the model, the largest: a reservation too big is settled down to the real
-    size after the load, one too small could over-commit the pod until then."""
-    return max((p.default_size for p in pods), default=DEFAULT_MODEL_SIZE)
-
-
-def describe_runtimes(pods: Sequence[PodInfo]) -> dict[str, RuntimeRecord]:
-    """Name -> the runtime as its pods report it (pods without a runtime name are left out).
-
-    The pods of one runtime normally agree; during a rollout the largest values and the
-    union of the labels are kept."""
-    groups: dict[str, list[PodInfo]] = {}
-    for pod in pods:
-        if pod.runtime:
-            groups.setdefault(pod.runtime, []).append(pod)
-    out = {}
-    for name, group in groups.items():
-        labels = sorted(frozenset().union(*(p.labels for p in group)))
-        out[name] = RuntimeRecord(
-            name=name,
-            spec=runtime_spec_from_labels(labels),
-            labels=tuple(labels),
-            default_model_size=runtime_default_size(group),
-            pod_capacity_bytes=max(p.capacity for p in group),
-            max_loading_concurrency=max(p.max_loading for p in group),
-            pods=len(group),
-        )
-    return out
-
-
-def failure_time(failure: dict[str, Any] | None) -> dt.datetime | None:
-    if not failure:
-        return None
-    return dt.datetime.fromtimestamp(float(failure.get("time_ms", 0)) / 1000, dt.UTC)
