@@ -9,6 +9,7 @@ import logging
 import random
 import signal
 import ssl
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -17,11 +18,12 @@ from prometheus_client import start_http_server
 
 from meshserve.common.grpcutil import bind, message_size_options, open_channel
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
+from meshserve.router import metrics
 from meshserve.router.dataplane import DataPlane
 from meshserve.router.rest import create_app
 from meshserve.router.server import InferenceHandler
 from meshserve.router.settings import RouterSettings
-from meshserve.router.table import RoutingTable
+from meshserve.router.table import Fallbacks, RoutingTable
 from meshserve.router.upstream import GrpcUpstream, RestUpstream
 
 log = logging.getLogger(__name__)
@@ -38,14 +40,16 @@ class _EmbeddedServer(uvicorn.Server):
 class RouterApp:
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
-        self.table = RoutingTable()
+        self.clock = time.monotonic
+        self.table = RoutingTable(fallback_seconds=settings.route_fallback_seconds)
         self.channel = open_channel(settings.scheduler_address, tls=settings.scheduler_tls)
         self.scheduler = scheduler_pb2_grpc.SchedulerStub(self.channel)
-        self.dataplane = DataPlane(settings=settings, table=self.table, scheduler=self.scheduler)
+        self.dataplane = DataPlane(settings=settings, table=self.table, scheduler=self.scheduler, clock=self.clock)
         self.grpc_upstream = GrpcUpstream(tls=settings.model_server_tls, max_message_bytes=settings.max_message_bytes)
         self.rest_upstream = RestUpstream(tls=settings.model_server_tls, max_connections=settings.rest_max_connections)
         self.stopping = False
         self._stop = asyncio.Event()
+        self._expiry: asyncio.TimerHandle | None = None  # forgets the table's fallbacks when they expire
 
     def ready(self) -> bool:
         return self.table.synced and not self.stopping
@@ -99,6 +103,8 @@ class RouterApp:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._expiry is not None:
+            self._expiry.cancel()
         await self.rest_upstream.close()
         await self.grpc_upstream.close()
         await self.channel.close()
@@ -110,15 +116,39 @@ class RouterApp:
             try:
                 stream = self.scheduler.WatchRoutes(scheduler_pb2.WatchRoutesRequest(router_id=self.settings.router_id))
                 async for update in stream:
-                    self.table.apply(update)
+                    self.table.apply(update, now=self.clock())
                     if update.snapshot:
                         attempt = 0
-                        log.info("route snapshot: %d models, %d vmodels", len(self.table.models), len(self.table.vmodels))
+                        metrics.ROUTE_SNAPSHOTS.inc()
+                        kept = self._expire_fallbacks()
+                        log.info(
+                            "route snapshot: %d models, %d vmodels; kept as fallback: %d models, %d vmodels",
+                            len(self.table.models), len(self.table.vmodels), kept.models, kept.vmodels,
+                        )
+                    elif self.table.fallback_models or self.table.fallback_vmodels:
+                        # changes clear fallbacks as routes come back
+                        metrics.FALLBACK_ROUTES.labels("model").set(len(self.table.fallback_models))
+                        metrics.FALLBACK_ROUTES.labels("vmodel").set(len(self.table.fallback_vmodels))
             except grpc.aio.AioRpcError as err:
                 log.warning("route stream from scheduler broke: %s %s", err.code().name, err.details())
             attempt += 1
             delay = min(5.0, 0.1 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2)
             await asyncio.sleep(delay)
+
+    def _expire_fallbacks(self) -> Fallbacks:
+        """Forget expired fallback routes, publish how many are left, and come back when
+        the next one expires."""
+        now = self.clock()
+        kept = self.table.expire(now=now)
+        metrics.FALLBACK_ROUTES.labels("model").set(kept.models)
+        metrics.FALLBACK_ROUTES.labels("vmodel").set(kept.vmodels)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if kept.next_expiry is not None:
+            delay = kept.next_expiry - now + 0.05  # the loop's clock may run a little behind ours
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expire_fallbacks)
+        return kept
 
     async def _report_usage(self) -> None:
         while True:

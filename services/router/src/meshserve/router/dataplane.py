@@ -1,7 +1,10 @@
 """The router's data plane, shared by both transports (gRPC `server.py`, REST `rest.py`):
 resolve the name a client used to a model id, make sure a copy is loaded, pick a copy,
 hand the request to the transport's `send`, retry once on another copy when the chosen
-one vanished.
+one vanished. A route the table kept as a fallback (from before the scheduler's last
+snapshot, see table.py) is tried like any other, but when its copy is gone the scheduler
+is asked (`EnsureLoaded`), as for a model without a route, instead of trying the
+fallback's other endpoints: they are as old as the one that failed.
 
 The data plane never sees payloads: each transport brings a `send(endpoint, budget)`
 that forwards the (already rewritten) request its own way and raises `CopyGone` when
@@ -55,6 +58,7 @@ class DataPlane:
         table: RoutingTable,
         scheduler: scheduler_pb2_grpc.SchedulerStub,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.table = table
@@ -64,6 +68,7 @@ class DataPlane:
         self._ensuring: dict[str, asyncio.Future[tuple[Endpoint, ...]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._rng = rng or random.Random()
+        self._clock = clock  # the table's fallbacks expire on it (the route watcher's clock too)
 
     # -- model resolution ---------------------------------------------------------------
     @staticmethod
@@ -85,12 +90,12 @@ class DataPlane:
         name = self.name_from_headers(headers) or name
         if not name:
             raise InvalidArgument("the request names no model: set the model name (or the mm-vmodel-id header)")
-        return self.table.resolve(name)
+        return self.table.resolve(name, now=self._clock())
 
     async def ensure(
         self, model_id: str, *, budget: float, refresh: bool = False, suspect: str | None = None
     ) -> tuple[Endpoint, ...]:
-        endpoints = self.table.endpoints(model_id)
+        endpoints = self.table.endpoints(model_id, now=self._clock())
         if endpoints and not refresh:
             return endpoints
         future = self._ensuring.get(model_id)
@@ -145,9 +150,10 @@ class DataPlane:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(f"deadline exceeded waiting for {model_id!r}")
-            endpoints = self.table.endpoints(model_id)
+            endpoints, fallback = self.table.lookup(model_id, now=self._clock())
             if not endpoints or refresh:
                 endpoints = await self.ensure(model_id, budget=remaining, refresh=refresh, suspect=suspect)
+                fallback = False
             if not endpoints:
                 raise Unavailable(f"model {model_id!r} has no loaded copy")
             endpoint = balance.pick(endpoints, self.in_flight, self._rng) if len(endpoints) > 1 else endpoints[0]
@@ -161,8 +167,12 @@ class DataPlane:
                 if attempt == 2:
                     raise Unavailable(f"no copy of {model_id!r} answered: {gone}") from gone
                 log.info("copy of %s on %s is gone (%s); retrying", model_id, pod, gone)
-                self.table.drop_endpoint(model_id, pod)
-                refresh = not self.table.endpoints(model_id)
+                if fallback:
+                    self.table.drop_fallback(model_id)
+                    refresh = True
+                else:
+                    self.table.drop_endpoint(model_id, pod)
+                    refresh = not self.table.endpoints(model_id, now=self._clock())
                 suspect = pod
             finally:
                 self.in_flight[pod] -= 1

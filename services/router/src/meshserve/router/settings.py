@@ -37,5 +37,11 @@ class RouterSettings(BaseSettings):
     rest_max_connections: int = 512
     """Pooled keep-alive connections to the model servers' REST ports."""
     usage_report_interval_seconds: float = 1.0
+    route_fallback_seconds: float = 30.0
+    """How long a route that a snapshot from the scheduler left out is still used when there
+    is no other (0: off). Such a snapshot follows a restart of the scheduler's Redis, before
+    the pods report their models again (a heartbeat, 2 s) and the registry mirror is rebuilt
+    (2 s); 30 s also covers a slow Redis start and is twice the scheduler's pod timeout, after
+    which a silent pod is dropped anyway. A forward that fails there asks the scheduler."""
     log_level: str = "INFO"
     log_json: bool = False
