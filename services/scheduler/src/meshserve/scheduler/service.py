@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +37,7 @@ from meshserve.common.errors import (
     Unavailable,
 )
 from meshserve.common.labels import model_labels
-from meshserve.common.proto.meshserve.v1 import runtime_pb2, runtime_pb2_grpc
+from meshserve.common.proto.meshserve.v1 import runtime_pb2
 from meshserve.common.storage import check_model_id, parse_storage_uri
 from meshserve.scheduler import placement
 from meshserve.scheduler.live import CopyRecord, LiveState, PodInfo, now_ms
@@ -51,6 +50,7 @@ from meshserve.scheduler.models import (
     PlacementRequest,
 )
 from meshserve.scheduler.placement_index import place_indexed
+from meshserve.scheduler.pullers import MODEL_FAULTS, PullerClients, model_key, storage_path
 from meshserve.scheduler.registry import ModelRecord, Registry
 from meshserve.scheduler.scaling import CopyChange, ModelLoad, ScalingPolicy, plan_scaling
 from meshserve.scheduler.settings import SchedulerSettings
@@ -72,16 +72,6 @@ from meshserve.scheduler.views import ClusterViews, pod_views
 from meshserve.scheduler.vmodels import VModels
 
 log = logging.getLogger(__name__)
-
-# puller status codes that mean "the model itself is bad": do not try other pods
-_MODEL_FAULTS = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -106,29 +96,6 @@ class Endpoint:
     pod_id: str
     grpc_address: str
     rest_address: str
-
-
-class PullerClients:
-    """One pooled channel per puller management address."""
-
-    def __init__(self, settings: SchedulerSettings) -> None:
-        self._settings = settings
-        self._stubs: dict[str, tuple[grpc.aio.Channel, runtime_pb2_grpc.ModelRuntimeStub]] = {}
-
-    def stub(self, address: str) -> runtime_pb2_grpc.ModelRuntimeStub:
-        entry = self._stubs.get(address)
-        if entry is None:
-            from meshserve.common.grpcutil import open_channel
-
-            channel = open_channel(address, tls=self._settings.puller_tls)
-            entry = (channel, runtime_pb2_grpc.ModelRuntimeStub(channel))
-            self._stubs[address] = entry
-        return entry[1]
-
-    async def close(self) -> None:
-        for channel, _ in self._stubs.values():
-            await channel.close()
-        self._stubs.clear()
 
 
 class SchedulerService:
@@ -428,8 +395,8 @@ class SchedulerService:
         request = runtime_pb2.LoadModelRequest(
             model_id=model_id,
             model_type=record.model_type,
-            model_path=self._storage_path(record),
-            model_key=self._model_key(record),
+            model_path=storage_path(record),
+            model_key=model_key(record),
         )
         started = time.monotonic()
         timeout = max(1.0, deadline - started)
@@ -441,7 +408,7 @@ class SchedulerService:
         except grpc.aio.AioRpcError as err:
             await self.live.release(model_id=model_id, pod_id=pod.pod_id)
             message = err.details() or err.code().name
-            model_fault = err.code() in _MODEL_FAULTS
+            model_fault = err.code() in MODEL_FAULTS
             await self._record_failure(record, pod_id=pod.pod_id, message=message, model_fault=model_fault)
             if model_fault:
                 raise FailedPrecondition(f"model {model_id!r} failed to load: {message}") from err
@@ -552,8 +519,8 @@ class SchedulerService:
                     runtime_pb2.PredictModelSizeRequest(
                         model_id=record.id,
                         model_type=record.model_type,
-                        model_path=self._storage_path(record),
-                        model_key=self._model_key(record),
+                        model_path=storage_path(record),
+                        model_key=model_key(record),
                     ),
                     timeout=5,
                 )
@@ -564,25 +531,6 @@ class SchedulerService:
                 await self._best_effort(self.registry.update_model(record.id, predicted_size=response.size_in_bytes))
                 return int(response.size_in_bytes)
         return runtime_default_size(pods)
-
-    @staticmethod
-    def _storage_path(record: ModelRecord) -> str:
-        if record.storage_uri:
-            return parse_storage_uri(record.storage_uri, record.storage_params).path
-        return record.storage_path
-
-    @staticmethod
-    def _model_key(record: ModelRecord) -> str:
-        params = dict(record.storage_params)
-        if record.storage_uri:
-            params = parse_storage_uri(record.storage_uri, params).params
-        key: dict[str, Any] = {
-            "storage_params": params,
-            "model_type": {"name": record.model_type, "version": record.model_type_version},
-        }
-        if record.storage_key:
-            key["storage_key"] = record.storage_key
-        return json.dumps(key, sort_keys=True)
 
     async def _unload_copy(self, *, model_id: str, pod_id: str, kind: str, why: str) -> None:
         """Release the copy in live state, then tell its pod. When the release finds no copy
