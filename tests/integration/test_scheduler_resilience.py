@@ -3,10 +3,12 @@ tests stop and restart, fast heartbeats, a low scale-up threshold."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import redis
 import tritonclient.grpc as grpcclient
@@ -29,6 +31,8 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "MESHSERVE_SCHEDULER_SCALE_UP_RPM_THRESHOLD": "30",
             "MESHSERVE_SCHEDULER_SCALING_INTERVAL_SECONDS": "1",
             "MESHSERVE_SCHEDULER_MIN_RESIDENCY_SECONDS": "0",
+            # longer than the default 30 s: the Redis-restart window below must not outlast it on a slow machine
+            "MESHSERVE_ROUTER_ROUTE_FALLBACK_SECONDS": "60",
         },
     )
     stack = Stack(config)
@@ -44,12 +48,20 @@ def _model(stack: Stack, name: str) -> dict:  # type: ignore[type-arg]
     return stack.admin("GET", f"/v1/models/{name}").json()  # type: ignore[no-any-return]
 
 
-def _infer(stack: Stack, name: str) -> list[list[int]]:
+def _infer(stack: Stack, name: str, *, timeout: float | None = None) -> list[list[int]]:
     client = grpcclient.InferenceServerClient(stack.router_grpc)
     try:
-        return client.infer(name, mnist_inputs()).as_numpy("predict").tolist()  # type: ignore[no-any-return]
+        return client.infer(name, mnist_inputs(), client_timeout=timeout).as_numpy("predict").tolist()  # type: ignore[no-any-return]
     finally:
         client.close()
+
+
+def _route_snapshots(stack: Stack) -> float:
+    """How many route snapshots the router has applied (its /metrics)."""
+    for line in httpx.get(f"{stack.router_rest}/metrics", timeout=5).text.splitlines():
+        if line.startswith("meshserve_router_route_snapshots_total "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def test_min_copies_are_placed_at_registration_on_different_pods(own_stack: Stack) -> None:
@@ -121,6 +133,59 @@ def test_redis_restart_loses_nothing(own_stack: Stack) -> None:
     assert _infer(own_stack, "survivor") == [[8]]
     placed = [e for e in own_stack.admin("GET", "/v1/events?model=survivor").json()["items"] if e["kind"] == "placed"]
     assert len(placed) == 1  # served by the adopted copy, not a reload
+
+
+def test_router_serves_loaded_models_while_the_scheduler_rebuilds_after_a_redis_restart(own_stack: Stack) -> None:
+    """Right after a Redis restart the scheduler knows no copy: its route snapshots have no
+    route for a model that is still loaded. The pullers are frozen (SIGSTOP) so that no pod
+    reports again; the router must answer from the routes it had (its fallback), through
+    the vmodel too, both after the first snapshot and after the one the rebuilt registry
+    mirror brings (every model listed, none with a copy). Nothing is loaded again."""
+    assert own_stack.register("window", storage_uri=MNIST_URI).status_code == 201
+    assert _infer(own_stack, "window") == [[8]]
+    put = own_stack.admin("PUT", "/v1/vmodels/window-vm", json={"targetModelId": "window"})
+    assert put.status_code == 200, put.text
+
+    def vmodel_served() -> bool:  # once the router has the vmodel's route (the scheduler knows no model by that name)
+        try:
+            return _infer(own_stack, "window-vm", timeout=10) == [[8]]
+        except Exception:
+            return False
+
+    wait_for(vmodel_served, timeout=30, what="the vmodel's route at the router")
+    pullers = [p.puller for p in own_stack.pods if p.puller.popen.poll() is None]  # type: ignore[attr-defined]
+    with grpc.insecure_channel(own_stack.scheduler_grpc) as channel:
+        # a route watcher of our own sees the snapshots the router is sent, in the same order
+        updates = scheduler_pb2_grpc.SchedulerStub(channel).WatchRoutes(
+            scheduler_pb2.WatchRoutesRequest(router_id="resilience-test"), timeout=120
+        )
+        assert next(updates).snapshot
+        before = _route_snapshots(own_stack)
+        for proc in pullers:
+            proc.popen.send_signal(signal.SIGSTOP)  # type: ignore[attr-defined]
+        try:
+            own_stack.restart_redis()
+            seen = 0
+            mirrored = False
+            while not mirrored:
+                update = next(updates)
+                if not update.snapshot:
+                    continue
+                seen += 1
+                routes = {r.model_id: list(r.endpoints) for r in update.routes}
+                assert not routes.get("window"), "a pod re-reported while its puller was frozen"
+                mirrored = "window" in routes
+                wait_for(lambda n=seen: _route_snapshots(own_stack) >= before + n, timeout=30, what="the router's snapshot")
+                assert _infer(own_stack, "window", timeout=10) == [[8]]
+                assert _infer(own_stack, "window-vm", timeout=10) == [[8]]
+        finally:
+            for proc in pullers:
+                proc.popen.send_signal(signal.SIGCONT)  # type: ignore[attr-defined]
+            updates.cancel()
+    wait_for(lambda: _model(own_stack, "window").get("state") == "Loaded", timeout=30, what="copy re-adopted")
+    assert _infer(own_stack, "window-vm") == [[8]]
+    placed = [e for e in own_stack.admin("GET", "/v1/events?model=window").json()["items"] if e["kind"] == "placed"]
+    assert len(placed) == 1  # answered by the copy loaded before the restart, never loaded again
 
 
 def test_postgres_down_keeps_warm_models_serving_and_fails_registration_clearly(own_stack: Stack) -> None:
