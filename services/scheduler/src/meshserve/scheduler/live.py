@@ -27,6 +27,10 @@ Key layout (prefix `ms` by default):
   ms:copies:<model>       hash: pod id -> "loading:<ms>" | "loaded:<ms>"
   ms:models               set of registered model ids
   ms:vmodels              hash: vmodel id -> active model id
+  ms:bounds               hash: model id -> "<min copies>:<max copies>"
+  ms:mirror               hash: run_id (of the Redis server the mirror was written in), synced_ms,
+                          syncs (writes of the mirror since this key was lost): the marker of the
+                          mirror above (models, vmodels, bounds), written in `sync_registry`'s MULTI
   ms:usage:<model>        hash: hits, last_used_ms
   ms:fail:<model>:<pod>   string (TTL = back-off): reason of the last failed load there
   ms:routelog...          the route log (see routelog.py): every route change, in order
@@ -334,6 +338,10 @@ class LiveState:
     def k_heads(self) -> str:
         return f"{self.p}:heads"
 
+    @property
+    def k_mirror(self) -> str:
+        return f"{self.p}:mirror"
+
     async def ping(self) -> None:
         try:
             await self.redis.ping()
@@ -525,8 +533,14 @@ class LiveState:
         self, *, model_ids: Iterable[str], vmodels: dict[str, str], bounds: dict[str, tuple[int, int]] | None = None
     ) -> None:
         """Replace the Redis mirror of the registry (after a Redis restart or at start);
-        the route log starts a new epoch, so every route hub reloads and sends routers a snapshot."""
+        the route log starts a new epoch, so every route hub reloads and sends routers a snapshot.
+
+        The mirror's marker (`ms:mirror`) is written in the same MULTI and names the server's
+        run id, read just before: should Redis restart in between, the marker names the old
+        run in the new server, which `mirror_current` reads as a mirror to write again (the
+        safe way round)."""
         ids = list(model_ids)
+        run_id = await self.run_id()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(f"{self.p}:models", f"{self.p}:vmodels", f"{self.p}:bounds")
             if ids:
@@ -535,8 +549,25 @@ class LiveState:
                 pipe.hset(f"{self.p}:vmodels", mapping=vmodels)
             if bounds:
                 pipe.hset(f"{self.p}:bounds", mapping={m: f"{lo}:{hi}" for m, (lo, hi) in bounds.items()})
+            pipe.hset(self.k_mirror, mapping={"run_id": run_id, "synced_ms": now_ms()})
+            pipe.hincrby(self.k_mirror, "syncs", 1)
             await self.routes.reset(pipe=pipe)
             await pipe.execute()
+
+    async def run_id(self) -> str:
+        """The Redis server's run id (new with every start); '' where INFO does not give one."""
+        return str((await self.redis.info("server")).get("run_id", ""))
+
+    async def mirror_current(self) -> bool:
+        """Whether this Redis holds the registry mirror written by `sync_registry` since it
+        last started: False when the marker is missing (Redis lost its data, or the keys were
+        deleted) or names another run (Redis restarted, maybe from an older snapshot of its
+        data, which may lack models registered since). One round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.k_mirror, "run_id")
+            pipe.info("server")
+            marked, info = await pipe.execute()
+        return marked is not None and marked == str(info.get("run_id", ""))
 
     # -- usage and failures ---------------------------------------------------------------
     async def add_usage(self, usage: dict[str, int], *, at_ms: int, half_life_seconds: float = 600.0) -> None:
