@@ -15,7 +15,6 @@ import grpc
 import uvicorn
 from prometheus_client import start_http_server
 
-from meshserve.common.errors import MeshError
 from meshserve.common.grpcutil import bind, register_error_translator
 from meshserve.scheduler.api import create_app
 from meshserve.scheduler.live import LiveState, redis_unavailable
@@ -76,16 +75,15 @@ class SchedulerApp:
         await self.registry.close()
 
     async def _mirror_loop(self) -> None:
-        """Keep Redis' copy of the registry ids complete (rebuild after a Redis restart)."""
-        synced_for: str | None = None
+        """Keep Redis' copy of the registry complete: written at start, and again whenever
+        its marker says Redis lost it or restarted (`SchedulerService.ensure_registry_mirror`,
+        the coalesced call `report_pod` makes before adopting copies, so the two share a
+        rebuild; the marker is in Redis, so a replica that finds it rewritten by another
+        after a restart skips the rebuild)."""
         while True:
             try:
-                run_id = (await self.live.redis.info("server")).get("run_id")
-                if run_id != synced_for:
-                    await self.service.sync_registry_mirror()
-                    synced_for = run_id
-                    log.info("registry mirror synced to Redis (run %s)", run_id)
-            except (MeshError, OSError, Exception) as err:
+                await self.service.ensure_registry_mirror()
+            except Exception as err:
                 log.warning("registry mirror sync failed: %s", err)
             await asyncio.sleep(2.0)
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from meshserve.common.coalesce import Coalesced
 from meshserve.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -122,8 +123,11 @@ class SchedulerService:
             live, pod_timeout_seconds=settings.pod_timeout_seconds, warm=self._placement_config()
         )
         self.vmodels = VModels(registry=registry, live=live, models=self, event=self._event)
+        # the registry mirror: concurrent callers share the marker check and any rebuild
+        self._mirror = Coalesced(self._ensure_mirror)
+        self._mirror_synced = False   # this process has written the mirror once
 
-    # -- start-up ------------------------------------------------------------------------
+    # -- the registry mirror ---------------------------------------------------------------
     async def sync_registry_mirror(self) -> None:
         """Copy the registry's model and vmodel ids into Redis (router snapshots read them)."""
         ids = await self.registry.all_model_ids()
@@ -132,6 +136,26 @@ class SchedulerService:
         await self.live.sync_registry(
             model_ids=ids, vmodels={v.id: v.active_model_id for v in vmodels}, bounds=bounds
         )
+
+    async def ensure_registry_mirror(self) -> None:
+        """Rebuild the Redis mirror of the registry when this process has not written it yet
+        (at start: it repairs drift, such as a registration that reached Postgres only) or
+        when its marker says Redis lost it (`LiveState.mirror_current`: missing, or written
+        before Redis last started). Called by the mirror loop (app.py) and before a copy is
+        adopted (`report_pod`).
+
+        Concurrent calls share one run of the check (`Coalesced`: each call returns after a
+        run that began after it); a run that follows a rebuild finds the marker current, so
+        a burst of calls after a Redis restart costs one rebuild. A failed rebuild (Postgres
+        down) raises to every call that shared it; the next call tries again."""
+        await self._mirror()
+
+    async def _ensure_mirror(self) -> None:
+        if self._mirror_synced and await self.live.mirror_current():
+            return
+        await self.sync_registry_mirror()
+        log.info("registry mirror written to Redis (%s)", "its marker was missing or stale" if self._mirror_synced else "start-up")
+        self._mirror_synced = True
 
     # -- registration ----------------------------------------------------------------------
     async def register_model(self, spec: ModelSpec, *, load_now: bool = False) -> ModelState:
@@ -567,8 +591,11 @@ class SchedulerService:
         if is_new:
             log.info("pod %s registered (capacity %s bytes)", pod_id, fields.get("capacity"))
             await self._event("pod-registered", pod_id=pod_id, message=f"capacity {fields.get('capacity')}")
-        for model in sorted(reported - set(held)):
-            # a copy the pod holds that live state does not know (e.g. after a Redis restart)
+        unknown = sorted(reported - set(held))
+        if unknown:
+            # copies the pod holds that live state does not know (e.g. after a Redis restart)
+            await self._mirror_before_adopting(pod_id)
+        for model in unknown:
             record = await self._safe_find(model)
             if record is None:
                 continue
@@ -581,6 +608,18 @@ class SchedulerService:
                 if rec.pod_id == pod_id and rec.state == "loaded" and now_ms() - rec.since_ms > grace:
                     await self.live.release(model_id=model, pod_id=pod_id)
                     await self._event("dropped", model_id=model, pod_id=pod_id, message="pod no longer reports it")
+
+    async def _mirror_before_adopting(self, pod_id: str) -> None:
+        """Make sure the registry mirror is in Redis before copies are adopted into it. An
+        adopted copy's route is published for the models the mirror lists as of the adoption:
+        adopted into a Redis that lost the mirror, its route would go out as a removal, and
+        routers would drop the model (their fallback too) until the mirror is rebuilt. A
+        failed rebuild does not stop the adoption (live state must say what pods hold); the
+        mirror loop tries again."""
+        try:
+            await self.ensure_registry_mirror()
+        except Exception as err:   # Postgres down, mostly (Unavailable); a heartbeat must not fail on it
+            log.warning("adopting copies on %s without the registry mirror in Redis: %s", pod_id, err)
 
     async def _safe_find(self, model_id: str) -> ModelRecord | None:
         try:
