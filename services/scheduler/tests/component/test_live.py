@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from meshserve.scheduler.live import LiveState
+from meshserve.scheduler.live import RELEASED_GRACE_MS, LiveState
 
 CAPACITY = 1_000
 
@@ -29,6 +29,22 @@ async def test_reserve_settle_release_keeps_allocation_exact(live: LiveState) ->
     info = await live.pod(pod)
     assert info is not None and (info.allocated, info.loading) == (0, 0)
     assert await live.copies("m") == []
+
+
+async def test_a_released_copy_is_not_adopted_back_from_a_late_report(live: LiveState) -> None:
+    """A drain or eviction releases a copy, then the pod unloads it; a heartbeat sent before
+    the unload finished still lists it and must not bring it back (for RELEASED_GRACE_MS)."""
+    [pod] = await _pods(live, 1)
+    assert (await live.reserve(model_id="m", pod_id=pod, size=300, exclusive=True))[0]
+    assert await live.settle(model_id="m", pod_id=pod, size=300)
+    assert await live.release(model_id="m", pod_id=pod)
+    assert not await live.adopt(model_id="m", pod_id=pod, size=300)          # the late report
+    assert await live.copies("m") == [] and (await live.pod(pod)).allocated == 0  # type: ignore[union-attr]
+    assert await live.adopt(model_id="other", pod_id=pod, size=50)           # others are adopted
+    assert 0 < await live.redis.pttl(live.k_released(pod)) <= RELEASED_GRACE_MS
+    await live.redis.delete(live.k_released(pod))                            # the grace is over
+    assert await live.adopt(model_id="m", pod_id=pod, size=300)              # it really is there
+    assert [c.pod_id for c in await live.copies("m")] == [pod]
 
 
 async def test_exclusive_reservation_refuses_a_second_first_copy(live: LiveState) -> None:

@@ -81,7 +81,8 @@ async def test_every_change_that_moves_a_route_is_logged_once_in_order(live: Liv
     await live.release(model_id="n", pod_id=b)           # released while loading: nothing
     await _load(live, "m", b)
     await live.release(model_id="m", pod_id=a)
-    await live.adopt(model_id="m", pod_id=a, size=10)
+    await live.redis.delete(live.k_released(a))          # past the grace after a release ...
+    await live.adopt(model_id="m", pod_id=a, size=10)    # ... the pod still reports it: adopted
     await live.upsert_pod(pod_id=b, fields={"grpc_address": "10.9.9.9:8001"})
     await live.set_vmodel("v", "m")
     await live.remove_pod(b)

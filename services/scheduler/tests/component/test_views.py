@@ -107,6 +107,7 @@ async def test_every_change_placement_sees_gives_a_pod_a_new_view_version(live: 
     assert await moved("a")
     assert not await live.release(model_id="m", pod_id="a")   # nothing there: nothing changed
     assert not await moved("a")
+    await live.redis.delete(live.k_released("a"))          # past the grace after the release
     assert await live.adopt(model_id="m", pod_id="a", size=12)
     assert await moved("a")
     await live.set_draining("a", True)

@@ -31,6 +31,8 @@ Key layout (prefix `ms` by default):
   ms:mirror               hash: run_id (of the Redis server the mirror was written in), synced_ms,
                           syncs (writes of the mirror since this key was lost): the marker of the
                           mirror above (models, vmodels, bounds), written in `sync_registry`'s MULTI
+  ms:released:<pod>       hash: model id -> ms its copy there was released (TTL RELEASED_GRACE_MS):
+                          such a copy is not adopted from the pod's reports meanwhile
   ms:usage:<model>        hash: hits, last_used_ms
   ms:fail:<model>:<pod>   string (TTL = back-off): reason of the last failed load there
   ms:routelog...          the route log (see routelog.py): every route change, in order
@@ -52,6 +54,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from meshserve.common.errors import Unavailable
 from meshserve.scheduler.redisconn import connect
 from meshserve.scheduler.routelog import LUA, RouteLog
+
+RELEASED_GRACE_MS = 30_000
+"""How long after releasing a copy the scheduler ignores the pod's reports of it: a
+heartbeat sent before the pod's unload finished still lists the model. If the unload
+failed and the pod really holds it, the copy is adopted after this."""
 
 # Placement's views of a pod are versioned: every script that changes what placement sees
 # of a pod gives it a new `view_version` (views.py keeps views between decisions and reads
@@ -127,6 +134,9 @@ if state and string.sub(state, 1, 8) == 'loading:' and redis.call('EXISTS', KEYS
 end
 redis.call('HDEL', KEYS[3], ARGV[2])
 if not state then return 0 end
+-- a report the pod sent before it unloaded this copy must not adopt it again (_ADOPT)
+redis.call('HSET', KEYS[6], ARGV[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[6], ARGV[5])
 if redis.call('EXISTS', KEYS[1]) == 1 then new_view(KEYS[1], KEYS[4], KEYS[5], ARGV[2]) end
 if string.sub(state, 1, 7) == 'loaded:' then
   log_change('-', ARGV[1], ARGV[2])
@@ -135,10 +145,14 @@ end
 return 1
 """
 
-# adopt a copy a pod reports as loaded that Redis does not know (after a Redis restart)
+# adopt a copy a pod reports as loaded that Redis does not know (after a Redis restart),
+# unless this scheduler released it there within RELEASED_GRACE_MS (a report sent before the
+# pod's unload finished would otherwise bring back a drained or evicted copy)
 _ADOPT = LUA + _VIEW + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return 0 end
+local released = redis.call('HGET', KEYS[6], ARGV[1])
+if released and tonumber(ARGV[4]) - tonumber(released) < tonumber(ARGV[6]) then return 0 end
 local bytes = tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'allocated', bytes)
 redis.call('HSET', KEYS[2], ARGV[1], bytes)
@@ -324,6 +338,9 @@ class LiveState:
     def k_pod(self, pod: str) -> str:
         return f"{self.p}:pod:{pod}"
 
+    def k_released(self, pod: str) -> str:
+        return f"{self.p}:released:{pod}"
+
     def k_alloc(self, pod: str) -> str:
         return f"{self.p}:alloc:{pod}"
 
@@ -474,10 +491,23 @@ class LiveState:
         return bool(await self._settle(keys=self._keys(model_id, pod_id), args=[model_id, pod_id, size, now_ms(), self.p]))
 
     async def release(self, *, model_id: str, pod_id: str) -> bool:
-        return bool(await self._release(keys=self._keys(model_id, pod_id), args=[model_id, pod_id, self.p]))
+        return bool(
+            await self._release(
+                keys=[*self._keys(model_id, pod_id), self.k_released(pod_id)],
+                args=[model_id, pod_id, self.p, now_ms(), RELEASED_GRACE_MS],
+            )
+        )
 
     async def adopt(self, *, model_id: str, pod_id: str, size: int) -> bool:
-        return bool(await self._adopt(keys=self._keys(model_id, pod_id), args=[model_id, pod_id, size, now_ms(), self.p]))
+        """Record a copy the pod reports that Redis does not hold; False if Redis knows the
+        copy, the pod is not registered, or the copy was released there within
+        `RELEASED_GRACE_MS` (the pod may still list it until its unload is done)."""
+        return bool(
+            await self._adopt(
+                keys=[*self._keys(model_id, pod_id), self.k_released(pod_id)],
+                args=[model_id, pod_id, size, now_ms(), self.p, RELEASED_GRACE_MS],
+            )
+        )
 
     async def copies(self, model_id: str) -> list[CopyRecord]:
         raw = await self.redis.hgetall(self.k_copies(model_id))
