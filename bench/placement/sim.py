@@ -26,8 +26,8 @@ from meshserve.scheduler.models import (
 from meshserve.scheduler.placement import age_hits, place
 
 REQUEST_INTERVAL = 0.03
-"""Simulated seconds between requests (33 req/s): the default 600 s half-life of
-usage-weighted aging is then 20,000 requests, twice the number of models."""
+"""Simulated seconds between requests (33 req/s): the default 1,000 s half-life of
+usage-weighted aging is then 33,000 requests, 3.3 times the number of models."""
 
 
 @dataclass(frozen=True)

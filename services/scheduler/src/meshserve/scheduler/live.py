@@ -600,7 +600,7 @@ class LiveState:
         return marked is not None and marked == str(info.get("run_id", ""))
 
     # -- usage and failures ---------------------------------------------------------------
-    async def add_usage(self, usage: dict[str, int], *, at_ms: int, half_life_seconds: float = 600.0) -> None:
+    async def add_usage(self, usage: dict[str, int], *, at_ms: int, half_life_seconds: float = 1000.0) -> None:
         """Count requests: aged hits (for eviction scores) and 10 s buckets (for rates)."""
         if not usage:
             return

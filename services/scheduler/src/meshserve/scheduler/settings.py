@@ -35,7 +35,7 @@ class SchedulerSettings(BaseSettings):
     heartbeat_interval_seconds: float = 2.0
     failure_backoff_seconds: float = 900.0    # ModelMesh's MM_LOAD_FAILURE_EXPIRY_TIME_MS
     min_residency_seconds: float = 30.0
-    usage_half_life_seconds: float = Field(default=600.0, gt=0)   # usage-weighted: a count halves per this much idle time
+    usage_half_life_seconds: float = Field(default=1000.0, gt=0)   # usage-weighted: a count halves per this much idle time
     eviction_candidates: int = Field(default=16, ge=1)            # pods compared for the cheapest victims
     stale_after_intervals: float = Field(default=6.0, ge=0)       # usage-weighted: unused for this many expected gaps = cold (0: off)
     stale_min_seconds: float = Field(default=60.0, ge=0)          # ... and never sooner than this after its last reported use
