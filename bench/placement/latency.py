@@ -427,7 +427,7 @@ async def _end_to_end(
                         await live._reserve(keys=live._keys(m, pod), args=[m, pod, 10, now_ms(), "0"], client=pipe)
                         await live._settle(keys=live._keys(m, pod), args=[m, pod, 10, now_ms(), live.p], client=pipe)
                     for pod in sorted(current[m] - table_now[m]):
-                        await live._release(keys=live._keys(m, pod), args=[m, pod, live.p], client=pipe)
+                        await live._release(**live._release_call(m, pod), client=pipe)
                     current[m] = set(table_now[m])
                 replies = await pipe.execute()
             scripts.append(time.perf_counter() - t0)

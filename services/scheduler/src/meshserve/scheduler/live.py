@@ -491,12 +491,14 @@ class LiveState:
         return bool(await self._settle(keys=self._keys(model_id, pod_id), args=[model_id, pod_id, size, now_ms(), self.p]))
 
     async def release(self, *, model_id: str, pod_id: str) -> bool:
-        return bool(
-            await self._release(
-                keys=[*self._keys(model_id, pod_id), self.k_released(pod_id)],
-                args=[model_id, pod_id, self.p, now_ms(), RELEASED_GRACE_MS],
-            )
-        )
+        return bool(await self._release(**self._release_call(model_id, pod_id)))
+
+    def _release_call(self, model_id: str, pod_id: str) -> dict[str, list[Any]]:
+        """The release script's keys and args (also queued on pipelines by the bench)."""
+        return {
+            "keys": [*self._keys(model_id, pod_id), self.k_released(pod_id)],
+            "args": [model_id, pod_id, self.p, now_ms(), RELEASED_GRACE_MS],
+        }
 
     async def adopt(self, *, model_id: str, pod_id: str, size: int) -> bool:
         """Record a copy the pod reports that Redis does not hold; False if Redis knows the
