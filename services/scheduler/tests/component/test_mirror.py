@@ -120,6 +120,55 @@ async def test_a_copy_reported_after_redis_lost_its_data_is_routed_not_removed(
         await hub.close()
 
 
+async def test_a_copy_loaded_after_redis_lost_its_data_is_routed_not_removed(
+    service: SchedulerService, prefix: str
+) -> None:
+    """A first copy loaded (reserve, then settle) into a Redis that lost its data, with no
+    report to adopt it: the route hub checks the mirror before it loads the new epoch's
+    table, so the copy's route goes out for a registered model, not as a removal."""
+    live = service.live
+    model = f"{prefix}-m"
+    await _register(service, model)
+    await service.ensure_registry_mirror()
+    assert await live.mirror_current() and await _syncs(live) == 1
+    # built as app.py builds the servicer's
+    hub = RouteHub(live.routes, poll_seconds=30, before_load=service.ensure_registry_mirror)
+    sub = hub.subscribe()
+    try:
+        first = await _next(sub)
+        # (the registry is shared by the tests: other tests' models may be listed too)
+        assert first.snapshot and _routes_in(first)[model] == []
+
+        await _lose_data(live)
+        pod = _pod(f"{prefix}-a", 1)
+        await service.report_pod(pod, [])   # the first write: a new epoch, and the hub reloads
+        assert not await live.mirror_current()
+        reloaded = await _next(sub)
+        while not reloaded.snapshot:
+            assert model not in reloaded.removed_models, "the model went out as a removal"
+            reloaded = await _next(sub)
+
+        ok, why = await live.reserve(model_id=model, pod_id=pod["pod_id"], size=1 << 20, exclusive=False)
+        assert ok, why
+        assert await live.settle(model_id=model, pod_id=pod["pod_id"], size=1 << 20)
+
+        routes = _routes_in(reloaded)
+        while routes.get(model) != [_endpoint(pod)]:
+            update = await _next(sub)
+            assert model not in update.removed_models, "the loaded copy's route went out as a removal"
+            if update.snapshot:
+                routes = {}
+            routes.update(_routes_in(update))
+        # the hub's reload rebuilt the mirror before loading: the snapshot listed the model
+        assert _routes_in(reloaded).get(model) == []
+        assert await live.mirror_current() and await _syncs(live) == 1
+        table, _ = await load_table(live.routes)
+        assert table.route(model) == [_endpoint(pod)]
+    finally:
+        await sub.aclose()
+        await hub.close()
+
+
 async def test_reports_from_many_pods_after_redis_lost_its_data_share_one_rebuild(
     service: SchedulerService, prefix: str
 ) -> None:

@@ -19,6 +19,7 @@ from meshserve.common.grpcutil import bind, register_error_translator
 from meshserve.scheduler.api import create_app
 from meshserve.scheduler.live import LiveState, redis_unavailable
 from meshserve.scheduler.registry import Registry
+from meshserve.scheduler.routehub import RouteHub
 from meshserve.scheduler.server import SchedulerServicer, add_to_server
 from meshserve.scheduler.service import SchedulerService
 from meshserve.scheduler.settings import SchedulerSettings
@@ -44,7 +45,10 @@ class SchedulerApp:
             start_http_server(self.settings.metrics_port)
         admin_app = create_app(self.service)
         server = grpc.aio.server()
-        servicer = SchedulerServicer(self.service)
+        # the hub checks the registry mirror before each table load: a table loaded from
+        # a Redis that lost its data would send new copies' routes as removals (routehub.py)
+        hub = RouteHub(self.live.routes, before_load=self.service.ensure_registry_mirror)
+        servicer = SchedulerServicer(self.service, hub=hub)
         add_to_server(servicer, server)
         port = bind(server, self.settings.grpc_address, self.settings.tls)
         await server.start()

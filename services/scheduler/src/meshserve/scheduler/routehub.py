@@ -12,13 +12,24 @@ falls more than `queue_limit` updates behind is given a fresh snapshot instead o
 backlog. Redis errors are logged and retried with a capped back-off; subscribers keep
 the routes they have meanwhile. An entry the table cannot apply (a log written by a
 newer version, say) is logged and the table is loaded again.
+
+Before every load (the first, and each one a new epoch or a lost position calls for) the
+hub awaits `before_load`, if given: app.py passes the service's registry-mirror check
+(`SchedulerService.ensure_registry_mirror`). After Redis lost its data the first write
+starts a new epoch before the mirror is back, and a table loaded from that epoch would
+send the routes of copies loaded meanwhile as removals (their models are not listed);
+the check rebuilds the mirror first, which starts yet another epoch, so the load reads
+that one and nothing is published from the intermediate one. While the marker is current
+the check is one read (no rebuild, no new epoch), so a load it precedes is not undone by
+it. A check that fails (Postgres down) is logged and the table is loaded anyway, as
+before; the mirror loop's rebuild, when Postgres is back, starts an epoch that reloads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.exceptions import RedisError
 
@@ -50,9 +61,16 @@ async def catch_up(routes: RouteLog, table: RouteTable, position: Position, *, m
 
 class RouteHub:
     def __init__(
-        self, routes: RouteLog, *, poll_seconds: float = 5.0, most: int = 20_000, queue_limit: int = 256
+        self,
+        routes: RouteLog,
+        *,
+        poll_seconds: float = 5.0,
+        most: int = 20_000,
+        queue_limit: int = 256,
+        before_load: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.routes = routes
+        self.before_load = before_load
         self.poll_seconds = poll_seconds
         self.most = most
         self.queue_limit = queue_limit
@@ -145,9 +163,19 @@ class RouteHub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def _before_load(self) -> None:
+        if self.before_load is None:
+            return
+        try:
+            await self.before_load()
+        except Exception as err:   # Postgres down, mostly: load what Redis has (the mirror loop repairs it)
+            log.warning("route hub: loading the table without the registry mirror check: %s: %s",
+                        type(err).__name__, err)
+
     async def _step(self) -> None:
         assert self._waiter is not None
         if self._position is None:
+            await self._before_load()
             self._table, self._position = await load_table(self.routes)
             self._table_id += 1
             self._version = self._position.seq
