@@ -73,6 +73,19 @@ def _routes_in(update: pb.RouteUpdate) -> Routes:
     return {r.model_id: [(e.pod_id, e.grpc_address, e.rest_address) for e in r.endpoints] for r in update.routes}
 
 
+async def _routed_never_removed(
+    sub: AsyncIterator[bytes], model: str, endpoint: tuple[str, str, str], routes: Routes, *, what: str
+) -> None:
+    """Follow `sub` until `model`'s route is exactly `endpoint`; no update on the way may
+    say the model is gone."""
+    while routes.get(model) != [endpoint]:
+        update = await _next(sub)
+        assert model not in update.removed_models, f"the {what} copy's route went out as a removal"
+        if update.snapshot:
+            routes = {}
+        routes.update(_routes_in(update))
+
+
 async def test_a_copy_reported_after_redis_lost_its_data_is_routed_not_removed(
     service: SchedulerService, prefix: str
 ) -> None:
@@ -102,13 +115,7 @@ async def test_a_copy_reported_after_redis_lost_its_data_is_routed_not_removed(
 
         # the route published for the model gets the pod, and the subscriber is never told
         # the model is gone on the way
-        routes: Routes = {}
-        while routes.get(model) != [_endpoint(pod)]:
-            update = await _next(sub)
-            assert model not in update.removed_models, "the adopted copy's route went out as a removal"
-            if update.snapshot:
-                routes = {}
-            routes.update(_routes_in(update))
+        await _routed_never_removed(sub, model, _endpoint(pod), {}, what="adopted")
         # the mirror is back, marked as written in this Redis, and a subscriber that comes
         # now (a table loaded now) gets the same route
         assert model in await live.model_ids()
@@ -152,13 +159,7 @@ async def test_a_copy_loaded_after_redis_lost_its_data_is_routed_not_removed(
         assert ok, why
         assert await live.settle(model_id=model, pod_id=pod["pod_id"], size=1 << 20)
 
-        routes = _routes_in(reloaded)
-        while routes.get(model) != [_endpoint(pod)]:
-            update = await _next(sub)
-            assert model not in update.removed_models, "the loaded copy's route went out as a removal"
-            if update.snapshot:
-                routes = {}
-            routes.update(_routes_in(update))
+        await _routed_never_removed(sub, model, _endpoint(pod), _routes_in(reloaded), what="loaded")
         # the hub's reload rebuilt the mirror before loading: the snapshot listed the model
         assert _routes_in(reloaded).get(model) == []
         assert await live.mirror_current() and await _syncs(live) == 1
