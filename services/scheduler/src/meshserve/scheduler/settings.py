@@ -6,7 +6,10 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshserve.common.settings import TLSSettings, shared
-from meshserve.scheduler.models import EvictionPolicy
+from meshserve.scheduler.models import EvictionPolicy, PlacementConfig
+
+_PLACEMENT = PlacementConfig()
+"""Placement's defaults: the settings that tune placement start from them."""
 
 
 class SchedulerSettings(BaseSettings):
@@ -29,16 +32,16 @@ class SchedulerSettings(BaseSettings):
     admin_token: SecretStr | None = None     # when set, admin mutations need "Authorization: Bearer <token>"
     tls: TLSSettings = TLSSettings()          # server side of :8034
     puller_tls: TLSSettings = TLSSettings()   # client side towards pullers
-    eviction_policy: EvictionPolicy = EvictionPolicy.USAGE_WEIGHTED
+    eviction_policy: EvictionPolicy = _PLACEMENT.policy
     load_timeout_seconds: float = 90.0
     pod_timeout_seconds: float = 15.0         # no heartbeat for this long: pod is gone
     heartbeat_interval_seconds: float = 2.0
     failure_backoff_seconds: float = 900.0    # ModelMesh's MM_LOAD_FAILURE_EXPIRY_TIME_MS
-    min_residency_seconds: float = 30.0
-    usage_half_life_seconds: float = Field(default=1000.0, gt=0)   # usage-weighted: a count halves per this much idle time
-    eviction_candidates: int = Field(default=16, ge=1)            # pods compared for the cheapest victims
-    stale_after_intervals: float = Field(default=6.0, ge=0)       # usage-weighted: unused for this many expected gaps = cold (0: off)
-    stale_min_seconds: float = Field(default=60.0, ge=0)          # ... and never sooner than this after its last reported use
+    min_residency_seconds: float = _PLACEMENT.min_residency_seconds
+    usage_half_life_seconds: float = Field(default=_PLACEMENT.usage_half_life_seconds, gt=0)   # usage-weighted: a count halves per this much idle time
+    eviction_candidates: int = Field(default=_PLACEMENT.eviction_candidates, ge=1)            # pods compared for the cheapest victims
+    stale_after_intervals: float = Field(default=_PLACEMENT.stale_after_intervals, ge=0)       # usage-weighted: unused for this many expected gaps = cold (0: off)
+    stale_min_seconds: float = Field(default=_PLACEMENT.stale_min_seconds, ge=0)          # ... and never sooner than this after its last reported use
     scale_up_rpm_threshold: float = 2000.0    # ModelMesh's MM_SCALEUP_RPM_THRESHOLD
     scaling_interval_seconds: float = 5.0
     runtime_wait_seconds: float = 30.0        # wait this long for a compatible pod (scale from zero)
