@@ -53,6 +53,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meshserve.common.errors import Unavailable
 from meshserve.scheduler import live_scripts as scripts
+from meshserve.scheduler.models import PlacementConfig
 from meshserve.scheduler.redisconn import connect
 from meshserve.scheduler.routelog import RouteLog
 
@@ -381,7 +382,7 @@ class LiveState:
 
     async def run_id(self) -> str:
         """The Redis server's run id (new with every start); '' where INFO does not give one."""
-        return str((await self.redis.info("server")).get("run_id", ""))
+        return _run_id(await self.redis.info("server"))
 
     async def mirror_current(self) -> bool:
         """Whether this Redis holds the registry mirror written by `sync_registry` since it
@@ -392,10 +393,12 @@ class LiveState:
             pipe.hget(self.k_mirror, "run_id")
             pipe.info("server")
             marked, info = await pipe.execute()
-        return marked is not None and marked == str(info.get("run_id", ""))
+        return marked is not None and marked == _run_id(info)
 
     # -- usage and failures ---------------------------------------------------------------
-    async def add_usage(self, usage: dict[str, int], *, at_ms: int, half_life_seconds: float = 1000.0) -> None:
+    async def add_usage(
+        self, usage: dict[str, int], *, at_ms: int, half_life_seconds: float = PlacementConfig.usage_half_life_seconds
+    ) -> None:
         """Count requests: aged hits (for eviction scores) and 10 s buckets (for rates)."""
         if not usage:
             return
@@ -470,6 +473,10 @@ class LiveState:
         keys = [k async for k in self.redis.scan_iter(match=f"{self.p}:fail:{model_id}:*", count=500)]
         if keys:
             await self.redis.delete(*keys)
+
+
+def _run_id(server_info: dict[str, Any]) -> str:
+    return str(server_info.get("run_id", ""))
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
