@@ -37,6 +37,11 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+def _gauge_fallbacks(models: int, vmodels: int) -> None:
+    metrics.FALLBACK_ROUTES.labels("model").set(models)
+    metrics.FALLBACK_ROUTES.labels("vmodel").set(vmodels)
+
+
 class RouterApp:
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
@@ -127,8 +132,7 @@ class RouterApp:
                         )
                     elif self.table.fallback_models or self.table.fallback_vmodels:
                         # changes clear fallbacks as routes come back
-                        metrics.FALLBACK_ROUTES.labels("model").set(len(self.table.fallback_models))
-                        metrics.FALLBACK_ROUTES.labels("vmodel").set(len(self.table.fallback_vmodels))
+                        _gauge_fallbacks(len(self.table.fallback_models), len(self.table.fallback_vmodels))
             except grpc.aio.AioRpcError as err:
                 log.warning("route stream from scheduler broke: %s %s", err.code().name, err.details())
             attempt += 1
@@ -140,8 +144,7 @@ class RouterApp:
         the next one expires."""
         now = self.clock()
         kept = self.table.expire(now=now)
-        metrics.FALLBACK_ROUTES.labels("model").set(kept.models)
-        metrics.FALLBACK_ROUTES.labels("vmodel").set(kept.vmodels)
+        _gauge_fallbacks(kept.models, kept.vmodels)
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
