@@ -11,7 +11,7 @@ from meshserve.controller import deployments
 from meshserve.controller.runtimes import parse_runtime
 from meshserve.controller.serving_config import ServingConfig
 from meshserve.controller.storage_config import StorageConfig
-from meshserve.controller.worker import owner_kind
+from meshserve.controller.watched import owner_kind
 
 EXAMPLES = Path(__file__).resolve().parents[4] / "examples" / "isvc"
 

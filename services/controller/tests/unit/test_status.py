@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshserve.controller import status as s
+from meshserve.controller import status_json as sj
 from meshserve.controller.status import (
     CopyInfo,
     FailureReason,
@@ -31,10 +32,10 @@ def model(code: ModelStatusCode, *copies: CopyInfo, errors: tuple[str, ...] = ()
 
 
 def test_fresh_crd_default_status() -> None:
-    st0 = s.from_predictor_status(None)
+    st0 = sj.from_predictor_status(None)
     assert (st0.available, st0.active_model_state, st0.target_model_state, st0.transition_status) == (
         False, ModelState.PENDING, ModelState.EMPTY, TransitionStatus.UP_TO_DATE)
-    assert s.from_isvc_status({}).active_model_state is ModelState.PENDING
+    assert sj.from_isvc_status({}).active_model_state is ModelState.PENDING
 
 
 def test_registered_standby_is_available() -> None:
@@ -136,23 +137,23 @@ def test_load_now_rule() -> None:
 
 def test_isvc_status_document() -> None:
     st1 = apply(VModelView(VModelStatusCode.DEFINED, "a", "a", model(ModelStatusCode.LOADED, CopyInfo("p", ModelStatusCode.LOADED))))
-    doc = s.to_isvc_status(st1, previous_raw={}, now=NOW)
+    doc = sj.to_isvc_status(st1, previous_raw={}, now=NOW)
     assert doc["url"] == GRPC
     assert doc["components"]["predictor"] == {"url": GRPC, "grpcUrl": GRPC, "restUrl": HTTP}
     assert {c["type"]: c["status"] for c in doc["conditions"]} == {"PredictorReady": "True", "Ready": "True"}
     assert doc["modelStatus"]["states"] == {"activeModelState": "Loaded", "targetModelState": ""}
     assert doc["modelStatus"]["copies"] == {"failedCopies": 0, "totalCopies": 1}
-    back = s.from_isvc_status(doc)
+    back = sj.from_isvc_status(doc)
     assert back.active_model_state is ModelState.LOADED and back.available
-    later = s.to_isvc_status(st1, previous_raw=doc, now=NOW + timedelta(minutes=5))
+    later = sj.to_isvc_status(st1, previous_raw=doc, now=NOW + timedelta(minutes=5))
     assert later["conditions"][0]["lastTransitionTime"] == doc["conditions"][0]["lastTransitionTime"]
-    down = s.to_isvc_status(PredictorStatus(active_model_state=ModelState.FAILED_TO_LOAD), previous_raw=doc, now=NOW)
+    down = sj.to_isvc_status(PredictorStatus(active_model_state=ModelState.FAILED_TO_LOAD), previous_raw=doc, now=NOW)
     assert down["url"] is None and {c["status"] for c in down["conditions"]} == {"False"}
 
 
 def test_predictor_status_roundtrip() -> None:
     st1 = apply(VModelView(VModelStatusCode.DEFINED, "a", "a", no_home("mt:x", "mt:x")))
-    assert s.from_predictor_status(s.to_predictor_status(st1)) == st1
+    assert sj.from_predictor_status(sj.to_predictor_status(st1)) == st1
 
 
 codes = st.sampled_from(list(ModelStatusCode))
@@ -168,5 +169,5 @@ def test_status_invariants(vcode: VModelStatusCode, same: bool, active: ModelSta
     if same:
         assert out.target_model_state is ModelState.EMPTY
     assert 0 <= out.failed_copies <= out.total_copies
-    doc = s.to_predictor_status(out)
-    assert s.from_predictor_status(doc) == out
+    doc = sj.to_predictor_status(out)
+    assert sj.from_predictor_status(doc) == out

@@ -2,9 +2,9 @@
 
 Owns: which keys are enqueued for which watch event, the per-namespace runtime timers
 (`RuntimeRecord`s), the live `ServingConfig`/`StorageConfig`, and the I/O that carries out a
-plan (scheduler calls, status merge-patches through the `/status` subresource, Deployment
-create/patch/scale/delete through apps/v1), and which events it reports through its
-`EventRecorder`: InvalidConfig (on the ConfigMap) when a model-serving-config update is rejected,
+plan (scheduler calls here; status merge-patches through the `/status` subresource and
+Deployment create/patch/scale/delete through apps/v1 in `kube_writes`), and which events it
+reports through its `EventRecorder`: InvalidConfig (on the ConfigMap) when a model-serving-config update is rejected,
 InvalidSpec (on the CR) on every reconcile of an invalid spec (the recorder de-duplicates), and
 ScaledToZero / ScaledUp (on the ServingRuntime) when a written Deployment crosses zero replicas;
 every message goes through `events.redact` with the storage-config credentials. All decisions are made by `reconcile`, `status`,
@@ -29,14 +29,13 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from meshserve.common import modelid
 from meshserve.common.errors import AlreadyExists, Unavailable
 from meshserve.controller import kube, metrics
 from meshserve.controller import status as st
 from meshserve.controller.backoff import backoff_delay
-from meshserve.controller.deployments import MANAGED_BY, SPEC_HASH_ANNOTATION
 from meshserve.controller.events import (
     INVALID_CONFIG,
     INVALID_SPEC,
@@ -49,7 +48,8 @@ from meshserve.controller.events import (
     redact,
     secret_strings,
 )
-from meshserve.controller.kube import JSON, KubeApi, KubeError, ResourceKind
+from meshserve.controller.kube import JSON, KubeApi, ResourceKind
+from meshserve.controller.kube_writes import KubeDeployments, write_status
 from meshserve.controller.reconcile import (
     ActionKind,
     DeploymentAction,
@@ -68,7 +68,9 @@ from meshserve.controller.runtimes import (
 from meshserve.controller.scheduler_client import SchedulerPort
 from meshserve.controller.serving_config import ServingConfig, next_config
 from meshserve.controller.specs import PredictorCR, parse_inference_service, parse_predictor
+from meshserve.controller.status_json import from_isvc_status, from_predictor_status
 from meshserve.controller.storage_config import StorageConfig, parse_storage_secret
+from meshserve.controller.watched import metadata, owner_kind, spec_changed
 from meshserve.controller.watcher import Informer
 from meshserve.controller.workqueue import Key, QueueShutdown, WorkQueue
 
@@ -79,21 +81,6 @@ WATCHED: tuple[ResourceKind, ...] = (
     kube.INFERENCE_SERVICE, kube.PREDICTOR, kube.SERVING_RUNTIME, kube.CLUSTER_SERVING_RUNTIME,
     kube.DEPLOYMENT, kube.CONFIG_MAP, kube.SECRET,
 )
-
-
-def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    meta = (obj or {}).get("metadata") or {}
-    return meta if isinstance(meta, Mapping) else {}
-
-
-def spec_changed(old: JSON | None, new: JSON) -> bool:
-    """True unless only `.status` / bookkeeping metadata differ (what a status write causes)."""
-    if old is None:
-        return True
-    if old.get("spec") != new.get("spec"):
-        return True
-    o, n = _meta(old), _meta(new)
-    return any(o.get(f) != n.get(f) for f in ("annotations", "labels", "deletionTimestamp", "generation"))
 
 
 class RuntimeBackend(Protocol):
@@ -110,65 +97,6 @@ InformerRunner = Callable[[Mapping[str, Informer]], Awaitable[None]]
 """Feeds the informers (default: each runs its own list+watch against `api`)."""
 ChangeFeed = Callable[[], AsyncIterator[set[str]]]
 """Yields sets of vmodel ids whose scheduler state changed (copies, routes, flips)."""
-
-
-def observed_deployment(obj: Mapping[str, Any]) -> ObservedDeployment:
-    meta = _meta(obj)
-    spec = obj.get("spec") or {}
-    replicas = spec.get("replicas")
-    return ObservedDeployment(
-        name=str(meta.get("name") or ""),
-        replicas=int(replicas) if replicas is not None else 1,
-        spec_hash=str((meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION) or ""),
-        managed=(meta.get("labels") or {}).get("app.kubernetes.io/managed-by") == MANAGED_BY,
-    )
-
-
-class KubeDeployments:
-    """RuntimeBackend over apps/v1 Deployments (the Deployment informer is the observed state)."""
-
-    def __init__(self, api: KubeApi, informer: Informer) -> None:
-        self.api = api
-        self.informer = informer
-
-    def observed(self) -> dict[str, ObservedDeployment]:
-        return {d.name: d for d in (observed_deployment(o) for o in self.informer.store.values()) if d.name}
-
-    async def apply(self, action: DeploymentAction, *, namespace: str) -> None:
-        dep = kube.DEPLOYMENT
-        api = self.api
-        if action.kind is ActionKind.CREATE:
-            assert action.manifest is not None
-            try:
-                written = await api.create(dep, namespace=namespace, body=action.manifest)
-            except KubeError as err:
-                if err.status != 409:
-                    raise
-                written = await api.merge_patch(dep, namespace=namespace, name=action.name, patch=action.manifest)
-        elif action.kind is ActionKind.PATCH:
-            assert action.manifest is not None
-            written = await api.merge_patch(dep, namespace=namespace, name=action.name, patch=action.manifest)
-        elif action.kind is ActionKind.SCALE:
-            written = await api.merge_patch(
-                dep, namespace=namespace, name=action.name, patch={"spec": {"replicas": action.replicas}}
-            )
-        else:
-            await api.delete(dep, namespace=namespace, name=action.name)
-            self.informer.store.pop((namespace, action.name), None)
-            return
-        self.informer.observe(written)
-
-
-def owner_kind(model_or_vmodel_id: str) -> tuple[str, str]:
-    """(CR kind or "", vmodel name) for a model id `<name>__isvc-<hash>` / `__ksp-`, or a bare vmodel id."""
-    name, sep, rest = model_or_vmodel_id.rpartition("__")
-    if not sep:
-        return "", model_or_vmodel_id
-    if rest.startswith(f"{modelid.SOURCE_ISVC}-"):
-        return kube.INFERENCE_SERVICE.kind, name
-    if rest.startswith(f"{modelid.SOURCE_PREDICTOR}-"):
-        return kube.PREDICTOR.kind, name
-    return "", model_or_vmodel_id
 
 
 class Reconciler:
@@ -212,7 +140,7 @@ class Reconciler:
     # --- events -> keys --------------------------------------------------------------------------
 
     def on_event(self, kind: ResourceKind, event_type: str, new: JSON, old: JSON | None) -> None:
-        meta = _meta(new)
+        meta = metadata(new)
         ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
         runtimes_key = Key(RUNTIMES, self.namespace, "")
         if kind in (kube.INFERENCE_SERVICE, kube.PREDICTOR):
@@ -368,7 +296,7 @@ class Reconciler:
             log.info("deleted vmodel %s (owner %s)", key.name, owner)
             return
         raw_status = obj.get("status")
-        previous = st.from_isvc_status(raw_status) if is_isvc else st.from_predictor_status(raw_status)
+        previous = from_isvc_status(raw_status) if is_isvc else from_predictor_status(raw_status)
         now = datetime.now(UTC)
         grpc_ep, http_ep = self.endpoints(key.namespace)
         reachable = True
@@ -397,34 +325,10 @@ class Reconciler:
                 new, reachable = st.scheduler_unreachable_status(previous, model_id=cr.model_id, now=now), False
             except AlreadyExists:
                 new = st.other_owner_status(previous, now=now)
-        await self._write_status(kind=kind, obj=obj, cr=cr, previous=previous, new=new, now=now)
+        await write_status(self.api, self.informers[kind.kind], kind=kind, obj=obj, cr=cr, previous=previous, new=new, now=now)
         delay = st.requeue_after(new, scheduler_reachable=reachable)
         if delay is not None:
             self.queue.add_after(key, delay)
-
-    async def _write_status(
-        self, *, kind: ResourceKind, obj: JSON, cr: PredictorCR, previous: st.PredictorStatus,
-        new: st.PredictorStatus, now: datetime,
-    ) -> None:
-        raw = obj.get("status")
-        has_status = isinstance(raw, Mapping) and bool(raw.get("modelStatus" if kind is kube.INFERENCE_SERVICE else "transitionStatus"))
-        if has_status and previous == new:
-            return
-        if kind is kube.INFERENCE_SERVICE:
-            body = st.to_isvc_status(new, previous_raw=raw, now=now, observed_generation=cr.generation or None)
-        else:
-            body = st.to_predictor_status(new)
-        try:
-            written = await self.api.merge_patch(
-                kind, namespace=cr.ref.namespace, name=cr.ref.name, patch={"status": body}, subresource="status"
-            )
-        except KubeError as err:
-            if err.status == 404:
-                return    # deleted meanwhile: its DELETED event enqueues the key again
-            raise
-        self.informers[kind.kind].observe(written)
-        log.info("%s status: %s/%s active=%s", cr.ref, new.transition_status.value, new.active_model_state.value,
-                 new.last_failure_info.reason.value if new.last_failure_info else "-")
 
     # --- runtime Deployments ---------------------------------------------------------------------
 

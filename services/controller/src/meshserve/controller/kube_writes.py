@@ -1,0 +1,93 @@
+"""The reconciler's writes to the Kubernetes API: runtime Deployments and CR status.
+
+`KubeDeployments` is the Kubernetes `RuntimeBackend` (see `worker`): it creates, patches, scales
+and deletes apps/v1 Deployments, and the Deployment informer is its observed state.
+`write_status` merge-patches a CR's status through the `/status` subresource. Neither decides
+anything: the actions come from `reconcile`, the status from `status` and `status_json`.
+
+Invariants:
+* Every object a write returns goes into its informer (`Informer.observe`), so the next reconcile
+  sees the write without waiting for its watch event; a deleted Deployment leaves the store at once.
+* A status is written only when it differs from what the CR carries (no write -> watch event ->
+  write loop); a CR deleted meanwhile (404) is not an error, its DELETED event enqueues it again.
+* Creating a Deployment that already exists (409) patches it instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+
+from meshserve.controller import kube
+from meshserve.controller.kube import JSON, KubeApi, KubeError, ResourceKind
+from meshserve.controller.reconcile import ActionKind, DeploymentAction, ObservedDeployment
+from meshserve.controller.specs import PredictorCR
+from meshserve.controller.status import PredictorStatus
+from meshserve.controller.status_json import to_isvc_status, to_predictor_status
+from meshserve.controller.watched import observed_deployment
+from meshserve.controller.watcher import Informer
+
+log = logging.getLogger(__name__)
+
+
+class KubeDeployments:
+    """RuntimeBackend over apps/v1 Deployments (the Deployment informer is the observed state)."""
+
+    def __init__(self, api: KubeApi, informer: Informer) -> None:
+        self.api = api
+        self.informer = informer
+
+    def observed(self) -> dict[str, ObservedDeployment]:
+        return {d.name: d for d in (observed_deployment(o) for o in self.informer.store.values()) if d.name}
+
+    async def apply(self, action: DeploymentAction, *, namespace: str) -> None:
+        dep = kube.DEPLOYMENT
+        api = self.api
+        if action.kind is ActionKind.CREATE:
+            assert action.manifest is not None
+            try:
+                written = await api.create(dep, namespace=namespace, body=action.manifest)
+            except KubeError as err:
+                if err.status != 409:
+                    raise
+                written = await api.merge_patch(dep, namespace=namespace, name=action.name, patch=action.manifest)
+        elif action.kind is ActionKind.PATCH:
+            assert action.manifest is not None
+            written = await api.merge_patch(dep, namespace=namespace, name=action.name, patch=action.manifest)
+        elif action.kind is ActionKind.SCALE:
+            written = await api.merge_patch(
+                dep, namespace=namespace, name=action.name, patch={"spec": {"replicas": action.replicas}}
+            )
+        else:
+            await api.delete(dep, namespace=namespace, name=action.name)
+            self.informer.store.pop((namespace, action.name), None)
+            return
+        self.informer.observe(written)
+
+
+async def write_status(
+    api: KubeApi, informer: Informer, *, kind: ResourceKind, obj: JSON, cr: PredictorCR,
+    previous: PredictorStatus, new: PredictorStatus, now: datetime,
+) -> None:
+    """Merge-patch `new` into the CR's `/status` unless the CR already carries it; the written
+    object goes into `informer` (the informer of `kind`)."""
+    raw = obj.get("status")
+    has_status = isinstance(raw, Mapping) and bool(raw.get("modelStatus" if kind is kube.INFERENCE_SERVICE else "transitionStatus"))
+    if has_status and previous == new:
+        return
+    if kind is kube.INFERENCE_SERVICE:
+        body = to_isvc_status(new, previous_raw=raw, now=now, observed_generation=cr.generation or None)
+    else:
+        body = to_predictor_status(new)
+    try:
+        written = await api.merge_patch(
+            kind, namespace=cr.ref.namespace, name=cr.ref.name, patch={"status": body}, subresource="status"
+        )
+    except KubeError as err:
+        if err.status == 404:
+            return    # deleted meanwhile: its DELETED event enqueues the key again
+        raise
+    informer.observe(written)
+    log.info("%s status: %s/%s active=%s", cr.ref, new.transition_status.value, new.active_model_state.value,
+             new.last_failure_info.reason.value if new.last_failure_info else "-")
