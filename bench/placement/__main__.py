@@ -8,6 +8,7 @@ worker processes (CI has two cores).
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import os
 import time
@@ -18,6 +19,8 @@ from bench.placement.latency import placement_latency, route_publish
 from bench.placement.sim import (
     REQUEST_INTERVAL,
     Result,
+    ShiftDetector,
+    online_bound,
     pod_capacities,
     simulate_belady,
     simulate_place,
@@ -34,6 +37,8 @@ WARMUP = 0.10
 PREVIOUS = "uw-previous"
 """Ablation: usage-weighted as it was before candidates and staleness (eviction_candidates=1,
 stale_after_intervals=0): the pod where the fewest bytes must go, score order only."""
+DETECTOR = "uw+shift-detector"
+"""Reference: usage-weighted that forgets every count when `sim.ShiftDetector` fires (bench only)."""
 TARGET_OF_BELADY = 0.95
 TARGET_POINTS = 5.0
 TARGET_P99_US = 1000.0
@@ -72,9 +77,25 @@ def _run(job: tuple[Scenario, str]) -> tuple[Scenario, str, Result, float]:
             trace.requests, sizes, capacities=caps, policy=EvictionPolicy.USAGE_WEIGHTED,
             warmup=warm, eviction_candidates=1, stale_after_intervals=0.0,
         )
+    elif method == DETECTOR:
+        result = simulate_place(
+            trace.requests, sizes, capacities=caps, policy=EvictionPolicy.USAGE_WEIGHTED, warmup=warm,
+            detector=ShiftDetector(),
+        )
     else:  # the default PlacementConfig for that policy
         result = simulate_place(trace.requests, sizes, capacities=caps, policy=EvictionPolicy(method), warmup=warm)
     return scenario, method, result, time.perf_counter() - t0
+
+
+def _bound(s: Scenario) -> tuple[float, float]:
+    """`sim.online_bound` for the scenario's trace (every policy replays the same one), and
+    the standard deviation of a realised hit ratio around it (binomial, counted requests)."""
+    sizes = model_sizes(n=MODELS, seed=s.seeds[0])
+    caps = pod_capacities(sizes, fraction=s.fraction, pods=PODS)
+    trace = _trace(s)
+    warm = int(len(trace.requests) * WARMUP)
+    bound = online_bound(trace.phases, sizes, capacity=sum(caps), warmup=warm)
+    return bound, math.sqrt(bound * (1 - bound) / (len(trace.requests) - warm))
 
 
 def _yes(ok: bool) -> str:
@@ -91,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--ablation", action="store_true",
-        help="also replay usage-weighted as it was before candidates and staleness (10 more replays)",
+        help="also replay usage-weighted as it was before candidates and staleness, and with the"
+        " bench-only shift detector (20 more replays)",
     )
     args = parser.parse_args(argv)
     seeds = SEED_SETS[args.seeds]
@@ -109,20 +131,24 @@ def main(argv: list[str] | None = None) -> int:
           f" at the simulated {1 / REQUEST_INTERVAL:.0f} req/s)")
     scenarios = [Scenario("zipf", a, f, zipf_len, seeds) for a in (0.8, 1.0, 1.2) for f in (0.05, 0.10, 0.20)]
     scenarios.append(Scenario("shift", 1.0, 0.10, shift_len, seeds))
-    methods = ["usage-weighted", "lru", "belady", "belady-size"] + ([PREVIOUS] if args.ablation else [])
+    methods = ["usage-weighted", "lru", "belady", "belady-size"] + ([PREVIOUS, DETECTOR] if args.ablation else [])
     jobs = [(s, m) for s in scenarios for m in methods]
     results: dict[tuple[Scenario, str], Result] = {}
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        bounds = dict(zip(scenarios, pool.map(_bound, scenarios), strict=True))
         for scenario, method, result, _secs in pool.map(_run, jobs):
             results[(scenario, method)] = result
-    head = (f"{'trace':<16}{'cache':>6} | {'LRU':>6} {'usage-w':>7} {'Belady':>7} {'B-Size':>7} | "
+    head = (f"{'trace':<16}{'cache':>6} | {'LRU':>6} {'usage-w':>7} {'Belady':>7} {'B-Size':>7} {'online<=':>8} | "
             f"{'loads/1k: LRU':>13} {'u-w':>5} {'Belady':>6} | {'u-w/Belady':>10} {'u-w/B-Size':>10} "
             f"{'u-w - LRU':>9} | targets (>=95% Belady, >=+5 pts)")
     print("\n" + head + "\n" + "-" * len(head))
     all_ratio = all_points = True
+    unreachable: list[str] = []
     for s in scenarios:
         lru, uw = results[(s, "lru")], results[(s, "usage-weighted")]
         bel, bsz = results[(s, "belady")], results[(s, "belady-size")]
+        bound, sd = bounds[s]
+        ceiling = bound + 3 * sd    # what a realised hit ratio could still reach by chance
         ratio = uw.hit_ratio / bel.hit_ratio
         points = 100 * (uw.hit_ratio - lru.hit_ratio)
         ok_ratio, ok_points = ratio >= TARGET_OF_BELADY, points >= TARGET_POINTS
@@ -130,16 +156,29 @@ def main(argv: list[str] | None = None) -> int:
         all_ratio &= ok_ratio
         all_points &= ok_points
         name = f"zipf {s.alpha:.1f}" if s.kind == "zipf" else f"shifting {s.alpha:.1f}"
+        notes = []
+        if headroom < TARGET_POINTS:
+            notes.append(f"Belady itself is only {headroom:+.1f}, B-Size {100 * (bsz.hit_ratio - lru.hit_ratio):+.1f}")
+        if not ok_points and 100 * (ceiling - lru.hit_ratio) < TARGET_POINTS:
+            notes.append(f"UNREACHABLE online: any online policy <= {100 * (bound - lru.hit_ratio):+.2f}"
+                         f" (+{300 * sd:.2f} by chance at 3 sd)")
+            unreachable.append(f"{name} at {s.fraction:.0%}: +{TARGET_POINTS:.0f} points")
+        if not ok_ratio and ceiling < TARGET_OF_BELADY * bel.hit_ratio:
+            notes.append(f"UNREACHABLE online: any online policy <= {bound / bel.hit_ratio:.1%} of Belady")
+            unreachable.append(f"{name} at {s.fraction:.0%}: {TARGET_OF_BELADY:.0%} of Belady")
         print(f"{name:<16}{s.fraction:>6.0%} | {lru.hit_ratio:>6.3f} {uw.hit_ratio:>7.3f} {bel.hit_ratio:>7.3f} "
-              f"{bsz.hit_ratio:>7.3f} | {lru.loads_per_1000:>13.0f} {uw.loads_per_1000:>5.0f} "
+              f"{bsz.hit_ratio:>7.3f} {bound:>8.3f} | {lru.loads_per_1000:>13.0f} {uw.loads_per_1000:>5.0f} "
               f"{bel.loads_per_1000:>6.0f} | {ratio:>10.1%} {uw.hit_ratio / bsz.hit_ratio:>10.1%} "
               f"{points:>+9.1f} | {_yes(ok_ratio)} / {_yes(ok_points)}"
-              + (f" (Belady itself is only {headroom:+.1f}, B-Size {100 * (bsz.hit_ratio - lru.hit_ratio):+.1f})"
-                 if headroom < TARGET_POINTS else ""))
+              + (f" ({'; '.join(notes)})" if notes else ""))
     print("Belady = farthest-next-use (classic MIN applied to sizes); B-Size = evict largest"
           " next-use-distance x size.\nBoth are offline reference heuristics on ONE cache of the same"
           " total bytes (no per-pod packing loss); with variable sizes the true optimum is NP-hard,"
-          "\nso neither is a proven bound. Targets are checked against Belady (farthest-next-use).")
+          "\nso neither is a proven bound. Targets are checked against Belady (farthest-next-use)."
+          "\nonline<= = a proven upper bound for ANY online policy (sim.online_bound): each request is an"
+          " independent draw, so it hits\nwith the probability the cache holds, at most the fractional knapsack"
+          " of the trace's true probabilities per byte\n(even told each phase's probabilities at its start);"
+          " UNREACHABLE = below the target even 3 standard deviations of chance above the bound.")
     to_bsize = [results[(s, "usage-weighted")].hit_ratio / results[(s, "belady-size")].hit_ratio for s in scenarios]
     print(f"B-Size beats Belady on {sum(results[(s, 'belady-size')].hit_ratio > results[(s, 'belady')].hit_ratio for s in scenarios)}"
           f" of {len(scenarios)} traces: farthest-next-use is not the limit with variable sizes; usage-weighted reaches "
@@ -147,13 +186,18 @@ def main(argv: list[str] | None = None) -> int:
           " default eviction_candidates (least recent victim among the candidate pods, about one LRU order across pods).")
     print(f"target usage-weighted >= {TARGET_OF_BELADY:.0%} of Belady on every trace: {_yes(all_ratio)}; "
           f">= +{TARGET_POINTS:.0f} points over LRU on every trace: {_yes(all_points)}")
+    if unreachable:
+        print(f"targets no online policy can meet (the bound is below them): {'; '.join(unreachable)}")
 
     cfg = PlacementConfig()
     if args.ablation:
         print(f"\nAblation: what the default config's parts add (eviction_candidates={cfg.eviction_candidates}: "
               f"cheapest victims among that many pods;\nstale_after_intervals={cfg.stale_after_intervals:g}: models "
-              "unused for that many of their own expected gaps go first). 'previous' = 1 candidate, no staleness.")
-        head = f"{'trace':<16}{'cache':>6} | {'previous':>8} {'default':>8} {'gain':>6} | {'prev/Belady':>11} {'prev - LRU':>10}"
+              "unused for that many of their own expected gaps go first). 'previous' = 1 candidate, no staleness."
+              "\n'detector' = the default, forgetting every count when sim.ShiftDetector (bench only, not in the"
+              " service) sees the miss ratio jump.")
+        head = (f"{'trace':<16}{'cache':>6} | {'previous':>8} {'default':>8} {'gain':>6} | {'prev/Belady':>11} "
+                f"{'prev - LRU':>10} | {'detector':>8} {'det/Belady':>10}")
         print(head + "\n" + "-" * len(head))
         for s in scenarios:
             lru, uw = results[(s, "lru")], results[(s, "usage-weighted")]
@@ -161,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             name = f"zipf {s.alpha:.1f}" if s.kind == "zipf" else f"shifting {s.alpha:.1f}"
             print(f"{name:<16}{s.fraction:>6.0%} | {prev.hit_ratio:>8.3f} {uw.hit_ratio:>8.3f} "
                   f"{100 * (uw.hit_ratio - prev.hit_ratio):>+6.1f} | {prev.hit_ratio / bel.hit_ratio:>11.1%} "
-                  f"{100 * (prev.hit_ratio - lru.hit_ratio):>+10.1f}")
+                  f"{100 * (prev.hit_ratio - lru.hit_ratio):>+10.1f} | {results[(s, DETECTOR)].hit_ratio:>8.3f} "
+                  f"{results[(s, DETECTOR)].hit_ratio / bel.hit_ratio:>10.1%}")
 
     print(f"\n## Decision latency: time per decision, 100,000 models over 1,000 pods, {calls:,} cold loads"
           "\n   (pods full to within <200 MiB, so many calls evict; 5% minCopies=1, 2% in flight,"

@@ -12,10 +12,20 @@ MIB = 1 << 20
 
 
 @dataclass(frozen=True)
+class Phase:
+    """Requests `[start, end)` are independent draws from `probs` (per model index)."""
+
+    start: int
+    end: int
+    probs: npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
 class Trace:
     name: str
     alpha: float
     requests: npt.NDArray[np.int64]     # model index per request
+    phases: tuple[Phase, ...]           # the distributions the requests were drawn from
 
 
 def model_sizes(*, n: int, seed: int, median_mib: float = 200.0, sigma: float = 1.0) -> npt.NDArray[np.int64]:
@@ -31,12 +41,21 @@ def _zipf_probs(n: int, alpha: float) -> npt.NDArray[np.float64]:
     return out
 
 
+def _by_model(rank_probs: npt.NDArray[np.float64], perm: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """The probability of each model index when rank r is model `perm[r]`."""
+    out = np.empty_like(rank_probs)
+    out[perm] = rank_probs
+    return out
+
+
 def zipf_trace(*, n: int, length: int, alpha: float, seed: int) -> Trace:
     """Independent requests; rank k has probability ~ 1/k^alpha; ranks map to random models."""
     rng = np.random.default_rng(seed)
-    ranks = rng.choice(n, size=length, p=_zipf_probs(n, alpha))
+    probs = _zipf_probs(n, alpha)
+    ranks = rng.choice(n, size=length, p=probs)
     perm = rng.permutation(n)
-    return Trace(f"zipf {alpha:.1f}", alpha, perm[ranks].astype(np.int64))
+    phase = Phase(0, length, _by_model(probs, perm))
+    return Trace(f"zipf {alpha:.1f}", alpha, perm[ranks].astype(np.int64), (phase,))
 
 
 def shifting_trace(*, n: int, length: int, alpha: float, phases: int, seed: int) -> Trace:
@@ -45,7 +64,9 @@ def shifting_trace(*, n: int, length: int, alpha: float, phases: int, seed: int)
     probs = _zipf_probs(n, alpha)
     out = np.empty(length, dtype=np.int64)
     bounds = np.linspace(0, length, phases + 1).astype(int)
+    drawn: list[Phase] = []
     for lo, hi in itertools.pairwise(bounds):
         perm = rng.permutation(n)
         out[lo:hi] = perm[rng.choice(n, size=hi - lo, p=probs)]
-    return Trace(f"shifting {alpha:.1f} x{phases}", alpha, out)
+        drawn.append(Phase(int(lo), int(hi), _by_model(probs, perm)))
+    return Trace(f"shifting {alpha:.1f} x{phases}", alpha, out, tuple(drawn))
