@@ -153,7 +153,7 @@ async def test_cluster_views_read_again_only_what_moved(live: LiveState, redis_u
 
 async def test_a_held_view_ranks_victims_on_old_usage_until_it_is_read_again(live: LiveState) -> None:
     """Usage moves without a new view version: the service reads the chosen pod again
-    before it evicts (service._place_and_load), which is what this shows is needed."""
+    before it evicts (service.place_and_load), which is what this shows is needed."""
     await _pod(live, "a")
     await _loaded(live, "hot", "a", 500)
     await _loaded(live, "cold", "a", 500)

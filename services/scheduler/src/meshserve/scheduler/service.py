@@ -4,7 +4,9 @@ Reads state from the registry (Postgres) and live state (Redis), asks `placement
 for a decision, and applies it: reserve in Redis (atomic), call the puller, settle or
 release, record the event, publish the route change. Transports (`server.py`,
 `api.py`) only convert to and from this module's values. Virtual models are kept by
-`vmodels.VModels` (`SchedulerService.vmodels`), which builds on these use cases.
+`vmodels.VModels` (`SchedulerService.vmodels`), which builds on these use cases, and so
+does `scaler.CopyScaler` (`.scaler`: copy scaling, pod drains); pod heartbeats, liveness
+and removal are `pods.Pods` (`.pods`). The service keeps thin methods for their callers.
 
 Concurrency rules:
 * concurrent `ensure_loaded` calls for one model in this replica share one task;
@@ -51,16 +53,13 @@ from meshserve.scheduler.models import (
     PlacementRequest,
 )
 from meshserve.scheduler.placement_index import place_indexed
+from meshserve.scheduler.pods import Pods
 from meshserve.scheduler.pullers import MODEL_FAULTS, PullerClients, model_key, storage_path
 from meshserve.scheduler.registry import ModelRecord, Registry
-from meshserve.scheduler.scaling import CopyChange, ModelLoad, ScalingPolicy, plan_scaling
+from meshserve.scheduler.scaler import CopyScaler
+from meshserve.scheduler.scaling import CopyChange
 from meshserve.scheduler.settings import SchedulerSettings
-from meshserve.scheduler.sizing import (
-    DEFAULT_MODEL_SIZE,
-    describe_runtimes,
-    known_size,
-    runtime_default_size,
-)
+from meshserve.scheduler.sizing import known_size, runtime_default_size
 from meshserve.scheduler.status import (
     LOADED,
     LOADING,
@@ -123,6 +122,17 @@ class SchedulerService:
             live, pod_timeout_seconds=settings.pod_timeout_seconds, warm=self._placement_config()
         )
         self.vmodels = VModels(registry=registry, live=live, models=self, event=self._event)
+        self.pods = Pods(
+            settings=settings,
+            registry=registry,
+            live=live,
+            pullers=self.pullers,
+            mirror_before_adopting=self._mirror_before_adopting,
+            event=self._event,
+        )
+        self.scaler = CopyScaler(
+            settings=settings, registry=registry, live=live, pods=self.pods, copies=self, event=self._event
+        )
         # the registry mirror: concurrent callers share the marker check and any rebuild
         self._mirror = Coalesced(self._ensure_mirror)
         self._mirror_synced = False   # this process has written the mirror once
@@ -156,6 +166,18 @@ class SchedulerService:
         await self.sync_registry_mirror()
         log.info("registry mirror written to Redis (%s)", "its marker was missing or stale" if self._mirror_synced else "start-up")
         self._mirror_synced = True
+
+    async def _mirror_before_adopting(self, pod_id: str) -> None:
+        """Make sure the registry mirror is in Redis before copies are adopted into it. An
+        adopted copy's route is published for the models the mirror lists as of the adoption:
+        adopted into a Redis that lost the mirror, its route would go out as a removal, and
+        routers would drop the model (their fallback too) until the mirror is rebuilt. A
+        failed rebuild does not stop the adoption (live state must say what pods hold); the
+        mirror loop tries again."""
+        try:
+            await self.ensure_registry_mirror()
+        except Exception as err:   # Postgres down, mostly (Unavailable); a heartbeat must not fail on it
+            log.warning("adopting copies on %s without the registry mirror in Redis: %s", pod_id, err)
 
     # -- registration ----------------------------------------------------------------------
     async def register_model(self, spec: ModelSpec, *, load_now: bool = False) -> ModelState:
@@ -220,7 +242,7 @@ class SchedulerService:
         if record is None and not copies:
             raise NotFound(f"model {model_id!r} not found")
         for copy in copies:
-            await self._unload_copy(model_id=model_id, pod_id=copy.pod_id, kind="unloaded", why="model unregistered")
+            await self.unload_copy(model_id=model_id, pod_id=copy.pod_id, kind="unloaded", why="model unregistered")
         await self.registry.delete_model(model_id)
         await self.live.remove_model(model_id)
         await self.live.clear_failures(model_id)
@@ -261,7 +283,7 @@ class SchedulerService:
         puller first, and a copy that is not really there is dropped (the whole pod when
         it does not answer or its model server is down)."""
         for pod_id in suspect_pods:
-            await self._check_suspect(pod_id, model_id)
+            await self.pods.check_suspect(pod_id, model_id)
         copies = await self.live.copies(model_id)
         if any(c.state == CopyState.LOADED.value for c in copies):
             return ModelState(LOADED, (), tuple(copies)), await self.endpoints(copies)
@@ -273,30 +295,6 @@ class SchedulerService:
         await asyncio.shield(task)
         copies = await self.live.copies(model_id)
         return ModelState(LOADED, (), tuple(copies)), await self.endpoints(copies)
-
-    async def _check_suspect(self, pod_id: str, model_id: str) -> None:
-        pod = await self.live.pod(pod_id)
-        if pod is None:
-            return
-        try:
-            status = await self.pullers.stub(pod.management_address).RuntimeStatus(
-                runtime_pb2.RuntimeStatusRequest(), timeout=2
-            )
-        except grpc.aio.AioRpcError as err:
-            await self._drop_pod(pod_id, why=f"reported unreachable by a router; puller: {err.code().name}")
-            return
-        if status.status != runtime_pb2.RuntimeStatusResponse.READY:
-            await self._drop_pod(pod_id, why="reported by a router; its model server is not ready")
-        elif model_id not in status.loaded_model_ids and await self.live.release(model_id=model_id, pod_id=pod_id):
-            await self._event("dropped", model_id=model_id, pod_id=pod_id, message="copy missing on the pod")
-
-    async def pod_leaving(self, pod_id: str) -> None:
-        if await self.live.pod(pod_id) is not None:
-            await self._drop_pod(pod_id, why="pod is shutting down")
-
-    async def _drop_pod(self, pod_id: str, *, why: str) -> None:
-        models = await self.live.remove_pod(pod_id)
-        await self._event("pod-lost", pod_id=pod_id, message=f"{why}; dropped {len(models)} copies")
 
     async def retry_load(self, model_id: str) -> tuple[ModelState, list[Endpoint]]:
         """Forget recorded failures (an admin fixed the files) and load again."""
@@ -316,9 +314,6 @@ class SchedulerService:
             for p in loaded
             if p in pods
         ]
-
-    def _alive(self, pod: PodInfo) -> bool:
-        return now_ms() - pod.heartbeat_ms <= self.settings.pod_timeout_seconds * 1000
 
     async def _load_first_copy(self, model_id: str) -> None:
         deadline = time.monotonic() + self.settings.load_timeout_seconds
@@ -343,7 +338,7 @@ class SchedulerService:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.25)
                 continue
-            done = await self._place_and_load(record, exclusive=True, deadline=deadline)
+            done = await self.place_and_load(record, exclusive=True, deadline=deadline)
             if done:
                 self._runtime_waits.pop(model_id, None)
                 return
@@ -352,7 +347,7 @@ class SchedulerService:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 0.25)
 
-    async def _place_and_load(self, record: ModelRecord, *, exclusive: bool, deadline: float) -> bool:
+    async def place_and_load(self, record: ModelRecord, *, exclusive: bool, deadline: float) -> bool:
         """One placement attempt; True when a copy was loaded, False to try again."""
         model_id = record.id
         await self.views.refresh()
@@ -402,7 +397,7 @@ class SchedulerService:
                 return False
             raise ResourceExhausted(f"model {model_id!r} cannot be placed: {plan.reason}")
         for ev in plan.evictions:
-            await self._unload_copy(
+            await self.unload_copy(
                 model_id=ev.model_id, pod_id=ev.pod_id, kind="evicted", why=f"to make room for {model_id}"
             )
         ok, why = await self.live.reserve(model_id=model_id, pod_id=plan.pod_id, size=size, exclusive=exclusive)
@@ -507,7 +502,7 @@ class SchedulerService:
             )
             return
         for ev in plan.evictions:
-            await self._unload_copy(
+            await self.unload_copy(
                 model_id=ev.model_id,
                 pod_id=pod_id,
                 kind="evicted",
@@ -556,7 +551,7 @@ class SchedulerService:
                 return int(response.size_in_bytes)
         return runtime_default_size(pods)
 
-    async def _unload_copy(self, *, model_id: str, pod_id: str, kind: str, why: str) -> None:
+    async def unload_copy(self, *, model_id: str, pod_id: str, kind: str, why: str) -> None:
         """Release the copy in live state, then tell its pod. When the release finds no copy
         (another scheduler replica evicted it first, acting on the same view), nothing is
         recorded and the pod is not told: the model may be loading there again by now."""
@@ -577,91 +572,27 @@ class SchedulerService:
     async def unload(self, model_id: str) -> int:
         copies = await self.live.copies(model_id)
         for copy in copies:
-            await self._unload_copy(model_id=model_id, pod_id=copy.pod_id, kind="unloaded", why="requested by admin")
+            await self.unload_copy(model_id=model_id, pod_id=copy.pod_id, kind="unloaded", why="requested by admin")
         return len(copies)
 
-    # -- pods ------------------------------------------------------------------------------
+    # -- pods and copy scaling: pods.Pods and scaler.CopyScaler do the work ----------------
     async def report_pod(self, fields: dict[str, Any], loaded_model_ids: Sequence[str]) -> None:
-        pod_id = str(fields["pod_id"])
-        body = {k: v for k, v in fields.items() if k != "pod_id"}
-        body["heartbeat_ms"] = now_ms()
-        is_new = await self.live.upsert_pod(pod_id=pod_id, fields=body)
-        held = await self.live.pod_allocations(pod_id)
-        reported = set(loaded_model_ids)
-        if is_new:
-            log.info("pod %s registered (capacity %s bytes)", pod_id, fields.get("capacity"))
-            await self._event("pod-registered", pod_id=pod_id, message=f"capacity {fields.get('capacity')}")
-        unknown = sorted(reported - set(held))
-        if unknown:
-            # copies the pod holds that live state does not know (e.g. after a Redis restart)
-            await self._mirror_before_adopting(pod_id)
-        for model in unknown:
-            record = await self._safe_find(model)
-            if record is None:
-                continue
-            size = known_size(record) or int(fields.get("default_size", DEFAULT_MODEL_SIZE))
-            await self.live.adopt(model_id=model, pod_id=pod_id, size=size)
-        grace = 3 * self.settings.heartbeat_interval_seconds * 1000
-        copies = await self.live.copies_many(sorted(set(held) - reported))
-        for model, recs in copies.items():
-            for rec in recs:
-                if rec.pod_id == pod_id and rec.state == "loaded" and now_ms() - rec.since_ms > grace:
-                    await self.live.release(model_id=model, pod_id=pod_id)
-                    await self._event("dropped", model_id=model, pod_id=pod_id, message="pod no longer reports it")
+        await self.pods.report_pod(fields, loaded_model_ids)
 
-    async def _mirror_before_adopting(self, pod_id: str) -> None:
-        """Make sure the registry mirror is in Redis before copies are adopted into it. An
-        adopted copy's route is published for the models the mirror lists as of the adoption:
-        adopted into a Redis that lost the mirror, its route would go out as a removal, and
-        routers would drop the model (their fallback too) until the mirror is rebuilt. A
-        failed rebuild does not stop the adoption (live state must say what pods hold); the
-        mirror loop tries again."""
-        try:
-            await self.ensure_registry_mirror()
-        except Exception as err:   # Postgres down, mostly (Unavailable); a heartbeat must not fail on it
-            log.warning("adopting copies on %s without the registry mirror in Redis: %s", pod_id, err)
-
-    async def _safe_find(self, model_id: str) -> ModelRecord | None:
-        try:
-            return await self.registry.find_model(model_id)
-        except Unavailable:
-            return None
-
-    async def sync_runtimes(self) -> list[str]:
-        """Leader duty: make the registry's `runtimes` rows say what the live pods say
-        (labels, default model size, capacity, pod count); returns the names written.
-
-        Only rows that differ are written, so a steady cluster costs one small SELECT per
-        pass. A runtime whose pods are all gone keeps its row with `pods = 0`. Best-effort:
-        with Postgres down nothing is written (routing and placement go on) and a later
-        pass repairs the rows."""
-        current = describe_runtimes([p for p in await self.live.pods() if self._alive(p)])
-        try:
-            stored = {r.name: r for r in (await self.registry.list_runtimes(limit=100_000))[0]}
-        except Unavailable as err:
-            log.warning("runtime rows not synced: %s", err.message)
-            return []
-        for name, record in stored.items():
-            current.setdefault(name, dataclasses.replace(record, pods=0))
-        written = []
-        for name, record in sorted(current.items()):
-            if stored.get(name) == record:
-                continue
-            try:
-                await self.registry.upsert_runtime(record)
-            except Unavailable as err:
-                log.warning("runtime rows not synced: %s", err.message)
-                break
-            written.append(name)
-        return written
+    async def pod_leaving(self, pod_id: str) -> None:
+        await self.pods.pod_leaving(pod_id)
 
     async def remove_dead_pods(self) -> list[str]:
-        removed = []
-        for pod in await self.live.pods():
-            if not self._alive(pod):
-                removed.append(pod.pod_id)
-                await self._drop_pod(pod.pod_id, why=f"no heartbeat for {self.settings.pod_timeout_seconds:.0f}s")
-        return removed
+        return await self.pods.remove_dead_pods()
+
+    async def sync_runtimes(self) -> list[str]:
+        return await self.pods.sync_runtimes()
+
+    async def scale_once(self, *, only: Sequence[str] | None = None) -> list[CopyChange]:
+        return await self.scaler.scale_once(only=only)
+
+    async def drain_pod(self, pod_id: str) -> dict[str, Any]:
+        return await self.scaler.drain_pod(pod_id)
 
     async def report_usage(self, usage: dict[str, int]) -> None:
         await self.live.add_usage(usage, at_ms=now_ms(), half_life_seconds=self.settings.usage_half_life_seconds)
@@ -678,84 +609,6 @@ class SchedulerService:
             "stale_min_seconds": s.stale_min_seconds,
         }
         return PlacementConfig(**(fields | overrides))
-
-    # -- copies: scaling and draining ------------------------------------------------------
-    async def scale_once(self, *, only: Sequence[str] | None = None) -> list[CopyChange]:
-        """One pass of copy scaling (leader loop): minCopies, maxCopies, request rates."""
-        ids = sorted(only) if only is not None else sorted(await self.live.model_ids())
-        copies = await self.live.copies_many(ids)
-        rates = await self.live.rates_per_minute(ids)
-        bounds = await self.live.bounds()
-        pods = [p for p in await self.live.pods() if self._alive(p) and not p.draining]
-        loads = [
-            ModelLoad(
-                model_id=m,
-                rate_per_minute=rates.get(m, 0.0),
-                copies=len(copies.get(m, [])),
-                min_copies=bounds.get(m, (0, 0))[0],
-                max_copies=bounds.get(m, (0, 0))[1],
-            )
-            for m in ids
-            if copies.get(m) or bounds.get(m, (0, 0))[0] > 0
-        ]
-        changes = plan_scaling(
-            loads, policy=ScalingPolicy(threshold_rpm=self.settings.scale_up_rpm_threshold), pods=len(pods)
-        )
-        for change in changes:
-            try:
-                if change.delta > 0:
-                    await self._add_copies(change)
-                else:
-                    await self._remove_copies(change, copies.get(change.model_id, []), pods)
-            except MeshError as err:
-                log.info("scaling %s by %+d not possible now: %s", change.model_id, change.delta, err.message)
-        return list(changes)
-
-    async def _add_copies(self, change: CopyChange) -> None:
-        record = await self.registry.find_model(change.model_id)
-        if record is None:
-            return
-        for _ in range(change.delta):
-            deadline = time.monotonic() + self.settings.load_timeout_seconds
-            copies = await self.live.copies(change.model_id)
-            if not copies:
-                await self.ensure_loaded(change.model_id)
-            elif not await self._place_and_load(record, exclusive=False, deadline=deadline):
-                return
-            await self._event("scaled-up", model_id=change.model_id, message=change.reason)
-
-    async def _remove_copies(self, change: CopyChange, copies: Sequence[CopyRecord], pods: Sequence[PodInfo]) -> None:
-        fullness = {p.pod_id: p.allocated / max(1, p.capacity) for p in pods}
-        loaded = sorted(
-            (c for c in copies if c.state == CopyState.LOADED.value),
-            key=lambda c: (-fullness.get(c.pod_id, 2.0), -c.since_ms),
-        )
-        for copy in loaded[: -change.delta]:
-            await self._unload_copy(model_id=change.model_id, pod_id=copy.pod_id, kind="scaled-down", why=change.reason)
-
-    async def drain_pod(self, pod_id: str) -> dict[str, Any]:
-        """No new placements on `pod_id`; move its loaded copies elsewhere, then unload them."""
-        pod = await self.live.pod(pod_id)
-        if pod is None:
-            raise NotFound(f"pod {pod_id!r} not found")
-        await self.live.set_draining(pod_id, True)
-        await self._event("draining", pod_id=pod_id, message="drain requested")
-        moved, dropped = [], []
-        for model in sorted(await self.live.pod_allocations(pod_id)):
-            record = await self._safe_find(model)
-            others = [c for c in await self.live.copies(model) if c.pod_id != pod_id]
-            if record is not None and not others:
-                try:
-                    deadline = time.monotonic() + self.settings.load_timeout_seconds
-                    if await self._place_and_load(record, exclusive=False, deadline=deadline):
-                        moved.append(model)
-                except MeshError as err:
-                    log.warning("could not move %s off %s: %s", model, pod_id, err.message)
-            await self._unload_copy(model_id=model, pod_id=pod_id, kind="evicted", why=f"pod {pod_id} drained")
-            if model not in moved:
-                dropped.append(model)
-        await self._event("drained", pod_id=pod_id, message=f"moved {len(moved)}, dropped {len(dropped)}")
-        return {"pod": pod_id, "moved": moved, "unloaded": dropped}
 
     # -- events ----------------------------------------------------------------------------
     async def _event(self, kind: str, **kwargs: Any) -> None:

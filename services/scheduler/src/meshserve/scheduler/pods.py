@@ -1,0 +1,157 @@
+"""Pods as the scheduler sees them: their heartbeats, their liveness and their leaving.
+
+A pod reports itself (capacity, addresses, the copies it holds) on every heartbeat; this
+module writes the report into live state, adopts the copies live state does not know
+(after a Redis restart, say) and drops the ones the pod no longer lists. It also removes
+pods that stopped reporting, drops a pod a router found unreachable, and keeps the
+registry's `runtimes` rows in line with the live pods. It never places or loads copies:
+moving copies off a pod is `scaler.CopyScaler.drain_pod`'s job, and `SchedulerService`
+(`service.py`) passes in the one thing needed from it, the registry-mirror check run
+before copies are adopted.
+
+Invariants:
+* a pod is alive while its last heartbeat is younger than `pod_timeout_seconds`; a dead
+  pod is removed with its copies, and the removal is recorded as a `pod-lost` event;
+* a heartbeat never fails because Postgres is down: registry reads here treat
+  `Unavailable` as "no record" (adoption skips the model) or skip the write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from meshserve.common.errors import Unavailable
+from meshserve.common.proto.meshserve.v1 import runtime_pb2
+from meshserve.scheduler.live import LiveState, PodInfo, now_ms
+from meshserve.scheduler.pullers import PullerClients
+from meshserve.scheduler.registry import ModelRecord, Registry
+from meshserve.scheduler.settings import SchedulerSettings
+from meshserve.scheduler.sizing import DEFAULT_MODEL_SIZE, describe_runtimes, known_size
+
+log = logging.getLogger(__name__)
+
+
+class Pods:
+    """Heartbeats, liveness and removal of the pods; the runtime rows they describe."""
+
+    def __init__(
+        self,
+        *,
+        settings: SchedulerSettings,
+        registry: Registry,
+        live: LiveState,
+        pullers: PullerClients,
+        mirror_before_adopting: Callable[[str], Awaitable[None]],
+        event: Callable[..., Awaitable[None]],
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.live = live
+        self.pullers = pullers
+        self._mirror_before_adopting = mirror_before_adopting   # never raises (service.py)
+        self._event = event   # records a scheduler event, best-effort
+
+    async def check_suspect(self, pod_id: str, model_id: str) -> None:
+        """Ask the puller of a pod whose copy of `model_id` failed a caller: drop the pod
+        when it does not answer or its model server is down, the copy when it is not there."""
+        pod = await self.live.pod(pod_id)
+        if pod is None:
+            return
+        try:
+            status = await self.pullers.stub(pod.management_address).RuntimeStatus(
+                runtime_pb2.RuntimeStatusRequest(), timeout=2
+            )
+        except grpc.aio.AioRpcError as err:
+            await self._drop_pod(pod_id, why=f"reported unreachable by a router; puller: {err.code().name}")
+            return
+        if status.status != runtime_pb2.RuntimeStatusResponse.READY:
+            await self._drop_pod(pod_id, why="reported by a router; its model server is not ready")
+        elif model_id not in status.loaded_model_ids and await self.live.release(model_id=model_id, pod_id=pod_id):
+            await self._event("dropped", model_id=model_id, pod_id=pod_id, message="copy missing on the pod")
+
+    async def pod_leaving(self, pod_id: str) -> None:
+        if await self.live.pod(pod_id) is not None:
+            await self._drop_pod(pod_id, why="pod is shutting down")
+
+    async def _drop_pod(self, pod_id: str, *, why: str) -> None:
+        models = await self.live.remove_pod(pod_id)
+        await self._event("pod-lost", pod_id=pod_id, message=f"{why}; dropped {len(models)} copies")
+
+    def alive(self, pod: PodInfo) -> bool:
+        return now_ms() - pod.heartbeat_ms <= self.settings.pod_timeout_seconds * 1000
+
+    async def report_pod(self, fields: dict[str, Any], loaded_model_ids: Sequence[str]) -> None:
+        pod_id = str(fields["pod_id"])
+        body = {k: v for k, v in fields.items() if k != "pod_id"}
+        body["heartbeat_ms"] = now_ms()
+        is_new = await self.live.upsert_pod(pod_id=pod_id, fields=body)
+        held = await self.live.pod_allocations(pod_id)
+        reported = set(loaded_model_ids)
+        if is_new:
+            log.info("pod %s registered (capacity %s bytes)", pod_id, fields.get("capacity"))
+            await self._event("pod-registered", pod_id=pod_id, message=f"capacity {fields.get('capacity')}")
+        unknown = sorted(reported - set(held))
+        if unknown:
+            # copies the pod holds that live state does not know (e.g. after a Redis restart)
+            await self._mirror_before_adopting(pod_id)
+        for model in unknown:
+            record = await self.safe_find(model)
+            if record is None:
+                continue
+            size = known_size(record) or int(fields.get("default_size", DEFAULT_MODEL_SIZE))
+            await self.live.adopt(model_id=model, pod_id=pod_id, size=size)
+        grace = 3 * self.settings.heartbeat_interval_seconds * 1000
+        copies = await self.live.copies_many(sorted(set(held) - reported))
+        for model, recs in copies.items():
+            for rec in recs:
+                if rec.pod_id == pod_id and rec.state == "loaded" and now_ms() - rec.since_ms > grace:
+                    await self.live.release(model_id=model, pod_id=pod_id)
+                    await self._event("dropped", model_id=model, pod_id=pod_id, message="pod no longer reports it")
+
+    async def safe_find(self, model_id: str) -> ModelRecord | None:
+        """The model's registry record; None when it is not registered or Postgres is down."""
+        try:
+            return await self.registry.find_model(model_id)
+        except Unavailable:
+            return None
+
+    async def sync_runtimes(self) -> list[str]:
+        """Leader duty: make the registry's `runtimes` rows say what the live pods say
+        (labels, default model size, capacity, pod count); returns the names written.
+
+        Only rows that differ are written, so a steady cluster costs one small SELECT per
+        pass. A runtime whose pods are all gone keeps its row with `pods = 0`. Best-effort:
+        with Postgres down nothing is written (routing and placement go on) and a later
+        pass repairs the rows."""
+        current = describe_runtimes([p for p in await self.live.pods() if self.alive(p)])
+        try:
+            stored = {r.name: r for r in (await self.registry.list_runtimes(limit=100_000))[0]}
+        except Unavailable as err:
+            log.warning("runtime rows not synced: %s", err.message)
+            return []
+        for name, record in stored.items():
+            current.setdefault(name, dataclasses.replace(record, pods=0))
+        written = []
+        for name, record in sorted(current.items()):
+            if stored.get(name) == record:
+                continue
+            try:
+                await self.registry.upsert_runtime(record)
+            except Unavailable as err:
+                log.warning("runtime rows not synced: %s", err.message)
+                break
+            written.append(name)
+        return written
+
+    async def remove_dead_pods(self) -> list[str]:
+        removed = []
+        for pod in await self.live.pods():
+            if not self.alive(pod):
+                removed.append(pod.pod_id)
+                await self._drop_pod(pod.pod_id, why=f"no heartbeat for {self.settings.pod_timeout_seconds:.0f}s")
+        return removed

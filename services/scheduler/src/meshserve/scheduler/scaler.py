@@ -1,0 +1,146 @@
+"""Copy counts after the first copy: the leader's scaling pass and the draining of a pod.
+
+`scaling.plan_scaling` (pure) decides how many copies each model should gain or lose from
+its request rate and its minCopies/maxCopies; `CopyScaler.scale_once` reads the inputs
+from live state and applies that plan. `CopyScaler.drain_pod` empties one pod: each model
+that has no copy elsewhere gets one before the pod's copy is unloaded. Placing, loading
+and unloading a copy are the model use cases of `SchedulerService` (`CopyOps`); this
+module only decides which copies to add or remove, and never imports `service.py`.
+
+Invariants:
+* the pods a plan may spread copies over are the alive ones that are not draining
+  (placement itself never chooses a draining pod);
+* a change that cannot be made now (no room, no runtime) is logged and left for the
+  next pass; it never fails the pass for the other models;
+* scaling down unloads the copies on the fullest pods first (a pod the pass did not
+  count, dead or draining, is taken as twice full), the newest copy first among equals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from meshserve.common.errors import MeshError, NotFound
+from meshserve.scheduler.live import CopyRecord, LiveState, PodInfo
+from meshserve.scheduler.models import CopyState
+from meshserve.scheduler.pods import Pods
+from meshserve.scheduler.registry import ModelRecord, Registry
+from meshserve.scheduler.scaling import CopyChange, ModelLoad, ScalingPolicy, plan_scaling
+from meshserve.scheduler.settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+
+
+class CopyOps(Protocol):
+    """The copy use cases scaling and draining build on (`SchedulerService` provides them)."""
+
+    async def ensure_loaded(self, model_id: str) -> object:
+        """Return once `model_id` has a loaded copy (the result is not used here)."""
+        ...
+
+    async def place_and_load(self, record: ModelRecord, *, exclusive: bool, deadline: float) -> bool:
+        """One placement attempt; True when a copy was loaded, False to try again."""
+        ...
+
+    async def unload_copy(self, *, model_id: str, pod_id: str, kind: str, why: str) -> None: ...
+
+
+class CopyScaler:
+    """Adds and removes copies of loaded models; moves copies off a pod being drained."""
+
+    def __init__(
+        self,
+        *,
+        settings: SchedulerSettings,
+        registry: Registry,
+        live: LiveState,
+        pods: Pods,
+        copies: CopyOps,
+        event: Callable[..., Awaitable[None]],
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.live = live
+        self._pods = pods
+        self._copies = copies
+        self._event = event   # records a scheduler event, best-effort
+
+    async def scale_once(self, *, only: Sequence[str] | None = None) -> list[CopyChange]:
+        """One pass of copy scaling (leader loop): minCopies, maxCopies, request rates."""
+        ids = sorted(only) if only is not None else sorted(await self.live.model_ids())
+        copies = await self.live.copies_many(ids)
+        rates = await self.live.rates_per_minute(ids)
+        bounds = await self.live.bounds()
+        pods = [p for p in await self.live.pods() if self._pods.alive(p) and not p.draining]
+        loads = [
+            ModelLoad(
+                model_id=m,
+                rate_per_minute=rates.get(m, 0.0),
+                copies=len(copies.get(m, [])),
+                min_copies=bounds.get(m, (0, 0))[0],
+                max_copies=bounds.get(m, (0, 0))[1],
+            )
+            for m in ids
+            if copies.get(m) or bounds.get(m, (0, 0))[0] > 0
+        ]
+        changes = plan_scaling(
+            loads, policy=ScalingPolicy(threshold_rpm=self.settings.scale_up_rpm_threshold), pods=len(pods)
+        )
+        for change in changes:
+            try:
+                if change.delta > 0:
+                    await self._add_copies(change)
+                else:
+                    await self._remove_copies(change, copies.get(change.model_id, []), pods)
+            except MeshError as err:
+                log.info("scaling %s by %+d not possible now: %s", change.model_id, change.delta, err.message)
+        return list(changes)
+
+    async def _add_copies(self, change: CopyChange) -> None:
+        record = await self.registry.find_model(change.model_id)
+        if record is None:
+            return
+        for _ in range(change.delta):
+            deadline = time.monotonic() + self.settings.load_timeout_seconds
+            copies = await self.live.copies(change.model_id)
+            if not copies:
+                await self._copies.ensure_loaded(change.model_id)
+            elif not await self._copies.place_and_load(record, exclusive=False, deadline=deadline):
+                return
+            await self._event("scaled-up", model_id=change.model_id, message=change.reason)
+
+    async def _remove_copies(self, change: CopyChange, copies: Sequence[CopyRecord], pods: Sequence[PodInfo]) -> None:
+        fullness = {p.pod_id: p.allocated / max(1, p.capacity) for p in pods}
+        loaded = sorted(
+            (c for c in copies if c.state == CopyState.LOADED.value),
+            key=lambda c: (-fullness.get(c.pod_id, 2.0), -c.since_ms),
+        )
+        for copy in loaded[: -change.delta]:
+            await self._copies.unload_copy(model_id=change.model_id, pod_id=copy.pod_id, kind="scaled-down", why=change.reason)
+
+    async def drain_pod(self, pod_id: str) -> dict[str, Any]:
+        """No new placements on `pod_id`; move its loaded copies elsewhere, then unload them."""
+        pod = await self.live.pod(pod_id)
+        if pod is None:
+            raise NotFound(f"pod {pod_id!r} not found")
+        await self.live.set_draining(pod_id, True)
+        await self._event("draining", pod_id=pod_id, message="drain requested")
+        moved, dropped = [], []
+        for model in sorted(await self.live.pod_allocations(pod_id)):
+            record = await self._pods.safe_find(model)
+            others = [c for c in await self.live.copies(model) if c.pod_id != pod_id]
+            if record is not None and not others:
+                try:
+                    deadline = time.monotonic() + self.settings.load_timeout_seconds
+                    if await self._copies.place_and_load(record, exclusive=False, deadline=deadline):
+                        moved.append(model)
+                except MeshError as err:
+                    log.warning("could not move %s off %s: %s", model, pod_id, err.message)
+            await self._copies.unload_copy(model_id=model, pod_id=pod_id, kind="evicted", why=f"pod {pod_id} drained")
+            if model not in moved:
+                dropped.append(model)
+        await self._event("drained", pod_id=pod_id, message=f"moved {len(moved)}, dropped {len(dropped)}")
+        return {"pod": pod_id, "moved": moved, "unloaded": dropped}
