@@ -1,5 +1,11 @@
 """Scheduler behaviour that needs its own stack: private Redis and Postgres that the
-tests stop and restart, fast heartbeats, a low scale-up threshold."""
+tests stop and restart, fast heartbeats, a low scale-up threshold.
+
+The tests share that stack (starting one takes most of a minute) and run as one scenario,
+in file order: later tests rely on models the earlier ones registered ("min2", "hot"),
+which is the point of the Redis-restart test ("nothing registered is lost"). Each test that
+takes a pod out of service (drained, killed) starts a replacement, so the ones after it
+still have three usable pods."""
 
 from __future__ import annotations
 
@@ -104,6 +110,10 @@ def test_drain_moves_copies_off_a_pod(own_stack: Stack) -> None:
     pods = {p["id"]: p for p in own_stack.admin("GET", "/v1/pods").json()["items"]}
     assert pods[copy["pod"]]["draining"] is True
     client.close()
+    drained = next(p for p in own_stack.pods if p.pod_id == copy["pod"])
+    for proc in (drained.puller, drained.mlserver):    # a drained pod is retired, then replaced
+        own_stack.group.stop(proc)  # type: ignore[arg-type]
+    own_stack.wait_for_pods([own_stack.start_pod()])  # keep three usable pods for the tests below
 
 
 def test_a_dead_single_copy_is_replaced_at_once_not_after_the_pod_timeout(own_stack: Stack) -> None:
