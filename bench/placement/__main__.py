@@ -19,7 +19,6 @@ from bench.placement.latency import placement_latency, route_publish
 from bench.placement.sim import (
     REQUEST_INTERVAL,
     Result,
-    ShiftDetector,
     online_bound,
     pod_capacities,
     simulate_belady,
@@ -37,8 +36,8 @@ WARMUP = 0.10
 PREVIOUS = "uw-previous"
 """Ablation: usage-weighted as it was before candidates and staleness (eviction_candidates=1,
 stale_after_intervals=0): the pod where the fewest bytes must go, score order only."""
-DETECTOR = "uw+shift-detector"
-"""Reference: usage-weighted that forgets every count when `sim.ShiftDetector` fires (bench only)."""
+NO_SHIFT = "uw-no-shift"
+"""Ablation: usage-weighted without shift detection (the scheduler's usage_reset_on_shift=false)."""
 TARGET_OF_BELADY = 0.95
 TARGET_POINTS = 5.0
 TARGET_P99_US = 1000.0
@@ -75,12 +74,11 @@ def _run(job: tuple[Scenario, str]) -> tuple[Scenario, str, Result, float]:
     elif method == PREVIOUS:
         result = simulate_place(
             trace.requests, sizes, capacities=caps, policy=EvictionPolicy.USAGE_WEIGHTED,
-            warmup=warm, eviction_candidates=1, stale_after_intervals=0.0,
+            warmup=warm, eviction_candidates=1, stale_after_intervals=0.0, shift=None,
         )
-    elif method == DETECTOR:
+    elif method == NO_SHIFT:
         result = simulate_place(
-            trace.requests, sizes, capacities=caps, policy=EvictionPolicy.USAGE_WEIGHTED, warmup=warm,
-            detector=ShiftDetector(),
+            trace.requests, sizes, capacities=caps, policy=EvictionPolicy.USAGE_WEIGHTED, warmup=warm, shift=None
         )
     else:  # the default PlacementConfig for that policy
         result = simulate_place(trace.requests, sizes, capacities=caps, policy=EvictionPolicy(method), warmup=warm)
@@ -112,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--ablation", action="store_true",
-        help="also replay usage-weighted as it was before candidates and staleness, and with the"
-        " bench-only shift detector (20 more replays)",
+        help="also replay usage-weighted as it was before candidates and staleness, and without"
+        " shift detection (20 more replays)",
     )
     args = parser.parse_args(argv)
     seeds = SEED_SETS[args.seeds]
@@ -131,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
           f" at the simulated {1 / REQUEST_INTERVAL:.0f} req/s)")
     scenarios = [Scenario("zipf", a, f, zipf_len, seeds) for a in (0.8, 1.0, 1.2) for f in (0.05, 0.10, 0.20)]
     scenarios.append(Scenario("shift", 1.0, 0.10, shift_len, seeds))
-    methods = ["usage-weighted", "lru", "belady", "belady-size"] + ([PREVIOUS, DETECTOR] if args.ablation else [])
+    methods = ["usage-weighted", "lru", "belady", "belady-size"] + ([PREVIOUS, NO_SHIFT] if args.ablation else [])
     jobs = [(s, m) for s in scenarios for m in methods]
     results: dict[tuple[Scenario, str], Result] = {}
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -194,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nAblation: what the default config's parts add (eviction_candidates={cfg.eviction_candidates}: "
               f"cheapest victims among that many pods;\nstale_after_intervals={cfg.stale_after_intervals:g}: models "
               "unused for that many of their own expected gaps go first). 'previous' = 1 candidate, no staleness."
-              "\n'detector' = the default, forgetting every count when sim.ShiftDetector (bench only, not in the"
-              " service) sees the miss ratio jump.")
+              "\n'no shift' = the default without shift detection (counts are never forgotten when the miss"
+              " ratio jumps).")
         head = (f"{'trace':<16}{'cache':>6} | {'previous':>8} {'default':>8} {'gain':>6} | {'prev/Belady':>11} "
-                f"{'prev - LRU':>10} | {'detector':>8} {'det/Belady':>10}")
+                f"{'prev - LRU':>10} | {'no shift':>8} {'/Belady':>8}")
         print(head + "\n" + "-" * len(head))
         for s in scenarios:
             lru, uw = results[(s, "lru")], results[(s, "usage-weighted")]
@@ -205,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             name = f"zipf {s.alpha:.1f}" if s.kind == "zipf" else f"shifting {s.alpha:.1f}"
             print(f"{name:<16}{s.fraction:>6.0%} | {prev.hit_ratio:>8.3f} {uw.hit_ratio:>8.3f} "
                   f"{100 * (uw.hit_ratio - prev.hit_ratio):>+6.1f} | {prev.hit_ratio / bel.hit_ratio:>11.1%} "
-                  f"{100 * (prev.hit_ratio - lru.hit_ratio):>+10.1f} | {results[(s, DETECTOR)].hit_ratio:>8.3f} "
-                  f"{results[(s, DETECTOR)].hit_ratio / bel.hit_ratio:>10.1%}")
+                  f"{100 * (prev.hit_ratio - lru.hit_ratio):>+10.1f} | {results[(s, NO_SHIFT)].hit_ratio:>8.3f} "
+                  f"{results[(s, NO_SHIFT)].hit_ratio / bel.hit_ratio:>8.1%}")
 
     print(f"\n## Decision latency: time per decision, 100,000 models over 1,000 pods, {calls:,} cold loads"
           "\n   (pods full to within <200 MiB, so many calls evict; 5% minCopies=1, 2% in flight,"

@@ -11,7 +11,6 @@ evictions (`placement.age_hits`), passed as `CopyView.hits`.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -27,7 +26,9 @@ from meshserve.scheduler.models import (
     PodView,
 )
 from meshserve.scheduler.placement import age_hits, place
+from meshserve.scheduler.shift import ShiftConfig, ShiftDetector
 
+_SHIFT = ShiftConfig()
 REQUEST_INTERVAL = 0.03
 """Simulated seconds between requests (33 req/s): the default 1,000 s half-life of
 usage-weighted aging is then 33,000 requests, 3.3 times the number of models."""
@@ -65,12 +66,13 @@ def simulate_place(
     warmup: int,
     eviction_candidates: int = PlacementConfig.eviction_candidates,
     stale_after_intervals: float = PlacementConfig.stale_after_intervals,
-    detector: ShiftDetector | None = None,
+    shift: ShiftConfig | None = _SHIFT,
 ) -> Result:
     """Replay `requests` (model indexes) through `place()`; count after `warmup` requests.
 
-    With a `detector` (a bench-only reference, not in the service), every usage count is
-    forgotten when it reports that the popular set moved."""
+    Usage-weighted only, as the scheduler's leader does (`shift`, None = off): every
+    simulated second the request and load counters go to a `shift.ShiftDetector`, and
+    every usage count is forgotten when it reports that the popular set moved."""
     config = PlacementConfig(
         policy=policy, min_residency_seconds=0.0, eviction_candidates=eviction_candidates,
         stale_after_intervals=stale_after_intervals,
@@ -90,9 +92,12 @@ def simulate_place(
     seen = [0.0] * len(sizes)
     usage = [0.0] * len(sizes)    # aged request count per model, as of `seen`
     hits = loads = counted = 0
+    detector = ShiftDetector(shift) if shift is not None and policy is EvictionPolicy.USAGE_WEIGHTED else None
+    tick = round(1.0 / REQUEST_INTERVAL)   # requests per simulated second: the leader's tick
+    misses = 0
     for i, m in enumerate(requests.tolist()):
         t = i * REQUEST_INTERVAL
-        if detector is not None and detector.observe(miss=m not in where):
+        if detector is not None and i % tick == 0 and detector.observe(now=t, requests=i, loads=misses):
             usage = [0.0] * len(sizes)
             for j in range(n_pods):
                 copies[j] = {k: replace(c, hits=0.0) for k, c in copies[j].items()}
@@ -136,6 +141,7 @@ def simulate_place(
         where[m] = j
         views[j] = None
         reshaped[j] = True
+        misses += 1
         if i >= warmup:
             loads += 1
             counted += 1
@@ -176,44 +182,6 @@ def _knapsack(value: npt.NDArray[np.float64], size: npt.NDArray[np.float64], cap
         room = capacity - (float(total[whole - 1]) if whole else 0.0)
         best += float(value[order[whole]]) * room / float(size[order[whole]])
     return best
-
-
-class ShiftDetector:
-    """Bench-only reference: says the popular set moved when the miss ratio of the last
-    `window` requests is over `ratio` times its long-run average and `gap` above it.
-
-    Measured on the bench's shifting trace, not built into the service: it fires ~300-500
-    requests after each shift and never on the static traces, but the post-shift miss
-    ratio over 500 requests peaks at ~0.48 against a threshold of ~0.46, and with a
-    1,000-request window it never fires at all (see the README).
-    """
-
-    def __init__(self, *, window: int = 500, long: float = 20_000.0, ratio: float = 2.0,
-                 gap: float = 0.25, cooldown: int = 5_000) -> None:
-        self.window, self.long, self.ratio, self.gap, self.cooldown = window, long, ratio, gap, cooldown
-        self.recent: deque[bool] = deque()
-        self.misses = 0
-        self.average: float | None = None
-        self.seen = self.quiet_until = 0
-        self.fired: list[int] = []
-
-    def observe(self, *, miss: bool) -> bool:
-        """Record one request (before it is served); True when the counts should be forgotten."""
-        fire = False
-        if self.average is not None and self.seen >= self.quiet_until:
-            short = self.misses / self.window
-            if short > self.ratio * self.average and short - self.average > self.gap:
-                fire = True
-                self.fired.append(self.seen)
-                self.quiet_until = self.seen + self.cooldown
-        self.recent.append(miss)
-        self.misses += miss
-        if len(self.recent) > self.window:
-            self.misses -= self.recent.popleft()
-            x = self.misses / self.window
-            self.average = x if self.average is None else self.average + (miss - self.average) / self.long
-        self.seen += 1
-        return fire
 
 
 def next_uses(requests: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:

@@ -18,11 +18,13 @@ from prometheus_client import start_http_server
 from meshserve.common.grpcutil import bind, register_error_translator
 from meshserve.scheduler.api import create_app
 from meshserve.scheduler.live import LiveState, redis_unavailable
+from meshserve.scheduler.models import EvictionPolicy
 from meshserve.scheduler.registry import Registry
 from meshserve.scheduler.routehub import RouteHub
 from meshserve.scheduler.server import SchedulerServicer, add_to_server
 from meshserve.scheduler.service import SchedulerService
 from meshserve.scheduler.settings import SchedulerSettings
+from meshserve.scheduler.shift import ShiftDetector
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +98,21 @@ class SchedulerApp:
         key = f"{self.settings.key_prefix}:leader"
         lease_ms = int(max(3.0, 3 * self.settings.heartbeat_interval_seconds) * 1000)
         last_scale = 0.0
+        shift: ShiftDetector | None = None   # a leader's own history: a new leader starts one
         while True:
             try:
                 leader = await self.live.redis.set(key, self.replica_id, nx=True, px=lease_ms)
                 if not leader and await self.live.redis.get(key) == self.replica_id:
                     await self.live.redis.pexpire(key, lease_ms)
                     leader = True
+                if not leader:
+                    shift = None
                 if leader:
                     await self.service.remove_dead_pods()
                     await self.service.sync_runtimes()
+                    if self.settings.shift_detection and self.settings.eviction_policy is EvictionPolicy.USAGE_WEIGHTED:
+                        shift = shift or ShiftDetector(self.settings.shift_config())
+                        await self.service.watch_for_shift(shift)
                     now = asyncio.get_running_loop().time()
                     if now - last_scale >= self.settings.scaling_interval_seconds:
                         last_scale = now

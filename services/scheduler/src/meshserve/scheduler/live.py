@@ -34,6 +34,8 @@ Key layout (prefix `ms` by default):
   ms:released:<pod>       hash: model id -> ms its copy there was released (TTL RELEASED_GRACE_MS):
                           such a copy is not adopted from the pod's reports meanwhile
   ms:usage:<model>        hash: hits, last_used_ms
+  ms:traffic:requests     counter: requests reported (all models), for shift detection
+  ms:traffic:loads        counter: loads started by a miss
   ms:fail:<model>:<pod>   string (TTL = back-off): reason of the last failed load there
   ms:routelog...          the route log (see routelog.py): every route change, in order
 """
@@ -120,6 +122,7 @@ class LiveState:
         self._remove_pod = self.redis.register_script(scripts.REMOVE_POD)
         self._upsert_pod = self.redis.register_script(scripts.UPSERT_POD)
         self._age_usage = self.redis.register_script(scripts.AGE_USAGE)
+        self._reset_hits = self.redis.register_script(scripts.RESET_HITS)
         self._placement_snapshot = self.redis.register_script(scripts.PLACEMENT_SNAPSHOT)
         self._set_draining = self.redis.register_script(scripts.SET_DRAINING)
         self.routes = RouteLog(url, prefix=prefix)
@@ -411,7 +414,31 @@ class LiveState:
                 )
                 pipe.hincrby(f"{self.p}:rate:{model}", str(bucket), n)
                 pipe.expire(f"{self.p}:rate:{model}", 180)
+            pipe.incrby(f"{self.p}:traffic:requests", sum(usage.values()))
             await pipe.execute()
+
+    async def count_load(self) -> None:
+        """Count a load started because a request found no copy (a miss)."""
+        await self.redis.incr(f"{self.p}:traffic:loads")
+
+    async def traffic(self) -> tuple[int, int]:
+        """(requests counted, loads counted) since this Redis started: the cluster's misses."""
+        requests, loads = await self.redis.mget(f"{self.p}:traffic:requests", f"{self.p}:traffic:loads")
+        return int(requests or 0), int(loads or 0)
+
+    async def reset_usage(self, *, batch: int = 500) -> int:
+        """Forget every model's request count (`hits` = 0; last use and rates stay), for a
+        shift of the popular set (`shift.py`). Returns how many models it reset."""
+        reset = 0
+        keys: list[str] = []
+        async for key in self.redis.scan_iter(match=f"{self.p}:usage:*", count=1000):
+            keys.append(key)
+            if len(keys) >= batch:
+                reset += int(await self._reset_hits(keys=keys))
+                keys = []
+        if keys:
+            reset += int(await self._reset_hits(keys=keys))
+        return reset
 
     async def usage(self, model_id: str) -> tuple[float, int]:
         """(aged hits as of last use, last used ms)."""

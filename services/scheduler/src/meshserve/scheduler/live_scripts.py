@@ -124,6 +124,19 @@ redis.call('HSET', KEYS[1], 'hits', tostring(hits), 'last_used_ms', ARGV[2])
 return 1
 """
 
+# forget the request counts (a shift of the popular set): hits = 0 where the usage hash
+# still exists (a model unregistered meanwhile is not brought back); returns how many
+RESET_HITS = """
+local n = 0
+for _, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 then
+    redis.call('HSET', k, 'hits', '0')
+    n = n + 1
+  end
+end
+return n
+"""
+
 # forget a pod: drop it from every copy set it appears in (one P entry in the route log
 # says so). ARGV[1]: pod id, ARGV[2]: key prefix.
 REMOVE_POD = LUA + """

@@ -59,6 +59,7 @@ from meshserve.scheduler.registry import ModelRecord, Registry
 from meshserve.scheduler.scaler import CopyScaler
 from meshserve.scheduler.scaling import CopyChange
 from meshserve.scheduler.settings import SchedulerSettings
+from meshserve.scheduler.shift import Shift, ShiftDetector
 from meshserve.scheduler.sizing import known_size, runtime_default_size
 from meshserve.scheduler.status import (
     LOADED,
@@ -338,6 +339,8 @@ class SchedulerService:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.25)
                 continue
+            if attempt == 1:   # a miss: the leader's shift detection counts them (shift.py)
+                await self.live.count_load()
             done = await self.place_and_load(record, exclusive=True, deadline=deadline)
             if done:
                 self._runtime_waits.pop(model_id, None)
@@ -596,6 +599,18 @@ class SchedulerService:
 
     async def report_usage(self, usage: dict[str, int]) -> None:
         await self.live.add_usage(usage, at_ms=now_ms(), half_life_seconds=self.settings.usage_half_life_seconds)
+
+    async def watch_for_shift(self, detector: ShiftDetector) -> Shift | None:
+        """The leader's step of shift detection (`shift.py`): feed the cluster's request and
+        miss counters to `detector`; when it reports that the popular set moved, forget every
+        request count, so old and new models compete on what happens from now on."""
+        requests, loads = await self.live.traffic()
+        shift = detector.observe(now=self.clock(), requests=requests, loads=loads)
+        if shift is not None:
+            n = await self.live.reset_usage()
+            log.info("usage counts of %d models forgotten: %s", n, shift)
+            await self._event("usage-reset", message=f"{shift}; forgot the request counts of {n} models")
+        return shift
 
     def _placement_config(self, **overrides: Any) -> PlacementConfig:
         """The placement rules from the settings (`overrides` replace single fields)."""

@@ -7,9 +7,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshserve.common.settings import TLSSettings, shared
 from meshserve.scheduler.models import EvictionPolicy, PlacementConfig
+from meshserve.scheduler.shift import ShiftConfig
 
 _PLACEMENT = PlacementConfig()
 """Placement's defaults: the settings that tune placement start from them."""
+_SHIFT = ShiftConfig()
 
 
 class SchedulerSettings(BaseSettings):
@@ -42,8 +44,22 @@ class SchedulerSettings(BaseSettings):
     eviction_candidates: int = Field(default=_PLACEMENT.eviction_candidates, ge=1)            # pods compared for the cheapest victims
     stale_after_intervals: float = Field(default=_PLACEMENT.stale_after_intervals, ge=0)       # usage-weighted: unused for this many expected gaps = cold (0: off)
     stale_min_seconds: float = Field(default=_PLACEMENT.stale_min_seconds, ge=0)          # ... and never sooner than this after its last reported use
+    shift_detection: bool = True              # usage-weighted: forget the request counts when the popular set moves (shift.py)
+    shift_window_seconds: float = Field(default=_SHIFT.window_seconds, gt=0)   # ... judged on the miss ratio over this window
+    shift_ratio: float = Field(default=_SHIFT.ratio, ge=1)      # ... above this many times its long-run average
+    shift_gap: float = Field(default=_SHIFT.gap, ge=0)          # ... and this much above it
+    shift_cooldown_seconds: float = Field(default=_SHIFT.cooldown_seconds, ge=0)   # ... at most once per this long
     scale_up_rpm_threshold: float = 2000.0    # ModelMesh's MM_SCALEUP_RPM_THRESHOLD
     scaling_interval_seconds: float = 5.0
     runtime_wait_seconds: float = 30.0        # wait this long for a compatible pod (scale from zero)
     log_level: str = "INFO"
     log_json: bool = False
+
+    def shift_config(self) -> ShiftConfig:
+        """The shift detector's rules from the settings (the rest are ShiftConfig's defaults)."""
+        return ShiftConfig(
+            window_seconds=self.shift_window_seconds,
+            ratio=self.shift_ratio,
+            gap=self.shift_gap,
+            cooldown_seconds=self.shift_cooldown_seconds,
+        )
