@@ -110,13 +110,14 @@ class SchedulerApp:
                 if leader:
                     await self.service.remove_dead_pods()
                     await self.service.sync_runtimes()
-                    if self.settings.shift_detection and self.settings.eviction_policy is EvictionPolicy.USAGE_WEIGHTED:
-                        shift = shift or ShiftDetector(self.settings.shift_config())
-                        await self.service.watch_for_shift(shift)
                     now = asyncio.get_running_loop().time()
                     if now - last_scale >= self.settings.scaling_interval_seconds:
                         last_scale = now
                         await self.service.scale_once()
+                    # last: a failing step here must not hold up the duties above
+                    if self.settings.shift_detection and self.settings.eviction_policy is EvictionPolicy.USAGE_WEIGHTED:
+                        shift = shift or ShiftDetector(self.settings.shift_config())
+                        await self.service.watch_for_shift(shift)
             except Exception as err:
                 log.warning("leader loop error: %s", err)
             await asyncio.sleep(1.0)
