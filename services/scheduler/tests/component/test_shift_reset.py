@@ -3,9 +3,17 @@ counts, and the leader's step that joins them (`SchedulerService.watch_for_shift
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
+from meshserve.common.errors import MeshError
 from meshserve.scheduler.live import LiveState
-from meshserve.scheduler.service import SchedulerService
+from meshserve.scheduler.migrate import upgrade
+from meshserve.scheduler.service import ModelSpec, SchedulerService
 from meshserve.scheduler.shift import ShiftConfig, ShiftDetector
+
+from .conftest import ServiceFactory
 
 
 async def test_usage_reports_and_misses_are_counted(live: LiveState) -> None:
@@ -59,3 +67,22 @@ async def test_the_leaders_step_forgets_the_counts_when_the_miss_ratio_jumps(ser
     assert hits_after < 20 * 10                             # only what came after the verdict
     events = await service.registry.list_events(kinds=["usage-reset"])
     assert len(events) == 1 and "forgot the request counts" in events[0].message
+
+
+async def test_only_loads_started_by_a_request_count_as_misses(make_service: ServiceFactory, database_url: str) -> None:
+    upgrade(database_url)
+    async with make_service(database_url, runtime_wait_seconds=0.05, load_timeout_seconds=0.5) as service:
+        for m in ("a", "b", "c"):
+            await service.register_model(ModelSpec(model_id=m, model_type="sklearn", storage_uri=f"s3://b/{m}.joblib"))
+        # no pod serves sklearn: every load fails, after it was counted
+        with pytest.raises(MeshError):
+            await service.ensure_loaded("a", miss=True)
+        assert await service.live.traffic() == (0, 1)
+        # requests arriving together share one load, counted once
+        both = await asyncio.gather(*(service.ensure_loaded("b", miss=True) for _ in range(2)), return_exceptions=True)
+        assert all(isinstance(r, MeshError) for r in both)
+        assert await service.live.traffic() == (0, 2)
+        # a load for a registration, scaling or a drain is not a miss
+        with pytest.raises(MeshError):
+            await service.ensure_loaded("c")
+        assert await service.live.traffic() == (0, 2)

@@ -94,7 +94,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     @rpc_errors
     async def EnsureLoaded(self, request: pb.EnsureLoadedRequest, context: grpc.aio.ServicerContext) -> pb.EnsureLoadedResponse:
-        state, endpoints = await self.service.ensure_loaded(request.model_id, suspect_pods=list(request.suspect_pods))
+        state, endpoints = await self.service.ensure_loaded(
+            request.model_id, suspect_pods=list(request.suspect_pods), miss=True
+        )
         return pb.EnsureLoadedResponse(status=status_pb(state), endpoints=endpoints_pb(endpoints))
 
     @rpc_errors

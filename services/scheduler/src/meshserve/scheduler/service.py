@@ -276,13 +276,15 @@ class SchedulerService:
 
     # -- loading ---------------------------------------------------------------------------
     async def ensure_loaded(
-        self, model_id: str, *, suspect_pods: Sequence[str] = ()
+        self, model_id: str, *, suspect_pods: Sequence[str] = (), miss: bool = False
     ) -> tuple[ModelState, list[Endpoint]]:
         """Return the loaded copies of `model_id`, loading a first copy if there is none.
 
         `suspect_pods` are pods whose copy failed a caller: each is checked with its
         puller first, and a copy that is not really there is dropped (the whole pod when
-        it does not answer or its model server is down)."""
+        it does not answer or its model server is down). `miss`: a request found no copy
+        (the router asks); a load it starts is counted for shift detection (`shift.py`),
+        unlike loads for registrations, scaling or drains."""
         for pod_id in suspect_pods:
             await self.pods.check_suspect(pod_id, model_id)
         copies = await self.live.copies(model_id)
@@ -293,6 +295,8 @@ class SchedulerService:
             task = asyncio.create_task(self._load_first_copy(model_id))
             self._loads[model_id] = task
             task.add_done_callback(lambda _t, m=model_id: self._loads.pop(m, None))
+            if miss:   # after the task is shared: concurrent callers must join it
+                await self.live.count_load()
         await asyncio.shield(task)
         copies = await self.live.copies(model_id)
         return ModelState(LOADED, (), tuple(copies)), await self.endpoints(copies)
@@ -327,9 +331,8 @@ class SchedulerService:
             # answer with the recorded reason until the back-off expires or an admin
             # asks for a retry (POST /v1/models/{id}:load)
             raise FailedPrecondition(f"model {model_id!r} failed to load: {failure['message']}")
-        attempt, backoff = 0, 0.02
+        backoff = 0.02
         while True:
-            attempt += 1
             copies = await self.live.copies(model_id)
             if any(c.state == CopyState.LOADED.value for c in copies):
                 return
@@ -339,8 +342,6 @@ class SchedulerService:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.25)
                 continue
-            if attempt == 1:   # a miss: the leader's shift detection counts them (shift.py)
-                await self.live.count_load()
             done = await self.place_and_load(record, exclusive=True, deadline=deadline)
             if done:
                 self._runtime_waits.pop(model_id, None)
