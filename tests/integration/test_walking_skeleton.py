@@ -8,6 +8,7 @@ import concurrent.futures
 import grpc
 import numpy as np
 import pytest
+import redis
 import tritonclient.grpc as grpcclient
 from sqlalchemy import create_engine, text
 from tritonclient.utils import InferenceServerException
@@ -16,7 +17,7 @@ from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 from meshserve.scheduler.registry import to_sync_url
 
-from .conftest import EXAMPLES, IRIS_URI, MNIST_INPUT, MNIST_URI, mnist_inputs
+from .conftest import EXAMPLES, IRIS_URI, MNIST_INPUT, MNIST_URI, mnist_inputs, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -201,3 +202,24 @@ def test_load_action_retries_after_the_files_are_fixed(stack: Stack, triton: grp
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "Loaded"
     assert triton.infer(name, mnist_inputs()).as_numpy("predict").tolist() == [[8]]
+
+
+def test_router_traffic_feeds_the_schedulers_shift_counters(stack: Stack, triton: grpcclient.InferenceServerClient, unique: str) -> None:
+    """What shift detection reads (`ms:traffic:*`): requests the routers report, and loads a
+    request's miss started (one here: the first request; the other two find the copy)."""
+    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+
+    def counters() -> tuple[int, int]:
+        requests, loads = client.mget(f"{stack.key_prefix}:traffic:requests", f"{stack.key_prefix}:traffic:loads")
+        return int(requests or 0), int(loads or 0)
+
+    try:
+        requests, loads = counters()
+        name = f"counted-{unique}"
+        assert stack.register(name, storage_uri=MNIST_URI).status_code == 201
+        for _ in range(3):
+            assert triton.infer(name, mnist_inputs()).as_numpy("predict").tolist() == [[8]]
+        wait_for(lambda: counters()[0] >= requests + 3, timeout=30, what="the router's usage report")
+        assert counters()[1] == loads + 1
+    finally:
+        client.close()
