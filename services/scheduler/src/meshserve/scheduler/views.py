@@ -14,7 +14,7 @@ again.
 What a version does not track is usage (requests counted per model, ~1/s from every
 router): a held view ranks victims by the usage it had when its pod last changed. A
 decision that evicts therefore reads the chosen pod again and decides once more on
-that fresh view (`SchedulerService.place_and_load`), so victims are always chosen on
+that fresh view (`loading.Loader.place_and_load`), so victims are always chosen on
 current usage; only the choice between candidate pods may use older usage.
 
 Reservations stay atomic in Redis: a decision made on a view another replica has just
