@@ -87,11 +87,11 @@ async def test_size_falls_back_to_the_runtime_default_of_the_candidate_pods(serv
     pods = {p.pod_id: p for p in await service.live.pods()}
 
     # no measured, declared or predicted size, and the puller cannot predict (unreachable)
-    assert await service._size_for(record, [pods[f"{prefix}-a"]]) == 2 * MIB
-    assert await service._size_for(record, [pods[f"{prefix}-a"], pods[f"{prefix}-b"]]) == 5 * MIB
+    assert await service.loader.size_for(record, [pods[f"{prefix}-a"]]) == 2 * MIB
+    assert await service.loader.size_for(record, [pods[f"{prefix}-a"], pods[f"{prefix}-b"]]) == 5 * MIB
     await service.registry.update_model(record.id, declared_size=9 * MIB)
     declared = await service.registry.get_model(record.id)
-    assert await service._size_for(declared, [pods[f"{prefix}-a"]]) == 9 * MIB
+    assert await service.loader.size_for(declared, [pods[f"{prefix}-a"]]) == 9 * MIB
 
 
 async def test_adopted_copies_are_sized_like_placements(service: SchedulerService, prefix: str) -> None:

@@ -35,7 +35,7 @@ from meshserve.common.coalesce import Coalesced
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unavailable
 from meshserve.common.proto.meshserve.v1 import runtime_pb2
 from meshserve.common.storage import check_model_id, parse_storage_uri
-from meshserve.scheduler.live import CopyRecord, LiveState, PodInfo, now_ms
+from meshserve.scheduler.live import CopyRecord, LiveState, now_ms
 from meshserve.scheduler.loading import Loader, placement_config
 from meshserve.scheduler.models import CopyState
 from meshserve.scheduler.pods import Pods
@@ -317,10 +317,6 @@ class SchedulerService:
     async def place_and_load(self, record: ModelRecord, *, exclusive: bool, deadline: float) -> bool:
         """One placement attempt; True when a copy was loaded, False to try again (`loading.py`)."""
         return await self.loader.place_and_load(record, exclusive=exclusive, deadline=deadline)
-
-    async def _size_for(self, record: ModelRecord, pods: Sequence[PodInfo]) -> int:
-        """The size a copy of `record` is reserved at (`Loader.size_for`)."""
-        return await self.loader.size_for(record, pods)
 
     async def unload_copy(self, *, model_id: str, pod_id: str, kind: str, why: str) -> None:
         """Release the copy in live state, then tell its pod. When the release finds no copy
