@@ -52,6 +52,8 @@ def test_postgres_starts_from_a_folder_others_cannot_enter(closed_checkout: Path
                 assert conn.execute("select current_setting('data_directory')").fetchone() == (str(pg.data_dir),)
     finally:
         pg.stop()
+    if os.geteuid() == 0:
+        assert not pg.data_dir.exists()  # its scratch folder goes with it
 
 
 def test_a_second_start_reuses_the_readable_copy(closed_checkout: Path) -> None:

@@ -132,6 +132,9 @@ class Postgres:
         if _as_nobody() and not _traversable_by_nobody(self.data_dir.parent):
             self.data_dir = Path(tempfile.mkdtemp(prefix="meshserve-pg-", dir=_shared_tmp())) / "data"
             os.chmod(self.data_dir.parent, 0o755)
+            self._scratch: Path | None = self.data_dir.parent  # removed at stop: nothing reuses it
+        else:
+            self._scratch = None
         self.bin = readable_install(self.install or _pg_install()) / "bin"
         self.port = self.port or free_port()
 
@@ -183,6 +186,8 @@ class Postgres:
         if self.started:
             self._ctl("-m", "fast", "-w", "stop")
             self.started = False
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 def start_postgres(group: ProcessGroup, data_dir: Path) -> Postgres:
