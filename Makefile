@@ -21,10 +21,10 @@ venv: $(STAMP)
 
 # One environment for the monorepo, installed from the pinned lock file with uv (fast),
 # then the project itself in editable mode (hatchling dev-mode-dirs put every src/ on sys.path).
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock overrides.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv>=0.4'
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --override overrides.txt -r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
 	@touch $@
 
@@ -43,7 +43,7 @@ $(EXAMPLES_STAMP): $(STAMP) examples/make_models.py
 	@touch $@
 
 lock: ## re-pin requirements.lock from pyproject.toml
-	$(BIN)/uv pip compile pyproject.toml --extra local --extra dev --python-version 3.11 --quiet -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --override overrides.txt --extra local --extra dev --python-version 3.11 --quiet -o requirements.lock
 
 lint: $(STAMP) $(PROTO_STAMP)
 	$(BIN)/ruff check .

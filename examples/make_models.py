@@ -7,16 +7,24 @@ Writes, under --out (default examples/models), the layout of upstream's example 
                              (the MLServer / ModelMesh example model; the 64-float input in
                              examples/inputs/sklearn-mnist.json predicts 8)
   sklearn/iris-logreg.joblib LogisticRegression on iris (a second, tiny model for tests)
+  xgboost/mushroom.json      binary:logistic booster on synthetic mushroom-shaped data (126
+                             one-hot floats, 22 attributes; upstream's input vector is in
+                             examples/inputs/xgboost-mushroom.json)
+  lightgbm/mushroom.bst      binary LightGBM booster (text format) on the same data
 
-The data sets ship inside scikit-learn, so nothing is fetched at run time.
+The data sets ship inside scikit-learn or are made from a fixed seed, so nothing is fetched
+at run time.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 from pathlib import Path
 
 import joblib
+import numpy as np
 from sklearn import datasets, svm
 from sklearn.linear_model import LogisticRegression
 
@@ -43,11 +51,79 @@ def make_iris(out: Path) -> Path:
     return path
 
 
+# upstream's mushroom example: 22 categorical attributes one-hot encoded into 126 floats; the
+# example vector has a 1.0 at these columns (one per attribute), so each attribute's columns
+# run from one of these to the next
+MUSHROOM_ONES = (0, 8, 18, 20, 23, 33, 35, 38, 41, 52, 55, 64, 68, 76, 85, 87, 91, 94, 101, 105, 116, 121)
+MUSHROOM_FEATURES = 126
+
+
+def mushroom_vector() -> list[float]:
+    row = [0.0] * MUSHROOM_FEATURES
+    for i in MUSHROOM_ONES:
+        row[i] = 1.0
+    return row
+
+
+def mushroom_data(rows: int = 2000, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """One-hot rows of the 22 attributes, labelled by a fixed random linear rule."""
+    rng = np.random.default_rng(seed)
+    bounds = [*MUSHROOM_ONES, MUSHROOM_FEATURES]
+    x = np.zeros((rows, MUSHROOM_FEATURES), dtype=np.float32)
+    for start, end in itertools.pairwise(bounds):
+        x[np.arange(rows), rng.integers(start, end, size=rows)] = 1.0
+    weights = rng.normal(size=MUSHROOM_FEATURES)
+    y = (x @ weights > 0).astype(np.int32)
+    return x, y
+
+
+def make_xgboost(out: Path) -> Path:
+    import xgboost as xgb
+
+    x, y = mushroom_data()
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "seed": 0, "nthread": 1},
+        xgb.DMatrix(x, label=y),
+        num_boost_round=10,
+    )
+    path = out / "xgboost" / "mushroom.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(path))
+    return path
+
+
+def make_lightgbm(out: Path) -> Path:
+    import lightgbm as lgb
+
+    x, y = mushroom_data()
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 7, "seed": 0, "num_threads": 1, "deterministic": True, "verbose": -1},
+        lgb.Dataset(x, label=y),
+        num_boost_round=10,
+    )
+    path = out / "lightgbm" / "mushroom.bst"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(path))
+    return path
+
+
+def write_inputs(inputs: Path) -> list[Path]:
+    body = {"inputs": [{"name": "predict", "shape": [1, MUSHROOM_FEATURES], "datatype": "FP32", "data": mushroom_vector()}]}
+    paths = []
+    for name in ("xgboost-mushroom.json", "lightgbm-mushroom.json"):
+        path = inputs / name
+        path.write_text(json.dumps(body, separators=(",", ":")) + "\n")
+        paths.append(path)
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "models")
     args = parser.parse_args()
-    for path in (make_mnist_svm(args.out), make_iris(args.out)):
+    made = [make_mnist_svm(args.out), make_iris(args.out), make_xgboost(args.out), make_lightgbm(args.out)]
+    made += write_inputs(Path(__file__).parent / "inputs")
+    for path in made:
         print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 

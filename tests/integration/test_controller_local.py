@@ -137,6 +137,50 @@ def test_apply_starts_runtime_pods_and_the_isvc_becomes_loaded(stack: Stack) -> 
     assert rc == 0 and ISVC in out and "Loaded" in out and "UpToDate" in out
 
 
+@pytest.mark.parametrize(
+    ("example", "input_file", "model_file"),
+    [
+        ("example-xgboost-mushroom-isvc.yaml", "xgboost-mushroom.json", "xgboost/mushroom.json"),
+        ("example-lightgbm-mushroom-isvc.yaml", "lightgbm-mushroom.json", "lightgbm/mushroom.bst"),
+    ],
+)
+def test_upstreams_mlserver_examples_are_served_as_their_library_answers(
+    stack: Stack, example: str, input_file: str, model_file: str
+) -> None:
+    """Upstream's example InferenceServices for the other MLServer formats, applied unchanged."""
+    import json
+
+    import numpy as np
+
+    path = ROOT / "examples" / "isvc" / example
+    name = yaml.safe_load(path.read_text())["metadata"]["name"]
+    rc, out, err = run_cli("apply", "-f", str(path), "--admin", stack.admin_url)
+    assert rc == 0, err
+    wait_for(lambda: stack.admin("GET", f"/v1/vmodels/{name}").status_code == 200, timeout=30, what=f"{name} registered")
+    tensor = json.loads((ROOT / "examples" / "inputs" / input_file).read_text())["inputs"][0]
+    data = np.array(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+    client = grpcclient.InferenceServerClient(stack.router_grpc)
+    try:
+        inp = grpcclient.InferInput("predict", list(data.shape), "FP32")
+        inp.set_data_from_numpy(data)
+        got = client.infer(name, [inp], client_timeout=90).as_numpy("predict")
+    finally:
+        client.close()
+    if model_file.startswith("xgboost"):
+        import xgboost as xgb
+
+        want = xgb.Booster(model_file=str(EXAMPLES / model_file)).predict(xgb.DMatrix(data))
+    else:
+        import lightgbm as lgb
+
+        want = lgb.Booster(model_file=str(EXAMPLES / model_file)).predict(data)
+    np.testing.assert_allclose(got.reshape(-1), np.asarray(want).reshape(-1), rtol=1e-6)
+    wait_for(lambda: model_status(stack, name).get("states", {}).get("activeModelState") == "Loaded",
+             timeout=30, what=f"{name} Loaded")
+    rc, _, err = run_cli("delete", "-f", str(path), "--admin", stack.admin_url)
+    assert rc == 0, err
+
+
 def test_invalid_spec_is_reported_in_status(stack: Stack) -> None:
     bad = isvc_doc(storageUri="s3://modelmesh-example-models/sklearn/mnist-svm.joblib")
     bad["metadata"]["name"] = "bad-spec"

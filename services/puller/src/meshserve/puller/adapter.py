@@ -10,19 +10,15 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
 from meshserve.common.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from meshserve.puller import mlserver_layout
 
 log = logging.getLogger(__name__)
 
-MLSERVER_IMPLEMENTATIONS = {
-    "sklearn": "mlserver_sklearn.SKLearnModel",
-    "xgboost": "mlserver_xgboost.XGBoostModel",
-    "lightgbm": "mlserver_lightgbm.LightGBMModel",
-}
 
 
 class ModelServerAdapter(Protocol):
@@ -48,13 +44,7 @@ class MLServerAdapter:
             return False
 
     async def load(self, *, model_id: str, model_type: str, folder: Path, timeout: float) -> None:  # noqa: ASYNC109 - forwarded to MLServer
-        implementation = MLSERVER_IMPLEMENTATIONS.get(model_type)
-        if implementation is None:
-            raise FailedPrecondition(
-                f"MLServer runtime has no implementation for format {model_type!r} "
-                f"(supported: {', '.join(sorted(MLSERVER_IMPLEMENTATIONS))})"
-            )
-        await asyncio.to_thread(write_model_settings, folder, model_id=model_id, implementation=implementation)
+        settings = await asyncio.to_thread(write_model_settings, folder, model_id=model_id, model_type=model_type)
         try:
             response = await self._client.post(f"/v2/repository/models/{model_id}/load", timeout=timeout)
         except httpx.TimeoutException as err:
@@ -62,7 +52,12 @@ class MLServerAdapter:
         except httpx.HTTPError as err:
             raise Unavailable(f"MLServer is not reachable at {self.rest_url}: {type(err).__name__}") from err
         if response.status_code != 200:
-            raise FailedPrecondition(f"MLServer could not load the model: {_error_text(response)}")
+            uri = str((settings.get("parameters") or {}).get("uri") or "")
+            what = uri.rsplit("/", 1)[-1] if "/" in uri else uri
+            raise FailedPrecondition(
+                f"MLServer ({settings.get('implementation')}) could not load {what or 'the model folder'}: "
+                f"{_error_text(response)}"
+            )
 
     async def unload(self, *, model_id: str) -> None:
         try:
@@ -82,12 +77,29 @@ class MLServerAdapter:
         return [m["name"] for m in response.json() if m.get("state") == "READY"]
 
 
-def write_model_settings(folder: Path, *, model_id: str, implementation: str) -> None:
-    """MLServer's model-settings.json; `uri` is the single model file, else the folder."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "model-settings")))
-    uri = str(files[0]) if len(files) == 1 else str(folder)
-    settings = {"name": model_id, "implementation": implementation, "parameters": {"uri": uri}}
-    (folder / "model-settings.json").write_text(json.dumps(settings))
+USER_SETTINGS_COPY = ".user-model-settings.json"
+
+
+def write_model_settings(folder: Path, *, model_id: str, model_type: str) -> dict[str, Any]:
+    """MLServer's model-settings.json, merged into the user's when the model brought one
+    (rules in mlserver_layout). The user's file is kept aside as it came, so a reload of
+    the same folder merges from the original, not from our rewrite."""
+    path = folder / mlserver_layout.SETTINGS_FILE
+    kept = folder / USER_SETTINGS_COPY
+    user = None
+    if path.is_file() and not kept.is_file():
+        path.replace(kept)
+    if kept.is_file():
+        try:
+            user = json.loads(kept.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise FailedPrecondition(f"the model's {mlserver_layout.SETTINGS_FILE} is not valid JSON: {err}") from err
+    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    settings = mlserver_layout.model_settings(
+        model_id=model_id, model_type=model_type, folder=str(folder.resolve()), files=files, user=user
+    )
+    path.write_text(json.dumps(settings))
+    return settings
 
 
 def _error_text(response: httpx.Response) -> str:

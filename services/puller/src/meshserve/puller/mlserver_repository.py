@@ -41,6 +41,34 @@ def _warm_runtime_imports() -> None:
 _warm_runtime_imports()
 
 
+def _install_error_reasons() -> None:
+    """Answer a failed load (or any unexpected error) with the model server's own reason.
+
+    MLServer's REST app maps only its own `MLServerError` to `{"error": ...}`; anything a
+    runtime raises while loading (xgboost's `XGBoostError` for a truncated file, a pickle of
+    the wrong class, ...) becomes a bare `500 Internal Server Error`, which tells a user
+    nothing. The app takes its handlers from `mlserver.rest.errors._EXCEPTION_HANDLERS`
+    when it is built, after this module is imported, so one entry added there is enough.
+    """
+    try:
+        from fastapi import Request
+        from fastapi.responses import JSONResponse
+        from mlserver.rest import errors
+    except ImportError:  # another MLServer layout: keep its behaviour
+        return
+
+    async def reason(_: Request, exc: Exception) -> JSONResponse:
+        kind = type(exc)
+        name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        text = str(exc).strip() or "no message"
+        return JSONResponse(status_code=500, content={"error": f"{name}: {text}"[:2000]})
+
+    errors._EXCEPTION_HANDLERS.setdefault(Exception, reason)  # type: ignore[arg-type]
+
+
+_install_error_reasons()
+
+
 class FlatModelRepository(ModelRepository):
     def __init__(self, root: str, models_dir: str | None = None, **_: object) -> None:
         # `mlserver start <folder>` forces the repository root to <folder>; the puller's
