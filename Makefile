@@ -4,6 +4,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
 PROTO_STAMP := libs/common/src/meshserve/common/proto/.generated
 EXAMPLES_STAMP := examples/models/.generated
 PROTOS := $(shell find proto -name '*.proto')
@@ -11,10 +13,10 @@ PYTEST_ARGS ?=
 
 .PHONY: dev test venv proto examples lock lint bench bench-placement bench-router bench-sizes manifests clean distclean
 
-dev: $(STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## start the whole local stack (Ctrl-C stops it)
+dev: $(STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## start the whole local stack (Ctrl-C stops it)
 	$(BIN)/meshserve dev
 
-test: $(STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## run every test (unit + integration) on real processes
+test: $(STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## run every test (unit + integration) on real processes
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
@@ -26,6 +28,13 @@ $(STAMP): pyproject.toml requirements.lock overrides.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv>=0.4'
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --override overrides.txt -r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+	@touch $@
+
+# Triton Inference Server (nvidia-pytriton's tritonserver binary, python backend) in its own
+# environment: it pins numpy<2, which MLServer's environment cannot take.
+$(TRITON_STAMP): requirements-triton.lock $(STAMP)
+	@test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(BIN)/uv pip install --python $(TRITON_VENV)/bin/python --quiet -r requirements-triton.lock
 	@touch $@
 
 proto: $(STAMP)
@@ -44,6 +53,7 @@ $(EXAMPLES_STAMP): $(STAMP) examples/make_models.py
 
 lock: ## re-pin requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --override overrides.txt --extra local --extra dev --python-version 3.11 --quiet -o requirements.lock
+	$(BIN)/uv pip compile requirements-triton.in --python-version 3.11 --quiet -o requirements-triton.lock
 
 lint: $(STAMP) $(PROTO_STAMP)
 	$(BIN)/ruff check .
@@ -68,4 +78,4 @@ clean:
 	rm -rf .dev .pytest_cache .hypothesis $(PROTO_STAMP) libs/common/src/meshserve/common/proto examples/models
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(TRITON_VENV)

@@ -11,6 +11,9 @@ Writes, under --out (default examples/models), the layout of upstream's example 
                              one-hot floats, 22 attributes; upstream's input vector is in
                              examples/inputs/xgboost-mushroom.json)
   lightgbm/mushroom.bst      binary LightGBM booster (text format) on the same data
+  onnx/mnist.onnx            upstream's ONNX MNIST signature (Input3 FP32 [1,1,28,28] ->
+                             Plus214_Output_0 FP32 [1,10]): a linear classifier fitted on
+                             scikit-learn's 8x8 digits upscaled to 28x28, built with onnx.helper
 
 The data sets ship inside scikit-learn or are made from a fixed seed, so nothing is fetched
 at run time.
@@ -107,6 +110,48 @@ def make_lightgbm(out: Path) -> Path:
     return path
 
 
+def digits_28() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits upscaled (nearest, 3x) and padded to MNIST's 28x28, in [0, 1]."""
+    digits = datasets.load_digits()
+    big = np.kron(digits.images, np.ones((3, 3))) / 16.0  # (n, 24, 24)
+    x = np.zeros((len(big), 28, 28), dtype=np.float32)
+    x[:, 2:26, 2:26] = big
+    return x, digits.target
+
+
+def make_onnx(out: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x, y = digits_28()
+    clf = LogisticRegression(max_iter=300)
+    clf.fit(x.reshape(len(x), -1), y)
+    weights = clf.coef_.T.astype(np.float32)  # (784, 10)
+    bias = clf.intercept_.astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["Input3", "shape"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+            helper.make_node("Add", ["logits", "b"], ["Plus214_Output_0"]),
+        ],
+        "mnist",
+        [helper.make_tensor_value_info("Input3", TensorProto.FLOAT, [1, 1, 28, 28])],
+        [helper.make_tensor_value_info("Plus214_Output_0", TensorProto.FLOAT, [1, 10])],
+        [
+            numpy_helper.from_array(np.array([1, 784], dtype=np.int64), "shape"),
+            numpy_helper.from_array(weights, "W"),
+            numpy_helper.from_array(bias, "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="meshserve-examples")
+    model.ir_version = 8  # readable by every onnxruntime since 1.10
+    onnx.checker.check_model(model)
+    path = out / "onnx" / "mnist.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def write_inputs(inputs: Path) -> list[Path]:
     body = {"inputs": [{"name": "predict", "shape": [1, MUSHROOM_FEATURES], "datatype": "FP32", "data": mushroom_vector()}]}
     paths = []
@@ -114,6 +159,12 @@ def write_inputs(inputs: Path) -> list[Path]:
         path = inputs / name
         path.write_text(json.dumps(body, separators=(",", ":")) + "\n")
         paths.append(path)
+    x, _ = digits_28()
+    digit = x[-1].reshape(1, 1, 28, 28)  # the last digit, never used in upstream's docs: any image works
+    body = {"inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [round(float(v), 4) for v in digit.reshape(-1)]}]}
+    path = inputs / "onnx-mnist.json"
+    path.write_text(json.dumps(body, separators=(",", ":")) + "\n")
+    paths.append(path)
     return paths
 
 
@@ -121,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "models")
     args = parser.parse_args()
-    made = [make_mnist_svm(args.out), make_iris(args.out), make_xgboost(args.out), make_lightgbm(args.out)]
+    made = [make_mnist_svm(args.out), make_iris(args.out), make_xgboost(args.out), make_lightgbm(args.out), make_onnx(args.out)]
     made += write_inputs(Path(__file__).parent / "inputs")
     for path in made:
         print(f"wrote {path} ({path.stat().st_size} bytes)")

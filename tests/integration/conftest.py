@@ -50,7 +50,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield
     report = outcome.get_result()
-    stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
+    stacks = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, Stack)]
+    stack = stacks[0] if stacks else None
     if report.when == "call" and report.failed and isinstance(stack, Stack):
         for proc in stack.group.procs:
             report.sections.append((f"log of {proc.name}", proc.tail(30)))

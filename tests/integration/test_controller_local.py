@@ -154,7 +154,7 @@ def test_upstreams_mlserver_examples_are_served_as_their_library_answers(
 
     path = ROOT / "examples" / "isvc" / example
     name = yaml.safe_load(path.read_text())["metadata"]["name"]
-    rc, out, err = run_cli("apply", "-f", str(path), "--admin", stack.admin_url)
+    rc, _, err = run_cli("apply", "-f", str(path), "--admin", stack.admin_url)
     assert rc == 0, err
     wait_for(lambda: stack.admin("GET", f"/v1/vmodels/{name}").status_code == 200, timeout=30, what=f"{name} registered")
     tensor = json.loads((ROOT / "examples" / "inputs" / input_file).read_text())["inputs"][0]

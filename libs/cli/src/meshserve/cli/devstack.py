@@ -285,7 +285,7 @@ class Stack:
         pod_dir = self.root / "pods" / pod_id
         models = pod_dir / "models"
         models.mkdir(parents=True, exist_ok=True)
-        http_port, grpc_port, metrics_port, puller_port = free_port(), free_port(), free_port(), free_port()
+        http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
         settings = {
             "debug": False,
             "host": "127.0.0.1",
@@ -307,6 +307,47 @@ class Stack:
             cwd=pod_dir,
         )
         (pod_dir / "mlserver.pid").write_text(str(mlserver.popen.pid))
+        return self._start_puller(
+            pod_id, pod_dir, models, mlserver, http_port=http_port, grpc_port=grpc_port, capacity_bytes=capacity_bytes, env=env
+        )
+
+    def start_triton_pod(
+        self, *, capacity_bytes: int | None = None, env: dict[str, str] | None = None, pod_id: str | None = None
+    ) -> PodHandle:
+        """A runtime pod of `triton-2.x`: tritonserver (explicit model control) + a puller
+        with the Triton adapter. The pod's model folder is Triton's model repository."""
+        from meshserve.cli import triton
+
+        install = triton.prepare(self.root)
+        pod_id = pod_id or f"triton-{len(self.pods)}"
+        pod_dir = self.root / "pods" / pod_id
+        models = pod_dir / "models"
+        models.mkdir(parents=True, exist_ok=True)
+        http_port, grpc_port = free_port(), free_port()
+        server = self.group.start(
+            f"{pod_id}-triton",
+            install.command(repository=models, http_port=http_port, grpc_port=grpc_port),
+            env=install.env(repository=models),
+            cwd=pod_dir,
+        )
+        (pod_dir / "triton.pid").write_text(str(server.popen.pid))
+        return self._start_puller(
+            pod_id, pod_dir, models, server, http_port=http_port, grpc_port=grpc_port, capacity_bytes=capacity_bytes,
+            env={
+                "MESHSERVE_PULLER_MODEL_SERVER_KIND": "triton",
+                "MESHSERVE_PULLER_MODEL_SERVER_BACKENDS_DIR": str(install.backends),
+                "MESHSERVE_PULLER_MODEL_SERVER_PID_FILE": str(pod_dir / "triton.pid"),
+                "MESHSERVE_PULLER_RUNTIME": "triton-2.x",
+                "MESHSERVE_PULLER_SUPPORTED_FORMATS": "onnx:1",
+                **(env or {}),
+            },
+        )
+
+    def _start_puller(
+        self, pod_id: str, pod_dir: Path, models: Path, server: object, *, http_port: int, grpc_port: int,
+        capacity_bytes: int | None, env: dict[str, str] | None,
+    ) -> PodHandle:
+        puller_port = free_port()
         env = {
             **self.service_env(),
             "MESHSERVE_PULLER_POD_ID": pod_id,
@@ -327,7 +368,7 @@ class Stack:
             mlserver_grpc=f"127.0.0.1:{grpc_port}",
             mlserver_rest=f"http://127.0.0.1:{http_port}",
             puller_address=f"127.0.0.1:{puller_port}",
-            mlserver=mlserver,
+            mlserver=server,
             puller=puller,
         )
         self.pods.append(handle)

@@ -15,7 +15,7 @@ from prometheus_client import start_http_server
 from meshserve.common.grpcutil import bind, open_channel
 from meshserve.common.labels import parse_formats, runtime_labels
 from meshserve.common.proto.meshserve.v1 import runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
-from meshserve.puller.adapter import MLServerAdapter
+from meshserve.puller.adapter import MLServerAdapter, ModelServerAdapter, TritonAdapter
 from meshserve.puller.memory import MemoryProbe
 from meshserve.puller.server import ModelRuntimeServicer
 from meshserve.puller.service import PullerService
@@ -27,7 +27,13 @@ log = logging.getLogger(__name__)
 class PullerApp:
     def __init__(self, settings: PullerSettings) -> None:
         self.settings = settings
-        self.adapter = MLServerAdapter(rest_url=settings.model_server_rest)
+        self.adapter: ModelServerAdapter
+        if settings.model_server_kind == "triton":
+            self.adapter = TritonAdapter(rest_url=settings.model_server_rest, backends_dir=settings.model_server_backends_dir)
+        elif settings.model_server_kind == "mlserver":
+            self.adapter = MLServerAdapter(rest_url=settings.model_server_rest)
+        else:
+            raise SystemExit(f"MESHSERVE_PULLER_MODEL_SERVER_KIND={settings.model_server_kind!r}: use mlserver or triton")
         self.memory = MemoryProbe(pid_file=settings.model_server_pid_file, metrics_url=settings.model_server_metrics_url)
         self.service = PullerService(settings=settings, adapter=self.adapter, memory=self.memory)
         self.started_ms = int(time.time() * 1000)

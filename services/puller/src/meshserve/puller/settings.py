@@ -27,7 +27,9 @@ class PullerSettings(BaseSettings):
     storage_config_dir: Path = Path("/storage-config")
     pvc_mounts_dir: Path = Path("/pvc_mounts")
     s3_endpoint: str = Field(default="", validation_alias=shared("s3_endpoint", "puller"))
-    # the model server (MLServer by default)
+    # the model server: "mlserver" or "triton"
+    model_server_kind: str = "mlserver"
+    model_server_backends_dir: Path | None = None  # Triton: its backends (native ones are used when present)
     model_server_grpc: str = "127.0.0.1:8001"
     model_server_rest: str = "http://127.0.0.1:8002"
     model_server_advertise_grpc: str = ""        # default: model_server_grpc
