@@ -50,8 +50,15 @@ def test_postgres_starts_from_a_folder_others_cannot_enter(closed_checkout: Path
             assert not pg.data_dir.is_relative_to(closed_checkout)
             with psycopg.connect(url) as conn:
                 assert conn.execute("select current_setting('data_directory')").fetchone() == (str(pg.data_dir),)
-    finally:
+        # stopped and started again, it finds its data (the scheduler's Postgres-outage test does this)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("create database kept")
         pg.stop()
+        pg.start()
+        with psycopg.connect(url) as conn:
+            assert conn.execute("select 1 from pg_database where datname = 'kept'").fetchone() == (1,)
+    finally:
+        pg.remove()
     if os.geteuid() == 0:
         assert not pg.data_dir.exists()  # its scratch folder goes with it
 

@@ -186,6 +186,11 @@ class Postgres:
         if self.started:
             self._ctl("-m", "fast", "-w", "stop")
             self.started = False
+
+    def remove(self) -> None:
+        """Stop, and delete the data folder when it was a scratch one (root, closed checkout):
+        nothing would find it again. A plain `stop()` keeps it for a later `start()`."""
+        self.stop()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
@@ -194,7 +199,7 @@ def start_postgres(group: ProcessGroup, data_dir: Path) -> Postgres:
     """initdb (first time) and start PostgreSQL on a free loopback port."""
     pg = Postgres(data_dir)
     pg.start()
-    group.on_stop.append(pg.stop)
+    group.on_stop.append(pg.remove)
     return pg
 
 
