@@ -181,6 +181,38 @@ def test_upstreams_mlserver_examples_are_served_as_their_library_answers(
     assert rc == 0, err
 
 
+def test_upstreams_onnx_example_is_served_by_a_triton_pod_the_controller_starts(stack: Stack) -> None:
+    """The triton-2.x ServingRuntime and upstream's example-onnx-mnist InferenceService, applied
+    unchanged: the controller starts a Triton pod (tritonserver + puller) as local processes."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    runtime = ROOT / "examples" / "isvc" / "triton-2.x-servingruntime.yaml"
+    path = ROOT / "examples" / "isvc" / "example-onnx-mnist-isvc.yaml"
+    name = yaml.safe_load(path.read_text())["metadata"]["name"]
+    rc, _, err = run_cli("apply", "-f", str(runtime), "-f", str(path), "--admin", stack.admin_url)
+    assert rc == 0, err
+    wait_for(lambda: [p for p in stack.admin("GET", "/v1/pods").json()["items"] if p["runtime"] == "triton-2.x"],
+             timeout=90, what="a Triton pod started by the controller")
+    tensor = json.loads((ROOT / "examples" / "inputs" / "onnx-mnist.json").read_text())["inputs"][0]
+    data = np.array(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+    client = grpcclient.InferenceServerClient(stack.router_grpc)
+    try:
+        inp = grpcclient.InferInput("Input3", list(data.shape), "FP32")
+        inp.set_data_from_numpy(data)
+        got = client.infer(name, [inp], client_timeout=90).as_numpy("Plus214_Output_0")
+    finally:
+        client.close()
+    want = ort.InferenceSession(str(EXAMPLES / "onnx" / "mnist.onnx"), providers=["CPUExecutionProvider"]).run(None, {"Input3": data})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    wait_for(lambda: model_status(stack, name).get("states", {}).get("activeModelState") == "Loaded",
+             timeout=30, what=f"{name} Loaded")
+    rc, _, err = run_cli("delete", "-f", str(path), "-f", str(runtime), "--admin", stack.admin_url)
+    assert rc == 0, err
+
+
 def test_invalid_spec_is_reported_in_status(stack: Stack) -> None:
     bad = isvc_doc(storageUri="s3://modelmesh-example-models/sklearn/mnist-svm.joblib")
     bad["metadata"]["name"] = "bad-spec"

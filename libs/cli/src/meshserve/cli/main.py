@@ -25,6 +25,7 @@ def _repo_root() -> Path:
 DEV_RESOURCES = (
     "examples/dev/model-serving-config.yaml",
     "examples/isvc/mlserver-1.x-servingruntime.yaml",
+    "examples/isvc/triton-2.x-servingruntime.yaml",
     "examples/isvc/quickstart-sklearn-isvc.yaml",
 )
 

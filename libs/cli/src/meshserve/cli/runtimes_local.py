@@ -54,7 +54,9 @@ PULLER_ENV_FROM_MANIFEST = (
     "MESHSERVE_PULLER_LOAD_TIMEOUT_SECONDS",
     "MESHSERVE_PULLER_CAPACITY_BYTES",
     "MESHSERVE_PULLER_DEFAULT_MODEL_SIZE_BYTES",
+    "MESHSERVE_PULLER_MODEL_SERVER_KIND",
 )
+LOCAL_SERVERS = ("mlserver", "triton")  # containers local mode can run as processes
 
 
 @dataclass
@@ -71,7 +73,7 @@ class LocalDeployment:
 def puller_env(manifest: dict[str, Any]) -> tuple[bool, dict[str, str]]:
     """(runs as a local process?, the puller variables taken from a planned Deployment manifest)."""
     containers = manifest.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []) or []
-    runnable = any(c.get("name") == "mlserver" for c in containers)
+    runnable = any(c.get("name") in LOCAL_SERVERS for c in containers)
     env: dict[str, str] = {}
     for c in containers:
         if c.get("name") != "puller":
@@ -139,7 +141,7 @@ class PodSupervisor:
     def _scale(self, dep: LocalDeployment, replicas: int) -> None:
         dep.replicas = replicas
         if not dep.runnable and replicas > 0:
-            log.warning("runtime %s is not an MLServer runtime: local mode cannot run its pods", dep.name)
+            log.warning("runtime %s is neither an MLServer nor a Triton runtime: local mode cannot run its pods", dep.name)
             return
         while len(dep.pods) > replicas:
             self._stop_pod(dep.pods.pop())
@@ -152,9 +154,12 @@ class PodSupervisor:
         env = {**dep.env, "MESHSERVE_PULLER_POD_ID": pod_id}
         if self.capacity:
             env["MESHSERVE_PULLER_CAPACITY_BYTES"] = str(self.capacity)
-        handle = self.stack.start_pod(next(self._index), env=env)
+        if env.get("MESHSERVE_PULLER_MODEL_SERVER_KIND") == "triton":
+            handle = self.stack.start_triton_pod(env=env, pod_id=f"triton-{next(self._index)}")
+        else:
+            handle = self.stack.start_pod(next(self._index), env=env)
         handle.pod_id = pod_id
-        log.info("started local runtime pod %s (MLServer %s, puller %s)", pod_id, handle.mlserver_grpc, handle.puller_address)
+        log.info("started local runtime pod %s (model server %s, puller %s)", pod_id, handle.mlserver_grpc, handle.puller_address)
         return handle
 
     def _stop_pod(self, handle: PodHandle) -> None:
@@ -170,9 +175,10 @@ class PodSupervisor:
     def _pod_dir(self, handle: PodHandle) -> Path | None:
         # Stack.start_pod names the folder like the mlserver process, minus "-mlserver"
         name = getattr(handle.mlserver, "name", "")
-        if not name.endswith("-mlserver"):
-            return None
-        return self.stack.root / "pods" / name.removesuffix("-mlserver")
+        for suffix in ("-mlserver", "-triton"):
+            if name.endswith(suffix):
+                return self.stack.root / "pods" / name.removesuffix(suffix)
+        return None
 
 
 class ProcessRuntimes:

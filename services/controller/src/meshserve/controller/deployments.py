@@ -98,6 +98,9 @@ def _data_endpoint(runtime: Runtime) -> str:
     return f"127.0.0.1:{port}"
 
 
+SERVER_KINDS = ("mlserver", "triton")  # the puller's adapters (MESHSERVE_PULLER_MODEL_SERVER_KIND)
+
+
 def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, storage: StorageConfig) -> dict[str, Any]:
     data_port = endpoint_port(runtime.grpc_data_endpoint) or 8001
     formats = ",".join(f"{f.name}:{f.version}" if f.version else f.name for f in runtime.formats if f.auto_select)
@@ -123,6 +126,15 @@ def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, 
         {"name": "MESHSERVE_PULLER_MAX_LOADING_CONCURRENCY", "value": str(loading)},
         {"name": "MESHSERVE_PULLER_LOG_JSON", "value": "true"},
     ]
+    server_type = runtime.built_in_adapter.server_type if runtime.built_in_adapter else ""
+    if server_type in SERVER_KINDS:
+        env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_KIND", "value": server_type})
+    if server_type == "triton":
+        # upstream's triton-2.x container serves /models/_triton_models on Triton's default HTTP port
+        for var in env:
+            if var["name"] == "MESHSERVE_PULLER_MODEL_DIR":
+                var["value"] = f"{MODELS_DIR}/_triton_models"
+        env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_REST", "value": "http://127.0.0.1:8000"})
     if timeout_ms:
         env.append({"name": "MESHSERVE_PULLER_LOAD_TIMEOUT_SECONDS", "value": str(timeout_ms / 1000)})
     default_size = default_model_size(runtime)
