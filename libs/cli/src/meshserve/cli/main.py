@@ -128,8 +128,32 @@ def cmd_infer(args: argparse.Namespace) -> int:
         except grpc.RpcError as err:
             print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
             return 1
+    _unpack_raw_outputs(reply)
     print(json_format.MessageToJson(reply, indent=2))
     return 0
+
+
+RAW_DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4", "INT16": "<i2", "INT8": "i1",
+              "UINT8": "u1", "UINT32": "<u4", "UINT64": "<u8", "BOOL": "?"}
+RAW_FIELDS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents", "INT32": "int_contents",
+              "INT16": "int_contents", "INT8": "int_contents", "UINT8": "uint_contents", "UINT32": "uint_contents",
+              "UINT64": "uint64_contents", "BOOL": "bool_contents"}
+
+
+def _unpack_raw_outputs(reply: Any) -> None:
+    """Triton answers in `raw_output_contents` (little-endian bytes); show them as numbers, in
+    each output's typed contents, as MLServer's answers are."""
+    import numpy as np
+
+    raws = list(reply.raw_output_contents)
+    if not raws or len(raws) != len(reply.outputs):
+        return
+    if any(output.datatype not in RAW_DTYPES for output in reply.outputs):
+        return
+    for output, raw in zip(reply.outputs, raws, strict=True):
+        values = np.frombuffer(raw, dtype=RAW_DTYPES[output.datatype]).tolist()
+        getattr(output.contents, RAW_FIELDS[output.datatype]).extend(values)
+    del reply.raw_output_contents[:]
 
 
 def _flatten(data: Any) -> list[Any]:
