@@ -213,6 +213,34 @@ def test_upstreams_onnx_example_is_served_by_a_triton_pod_the_controller_starts(
     assert rc == 0, err
 
 
+def test_a_custom_mlserver_runtime_with_its_own_format_serves_a_model_that_brings_its_code(stack: Stack) -> None:
+    """examples/custom: a ServingRuntime for format `custom-scaler` and a model whose
+    model-settings.json names its own MLModel class, shipped beside it."""
+    import numpy as np
+
+    custom = ROOT / "examples" / "custom"
+    for path in sorted((custom / "mlserver-model").iterdir()):
+        stack.s3_client().upload_file(str(path), EXAMPLE_BUCKET, f"custom/scaler/{path.name}")
+    runtime, isvc = custom / "mlserver-custom-runtime.yaml", custom / "custom-scaler-isvc.yaml"
+    rc, _, err = run_cli("apply", "-f", str(runtime), "-f", str(isvc), "--admin", stack.admin_url)
+    assert rc == 0, err
+    name = yaml.safe_load(isvc.read_text())["metadata"]["name"]
+    wait_for(lambda: stack.admin("GET", f"/v1/vmodels/{name}").status_code == 200, timeout=30, what=f"{name} registered")
+    data = np.array([[1.0, -2.0, 4.0]], dtype=np.float32)
+    client = grpcclient.InferenceServerClient(stack.router_grpc)
+    try:
+        inp = grpcclient.InferInput("x", list(data.shape), "FP32")
+        inp.set_data_from_numpy(data)
+        got = client.infer(name, [inp], client_timeout=90).as_numpy("scaled")
+    finally:
+        client.close()
+    assert got.tolist() == [[2.5, -5.0, 10.0]]  # scale 2.5 from the model's weights.json
+    pods = [p for p in stack.admin("GET", "/v1/pods").json()["items"] if p["runtime"] == "mlserver-custom"]
+    assert pods, "served by the custom runtime's own pods"
+    rc, _, err = run_cli("delete", "-f", str(isvc), "-f", str(runtime), "--admin", stack.admin_url)
+    assert rc == 0, err
+
+
 def test_invalid_spec_is_reported_in_status(stack: Stack) -> None:
     bad = isvc_doc(storageUri="s3://modelmesh-example-models/sklearn/mnist-svm.joblib")
     bad["metadata"]["name"] = "bad-spec"
