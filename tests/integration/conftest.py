@@ -9,6 +9,7 @@ fails.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -73,6 +74,50 @@ def mnist_inputs(data: np.ndarray = MNIST_INPUT, *, name: str = "predict", datat
     inp = grpcclient.InferInput(name, list(data.shape), datatype)
     inp.set_data_from_numpy(data)
     return [inp]
+
+
+INPUTS = ROOT / "examples" / "inputs"
+
+
+def example_input(name: str) -> np.ndarray:
+    """The first tensor of `examples/inputs/<name>` as FP32, in its shape."""
+    tensor = json.loads((INPUTS / name).read_text())["inputs"][0]
+    return np.array(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+
+
+def infer_one(
+    client: grpcclient.InferenceServerClient | str, model: str, data: np.ndarray, *, inp: str, out: str
+) -> np.ndarray:
+    """One FP32 tensor in, the output `out` back; a `client` given as an address is opened
+    for this call and closed after it."""
+    if isinstance(client, str):
+        own = grpcclient.InferenceServerClient(client)
+        try:
+            return infer_one(own, model, data, inp=inp, out=out)
+        finally:
+            own.close()
+    tensor = grpcclient.InferInput(inp, list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    wanted = [grpcclient.InferRequestedOutput(out)]
+    return client.infer(model, [tensor], outputs=wanted, client_timeout=90).as_numpy(out)  # type: ignore[no-any-return]
+
+
+def direct_xgboost(path: Path, data: np.ndarray) -> np.ndarray:
+    import xgboost as xgb
+
+    return xgb.Booster(model_file=str(path)).predict(xgb.DMatrix(data))  # type: ignore[no-any-return]
+
+
+def direct_lightgbm(path: Path, data: np.ndarray) -> np.ndarray:
+    import lightgbm as lgb
+
+    return lgb.Booster(model_file=str(path)).predict(data)  # type: ignore[no-any-return]
+
+
+def direct_onnx(path: Path, data: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"Input3": data})[0]  # type: ignore[no-any-return]
 
 
 T = TypeVar("T")

@@ -17,6 +17,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import yaml
@@ -26,7 +27,16 @@ from meshserve.cli.main import main as cli
 from meshserve.cli.procs import free_port, http_ok
 from meshserve.controller.specs import parse_inference_service
 
-from .conftest import EXAMPLES, mnist_inputs, wait_for
+from .conftest import (
+    EXAMPLES,
+    direct_lightgbm,
+    direct_onnx,
+    direct_xgboost,
+    example_input,
+    infer_one,
+    mnist_inputs,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -148,32 +158,15 @@ def test_upstreams_mlserver_examples_are_served_as_their_library_answers(
     stack: Stack, example: str, input_file: str, model_file: str
 ) -> None:
     """Upstream's example InferenceServices for the other MLServer formats, applied unchanged."""
-    import json
-
-    import numpy as np
-
     path = ROOT / "examples" / "isvc" / example
     name = yaml.safe_load(path.read_text())["metadata"]["name"]
     rc, _, err = run_cli("apply", "-f", str(path), "--admin", stack.admin_url)
     assert rc == 0, err
     wait_for(lambda: stack.admin("GET", f"/v1/vmodels/{name}").status_code == 200, timeout=30, what=f"{name} registered")
-    tensor = json.loads((ROOT / "examples" / "inputs" / input_file).read_text())["inputs"][0]
-    data = np.array(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
-    client = grpcclient.InferenceServerClient(stack.router_grpc)
-    try:
-        inp = grpcclient.InferInput("predict", list(data.shape), "FP32")
-        inp.set_data_from_numpy(data)
-        got = client.infer(name, [inp], client_timeout=90).as_numpy("predict")
-    finally:
-        client.close()
-    if model_file.startswith("xgboost"):
-        import xgboost as xgb
-
-        want = xgb.Booster(model_file=str(EXAMPLES / model_file)).predict(xgb.DMatrix(data))
-    else:
-        import lightgbm as lgb
-
-        want = lgb.Booster(model_file=str(EXAMPLES / model_file)).predict(data)
+    data = example_input(input_file)
+    got = infer_one(stack.router_grpc, name, data, inp="predict", out="predict")
+    direct = direct_xgboost if model_file.startswith("xgboost") else direct_lightgbm
+    want = direct(EXAMPLES / model_file, data)
     np.testing.assert_allclose(got.reshape(-1), np.asarray(want).reshape(-1), rtol=1e-6)
     wait_for(lambda: model_status(stack, name).get("states", {}).get("activeModelState") == "Loaded",
              timeout=30, what=f"{name} Loaded")
@@ -184,11 +177,6 @@ def test_upstreams_mlserver_examples_are_served_as_their_library_answers(
 def test_upstreams_onnx_example_is_served_by_a_triton_pod_the_controller_starts(stack: Stack) -> None:
     """The triton-2.x ServingRuntime and upstream's example-onnx-mnist InferenceService, applied
     unchanged: the controller starts a Triton pod (tritonserver + puller) as local processes."""
-    import json
-
-    import numpy as np
-    import onnxruntime as ort
-
     runtime = ROOT / "examples" / "isvc" / "triton-2.x-servingruntime.yaml"
     path = ROOT / "examples" / "isvc" / "example-onnx-mnist-isvc.yaml"
     name = yaml.safe_load(path.read_text())["metadata"]["name"]
@@ -196,16 +184,9 @@ def test_upstreams_onnx_example_is_served_by_a_triton_pod_the_controller_starts(
     assert rc == 0, err
     wait_for(lambda: [p for p in stack.admin("GET", "/v1/pods").json()["items"] if p["runtime"] == "triton-2.x"],
              timeout=90, what="a Triton pod started by the controller")
-    tensor = json.loads((ROOT / "examples" / "inputs" / "onnx-mnist.json").read_text())["inputs"][0]
-    data = np.array(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
-    client = grpcclient.InferenceServerClient(stack.router_grpc)
-    try:
-        inp = grpcclient.InferInput("Input3", list(data.shape), "FP32")
-        inp.set_data_from_numpy(data)
-        got = client.infer(name, [inp], client_timeout=90).as_numpy("Plus214_Output_0")
-    finally:
-        client.close()
-    want = ort.InferenceSession(str(EXAMPLES / "onnx" / "mnist.onnx"), providers=["CPUExecutionProvider"]).run(None, {"Input3": data})[0]
+    data = example_input("onnx-mnist.json")
+    got = infer_one(stack.router_grpc, name, data, inp="Input3", out="Plus214_Output_0")
+    want = direct_onnx(EXAMPLES / "onnx" / "mnist.onnx", data)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     wait_for(lambda: model_status(stack, name).get("states", {}).get("activeModelState") == "Loaded",
              timeout=30, what=f"{name} Loaded")
@@ -216,8 +197,6 @@ def test_upstreams_onnx_example_is_served_by_a_triton_pod_the_controller_starts(
 def test_a_custom_mlserver_runtime_with_its_own_format_serves_a_model_that_brings_its_code(stack: Stack) -> None:
     """examples/custom: a ServingRuntime for format `custom-scaler` and a model whose
     model-settings.json names its own MLModel class, shipped beside it."""
-    import numpy as np
-
     custom = ROOT / "examples" / "custom"
     for path in sorted((custom / "mlserver-model").iterdir()):
         stack.s3_client().upload_file(str(path), EXAMPLE_BUCKET, f"custom/scaler/{path.name}")
@@ -227,13 +206,7 @@ def test_a_custom_mlserver_runtime_with_its_own_format_serves_a_model_that_bring
     name = yaml.safe_load(isvc.read_text())["metadata"]["name"]
     wait_for(lambda: stack.admin("GET", f"/v1/vmodels/{name}").status_code == 200, timeout=30, what=f"{name} registered")
     data = np.array([[1.0, -2.0, 4.0]], dtype=np.float32)
-    client = grpcclient.InferenceServerClient(stack.router_grpc)
-    try:
-        inp = grpcclient.InferInput("x", list(data.shape), "FP32")
-        inp.set_data_from_numpy(data)
-        got = client.infer(name, [inp], client_timeout=90).as_numpy("scaled")
-    finally:
-        client.close()
+    got = infer_one(stack.router_grpc, name, data, inp="x", out="scaled")
     assert got.tolist() == [[2.5, -5.0, 10.0]]  # scale 2.5 from the model's weights.json
     pods = [p for p in stack.admin("GET", "/v1/pods").json()["items"] if p["runtime"] == "mlserver-custom"]
     assert pods, "served by the custom runtime's own pods"

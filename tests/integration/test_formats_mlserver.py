@@ -6,7 +6,6 @@ Bad files fail to load with MLServer's own reason, and the pod keeps serving."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -16,41 +15,28 @@ from tritonclient.utils import InferenceServerException
 
 from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack
 
-from .conftest import EXAMPLES, MNIST_URI, mnist_inputs
+from .conftest import (
+    EXAMPLES,
+    MNIST_URI,
+    direct_lightgbm,
+    direct_xgboost,
+    example_input,
+    infer_one,
+    mnist_inputs,
+)
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-INPUTS = ROOT / "examples" / "inputs"
-
-
-def _vector(name: str) -> np.ndarray:
-    tensor = json.loads((INPUTS / name).read_text())["inputs"][0]
-    return np.array(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
-
 
 def _infer(triton: grpcclient.InferenceServerClient, model: str, data: np.ndarray) -> np.ndarray:
-    return triton.infer(model, mnist_inputs(data), client_timeout=90).as_numpy("predict")  # type: ignore[no-any-return]
-
-
-def _direct_xgboost(path: Path, data: np.ndarray) -> np.ndarray:
-    import xgboost as xgb
-
-    booster = xgb.Booster(model_file=str(path))
-    return booster.predict(xgb.DMatrix(data))  # type: ignore[no-any-return]
-
-
-def _direct_lightgbm(path: Path, data: np.ndarray) -> np.ndarray:
-    import lightgbm as lgb
-
-    return lgb.Booster(model_file=str(path)).predict(data)  # type: ignore[no-any-return]
+    return infer_one(triton, model, data, inp="predict", out="predict")
 
 
 @pytest.mark.parametrize(
     ("fmt", "key", "inputs", "direct", "dtype"),
     [
-        ("xgboost", "xgboost/mushroom.json", "xgboost-mushroom.json", _direct_xgboost, np.float32),
-        ("lightgbm", "lightgbm/mushroom.bst", "lightgbm-mushroom.json", _direct_lightgbm, np.float64),
+        ("xgboost", "xgboost/mushroom.json", "xgboost-mushroom.json", direct_xgboost, np.float32),
+        ("lightgbm", "lightgbm/mushroom.bst", "lightgbm-mushroom.json", direct_lightgbm, np.float64),
     ],
 )
 def test_a_single_file_of_each_format_answers_like_its_library(
@@ -58,7 +44,7 @@ def test_a_single_file_of_each_format_answers_like_its_library(
 ) -> None:
     name = f"{fmt}-{unique}"
     assert stack.register(name, storage_uri=f"s3://{EXAMPLE_BUCKET}/{key}", format=fmt).status_code == 201
-    data = _vector(inputs)
+    data = example_input(inputs)
     got = _infer(triton, name, data)
     want = direct(EXAMPLES / key, data)
     assert got.dtype == dtype  # upstream: xgboost answers FP32, lightgbm FP64
@@ -82,9 +68,9 @@ def test_a_folder_with_the_users_model_settings_is_merged_not_overwritten(
     s3.put_object(Bucket=EXAMPLE_BUCKET, Key=f"{prefix}/model-settings.json", Body=json.dumps(user).encode())
     name = f"settings-{unique}"
     assert stack.register(name, storage_uri=f"s3://{EXAMPLE_BUCKET}/{prefix}", format="xgboost").status_code == 201
-    data = _vector("xgboost-mushroom.json")
+    data = example_input("xgboost-mushroom.json")
     got = _infer(triton, name, data)
-    np.testing.assert_allclose(got.reshape(-1), _direct_xgboost(EXAMPLES / "xgboost" / "mushroom.json", data), rtol=1e-6)
+    np.testing.assert_allclose(got.reshape(-1), direct_xgboost(EXAMPLES / "xgboost" / "mushroom.json", data), rtol=1e-6)
     # MLServer holds it under the model id, with the user's version
     held = [
         entry
@@ -104,9 +90,9 @@ def test_a_folder_with_a_well_known_file_name_and_other_files(
     s3.put_object(Bucket=EXAMPLE_BUCKET, Key=f"{prefix}/README.txt", Body=b"trained on synthetic mushrooms")
     name = f"wellknown-{unique}"
     assert stack.register(name, storage_uri=f"s3://{EXAMPLE_BUCKET}/{prefix}", format="lightgbm").status_code == 201
-    data = _vector("lightgbm-mushroom.json")
+    data = example_input("lightgbm-mushroom.json")
     np.testing.assert_allclose(
-        _infer(triton, name, data).reshape(-1), _direct_lightgbm(EXAMPLES / "lightgbm" / "mushroom.bst", data), rtol=1e-6
+        _infer(triton, name, data).reshape(-1), direct_lightgbm(EXAMPLES / "lightgbm" / "mushroom.bst", data), rtol=1e-6
     )
 
 

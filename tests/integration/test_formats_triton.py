@@ -7,7 +7,6 @@ directly by its own library in this process."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +17,10 @@ from tritonclient.utils import InferenceServerException
 
 from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack, StackConfig
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, direct_onnx, example_input, infer_one
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-INPUTS = ROOT / "examples" / "inputs"
 ONNX_URI = f"s3://{EXAMPLE_BUCKET}/onnx/mnist.onnx"
 
 
@@ -48,21 +45,11 @@ def client(tstack: Stack) -> Iterator[grpcclient.InferenceServerClient]:
 
 
 def _onnx_input() -> np.ndarray:
-    tensor = json.loads((INPUTS / "onnx-mnist.json").read_text())["inputs"][0]
-    return np.array(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+    return example_input("onnx-mnist.json")
 
 
 def _infer_onnx(client: grpcclient.InferenceServerClient, name: str, data: np.ndarray) -> np.ndarray:
-    inp = grpcclient.InferInput("Input3", list(data.shape), "FP32")
-    inp.set_data_from_numpy(data)
-    out = grpcclient.InferRequestedOutput("Plus214_Output_0")
-    return client.infer(name, [inp], outputs=[out], client_timeout=90).as_numpy("Plus214_Output_0")  # type: ignore[no-any-return]
-
-
-def _direct_onnx(path: Path, data: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"Input3": data})[0]  # type: ignore[no-any-return]
+    return infer_one(client, name, data, inp="Input3", out="Plus214_Output_0")
 
 
 def test_onnx_is_served_by_triton_like_onnxruntime(tstack: Stack, client: grpcclient.InferenceServerClient, unique: str) -> None:
@@ -70,7 +57,7 @@ def test_onnx_is_served_by_triton_like_onnxruntime(tstack: Stack, client: grpccl
     assert tstack.register(name, storage_uri=ONNX_URI, format="onnx").status_code == 201
     data = _onnx_input()
     got = _infer_onnx(client, name, data)
-    want = _direct_onnx(EXAMPLES / "onnx" / "mnist.onnx", data)
+    want = direct_onnx(EXAMPLES / "onnx" / "mnist.onnx", data)
     assert got.shape == (1, 10) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # the names and types the native onnxruntime backend would expose
@@ -95,7 +82,7 @@ def test_a_triton_layout_with_the_users_config_is_kept_and_renamed(
     name = f"layout-{unique}"
     assert tstack.register(name, storage_uri=f"s3://{EXAMPLE_BUCKET}/{prefix}", format="onnx").status_code == 201
     data = _onnx_input()
-    np.testing.assert_allclose(_infer_onnx(client, name, data), _direct_onnx(EXAMPLES / "onnx" / "mnist.onnx", data), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_infer_onnx(client, name, data), direct_onnx(EXAMPLES / "onnx" / "mnist.onnx", data), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
