@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshserve.common.errors import FailedPrecondition
+from meshserve.puller.model_files import model_files as files_of_model
 
 SETTINGS_FILE = "model-settings.json"
 
@@ -40,15 +41,8 @@ WELL_KNOWN_FILES = {
 
 
 def model_files(names: Sequence[str]) -> list[str]:
-    """The model's own files among `names` (relative POSIX paths): not the settings, not
-    the puller's bookkeeping (hidden files) and not partial downloads."""
-    return sorted(
-        n
-        for n in names
-        if n != SETTINGS_FILE
-        and not any(part.startswith(".") for part in n.split("/"))
-        and not n.endswith(".part")
-    )
+    """The model's own files among `names` (relative POSIX paths)."""
+    return files_of_model(names, config_file=SETTINGS_FILE)
 
 
 def model_settings(

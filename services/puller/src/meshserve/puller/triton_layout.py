@@ -27,6 +27,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from meshserve.common.errors import FailedPrecondition
+from meshserve.puller.model_files import model_files
 
 CONFIG_FILE = "config.pbtxt"
 
@@ -51,10 +52,6 @@ class Layout:
     config: str = ""  # config.pbtxt text
     python_model_in: list[str] = field(default_factory=list)  # version folders that get model.py
     native: bool = True
-
-
-def _visible(names: Sequence[str]) -> list[str]:
-    return sorted(n for n in names if not any(p.startswith(".") for p in n.split("/")) and not n.endswith(".part"))
 
 
 def _is_version(part: str) -> bool:
@@ -90,7 +87,7 @@ def layout(
             raise FailedPrecondition(f"the model's {CONFIG_FILE} does not parse: {err}") from err
     config.name = model_id
 
-    visible = [f for f in _visible(files) if f != CONFIG_FILE]
+    visible = model_files(files, config_file=CONFIG_FILE)
     moves: list[tuple[str, str]] = []
     for name in visible:
         if not _is_version(name.split("/", 1)[0]):
