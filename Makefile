@@ -34,7 +34,11 @@ $(STAMP): pyproject.toml requirements.lock overrides.txt
 # environment: it pins numpy<2, which MLServer's environment cannot take.
 $(TRITON_STAMP): requirements-triton.lock $(STAMP)
 	@test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
-	$(BIN)/uv pip install --python $(TRITON_VENV)/bin/python --quiet -r requirements-triton.lock
+	grep -v '^torch==' requirements-triton.lock > $(TRITON_VENV)/requirements-no-torch.txt
+	$(BIN)/uv pip install --python $(TRITON_VENV)/bin/python --quiet -r $(TRITON_VENV)/requirements-no-torch.txt
+	@# torch through pip: it honours the machine's pip config, whose find-links hold the CPU wheel
+	$(TRITON_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+	  "torch==$$(sed -n 's/^torch==\([0-9.]*\).*/\1/p' requirements-triton.lock)"
 	@touch $@
 
 proto: $(STAMP)
@@ -53,7 +57,7 @@ $(EXAMPLES_STAMP): $(STAMP) examples/make_models.py
 
 lock: ## re-pin requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --override overrides.txt --extra local --extra dev --python-version 3.11 --quiet -o requirements.lock
-	$(BIN)/uv pip compile requirements-triton.in --python-version 3.11 --quiet -o requirements-triton.lock
+	$(BIN)/uv pip compile requirements-triton.in --python-version 3.11 --find-links /opt/wheels --quiet -o requirements-triton.lock
 
 lint: $(STAMP) $(PROTO_STAMP)
 	$(BIN)/ruff check .
