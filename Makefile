@@ -51,8 +51,9 @@ $(PROTO_STAMP): $(STAMP) $(PROTOS) scripts/gen_protos.py
 
 examples: $(EXAMPLES_STAMP)
 
-$(EXAMPLES_STAMP): $(STAMP) examples/make_models.py
+$(EXAMPLES_STAMP): $(STAMP) $(TRITON_STAMP) examples/make_models.py examples/make_framework_models.py
 	$(BIN)/python examples/make_models.py --out examples/models
+	TF_CPP_MIN_LOG_LEVEL=3 $(TRITON_VENV)/bin/python examples/make_framework_models.py --out examples/models
 	@touch $@
 
 lock: ## re-pin requirements.lock from pyproject.toml

@@ -16,7 +16,10 @@ Writes, under --out (default examples/models), the layout of upstream's example 
                              scikit-learn's 8x8 digits upscaled to 28x28, built with onnx.helper
 
 The data sets ship inside scikit-learn or are made from a fixed seed, so nothing is fetched
-at run time.
+at run time. The models of the frameworks that live in Triton's environment (pytorch,
+tensorflow, keras, openvino_ir) are made by make_framework_models.py, run there; their input
+files are written here (examples/inputs/{pytorch-cifar,tensorflow-mnist,keras-mnist,
+openvino-mnist}.json).
 """
 
 from __future__ import annotations
@@ -149,7 +152,24 @@ def make_onnx(out: Path) -> Path:
     path = out / "onnx" / "mnist.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
+    # the same classifier, for make_framework_models.py (tensorflow, keras, openvino)
+    np.savez(out / MNIST_LINEAR, weights=weights, bias=bias)
     return path
+
+
+MNIST_LINEAR = ".mnist-linear.npz"
+
+
+def cifar_image(seed: int = 1) -> np.ndarray:
+    """A CIFAR-shaped image (3x32x32, pixel/127.5 - 1 as upstream's example input): smooth
+    synthetic colour blobs from a fixed seed, since CIFAR-10 itself would be a download."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    image = np.zeros((3, 32, 32))
+    for c in range(3):
+        cx, cy, width = rng.uniform(0.2, 0.8, size=3)
+        image[c] = 255 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (0.05 + width / 5))
+    return (np.round(image) / 127.5 - 1).astype(np.float32)
 
 
 def write_inputs(inputs: Path) -> list[Path]:
@@ -163,6 +183,21 @@ def write_inputs(inputs: Path) -> list[Path]:
     digit = x[-1].reshape(1, 1, 28, 28)  # the last digit, never used in upstream's docs: any image works
     body = {"inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [round(float(v), 4) for v in digit.reshape(-1)]}]}
     path = inputs / "onnx-mnist.json"
+    path.write_text(json.dumps(body, separators=(",", ":")) + "\n")
+    paths.append(path)
+    pixels = [round(float(v), 4) for v in digit.reshape(-1)]
+    for name, tensor, shape in (
+        ("openvino-mnist.json", "Input3", [1, 1, 28, 28]),
+        ("tensorflow-mnist.json", "inputs", [1, 784]),
+        ("keras-mnist.json", "conv2d_input", [1, 28, 28, 1]),
+    ):
+        body = {"inputs": [{"name": tensor, "shape": shape, "datatype": "FP32", "data": pixels}]}
+        path = inputs / name
+        path.write_text(json.dumps(body, separators=(",", ":")) + "\n")
+        paths.append(path)
+    image = [round(float(v), 6) for v in cifar_image().reshape(-1)]
+    body = {"inputs": [{"name": "INPUT__0", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": image}]}
+    path = inputs / "pytorch-cifar.json"
     path.write_text(json.dumps(body, separators=(",", ":")) + "\n")
     paths.append(path)
     return paths

@@ -24,6 +24,7 @@ from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack, StackConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "models"
+TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
 MNIST_INPUT = np.array(
     [[0, 0, 1, 11, 14, 15, 3, 0, 0, 1, 13, 16, 12, 16, 8, 0, 0, 8, 16, 4, 6, 16, 5, 0, 0, 5, 15, 11, 13, 14, 0, 0,
       0, 0, 2, 12, 16, 13, 0, 0, 0, 0, 0, 13, 16, 16, 6, 0, 0, 0, 0, 16, 16, 16, 7, 0, 0, 0, 0, 11, 13, 12, 1, 0]],
@@ -118,6 +119,22 @@ def direct_onnx(path: Path, data: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"Input3": data})[0]  # type: ignore[no-any-return]
+
+
+def direct_framework(framework: str, path: Path, data: np.ndarray, *, inp: str, out: str) -> np.ndarray:
+    """The model run by its own framework in Triton's environment (torch, tensorflow, keras
+    and openvino are installed there, not here): direct_frameworks.py in a child process."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        given, got = Path(scratch) / "in.npy", Path(scratch) / "out.npy"
+        np.save(given, data)
+        subprocess.run(
+            [str(TRITON_PYTHON), str(Path(__file__).with_name("direct_frameworks.py")), framework, str(path), str(given), inp, out, str(got)],
+            check=True, timeout=300, stdout=subprocess.DEVNULL,
+        )
+        return np.load(got)  # type: ignore[no-any-return]
 
 
 T = TypeVar("T")

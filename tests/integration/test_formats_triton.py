@@ -17,7 +17,14 @@ from tritonclient.utils import InferenceServerException
 
 from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack, StackConfig
 
-from .conftest import EXAMPLES, direct_onnx, example_input, infer_one
+from .conftest import (
+    EXAMPLES,
+    TRITON_PYTHON,
+    direct_framework,
+    direct_onnx,
+    example_input,
+    infer_one,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -85,26 +92,37 @@ def test_a_triton_layout_with_the_users_config_is_kept_and_renamed(
     np.testing.assert_allclose(_infer_onnx(client, name, data), direct_onnx(EXAMPLES / "onnx" / "mnist.onnx", data), rtol=1e-5, atol=1e-6)
 
 
+CIFAR_CONFIG = (EXAMPLES / "pytorch" / "cifar" / "config.pbtxt").read_bytes() if (EXAMPLES / "pytorch").is_dir() else b""
+
+
 @pytest.mark.parametrize(
-    ("files", "needle"),
+    ("fmt", "files", "needle"),
     [
-        ({"model.onnx": b"\x08\x07not an onnx graph"}, "onnx"),
-        ({"config.pbtxt": b"name: [unclosed", "1/model.onnx": None}, "config.pbtxt does not parse"),
+        ("onnx", {"model.onnx": b"\x08\x07not an onnx graph"}, "onnx"),
+        ("onnx", {"config.pbtxt": b"name: [unclosed", "1/model.onnx": "onnx/mnist.onnx"}, "config.pbtxt does not parse"),
+        ("pytorch", {"config.pbtxt": CIFAR_CONFIG, "1/model.pt": b"PK\x03\x04 truncated TorchScript"}, "zip archive"),
+        ("pytorch", {"1/model.pt": "pytorch/cifar/1/model.pt"}, "needs its inputs and outputs in config.pbtxt"),
+        ("tensorflow", {"saved_model.pb": b"\x0a\x05 not a SavedModel", "variables/variables.index": b""}, "saved_model"),
+        ("keras", {"mnist.h5": b"\x89HDF\r\n\x1a\n truncated"}, "could not be converted to a SavedModel"),
+        ("openvino_ir", {"1/mnist.xml": b"<net name='x'><layers>", "1/mnist.bin": b""}, "xml"),
     ],
-    ids=["truncated-onnx", "bad-config"],
+    ids=["truncated-onnx", "bad-config", "truncated-torchscript", "pytorch-without-config", "bad-savedmodel",
+         "truncated-h5", "bad-openvino-xml"],
 )
 def test_files_triton_cannot_read_fail_with_the_reason_and_the_pod_keeps_serving(
-    tstack: Stack, client: grpcclient.InferenceServerClient, unique: str, files: dict[str, bytes | None], needle: str
+    tstack: Stack, client: grpcclient.InferenceServerClient, unique: str, fmt: str, files: dict[str, bytes | str],
+    needle: str,
 ) -> None:
+    """Bytes are the file; a str names an example file to upload as it is."""
     s3 = tstack.s3_client()
     prefix = f"triton-broken/{unique}"
     for key, body in files.items():
-        if body is None:
-            s3.upload_file(str(EXAMPLES / "onnx" / "mnist.onnx"), EXAMPLE_BUCKET, f"{prefix}/{key}")
+        if isinstance(body, str):
+            s3.upload_file(str(EXAMPLES / body), EXAMPLE_BUCKET, f"{prefix}/{key}")
         else:
             s3.put_object(Bucket=EXAMPLE_BUCKET, Key=f"{prefix}/{key}", Body=body)
     name = f"broken-{unique}"
-    assert tstack.register(name, storage_uri=f"s3://{EXAMPLE_BUCKET}/{prefix}", format="onnx").status_code == 201
+    assert tstack.register(name, storage_uri=f"s3://{EXAMPLE_BUCKET}/{prefix}", format=fmt).status_code == 201
     with pytest.raises(InferenceServerException) as err:
         _infer_onnx(client, name, _onnx_input())
     assert err.value.status() == "StatusCode.FAILED_PRECONDITION"
@@ -115,3 +133,90 @@ def test_files_triton_cannot_read_fail_with_the_reason_and_the_pod_keeps_serving
     good = f"good-{unique}"
     assert tstack.register(good, storage_uri=ONNX_URI, format="onnx").status_code == 201
     assert _infer_onnx(client, good, _onnx_input()).shape == (1, 10)
+
+
+# upstream's example bucket layout, served through the python backend with the framework the
+# native backend would use; (format, storage path, input file, input, output, framework, file
+# the framework opens, output dtype and shape, metadata shapes)
+FRAMEWORK_CASES = [
+    pytest.param(
+        "pytorch", "pytorch/cifar", "pytorch-cifar.json", "INPUT__0", "OUTPUT__0", "pytorch", "pytorch/cifar/1/model.pt",
+        np.float32, (1, 10), ["-1", "3", "32", "32"], ["-1", "10"], id="pytorch",
+    ),
+    pytest.param(
+        "tensorflow", "tensorflow/mnist.savedmodel", "tensorflow-mnist.json", "inputs", "classes", "tensorflow",
+        "tensorflow/mnist.savedmodel", np.int64, (1, 1), ["-1", "784"], ["-1", "1"], id="tensorflow",
+    ),
+    pytest.param(
+        "keras", "keras/mnist.h5", "keras-mnist.json", "conv2d_input", "dense_1", "keras", "keras/mnist.h5",
+        np.float32, (1, 10), ["-1", "28", "28", "1"], ["-1", "10"], id="keras",
+    ),
+    pytest.param(
+        "openvino_ir", "openvino/mnist", "openvino-mnist.json", "Input3", "Plus214_Output_0", "openvino",
+        "openvino/mnist/1/mnist.xml", np.float32, (1, 10), ["1", "1", "28", "28"], ["1", "10"], id="openvino_ir",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "path", "input_file", "inp", "out", "framework", "model_file", "dtype", "shape", "in_dims", "out_dims"),
+    FRAMEWORK_CASES,
+)
+def test_every_triton_format_answers_like_its_own_framework(
+    tstack: Stack, client: grpcclient.InferenceServerClient, unique: str, fmt: str, path: str, input_file: str,
+    inp: str, out: str, framework: str, model_file: str, dtype: type, shape: tuple[int, ...], in_dims: list[str],
+    out_dims: list[str],
+) -> None:
+    name = f"{fmt.replace('_', '-')}-{unique}"
+    assert tstack.register(name, storage_uri=f"s3://{EXAMPLE_BUCKET}/{path}", format=fmt).status_code == 201
+    data = example_input(input_file)
+    tensor = grpcclient.InferInput(inp, list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    got = client.infer(name, [tensor], outputs=[grpcclient.InferRequestedOutput(out)], client_timeout=120).as_numpy(out)
+    want = direct_framework(framework, EXAMPLES / model_file, data, inp=inp, out=out)
+    assert got.dtype == dtype and got.shape == shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    metadata = client.get_model_metadata(name, as_json=True)
+    assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["inputs"]] == [(inp, "FP32", in_dims)]
+    assert (out, out_dims) in [(t["name"], t["shape"]) for t in metadata["outputs"]]
+    model = tstack.admin("GET", f"/v1/models/{name}").json()
+    assert model["state"] == "Loaded" and model["copies"][0]["pod"].startswith("triton-")
+
+
+def test_the_mnist_examples_of_every_format_read_the_same_digit(tstack: Stack, client: grpcclient.InferenceServerClient, unique: str) -> None:
+    """onnx, tensorflow, keras and openvino_ir hold one classifier (make_framework_models.py):
+    served side by side on one pod, they agree on the example image."""
+    onnx = f"onnx-{unique}"
+    tf_name, keras_name, ov_name = f"tf-{unique}", f"keras-{unique}", f"ov-{unique}"
+    for name, fmt, path in (
+        (onnx, "onnx", "onnx/mnist.onnx"), (tf_name, "tensorflow", "tensorflow/mnist.savedmodel"),
+        (keras_name, "keras", "keras/mnist.h5"), (ov_name, "openvino_ir", "openvino/mnist"),
+    ):
+        assert tstack.register(name, storage_uri=f"s3://{EXAMPLE_BUCKET}/{path}", format=fmt).status_code == 201
+    digit = int(np.argmax(_infer_onnx(client, onnx, _onnx_input())))
+    assert int(infer_one(client, tf_name, example_input("tensorflow-mnist.json"), inp="inputs", out="classes")[0, 0]) == digit
+    assert int(np.argmax(infer_one(client, keras_name, example_input("keras-mnist.json"), inp="conv2d_input", out="dense_1"))) == digit
+    assert int(np.argmax(infer_one(client, ov_name, example_input("openvino-mnist.json"), inp="Input3", out="Plus214_Output_0"))) == digit
+
+
+def test_a_savedmodel_without_a_serving_signature_fails_with_that_reason(
+    tstack: Stack, client: grpcclient.InferenceServerClient, unique: str, tmp_path: Path
+) -> None:
+    import subprocess
+
+    folder = tmp_path / "unsigned.savedmodel"
+    script = f"import tensorflow as tf; m = tf.Module(); m.v = tf.Variable(1.0); tf.saved_model.save(m, {str(folder)!r})"
+    subprocess.run([str(TRITON_PYTHON), "-c", script], check=True, timeout=300, capture_output=True)
+    s3 = tstack.s3_client()
+    prefix = f"triton-unsigned/{unique}"
+    for path in folder.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), EXAMPLE_BUCKET, f"{prefix}/{path.relative_to(folder).as_posix()}")
+    name = f"unsigned-{unique}"
+    assert tstack.register(name, storage_uri=f"s3://{EXAMPLE_BUCKET}/{prefix}", format="tensorflow").status_code == 201
+    with pytest.raises(InferenceServerException) as err:
+        infer_one(client, name, example_input("tensorflow-mnist.json"), inp="inputs", out="classes")
+    assert err.value.status() == "StatusCode.FAILED_PRECONDITION"
+    model = tstack.admin("GET", f"/v1/models/{name}").json()
+    assert model["state"] == "FailedToLoad"
+    assert "no serving_default signature" in model["lastFailure"]["message"], model["lastFailure"]

@@ -7,7 +7,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from meshserve.common.errors import FailedPrecondition
-from meshserve.puller.triton_layout import layout
+from meshserve.puller.triton_layout import keras_savedmodel_path, keras_to_convert, layout
 
 
 def parsed(text: str) -> model_config_pb2.ModelConfig:
@@ -90,5 +90,96 @@ def test_a_config_that_does_not_parse_is_refused_with_the_parsers_reason() -> No
 
 
 def test_a_format_triton_does_not_serve_here_names_the_ones_it_does() -> None:
-    with pytest.raises(FailedPrecondition, match=r"'sklearn'.*served: onnx"):
+    with pytest.raises(FailedPrecondition, match=r"'sklearn'.*served: keras, onnx, openvino_ir, pytorch, tensorflow"):
         layout(model_id="m1", model_type="sklearn", files=["model.joblib"], native_backends=set())
+
+
+CIFAR_CONFIG = """name: "cifar"
+platform: "pytorch_libtorch"
+max_batch_size: 1
+input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 3, 32, 32 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 10 ] } ]
+"""
+
+
+def test_upstreams_pytorch_cifar_layout_keeps_its_config_natively() -> None:
+    plan = layout(
+        model_id="m1", model_type="pytorch", files=["config.pbtxt", "1/model.pt"], native_backends={"pytorch"},
+        user_config=CIFAR_CONFIG,
+    )
+    assert plan.moves == [] and plan.native
+    config = parsed(plan.config)
+    assert (config.name, config.platform, config.max_batch_size) == ("m1", "pytorch_libtorch", 1)
+    assert [i.name for i in config.input] == ["INPUT__0"] and list(config.output[0].dims) == [10]
+
+
+def test_a_pytorch_file_on_the_python_path_keeps_the_users_inputs_and_outputs() -> None:
+    plan = layout(model_id="m1", model_type="pytorch", files=["cifar.pt"], native_backends=set(), user_config=CIFAR_CONFIG)
+    assert plan.moves == [("cifar.pt", "1/model.pt")]
+    config = parsed(plan.config)
+    assert config.backend == "python" and not config.platform and config.max_batch_size == 1
+    assert config.parameters["meshserve_framework"].string_value == "pytorch"
+    assert [o.name for o in config.output] == ["OUTPUT__0"]
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        # storage path = the SavedModel folder itself (upstream's tensorflow/mnist.savedmodel)
+        ["saved_model.pb", "fingerprint.pb", "variables/variables.index", "variables/variables.data-00000-of-00001"],
+        # storage path = its parent: the folder keeps its own name
+        ["mnist.savedmodel/saved_model.pb", "mnist.savedmodel/variables/variables.index"],
+        # a version folder holding the SavedModel's files
+        ["1/saved_model.pb", "1/variables/variables.index"],
+    ],
+    ids=["savedmodel-files", "named-savedmodel-folder", "version-folder"],
+)
+def test_a_savedmodel_becomes_version_1_model_savedmodel(files: list[str]) -> None:
+    plan = layout(model_id="m1", model_type="tensorflow", files=files, native_backends={"tensorflow"})
+    placed = {dst for _, dst in plan.moves}
+    assert "1/model.savedmodel/saved_model.pb" in placed
+    assert "1/model.savedmodel/variables/variables.index" in placed
+    config = parsed(plan.config)
+    assert config.platform == "tensorflow_savedmodel" and config.name == "m1"
+
+
+def test_an_upstream_tensorflow_repository_is_kept() -> None:
+    files = ["1/model.savedmodel/saved_model.pb", "1/model.savedmodel/variables/variables.index"]
+    plan = layout(model_id="m1", model_type="tensorflow", files=files, native_backends=set())
+    assert plan.moves == [] and plan.python_model_in == ["1"]
+    config = parsed(plan.config)
+    assert config.parameters["meshserve_framework"].string_value == "tensorflow"
+    assert config.parameters["meshserve_model_file"].string_value == "model.savedmodel"
+
+
+def test_a_folder_with_two_savedmodels_is_refused() -> None:
+    with pytest.raises(FailedPrecondition, match=r"one SavedModel folder.*a/saved_model.pb.*b/saved_model.pb"):
+        layout(model_id="m1", model_type="tensorflow", files=["a/saved_model.pb", "b/saved_model.pb"], native_backends=set())
+
+
+def test_openvino_ir_xml_and_bin_take_the_backends_names_together() -> None:
+    plan = layout(model_id="m1", model_type="openvino_ir", files=["1/mnist.xml", "1/mnist.bin"], native_backends={"openvino"})
+    assert sorted(plan.moves) == [("1/mnist.bin", "1/model.bin"), ("1/mnist.xml", "1/model.xml")]
+    config = parsed(plan.config)
+    assert config.backend == "openvino" and not config.platform  # the openvino backend has no platform name
+
+
+def test_openvino_ir_without_its_weights_is_refused() -> None:
+    with pytest.raises(FailedPrecondition, match=r"model.xml but no model.bin"):
+        layout(model_id="m1", model_type="openvino_ir", files=["mnist.xml", "other.bin"], native_backends=set())
+
+
+def test_keras_file_to_convert_and_where_the_savedmodel_goes() -> None:
+    assert keras_to_convert(["mnist.h5"]) == "mnist.h5"
+    assert keras_savedmodel_path("mnist.h5") == "1/model.savedmodel"
+    assert keras_savedmodel_path("3/mnist.h5") == "3/model.savedmodel"
+    # already converted (a reload): nothing to do, and the SavedModel is laid out as tensorflow
+    converted = [".meshserve-keras/mnist.h5", "1/model.savedmodel/saved_model.pb", "1/model.savedmodel/variables/variables.index"]
+    assert keras_to_convert(converted) is None
+    plan = layout(model_id="m1", model_type="keras", files=converted, native_backends={"tensorflow"})
+    assert plan.moves == [] and parsed(plan.config).platform == "tensorflow_savedmodel"
+
+
+def test_a_keras_folder_without_one_h5_is_refused() -> None:
+    with pytest.raises(FailedPrecondition, match=r"one .h5/.hdf5/.keras file.*found: a.h5, b.h5"):
+        keras_to_convert(["a.h5", "b.h5"])

@@ -338,7 +338,8 @@ class Stack:
                 "MESHSERVE_PULLER_MODEL_SERVER_BACKENDS_DIR": str(install.backends),
                 "MESHSERVE_PULLER_MODEL_SERVER_PID_FILE": str(pod_dir / "triton.pid"),
                 "MESHSERVE_PULLER_RUNTIME": "triton-2.x",
-                "MESHSERVE_PULLER_SUPPORTED_FORMATS": "onnx:1",
+                "MESHSERVE_PULLER_SUPPORTED_FORMATS": "keras:2,onnx:1,openvino_ir:opset1,pytorch:1,tensorflow:1,tensorflow:2",
+                "MESHSERVE_PULLER_KERAS_CONVERTER_PYTHON": str(install.python),
                 **(env or {}),
             },
         )

@@ -33,6 +33,10 @@ class TritonInstall:
         return self.server / "bin" / "tritonserver"
 
     @property
+    def python(self) -> Path:  # the environment's frameworks: tensorflow converts Keras files
+        return self.venv / "bin" / "python"
+
+    @property
     def backends(self) -> Path:
         return self.server / "backends"
 
@@ -41,6 +45,7 @@ class TritonInstall:
             str(self.binary),
             f"--model-repository={repository}",
             "--model-control-mode=explicit",
+            "--strict-readiness=false",  # as upstream: ready while a model loads or failed to
             f"--backend-directory={self.backends}",
             f"--cache-directory={self.server / 'caches'}",
             "--http-address=127.0.0.1",
@@ -58,6 +63,11 @@ class TritonInstall:
             "PATH": f"{self.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "MESHSERVE_TRITON_REPOSITORY": str(repository),  # read by triton_python/model.py
             "OMP_NUM_THREADS": "1",
+            # the python backend forks a stub per model while gRPC's threads run: gRPC's fork
+            # handlers then crash the child now and then (ev_epoll1 "Check failed"); the child
+            # only execs the stub, so it needs none of them
+            "GRPC_ENABLE_FORK_SUPPORT": "0",
+            "TF_CPP_MIN_LOG_LEVEL": "2",  # tensorflow's start-up chatter stays out of the server log
         }
 
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 
 import grpc
@@ -29,7 +30,10 @@ class PullerApp:
         self.settings = settings
         self.adapter: ModelServerAdapter
         if settings.model_server_kind == "triton":
-            self.adapter = TritonAdapter(rest_url=settings.model_server_rest, backends_dir=settings.model_server_backends_dir)
+            self.adapter = TritonAdapter(
+                rest_url=settings.model_server_rest, backends_dir=settings.model_server_backends_dir,
+                keras_python=settings.keras_converter_python or sys.executable,
+            )
         elif settings.model_server_kind == "mlserver":
             self.adapter = MLServerAdapter(rest_url=settings.model_server_rest)
         else:

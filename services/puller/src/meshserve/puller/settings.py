@@ -30,6 +30,7 @@ class PullerSettings(BaseSettings):
     # the model server: "mlserver" or "triton"
     model_server_kind: str = "mlserver"
     model_server_backends_dir: Path | None = None  # Triton: its backends (native ones are used when present)
+    keras_converter_python: str = ""              # Triton: a python with tensorflow for Keras files (default: this one)
     model_server_grpc: str = "127.0.0.1:8001"
     model_server_rest: str = "http://127.0.0.1:8002"
     model_server_advertise_grpc: str = ""        # default: model_server_grpc

@@ -7,7 +7,7 @@ types and shapes the native backend would: read from the model file itself in
 `auto_complete_config`, so a `config.pbtxt` needs no inputs or outputs.
 
 The puller copies this file to `<model id>/1/model.py` and writes two config parameters:
-`meshserve_framework` (onnx, ...) and `meshserve_model_file` (the file's path relative to
+`meshserve_framework` (onnx, pytorch, tensorflow, openvino) and `meshserve_model_file` (the file's path relative to
 the version folder). Nothing of meshserve is imported here.
 """
 
@@ -51,7 +51,7 @@ def _dims(shape: list[Any]) -> list[int]:
 
 
 class _Onnx:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, config: dict[str, Any]) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -74,7 +74,134 @@ class _Onnx:
         return list(self.session.run(outputs, inputs))
 
 
-FRAMEWORKS = {"onnx": _Onnx}
+class _Torch:
+    """A TorchScript module, called as Triton's libtorch backend calls it: the inputs in the
+    config's order as positional arguments (INPUT__0, INPUT__1, ...), the outputs (a tensor
+    or a tuple/list of them) matched to the config's outputs by position."""
+
+    def __init__(self, path: str, config: dict[str, Any]) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        self.torch = torch
+        self.module = torch.jit.load(path, map_location="cpu").eval()
+        self.inputs = [i["name"] for i in config.get("input", [])]
+        self.outputs = [o["name"] for o in config.get("output", [])]
+
+    def signature(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        raise pb_utils.TritonModelException(
+            "a pytorch model needs its inputs and outputs in config.pbtxt (TorchScript does not record "
+            "their types and shapes; Triton's pytorch backend needs them too): ship config.pbtxt beside 1/model.pt"
+        )
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        args = [self.torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in self.inputs]
+        with self.torch.inference_mode():
+            result = self.module(*args)
+        values = list(result) if isinstance(result, (tuple, list)) else [result]
+        if len(values) != len(self.outputs):
+            raise ValueError(f"the module returned {len(values)} tensors, the config names {len(self.outputs)} outputs")
+        by_name = dict(zip(self.outputs, values, strict=True))
+        return [by_name[name].detach().numpy() for name in outputs]
+
+
+TF_TO_TRITON = {
+    "float32": "TYPE_FP32",
+    "float64": "TYPE_FP64",
+    "float16": "TYPE_FP16",
+    "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32",
+    "int16": "TYPE_INT16",
+    "int8": "TYPE_INT8",
+    "uint8": "TYPE_UINT8",
+    "bool": "TYPE_BOOL",
+    "string": "TYPE_STRING",
+}
+
+
+class _TensorFlow:
+    """A SavedModel's `serving_default` signature: its input and output keys are the tensor
+    names, as Triton's tensorflow backend exposes them."""
+
+    def __init__(self, path: str, config: dict[str, Any]) -> None:
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # already initialised in this process
+            pass
+        self.tf = tf
+        self.loaded = tf.saved_model.load(path)
+        signatures = dict(self.loaded.signatures)
+        if "serving_default" not in signatures:
+            raise pb_utils.TritonModelException(
+                f"the SavedModel has no serving_default signature (it has: {', '.join(signatures) or 'none'})"
+            )
+        self.fn = signatures["serving_default"]
+
+    def signature(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        def describe(specs: dict[str, Any]) -> list[dict[str, Any]]:
+            out = []
+            for name, spec in sorted(specs.items()):
+                dtype = spec.dtype.name
+                if dtype not in TF_TO_TRITON:
+                    raise pb_utils.TritonModelException(f"tensor {name!r} has unsupported type {dtype}")
+                dims = _dims(spec.shape.as_list()) if spec.shape.rank is not None else [-1]
+                out.append({"name": name, "data_type": TF_TO_TRITON[dtype], "dims": dims})
+            return out
+
+        return describe(self.fn.structured_input_signature[1]), describe(self.fn.structured_outputs)
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        result = self.fn(**{name: self.tf.constant(value) for name, value in inputs.items()})
+        return [result[name].numpy() for name in outputs]
+
+
+OPENVINO_TO_TRITON = {
+    "f32": "TYPE_FP32",
+    "f64": "TYPE_FP64",
+    "f16": "TYPE_FP16",
+    "i64": "TYPE_INT64",
+    "i32": "TYPE_INT32",
+    "i16": "TYPE_INT16",
+    "i8": "TYPE_INT8",
+    "u8": "TYPE_UINT8",
+    "boolean": "TYPE_BOOL",
+}
+
+
+class _OpenVino:
+    """An OpenVINO IR (model.xml + model.bin) compiled for the CPU; tensors by their names."""
+
+    def __init__(self, path: str, config: dict[str, Any]) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        self.model = core.read_model(path)
+        self.compiled = core.compile_model(self.model, "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1})
+
+    def signature(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        def describe(ports: Any) -> list[dict[str, Any]]:
+            out = []
+            for port in ports:
+                name, dtype = port.get_any_name(), port.get_element_type().get_type_name()
+                if dtype not in OPENVINO_TO_TRITON:
+                    raise pb_utils.TritonModelException(f"tensor {name!r} has unsupported type {dtype}")
+                shape = port.get_partial_shape()
+                dims = [d.get_length() if d.is_static else -1 for d in shape] if shape.rank.is_static else [-1]
+                out.append({"name": name, "data_type": OPENVINO_TO_TRITON[dtype], "dims": dims})
+            return out
+
+        return describe(self.model.inputs), describe(self.model.outputs)
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        result = self.compiled(inputs)
+        by_name = {port.get_any_name(): value for port, value in result.items()}
+        return [np.asarray(by_name[name]) for name in outputs]
+
+
+FRAMEWORKS = {"onnx": _Onnx, "pytorch": _Torch, "tensorflow": _TensorFlow, "openvino": _OpenVino}
 
 
 def _open(config: dict[str, Any], version_dir: str) -> Any:
@@ -83,7 +210,7 @@ def _open(config: dict[str, Any], version_dir: str) -> Any:
         raise pb_utils.TritonModelException(
             f"meshserve_framework {framework!r} is not one this model serves ({', '.join(sorted(FRAMEWORKS))})"
         )
-    return FRAMEWORKS[framework](_model_path(config, version_dir))
+    return FRAMEWORKS[framework](_model_path(config, version_dir), config)
 
 
 class TritonPythonModel:
@@ -92,7 +219,9 @@ class TritonPythonModel:
         config = auto_complete_model_config.as_dict()
         if config.get("input") and config.get("output"):
             return auto_complete_model_config
-        version_dir = os.path.join(os.environ.get("MESHSERVE_TRITON_REPOSITORY", ""), config["name"], "1")
+        model_dir = os.path.join(os.environ.get("MESHSERVE_TRITON_REPOSITORY", ""), config["name"])
+        versions = [int(d) for d in os.listdir(model_dir) if d.isdigit() and int(d) > 0] if os.path.isdir(model_dir) else []
+        version_dir = os.path.join(model_dir, str(max(versions, default=1)))  # Triton serves the latest
         inputs, outputs = _open(config, version_dir).signature()
         for item in inputs:
             auto_complete_model_config.add_input(item)
