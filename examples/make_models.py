@@ -11,6 +11,10 @@ Writes, under --out (default examples/models), the layout of upstream's example 
                              one-hot floats, 22 attributes; upstream's input vector is in
                              examples/inputs/xgboost-mushroom.json)
   lightgbm/mushroom.bst      binary LightGBM booster (text format) on the same data
+  xgboost/mushroom-fil/, lightgbm/mushroom-fil/
+                             the same boosters in upstream's Triton FIL layout
+                             (1/xgboost.json or 1/model.txt, and a config.pbtxt with
+                             input__0 FP32 [-1,126] -> output__0 FP32 [-1])
   onnx/mnist.onnx            upstream's ONNX MNIST signature (Input3 FP32 [1,1,28,28] ->
                              Plus214_Output_0 FP32 [1,10]): a linear classifier fitted on
                              scikit-learn's 8x8 digits upscaled to 28x28, built with onnx.helper
@@ -113,6 +117,45 @@ def make_lightgbm(out: Path) -> Path:
     return path
 
 
+FIL_CONFIG = """backend: "fil"
+max_batch_size: 0
+input [
+  {
+    name: "input__0"
+    data_type: TYPE_FP32
+    dims: [ -1, 126 ]
+  }
+]
+output [
+  {
+    name: "output__0"
+    data_type: TYPE_FP32
+    dims: [ -1 ]
+  }
+]
+instance_group [ { kind: KIND_CPU } ]
+parameters [
+  { key: "model_type" value: { string_value: "%s" } },
+  { key: "output_class" value: { string_value: "false" } }
+]
+"""
+
+
+def make_fil(out: Path) -> list[Path]:
+    """Upstream's Triton FIL layouts of the same boosters: `<name>-fil/{1/<file>,config.pbtxt}`."""
+    made = []
+    for library, source, target, model_type in (
+        ("xgboost", "mushroom.json", "xgboost.json", "xgboost_json"),
+        ("lightgbm", "mushroom.bst", "model.txt", "lightgbm"),
+    ):
+        folder = out / library / "mushroom-fil"
+        (folder / "1").mkdir(parents=True, exist_ok=True)
+        (folder / "1" / target).write_bytes((out / library / source).read_bytes())
+        (folder / "config.pbtxt").write_text(FIL_CONFIG % model_type)
+        made.append(folder / "1" / target)
+    return made
+
+
 def digits_28() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits upscaled (nearest, 3x) and padded to MNIST's 28x28, in [0, 1]."""
     digits = datasets.load_digits()
@@ -208,6 +251,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "models")
     args = parser.parse_args()
     made = [make_mnist_svm(args.out), make_iris(args.out), make_xgboost(args.out), make_lightgbm(args.out), make_onnx(args.out)]
+    made += make_fil(args.out)
     made += write_inputs(Path(__file__).parent / "inputs")
     for path in made:
         print(f"wrote {path} ({path.stat().st_size} bytes)")

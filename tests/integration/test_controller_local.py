@@ -29,6 +29,7 @@ from meshserve.controller.specs import parse_inference_service
 
 from .conftest import (
     EXAMPLES,
+    direct_framework,
     direct_lightgbm,
     direct_onnx,
     direct_xgboost,
@@ -174,23 +175,43 @@ def test_upstreams_mlserver_examples_are_served_as_their_library_answers(
     assert rc == 0, err
 
 
-def test_upstreams_onnx_example_is_served_by_a_triton_pod_the_controller_starts(stack: Stack) -> None:
-    """The triton-2.x ServingRuntime and upstream's example-onnx-mnist InferenceService, applied
-    unchanged: the controller starts a Triton pod (tritonserver + puller) as local processes."""
+# upstream's Triton examples: (file, input file, input, output, how to run it directly)
+TRITON_EXAMPLES = [
+    ("example-onnx-mnist-isvc.yaml", "onnx-mnist.json", "Input3", "Plus214_Output_0", ("onnx", "onnx/mnist.onnx")),
+    ("example-pytorch-cifar-isvc.yaml", "pytorch-cifar.json", "INPUT__0", "OUTPUT__0", ("pytorch", "pytorch/cifar/1/model.pt")),
+    ("example-tensorflow-mnist-isvc.yaml", "tensorflow-mnist.json", "inputs", "classes", ("tensorflow", "tensorflow/mnist.savedmodel")),
+    ("example-keras-mnist-isvc.yaml", "keras-mnist.json", "conv2d_input", "dense_1", ("keras", "keras/mnist.h5")),
+    ("example-triton-xgboost-isvc.yaml", "xgboost-mushroom.json", "input__0", "output__0", ("xgboost", "xgboost/mushroom.json")),
+]
+
+
+def test_upstreams_triton_examples_are_served_by_a_triton_pod_the_controller_starts(stack: Stack) -> None:
+    """The triton-2.x ServingRuntime and upstream's Triton example InferenceServices (onnx,
+    pytorch, tensorflow, keras, xgboost on FIL), applied unchanged: the controller starts a
+    Triton pod (tritonserver + puller) as local processes and every model answers as its
+    own framework does."""
     runtime = ROOT / "examples" / "isvc" / "triton-2.x-servingruntime.yaml"
-    path = ROOT / "examples" / "isvc" / "example-onnx-mnist-isvc.yaml"
-    name = yaml.safe_load(path.read_text())["metadata"]["name"]
-    rc, _, err = run_cli("apply", "-f", str(runtime), "-f", str(path), "--admin", stack.admin_url)
+    paths = [ROOT / "examples" / "isvc" / example for example, *_ in TRITON_EXAMPLES]
+    args = [a for path in [runtime, *paths] for a in ("-f", str(path))]
+    rc, _, err = run_cli("apply", *args, "--admin", stack.admin_url)
     assert rc == 0, err
     wait_for(lambda: [p for p in stack.admin("GET", "/v1/pods").json()["items"] if p["runtime"] == "triton-2.x"],
              timeout=90, what="a Triton pod started by the controller")
-    data = example_input("onnx-mnist.json")
-    got = infer_one(stack.router_grpc, name, data, inp="Input3", out="Plus214_Output_0")
-    want = direct_onnx(EXAMPLES / "onnx" / "mnist.onnx", data)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    wait_for(lambda: model_status(stack, name).get("states", {}).get("activeModelState") == "Loaded",
-             timeout=30, what=f"{name} Loaded")
-    rc, _, err = run_cli("delete", "-f", str(path), "-f", str(runtime), "--admin", stack.admin_url)
+    for path, (_, input_file, inp, out, (framework, model_file)) in zip(paths, TRITON_EXAMPLES, strict=True):
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        data = example_input(input_file)
+        wait_for(lambda name=name: stack.admin("GET", f"/v1/vmodels/{name}").status_code == 200, timeout=30, what=f"{name} registered")
+        got = infer_one(stack.router_grpc, name, data, inp=inp, out=out)
+        if framework == "onnx":
+            want = direct_onnx(EXAMPLES / model_file, data)
+        elif framework == "xgboost":
+            want = np.asarray(direct_xgboost(EXAMPLES / model_file, data), dtype=np.float32)
+        else:
+            want = direct_framework(framework, EXAMPLES / model_file, data, inp=inp, out=out)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+        wait_for(lambda name=name: model_status(stack, name).get("states", {}).get("activeModelState") == "Loaded",
+                 timeout=30, what=f"{name} Loaded")
+    rc, _, err = run_cli("delete", *args, "--admin", stack.admin_url)
     assert rc == 0, err
 
 

@@ -7,7 +7,7 @@ directly by its own library in this process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,9 @@ from .conftest import (
     EXAMPLES,
     TRITON_PYTHON,
     direct_framework,
+    direct_lightgbm,
     direct_onnx,
+    direct_xgboost,
     example_input,
     infer_one,
 )
@@ -220,3 +222,26 @@ def test_a_savedmodel_without_a_serving_signature_fails_with_that_reason(
     model = tstack.admin("GET", f"/v1/models/{name}").json()
     assert model["state"] == "FailedToLoad"
     assert "no serving_default signature" in model["lastFailure"]["message"], model["lastFailure"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "path", "model_file", "direct"),
+    [
+        ("xgboost", "xgboost/mushroom-fil", "xgboost/mushroom.json", direct_xgboost),
+        ("lightgbm", "lightgbm/mushroom-fil", "lightgbm/mushroom.bst", direct_lightgbm),
+    ],
+    ids=["xgboost-fil", "lightgbm-fil"],
+)
+def test_tree_models_in_upstreams_fil_layout_answer_like_their_library(
+    tstack: Stack, client: grpcclient.InferenceServerClient, unique: str, fmt: str, path: str, model_file: str,
+    direct: Callable[[Path, np.ndarray], np.ndarray],
+) -> None:
+    """upstream's example-triton-xgboost-isvc layout (`1/xgboost.json` + a FIL config.pbtxt):
+    input__0 FP32 [1,126] -> output__0 FP32 [1], the booster's probability."""
+    name = f"fil-{fmt}-{unique}"
+    # as upstream, Triton does not auto-select tree formats: the runtime is named
+    assert tstack.register(name, storage_uri=f"s3://{EXAMPLE_BUCKET}/{path}", format=fmt, runtime="triton-2.x").status_code == 201
+    data = example_input("xgboost-mushroom.json")
+    got = infer_one(client, name, data, inp="input__0", out="output__0")
+    assert got.dtype == np.float32 and got.shape == (1,)
+    np.testing.assert_allclose(got, np.asarray(direct(EXAMPLES / model_file, data), dtype=np.float32), rtol=1e-5)

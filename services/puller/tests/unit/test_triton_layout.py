@@ -90,7 +90,7 @@ def test_a_config_that_does_not_parse_is_refused_with_the_parsers_reason() -> No
 
 
 def test_a_format_triton_does_not_serve_here_names_the_ones_it_does() -> None:
-    with pytest.raises(FailedPrecondition, match=r"'sklearn'.*served: keras, onnx, openvino_ir, pytorch, tensorflow"):
+    with pytest.raises(FailedPrecondition, match=r"'sklearn'.*served: keras, lightgbm, onnx, openvino_ir, pytorch, tensorflow, xgboost"):
         layout(model_id="m1", model_type="sklearn", files=["model.joblib"], native_backends=set())
 
 
@@ -183,3 +183,16 @@ def test_keras_file_to_convert_and_where_the_savedmodel_goes() -> None:
 def test_a_keras_folder_without_one_h5_is_refused() -> None:
     with pytest.raises(FailedPrecondition, match=r"one .h5/.hdf5/.keras file.*found: a.h5, b.h5"):
         keras_to_convert(["a.h5", "b.h5"])
+
+
+def test_upstreams_fil_layout_keeps_its_config_and_file_names() -> None:
+    user = 'backend: "fil"\nmax_batch_size: 0\nparameters { key: "model_type" value { string_value: "xgboost_json" } }\n'
+    plan = layout(
+        model_id="m1", model_type="xgboost", files=["config.pbtxt", "1/xgboost.json"], native_backends={"fil"}, user_config=user
+    )
+    assert plan.moves == [] and parsed(plan.config).backend == "fil"
+    plan = layout(model_id="m1", model_type="lightgbm", files=["mushroom.txt"], native_backends=set(), user_config=user)
+    assert plan.moves == [("mushroom.txt", "1/model.txt")]
+    config = parsed(plan.config)
+    assert config.backend == "python" and config.parameters["meshserve_framework"].string_value == "fil"
+    assert config.parameters["model_type"].string_value == "xgboost_json"  # the user's FIL parameters stay

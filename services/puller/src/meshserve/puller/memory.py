@@ -1,8 +1,13 @@
-"""Measuring the model server's memory: resident set of its whole process tree.
+"""Measuring the model server's memory: the physical memory of its whole process tree.
 
-Read from /proc (`VmRSS` of the process and its descendants), or, where the puller
+Read from /proc as the proportional set size (`Pss` in smaps_rollup: each shared page
+counted once across the processes that map it) of the process and its descendants,
+`VmRSS` where smaps_rollup cannot be read. PSS, not RSS, because a model server may run a
+process per model (Triton's python backend starts a stub per model, each mapping the same
+framework libraries): summed RSS would charge every model the whole framework again, while
+the tree's summed PSS grows by what the machine really gave the new model. Where the puller
 cannot see the model server's processes (separate containers without a shared process
-namespace), from the `process_resident_memory_bytes` gauge on its metrics endpoint.
+namespace), the `process_resident_memory_bytes` gauge on its metrics endpoint is used.
 """
 
 from __future__ import annotations
@@ -23,20 +28,36 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _field_kib(path: Path, name: str) -> int | None:
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith(name):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def process_memory_bytes(pid: int) -> int | None:
+    """PSS of one process (RSS where smaps_rollup is not readable); None once it is gone."""
+    kib = _field_kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss:")
+    if kib is None:
+        kib = _field_kib(Path(f"/proc/{pid}/status"), "VmRSS:")
+    return None if kib is None else kib * 1024
+
+
 def tree_rss_bytes(pid: int) -> int:
+    """The tree's physical memory: summed PSS (see the module's docstring)."""
     total, stack, seen = 0, [pid], set()
     while stack:
         current = stack.pop()
         if current in seen:
             continue
         seen.add(current)
-        try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-                    break
-        except OSError:
+        size = process_memory_bytes(current)
+        if size is None:
             continue
+        total += size
         stack.extend(_children(current))
     return total
 

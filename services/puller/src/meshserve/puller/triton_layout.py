@@ -53,6 +53,10 @@ FORMATS = {
     # a Keras file is converted to a SavedModel first (upstream's adapter does the same)
     "keras": Format("tensorflow", "tensorflow_savedmodel", SAVEDMODEL, (), "tensorflow", marker="saved_model.pb"),
     "openvino_ir": Format("openvino", "", "model.xml", (".xml",), "openvino", companions=(".bin",)),
+    # tree models on Triton's FIL backend (upstream's example-triton-xgboost-isvc); the user's
+    # config.pbtxt says `model_type` (xgboost_json, lightgbm, ...), as FIL needs
+    "xgboost": Format("fil", "", "xgboost.json", (".json",), "fil"),
+    "lightgbm": Format("fil", "", "model.txt", (".txt",), "fil"),
 }
 
 

@@ -7,7 +7,7 @@ types and shapes the native backend would: read from the model file itself in
 `auto_complete_config`, so a `config.pbtxt` needs no inputs or outputs.
 
 The puller copies this file to `<model id>/1/model.py` and writes two config parameters:
-`meshserve_framework` (onnx, pytorch, tensorflow, openvino) and `meshserve_model_file` (the file's path relative to
+`meshserve_framework` (onnx, pytorch, tensorflow, openvino, fil) and `meshserve_model_file` (the file's path relative to
 the version folder). Nothing of meshserve is imported here.
 """
 
@@ -201,7 +201,53 @@ class _OpenVino:
         return [np.asarray(by_name[name]) for name in outputs]
 
 
-FRAMEWORKS = {"onnx": _Onnx, "pytorch": _Torch, "tensorflow": _TensorFlow, "openvino": _OpenVino}
+class _Fil:
+    """An xgboost or lightgbm tree model, answered as Triton's FIL backend answers: one FP32
+    input `input__0` [rows, features] and one FP32 output `output__0` with, per row, the
+    model's prediction (a probability for a classifier) or, with the config parameter
+    `output_class: "true"`, the class (probability > `threshold`, default 0.5)."""
+
+    def __init__(self, path: str, config: dict[str, Any]) -> None:
+        params = _parameters(config)
+        model_type = params.get("model_type") or ("lightgbm" if path.endswith(".txt") else "xgboost_json")
+        self.output_class = params.get("output_class", "false").lower() == "true"
+        self.threshold = float(params.get("threshold") or 0.5)
+        if model_type.startswith("xgboost"):
+            import xgboost as xgb
+
+            self.xgb = xgb
+            self.booster: Any = xgb.Booster(params={"nthread": 1}, model_file=path)
+            self.features = int(self.booster.num_features())
+        elif model_type == "lightgbm":
+            import lightgbm as lgb
+
+            self.xgb = None
+            self.booster = lgb.Booster(model_file=path, params={"num_threads": 1})
+            self.features = int(self.booster.num_feature())
+        else:
+            raise pb_utils.TritonModelException(f"FIL model_type {model_type!r} is not served here (xgboost, xgboost_json, lightgbm)")
+        self.max_batch_size = int(config.get("max_batch_size") or 0)
+        outputs = config.get("output") or [{"name": "output__0", "dims": [-1]}]
+        self.output_dims = [int(d) for d in outputs[0].get("dims", [-1])]
+
+    def signature(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return (
+            [{"name": "input__0", "data_type": "TYPE_FP32", "dims": [-1, self.features]}],
+            [{"name": "output__0", "data_type": "TYPE_FP32", "dims": [-1]}],
+        )
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        x = next(iter(inputs.values())) if "input__0" not in inputs else inputs["input__0"]
+        x = x.reshape(-1, self.features)
+        y = self.booster.predict(self.xgb.DMatrix(x) if self.xgb is not None else x)
+        y = np.asarray(y, dtype=np.float32)
+        if self.output_class:
+            y = (y > self.threshold).astype(np.float32)
+        shape = [len(x), *self.output_dims] if self.max_batch_size > 0 else self.output_dims
+        return [y.reshape(shape) for _ in outputs]
+
+
+FRAMEWORKS = {"onnx": _Onnx, "pytorch": _Torch, "tensorflow": _TensorFlow, "openvino": _OpenVino, "fil": _Fil}
 
 
 def _open(config: dict[str, Any], version_dir: str) -> Any:
