@@ -215,6 +215,26 @@ def test_upstreams_triton_examples_are_served_by_a_triton_pod_the_controller_sta
     assert rc == 0, err
 
 
+def test_the_ovms_runtime_serves_openvino_ir_in_local_mode(stack: Stack) -> None:
+    """ovms-1.x (upstream's ServingRuntime) and an openvino_ir InferenceService: the controller
+    starts an OVMS pod (the stand-in OVMS + a puller with the OVMS adapter) and the model
+    answers as openvino does."""
+    runtime = ROOT / "examples" / "isvc" / "ovms-1.x-servingruntime.yaml"
+    path = ROOT / "examples" / "isvc" / "example-openvino-mnist-isvc.yaml"
+    name = yaml.safe_load(path.read_text())["metadata"]["name"]
+    rc, _, err = run_cli("apply", "-f", str(runtime), "-f", str(path), "--admin", stack.admin_url)
+    assert rc == 0, err
+    wait_for(lambda: stack.admin("GET", f"/v1/vmodels/{name}").status_code == 200, timeout=30, what=f"{name} registered")
+    data = example_input("openvino-mnist.json")
+    got = infer_one(stack.router_grpc, name, data, inp="Input3", out="Plus214_Output_0")
+    want = direct_framework("openvino", EXAMPLES / "openvino" / "mnist" / "1" / "mnist.xml", data, inp="Input3", out="Plus214_Output_0")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    pods = [p for p in stack.admin("GET", "/v1/pods").json()["items"] if p["runtime"] == "ovms-1.x"]
+    assert pods, "served by the ovms-1.x runtime's own pod"
+    rc, _, err = run_cli("delete", "-f", str(path), "-f", str(runtime), "--admin", stack.admin_url)
+    assert rc == 0, err
+
+
 def test_a_custom_mlserver_runtime_with_its_own_format_serves_a_model_that_brings_its_code(stack: Stack) -> None:
     """examples/custom: a ServingRuntime for format `custom-scaler` and a model whose
     model-settings.json names its own MLModel class, shipped beside it."""

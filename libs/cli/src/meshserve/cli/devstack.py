@@ -344,6 +344,116 @@ class Stack:
             },
         )
 
+    def start_spi_pod(
+        self,
+        command: list[str],
+        *,
+        runtime: str,
+        formats: str,
+        pod_id: str | None = None,
+        capacity_bytes: int | None = None,
+        env: dict[str, str] | None = None,
+        runtime_env: dict[str, str] | None = None,
+        measure_memory: bool = False,
+        wait: bool = True,
+    ) -> PodHandle:
+        """A runtime pod of a custom runtime that serves ModelMesh's runtime SPI itself
+        (`mmesh.ModelRuntime`, no builtInAdapter): the process `command` + a puller with the
+        SPI adapter (`MESHSERVE_PULLER_MODEL_SERVER_KIND=spi`).
+
+        The runtime's endpoints are chosen here and passed into `command` through the
+        placeholders `{grpc_endpoint}` (a Unix socket in the pod folder, `unix:<path>`),
+        `{data_endpoint}` (`port:<n>` on 127.0.0.1), `{data_port}`, `{pod_dir}` and
+        `{storage_config_dir}` (the stack's storage-config secret, for runtimes that fetch
+        their own files). `env` goes to the puller, `runtime_env` to the runtime process.
+        Without `measure_memory` the puller gets no process to measure, so
+        the size the runtime reports is the copy's size. With `wait`, returns once the
+        puller has registered (it does so only after runtimeStatus answered READY)."""
+        pod_id = pod_id or f"spi-{len(self.pods)}"
+        pod_dir = self.root / "pods" / pod_id
+        models = pod_dir / "models"
+        models.mkdir(parents=True, exist_ok=True)
+        socket_path = pod_dir / "mmesh.sock"
+        if len(str(socket_path)) > 100:  # sun_path holds 108 bytes
+            import shutil
+            import tempfile
+
+            short = tempfile.mkdtemp(prefix="mmesh-")
+            self.group.on_stop.append(lambda: shutil.rmtree(short, ignore_errors=True))
+            socket_path = Path(short) / "runtime.sock"
+        data_port = free_port()
+        values = {
+            "grpc_endpoint": f"unix:{socket_path}", "data_endpoint": f"port:{data_port}", "data_port": str(data_port),
+            "pod_dir": str(pod_dir), "storage_config_dir": str(self.storage_config_dir),
+        }
+        server = self.group.start(
+            f"{pod_id}-runtime", [arg.format(**values) for arg in command],
+            env={"PYTHONUNBUFFERED": "1", **(runtime_env or {})}, cwd=pod_dir,
+        )
+        pid_file = pod_dir / ("runtime.pid" if measure_memory else "no-memory-probe.pid")
+        if measure_memory:
+            pid_file.write_text(str(server.popen.pid))
+        handle = self._start_puller(
+            pod_id, pod_dir, models, server, http_port=0, grpc_port=data_port, capacity_bytes=capacity_bytes,
+            env={
+                "MESHSERVE_PULLER_MODEL_SERVER_KIND": "spi",
+                "MESHSERVE_PULLER_MODEL_SERVER_ENDPOINT": values["grpc_endpoint"],
+                "MESHSERVE_PULLER_MODEL_SERVER_PID_FILE": str(pid_file),
+                "MESHSERVE_PULLER_RUNTIME": runtime,
+                "MESHSERVE_PULLER_SUPPORTED_FORMATS": formats,
+                **(env or {}),
+            },
+        )
+        handle.mlserver_rest = ""  # an SPI runtime need not serve REST
+        if wait:
+            def registered() -> bool:
+                return pod_id in {p["id"] for p in self.admin("GET", "/v1/pods").json()["items"]}
+
+            self.group.wait_until(handle.puller, registered, timeout=90, what=f"waiting for {pod_id} to register")  # type: ignore[arg-type]
+        return handle
+
+    def start_ovms_pod(
+        self, *, capacity_bytes: int | None = None, env: dict[str, str] | None = None, pod_id: str | None = None
+    ) -> PodHandle:
+        """A runtime pod of `ovms-1.x`. OpenVINO Model Server cannot be installed here, so the
+        model server is meshserve's stand-in (`meshserve.puller.ovms_fake`: OVMS's config
+        file, reload and status REST API, TF-Serving Predict and KServe v2 gRPC, models run
+        with the `openvino` package in Triton's environment) + a puller with the OVMS adapter."""
+        from meshserve.cli import triton
+        from meshserve.puller import ovms_fake
+
+        install = triton.prepare(self.root)  # for the environment that has openvino
+        pod_id = pod_id or f"ovms-{len(self.pods)}"
+        pod_dir = self.root / "pods" / pod_id
+        models = pod_dir / "models"
+        models.mkdir(parents=True, exist_ok=True)
+        config = models / "model_config_list.json"
+        config.write_text('{"model_config_list": []}\n')  # OVMS does not start without one
+        http_port, grpc_port = free_port(), free_port()
+        server = self.group.start(
+            f"{pod_id}-ovms",
+            [
+                str(install.python), str(ovms_fake.SERVER), "--port", str(grpc_port), "--rest_port", str(http_port),
+                "--config_path", str(config), "--file_system_poll_wait_seconds", "0",
+                "--grpc_bind_address", "127.0.0.1", "--rest_bind_address", "127.0.0.1",
+            ],
+            env={"OMP_NUM_THREADS": "1"},
+            cwd=pod_dir,
+        )
+        (pod_dir / "ovms.pid").write_text(str(server.popen.pid))
+        return self._start_puller(
+            pod_id, pod_dir, models, server, http_port=http_port, grpc_port=grpc_port, capacity_bytes=capacity_bytes,
+            env={
+                "MESHSERVE_PULLER_MODEL_SERVER_KIND": "ovms",
+                "MESHSERVE_PULLER_OVMS_CONFIG_PATH": str(config),
+                "MESHSERVE_PULLER_MODEL_SERVER_PID_FILE": str(pod_dir / "ovms.pid"),
+                "MESHSERVE_PULLER_RUNTIME": "ovms-1.x",
+                "MESHSERVE_PULLER_SUPPORTED_FORMATS": "openvino_ir:opset1",
+                "MESHSERVE_PULLER_PROTOCOL_VERSIONS": "grpc-v1",
+                **(env or {}),
+            },
+        )
+
     def _start_puller(
         self, pod_id: str, pod_dir: Path, models: Path, server: object, *, http_port: int, grpc_port: int,
         capacity_bytes: int | None, env: dict[str, str] | None,

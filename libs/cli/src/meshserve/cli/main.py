@@ -26,6 +26,7 @@ DEV_RESOURCES = (
     "examples/dev/model-serving-config.yaml",
     "examples/isvc/mlserver-1.x-servingruntime.yaml",
     "examples/isvc/triton-2.x-servingruntime.yaml",
+    "examples/isvc/ovms-1.x-servingruntime.yaml",
     "examples/isvc/quickstart-sklearn-isvc.yaml",
 )
 

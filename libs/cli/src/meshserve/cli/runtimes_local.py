@@ -56,7 +56,7 @@ PULLER_ENV_FROM_MANIFEST = (
     "MESHSERVE_PULLER_DEFAULT_MODEL_SIZE_BYTES",
     "MESHSERVE_PULLER_MODEL_SERVER_KIND",
 )
-LOCAL_SERVERS = ("mlserver", "triton")  # containers local mode can run as processes
+LOCAL_SERVERS = ("mlserver", "triton", "ovms")  # containers local mode can run as processes (ovms: the stand-in)
 
 
 @dataclass
@@ -141,7 +141,7 @@ class PodSupervisor:
     def _scale(self, dep: LocalDeployment, replicas: int) -> None:
         dep.replicas = replicas
         if not dep.runnable and replicas > 0:
-            log.warning("runtime %s is neither an MLServer nor a Triton runtime: local mode cannot run its pods", dep.name)
+            log.warning("runtime %s is not an MLServer, Triton or OVMS runtime: local mode cannot run its pods", dep.name)
             return
         while len(dep.pods) > replicas:
             self._stop_pod(dep.pods.pop())
@@ -156,6 +156,8 @@ class PodSupervisor:
             env["MESHSERVE_PULLER_CAPACITY_BYTES"] = str(self.capacity)
         if env.get("MESHSERVE_PULLER_MODEL_SERVER_KIND") == "triton":
             handle = self.stack.start_triton_pod(env=env, pod_id=f"triton-{next(self._index)}")
+        elif env.get("MESHSERVE_PULLER_MODEL_SERVER_KIND") == "ovms":
+            handle = self.stack.start_ovms_pod(env=env, pod_id=f"ovms-{next(self._index)}")
         else:
             handle = self.stack.start_pod(next(self._index), env=env)
         handle.pod_id = pod_id
@@ -175,7 +177,7 @@ class PodSupervisor:
     def _pod_dir(self, handle: PodHandle) -> Path | None:
         # Stack.start_pod names the folder like the mlserver process, minus "-mlserver"
         name = getattr(handle.mlserver, "name", "")
-        for suffix in ("-mlserver", "-triton"):
+        for suffix in ("-mlserver", "-triton", "-ovms"):
             if name.endswith(suffix):
                 return self.stack.root / "pods" / name.removesuffix(suffix)
         return None

@@ -98,7 +98,7 @@ def _data_endpoint(runtime: Runtime) -> str:
     return f"127.0.0.1:{port}"
 
 
-SERVER_KINDS = ("mlserver", "triton")  # the puller's adapters (MESHSERVE_PULLER_MODEL_SERVER_KIND)
+SERVER_KINDS = ("mlserver", "triton", "ovms")  # the puller's adapters (MESHSERVE_PULLER_MODEL_SERVER_KIND)
 
 
 def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, storage: StorageConfig) -> dict[str, Any]:
@@ -135,6 +135,12 @@ def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, 
             if var["name"] == "MESHSERVE_PULLER_MODEL_DIR":
                 var["value"] = f"{MODELS_DIR}/_triton_models"
         env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_REST", "value": "http://127.0.0.1:8000"})
+    if server_type == "ovms":
+        # upstream's ovms-1.x container reads /models/model_config_list.json and serves REST on the
+        # runtime management port; base paths are under /models in both containers
+        port = runtime.built_in_adapter.runtime_management_port if runtime.built_in_adapter else 0
+        env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_REST", "value": f"http://127.0.0.1:{port or 8888}"})
+        env.append({"name": "MESHSERVE_PULLER_OVMS_CONFIG_PATH", "value": f"{MODELS_DIR}/model_config_list.json"})
     if timeout_ms:
         env.append({"name": "MESHSERVE_PULLER_LOAD_TIMEOUT_SECONDS", "value": str(timeout_ms / 1000)})
     default_size = default_model_size(runtime)

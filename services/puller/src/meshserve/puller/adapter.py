@@ -13,7 +13,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
@@ -30,6 +30,19 @@ class ModelServerAdapter(Protocol):
     async def unload(self, *, model_id: str) -> None: ...
     async def loaded_models(self) -> list[str]: ...
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ModelRuntimeSpi(Protocol):
+    """An adapter that takes ModelMesh's whole load request and answers the model server's
+    own size of the loaded model (spi_adapter.SpiAdapter); 0 means it reported none.
+    Optional beside ModelServerAdapter: PullerService uses it when the adapter has it."""
+
+    async def load_model(
+        self, *, model_id: str, model_type: str, model_path: str, model_key: str, timeout: float  # noqa: ASYNC109
+    ) -> int: ...
+    async def predict_model_size(self, *, model_id: str, model_type: str, model_path: str, model_key: str) -> int: ...
+
 
 
 class _V2Repository:

@@ -13,14 +13,18 @@ import time
 import grpc
 from prometheus_client import start_http_server
 
+from meshserve.common.errors import MeshError
 from meshserve.common.grpcutil import bind, open_channel
 from meshserve.common.labels import parse_formats, runtime_labels
 from meshserve.common.proto.meshserve.v1 import runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from meshserve.puller.adapter import MLServerAdapter, ModelServerAdapter, TritonAdapter
 from meshserve.puller.memory import MemoryProbe
+from meshserve.puller.ovms_adapter import OVMSAdapter
+from meshserve.puller.ovms_layout import CONFIG_FILE as OVMS_CONFIG_FILE
 from meshserve.puller.server import ModelRuntimeServicer
 from meshserve.puller.service import PullerService
 from meshserve.puller.settings import PullerSettings
+from meshserve.puller.spi_adapter import SpiAdapter, grpc_target
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +40,23 @@ class PullerApp:
             )
         elif settings.model_server_kind == "mlserver":
             self.adapter = MLServerAdapter(rest_url=settings.model_server_rest)
+        elif settings.model_server_kind == "ovms":  # OpenVINO Model Server, through its config file
+            self.adapter = OVMSAdapter(
+                rest_url=settings.model_server_rest,
+                config_path=settings.ovms_config_path or settings.model_dir / OVMS_CONFIG_FILE,
+                unload_timeout=settings.load_timeout_seconds,
+            )
+        elif settings.model_server_kind == "spi":  # a runtime serving mmesh.ModelRuntime itself
+            try:
+                self.adapter = SpiAdapter(endpoint=settings.model_server_endpoint)
+                if settings.model_server_grpc.startswith("port:"):  # grpcDataEndpoint form
+                    settings.model_server_grpc = grpc_target(settings.model_server_grpc)
+            except MeshError as err:
+                raise SystemExit(f"MESHSERVE_PULLER_MODEL_SERVER_ENDPOINT / _GRPC: {err.message}") from err
         else:
-            raise SystemExit(f"MESHSERVE_PULLER_MODEL_SERVER_KIND={settings.model_server_kind!r}: use mlserver or triton")
+            raise SystemExit(f"MESHSERVE_PULLER_MODEL_SERVER_KIND={settings.model_server_kind!r}: use mlserver, triton, ovms or spi")
+        if settings.storage_helper_disabled and settings.model_server_kind != "spi":
+            raise SystemExit("MESHSERVE_PULLER_STORAGE_HELPER_DISABLED needs MESHSERVE_PULLER_MODEL_SERVER_KIND=spi")
         self.memory = MemoryProbe(pid_file=settings.model_server_pid_file, metrics_url=settings.model_server_metrics_url)
         self.service = PullerService(settings=settings, adapter=self.adapter, memory=self.memory)
         self.started_ms = int(time.time() * 1000)
@@ -51,6 +70,7 @@ class PullerApp:
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
         await self._wait_for_model_server()
+        self._use_runtime_limits()
         await self.service.purge()
         server = grpc.aio.server()
         runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(ModelRuntimeServicer(self.service), server)
@@ -65,6 +85,17 @@ class PullerApp:
         await self._say_goodbye()
         await server.stop(grace=2)
         await self.adapter.close()
+
+    def _use_runtime_limits(self) -> None:
+        """Kind spi: the limits the runtime's runtimeStatus gave replace the puller's own
+        (ModelMesh's rule); they reach the scheduler with the next PodReport."""
+        if not isinstance(self.adapter, SpiAdapter) or self.adapter.info is None:
+            return
+        overrides = self.adapter.info.puller_overrides()
+        for name, value in overrides.items():
+            setattr(self.settings, name, value)
+        if "max_loading_concurrency" in overrides:
+            self.service.set_max_loading_concurrency(self.settings.max_loading_concurrency)
 
     async def _wait_for_model_server(self) -> None:
         delay = 0.05

@@ -36,7 +36,7 @@ class ModelRuntimeServicer(runtime_pb2_grpc.ModelRuntimeServicer):
     async def PredictModelSize(
         self, request: pb.PredictModelSizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictModelSizeResponse:
-        size = await self.service.predict_size(model_path=request.model_path, model_key=request.model_key)
+        size = await self.service.predict_size(model_path=request.model_path, model_key=request.model_key, model_id=request.model_id)
         return pb.PredictModelSizeResponse(size_in_bytes=size)
 
     @rpc_errors

@@ -4,7 +4,12 @@ Loads on one pod run under a semaphore of `max_loading_concurrency` (default 1);
 one at a time, the model server's memory before and after a load differ only by that
 load, which is the size reported to the scheduler (`measured=True`). When the memory
 cannot be read, the size is the files' bytes x `model_size_multiplier`
-(`measured=False`).
+(`measured=False`), unless the model server reported its own size (the runtime SPI's
+loadModel / modelSize), which is then used instead.
+
+With `storage_helper_disabled` (a ServingRuntime's `storageHelper.disabled`) nothing is
+downloaded: the model server gets the storage path and key as registered and fetches the
+files itself; only an adapter that takes the whole load request (`ModelRuntimeSpi`) can.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 from meshserve.common.errors import InvalidArgument, MeshError
 from meshserve.common.storage import check_model_id, safe_join
 from meshserve.puller import storage
-from meshserve.puller.adapter import ModelServerAdapter
+from meshserve.puller.adapter import ModelRuntimeSpi, ModelServerAdapter
 from meshserve.puller.memory import MemoryProbe
 from meshserve.puller.settings import PullerSettings
 
@@ -43,6 +48,12 @@ class LoadResult:
     measured: bool
 
 
+def _spi_key(model_key: str, *, disk_bytes: int) -> str:
+    from meshserve.puller.spi_adapter import forwarded_model_key
+
+    return forwarded_model_key(model_key, disk_bytes=disk_bytes)
+
+
 class PullerService:
     def __init__(self, *, settings: PullerSettings, adapter: ModelServerAdapter, memory: MemoryProbe) -> None:
         self.settings = settings
@@ -53,6 +64,10 @@ class PullerService:
         self._model_locks: dict[str, asyncio.Lock] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         settings.model_dir.mkdir(parents=True, exist_ok=True)
+
+    def set_max_loading_concurrency(self, n: int) -> None:
+        """A new limit (the runtime's own, read at startup): only before loads start."""
+        self._slots = asyncio.Semaphore(max(1, n))
 
     def _lock(self, model_id: str) -> asyncio.Lock:
         return self._model_locks.setdefault(model_id, asyncio.Lock())
@@ -85,21 +100,38 @@ class PullerService:
             if model_id in self.loaded:
                 m = self.loaded[model_id]
                 return LoadResult(m.size_bytes, m.disk_bytes, m.measured)
-            cfg = self._storage(key)
             folder = safe_join(self.settings.model_dir, model_id)
-            disk = await asyncio.to_thread(
-                storage.fetch, cfg, path=model_path, dest=folder, pvc_mounts=self.settings.pvc_mounts_dir
-            )
+            spi = self.adapter if isinstance(self.adapter, ModelRuntimeSpi) else None
+            if self.settings.storage_helper_disabled:
+                if spi is None:
+                    raise InvalidArgument("storage_helper_disabled needs a model server that fetches its own files (kind spi)")
+                disk = 0
+            else:
+                cfg = self._storage(key)
+                disk = await asyncio.to_thread(
+                    storage.fetch, cfg, path=model_path, dest=folder, pvc_mounts=self.settings.pvc_mounts_dir
+                )
+            reported = 0
             async with self._slots:
                 before = await self.memory.rss_bytes()
                 started = time.monotonic()
                 try:
-                    await self.adapter.load(
-                        model_id=model_id,
-                        model_type=model_type,
-                        folder=folder,
-                        timeout=self.settings.load_timeout_seconds,
-                    )
+                    if spi is not None:
+                        local = not self.settings.storage_helper_disabled
+                        reported = await spi.load_model(
+                            model_id=model_id,
+                            model_type=model_type,
+                            model_path=str(folder) if local else model_path,
+                            model_key=_spi_key(model_key, disk_bytes=disk) if local else model_key,
+                            timeout=self.settings.load_timeout_seconds,
+                        )
+                    else:
+                        await self.adapter.load(
+                            model_id=model_id,
+                            model_type=model_type,
+                            folder=folder,
+                            timeout=self.settings.load_timeout_seconds,
+                        )
                 except asyncio.CancelledError:
                     # the scheduler gave up (deadline): undo in the background
                     task = asyncio.create_task(self._cleanup(model_id))
@@ -112,7 +144,7 @@ class PullerService:
                 after = await self.memory.rss_bytes()
             predicted = int(disk * self.settings.model_size_multiplier) or self.settings.default_model_size_bytes
             measured = before is not None and after is not None and after > before
-            size = (after - before) if measured and after is not None and before is not None else predicted
+            size = (after - before) if measured and after is not None and before is not None else reported or predicted
             self.loaded[model_id] = LoadedModel(model_id, size, disk, measured, time.time())
             log.info(
                 "loaded %s in %.2fs: %d bytes on disk, %d bytes %s",
@@ -120,7 +152,7 @@ class PullerService:
                 time.monotonic() - started,
                 disk,
                 size,
-                "measured" if measured else "predicted",
+                "measured" if measured else "reported by the model server" if reported else "predicted",
             )
             return LoadResult(size, disk, measured)
 
@@ -146,8 +178,14 @@ class PullerService:
             await asyncio.to_thread(self._remove_files, model_id)
         self._model_locks.pop(model_id, None)
 
-    async def predict_size(self, *, model_path: str, model_key: str) -> int:
+    async def predict_size(self, *, model_path: str, model_key: str, model_id: str = "") -> int:
         key = self.parse_key(model_key)
+        if self.settings.storage_helper_disabled and isinstance(self.adapter, ModelRuntimeSpi):
+            # the puller does not read the storage: the runtime's own guess (0 if it has none)
+            model_type = str((key.get("model_type") or {}).get("name", ""))
+            return await self.adapter.predict_model_size(
+                model_id=model_id, model_type=model_type, model_path=model_path, model_key=model_key
+            )
         cfg = self._storage(key)
         disk = await asyncio.to_thread(storage.predict_size, cfg, path=model_path)
         return int(disk * self.settings.model_size_multiplier) if disk else 0

@@ -37,6 +37,16 @@ class PullerSettings(BaseSettings):
     model_server_advertise_rest: str = ""
     model_server_pid_file: Path | None = None    # measure memory of this process tree
     model_server_metrics_url: str = ""           # else scrape process_resident_memory_bytes here
+    # kind "ovms": the config file OVMS reads (its --config_path), which the puller rewrites;
+    # default <model_dir>/model_config_list.json (upstream's /models/model_config_list.json)
+    ovms_config_path: Path | None = None
+    # kind "spi": a runtime that serves ModelMesh's mmesh.ModelRuntime itself (its grpcEndpoint:
+    # port:<n>, unix:<path> or host:port); its runtimeStatus replaces capacity_bytes,
+    # max_loading_concurrency, load_timeout_seconds and default_model_size_bytes where it sets them
+    model_server_endpoint: str = "port:8085"
+    # ServingRuntime storageHelper.disabled: download nothing; the runtime gets the storage path
+    # and the model key as registered (storage_key, storage_params) and fetches the files itself
+    storage_helper_disabled: bool = False
     capacity_bytes: int = 1 << 30                # memory for models on this pod
     max_loading_concurrency: int = 1
     default_model_size_bytes: int = 1_000_000

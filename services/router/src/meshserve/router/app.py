@@ -20,6 +20,7 @@ from meshserve.common.grpcutil import bind, message_size_options, open_channel
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 from meshserve.router import metrics
 from meshserve.router.dataplane import DataPlane
+from meshserve.router.other_rpcs import MethodTable, OtherRpcHandler
 from meshserve.router.rest import create_app
 from meshserve.router.server import InferenceHandler
 from meshserve.router.settings import RouterSettings
@@ -56,6 +57,18 @@ class RouterApp:
         self._stop = asyncio.Event()
         self._expiry: asyncio.TimerHandle | None = None  # forgets the table's fallbacks when they expire
 
+    def grpc_handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
+        """KServe v2 first; every other method goes to the other-RPC handler (in this order)."""
+        methods = MethodTable(
+            id_paths=self.settings.id_paths,
+            allow_other_rpcs=self.settings.allow_other_rpcs,
+            blocked=self.settings.blocked_methods,
+        )
+        return (
+            InferenceHandler(self.dataplane, self.grpc_upstream),
+            OtherRpcHandler(self.dataplane, self.grpc_upstream, methods),
+        )
+
     def ready(self) -> bool:
         return self.table.synced and not self.stopping
 
@@ -86,7 +99,7 @@ class RouterApp:
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
         server = grpc.aio.server(options=message_size_options(self.settings.max_message_bytes))
-        server.add_generic_rpc_handlers((InferenceHandler(self.dataplane, self.grpc_upstream),))
+        server.add_generic_rpc_handlers(self.grpc_handlers())
         port = bind(server, self.settings.grpc_address, self.settings.tls)
         await server.start()
         rest = self._rest_server() if self.settings.rest_port else None

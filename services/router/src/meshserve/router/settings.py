@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import socket
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshserve.common.grpcutil import DEFAULT_MAX_MESSAGE_BYTES
 from meshserve.common.settings import TLSSettings, shared
+from meshserve.router.inject import check_path
+
+UPSTREAM_ID_PATHS: dict[str, list[int]] = {
+    "inference.GRPCInferenceService/ModelInfer": [1],
+    "inference.GRPCInferenceService/ModelMetadata": [1],
+    "tensorflow.serving.PredictionService/Predict": [1, 1],
+    "org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions": [1],
+}
+"""ModelMesh Serving's dataplane table (and the MLServer / OVMS adapters' methodInfos)."""
+
+BLOCKED_METHODS: list[str] = [
+    "mmesh.ModelRuntime/",
+    "meshserve.v1.",
+    "inference.model_repository.ModelRepositoryService/",
+    "inference.GRPCInferenceService/Repository",
+    "inference.GRPCInferenceService/SystemSharedMemory",
+    "inference.GRPCInferenceService/CudaSharedMemory",
+    "inference.GRPCInferenceService/TraceSetting",
+    "inference.GRPCInferenceService/LogSettings",
+]
 
 
 class RouterSettings(BaseSettings):
@@ -43,5 +63,44 @@ class RouterSettings(BaseSettings):
     the pods report their models again (a heartbeat, 2 s) and the registry mirror is rebuilt
     (2 s); 30 s also covers a slow Redis start and is twice the scheduler's pod timeout, after
     which a silent pod is dropped anyway. A forward that fails there asks the scheduler."""
+    id_paths: dict[str, list[int]] = Field(default_factory=lambda: {k: list(v) for k, v in UPSTREAM_ID_PATHS.items()})
+    """gRPC methods whose request names the model inside its body: `"package.Service/Method"`
+    -> the field numbers from the request message down to that string field (upstream's
+    idExtractionPath and idInjectionPath, which ModelMesh Serving sets alike). The router
+    forwards such a method to a copy of the model with the field rewritten to the concrete
+    model id, and reads the model name there when the call has no mm-vmodel-id / mm-model-id
+    header. An empty list: forwarded, nothing rewritten. Default: upstream's table
+    (KServe v2 ModelInfer and ModelMetadata [1], TF Serving Predict [1, 1], TorchServe
+    Predictions [1]); the router serves KServe v2 ModelInfer / ModelMetadata itself, at
+    field 1, whatever this says. From the environment as JSON, e.g.
+    `MESHSERVE_ROUTER_ID_PATHS='{"acme.Scaler/Predict": [1]}'`; that replaces the default
+    table, so repeat the entries you keep."""
+    allow_other_rpcs: bool = True
+    """Forward any other gRPC method too, byte for byte, when the call names its model in
+    the mm-vmodel-id or mm-model-id header (upstream's `allowOtherRpcs`, on in ModelMesh
+    Serving). Off: only the methods in `id_paths` are forwarded."""
+    blocked_methods: list[str] = Field(default_factory=lambda: list(BLOCKED_METHODS))
+    """Method-name prefixes ("package.Service/Method") never forwarded to a model server:
+    what loads, unloads or reconfigures models behind the scheduler's back (the model
+    repository APIs of MLServer and Triton, Triton's shared-memory, trace and log
+    settings) and the internal services (upstream blocks its mmesh.ModelRuntime alike).
+    Answered with UNIMPLEMENTED."""
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator("id_paths")
+    @classmethod
+    def _id_paths(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for method, path in value.items():
+            name = method.strip().lstrip("/")
+            service, _, rpc = name.partition("/")
+            if not service or not rpc or "/" in rpc:
+                raise ValueError(f"{method!r} is not a gRPC method name (package.Service/Method)")
+            out[name] = list(check_path(path)) if path else []
+        return out
+
+    @field_validator("blocked_methods")
+    @classmethod
+    def _blocked(cls, value: list[str]) -> list[str]:
+        return [prefix.strip().lstrip("/") for prefix in value if prefix.strip().lstrip("/")]

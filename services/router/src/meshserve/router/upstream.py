@@ -36,22 +36,25 @@ class GrpcUpstream:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._calls: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable] = {}
 
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The kept-alive channel to `address` (opened on first use)."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = open_channel(address, tls=self.tls, options=message_size_options(self.max_message_bytes))
+            self._channels[address] = channel
+        return channel
+
     def callable(self, address: str, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
         key = (address, method)
         callable_ = self._calls.get(key)
         if callable_ is None:
-            channel = self._channels.get(address)
-            if channel is None:
-                channel = open_channel(
-                    address, tls=self.tls, options=message_size_options(self.max_message_bytes)
-                )
-                self._channels[address] = channel
-            callable_ = self._calls[key] = channel.unary_unary(method)
+            callable_ = self._calls[key] = self.channel(address).unary_unary(method)
         return callable_
 
     def stream_callable(self, address: str, method: str) -> grpc.aio.StreamStreamMultiCallable:
-        self.callable(address, method)  # opens the channel if needed
-        return self._channels[address].stream_stream(method)
+        """Not cached: the router's other-RPC path forwards methods clients name, which
+        must not grow a cache (only the channels, one per model server, are kept)."""
+        return self.channel(address).stream_stream(method)
 
     async def send(
         self, address: str, method: str, payload: bytes, metadata: Sequence[tuple[str, str | bytes]], budget: float
