@@ -215,6 +215,35 @@ def test_upstreams_triton_examples_are_served_by_a_triton_pod_the_controller_sta
     assert rc == 0, err
 
 
+def tf_serving_predict(address: str, name: str, data: np.ndarray) -> np.ndarray:
+    import grpc
+
+    from meshserve.common.proto.tensorflow.core.framework import (
+        tensor_pb2,
+        tensor_shape_pb2,
+        types_pb2,
+    )
+    from meshserve.common.proto.tensorflow_serving.apis import (
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in data.shape]),
+        tensor_content=data.astype(np.float32).tobytes(),
+    )
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.inputs["Input3"].CopyFrom(tensor)
+    with grpc.insecure_channel(address) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+    out = response.outputs["Plus214_Output_0"]
+    shape = [d.size for d in out.tensor_shape.dim]
+    values = np.frombuffer(out.tensor_content, dtype=np.float32) if out.tensor_content else np.asarray(out.float_val, dtype=np.float32)
+    return values.reshape(shape)
+
+
 def test_the_ovms_runtime_serves_openvino_ir_in_local_mode(stack: Stack) -> None:
     """ovms-1.x (upstream's ServingRuntime) and an openvino_ir InferenceService: the controller
     starts an OVMS pod (the stand-in OVMS + a puller with the OVMS adapter) and the model
@@ -229,6 +258,9 @@ def test_the_ovms_runtime_serves_openvino_ir_in_local_mode(stack: Stack) -> None
     got = infer_one(stack.router_grpc, name, data, inp="Input3", out="Plus214_Output_0")
     want = direct_framework("openvino", EXAMPLES / "openvino" / "mnist" / "1" / "mnist.xml", data, inp="Input3", out="Plus214_Output_0")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # OVMS's own API, TF-Serving Predict, through the router: model_spec.name is the
+    # InferenceService's name, rewritten to the model id on the way (idInjectionPath [1,1])
+    np.testing.assert_allclose(tf_serving_predict(stack.router_grpc, name, data), want, rtol=1e-5, atol=1e-6)
     pods = [p for p in stack.admin("GET", "/v1/pods").json()["items"] if p["runtime"] == "ovms-1.x"]
     assert pods, "served by the ovms-1.x runtime's own pod"
     rc, _, err = run_cli("delete", "-f", str(path), "-f", str(runtime), "--admin", stack.admin_url)
