@@ -222,6 +222,10 @@ def write_inputs(inputs: Path) -> list[Path]:
         path = inputs / name
         path.write_text(json.dumps(body, separators=(",", ":")) + "\n")
         paths.append(path)
+    fil = {"inputs": [{**body["inputs"][0], "name": "input__0"}]}  # Triton FIL's input name
+    path = inputs / "xgboost-mushroom-fil.json"
+    path.write_text(json.dumps(fil, separators=(",", ":")) + "\n")
+    paths.append(path)
     x, _ = digits_28()
     digit = x[-1].reshape(1, 1, 28, 28)  # the last digit, never used in upstream's docs: any image works
     body = {"inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [round(float(v), 4) for v in digit.reshape(-1)]}]}

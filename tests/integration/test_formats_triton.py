@@ -39,11 +39,26 @@ def tstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         s.start()
         s.upload_examples(EXAMPLES)
-        pod = s.start_triton_pod()
+        # python-backend models cost what their framework costs (~30 MiB onnx, ~160 MiB torch,
+        # ~230 MiB tensorflow, measured): room for every test's models at once
+        pod = s.start_triton_pod(capacity_bytes=6 << 30)
         s.wait_for_pods([pod])
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(autouse=True)
+def _unregister_after(tstack: Stack) -> Iterator[None]:
+    """Each test's models are unregistered after it (their stub processes end), so the
+    shared pod's memory stays what one test needs."""
+    def registered() -> set[str]:
+        return {m["id"] for m in tstack.admin("GET", "/v1/models?limit=1000").json()["items"]}
+
+    before = registered()
+    yield
+    for model_id in sorted(registered() - before):
+        assert tstack.admin("DELETE", f"/v1/models/{model_id}").status_code == 204
 
 
 @pytest.fixture

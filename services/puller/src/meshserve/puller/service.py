@@ -1,8 +1,10 @@
 """The puller's use cases: load (fetch + model server load + measure), unload, sizes.
 
-Loads on one pod run under a semaphore of `max_loading_concurrency` (default 1); with
-one at a time, the model server's memory before and after a load differ only by that
-load, which is the size reported to the scheduler (`measured=True`). When the memory
+Downloads on one pod run up to `max_loading_concurrency` at once (the runtime's
+maxLoadingConcurrency); the model server's loads run one at a time whenever its memory is
+measured, so its memory before and after a load differ only by that load, which is the
+size reported to the scheduler (`measured=True`; two loads at once would each be charged
+for both). When the memory
 cannot be read, the size is the files' bytes x `model_size_multiplier`
 (`measured=False`), unless the model server reported its own size (the runtime SPI's
 loadModel / modelSize), which is then used instead.
@@ -15,6 +17,7 @@ files itself; only an adapter that takes the whole load request (`ModelRuntimeSp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -61,6 +64,7 @@ class PullerService:
         self.memory = memory
         self.loaded: dict[str, LoadedModel] = {}
         self._slots = asyncio.Semaphore(max(1, settings.max_loading_concurrency))
+        self._measuring = asyncio.Lock()  # loads on a measured pod run one at a time (see the docstring)
         self._model_locks: dict[str, asyncio.Lock] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         settings.model_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +116,7 @@ class PullerService:
                     storage.fetch, cfg, path=model_path, dest=folder, pvc_mounts=self.settings.pvc_mounts_dir
                 )
             reported = 0
-            async with self._slots:
+            async with self._slots, self._measuring if self.memory.available else contextlib.nullcontext():
                 before = await self.memory.rss_bytes()
                 started = time.monotonic()
                 try:
