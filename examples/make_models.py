@@ -15,6 +15,8 @@ Writes, under --out (default examples/models), the layout of upstream's example 
                              the same boosters in upstream's Triton FIL layout
                              (1/xgboost.json or 1/model.txt, and a config.pbtxt with
                              input__0 FP32 [-1,126] -> output__0 FP32 [-1])
+  custom/scaler/, custom/linear-json/
+                             copies of the custom runtimes' models in examples/custom/
   onnx/mnist.onnx            upstream's ONNX MNIST signature (Input3 FP32 [1,1,28,28] ->
                              Plus214_Output_0 FP32 [1,10]): a linear classifier fitted on
                              scikit-learn's 8x8 digits upscaled to 28x28, built with onnx.helper
@@ -156,6 +158,24 @@ def make_fil(out: Path) -> list[Path]:
     return made
 
 
+def copy_custom(out: Path) -> list[Path]:
+    """The custom runtimes' example models (examples/custom/), where `make dev` uploads the
+    bucket from: custom/scaler/ (an MLServer model with its own MLModel class) and
+    custom/linear-json/model.json (for the SPI runtime)."""
+    here = Path(__file__).parent / "custom"
+    made = []
+    for source, target in (
+        (here / "mlserver-model", out / "custom" / "scaler"),
+        (here / "spi-runtime" / "model", out / "custom" / "linear-json"),
+    ):
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(source.iterdir()):
+            if path.is_file():
+                (target / path.name).write_bytes(path.read_bytes())
+                made.append(target / path.name)
+    return made
+
+
 def digits_28() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits upscaled (nearest, 3x) and padded to MNIST's 28x28, in [0, 1]."""
     digits = datasets.load_digits()
@@ -256,6 +276,7 @@ def main() -> None:
     args = parser.parse_args()
     made = [make_mnist_svm(args.out), make_iris(args.out), make_xgboost(args.out), make_lightgbm(args.out), make_onnx(args.out)]
     made += make_fil(args.out)
+    made += copy_custom(args.out)
     made += write_inputs(Path(__file__).parent / "inputs")
     for path in made:
         print(f"wrote {path} ({path.stat().st_size} bytes)")

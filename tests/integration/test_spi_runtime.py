@@ -6,7 +6,7 @@ the SPI adapter (`MESHSERVE_PULLER_MODEL_SERVER_KIND=spi`); the real scheduler p
 it and the real router forwards v2 calls to it. Answers are compared with y = x.W + b
 computed here. The pods have no memory probe, so the copy's size is the one the runtime
 reports. The last test applies the example's ServingRuntime and InferenceService YAML through
-the controller (local mode) and serves it from a pod started by the example's run_pod.py."""
+the controller (local mode), which runs the runtime from its `meshserve.io/local-command`."""
 
 from __future__ import annotations
 
@@ -203,32 +203,32 @@ def _cli(*argv: str) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-def test_the_examples_yaml_through_the_controller_served_by_a_pod_from_run_pod(
+def test_the_examples_yaml_through_the_controller_served_by_a_pod_it_starts(
     spi_stack: Stack, client: grpcclient.InferenceServerClient
 ) -> None:
-    """`meshserve apply` of examples/custom/spi-runtime/{servingruntime,inferenceservice}.yaml;
-    local mode cannot start this runtime's pods, so run_pod.py (the README's way) runs one."""
+    """`meshserve apply` of examples/custom/spi-runtime/{servingruntime,inferenceservice}.yaml:
+    local mode runs the runtime's pod from the ServingRuntime's local-command annotation, with
+    the container's env, beside a puller on kind spi."""
     runtime_yaml, isvc_yaml = EXAMPLE / "servingruntime.yaml", EXAMPLE / "inferenceservice.yaml"
     runtime_doc: dict[str, Any] = yaml.safe_load(runtime_yaml.read_text())
     runtime_name = runtime_doc["metadata"]["name"]
     container_env = {e["name"]: e["value"] for e in runtime_doc["spec"]["containers"][0]["env"]}
     isvc: dict[str, Any] = yaml.safe_load(isvc_yaml.read_text())
     name = isvc["metadata"]["name"]
+    spi_stack.s3_client().upload_file(str(EXAMPLE / "model" / "model.json"), EXAMPLE_BUCKET, "custom/linear-json/model.json")
     spi_stack.start_controller()
-    runner = spi_stack.group.start("run-pod", [
-        sys.executable, str(EXAMPLE / "run_pod.py"), "--root", str(spi_stack.root), "--scheduler", spi_stack.scheduler_grpc,
-        "--admin", spi_stack.admin_url, "--pod-id", "example-pod",
-    ])
-    spi_stack.group.wait_until(
-        runner, lambda: _pod(spi_stack, "example-pod")["runtime"] == runtime_name, timeout=90, what="run_pod.py's pod"
-    )
-    # the runtime got the container's env from run_pod.py and reported it in runtimeStatus
-    pod = _pod(spi_stack, "example-pod")
-    assert pod["capacityBytes"] == int(container_env["RUNTIME_CAPACITY_BYTES"])
-    assert pod["maxLoadingConcurrency"] == int(container_env["RUNTIME_LOADING_CONCURRENCY"])
     rc, out, err = _cli("apply", "-f", str(runtime_yaml), "-f", str(isvc_yaml), "--admin", spi_stack.admin_url)
     assert rc == 0, err
     assert f"inferenceservice.serving.kserve.io/{name} created" in out
+
+    def runtime_pod() -> dict[str, Any] | None:
+        pods = [p for p in spi_stack.admin("GET", "/v1/pods").json()["items"] if p["runtime"] == runtime_name]
+        return pods[0] if pods else None
+
+    pod = wait_for(runtime_pod, timeout=90, what=f"a {runtime_name} pod started by the controller")
+    # the runtime got the container's env and reported it in runtimeStatus
+    assert pod["capacityBytes"] == int(container_env["RUNTIME_CAPACITY_BYTES"])
+    assert pod["maxLoadingConcurrency"] == int(container_env["RUNTIME_LOADING_CONCURRENCY"])
     wait_for(lambda: spi_stack.admin("GET", f"/v1/vmodels/{name}").status_code == 200, timeout=60, what=f"{name} registered")
     model = json.loads((EXAMPLE / "model" / "model.json").read_text())
     np.testing.assert_allclose(_infer(client, name), _expected(model["weights"], model["bias"]), rtol=1e-6, atol=1e-6)
@@ -246,6 +246,6 @@ def test_the_examples_yaml_through_the_controller_served_by_a_pod_from_run_pod(
     [output] = json.loads(out)["outputs"]
     assert output["name"] == "y" and output["shape"] == ["1", "2"]
     np.testing.assert_allclose(output["contents"]["fp32Contents"], [7.6, 2.3], rtol=1e-6)  # the README's answer
-    assert [m["id"].split("__")[0] for m in _pod(spi_stack, "example-pod")["models"]] == [name]
+    assert [m["id"].split("__")[0] for m in _pod(spi_stack, pod["id"])["models"]] == [name]
     rc, _, err = _cli("delete", "-f", str(isvc_yaml), "-f", str(runtime_yaml), "--admin", spi_stack.admin_url)
     assert rc == 0, err

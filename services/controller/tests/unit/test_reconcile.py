@@ -175,6 +175,49 @@ def test_puller_env_matches_puller_settings() -> None:
     assert [n for n in names if n.startswith("MESHSERVE_PULLER_") and n.removeprefix("MESHSERVE_PULLER_").lower() not in fields] == []
 
 
+def _example_runtime(path: str) -> rts.Runtime:
+    return rts.parse_runtime(yaml.safe_load((Path(__file__).parents[4] / path).read_text()), cluster_scoped=False)
+
+
+def test_a_custom_spi_runtime_gets_a_puller_on_8086_that_calls_its_spi() -> None:
+    """examples/custom/spi-runtime: no builtInAdapter, grpcEndpoint port:8085 (upstream's
+    custom-runtime convention): the puller moves to 8086, calls the SPI there, and stays the
+    pod's agent with storageHelper.disabled (then downloading nothing)."""
+    runtime = _example_runtime("examples/custom/spi-runtime/servingruntime.yaml")
+    for disabled in (False, True):
+        manifest = deploy.build_runtime_deployment(
+            runtime=replace(runtime, storage_helper_disabled=disabled), config=ServingConfig(), namespace="ns",
+            replicas=1, storage=STORAGE, scheduler_address="s:8034",
+        )
+        kubernetes_validate.validate(manifest, "1.32", strict=True)
+        template = manifest["spec"]["template"]
+        containers = {c["name"]: c for c in template["spec"]["containers"]}
+        assert set(containers) == {"linear-json-runtime", "puller"}
+        puller = containers["puller"]
+        env = {e["name"]: e.get("value") for e in puller["env"]}
+        assert env["MESHSERVE_PULLER_MODEL_SERVER_KIND"] == "spi"
+        assert env["MESHSERVE_PULLER_MODEL_SERVER_ENDPOINT"] == "port:8085"
+        assert env["MESHSERVE_PULLER_LISTEN_ADDRESS"] == "0.0.0.0:8086"
+        assert puller["ports"] == [{"name": "mgmt", "containerPort": 8086}]
+        assert env.get("MESHSERVE_PULLER_STORAGE_HELPER_DISABLED") == ("true" if disabled else None)
+        assert deploy.LOCAL_COMMAND_ANNOTATION in template["metadata"]["annotations"]
+
+
+def test_the_ovms_runtime_points_the_puller_at_ovms_config_and_rest() -> None:
+    manifest = deploy.build_runtime_deployment(
+        runtime=_example_runtime("examples/isvc/ovms-1.x-servingruntime.yaml"), config=ServingConfig(), namespace="ns",
+        replicas=1, storage=STORAGE, scheduler_address="s:8034",
+    )
+    kubernetes_validate.validate(manifest, "1.32", strict=True)
+    containers = {c["name"]: c for c in manifest["spec"]["template"]["spec"]["containers"]}
+    env = {e["name"]: e.get("value") for e in containers["puller"]["env"]}
+    assert env["MESHSERVE_PULLER_MODEL_SERVER_KIND"] == "ovms"
+    assert env["MESHSERVE_PULLER_MODEL_SERVER_REST"] == "http://127.0.0.1:8888"
+    assert env["MESHSERVE_PULLER_OVMS_CONFIG_PATH"] == "/models/model_config_list.json"
+    assert env["MESHSERVE_PULLER_LISTEN_ADDRESS"] == "0.0.0.0:8085"
+    assert "--config_path=/models/model_config_list.json" in containers["ovms"]["args"]
+
+
 @pytest.mark.parametrize(("q", "n"), [("1Gi", 2**30), ("512Mi", 512 * 2**20), ("1G", 10**9), ("100", 100), (5, 5), ("500m", 0)])
 def test_parse_quantity(q: Any, n: int) -> None:
     assert deploy.parse_quantity(q) == n

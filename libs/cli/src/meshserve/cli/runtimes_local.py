@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from meshserve.cli.devstack import PodHandle, Stack, StackConfig
-from meshserve.controller.deployments import SPEC_HASH_ANNOTATION
+from meshserve.controller.deployments import LOCAL_COMMAND_ANNOTATION, SPEC_HASH_ANNOTATION
 from meshserve.controller.reconcile import ActionKind, DeploymentAction, ObservedDeployment
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,11 @@ PULLER_ENV_FROM_MANIFEST = (
     "MESHSERVE_PULLER_CAPACITY_BYTES",
     "MESHSERVE_PULLER_DEFAULT_MODEL_SIZE_BYTES",
     "MESHSERVE_PULLER_MODEL_SERVER_KIND",
+    "MESHSERVE_PULLER_STORAGE_HELPER_DISABLED",
 )
+CHECKOUT = Path(__file__).resolve().parents[5]  # libs/cli/src/meshserve/cli/ -> the checkout (editable install)
+LOCAL_COMMAND_ENV = "MESHSERVE_LOCAL_COMMAND"  # carries the runtime's local command to the supervisor
+RUNTIME_ENV_PREFIX = "MESHSERVE_LOCAL_RUNTIME_ENV__"  # the runtime container's own env values
 LOCAL_SERVERS = ("mlserver", "triton", "ovms")  # containers local mode can run as processes (ovms: the stand-in)
 
 
@@ -72,9 +76,20 @@ class LocalDeployment:
 
 def puller_env(manifest: dict[str, Any]) -> tuple[bool, dict[str, str]]:
     """(runs as a local process?, the puller variables taken from a planned Deployment manifest)."""
-    containers = manifest.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []) or []
-    runnable = any(c.get("name") in LOCAL_SERVERS for c in containers)
+    template = manifest.get("spec", {}).get("template", {})
+    containers = template.get("spec", {}).get("containers", []) or []
+    local_command = (template.get("metadata", {}).get("annotations") or {}).get(LOCAL_COMMAND_ANNOTATION, "")
+    runnable = any(c.get("name") in LOCAL_SERVERS for c in containers) or bool(local_command)
     env: dict[str, str] = {}
+    if local_command:
+        # a custom (SPI) runtime: its container cannot run here, the annotation says what can
+        env[LOCAL_COMMAND_ENV] = local_command
+        for c in containers:
+            if c.get("name") != "puller":
+                for var in c.get("env") or []:
+                    if isinstance(var.get("value"), str):
+                        env[RUNTIME_ENV_PREFIX + var["name"]] = var["value"]
+                break
     for c in containers:
         if c.get("name") != "puller":
             continue
@@ -141,7 +156,7 @@ class PodSupervisor:
     def _scale(self, dep: LocalDeployment, replicas: int) -> None:
         dep.replicas = replicas
         if not dep.runnable and replicas > 0:
-            log.warning("runtime %s is not an MLServer, Triton or OVMS runtime: local mode cannot run its pods", dep.name)
+            log.warning("runtime %s is not an MLServer, Triton or OVMS runtime and has no %s annotation: local mode cannot run its pods", dep.name, LOCAL_COMMAND_ANNOTATION)
             return
         while len(dep.pods) > replicas:
             self._stop_pod(dep.pods.pop())
@@ -158,11 +173,31 @@ class PodSupervisor:
             handle = self.stack.start_triton_pod(env=env, pod_id=f"triton-{next(self._index)}")
         elif env.get("MESHSERVE_PULLER_MODEL_SERVER_KIND") == "ovms":
             handle = self.stack.start_ovms_pod(env=env, pod_id=f"ovms-{next(self._index)}")
+        elif env.get("MESHSERVE_PULLER_MODEL_SERVER_KIND") == "spi" and LOCAL_COMMAND_ENV in env:
+            handle = self._start_spi_pod(env)
         else:
             handle = self.stack.start_pod(next(self._index), env=env)
         handle.pod_id = pod_id
         log.info("started local runtime pod %s (model server %s, puller %s)", pod_id, handle.mlserver_grpc, handle.puller_address)
         return handle
+
+    def _start_spi_pod(self, env: dict[str, str]) -> PodHandle:
+        """A custom runtime serving ModelMesh's SPI, run from its `meshserve.io/local-command`
+        annotation: a JSON list of arguments with Stack.start_spi_pod's placeholders, plus
+        `{python}` (this environment's interpreter) and `{checkout}` (meshserve's folder)."""
+        try:
+            command = json.loads(env.pop(LOCAL_COMMAND_ENV))
+        except ValueError as err:
+            raise ValueError(f"{LOCAL_COMMAND_ANNOTATION} must be a JSON list of strings: {err}") from err
+        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+            raise ValueError(f"{LOCAL_COMMAND_ANNOTATION} must be a non-empty JSON list of strings")
+        fixed = {"python": sys.executable, "checkout": str(CHECKOUT)}
+        command = [a.replace("{python}", fixed["python"]).replace("{checkout}", fixed["checkout"]) for a in command]
+        runtime_env = {k.removeprefix(RUNTIME_ENV_PREFIX): env.pop(k) for k in list(env) if k.startswith(RUNTIME_ENV_PREFIX)}
+        return self.stack.start_spi_pod(
+            command, runtime=env.get("MESHSERVE_PULLER_RUNTIME", ""), formats=env.get("MESHSERVE_PULLER_SUPPORTED_FORMATS", ""),
+            pod_id=f"spi-{next(self._index)}", env=env, runtime_env=runtime_env, wait=False,
+        )
 
     def _stop_pod(self, handle: PodHandle) -> None:
         for proc in (handle.puller, handle.mlserver):
@@ -177,7 +212,7 @@ class PodSupervisor:
     def _pod_dir(self, handle: PodHandle) -> Path | None:
         # Stack.start_pod names the folder like the mlserver process, minus "-mlserver"
         name = getattr(handle.mlserver, "name", "")
-        for suffix in ("-mlserver", "-triton", "-ovms"):
+        for suffix in ("-mlserver", "-triton", "-ovms", "-runtime"):
             if name.endswith(suffix):
                 return self.stack.root / "pods" / name.removesuffix(suffix)
         return None

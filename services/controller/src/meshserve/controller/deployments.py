@@ -101,8 +101,20 @@ def _data_endpoint(runtime: Runtime) -> str:
 SERVER_KINDS = ("mlserver", "triton", "ovms")  # the puller's adapters (MESHSERVE_PULLER_MODEL_SERVER_KIND)
 
 
+LOCAL_COMMAND_ANNOTATION = "meshserve.io/local-command"
+
+
+def puller_port(runtime: Runtime) -> int:
+    """8085, or 8086 beside a custom runtime that serves the SPI on 8085 itself (upstream's
+    custom-runtime convention: `grpcEndpoint: port:8085`)."""
+    if runtime.built_in_adapter is None and endpoint_port(runtime.grpc_endpoint or "port:8085") == PULLER_PORT:
+        return PULLER_PORT + 1
+    return PULLER_PORT
+
+
 def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, storage: StorageConfig) -> dict[str, Any]:
     data_port = endpoint_port(runtime.grpc_data_endpoint) or 8001
+    port = puller_port(runtime)
     formats = ",".join(f"{f.name}:{f.version}" if f.version else f.name for f in runtime.formats if f.auto_select)
     protocols = list(runtime.protocol_versions)
     if config.rest_proxy_enabled and "grpc-v2" in protocols and "v2" not in protocols:
@@ -112,8 +124,8 @@ def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, 
     env: list[dict[str, Any]] = [
         {"name": "MESHSERVE_PULLER_POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "MESHSERVE_PULLER_LISTEN_ADDRESS", "value": f"0.0.0.0:{PULLER_PORT}"},
-        {"name": "MESHSERVE_PULLER_ADVERTISE_ADDRESS", "value": f"$(POD_IP):{PULLER_PORT}"},
+        {"name": "MESHSERVE_PULLER_LISTEN_ADDRESS", "value": f"0.0.0.0:{port}"},
+        {"name": "MESHSERVE_PULLER_ADVERTISE_ADDRESS", "value": f"$(POD_IP):{port}"},
         {"name": "MESHSERVE_PULLER_SCHEDULER_ADDRESS", "value": scheduler_address},
         {"name": "MESHSERVE_PULLER_RUNTIME", "value": runtime.name},
         {"name": "MESHSERVE_PULLER_SUPPORTED_FORMATS", "value": formats},
@@ -129,6 +141,14 @@ def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, 
     server_type = runtime.built_in_adapter.server_type if runtime.built_in_adapter else ""
     if server_type in SERVER_KINDS:
         env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_KIND", "value": server_type})
+    if runtime.built_in_adapter is None:
+        # a custom runtime serving ModelMesh's runtime SPI itself: the puller stays the pod's
+        # agent and calls the SPI on its grpcEndpoint (with storageHelper.disabled, downloading
+        # nothing: the runtime gets the storage details)
+        env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_KIND", "value": "spi"})
+        env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_ENDPOINT", "value": runtime.grpc_endpoint or "port:8085"})
+        if runtime.storage_helper_disabled:
+            env.append({"name": "MESHSERVE_PULLER_STORAGE_HELPER_DISABLED", "value": "true"})
     if server_type == "triton":
         # upstream's triton-2.x container serves /models/_triton_models on Triton's default HTTP port
         for var in env:
@@ -154,7 +174,7 @@ def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, 
         "name": "puller",
         "image": config.storage_helper_image.image,
         "env": env,
-        "ports": [{"name": "mgmt", "containerPort": PULLER_PORT}],
+        "ports": [{"name": "mgmt", "containerPort": port}],
         "resources": config.storage_helper_resources.to_k8s(),
         "volumeMounts": mounts,
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
@@ -176,7 +196,7 @@ def build_runtime_deployment(
         mounts = c.setdefault("volumeMounts", [])
         if not any(m.get("name") == "models-dir" for m in mounts):
             mounts.append({"name": "models-dir", "mountPath": MODELS_DIR})
-    if not runtime.storage_helper_disabled:
+    if not runtime.storage_helper_disabled or runtime.built_in_adapter is None:
         containers.append(_puller(runtime=runtime, config=config, scheduler_address=scheduler_address, storage=storage))
     selector = {"modelmesh-service": config.inference_service_name, "name": name}
     labels = {
@@ -197,6 +217,8 @@ def build_runtime_deployment(
         })
     annotations.update(config.runtime_pod_annotations)
     annotations.update({str(k): str(v) for k, v in (spec.get("annotations") or {}).items()})
+    if local := dict(runtime.annotations).get(LOCAL_COMMAND_ANNOTATION):
+        annotations[LOCAL_COMMAND_ANNOTATION] = local  # how local mode runs this custom runtime
     models_dir: dict[str, Any] = {"name": "models-dir", "emptyDir": {}}
     if limit := _models_dir_limit(containers[: len(spec.get("containers") or [])]):
         models_dir["emptyDir"]["sizeLimit"] = limit
