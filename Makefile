@@ -11,7 +11,7 @@ EXAMPLES_STAMP := examples/models/.generated
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: dev test venv proto examples lock lint bench bench-placement bench-router bench-sizes manifests clean distclean
+.PHONY: dev test venv proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold manifests clean distclean
 
 dev: $(STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## start the whole local stack (Ctrl-C stops it)
 	$(BIN)/meshserve dev
@@ -65,7 +65,7 @@ lint: $(STAMP) $(PROTO_STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy  # strict on the files listed in pyproject [tool.mypy]
 
-bench: bench-placement bench-router bench-sizes
+bench: bench-placement bench-router bench-sizes bench-cold
 
 bench-placement: $(STAMP) $(PROTO_STAMP)
 	$(BIN)/python -m bench.placement $(BENCH_ARGS)
@@ -73,8 +73,11 @@ bench-placement: $(STAMP) $(PROTO_STAMP)
 bench-router: $(STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP)
 	$(BIN)/python -m bench.router
 
-bench-sizes: $(STAMP) $(PROTO_STAMP)
-	$(BIN)/python -m bench.sizes
+bench-sizes: $(STAMP) $(PROTO_STAMP) $(TRITON_STAMP) $(EXAMPLES_STAMP)
+	$(BIN)/python -m bench.sizes $(BENCH_ARGS)
+
+bench-cold: $(STAMP) $(PROTO_STAMP) $(TRITON_STAMP) $(EXAMPLES_STAMP)
+	$(BIN)/python -m bench.cold $(BENCH_ARGS)
 
 manifests: ## build the kustomize overlays offline
 	kubectl kustomize deploy/kustomize/base >/dev/null

@@ -22,20 +22,35 @@ from mlserver.settings import ModelSettings
 SETTINGS_FILE = "model-settings.json"
 
 
+WARM_IMPORTS = "mlserver_sklearn,mlserver_xgboost,mlserver_lightgbm"
+
+
 def _warm_runtime_imports() -> None:
     """Import the model runtimes now, at server start.
 
-    Otherwise the first load of a format pays for importing scikit-learn & co. (about
-    70 MB), and the puller's before/after memory delta would charge that to the first
-    model. MLServer imports this module while parsing its settings, before serving.
+    Otherwise the first load of a format pays for importing its runtime and library
+    (`make bench-sizes`: the first xgboost model measured ~70 MiB instead of ~3 MiB), and
+    the puller's before/after memory delta would charge that to the first model, where it
+    stays after that model is unloaded. MLServer imports this module while parsing its
+    settings, in the process that loads the models (parallel_workers: 0), before serving.
+
+    `MESHSERVE_WARM_IMPORTS` (comma-separated modules, default `WARM_IMPORTS`; empty:
+    none) replaces the list, e.g. to add `sklearn.ensemble` where forests are common.
+    A runtime that is not installed is skipped; one that is installed but fails to
+    import only warns: neither stops MLServer (the load of that format fails later with
+    the reason).
     """
     import importlib
+    import warnings
 
-    for name in os.environ.get("MESHSERVE_WARM_IMPORTS", "mlserver_sklearn,mlserver_xgboost,mlserver_lightgbm").split(","):
+    for name in filter(None, (n.strip() for n in os.environ.get("MESHSERVE_WARM_IMPORTS", WARM_IMPORTS).split(","))):
         try:
-            importlib.import_module(name.strip())
-        except Exception:
-            continue
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not (name == err.name or name.startswith(err.name + ".")):  # a dependency is missing
+                warnings.warn(f"meshserve: could not import {name} at start-up: {err}", stacklevel=1)
+        except Exception as err:  # a broken install must not stop the server
+            warnings.warn(f"meshserve: could not import {name} at start-up: {type(err).__name__}: {err}", stacklevel=1)
 
 
 _warm_runtime_imports()
