@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# The puller forks children (the Keras converter) while grpc.aio's threads run; gRPC's fork
+# handlers then crash the child now and then (SIGSEGV in an event-engine thread). The child
+# only execs, so it needs none of them. Read by gRPC's core when it loads: set before any
+# import that might load it.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 import asyncio
 import sys
 
