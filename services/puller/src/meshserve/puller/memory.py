@@ -8,6 +8,13 @@ framework libraries): summed RSS would charge every model the whole framework ag
 the tree's summed PSS grows by what the machine really gave the new model. Where the puller
 cannot see the model server's processes (separate containers without a shared process
 namespace), the `process_resident_memory_bytes` gauge on its metrics endpoint is used.
+
+A load's size is `MemoryProbe.growth(before, after)` of two `snapshot()`s: reading every
+process's PSS walks all its mappings (~12 ms for a TensorFlow stub, so a pod of many stubs
+paid hundreds of ms per load, twice), so a snapshot reads only each process's RSS (statm),
+and the growth takes the new processes' private pages (smaps_rollup, one read each) plus
+the old ones' RSS growth, which is what the summed PSS grows by (see `tree_growth`).
+`tree_rss_bytes` (summed PSS) stays the pod's total, for heartbeats and benchmarks.
 """
 
 from __future__ import annotations
@@ -62,6 +69,75 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _process_key(pid: int) -> tuple[int, int] | None:
+    """(pid, start time): a pid the kernel reused for another process is another key."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return pid, int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _statm_rss(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def private_bytes(pid: int) -> int | None:
+    """Pages only this process maps (smaps_rollup Private_Clean + Private_Dirty): for a
+    process that maps a framework's libraries first, they are its private pages."""
+    try:
+        fields = {}
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in ("Private_Clean", "Private_Dirty"):
+                fields[name] = int(rest.split()[0]) * 1024
+        if len(fields) == 2:
+            return sum(fields.values())
+    except (OSError, ValueError, IndexError):
+        pass
+    return _statm_rss(pid)
+
+
+def tree_processes(pid: int) -> dict[tuple[int, int], int]:
+    """The process tree under `pid`: (pid, start time) -> RSS from statm (cheap to read)."""
+    out: dict[tuple[int, int], int] = {}
+    stack, seen = [pid], set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        key, rss = _process_key(current), _statm_rss(current)
+        if key is None or rss is None:
+            continue
+        out[key] = rss
+        stack.extend(_children(current))
+    return out
+
+
+def tree_growth(before: dict[tuple[int, int], int], after: dict[tuple[int, int], int]) -> int:
+    """What the machine gave the tree between two `tree_processes` readings: the private
+    pages of each process that is new (a python-backend stub, with its framework's pages if
+    it mapped them first), plus the RSS growth of each process that was there before.
+    Exited processes are left out (an unload running meanwhile does not make the load look
+    smaller). Equal to the growth of the tree's summed PSS when the old processes' shared
+    pages stay shared, at the cost of one smaps_rollup read per new process instead of
+    one per process, twice."""
+    growth = 0
+    for key, rss in after.items():
+        if key in before:
+            growth += rss - before[key]
+        else:
+            growth += private_bytes(key[0]) or 0
+    return growth
+
+
 class MemoryProbe:
     def __init__(self, *, pid_file: Path | None, metrics_url: str) -> None:
         self.pid_file = pid_file
@@ -79,6 +155,22 @@ class MemoryProbe:
     @property
     def available(self) -> bool:
         return self._pid() is not None or bool(self.metrics_url)
+
+    async def snapshot(self) -> dict[tuple[int, int], int] | int | None:
+        """A reading to pass to `growth`: the process tree (cheap: statm) where the puller
+        sees the model server's processes, else the metrics endpoint's resident memory."""
+        pid = self._pid()
+        if pid is not None:
+            return tree_processes(pid)
+        return await self.rss_bytes()
+
+    @staticmethod
+    def growth(before: dict[tuple[int, int], int] | int | None, after: dict[tuple[int, int], int] | int | None) -> int | None:
+        if isinstance(before, dict) and isinstance(after, dict):
+            return tree_growth(before, after)
+        if isinstance(before, int) and isinstance(after, int):
+            return after - before
+        return None
 
     async def rss_bytes(self) -> int | None:
         pid = self._pid()

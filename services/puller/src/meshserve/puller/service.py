@@ -117,7 +117,7 @@ class PullerService:
                 )
             reported = 0
             async with self._slots, self._measuring if self.memory.available else contextlib.nullcontext():
-                before = await self.memory.rss_bytes()
+                before = await self.memory.snapshot()
                 started = time.monotonic()
                 try:
                     if spi is not None:
@@ -145,10 +145,11 @@ class PullerService:
                 except MeshError:
                     await self._cleanup(model_id)
                     raise
-                after = await self.memory.rss_bytes()
+                after = await self.memory.snapshot()
             predicted = int(disk * self.settings.model_size_multiplier) or self.settings.default_model_size_bytes
-            measured = before is not None and after is not None and after > before
-            size = (after - before) if measured and after is not None and before is not None else reported or predicted
+            grown = self.memory.growth(before, after)
+            measured = grown is not None and grown > 0
+            size = grown if measured and grown is not None else reported or predicted
             self.loaded[model_id] = LoadedModel(model_id, size, disk, measured, time.time())
             log.info(
                 "loaded %s in %.2fs: %d bytes on disk, %d bytes %s",
