@@ -19,6 +19,7 @@ the old ones' RSS growth, which is what the summed PSS grows by (see `tree_growt
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -175,7 +176,9 @@ class MemoryProbe:
     async def rss_bytes(self) -> int | None:
         pid = self._pid()
         if pid is not None:
-            return tree_rss_bytes(pid)
+            # off the event loop: summed PSS walks every process's mappings (~12 ms per
+            # TensorFlow stub), and heartbeats read it every interval, loads in flight or not
+            return await asyncio.to_thread(tree_rss_bytes, pid)
         if self.metrics_url:
             try:
                 async with httpx.AsyncClient(timeout=2) as client:
