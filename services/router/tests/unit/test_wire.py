@@ -95,7 +95,7 @@ def test_field_one_with_a_non_string_wire_type_is_rejected_by_replace() -> None:
 def test_encode_varint_matches_protobuf() -> None:
     for value in (0, 1, 127, 128, 300, 2**32, 2**63 - 1):
         encoded = wire.encode_varint(value)
-        assert wire._varint(encoded, 0) == (value, len(encoded))
+        assert wire.read_varint(encoded, 0) == (value, len(encoded))
 
 
 # -- property: any request message --------------------------------------------------------

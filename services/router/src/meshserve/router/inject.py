@@ -38,7 +38,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-from meshserve.router.wire import EGROUP, I32, I64, LEN, SGROUP, VARINT, WireError, encode_varint
+from meshserve.router.wire import (
+    EGROUP,
+    I32,
+    I64,
+    LEN,
+    SGROUP,
+    VARINT,
+    WireError,
+    encode_varint,
+    read_varint,
+)
 
 MAX_FIELD_NUMBER = (1 << 29) - 1
 MAX_PATH_LENGTH = 32
@@ -106,23 +116,8 @@ def inject(buf: bytes, path: Sequence[int], value: str) -> bytes:
 
 
 # -- walking ------------------------------------------------------------------------------
-def _varint(view: memoryview, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end:
-            raise WireError("truncated varint")
-        byte = view[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise WireError("varint longer than 10 bytes")
-
-
 def _tag(view: memoryview, pos: int, end: int) -> tuple[int, int, int]:
-    tag, after = _varint(view, pos, end)
+    tag, after = read_varint(view, pos, end)
     number, wire_type = tag >> 3, tag & 7
     if number == 0:
         raise WireError(f"field number 0 at byte {pos}")
@@ -150,9 +145,9 @@ def _skip_group(view: memoryview, pos: int, end: int, number: int, depth: int) -
 
 def _skip_value(view: memoryview, pos: int, end: int, number: int, wire_type: int, depth: int) -> int:
     if wire_type == VARINT:
-        return _varint(view, pos, end)[1]
+        return read_varint(view, pos, end)[1]
     if wire_type == LEN:
-        length, pos = _varint(view, pos, end)
+        length, pos = read_varint(view, pos, end)
         stop = pos + length
     elif wire_type == I64:
         stop = pos + 8
@@ -172,7 +167,7 @@ def _fields(view: memoryview, start: int, end: int) -> Iterator[_Field]:
     while pos < end:
         number, wire_type, after = _tag(view, pos, end)
         if wire_type == LEN:
-            length, body = _varint(view, after, end)
+            length, body = read_varint(view, after, end)
             stop = body + length
             if stop > end:
                 raise WireError(f"field {number} runs past the end of its message")

@@ -17,9 +17,11 @@ class WireError(ValueError):
     """The bytes are not a valid protobuf message."""
 
 
-def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes | memoryview, pos: int, end: int | None = None) -> tuple[int, int]:
+    """(value, position after it) of the varint at `pos`, which must end before `end`
+    (default: the end of `buf`)."""
     result = shift = 0
-    end = len(buf)
+    end = len(buf) if end is None else end
     while True:
         if pos >= end:
             raise WireError("truncated varint")
@@ -30,7 +32,7 @@ def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
             return result, pos
         shift += 7
         if shift > 63:
-            raise WireError("varint too long")
+            raise WireError("varint longer than 10 bytes")
 
 
 def encode_varint(value: int) -> bytes:
@@ -47,13 +49,13 @@ def encode_varint(value: int) -> bytes:
 
 def _skip(buf: bytes | memoryview, pos: int, wire_type: int) -> int:
     if wire_type == VARINT:
-        return _varint(buf, pos)[1]
+        return read_varint(buf, pos)[1]
     if wire_type == I64:
         end = pos + 8
     elif wire_type == I32:
         end = pos + 4
     elif wire_type == LEN:
-        length, pos = _varint(buf, pos)
+        length, pos = read_varint(buf, pos)
         end = pos + length
     else:
         raise WireError(f"unsupported wire type {wire_type}")
@@ -67,12 +69,12 @@ def read_string(buf: bytes, field: int = 1) -> str:
     view = memoryview(buf)
     pos, end, value = 0, len(buf), ""
     while pos < end:
-        tag, pos = _varint(view, pos)
+        tag, pos = read_varint(view, pos)
         number, wire_type = tag >> 3, tag & 7
         if number == 0:
             raise WireError("field number 0")
         if number == field and wire_type == LEN:
-            length, start = _varint(view, pos)
+            length, start = read_varint(view, pos)
             pos = start + length
             if pos > end:
                 raise WireError("truncated field")
@@ -97,7 +99,7 @@ def replace_string(buf: bytes, value: str, field: int = 1) -> bytes:
     current: list[str] = []
     while pos < end:
         start = pos
-        tag, pos = _varint(view, pos)
+        tag, pos = read_varint(view, pos)
         number, wire_type = tag >> 3, tag & 7
         if number == 0:
             raise WireError("field number 0")
@@ -107,7 +109,7 @@ def replace_string(buf: bytes, value: str, field: int = 1) -> bytes:
                 raise WireError(f"field {field} has wire type {wire_type}, expected a string")
             spans.append((start, pos))
             if len(spans) == 1:
-                _, body = _varint(view, start + len(encode_varint(tag)))
+                _, body = read_varint(view, start + len(encode_varint(tag)))
                 current.append(bytes(view[body:pos]).decode("utf-8", "replace"))
     encoded = value.encode("utf-8")
     if len(spans) == 1 and current and current[0] == value:
