@@ -121,8 +121,16 @@ def _users_original(folder: Path, name: str, kept_as: str) -> Path | None:
     return kept if kept.is_file() else None
 
 
-def _files(folder: Path) -> list[str]:
+def folder_files(folder: Path) -> list[str]:
     return [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+
+
+def apply_moves(folder: Path, moves: list[tuple[str, str]]) -> None:
+    """A layout's (from, to) moves, relative to `folder` (blocking; OSError as it comes)."""
+    for src, dst in moves:
+        target = folder / dst
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (folder / src).replace(target)
 
 
 def write_model_settings(folder: Path, *, model_id: str, model_type: str) -> dict[str, Any]:
@@ -136,7 +144,7 @@ def write_model_settings(folder: Path, *, model_id: str, model_type: str) -> dic
         except (ValueError, UnicodeDecodeError) as err:
             raise FailedPrecondition(f"the model's {mlserver_layout.SETTINGS_FILE} is not valid JSON: {err}") from err
     settings = mlserver_layout.model_settings(
-        model_id=model_id, model_type=model_type, folder=str(folder.resolve()), files=_files(folder), user=user
+        model_id=model_id, model_type=model_type, folder=str(folder.resolve()), files=folder_files(folder), user=user
     )
     (folder / mlserver_layout.SETTINGS_FILE).write_text(json.dumps(settings))
     return settings
@@ -198,12 +206,9 @@ def lay_out_triton_model(folder: Path, *, model_id: str, model_type: str, native
     kept = _users_original(folder, triton_layout.CONFIG_FILE, USER_CONFIG_COPY)
     user = kept.read_text(errors="replace") if kept is not None else None
     plan = triton_layout.layout(
-        model_id=model_id, model_type=model_type, files=_files(folder), native_backends=native_backends, user_config=user
+        model_id=model_id, model_type=model_type, files=folder_files(folder), native_backends=native_backends, user_config=user
     )
-    for src, dst in plan.moves:
-        target = folder / dst
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (folder / src).replace(target)
+    apply_moves(folder, plan.moves)
     for version in plan.python_model_in:
         shutil.copyfile(PYTHON_MODEL, folder / version / "model.py")
     (folder / triton_layout.CONFIG_FILE).write_text(plan.config)
@@ -215,7 +220,7 @@ async def convert_keras(folder: Path, *, python: str, timeout: float) -> None:  
     (a reload) is left as it is."""
     from meshserve.puller import triton_layout
 
-    source = triton_layout.keras_to_convert(_files(folder))
+    source = triton_layout.keras_to_convert(folder_files(folder))
     if source is None:
         return
     target = folder / triton_layout.keras_savedmodel_path(source)

@@ -16,3 +16,8 @@ def model_files(names: Sequence[str], *, config_file: str) -> list[str]:
         for n in names
         if n != config_file and not any(part.startswith(".") for part in n.split("/")) and not n.endswith(".part")
     )
+
+
+def is_version(part: str) -> bool:
+    """A model version folder's name, as Triton and OVMS number them (from 1)."""
+    return part.isdigit() and int(part) > 0

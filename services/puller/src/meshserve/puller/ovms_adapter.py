@@ -40,6 +40,7 @@ import httpx
 
 from meshserve.common.errors import DeadlineExceeded, FailedPrecondition, MeshError, Unavailable
 from meshserve.puller import ovms_layout
+from meshserve.puller.adapter import apply_moves, folder_files
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +113,14 @@ class OVMSAdapter:
             delay = min(delay * 2, 1.0)
             status, body = 0, None
 
-    async def _model_status(self, model_id: str, *, reload_error: str) -> list[ovms_layout.VersionStatus]:
+    async def _get_model(self, model_id: str) -> httpx.Response:
         try:
-            response = await self._client.get(f"/v1/models/{model_id}")
+            return await self._client.get(f"/v1/models/{model_id}")
         except httpx.HTTPError as err:
             raise Unavailable(f"OVMS is not reachable at {self.rest_url}: {type(err).__name__}") from err
+
+    async def _model_status(self, model_id: str, *, reload_error: str) -> list[ovms_layout.VersionStatus]:
+        response = await self._get_model(model_id)
         if response.status_code == 404:
             said = f"; OVMS answered the reload: {reload_error}" if reload_error else ""
             raise FailedPrecondition(f"OVMS did not take the model into its configuration ({_error_text(_json(response))}){said}")
@@ -132,10 +136,7 @@ class OVMSAdapter:
             if status in (200, 201) and isinstance(body, dict):
                 still = model_id in ovms_layout.available_models(body)
             else:  # the reload answered an error, maybe for another model: ask about this one
-                try:
-                    response = await self._client.get(f"/v1/models/{model_id}")
-                except httpx.HTTPError as err:
-                    raise Unavailable(f"OVMS is not reachable at {self.rest_url}: {type(err).__name__}") from err
+                response = await self._get_model(model_id)
                 still = response.status_code == 200 and any(
                     v.state == ovms_layout.State.AVAILABLE for v in ovms_layout.version_statuses(_json(response))
                 )
@@ -191,13 +192,9 @@ class OVMSAdapter:
 
 def lay_out_ovms_model(folder: Path, *, model_type: str) -> ovms_layout.Layout:
     """Apply ovms_layout's plan to the downloaded folder (blocking)."""
-    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-    plan = ovms_layout.layout(model_type=model_type, files=files)
+    plan = ovms_layout.layout(model_type=model_type, files=folder_files(folder))
     try:
-        for src, dst in plan.moves:
-            target = folder / dst
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (folder / src).replace(target)
+        apply_moves(folder, plan.moves)
     except OSError as err:
         raise FailedPrecondition(f"could not lay the model folder out for OVMS: {err}") from err
     return plan

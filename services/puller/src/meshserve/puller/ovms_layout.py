@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import Any
 
 from meshserve.common.errors import FailedPrecondition
-from meshserve.puller.model_files import model_files
+from meshserve.puller.model_files import is_version, model_files
 
 CONFIG_FILE = "model_config_list.json"  # upstream's name for OVMS's --config_path (in the model dir)
 
@@ -65,10 +65,6 @@ class Layout:
     model_file: str = ""  # what OVMS will load in it (the .xml or .onnx), relative to the folder
 
 
-def _is_version(part: str) -> bool:
-    return part.isdigit() and int(part) > 0
-
-
 def _head(name: str) -> str:
     return name.split("/", 1)[0]
 
@@ -93,10 +89,10 @@ def layout(*, model_type: str, files: Sequence[str]) -> Layout:
         raise FailedPrecondition("OVMS numbers model versions from 1: the folder 0/ is not a version")
 
     # OVMS sees every numeric folder at the top, also one holding only hidden or partial files
-    on_disk = {int(_head(n)) for n in files if "/" in n and _is_version(_head(n))}
-    versions = sorted({int(_head(n)) for n in rel if "/" in n and _is_version(_head(n))})
+    on_disk = {int(_head(n)) for n in files if "/" in n and is_version(_head(n))}
+    versions = sorted({int(_head(n)) for n in rel if "/" in n and is_version(_head(n))})
     if versions:
-        moves = [(prefix + n, n) for n in rel if "/" in n and _is_version(_head(n))]
+        moves = [(prefix + n, n) for n in rel if "/" in n and is_version(_head(n))]
     elif fmt == "onnx" and len(rel) == 1:
         moves, versions = [(prefix + rel[0], posixpath.join("1", ONNX_FILE))], [1]
     else:

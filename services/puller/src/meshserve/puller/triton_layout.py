@@ -27,7 +27,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from meshserve.common.errors import FailedPrecondition
-from meshserve.puller.model_files import model_files
+from meshserve.puller.model_files import is_version, model_files
 
 CONFIG_FILE = "config.pbtxt"
 
@@ -68,10 +68,6 @@ class Layout:
     native: bool = True
 
 
-def _is_version(part: str) -> bool:
-    return part.isdigit() and int(part) > 0
-
-
 def supported_formats() -> list[str]:
     return sorted(FORMATS)
 
@@ -102,7 +98,7 @@ def keras_to_convert(files: Sequence[str]) -> str | None:
 def keras_savedmodel_path(source: str) -> str:
     """Where the SavedModel converted from `source` goes: `<version>/model.savedmodel`."""
     top = source.split("/", 1)[0]
-    return posixpath.join(top if _is_version(top) and "/" in source else "1", SAVEDMODEL)
+    return posixpath.join(top if is_version(top) and "/" in source else "1", SAVEDMODEL)
 
 
 def _place_folder_model(fmt: Format, version: str, names: list[str], where: dict[str, str], wanted: str) -> None:
@@ -178,7 +174,7 @@ def layout(
 
     visible = model_files(files, config_file=CONFIG_FILE)
     # files not in a version folder go to version 1
-    where = {n: n if _is_version(n.split("/", 1)[0]) and "/" in n else posixpath.join("1", n) for n in visible}
+    where = {n: n if is_version(n.split("/", 1)[0]) and "/" in n else posixpath.join("1", n) for n in visible}
     versions = sorted({p.split("/", 1)[0] for p in where.values()}, key=int)
     if not versions:
         raise FailedPrecondition("the model folder holds no model file")
