@@ -366,7 +366,11 @@ def main() -> None:
     try:
         stack.start()
         stack.upload_examples(EXAMPLES)
-        pods = start_pods(stack, {c.kind for c in chosen}, imports=False)
+        # the puller's Keras converter imports tensorflow at pod start, as a deployment that
+        # serves keras models would set it (MESHSERVE_PULLER_KERAS_CONVERTER_PRESTART)
+        pods = start_pods(
+            stack, {c.kind for c in chosen}, imports=False, triton_env={"MESHSERVE_PULLER_KERAS_CONVERTER_PRESTART": "true"}
+        )
         servers = {
             kind: direct.start(kind, group=group, root=root / "direct", name=f"direct-{kind}") for kind in sorted(pods)
         }

@@ -26,6 +26,7 @@ import tritonclient.grpc as grpcclient
 
 from bench.sizes.catalog import EXAMPLES, Case
 from meshserve.cli.procs import Proc, ProcessGroup, free_port, http_ok
+from meshserve.puller.keras_converter import KerasConverter
 from meshserve.puller.memory import tree_rss_bytes
 
 
@@ -41,6 +42,15 @@ class DirectServer:
     ovms_config: Path | None = None
     _ovms_models: dict[str, str] = field(default_factory=dict)
     _client: grpcclient.InferenceServerClient | None = None
+    # the puller's warm converter, kept (with the loop its child belongs to) between models
+    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    _keras: KerasConverter | None = None
+
+    def _keras_converter(self) -> KerasConverter:
+        if self._keras is None:
+            self._keras = KerasConverter(python=self.keras_python)
+            self._loop.run_until_complete(self._keras.prestart())  # as the puller's prestart: not timed
+        return self._keras
 
     @property
     def pid(self) -> int:
@@ -77,7 +87,7 @@ class DirectServer:
 
             if case.format == "keras":
                 started = time.monotonic()
-                asyncio.run(convert_keras(folder, python=self.keras_python, timeout=300))
+                self._loop.run_until_complete(convert_keras(folder, converter=self._keras_converter(), timeout=300))
                 converted = time.monotonic() - started
             lay_out_triton_model(folder, model_id=name, model_type=case.format, native_backends=self.native_backends)
         else:
@@ -134,6 +144,9 @@ class DirectServer:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._keras is not None:
+            self._loop.run_until_complete(self._keras.close())
+            self._keras = None
 
 
 def start(kind: str, *, group: ProcessGroup, root: Path, name: str) -> DirectServer:

@@ -143,7 +143,9 @@ def _load(stack: Stack, name: str, case: Case, *, runtime: str, source: str | No
     return Copy(name, int(placed["size"]), bool(placed.get("measured")))
 
 
-def start_pods(stack: Stack, kinds: set[str], *, imports: bool) -> dict[str, PodHandle]:
+def start_pods(
+    stack: Stack, kinds: set[str], *, imports: bool, triton_env: dict[str, str] | None = None
+) -> dict[str, PodHandle]:
     pods: dict[str, PodHandle] = {}
     if "mlserver" in kinds:
         pods["mlserver"] = stack.start_pod(pod_id="mlserver-0")
@@ -162,7 +164,7 @@ def start_pods(stack: Stack, kinds: set[str], *, imports: bool) -> dict[str, Pod
                 else:
                     os.environ["MESHSERVE_WARM_IMPORTS"] = given
     if "triton" in kinds:
-        pods["triton"] = stack.start_triton_pod(pod_id="triton-0")
+        pods["triton"] = stack.start_triton_pod(pod_id="triton-0", env=triton_env)
     if "ovms" in kinds:
         pods["ovms"] = stack.start_ovms_pod(pod_id="ovms-0")
     stack.wait_for_pods(list(pods.values()), timeout=180)

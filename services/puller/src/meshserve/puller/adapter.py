@@ -19,6 +19,7 @@ import httpx
 
 from meshserve.common.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from meshserve.puller import mlserver_layout
+from meshserve.puller.keras_converter import KerasConverter
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,6 @@ def _error_text(response: httpx.Response) -> str:
 
 
 PYTHON_MODEL = Path(__file__).parent / "triton_python" / "model.py"
-KERAS_CONVERTER = Path(__file__).parent / "triton_python" / "keras_to_savedmodel.py"
 KERAS_ORIGINAL = ".meshserve-keras"  # the converted Keras file is kept here, out of Triton's sight
 
 
@@ -180,7 +180,7 @@ class TritonAdapter(_V2Repository):
 
     def __init__(self, *, rest_url: str, backends_dir: Path | None = None, keras_python: str = sys.executable) -> None:
         super().__init__(rest_url=rest_url)
-        self.keras_python = keras_python  # an interpreter with tensorflow, for Keras files
+        self.keras = KerasConverter(python=keras_python)  # an interpreter with tensorflow, for Keras files
         self.native_backends = (
             {p.name for p in backends_dir.iterdir() if p.is_dir() and p.name != "python"}
             if backends_dir is not None and backends_dir.is_dir()
@@ -189,12 +189,16 @@ class TritonAdapter(_V2Repository):
 
     async def load(self, *, model_id: str, model_type: str, folder: Path, timeout: float) -> None:  # noqa: ASYNC109 - forwarded to Triton
         if model_type == "keras":
-            await convert_keras(folder, python=self.keras_python, timeout=timeout)
+            await convert_keras(folder, converter=self.keras, timeout=timeout)
         await asyncio.to_thread(lay_out_triton_model, folder, model_id=model_id, model_type=model_type,
                                 native_backends=self.native_backends)
         response = await self._post_load(model_id, timeout)
         if response.status_code != 200:
             raise FailedPrecondition(f"Triton could not load the {model_type} model: {_error_text(response)}")
+
+    async def close(self) -> None:
+        await self.keras.close()
+        await super().close()
 
 
 def lay_out_triton_model(folder: Path, *, model_id: str, model_type: str, native_backends: set[str]) -> None:
@@ -214,33 +218,16 @@ def lay_out_triton_model(folder: Path, *, model_id: str, model_type: str, native
     (folder / triton_layout.CONFIG_FILE).write_text(plan.config)
 
 
-async def convert_keras(folder: Path, *, python: str, timeout: float) -> None:  # noqa: ASYNC109 - a budget for the child
-    """Convert the model's Keras file to `<version>/model.savedmodel` with tensorflow (in
-    `python`, a child process), then put the Keras file aside; a folder converted before
+async def convert_keras(folder: Path, *, converter: KerasConverter, timeout: float) -> None:  # noqa: ASYNC109 - a budget for the child
+    """Convert the model's Keras file to `<version>/model.savedmodel` with the converter (a
+    warm tensorflow child process), then put the Keras file aside; a folder converted before
     (a reload) is left as it is."""
     from meshserve.puller import triton_layout
 
     source = triton_layout.keras_to_convert(folder_files(folder))
     if source is None:
         return
-    target = folder / triton_layout.keras_savedmodel_path(source)
-    try:
-        child = await asyncio.create_subprocess_exec(
-            python, str(KERAS_CONVERTER), str(folder / source), str(target),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
-    except OSError as err:
-        raise FailedPrecondition(f"cannot convert the keras model: {python} cannot run ({err.strerror})") from err
-    try:
-        _, stderr = await asyncio.wait_for(child.communicate(), timeout)
-    except TimeoutError as err:
-        child.kill()
-        await child.wait()
-        raise DeadlineExceeded(f"converting the keras model to a SavedModel took longer than {timeout:.0f}s") from err
-    if child.returncode != 0:
-        lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
-        reason = lines[-1] if lines else f"exit status {child.returncode}"
-        raise FailedPrecondition(f"the keras model could not be converted to a SavedModel: {reason}")
+    await converter.convert(folder / source, folder / triton_layout.keras_savedmodel_path(source), timeout=timeout)
     kept = folder / KERAS_ORIGINAL / source
     kept.parent.mkdir(parents=True, exist_ok=True)
     (folder / source).replace(kept)

@@ -62,6 +62,7 @@ class PullerApp:
         self.started_ms = int(time.time() * 1000)
         self._stop = asyncio.Event()
         self.port = 0
+        self._prestart: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -69,6 +70,9 @@ class PullerApp:
             loop.add_signal_handler(sig, self._stop.set)
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
+        if self.settings.keras_converter_prestart and isinstance(self.adapter, TritonAdapter):
+            # beside the model server's start; a keras load waits for it (the converter's lock)
+            self._prestart = asyncio.create_task(self.adapter.keras.prestart())
         await self._wait_for_model_server()
         self._use_runtime_limits()
         await self.service.purge()

@@ -1,19 +1,24 @@
 """Convert a Keras model file (.h5 / .keras) to a TensorFlow SavedModel for Triton.
 
     python keras_to_savedmodel.py <model.h5> <out dir>
+    python keras_to_savedmodel.py --serve
 
 Run by the puller's Triton adapter with an interpreter that has tensorflow (the Triton
-environment), as upstream's adapter converts Keras files before Triton loads them. The
-SavedModel's `serving_default` signature takes each model input under its Keras name
+environment), as upstream's adapter converts Keras files before Triton loads them. With
+`--serve` it imports tensorflow once, says `{"error": null}` on stdout, then reads one JSON
+line `[source, target]` per conversion from stdin and answers each with `{"error": null}` or
+`{"error": "<one line>"}` (meshserve.puller.keras_converter drives it); anything else the
+libraries print goes to stderr. The SavedModel's `serving_default` signature takes each model input under its Keras name
 (`conv2d_input`) and returns each output under the name of the layer that makes it
 (`dense_1`): the names Triton's tensorflow backend then exposes, as with upstream's
 conversion. The out dir is written next to its final place and renamed into it, so a
-failed conversion leaves nothing half-written. Errors go to stderr in one line; the exit
-status is 1. Nothing of meshserve is imported here.
+failed conversion leaves nothing half-written. A one-shot conversion's error goes to stderr
+in one line, with exit status 1. Nothing of meshserve is imported here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -57,14 +62,44 @@ def convert(source: str, target: str) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+
+
+def serve() -> int:
+    """One conversion per stdin line, until end of input; replies on the original stdout,
+    which no library can write to (fd 1 now points at stderr)."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        import keras  # noqa: F401 - paid once, before the first request
+        import tensorflow  # noqa: F401
+    except Exception as exc:
+        replies.write(json.dumps({"error": _one_line(exc)}) + "\n")
+        return 1
+    replies.write(json.dumps({"error": None}) + "\n")
+    for line in sys.stdin:
+        try:
+            source, target = json.loads(line)
+            convert(source, target)
+        except Exception as exc:  # the puller shows this line as the load failure's reason
+            replies.write(json.dumps({"error": _one_line(exc)}) + "\n")
+        else:
+            replies.write(json.dumps({"error": None}) + "\n")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--serve"]:
+        return serve()
     if len(argv) != 2:
-        print("usage: keras_to_savedmodel.py <model.h5> <out dir>", file=sys.stderr)
+        print("usage: keras_to_savedmodel.py <model.h5> <out dir> | --serve", file=sys.stderr)
         return 2
     try:
         convert(argv[0], argv[1])
     except Exception as exc:  # the puller shows this line as the load failure's reason
-        print(f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}", file=sys.stderr)
+        print(_one_line(exc), file=sys.stderr)
         return 1
     return 0
 
