@@ -58,7 +58,7 @@ from meshserve.cli.devstack import EXAMPLE_BUCKET, PodHandle, Stack, StackConfig
 from meshserve.cli.procs import ProcessGroup
 from meshserve.common.proto.meshserve.v1 import runtime_pb2, runtime_pb2_grpc
 from meshserve.common.storage import parse_storage_uri
-from meshserve.puller.memory import tree_rss_bytes
+from meshserve.puller.memory import private_bytes, tree_processes
 
 MS = 1000.0
 
@@ -71,7 +71,7 @@ class Rep:
     server_load: float  # baseline: the model server's load call
     infer: float  # baseline: first request straight to the model server
     convert: float  # baseline: Keras -> SavedModel (untimed in the baseline; 0 for other formats)
-    probe: float  # one reading of the pod's memory (the puller takes two per load)
+    probe: float  # the pod's memory readings of one load (two snapshots + the new process's private pages)
     predict: float  # one PredictModelSize call to the pod's puller (the scheduler makes one per cold model)
 
     @property
@@ -152,11 +152,16 @@ def puller_loads(pod: PodHandle, model: str) -> int:
 
 
 def probe_seconds(pod: PodHandle) -> float:
-    """One reading of the pod's model-server memory, as the puller takes it (summed PSS
-    of the process tree from /proc smaps_rollup): it grows with the processes and their
-    mappings, so with every python-backend stub on a Triton pod."""
+    """The memory readings the puller takes per load, timed on the pod as it is after the
+    load: two snapshots of the model server's process tree (statm per process,
+    `memory.tree_processes`) and the private pages of the newest process (one smaps_rollup
+    read: a python-backend model's new stub)."""
+    pid = int(pod.mlserver.popen.pid)  # type: ignore[attr-defined]
     started = time.monotonic()
-    tree_rss_bytes(int(pod.mlserver.popen.pid))  # type: ignore[attr-defined]
+    tree_processes(pid)
+    after = tree_processes(pid)
+    if after:
+        private_bytes(max(after, key=lambda key: key[1])[0])  # (pid, start time): the newest
     return time.monotonic() - started
 
 
@@ -290,11 +295,11 @@ def boto3_client_seconds(stack: Stack, n: int = 5) -> float:
 def report(results: list[CaseResult], bursts: list[Burst], *, repeats: int, boto3_s: float) -> None:
     print(f"## Cold first request: meshserve's overhead over download + server load + first request (median of {repeats})")
     print("baseline = boto3 download + the model server's own load call + one request straight to it, same run;")
-    print("in puller = LoadModel - download - server load (2 x memory probe is part of it); around = cold - LoadModel")
+    print("in puller = LoadModel - download - server load (the memory probe is part of it); around = cold - LoadModel")
     print("- first request (router, scheduler, PredictModelSize, route publication); times in ms\n")
     print(
         f"{'runtime':<12} {'format':<13} {'cold':>6} {'download':>8} {'srv load':>8} {'infer':>5} {'baseline':>8} "
-        f"{'overhead':>8} {'cold/base':>9} {'in puller':>9} {'2xprobe':>7} {'around':>6} {'predict':>7} {'keras conv':>10}"
+        f"{'overhead':>8} {'cold/base':>9} {'in puller':>9} {'probe':>7} {'around':>6} {'predict':>7} {'keras conv':>10}"
     )
     met = 0
     failed = [(r, f) for r in results for f in r.failures]
@@ -307,7 +312,7 @@ def report(results: list[CaseResult], bursts: list[Burst], *, repeats: int, boto
             f"{r.case.runtime:<12} {r.case.label:<13} {r.med('cold') * MS:>6.0f} {r.med('download') * MS:>8.0f} "
             f"{r.med('server_load') * MS:>8.0f} {r.med('infer') * MS:>5.0f} {r.med('baseline') * MS:>8.0f} "
             f"{overhead * MS:>+8.0f} {r.med('cold') / r.med('baseline'):>9.2f} {r.med('in_puller') * MS:>+9.0f} "
-            f"{2 * r.med('probe') * MS:>7.0f} {r.med('around') * MS:>+6.0f} {r.med('predict') * MS:>7.0f} "
+            f"{r.med('probe') * MS:>7.0f} {r.med('around') * MS:>+6.0f} {r.med('predict') * MS:>7.0f} "
             f"{(f'{convert * MS:.0f}' if convert else '-'):>10}"
         )
     if results:
