@@ -37,7 +37,7 @@ async def test_one_child_converts_model_after_model_and_survives_a_bad_file(tmp_
             assert (tmp_path / name / "1" / "model.savedmodel" / "saved_model.pb").is_file()
         bad = tmp_path / "bad.h5"
         bad.write_bytes(b"\x89HDF\r\n\x1a\n truncated")
-        with pytest.raises(FailedPrecondition, match="could not be converted to a SavedModel: .+") as caught:
+        with pytest.raises(FailedPrecondition, match=r"could not be converted to a SavedModel: .+") as caught:
             await converter.convert(bad, tmp_path / "bad" / "model.savedmodel", timeout=120)
         assert "\n" not in caught.value.message
         assert not (tmp_path / "bad").exists()  # nothing half-written

@@ -10,6 +10,7 @@ Secrets are read into memory only; they never reach a log line or an error messa
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -110,16 +111,28 @@ def _s3(cfg: StorageConfig) -> tuple[Any, str]:
     bucket = f.get("bucket")
     if not bucket:
         raise FailedPrecondition("required configuration 'bucket' missing from command")
-    client = boto3.client(
-        "s3",
-        endpoint_url=f.get("endpoint_url") or None,
-        aws_access_key_id=f.get("access_key_id") or None,
-        aws_secret_access_key=f.get("secret_access_key") or None,
-        region_name=f.get("region") or "us-east-1",
-        verify=f.get("certificate_file", True),
-        config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+    client = _s3_client(
+        f.get("endpoint_url") or None, f.get("access_key_id") or None, f.get("secret_access_key") or None,
+        f.get("region") or "us-east-1", f.get("certificate_file", True),
     )
     return client, str(bucket)
+
+
+@functools.lru_cache(maxsize=32)
+def _s3_client(endpoint: str | None, key_id: str | None, secret: str | None, region: str, verify: str | bool) -> Any:
+    """One boto3 client per distinct set of connection settings, kept: making one costs
+    5-10 ms, paid otherwise on every PredictModelSize and every load. boto3 clients are
+    thread-safe; a changed storage-config secret gives other settings, so a new client.
+    (The cache holds the credentials in memory only, as the client itself does.)"""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        region_name=region,
+        verify=verify,
+        config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+    )
 
 
 def _s3_objects(client: Any, bucket: str, path: str) -> list[tuple[str, int, str]]:
