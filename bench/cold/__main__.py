@@ -277,8 +277,8 @@ def run_burst(stack: Stack, pod: PodHandle, case: Case, *, n: int) -> Burst:
 
 
 def boto3_client_seconds(stack: Stack, n: int = 5) -> float:
-    """What making one boto3 S3 client costs here (median): the puller makes one per
-    PredictModelSize and one per LoadModel."""
+    """What making one boto3 S3 client costs here (median): what the puller saves on each
+    PredictModelSize and LoadModel by keeping its clients (storage._s3_client)."""
     creds = stack.s3_credentials()
     times = []
     for _ in range(n):
@@ -325,7 +325,7 @@ def report(results: list[CaseResult], bursts: list[Burst], *, repeats: int, boto
             )
         for r, failure in failed:
             print(f"  {r.case.runtime} {r.case.label}: a cold load failed (left out, {len(r.reps)} figures kept): {failure[:200]}")
-        print(f"one boto3 S3 client costs {boto3_s * MS:.0f} ms here (the puller makes one for PredictModelSize and one per LoadModel)")
+        print(f"one boto3 S3 client costs {boto3_s * MS:.0f} ms here (the puller keeps one per storage setting, so it pays this once)")
     if bursts:
         print("\n## Concurrent first requests for one cold model (through the router)")
         print(
