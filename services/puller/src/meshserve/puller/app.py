@@ -88,6 +88,10 @@ class PullerApp:
             await heartbeat
         await self._say_goodbye()
         await server.stop(grace=2)
+        if self._prestart is not None:  # still importing tensorflow: stop waiting for it
+            self._prestart.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prestart
         await self.adapter.close()
 
     def _use_runtime_limits(self) -> None:
