@@ -1,19 +1,18 @@
 """Convert a Keras model file (.h5 / .keras) to a TensorFlow SavedModel for Triton.
 
-    python keras_to_savedmodel.py <model.h5> <out dir>
     python keras_to_savedmodel.py --serve
 
 Run by the puller's Triton adapter with an interpreter that has tensorflow (the Triton
-environment), as upstream's adapter converts Keras files before Triton loads them. With
-`--serve` it imports tensorflow once, says `{"error": null}` on stdout, then reads one JSON
-line `[source, target]` per conversion from stdin and answers each with `{"error": null}` or
+environment), as upstream's adapter converts Keras files before Triton loads them. It
+imports tensorflow once, says `{"error": null}` on stdout, then reads one JSON line
+`[source, target]` per conversion from stdin and answers each with `{"error": null}` or
 `{"error": "<one line>"}` (meshserve.puller.keras_converter drives it); anything else the
-libraries print goes to stderr. The SavedModel's `serving_default` signature takes each model input under its Keras name
-(`conv2d_input`) and returns each output under the name of the layer that makes it
-(`dense_1`): the names Triton's tensorflow backend then exposes, as with upstream's
-conversion. The out dir is written next to its final place and renamed into it, so a
-failed conversion leaves nothing half-written. A one-shot conversion's error goes to stderr
-in one line, with exit status 1. Nothing of meshserve is imported here.
+libraries print goes to stderr. The SavedModel's `serving_default` signature takes each
+model input under its Keras name (`conv2d_input`) and returns each output under the name of
+the layer that makes it (`dense_1`): the names Triton's tensorflow backend then exposes, as
+with upstream's conversion. The out dir is written next to its final place and renamed into
+it, so a failed conversion leaves nothing half-written. Nothing of meshserve is imported
+here.
 """
 
 from __future__ import annotations
@@ -91,17 +90,10 @@ def serve() -> int:
 
 
 def main(argv: list[str]) -> int:
-    if argv == ["--serve"]:
-        return serve()
-    if len(argv) != 2:
-        print("usage: keras_to_savedmodel.py <model.h5> <out dir> | --serve", file=sys.stderr)
+    if argv != ["--serve"]:
+        print("usage: keras_to_savedmodel.py --serve", file=sys.stderr)
         return 2
-    try:
-        convert(argv[0], argv[1])
-    except Exception as exc:  # the puller shows this line as the load failure's reason
-        print(_one_line(exc), file=sys.stderr)
-        return 1
-    return 0
+    return serve()
 
 
 if __name__ == "__main__":
