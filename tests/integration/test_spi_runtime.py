@@ -221,11 +221,10 @@ def test_the_examples_yaml_through_the_controller_served_by_a_pod_it_starts(
     assert rc == 0, err
     assert f"inferenceservice.serving.kserve.io/{name} created" in out
 
-    def runtime_pod() -> dict[str, Any] | None:
-        pods = [p for p in spi_stack.admin("GET", "/v1/pods").json()["items"] if p["runtime"] == runtime_name]
-        return pods[0] if pods else None
+    def runtime_pods() -> list[dict[str, Any]]:
+        return [p for p in spi_stack.admin("GET", "/v1/pods").json()["items"] if p["runtime"] == runtime_name]
 
-    pod = wait_for(runtime_pod, timeout=90, what=f"a {runtime_name} pod started by the controller")
+    pod = wait_for(lambda: next(iter(runtime_pods()), None), timeout=90, what=f"a {runtime_name} pod started by the controller")
     # the runtime got the container's env and reported it in runtimeStatus
     assert pod["capacityBytes"] == int(container_env["RUNTIME_CAPACITY_BYTES"])
     assert pod["maxLoadingConcurrency"] == int(container_env["RUNTIME_LOADING_CONCURRENCY"])
@@ -247,8 +246,7 @@ def test_the_examples_yaml_through_the_controller_served_by_a_pod_it_starts(
     assert output["name"] == "y" and output["shape"] == ["1", "2"]
     np.testing.assert_allclose(output["contents"]["fp32Contents"], [7.6, 2.3], rtol=1e-6)  # the README's answer
     # the runtime has podsPerRuntime (2) pods; the one copy is on one of them, in its allocations
-    pods = [p for p in spi_stack.admin("GET", "/v1/pods").json()["items"] if p["runtime"] == runtime_name]
-    held = {p["id"]: [m["id"].split("__")[0] for m in p["models"]] for p in pods}
+    held = {p["id"]: [m["id"].split("__")[0] for m in p["models"]] for p in runtime_pods()}
     assert sorted(m for models in held.values() for m in models) == [name], held
     rc, _, err = _cli("delete", "-f", str(isvc_yaml), "-f", str(runtime_yaml), "--admin", spi_stack.admin_url)
     assert rc == 0, err
