@@ -11,7 +11,7 @@ Two parts on one local stack, each on pods of its own:
    first MLServer copy of each format with the runtimes imported at start-up vs at first load.
 
     python -m bench.sizes [--quick] [--copies N] [--kinds mlserver,triton,ovms] [--formats onnx,...]
-                          [--no-forests] [--no-isolated] [--keep]
+                          [--no-forests] [--no-isolated] [--no-triton-prestart] [--keep]
 
 `--quick`: fewer forests, 2 copies per format, 1 warm + 1 measured copy in the fresh
 servers (for developing; the figures in the README come from the full run on a quiet host).
@@ -38,6 +38,10 @@ def main() -> None:
     parser.add_argument("--formats", default="", help="only these format labels (e.g. onnx,xgboost/fil)")
     parser.add_argument("--no-forests", action="store_true", help="skip the random-forest table")
     parser.add_argument("--no-isolated", action="store_true", help="skip the fresh model servers (isolated sizes)")
+    parser.add_argument(
+        "--no-triton-prestart", action="store_true",
+        help="start the Triton pod without its warm-up model (the first copy of a format is charged its framework)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the stack's folder (logs) after the run")
     args = parser.parse_args()
     copies = args.copies or (2 if args.quick else 4)
@@ -58,7 +62,11 @@ def main() -> None:
         imports = None
         if kinds:
             print("formats on the pods ...", flush=True)
-            handles = formats.start_pods(stack, kinds, imports=labels is None)
+            triton_env = None if args.no_triton_prestart else {
+                # the warm-up model imports the frameworks of every Triton format measured
+                "MESHSERVE_PULLER_TRITON_PRESTART_FORMATS": ",".join(formats.triton_formats(labels)),
+            }
+            handles = formats.start_pods(stack, kinds, imports=labels is None, triton_env=triton_env)
             pods = formats.run_pods(stack, handles, copies=copies, labels=labels)
             default = next((p for p in pods if p.kind == "mlserver"), None)
             imports = formats.run_imports(stack, handles, default)

@@ -143,6 +143,11 @@ def _load(stack: Stack, name: str, case: Case, *, runtime: str, source: str | No
     return Copy(name, int(placed["size"]), bool(placed.get("measured")))
 
 
+def triton_formats(labels: set[str] | None) -> list[str]:
+    """The model formats of the Triton cases measured (for the pod's warm-up model)."""
+    return sorted({c.format for c in cases({"triton"}, labels)})
+
+
 def start_pods(
     stack: Stack, kinds: set[str], *, imports: bool, triton_env: dict[str, str] | None = None
 ) -> dict[str, PodHandle]:

@@ -261,3 +261,24 @@ def test_runtime_plan_invariants(steps: list[tuple[bool, float]]) -> None:
         elif ML in observed and replicas(observed):
             unused_since = now if unused_since is None else unused_since
             assert now - unused_since < CONFIG.scale_to_zero_grace_period_seconds + 1e-9
+
+
+def test_the_triton_prestart_annotation_reaches_the_puller() -> None:
+    """meshserve.io/prestart-formats on a Triton runtime: the puller imports those formats'
+    frameworks at pod start; `all` means the runtime's auto-selected formats; unset, none."""
+    base = RUNTIMES["triton-2.x"]
+
+    def puller_env(annotations: dict[str, str]) -> dict[str, str | None]:
+        runtime = replace(base, annotations=tuple(annotations.items()))
+        manifest = deploy.build_runtime_deployment(runtime=runtime, config=ServingConfig(), namespace="ns",
+                                                   replicas=1, storage=STORAGE, scheduler_address="s:8034")
+        containers = {c["name"]: c for c in manifest["spec"]["template"]["spec"]["containers"]}
+        return {e["name"]: e.get("value") for e in containers["puller"]["env"]}
+
+    var = "MESHSERVE_PULLER_TRITON_PRESTART_FORMATS"
+    assert var not in puller_env({})
+    assert puller_env({deploy.PRESTART_ANNOTATION: "onnx,tensorflow"})[var] == "onnx,tensorflow"
+    everything = puller_env({deploy.PRESTART_ANNOTATION: "all"})[var]
+    assert everything is not None
+    assert set(everything.split(",")) == {f.name for f in base.formats if f.auto_select}
+    assert len(everything.split(",")) == len(set(everything.split(",")))  # tensorflow:1 and :2 once

@@ -7,7 +7,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from meshserve.common.errors import FailedPrecondition
-from meshserve.puller.triton_layout import keras_savedmodel_path, keras_to_convert, layout
+from meshserve.puller.triton_layout import (
+    WARM_MODEL,
+    keras_savedmodel_path,
+    keras_to_convert,
+    layout,
+    warm_config,
+    warm_frameworks,
+)
 
 
 def parsed(text: str) -> model_config_pb2.ModelConfig:
@@ -196,3 +203,22 @@ def test_upstreams_fil_layout_keeps_its_config_and_file_names() -> None:
     config = parsed(plan.config)
     assert config.backend == "python" and config.parameters["meshserve_framework"].string_value == "fil"
     assert config.parameters["model_type"].string_value == "xgboost_json"  # the user's FIL parameters stay
+
+
+def test_warm_up_takes_the_python_frameworks_of_the_formats_without_a_native_backend() -> None:
+    formats = ["onnx", "pytorch", "keras", "tensorflow", "openvino_ir", "xgboost", "lightgbm"]
+    assert warm_frameworks(formats, native_backends=set()) == (["fil", "onnx", "openvino", "pytorch", "tensorflow"], [])
+    # a native backend is part of the server process: nothing to warm for its formats
+    assert warm_frameworks(formats, native_backends={"onnxruntime", "tensorflow", "fil"}) == (["openvino", "pytorch"], [])
+
+
+def test_warm_up_names_the_formats_it_does_not_know() -> None:
+    assert warm_frameworks(["onnx", "sklearn", "nope"], native_backends=set()) == (["onnx"], ["sklearn", "nope"])
+
+
+def test_the_warm_up_config_is_a_python_model_with_its_frameworks_and_a_placeholder_tensor() -> None:
+    config = parsed(warm_config(["onnx", "tensorflow"]))
+    assert config.name == WARM_MODEL and config.backend == "python"
+    assert config.parameters["meshserve_warm"].string_value == "onnx,tensorflow"
+    assert [(t.name, list(t.dims)) for t in config.input] == [("WARM_IN", [1])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("WARM_OUT", [1])]

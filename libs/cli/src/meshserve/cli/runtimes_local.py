@@ -56,6 +56,7 @@ PULLER_ENV_FROM_MANIFEST = (
     "MESHSERVE_PULLER_DEFAULT_MODEL_SIZE_BYTES",
     "MESHSERVE_PULLER_MODEL_SERVER_KIND",
     "MESHSERVE_PULLER_STORAGE_HELPER_DISABLED",
+    "MESHSERVE_PULLER_TRITON_PRESTART_FORMATS",
 )
 CHECKOUT = Path(__file__).resolve().parents[5]  # libs/cli/src/meshserve/cli/ -> the checkout (editable install)
 LOCAL_COMMAND_ENV = "MESHSERVE_LOCAL_COMMAND"  # carries the runtime's local command to the supervisor

@@ -102,6 +102,12 @@ SERVER_KINDS = ("mlserver", "triton", "ovms")  # the puller's adapters (MESHSERV
 
 
 LOCAL_COMMAND_ANNOTATION = "meshserve.io/local-command"
+PRESTART_ANNOTATION = "meshserve.io/prestart-formats"
+"""On a Triton ServingRuntime: the formats whose python-backend frameworks the pod imports
+at start (comma-separated, or `all` for the runtime's auto-selected formats), so the
+first model of each is measured without the framework's libraries. Costs that memory on
+every pod from the start (all of onnx, pytorch, tensorflow, openvino, FIL: ~780 MiB),
+which the puller takes off the pod's capacity. Unset: nothing is imported ahead."""
 
 
 def puller_port(runtime: Runtime) -> int:
@@ -155,6 +161,11 @@ def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, 
             if var["name"] == "MESHSERVE_PULLER_MODEL_DIR":
                 var["value"] = f"{MODELS_DIR}/_triton_models"
         env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_REST", "value": "http://127.0.0.1:8000"})
+        prestart = dict(runtime.annotations).get(PRESTART_ANNOTATION, "").strip()
+        if prestart == "all":
+            prestart = ",".join(dict.fromkeys(f.name for f in runtime.formats if f.auto_select))
+        if prestart:
+            env.append({"name": "MESHSERVE_PULLER_TRITON_PRESTART_FORMATS", "value": prestart})
     if server_type == "ovms":
         # upstream's ovms-1.x container reads /models/model_config_list.json and serves REST on the
         # runtime management port; base paths are under /models in both containers

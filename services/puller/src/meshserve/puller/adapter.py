@@ -12,12 +12,18 @@ import json
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
-from meshserve.common.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from meshserve.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+)
 from meshserve.puller import mlserver_layout
 from meshserve.puller.keras_converter import KerasConverter
 
@@ -188,6 +194,10 @@ class TritonAdapter(_V2Repository):
         )
 
     async def load(self, *, model_id: str, model_type: str, folder: Path, timeout: float) -> None:  # noqa: ASYNC109 - forwarded to Triton
+        from meshserve.puller.triton_layout import WARM_MODEL
+
+        if model_id == WARM_MODEL:
+            raise InvalidArgument(f"model id {WARM_MODEL!r} is reserved for the Triton pod's warm-up model")
         if model_type == "keras":
             await convert_keras(folder, converter=self.keras, timeout=timeout)
         await asyncio.to_thread(lay_out_triton_model, folder, model_id=model_id, model_type=model_type,
@@ -196,9 +206,45 @@ class TritonAdapter(_V2Repository):
         if response.status_code != 200:
             raise FailedPrecondition(f"Triton could not load the {model_type} model: {_error_text(response)}")
 
+    async def loaded_models(self) -> list[str]:
+        from meshserve.puller.triton_layout import WARM_MODEL
+
+        return [m for m in await super().loaded_models() if m != WARM_MODEL]
+
+    async def prestart_frameworks(self, formats: list[str], *, repository: Path, timeout: float) -> list[str]:  # noqa: ASYNC109 - forwarded to Triton
+        """Load the warm-up model that imports the frameworks `formats` need here (pod start,
+        before any load is measured); answers the frameworks it warmed. A failure is logged:
+        the pod serves without it, its first model of a format is charged the framework."""
+        from meshserve.puller import triton_layout
+
+        frameworks, unknown = triton_layout.warm_frameworks(formats, native_backends=self.native_backends)
+        if unknown:
+            log.warning("prestart: Triton does not serve format(s) %s here; ignored", ", ".join(unknown))
+        if not frameworks:
+            return []
+        folder = repository / triton_layout.WARM_MODEL / "1"
+        await asyncio.to_thread(_write_warm_model, folder, triton_layout.warm_config(frameworks))
+        started = time.monotonic()
+        try:
+            response = await self._post_load(triton_layout.WARM_MODEL, timeout)
+        except (DeadlineExceeded, Unavailable) as err:
+            log.warning("prestart of %s failed: %s", ", ".join(frameworks), err.message)
+            return []
+        if response.status_code != 200:
+            log.warning("prestart of %s failed: %s", ", ".join(frameworks), _error_text(response))
+            return []
+        log.info("prestarted %s in %.1fs", ", ".join(frameworks), time.monotonic() - started)
+        return frameworks
+
     async def close(self) -> None:
         await self.keras.close()
         await super().close()
+
+
+def _write_warm_model(version_dir: Path, config: str) -> None:
+    version_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PYTHON_MODEL, version_dir / "model.py")
+    (version_dir.parent / "config.pbtxt").write_text(config)
 
 
 def lay_out_triton_model(folder: Path, *, model_id: str, model_type: str, native_backends: set[str]) -> None:

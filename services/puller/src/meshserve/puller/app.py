@@ -76,6 +76,8 @@ class PullerApp:
         await self._wait_for_model_server()
         self._use_runtime_limits()
         await self.service.purge()
+        if self.settings.triton_prestart_formats and isinstance(self.adapter, TritonAdapter):
+            await self._prestart_frameworks(self.adapter)
         server = grpc.aio.server()
         runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(ModelRuntimeServicer(self.service), server)
         self.port = bind(server, self.settings.listen_address, self.settings.tls)
@@ -93,6 +95,20 @@ class PullerApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prestart
         await self.adapter.close()
+
+    async def _prestart_frameworks(self, adapter: TritonAdapter) -> None:
+        """The warm-up model, measured: what it takes is memory models cannot have, so it
+        comes off the capacity this pod reports."""
+        formats = [f.strip() for f in self.settings.triton_prestart_formats.split(",") if f.strip()]
+        before = await self.memory.snapshot()
+        warmed = await adapter.prestart_frameworks(
+            formats, repository=self.settings.model_dir, timeout=self.settings.load_timeout_seconds
+        )
+        grown = self.memory.growth(before, await self.memory.snapshot()) if warmed else None
+        if grown is not None and grown > 0:
+            self.settings.capacity_bytes = max(self.settings.capacity_bytes - grown, 0)
+            log.info("the warm-up of %s takes %d MiB; capacity for models now %d MiB",
+                     ", ".join(warmed), grown >> 20, self.settings.capacity_bytes >> 20)
 
     def _use_runtime_limits(self) -> None:
         """Kind spi: the limits the runtime's runtimeStatus gave replace the puller's own

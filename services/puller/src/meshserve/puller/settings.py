@@ -32,6 +32,10 @@ class PullerSettings(BaseSettings):
     model_server_backends_dir: Path | None = None  # Triton: its backends (native ones are used when present)
     keras_converter_python: str = ""              # Triton: a python with tensorflow for Keras files (default: this one)
     keras_converter_prestart: bool = False        # Triton: import tensorflow at pod start, not at the first keras load
+    # Triton: formats whose python-backend framework one warm-up model imports at pod start,
+    # before the pod registers, so the first model of each format is not charged the
+    # framework's libraries (comma-separated, e.g. "onnx,pytorch,tensorflow,openvino_ir")
+    triton_prestart_formats: str = ""
     model_server_grpc: str = "127.0.0.1:8001"
     model_server_rest: str = "http://127.0.0.1:8002"
     model_server_advertise_grpc: str = ""        # default: model_server_grpc

@@ -202,3 +202,33 @@ def layout(
     return Layout(
         moves=moves, config=text_format.MessageToString(config), python_model_in=versions, native=False
     )
+
+
+WARM_MODEL = "_meshserve-warm-frameworks"
+"""The repository entry of a pod's warm-up model (not a model anyone registered)."""
+
+
+def warm_frameworks(formats: Collection[str], *, native_backends: Collection[str]) -> tuple[list[str], list[str]]:
+    """The python-backend frameworks that serving `formats` here needs, and the format names
+    this runtime does not know. A format with a native backend needs none (its backend is
+    part of the server process)."""
+    frameworks, unknown = set(), []
+    for name in formats:
+        fmt = FORMATS.get(name)
+        if fmt is None:
+            unknown.append(name)
+        elif fmt.backend not in native_backends and fmt.python_framework is not None:
+            frameworks.add(fmt.python_framework)
+    return sorted(frameworks), unknown
+
+
+def warm_config(frameworks: Sequence[str]) -> str:
+    """config.pbtxt of the warm-up model: meshserve's python model with `meshserve_warm`,
+    one placeholder input and output (it serves nothing)."""
+    config = model_config_pb2.ModelConfig(name=WARM_MODEL, backend="python")
+    config.parameters["meshserve_warm"].string_value = ",".join(frameworks)
+    for tensors, name in ((config.input, "WARM_IN"), (config.output, "WARM_OUT")):
+        tensor = tensors.add()
+        tensor.name, tensor.data_type = name, model_config_pb2.TYPE_FP32
+        tensor.dims.append(1)
+    return str(text_format.MessageToString(config))

@@ -250,6 +250,78 @@ class _Fil:
 FRAMEWORKS = {"onnx": _Onnx, "pytorch": _Torch, "tensorflow": _TensorFlow, "openvino": _OpenVino, "fil": _Fil}
 
 
+# Y = Relu(X @ ones(4, 4)), X float [1, 4]: an ONNX model (opset 13) of 169 bytes, made
+# with onnx.helper and checked against its graph by the puller's unit tests
+WARM_ONNX = (
+    "CAg6ngEKEQoBWAoBVxIBSCIGTWF0TXVsCgwKAUgSAVkiBFJlbHUSBHdhcm0qSwgECAQQAUIBV0pAAACAPwAAgD8AAIA/AACAPwAAgD8AAIA/"
+    "AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AACAP1oTCgFYEg4KDAgBEggKAggBCgIIBGITCgFZEg4KDAgBEggKAggBCgII"
+    "BEIECgAQDQ=="
+)
+
+
+def _warm_onnx() -> None:
+    import base64
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(base64.b64decode(WARM_ONNX), sess_options=options, providers=["CPUExecutionProvider"])
+    session.run(None, {"X": np.ones((1, 4), np.float32)})
+
+
+def _warm_pytorch() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    (torch.zeros(2) + 1).sum()
+
+
+def _warm_tensorflow() -> None:
+    import tensorflow as tf
+
+    (tf.constant([1.0]) + 1.0).numpy()
+
+
+def _warm_openvino() -> None:
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    # convolution, pooling and a dense layer: the CPU plugin's common kernels
+    x = ops.parameter([1, 1, 8, 8], np.float32, name="x")
+    conv = ops.relu(ops.convolution(x, ops.constant(np.ones((2, 1, 3, 3), np.float32)), [1, 1], [1, 1], [1, 1], [1, 1]))
+    pooled = ops.max_pool(conv, [2, 2], [1, 1], [0, 0], [0, 0], [2, 2]).output(0)
+    flat = ops.reshape(pooled, ops.constant(np.array([1, 32], np.int64)), False)
+    dense = ops.add(ops.matmul(flat, ops.constant(np.ones((32, 4), np.float32)), False, False), ops.constant(np.ones((1, 4), np.float32)))
+    compiled = ov.Core().compile_model(ov.Model([dense], [x]), "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1})
+    compiled(np.ones((1, 1, 8, 8), np.float32))
+
+
+def _warm_fil() -> None:
+    import lightgbm  # noqa: F401
+    import xgboost  # noqa: F401
+
+
+WARM = {"onnx": _warm_onnx, "pytorch": _warm_pytorch, "tensorflow": _warm_tensorflow, "openvino": _warm_openvino, "fil": _warm_fil}
+
+
+class _Warm:
+    """The pod's warm-up model (parameter `meshserve_warm`: frameworks, comma-separated): it
+    imports each framework and runs a trivial model or operation with it, so their libraries are mapped
+    before the first model of each format loads, and that model's stub is charged only its
+    own pages. It serves nothing."""
+
+    def __init__(self, frameworks: str) -> None:
+        for name in [f for f in frameworks.split(",") if f]:
+            if name not in WARM:
+                raise pb_utils.TritonModelException(f"meshserve_warm: unknown framework {name!r}")
+            WARM[name]()
+
+    def run(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        raise ValueError("the warm-up model serves nothing")
+
+
 def _open(config: dict[str, Any], version_dir: str) -> Any:
     framework = _parameters(config).get("meshserve_framework", "")
     if framework not in FRAMEWORKS:
@@ -278,6 +350,11 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
+        warm = _parameters(config).get("meshserve_warm")
+        if warm is not None:
+            self.model = _Warm(warm)
+            self.outputs = []
+            return
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         self.model = _open(config, version_dir)
         self.outputs = [o["name"] for o in config.get("output", [])]
