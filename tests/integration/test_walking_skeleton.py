@@ -58,6 +58,25 @@ def test_register_then_infer_with_unmodified_tritonclient(stack: Stack, triton: 
     assert [e["kind"] for e in model["events"]][:2] == ["placed", "registered"]
 
 
+def test_a_registered_model_gets_its_size_predicted_before_its_first_request(stack: Stack, unique: str) -> None:
+    """Registration asks a compatible pod for the size (the files' bytes x 1.25) in the
+    background, so the first load does not wait for the storage listing; that size is
+    what the first copy reserves."""
+    name = f"predicted-{unique}"
+    disk = (EXAMPLES / "sklearn" / "iris-logreg.joblib").stat().st_size
+    assert stack.register(name, storage_uri=IRIS_URI).status_code == 201
+    def predicted() -> dict[str, int | None] | None:
+        sizes: dict[str, int | None] = stack.admin("GET", f"/v1/models/{name}").json()["sizes"]
+        return sizes if sizes["predicted"] else None
+
+    sizes = wait_for(predicted, what="the size prediction made at registration")
+    assert sizes["predicted"] == int(disk * 1.25)
+    assert sizes["measured"] is None  # nothing loaded yet
+    assert stack.admin("POST", f"/v1/models/{name}:load").status_code in (200, 202)
+    placed = wait_for(lambda: _events(stack, name, "placed"), what="the first copy placed")
+    assert placed[0]["details"]["reserved"] == int(disk * 1.25)
+
+
 def test_health_and_metadata_rpcs_through_the_router(stack: Stack, triton: grpcclient.InferenceServerClient, unique: str) -> None:
     name = f"meta-{unique}"
     assert stack.register(name, storage_uri=IRIS_URI).status_code == 201

@@ -37,7 +37,13 @@ from typing import Any, Protocol
 
 import grpc
 
-from meshserve.common.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from meshserve.common.errors import (
+    FailedPrecondition,
+    MeshError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from meshserve.common.labels import model_labels
 from meshserve.common.proto.meshserve.v1 import runtime_pb2
 from meshserve.scheduler import placement
@@ -109,6 +115,9 @@ class Loader:
         self._best_effort = best_effort   # awaits a registry write; logs and skips it when Postgres is down
         self._load_done = asyncio.Condition()
         self._runtime_waits: dict[str, float] = {}
+        # size predictions started at registration (predict_ahead), until a placement uses one
+        self._predictions: dict[str, asyncio.Task[int]] = {}
+        self._writes: set[asyncio.Task[None]] = set()
 
     async def load_first_copy(self, model_id: str) -> None:
         deadline = time.monotonic() + self.settings.load_timeout_seconds
@@ -323,10 +332,51 @@ class Loader:
         return f"model {record.id!r} failed to load (pod {pod}): {reason}"
 
     async def size_for(self, record: ModelRecord, pods: Sequence[PodInfo]) -> int:
-        """Measured size, else declared, else the puller's prediction, else the runtime default."""
+        """Measured size, else declared, else the puller's prediction (the one started at
+        registration when there is one), else the runtime default."""
         size = known_size(record)
         if size > 0:
             return size
+        ahead = self._predictions.pop(record.id, None)
+        predicted = await asyncio.shield(ahead) if ahead is not None else 0
+        if predicted <= 0:
+            predicted = await self._predict(record, pods)
+        return predicted if predicted > 0 else runtime_default_size(pods)
+
+    def predict_ahead(self, record: ModelRecord) -> None:
+        """Ask a compatible pod for the size of a model just registered, in the background,
+        so that its first load does not wait for the puller's storage listing (a placement
+        that comes first shares the call). Nothing happens when no compatible pod is up."""
+        if known_size(record) > 0:
+            return
+        old = self._predictions.pop(record.id, None)
+        if old is not None:
+            old.cancel()  # registered again: the storage may have changed
+        self._predictions[record.id] = asyncio.create_task(self._predict_registered(record))
+
+    def forget_prediction(self, model_id: str) -> None:
+        task = self._predictions.pop(model_id, None)
+        if task is not None:
+            task.cancel()
+
+    async def _predict_registered(self, record: ModelRecord) -> int:
+        try:
+            await self.views.refresh()
+        except MeshError as err:  # Redis unreachable: the placement will ask again
+            log.info("size prediction for %s skipped: %s", record.id, err.message)
+            return 0
+        labels = model_labels(
+            model_type=record.model_type,
+            model_type_version=record.model_type_version,
+            runtime=record.runtime,
+            protocol_version=record.protocol_version,
+        )
+        return await self._predict(record, [p for p in self.views.pods(alive=True) if labels <= p.labels])
+
+    async def _predict(self, record: ModelRecord, pods: Sequence[PodInfo]) -> int:
+        """The first pod's PredictModelSize (0: no pod, no answer or no prediction); a
+        prediction is kept in the registry in the background (a write in Postgres is not
+        worth waiting for on a load's path)."""
         for pod in pods[:1]:
             try:
                 response = await self.pullers.stub(pod.management_address).PredictModelSize(
@@ -340,8 +390,11 @@ class Loader:
                 )
             except grpc.aio.AioRpcError as err:
                 log.info("size prediction for %s failed: %s", record.id, err.details())
-                break
+                return 0
             if response.size_in_bytes > 0:
-                await self._best_effort(self.registry.update_model(record.id, predicted_size=response.size_in_bytes))
-                return int(response.size_in_bytes)
-        return runtime_default_size(pods)
+                size = int(response.size_in_bytes)
+                task = asyncio.ensure_future(self._best_effort(self.registry.update_model(record.id, predicted_size=size)))
+                self._writes.add(task)
+                task.add_done_callback(self._writes.discard)
+                return size
+        return 0

@@ -187,7 +187,7 @@ class SchedulerService:
             parse_storage_uri(spec.storage_uri, spec.storage_params)  # validates the scheme
         if spec.max_copies and spec.min_copies > spec.max_copies:
             raise InvalidArgument(f"minCopies ({spec.min_copies}) is above maxCopies ({spec.max_copies})")
-        await self.registry.create_model(
+        record = await self.registry.create_model(
             {
                 "id": spec.model_id,
                 "model_type": spec.model_type,
@@ -206,6 +206,7 @@ class SchedulerService:
         await self.live.add_model(spec.model_id)
         await self.live.set_bounds(spec.model_id, min_copies=spec.min_copies, max_copies=spec.max_copies)
         await self._event("registered", model_id=spec.model_id, message=f"format {spec.model_type}")
+        self.loader.predict_ahead(record)
         if load_now or spec.min_copies > 0:
             # minCopies are placed at registration: the first copy now, the rest by the
             # scaling pass that follows it
@@ -238,6 +239,7 @@ class SchedulerService:
             raise NotFound(f"model {model_id!r} not found")
         for copy in copies:
             await self.unload_copy(model_id=model_id, pod_id=copy.pod_id, kind="unloaded", why="model unregistered")
+        self.loader.forget_prediction(model_id)
         await self.registry.delete_model(model_id)
         await self.live.remove_model(model_id)
         await self.live.clear_failures(model_id)
