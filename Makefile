@@ -8,15 +8,17 @@ TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 PROTO_STAMP := libs/common/src/meshserve/common/proto/.generated
 EXAMPLES_STAMP := examples/models/.generated
+AZURITE_VERSION := 3.35.0
+AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: dev test venv proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold manifests clean distclean
+.PHONY: dev test venv azurite proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold manifests clean distclean
 
 dev: $(STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## start the whole local stack (Ctrl-C stops it)
 	$(BIN)/meshserve dev
 
-test: $(STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## run every test (unit + integration) on real processes
+test: $(STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) $(AZURITE) ## run every test (unit + integration) on real processes
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
@@ -40,6 +42,13 @@ $(TRITON_STAMP): requirements-triton.lock $(STAMP)
 	$(TRITON_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
 	  "torch==$$(sed -n 's/^torch==\([0-9.]*\).*/\1/p' requirements-triton.lock)"
 	@touch $@
+
+# Azurite, Microsoft's Azure Blob emulator, from npm (Node.js 18+), for the storage tests
+azurite: $(AZURITE)
+
+$(AZURITE):
+	npm install --silent --prefix .tools/azurite --no-audit --no-fund --save-exact azurite@$(AZURITE_VERSION)
+	@test -x $@
 
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
@@ -86,4 +95,4 @@ clean:
 	rm -rf .dev .pytest_cache .hypothesis $(PROTO_STAMP) libs/common/src/meshserve/common/proto examples/models
 
 distclean: clean
-	rm -rf $(VENV) $(TRITON_VENV)
+	rm -rf $(VENV) $(TRITON_VENV) .tools

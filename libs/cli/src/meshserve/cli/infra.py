@@ -209,3 +209,51 @@ def start_s3(group: ProcessGroup) -> str:
     proc = group.start("s3", [str(moto), "-H", "127.0.0.1", "-p", str(port)])
     group.wait_until(proc, tcp_open("127.0.0.1", port), timeout=30, what="starting the S3 server (moto)")
     return f"http://127.0.0.1:{port}"
+
+
+def start_gcs(group: ProcessGroup) -> str:
+    """A Google Cloud Storage emulator (pip's gcp-storage-emulator, in memory) on a free
+    loopback port; returns its JSON API base URL, the puller's GCS `endpoint`. It checks no
+    credentials: anonymous and service-account clients are both served."""
+    from meshserve.cli.procs import http_ok
+
+    port = free_port()
+    binary = Path(sys.executable).parent / "gcp-storage-emulator"
+    if not binary.exists():
+        raise RuntimeError(f"{binary} is missing: the package gcp-storage-emulator is not installed; run `make venv`")
+    proc = group.start("gcs", [str(binary), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--quiet"])
+    url = f"http://127.0.0.1:{port}"
+    group.wait_until(proc, http_ok(f"{url}/storage/v1/b?project=meshserve"), timeout=30, what="starting the GCS emulator")
+    return url
+
+
+def azurite_blob_binary() -> Path:
+    """Where `make azurite` installs Azurite's blob server: npm, under the checkout
+    (libs/cli/src/meshserve/cli/ -> the root; an editable install, as runtimes_local assumes)."""
+    return Path(__file__).resolve().parents[5] / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+
+
+def start_azurite(group: ProcessGroup, *, binary: Path | None = None) -> str:
+    """Azurite's Blob service (Microsoft's emulator, from npm) on a free loopback port, its
+    data under the group's log folder; returns the blob endpoint of the well-known dev
+    account, `http://127.0.0.1:<port>/devstoreaccount1`. Azurite checks the shared key."""
+    binary = binary or azurite_blob_binary()
+    if not binary.exists():
+        raise RuntimeError(
+            f"Azurite is not installed at {binary}: run `make azurite` "
+            "(npm install --prefix .tools/azurite azurite; needs Node.js and npm)"
+        )
+    if shutil.which("node") is None:
+        raise RuntimeError("Azurite needs Node.js, and `node` is not on PATH: install Node.js 18 or newer")
+    port = free_port()
+    location = group.log_dir / "azurite-data"
+    location.mkdir(parents=True, exist_ok=True)
+    proc = group.start(
+        "azurite",
+        [
+            str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(location),
+            "--silent", "--skipApiVersionCheck", "--disableTelemetry",
+        ],
+    )
+    group.wait_until(proc, tcp_open("127.0.0.1", port), timeout=60, what="starting Azurite (blob)")
+    return f"http://127.0.0.1:{port}/devstoreaccount1"

@@ -1,19 +1,29 @@
-"""Fetching model files: the storage-config secret, S3 (boto3), local/PVC paths, HTTP.
+"""Fetching model files: the storage-config secret, S3 (boto3), GCS, Azure Blob,
+local/PVC paths, HTTP.
 
 Follows ModelMesh's puller: the request's model key names a storage key (or falls back
 to `default` / `default_<type>`), its `storage_params` override the secret's fields,
 and the files land in `<model_dir>/<model id>/`. Every local path is built with
-`safe_join`, so neither a model path nor an S3 key can write outside that folder.
-Blocking I/O (boto3, file copies) runs in a worker thread, never on the event loop.
+`safe_join`, so neither a model path nor an object key can write outside that folder.
+Blocking I/O (SDK calls, file copies) runs in a worker thread, never on the event loop.
 Secrets are read into memory only; they never reach a log line or an error message.
+
+The object stores share one download loop, `sync_objects`: a provider lists what is at
+the model path (`RemoteObject`s), the loop maps every key to a local path first (so a
+key that would escape refuses the whole fetch before any byte is written), skips files
+whose version tag is unchanged in the manifest, and downloads the rest to `.part` files
+that are renamed into place. GCS (`storage_gcs`) and Azure (`storage_azure`) are imported
+on first use: their SDKs cost ~0.4-0.5 s each to import and most pullers need neither.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -55,12 +65,23 @@ def load_storage_config(config_dir: Path, key: str | None, params: dict[str, Any
                 break
     if "bucket" not in fields and "default_bucket" in fields:
         fields["bucket"] = fields["default_bucket"]
-    for secret in ("secret_access_key", "access_key_id", "password", "private_key", "connection_string"):
+    for secret in ("secret_access_key", "access_key_id", "password", "private_key", "connection_string",
+                   "account_key", "client_secret"):
         register_secret(str(fields.get(secret, "")) or None)
+    _register_connection_string_secrets(str(fields.get("connection_string", "")))
     fields.update({k: v for k, v in params.items() if v not in (None, "")})
     if not fields.get("type"):
         raise FailedPrecondition("Predictor Storage field missing")
     return StorageConfig(type=str(fields["type"]), fields=fields)
+
+
+def _register_connection_string_secrets(connection_string: str) -> None:
+    """An Azure connection string carries its key (or SAS token) as one `Name=value` part;
+    register that part too, so a message quoting only the key is still masked."""
+    for part in connection_string.split(";"):
+        name, sep, value = part.partition("=")
+        if sep and name.strip().lower() in ("accountkey", "sharedaccesssignature"):
+            register_secret(value.strip())
 
 
 def _key_path(config_dir: Path, key: str) -> Path | None:
@@ -90,20 +111,104 @@ def fetch(cfg: StorageConfig, *, path: str, dest: Path, pvc_mounts: Path) -> int
         base = Path("/") if cfg.type == "file" else safe_join(pvc_mounts, str(cfg.fields.get("name", "")))
         source = safe_join(base, path.lstrip("/")) if cfg.type == "pvc" else Path(path)
         return _copy_local(source, dest)
+    if cfg.type == "gcs":
+        return int(_provider("gcs").fetch(cfg.fields, path=path, dest=dest))
+    if cfg.type == "azure":
+        return int(_provider("azure").fetch(cfg.fields, path=path, dest=dest))
     if cfg.type == "http":
         return _fetch_http(cfg, path=path, dest=dest)
-    raise FailedPrecondition(f"storage type {cfg.type!r} is not supported by this puller (s3, pvc, file, http)")
+    raise FailedPrecondition(
+        f"storage type {cfg.type!r} is not supported by this puller (s3, gcs, azure, pvc, file, http)"
+    )
 
 
 def predict_size(cfg: StorageConfig, *, path: str) -> int:
-    """Bytes the files take in storage, without downloading them (0 if unknown)."""
+    """Bytes the files take in storage, without downloading them (0 if unknown).
+    A broken configuration still raises FailedPrecondition; a storage error gives 0."""
+    if cfg.type == "gcs":
+        return int(_provider("gcs").predict_size(cfg.fields, path=path))
+    if cfg.type == "azure":
+        return int(_provider("azure").predict_size(cfg.fields, path=path))
     if cfg.type != "s3":
         return 0
     client, bucket = _s3(cfg)
     try:
-        return sum(size for _, size, _ in _s3_objects(client, bucket, path))
+        return sum(obj.size for obj in _s3_objects(client, bucket, path))
     except (ClientError, BotoCoreError):
         return 0
+
+
+def _provider(kind: str) -> Any:
+    """`storage_gcs` / `storage_azure`, imported on first use (their SDKs are slow to import)."""
+    sdk = {"gcs": "google-cloud-storage", "azure": "azure-storage-blob"}[kind]
+    try:
+        return importlib.import_module(f"meshserve.puller.storage_{kind}")
+    except ImportError as err:
+        raise FailedPrecondition(f"storage type {kind!r} needs the Python package {sdk}, which is not installed") from err
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """One object found at a model path in an object store."""
+
+    key: str
+    """The object's full key (name) in its bucket or container."""
+    size: int
+    version: str
+    """A tag that changes whenever the bytes do (ETag, MD5, generation); kept in the manifest."""
+
+
+def local_names(objects: Sequence[RemoteObject], *, path: str) -> list[str]:
+    """The relative path under the model folder of each object (same order).
+
+    One object whose key is exactly `path` is a single-file model and keeps its base
+    name; otherwise every key lies under `path/` and keeps its tree below it. Not yet
+    checked: a key such as `p/../../x` gives `../../x`, which `safe_join` then refuses.
+    """
+    key = path.lstrip("/")
+    if len(objects) == 1 and objects[0].key == key:
+        names = [PurePosixPath(key).name]
+    else:
+        prefix = key.rstrip("/")
+        names = [str(PurePosixPath(obj.key).relative_to(prefix)) if prefix else obj.key for obj in objects]
+    return [name if name not in ("", ".") else "_model" for name in names]
+
+
+def sync_objects(
+    objects: Sequence[RemoteObject],
+    *,
+    path: str,
+    dest: Path,
+    download: Callable[[RemoteObject, Path], None],
+) -> int:
+    """Bring `dest` up to date with `objects`; returns their total size. Blocking.
+
+    Every local path is checked before the first download, so a bad key writes nothing.
+    A file already on disk with the same size and manifest version is left untouched.
+    `download(obj, tmp)` writes the object's bytes to `tmp` and raises our own errors
+    (FailedPrecondition / Unavailable); the manifest keeps what finished either way.
+    """
+    names = local_names(objects, path=path)
+    targets = [safe_join(dest, name) for name in names]
+    manifest = _read_manifest(dest)
+    total = 0
+    try:
+        for obj, name, target in zip(objects, names, targets, strict=True):
+            total += obj.size
+            if target.is_file() and target.stat().st_size == obj.size and manifest.get(name) == obj.version:
+                continue  # already on disk and unchanged
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".part")
+            try:
+                download(obj, tmp)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            tmp.replace(target)
+            manifest[name] = obj.version
+    finally:
+        (dest / MANIFEST).write_text(json.dumps(manifest))
+    return total
 
 
 def _s3(cfg: StorageConfig) -> tuple[Any, str]:
@@ -135,12 +240,12 @@ def _s3_client(endpoint: str | None, key_id: str | None, secret: str | None, reg
     )
 
 
-def _s3_objects(client: Any, bucket: str, path: str) -> list[tuple[str, int, str]]:
-    """(key, size, etag) of the object at `path`, or of every object under `path/`."""
+def _s3_objects(client: Any, bucket: str, path: str) -> list[RemoteObject]:
+    """The object at `path`, or every object under `path/`."""
     key = path.lstrip("/")
     try:
         head = client.head_object(Bucket=bucket, Key=key)
-        return [(key, int(head["ContentLength"]), str(head.get("ETag", "")))]
+        return [RemoteObject(key, int(head["ContentLength"]), str(head.get("ETag", "")))]
     except ClientError as err:
         if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
             raise
@@ -149,7 +254,7 @@ def _s3_objects(client: Any, bucket: str, path: str) -> list[tuple[str, int, str
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             if not obj["Key"].endswith("/"):
-                out.append((obj["Key"], int(obj["Size"]), str(obj.get("ETag", ""))))
+                out.append(RemoteObject(obj["Key"], int(obj["Size"]), str(obj.get("ETag", ""))))
     return out
 
 
@@ -170,25 +275,14 @@ def _fetch_s3(cfg: StorageConfig, *, path: str, dest: Path) -> int:
         raise Unavailable(f"S3 error for s3://{bucket}/{path}: {type(err).__name__}") from err
     if not objects:
         raise FailedPrecondition(f"no object or prefix at s3://{bucket}/{path.lstrip('/')}")
-    manifest = _read_manifest(dest)
-    single = len(objects) == 1 and objects[0][0] == path.lstrip("/")
-    total = 0
-    for key, size, etag in objects:
-        rel = PurePosixPath(key).name if single else str(PurePosixPath(key).relative_to(path.lstrip("/").rstrip("/")))
-        target = safe_join(dest, rel or "_model")
-        total += size
-        if target.is_file() and target.stat().st_size == size and manifest.get(rel) == etag:
-            continue  # already on disk and unchanged
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
+
+    def download(obj: RemoteObject, tmp: Path) -> None:
         try:
-            client.download_file(bucket, key, str(tmp))
+            client.download_file(bucket, obj.key, str(tmp))
         except (ClientError, BotoCoreError) as err:
-            raise Unavailable(f"download of s3://{bucket}/{key} failed: {type(err).__name__}") from err
-        tmp.replace(target)
-        manifest[rel] = etag
-    (dest / MANIFEST).write_text(json.dumps(manifest))
-    return total
+            raise Unavailable(f"download of s3://{bucket}/{obj.key} failed: {type(err).__name__}") from err
+
+    return sync_objects(objects, path=path, dest=dest, download=download)
 
 
 def _read_manifest(dest: Path) -> dict[str, str]:
