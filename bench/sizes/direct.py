@@ -27,7 +27,7 @@ import tritonclient.grpc as grpcclient
 from bench.sizes.catalog import EXAMPLES, Case
 from meshserve.cli.procs import Proc, ProcessGroup, free_port, http_ok
 from meshserve.puller.keras_converter import KerasConverter
-from meshserve.puller.memory import tree_rss_bytes
+from meshserve.puller.memory import tree_pss_bytes
 
 
 @dataclass
@@ -58,7 +58,7 @@ class DirectServer:
 
     def memory(self) -> int:
         """The server's process tree, summed PSS (what the puller measures)."""
-        return tree_rss_bytes(self.pid)
+        return tree_pss_bytes(self.pid)
 
     # -- model folders -------------------------------------------------------------------
     def stage(self, name: str, case: Case, source: Path | None = None) -> float:
@@ -147,6 +147,8 @@ class DirectServer:
         if self._keras is not None:
             self._loop.run_until_complete(self._keras.close())
             self._keras = None
+        if not self._loop.is_closed():
+            self._loop.close()
 
 
 def start(kind: str, *, group: ProcessGroup, root: Path, name: str) -> DirectServer:

@@ -31,7 +31,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from bench.sizes.formats import placed_event
 from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack
-from meshserve.puller.memory import tree_rss_bytes
+from meshserve.puller.memory import tree_pss_bytes
 
 RUNTIME = "mlserver-forests"  # a runtime name of its own: only this pod takes the forests
 
@@ -48,12 +48,12 @@ def forest(n_trees: int, seed: int) -> bytes:
 
 ISOLATED = """
 import io, os, sys, joblib
-from meshserve.puller.memory import tree_rss_bytes
+from meshserve.puller.memory import tree_pss_bytes
 warm = joblib.load(sys.argv[2])
 blob = open(sys.argv[1], "rb").read()
-before = tree_rss_bytes(os.getpid())
+before = tree_pss_bytes(os.getpid())
 model = joblib.load(io.BytesIO(blob))
-print(tree_rss_bytes(os.getpid()) - before)
+print(tree_pss_bytes(os.getpid()) - before)
 """
 
 
@@ -85,7 +85,7 @@ def run(stack: Stack, *, quick: bool) -> Result:
     stack.wait_for_pods([pod])
     s3 = stack.s3_client()
     pid = pod.mlserver.popen.pid  # type: ignore[attr-defined]
-    start = tree_rss_bytes(pid)
+    start = tree_pss_bytes(pid)
     warm = stack.root / "warm.joblib"
     warm.write_bytes(forest(2, seed=99))
     rows = []
@@ -104,7 +104,7 @@ def run(stack: Stack, *, quick: bool) -> Result:
         placed = placed_event(stack, name)
         measured = int(placed["size"]) if placed.get("measured") else 0  # 0: the pod did not grow
         rows.append(Row(n, len(blob), measured, isolated_size(blob, warm)))
-    return Result(rows, tree_rss_bytes(pid) - start)
+    return Result(rows, tree_pss_bytes(pid) - start)
 
 
 def report(result: Result) -> None:

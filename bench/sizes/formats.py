@@ -44,7 +44,7 @@ from bench.sizes import direct, procmem
 from bench.sizes.catalog import RUNTIMES, Case, cases
 from meshserve.cli.devstack import EXAMPLE_BUCKET, PodHandle, Stack
 from meshserve.cli.procs import ProcessGroup
-from meshserve.puller.memory import tree_rss_bytes
+from meshserve.puller.memory import tree_pss_bytes
 
 MiB = 2**20
 IMPORTS_AT_LOAD = "mlserver-imports-at-load"  # runtime name of the pod without start-up imports
@@ -184,7 +184,7 @@ def run_pods(stack: Stack, pods: dict[str, PodHandle], *, copies: int, labels: s
         pod = pods[kind]
         pid = server_pid(pod)
         time.sleep(1.0)  # the server's start-up allocations settle
-        result = PodResult(kind, pod.pod_id, tree_rss_bytes(pid))
+        result = PodResult(kind, pod.pod_id, tree_pss_bytes(pid))
         for case in cases({kind}, labels):
             fr = FormatResult(case)
             for i in range(copies):
@@ -194,7 +194,7 @@ def run_pods(stack: Stack, pods: dict[str, PodHandle], *, copies: int, labels: s
                 print(f"  {pod.pod_id}: {name} {fr.copies[-1].size / MiB:.1f} MiB", flush=True)
             result.formats.append(fr)
         time.sleep(0.5)
-        result.end = tree_rss_bytes(pid)
+        result.end = tree_pss_bytes(pid)
         if kind == "triton":
             stubs = procmem.triton_stubs(pid)
             for fr in result.formats:
@@ -208,7 +208,7 @@ def run_imports(stack: Stack, pods: dict[str, PodHandle], default: PodResult | N
     pod = pods.get(IMPORTS_AT_LOAD)
     if pod is None or default is None:
         return None
-    result = ImportsResult(pod_start=tree_rss_bytes(server_pid(pod)), default_pod_start=default.start)
+    result = ImportsResult(pod_start=tree_pss_bytes(server_pid(pod)), default_pod_start=default.start)
     # xgboost first: mlserver_xgboost imports xgboost.sklearn, which imports scikit-learn, so
     # after it the other formats find part of their imports done
     for case in sorted(cases({"mlserver"}), key=lambda c: IMPORT_ORDER.index(c.label)):

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshserve.puller.memory import tree_growth, tree_processes, tree_rss_bytes
+from meshserve.puller.memory import tree_growth, tree_processes, tree_pss_bytes
 
 MiB = 1 << 20
 
@@ -64,7 +64,7 @@ def test_an_exiting_child_does_not_make_a_load_look_smaller(parent: subprocess.P
 
 def test_growth_agrees_with_the_trees_summed_pss(parent: subprocess.Popen[str]) -> None:
     _do(parent, "spawn 16")
-    before, pss_before = tree_processes(parent.pid), tree_rss_bytes(parent.pid)
+    before, pss_before = tree_processes(parent.pid), tree_pss_bytes(parent.pid)
     _do(parent, "spawn 80")
-    grown, pss_grown = tree_growth(before, tree_processes(parent.pid)), tree_rss_bytes(parent.pid) - pss_before
+    grown, pss_grown = tree_growth(before, tree_processes(parent.pid)), tree_pss_bytes(parent.pid) - pss_before
     assert abs(grown - pss_grown) < 16 * MiB, (grown / MiB, pss_grown / MiB)

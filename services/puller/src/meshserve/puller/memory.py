@@ -14,7 +14,7 @@ process's PSS walks all its mappings (~12 ms for a TensorFlow stub, so a pod of 
 paid hundreds of ms per load, twice), so a snapshot reads only each process's RSS (statm),
 and the growth takes the new processes' private pages (smaps_rollup, one read each) plus
 the old ones' RSS growth, which is what the summed PSS grows by (see `tree_growth`).
-`tree_rss_bytes` (summed PSS) stays the pod's total, for heartbeats and benchmarks.
+`tree_pss_bytes` (summed PSS) stays the pod's total, for heartbeats and benchmarks.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def process_memory_bytes(pid: int) -> int | None:
     return None if kib is None else kib * 1024
 
 
-def tree_rss_bytes(pid: int) -> int:
+def tree_pss_bytes(pid: int) -> int:
     """The tree's physical memory: summed PSS (see the module's docstring)."""
     total, stack, seen = 0, [pid], set()
     while stack:
@@ -188,7 +188,7 @@ class MemoryProbe:
         if pid is not None:
             # off the event loop: summed PSS walks every process's mappings (~12 ms per
             # TensorFlow stub), and heartbeats read it every interval, loads in flight or not
-            return await asyncio.to_thread(tree_rss_bytes, pid)
+            return await asyncio.to_thread(tree_pss_bytes, pid)
         if self.metrics_url:
             try:
                 async with httpx.AsyncClient(timeout=2) as client:
