@@ -9,16 +9,23 @@ TRITON_STAMP := $(TRITON_VENV)/.installed
 PROTO_STAMP := libs/common/src/meshserve/common/proto/.generated
 EXAMPLES_STAMP := examples/models/.generated
 AZURITE_VERSION := 3.35.0
+# Envoy's xDS messages for the router's control plane, in a folder of their own: the wheel
+# also carries copies of googleapis-common-protos and opentelemetry-proto modules that would
+# overwrite the ones MLServer imports. Only envoy/, udpa/, validate/, xds/ and cel/ are kept;
+# meshserve.router.envoy puts the folder on sys.path.
+XDS_PROTOS_VERSION := 1.85.0
+XDS_PROTOS := $(VENV)/xds-protos
+XDS_STAMP := $(XDS_PROTOS)/.installed
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
 .PHONY: dev test venv azurite proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold manifests clean distclean
 
-dev: $(STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## start the whole local stack (Ctrl-C stops it)
+dev: $(STAMP) $(XDS_STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## start the whole local stack (Ctrl-C stops it)
 	$(BIN)/meshserve dev
 
-test: $(STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) $(AZURITE) ## run every test (unit + integration) on real processes
+test: $(STAMP) $(XDS_STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) $(AZURITE) ## run every test (unit + integration) on real processes
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
@@ -30,6 +37,12 @@ $(STAMP): pyproject.toml requirements.lock overrides.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv>=0.4'
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --override overrides.txt -r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+	@touch $@
+
+$(XDS_STAMP): $(STAMP) Makefile
+	rm -rf $(XDS_PROTOS)
+	$(BIN)/uv pip install --quiet --no-deps --target $(XDS_PROTOS) "xds-protos==$(XDS_PROTOS_VERSION)"
+	cd $(XDS_PROTOS) && rm -rf google opentelemetry opencensus test bin
 	@touch $@
 
 # Triton Inference Server (nvidia-pytriton's tritonserver binary, python backend) in its own

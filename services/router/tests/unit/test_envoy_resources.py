@@ -1,0 +1,158 @@
+"""resources.py: the routing table -> Envoy resources, checked by parsing what it emits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshserve.router.envoy import resources as res
+from meshserve.router.table import Endpoint
+
+PODS = {p: Endpoint(p, f"10.0.0.{i}:8033", f"http://10.0.0.{i}:8008") for i, p in enumerate("abcd", start=1)}
+
+
+def config(shards: int = 1) -> res.DataPathConfig:
+    return res.DataPathConfig(
+        slow_grpc_address="127.0.0.1:9033", slow_rest_address="http://127.0.0.1:9008", lua_source="-- lua", shards=shards
+    )
+
+
+def eps(pods: str) -> tuple[Endpoint, ...]:
+    return tuple(PODS[p] for p in pods)
+
+
+def routes(resources: res.Resources, protocol: res.Protocol = "grpc") -> dict[str, tuple[str, str | None]]:
+    """name -> (cluster, concrete model) over all route configurations of a protocol."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for name, body in resources[res.ROUTE].items():
+        if not name.startswith(f"ms-{protocol}"):
+            continue
+        config = route_pb2.RouteConfiguration.FromString(body)
+        assert list(config.request_headers_to_remove) == list(res.ROUTING_HEADERS_TO_REMOVE)
+        (host,) = config.virtual_hosts
+        if not host.HasField("matcher"):
+            assert [r.route.cluster for r in host.routes] == [res.slow_cluster(protocol)]
+            continue
+        slow = route_components_pb2.Route()
+        host.matcher.on_no_match.action.typed_config.Unpack(slow)
+        assert slow.route.cluster == res.slow_cluster(protocol)
+        tree = host.matcher.matcher_tree
+        assert tree.input.name == res.MODEL_HEADER
+        for key, on_match in tree.exact_match_map.map.items():
+            route = route_components_pb2.Route()
+            on_match.action.typed_config.Unpack(route)
+            model = route.metadata.filter_metadata[res.LUA_FILTER].fields["model"].string_value
+            out[key] = (route.route.cluster, model)
+    return out
+
+
+def test_a_vmodel_routes_to_its_model_with_the_concrete_id() -> None:
+    out = res.build({"m1": eps("ab"), "m2": eps("c"), "m3": ()}, {"vm": "m1", "dangling": "nope"}, config())
+    grpc_routes = routes(out)
+    assert set(grpc_routes) == {"m1", "m2", "vm"}  # no copy, or no such model: the slow path
+    assert grpc_routes["vm"] == grpc_routes["m1"] == (res.cluster_name("grpc", ["10.0.0.1:8033", "10.0.0.2:8033"]), "m1")
+    assert routes(out, "rest")["vm"][1] == "m1"
+
+
+def test_one_cluster_per_distinct_endpoint_set() -> None:
+    models = {f"m{i}": eps(["ab", "ba", "cd", "a"][i % 4]) for i in range(1000)}
+    clusters = res.build(models, {}, config())[res.CLUSTER]
+    # {a,b} (either order), {c,d}, {a}; per protocol; plus the two slow-path clusters
+    assert len(clusters) == 3 * 2 + 2
+    cluster = cluster_pb2.Cluster.FromString(clusters[res.cluster_name("grpc", ["10.0.0.2:8033", "10.0.0.1:8033"])])
+    assert cluster.lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
+    assert cluster.type == cluster_pb2.Cluster.STATIC
+    assert cluster.HasField("outlier_detection")
+    hosts = [e.endpoint.address.socket_address for e in cluster.load_assignment.endpoints[0].lb_endpoints]
+    assert [(h.address, h.port_value) for h in hosts] == [("10.0.0.1", 8033), ("10.0.0.2", 8033)]
+
+
+def test_hostnames_use_dns_and_rest_uses_http1() -> None:
+    body = res.build_cluster("c", ["http://pod-0.svc:8008"], protocol="rest", connect_timeout_s=0.5)
+    cluster = cluster_pb2.Cluster.FromString(body)
+    assert cluster.type == cluster_pb2.Cluster.STRICT_DNS
+    options = hpo_pb2.HttpProtocolOptions()
+    cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Unpack(options)
+    assert options.explicit_http_config.WhichOneof("protocol_config") == "http_protocol_options"
+    assert cluster.connect_timeout.ToMilliseconds() == 500
+
+
+def test_listeners_carry_lua_then_router_and_the_route_source() -> None:
+    for shards in (1, 8):
+        listeners = res.build({}, {}, config(shards))[res.LISTENER]
+        listener = listener_pb2.Listener.FromString(listeners["ms-grpc"])
+        hcm = http_connection_manager_pb2.HttpConnectionManager()
+        listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+        assert [f.name for f in hcm.http_filters] == [res.LUA_FILTER, "envoy.filters.http.router"]
+        assert hcm.HasField("rds") == (shards == 1)
+        assert hcm.HasField("scoped_routes") == (shards > 1)
+        assert listener.address.socket_address.address == "127.0.0.1"
+
+
+def test_sharded_routes_are_split_by_the_name_hash() -> None:
+    models = {f"m{i}": eps("a") for i in range(200)}
+    out = res.build(models, {}, config(shards=8))
+    scopes = [scoped_route_pb2.ScopedRouteConfiguration.FromString(b) for b in out[res.SCOPED_ROUTE].values()]
+    keys = {s.key.fragments[0].string_key: s.route_configuration_name for s in scopes}
+    assert keys["grpc-3"] == "ms-grpc-3" and keys["rest-slow"] == "ms-rest-slow"
+    assert len(keys) == 2 * (8 + 1)
+    for name in models:
+        body = out[res.ROUTE][f"ms-grpc-{res.shard_of(name, 8)}"]
+        config_ = route_pb2.RouteConfiguration.FromString(body)
+        assert name in config_.virtual_hosts[0].matcher.matcher_tree.exact_match_map.map
+    assert set(routes(out)) == set(models)
+
+
+def test_a_change_rebuilds_only_its_shard_and_clusters_follow_use() -> None:
+    builder = res.RouteBuilder(config(shards=16))
+    models = {f"m{i}": eps("a") for i in range(100)}
+    builder.replace(models, {})
+    before = builder.resources()
+    builder.replace({**models, "m7": eps("b")}, {})
+    change = res.diff(before, builder.resources())
+    shard = res.shard_of("m7", 16)
+    assert change.changed[res.ROUTE] == {f"ms-grpc-{shard}", f"ms-rest-{shard}"}
+    assert change.changed[res.CLUSTER] == {res.cluster_name("grpc", ["10.0.0.2:8033"]), res.cluster_name("rest", ["http://10.0.0.2:8008"])}
+    assert res.CLUSTER not in change.removed
+    after = builder.resources()
+    builder.replace({k: v for k, v in models.items() if k != "m7"} | {"m7": eps("a")}, {})
+    assert res.diff(after, builder.resources()).removed[res.CLUSTER] == set(change.changed[res.CLUSTER])
+    assert res.diff(builder.resources(), builder.resources()).empty
+
+
+TABLES = st.tuples(
+    st.dictionaries(st.sampled_from([f"m{i}" for i in range(12)]), st.sampled_from(["", "a", "ab", "ba", "cd"]).map(eps)),
+    st.dictionaries(st.sampled_from([f"v{i}" for i in range(6)] + ["m1"]), st.sampled_from([f"m{i}" for i in range(14)])),
+)
+
+
+def parsed(resources: res.Resources) -> dict[str, dict[str, Any]]:
+    kinds = {res.CLUSTER: cluster_pb2.Cluster, res.LISTENER: listener_pb2.Listener, res.ROUTE: route_pb2.RouteConfiguration,
+             res.SCOPED_ROUTE: scoped_route_pb2.ScopedRouteConfiguration}  # fmt: skip
+    return {t: {n: kinds[t].FromString(b) for n, b in named.items()} for t, named in resources.items()}
+
+
+@settings(max_examples=150, deadline=None)
+@given(tables=st.lists(TABLES, min_size=1, max_size=6), shards=st.sampled_from([1, 3]))
+def test_incremental_builds_equal_a_fresh_build(tables: list[Any], shards: int) -> None:
+    builder = res.RouteBuilder(config(shards))
+    for models, vmodels in tables:
+        builder.replace(models, vmodels)
+        fresh = res.build(models, vmodels, config(shards))
+        assert parsed(builder.resources()) == parsed(fresh)  # map order aside, the same config
+        expected = {n: m for n in {*models, *vmodels} if models.get(m := vmodels.get(n, n))}
+        assert {n: c[1] for n, c in routes(fresh).items()} == expected
+
+
+def test_shard_hash_is_stable() -> None:
+    # route.lua computes the same: (h * 31 + byte) mod 2^32, then mod shards
+    assert res.shard_of("a", 7) == str(97 % 7)
+    assert res.shard_of("ab", 1000) == str((97 * 31 + 98) % 1000)
+    assert res.shard_of("anything", 1) == "0"
