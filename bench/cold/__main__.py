@@ -278,7 +278,7 @@ def run_burst(stack: Stack, pod: PodHandle, case: Case, *, n: int) -> Burst:
 
 def boto3_client_seconds(stack: Stack, n: int = 5) -> float:
     """What making one boto3 S3 client costs here (median): what the puller saves on each
-    PredictModelSize and LoadModel by keeping its clients (storage._s3_client)."""
+    PredictModelSize and LoadModel by keeping its clients (storage_s3._client)."""
     creds = stack.s3_credentials()
     times = []
     for _ in range(n):

@@ -257,3 +257,16 @@ def start_azurite(group: ProcessGroup, *, binary: Path | None = None) -> str:
     )
     group.wait_until(proc, tcp_open("127.0.0.1", port), timeout=60, what="starting Azurite (blob)")
     return f"http://127.0.0.1:{port}/devstoreaccount1"
+
+
+def start_s3_checking_credentials(group: ProcessGroup) -> str:
+    """A moto S3 server that checks every request's credentials against its (empty) IAM:
+    any access key is unknown, so each call fails as S3 does for wrong credentials
+    (403 InvalidAccessKeyId). For tests of the puller's wrong-credentials path."""
+    port = free_port()
+    moto = Path(sys.executable).parent / "moto_server"
+    proc = group.start(
+        "s3-auth", [str(moto), "-H", "127.0.0.1", "-p", str(port)], env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    )
+    group.wait_until(proc, tcp_open("127.0.0.1", port), timeout=30, what="starting the S3 server (moto, checking credentials)")
+    return f"http://127.0.0.1:{port}"

@@ -192,7 +192,7 @@ class PullerService:
                 model_id=model_id, model_type=model_type, model_path=model_path, model_key=model_key
             )
         cfg = self._storage(key)
-        disk = await asyncio.to_thread(storage.predict_size, cfg, path=model_path)
+        disk = await asyncio.to_thread(storage.predict_size, cfg, path=model_path, pvc_mounts=self.settings.pvc_mounts_dir)
         return int(disk * self.settings.model_size_multiplier) if disk else 0
 
     async def sync_with_model_server(self) -> bool:
