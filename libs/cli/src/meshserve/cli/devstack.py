@@ -80,6 +80,7 @@ class Stack:
         self.router_rest = ""
         self.scheduler_proc: object = None
         self.router_proc: object = None
+        self.controller_health = ""
         self._created_db: str | None = None
         self.postgres: infra.Postgres | None = None
 
@@ -241,10 +242,9 @@ class Stack:
         }
         if self.config.admin_token:
             env["MESHSERVE_CONTROLLER_ADMIN_TOKEN"] = self.config.admin_token
+        self.controller_health = f"http://127.0.0.1:{health}"
         proc = self.group.start("controller", [self.python, "-m", "meshserve.controller"], env=env)
-        self.group.wait_until(
-            proc, http_ok(f"http://127.0.0.1:{health}/readyz"), timeout=60, what="starting the controller"
-        )
+        self.group.wait_until(proc, http_ok(f"{self.controller_health}/readyz"), timeout=60, what="starting the controller")
 
     def start_router(self) -> None:
         port, rest_port = self._port(8033), self._port(8008)

@@ -34,6 +34,7 @@ DEV_RESOURCES = (
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start the stack, then deploy the example the way a user would: `meshserve apply` of
     upstream-style YAML; the controller (local mode) starts the runtime pods."""
+    from meshserve.cli import supervise
     from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack, StackConfig
     from meshserve.cli.resources import AdminClient, apply, load_documents
 
@@ -88,14 +89,18 @@ Inspect it:
   {bin_dir}/meshserve get isvc --admin {stack.admin_url}
   {bin_dir}/meshserve get models --admin {stack.admin_url}
 
-Ctrl-C stops everything.""",
+A process that dies is restarted (same ports, same data); Ctrl-C stops everything.""",
             flush=True,
         )
-        while not stop.wait(1.0):
-            dead = [p.name for p in stack.group.procs if not p.alive]
-            if dead:
-                print(f"process(es) exited: {', '.join(dead)}; see {stack.group.log_dir}", file=sys.stderr)
-                return 1
+        supervisor = supervise.Supervisor(
+            supervise.stack_units(stack, after_s3_restart=lambda: stack.upload_examples(root / "examples" / "models")),
+            notify=supervise.printer(sys.stderr),
+        )
+        try:
+            supervisor.run(stop)   # restarts whatever dies, until Ctrl-C
+        except supervise.CrashLoop as err:
+            print(f"error: {err}\n(logs: {stack.group.log_dir})", file=sys.stderr, flush=True)
+            return 1
         print("\nstopping...", flush=True)
         return 0
     finally:
@@ -239,9 +244,20 @@ def cmd_get(args: argparse.Namespace) -> int:
         ]
         print(_table(rows, ["MODEL", "FORMAT", "STATE", "COPIES", "SIZE", "REQUESTS"]))
     elif args.kind == "pods":
+        from meshserve.cli.resources import local_pod_status, restarts_column
+
         items = _admin(args, "GET", "/v1/pods")["items"]
-        rows = [[p["id"], p["runtime"], _mib(p["capacityBytes"]), _mib(p["allocatedBytes"]), str(len(p["models"])), str(p["loading"])] for p in items]
-        print(_table(rows, ["POD", "RUNTIME", "CAPACITY", "ALLOCATED", "MODELS", "LOADING"]))
+        client = _resource_client(args)
+        try:
+            status = local_pod_status(client, namespace=args.namespace)
+        finally:
+            client.close()
+        rows = [
+            [p["id"], p["runtime"], _mib(p["capacityBytes"]), _mib(p["allocatedBytes"]), str(len(p["models"])), str(p["loading"]),
+             restarts_column(status.get(p["id"]))]
+            for p in items
+        ]
+        print(_table(rows, ["POD", "RUNTIME", "CAPACITY", "ALLOCATED", "MODELS", "LOADING", "RESTARTS"]))
     elif args.kind == "runtimes":
         items = _admin(args, "GET", "/v1/runtimes?limit=1000")["items"]
         rows = [

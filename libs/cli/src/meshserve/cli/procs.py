@@ -47,6 +47,9 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None   # what was given to `start` (on top of os.environ)
+    cwd: Path | None = None
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -70,6 +73,30 @@ class ProcessGroup:
     on_stop: list[Callable[[], None]] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
+        proc = self._spawn(name, argv, env=env, cwd=cwd)
+        self.procs.append(proc)
+        return proc
+
+    def find(self, name: str) -> Proc | None:
+        return next((p for p in self.procs if p.name == name), None)
+
+    def respawn(self, proc: Proc, *, grace: float = 10.0, note: str = "") -> Proc:
+        """Start `proc`'s command again (same argv, env, cwd: same ports and data) in its place
+        in the stop order, once the leader and anything left in its process group are gone
+        (given `grace` seconds to exit after the leader died, then SIGKILL)."""
+        self.stop(proc, remove=False)
+        reap_group(proc.popen.pid, grace=grace)
+        if note:
+            with open(proc.log_path, "ab") as out:
+                out.write(f"\n--- {note} ---\n".encode())
+        new = self._spawn(proc.name, proc.argv, env=proc.env, cwd=proc.cwd)
+        try:
+            self.procs[self.procs.index(proc)] = new
+        except ValueError:
+            self.procs.append(new)
+        return new
+
+    def _spawn(self, name: str, argv: list[str], *, env: dict[str, str] | None, cwd: Path | None) -> Proc:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         out = open(log_path, "ab")
@@ -85,9 +112,7 @@ class ProcessGroup:
             preexec_fn=_die_with_parent,
         )
         out.close()
-        proc = Proc(name, popen, log_path)
-        self.procs.append(proc)
-        return proc
+        return Proc(name, popen, log_path, argv=list(argv), env=dict(env) if env is not None else None, cwd=cwd)
 
     def wait_until(self, proc: Proc | None, check: Callable[[], bool], *, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -105,7 +130,7 @@ class ProcessGroup:
         tail = proc.tail() if proc is not None else ""
         raise StartupError(f"timed out after {timeout:.0f}s {what}\n{tail}")
 
-    def stop(self, proc: Proc, *, timeout: float = 10.0) -> int | None:
+    def stop(self, proc: Proc, *, timeout: float = 10.0, remove: bool = True) -> int | None:
         if proc.alive:
             with contextlib.suppress(ProcessLookupError):
                 proc.popen.send_signal(signal.SIGTERM)
@@ -115,8 +140,9 @@ class ProcessGroup:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.popen.pid, signal.SIGKILL)
                 proc.popen.wait(5)
-        with contextlib.suppress(ValueError):
-            self.procs.remove(proc)
+        if remove:
+            with contextlib.suppress(ValueError):
+                self.procs.remove(proc)
         return proc.popen.returncode
 
     def stop_all(self) -> None:
@@ -126,6 +152,37 @@ class ProcessGroup:
             with contextlib.suppress(Exception):
                 fn()
         self.on_stop.clear()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()   # after "(comm)": state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def reap_group(pgid: int, *, grace: float) -> None:
+    """Wait up to `grace` seconds for process group `pgid` (a child started in its own
+    session, leader already gone) to empty, then SIGKILL what is left. A child such as the
+    controller's runtime pod supervisor gets `grace` to stop what it started."""
+    deadline = time.monotonic() + grace
+    delay = 0.02
+    while group_members(pgid):
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+            return
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
 
 
 def http_ok(url: str) -> Callable[[], bool]:

@@ -15,6 +15,7 @@ name, every error) and the command exits 1, as kubectl does.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -307,3 +308,52 @@ def get(client: AdminClient, what: str, *, namespace: str, out: Any, err: Any) -
     for r in rows:
         print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip(), file=out)
     return 0
+
+
+# -- runtime pod status in local mode --------------------------------------------------------------
+LOCAL_PODS_CONFIGMAP = "meshserve-local-pods"
+"""ConfigMap in the controller's namespace where local mode's runtime pod supervisor keeps each
+pod's status (what the kubelet keeps in a Pod's status): one data key per pod id, its value a
+JSON object {"restarts", "lastRestart", "lastExit", "deployment", "pids"}."""
+
+
+def local_pods_document(namespace: str, pods: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The ConfigMap that records `pods` (pod id -> status)."""
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": LOCAL_PODS_CONFIGMAP, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "meshserve-local"}},
+        "data": {pod: json.dumps(dict(status), sort_keys=True) for pod, status in sorted(pods.items())},
+    }
+
+
+def local_pod_status(client: AdminClient, *, namespace: str) -> dict[str, dict[str, Any]]:
+    """Pod id -> status from the local pods ConfigMap; {} when there is none (Kubernetes mode,
+    a stack without the controller) or it cannot be read."""
+    try:
+        response = client.request("GET", _resource_path("ConfigMap", namespace, LOCAL_PODS_CONFIGMAP))
+    except LoadError:
+        return {}
+    if response.status_code != 200:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        data = response.json().get("data") or {}
+        for pod, text in data.items():
+            value = json.loads(text)
+            if isinstance(value, dict):
+                out[str(pod)] = value
+    except (ValueError, AttributeError):
+        return {}
+    return out
+
+
+def restarts_column(status: Mapping[str, Any] | None, *, now: datetime | None = None) -> str:
+    """kubectl's RESTARTS: `0`, `2 (15s ago)`; `-` for a pod nobody supervises here."""
+    if not status:
+        return "-"
+    restarts = int(status.get("restarts") or 0)
+    when = status.get("lastRestart")
+    if not restarts or not when:
+        return str(restarts)
+    return f"{restarts} ({age(str(when), now=now)} ago)"

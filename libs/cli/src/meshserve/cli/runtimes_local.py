@@ -21,6 +21,17 @@ cluster whose pods never become ready).
 The pods are started and stopped by a small single-threaded supervisor process (`PodSupervisor`,
 see there why); the controller talks to it over a pipe from a worker thread so the reconcile loop
 keeps serving.
+
+Restarts, as a Deployment's pods with `restartPolicy: Always`: when the model server or the
+puller of a pod exits or is killed, the supervisor stops the other process of that pod (a
+puller stopped with SIGTERM tells the scheduler the pod is leaving) and, after the back-off of
+`restarts.POD_POLICY`, starts a replacement pod under the SAME pod id (fresh folder and ports:
+the scheduler learns the addresses from the new puller's first report). The whole pod restarts,
+not just the dead process: a new puller purges its model server anyway, and a model server
+restarted under a living puller would leave the puller and the scheduler believing in copies
+it no longer has. Each pod's restart count, last exit and process ids are written to the
+`meshserve-local-pods` ConfigMap of the resource store (`resources.LOCAL_PODS_CONFIGMAP`), which
+`meshserve get pods` shows as RESTARTS.
 """
 
 from __future__ import annotations
@@ -32,15 +43,31 @@ import itertools
 import json
 import logging
 import os
+import random
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from meshserve.cli.devstack import PodHandle, Stack, StackConfig
+from meshserve.cli.procs import Proc
+from meshserve.cli.resources import local_pods_document
+from meshserve.cli.restarts import (
+    POD_POLICY,
+    RestartHistory,
+    RestartPolicy,
+    decide_restart,
+    describe_exit,
+)
 from meshserve.controller.deployments import LOCAL_COMMAND_ANNOTATION, SPEC_HASH_ANNOTATION
 from meshserve.controller.reconcile import ActionKind, DeploymentAction, ObservedDeployment
 
@@ -62,6 +89,40 @@ CHECKOUT = Path(__file__).resolve().parents[5]  # libs/cli/src/meshserve/cli/ ->
 LOCAL_COMMAND_ENV = "MESHSERVE_LOCAL_COMMAND"  # carries the runtime's local command to the supervisor
 RUNTIME_ENV_PREFIX = "MESHSERVE_LOCAL_RUNTIME_ENV__"  # the runtime container's own env values
 LOCAL_SERVERS = ("mlserver", "triton", "ovms")  # containers local mode can run as processes (ovms: the stand-in)
+ADMIN_TOKEN_ENV = "MESHSERVE_LOCAL_SUPERVISOR_ADMIN_TOKEN"  # the admin token reaches the supervisor here, not in argv
+TICK_SECONDS = 0.5  # how often the supervisor looks at its pods between commands
+PUBLISH_RETRY_SECONDS = 5.0
+
+
+@dataclass
+class LocalPod:
+    """One pod of a local Deployment across its restarts (the pod id stays, the processes change)."""
+
+    pod_id: str
+    handle: PodHandle | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    history: RestartHistory = field(default_factory=RestartHistory)
+    restart_at: float | None = None
+    """Set while the pod is down, waiting for its back-off."""
+    last_exit: str = ""
+    last_restart: str = ""
+
+    def status(self, deployment: str) -> dict[str, Any]:
+        pids = {}
+        if self.handle is not None:
+            for proc in (self.handle.mlserver, self.handle.puller):
+                if isinstance(proc, Proc):
+                    pids[_container(proc)] = proc.popen.pid
+        return {
+            "deployment": deployment, "restarts": self.restarts, "lastRestart": self.last_restart or None,
+            "lastExit": self.last_exit or None, "pids": pids, "waiting": self.restart_at is not None,
+        }
+
+
+def _container(proc: Proc) -> str:
+    """`mlserver`, `triton`, `ovms`, `runtime` or `puller`: the part of the process name after the pod folder."""
+    return proc.name.rsplit("-", 1)[-1]
 
 
 @dataclass
@@ -70,7 +131,7 @@ class LocalDeployment:
     spec_hash: str = ""
     runnable: bool = True
     env: dict[str, str] = field(default_factory=dict)
-    pods: list[PodHandle] = field(default_factory=list)
+    pods: list[LocalPod] = field(default_factory=list)
     replicas: int = 0
     seq: int = 0
 
@@ -102,14 +163,19 @@ def puller_env(manifest: dict[str, Any]) -> tuple[bool, dict[str, str]]:
 
 
 class PodSupervisor:
-    """Runs in its own single-threaded process (`python -m meshserve.cli.runtimes_local`): starts and
-    stops the pods. Forking model servers from the controller itself is unsafe: its gRPC and worker
-    threads may hold locks at fork time, and `ProcessGroup`'s pre-exec hook (PR_SET_PDEATHSIG via
-    ctypes) can then deadlock the child before exec. The supervisor is started without a pre-exec
-    hook, reads one JSON command per line on stdin, answers one JSON line on stdout, and stops every
-    pod when stdin closes (the controller exited)."""
+    """Runs in its own single-threaded process (`python -m meshserve.cli.runtimes_local`): starts,
+    stops and restarts the pods. Forking model servers from the controller itself is unsafe: its
+    gRPC and worker threads may hold locks at fork time, and `ProcessGroup`'s pre-exec hook
+    (PR_SET_PDEATHSIG via ctypes) can then deadlock the child before exec. The supervisor is
+    started without a pre-exec hook, reads one JSON command per line on stdin, answers one JSON
+    line on stdout, looks at its pods every `TICK_SECONDS` in between (restarts: see the module
+    docstring), and stops every pod when stdin closes (the controller exited)."""
 
-    def __init__(self, *, root: Path, scheduler_address: str, capacity: int) -> None:
+    def __init__(
+        self, *, root: Path, scheduler_address: str, capacity: int, admin_url: str = "", namespace: str = "default",
+        admin_token: str | None = None, policy: RestartPolicy = POD_POLICY,
+        clock: Callable[[], float] = time.monotonic, rand: Callable[[], float] = random.random,
+    ) -> None:
         self.stack = Stack(StackConfig(root=root))
         self.stack.redis_url = os.environ.get("MESHSERVE_REDIS_URL", "")
         self.stack.database_url = os.environ.get("MESHSERVE_DATABASE_URL", "")
@@ -120,6 +186,10 @@ class PodSupervisor:
         self.deployments: dict[str, LocalDeployment] = {}
         # pod folders are pods/pod-<index>: unique per supervisor process, so a restart never reuses one
         self._index = itertools.count((os.getpid() % 100_000) * 1000)
+        self.admin_url, self.namespace, self._token = admin_url.rstrip("/"), namespace, admin_token
+        self.policy, self.clock, self.rand = policy, clock, rand
+        self._dirty = True          # the first publish replaces what an earlier supervisor left
+        self._publish_after = 0.0
 
     def handle(self, command: dict[str, Any]) -> dict[str, Any]:
         name = str(command["name"])
@@ -138,22 +208,99 @@ class PodSupervisor:
         return {"ok": True, "pods": [p.pod_id for p in dep.pods]}
 
     def serve(self, stdin: Any, stdout: Any) -> None:
+        fd = stdin.fileno()
+        pending = b""
         try:
-            for line in stdin:
-                if not line.strip():
-                    continue
-                try:
-                    reply = self.handle(json.loads(line))
-                except Exception as err:
-                    log.exception("command failed")
-                    reply = {"ok": False, "error": f"{type(err).__name__}: {err}"}
-                stdout.write(json.dumps(reply) + "\n")
-                stdout.flush()
+            while True:
+                readable, _, _ = select.select([fd], [], [], TICK_SECONDS)
+                if readable:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        break   # EOF: the controller is gone
+                    pending += chunk
+                    while b"\n" in pending:
+                        line, pending = pending.split(b"\n", 1)
+                        if line.strip():
+                            stdout.write(json.dumps(self._answer(line)) + "\n")
+                            stdout.flush()
+                self.tick()
         finally:
+            # EOF and the death signal (SIGTERM) both come when the controller dies: the second
+            # must not cut this stop short
+            with contextlib.suppress(ValueError):   # not the main thread (tests)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             for dep in list(self.deployments.values()):
                 self._scale(dep, 0)
             self.stack.stop()
 
+    def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            return self.handle(json.loads(line))
+        except Exception as err:
+            log.exception("command failed")
+            return {"ok": False, "error": f"{type(err).__name__}: {err}"}
+
+    # -- restarts ---------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Notice pods whose processes died, start the replacements that are due, publish."""
+        for dep in list(self.deployments.values()):
+            for pod in list(dep.pods):
+                now = self.clock()
+                if pod.restart_at is None and pod.handle is not None:
+                    dead = [p for p in (pod.handle.mlserver, pod.handle.puller) if isinstance(p, Proc) and not p.alive]
+                    if dead:
+                        why = ", ".join(f"{_container(p)} {describe_exit(p.popen.returncode)}" for p in dead)
+                        self._stop_pod(pod, why=why)
+                        self._schedule_restart(dep, pod, why, now)
+                elif pod.restart_at is not None and now >= pod.restart_at:
+                    self._restart(dep, pod)
+        self._publish()
+
+    def _schedule_restart(self, dep: LocalDeployment, pod: LocalPod, why: str, now: float) -> None:
+        pod.history, decision = decide_restart(
+            pod.history, now=now, ran_for=now - pod.started_at, policy=self.policy, rand=self.rand()
+        )
+        delay = getattr(decision, "delay", self.policy.max_delay)   # POD_POLICY never gives up
+        pod.last_exit, pod.restart_at, self._dirty = why, now + delay, True
+        log.warning("runtime pod %s of %s: %s; restarting it in %.1fs (restart %d)",
+                    pod.pod_id, dep.name, why, delay, pod.restarts + 1)
+
+    def _restart(self, dep: LocalDeployment, pod: LocalPod) -> None:
+        pod.restart_at = None
+        pod.restarts += 1
+        pod.last_restart = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        self._dirty = True
+        try:
+            pod.handle = self._start_pod(dep, pod.pod_id)
+        except Exception as err:
+            log.exception("restarting runtime pod %s failed", pod.pod_id)
+            self._schedule_restart(dep, pod, f"did not start ({type(err).__name__}: {err})", self.clock())
+            return
+        pod.started_at = self.clock()
+        log.info("runtime pod %s restarted (restart %d)", pod.pod_id, pod.restarts)
+
+    def _publish(self) -> None:
+        """Best-effort: the pods' status into the resource store; retried later when it fails."""
+        now = self.clock()
+        if not self._dirty or not self.admin_url or now < self._publish_after:
+            return
+        pods = {p.pod_id: p.status(dep.name) for dep in self.deployments.values() for p in dep.pods}
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        try:
+            response = httpx.post(f"{self.admin_url}/v1/resources", json=local_pods_document(self.namespace, pods),
+                                  headers=headers, timeout=3.0)
+            ok = response.status_code < 300
+            if not ok:
+                log.warning("pod status not written: %s %s", response.status_code, response.text[:200])
+        except httpx.HTTPError as err:
+            ok = False
+            log.warning("pod status not written: %s", err)
+        if ok:
+            self._dirty = False
+        else:
+            self._publish_after = now + PUBLISH_RETRY_SECONDS
+
+    # -- scaling ----------------------------------------------------------------------------------
     def _scale(self, dep: LocalDeployment, replicas: int) -> None:
         dep.replicas = replicas
         if not dep.runnable and replicas > 0:
@@ -161,12 +308,15 @@ class PodSupervisor:
             return
         while len(dep.pods) > replicas:
             self._stop_pod(dep.pods.pop())
+            self._dirty = True
         while len(dep.pods) < replicas:
-            dep.pods.append(self._start_pod(dep))
+            pod = LocalPod(pod_id=f"{dep.name}-{dep.seq}")
+            dep.seq += 1
+            pod.handle, pod.started_at = self._start_pod(dep, pod.pod_id), self.clock()
+            dep.pods.append(pod)
+            self._dirty = True
 
-    def _start_pod(self, dep: LocalDeployment) -> PodHandle:
-        pod_id = f"{dep.name}-{dep.seq}"
-        dep.seq += 1
+    def _start_pod(self, dep: LocalDeployment, pod_id: str) -> PodHandle:
         env = {**dep.env, "MESHSERVE_PULLER_POD_ID": pod_id}
         if self.capacity:
             env["MESHSERVE_PULLER_CAPACITY_BYTES"] = str(self.capacity)
@@ -200,15 +350,18 @@ class PodSupervisor:
             pod_id=f"spi-{next(self._index)}", env=env, runtime_env=runtime_env, wait=False,
         )
 
-    def _stop_pod(self, handle: PodHandle) -> None:
-        for proc in (handle.puller, handle.mlserver):
+    def _stop_pod(self, pod: LocalPod, *, why: str = "") -> None:
+        handle, pod.handle = pod.handle, None
+        if handle is None:
+            return   # down already, waiting for its restart
+        for proc in (handle.puller, handle.mlserver):   # the puller first: it says goodbye to the scheduler
             self.stack.group.stop(proc)  # type: ignore[arg-type]
         if handle in self.stack.pods:
             self.stack.pods.remove(handle)
         pod_dir = self._pod_dir(handle)
         if pod_dir is not None:
             shutil.rmtree(pod_dir, ignore_errors=True)   # its model files; the logs stay under logs/
-        log.info("stopped local runtime pod %s", handle.pod_id)
+        log.info("stopped local runtime pod %s%s", pod.pod_id, f" ({why})" if why else "")
 
     def _pod_dir(self, handle: PodHandle) -> Path | None:
         # Stack.start_pod names the folder like the mlserver process, minus "-mlserver"
@@ -229,11 +382,16 @@ class ProcessRuntimes:
         config = {
             "root": str(self.root), "scheduler_address": settings.scheduler_address,
             "capacity": int(settings.local_pod_capacity_bytes or 0),
+            "admin_url": str(getattr(settings, "admin_url", "") or ""), "namespace": str(getattr(settings, "namespace", "default")),
         }
+        env = dict(os.environ)
+        token = getattr(settings, "admin_token", None)
+        if token is not None:
+            env[ADMIN_TOKEN_ENV] = token.get_secret_value()
         self._log = open(self.root / "logs" / "runtime-supervisor.log", "ab")
         self._proc = subprocess.Popen(  # no preexec_fn: safe from a threaded parent
             [sys.executable, "-m", "meshserve.cli.runtimes_local", json.dumps(config)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1, env=env,
         )
         self.deployments: dict[str, ObservedDeployment] = {}
         self._lock = asyncio.Lock()
@@ -301,7 +459,9 @@ def _main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     config = json.loads(argv[0])
     supervisor = PodSupervisor(
-        root=Path(config["root"]), scheduler_address=config["scheduler_address"], capacity=int(config["capacity"])
+        root=Path(config["root"]), scheduler_address=config["scheduler_address"], capacity=int(config["capacity"]),
+        admin_url=str(config.get("admin_url") or ""), namespace=str(config.get("namespace") or "default"),
+        admin_token=os.environ.pop(ADMIN_TOKEN_ENV, None) or None,
     )
     supervisor.serve(sys.stdin, replies)
     return 0
