@@ -187,3 +187,15 @@ async def test_usage_is_counted_and_aged_by_half_life(live: LiveState) -> None:
     await live.add_usage({"m": 8}, at_ms=1_000_000, half_life_seconds=10)
     await live.add_usage({"m": 1}, at_ms=1_010_000, half_life_seconds=10)  # one half-life later
     assert await live.usage("m") == (5.0, 1_010_000)
+
+
+async def test_clearing_a_pods_failures_forgets_only_that_pods(live: LiveState) -> None:
+    """A pod that died (or came back as a new process of the same name) must not keep a
+    model refused there for the failure back-off; other pods' failures stay."""
+    for model in ("m1", "m2"):
+        for pod in ("pod-a", "pod-ab", "pod-b"):
+            await live.record_failure(model_id=model, pod_id=pod, reason="Stream removed", ttl_seconds=900)
+    assert await live.clear_pod_failures("pod-a") == 2
+    assert await live.failed_pods("m1", ["pod-a", "pod-ab", "pod-b"]) == {"pod-ab": "Stream removed", "pod-b": "Stream removed"}
+    assert await live.failed_pods("m2", ["pod-a"]) == {}
+    assert await live.clear_pod_failures("pod-a") == 0

@@ -496,6 +496,14 @@ class LiveState:
         values = await self.redis.mget([f"{self.p}:fail:{model_id}:{pod}" for pod in ids])
         return {pod: v for pod, v in zip(ids, values, strict=True) if v is not None}
 
+    async def clear_pod_failures(self, pod_id: str) -> int:
+        """Forget the load failures recorded on `pod_id` (it is gone, or came back as a new
+        process under the same name, as a restarted container does); returns how many."""
+        keys = [k async for k in self.redis.scan_iter(match=f"{self.p}:fail:*:{pod_id}", count=1000)]
+        if keys:
+            await self.redis.delete(*keys)
+        return len(keys)
+
     async def clear_failures(self, model_id: str) -> None:
         keys = [k async for k in self.redis.scan_iter(match=f"{self.p}:fail:{model_id}:*", count=500)]
         if keys:

@@ -80,6 +80,10 @@ class Pods:
 
     async def _drop_pod(self, pod_id: str, *, why: str) -> None:
         models = await self.live.remove_pod(pod_id)
+        # a failure there said "not on this pod": a pod of that name later is another process
+        # (a load it was killed in was the pod's fault; a bad model is refused by the
+        # registry's model-level failure anyway)
+        await self.live.clear_pod_failures(pod_id)
         await self._event("pod-lost", pod_id=pod_id, message=f"{why}; dropped {len(models)} copies")
 
     def alive(self, pod: PodInfo) -> bool:
@@ -94,6 +98,7 @@ class Pods:
         reported = set(loaded_model_ids)
         if is_new:
             log.info("pod %s registered (capacity %s bytes)", pod_id, fields.get("capacity"))
+            await self.live.clear_pod_failures(pod_id)  # a new process, whatever the old one failed at
             await self._event("pod-registered", pod_id=pod_id, message=f"capacity {fields.get('capacity')}")
         unknown = sorted(reported - set(held))
         if unknown:
