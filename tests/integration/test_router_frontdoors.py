@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from meshserve.cli.devstack import Stack
 
-from .conftest import IRIS_URI, MNIST_INPUT, MNIST_URI, mnist_inputs
+from .conftest import IRIS_URI, MNIST_INPUT, MNIST_URI, mnist_inputs, wait_for
 
 pytestmark = pytest.mark.integration
 IRIS_BATCH = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
@@ -196,7 +196,12 @@ def test_per_model_request_counters_on_metrics(stack: Stack, triton: grpcclient.
     for _ in range(3):
         triton.infer(name, mnist_inputs(IRIS_BATCH))
     rest.infer(name, http_inputs(IRIS_BATCH, binary=False))
-    text = httpx.get(f"{stack.router_rest}/metrics").text
-    assert f'meshserve_router_requests_total{{code="OK",method="ModelInfer",model="{name}",protocol="grpc"}} 3.0' in text
-    assert f'meshserve_router_requests_total{{code="200",method="ModelInfer",model="{name}",protocol="rest"}} 1.0' in text
+    grpc_ok = f'meshserve_router_requests_total{{code="OK",method="ModelInfer",model="{name}",protocol="grpc"}} 3.0'
+    rest_ok = f'meshserve_router_requests_total{{code="200",method="ModelInfer",model="{name}",protocol="rest"}} 1.0'
+    # with MESHSERVE_ROUTER_DATA_PATH=envoy, what Envoy forwarded is counted from its access log, a moment later
+    def counted() -> str:
+        text = httpx.get(f"{stack.router_rest}/metrics").text
+        return text if grpc_ok in text and rest_ok in text else ""
+
+    text = wait_for(counted, what="the request counters")
     assert "meshserve_router_request_seconds_bucket" in text

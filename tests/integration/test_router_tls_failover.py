@@ -128,5 +128,5 @@ def test_a_copy_killed_mid_traffic_is_retried_on_another(stack: Stack, triton: g
     done.set()
     for t in threads:
         t.join(timeout=30)
-    assert not failures, failures[:3]
+    assert not failures, [str(f) for f in failures[:3]]
     assert counts[0] > before + 10  # traffic kept flowing after the kill

@@ -302,3 +302,14 @@ async def test_fuzz_the_lua_parser(dp: DataPath, body: bytes, header: str | None
     except grpc.aio.AioRpcError as err:
         assert err.code() in SERVER_ANSWERS, err
     assert dp.envoy.proc is not None and dp.envoy.proc.returncode is None
+
+
+async def test_a_copy_that_refuses_connections_is_retried_elsewhere_then_on_the_slow_path(dp: DataPath) -> None:
+    dead = Endpoint("dead", "127.0.0.1:1", "http://127.0.0.1:1")  # nothing listens on port 1
+    version = await dp.ads.update({"m1": (dp.pods["pod-a"].endpoint, dead)}, {})
+    await asyncio.wait_for(dp.ads.wait_acked(version), 30)
+    assert [(await dp.infer("m1")).id for _ in range(10)] == ["pod-a"] * 10
+    version = await dp.ads.update({"m1": (dead,)}, {})
+    await asyncio.wait_for(dp.ads.wait_acked(version), 30)
+    reply = await dp.infer("m1")  # the only copy is gone: the Python router takes it
+    assert (reply.id, reply.model_name) == ("slow", "m1")

@@ -57,15 +57,17 @@ def test_a_vmodel_routes_to_its_model_with_the_concrete_id() -> None:
     out = res.build({"m1": eps("ab"), "m2": eps("c"), "m3": ()}, {"vm": "m1", "dangling": "nope"}, config())
     grpc_routes = routes(out)
     assert set(grpc_routes) == {"m1", "m2", "vm"}  # no copy, or no such model: the slow path
-    assert grpc_routes["vm"] == grpc_routes["m1"] == (res.cluster_name("grpc", ["10.0.0.1:8033", "10.0.0.2:8033"]), "m1")
+    placement = res.cluster_name("grpc", ["10.0.0.1:8033", "10.0.0.2:8033"])
+    assert grpc_routes["vm"] == grpc_routes["m1"] == (res.failover_cluster(placement), "m1")
     assert routes(out, "rest")["vm"][1] == "m1"
 
 
 def test_one_cluster_per_distinct_endpoint_set() -> None:
     models = {f"m{i}": eps(["ab", "ba", "cd", "a"][i % 4]) for i in range(1000)}
     clusters = res.build(models, {}, config())[res.CLUSTER]
-    # {a,b} (either order), {c,d}, {a}; per protocol; plus the two slow-path clusters
-    assert len(clusters) == 3 * 2 + 2
+    # {a,b} (either order), {c,d}, {a}; per protocol, each with its failover aggregate; plus
+    # the two slow-path clusters
+    assert len(clusters) == 3 * 2 * 2 + 2
     cluster = cluster_pb2.Cluster.FromString(clusters[res.cluster_name("grpc", ["10.0.0.2:8033", "10.0.0.1:8033"])])
     assert cluster.lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
     assert cluster.type == cluster_pb2.Cluster.STATIC
@@ -119,7 +121,8 @@ def test_a_change_rebuilds_only_its_shard_and_clusters_follow_use() -> None:
     change = res.diff(before, builder.resources())
     shard = res.shard_of("m7", 16)
     assert change.changed[res.ROUTE] == {f"ms-grpc-{shard}", f"ms-rest-{shard}"}
-    assert change.changed[res.CLUSTER] == {res.cluster_name("grpc", ["10.0.0.2:8033"]), res.cluster_name("rest", ["http://10.0.0.2:8008"])}
+    placed = {res.cluster_name("grpc", ["10.0.0.2:8033"]), res.cluster_name("rest", ["http://10.0.0.2:8008"])}
+    assert change.changed[res.CLUSTER] == placed | {res.failover_cluster(c) for c in placed}
     assert res.CLUSTER not in change.removed
     after = builder.resources()
     builder.replace({k: v for k, v in models.items() if k != "m7"} | {"m7": eps("a")}, {})
@@ -156,3 +159,18 @@ def test_shard_hash_is_stable() -> None:
     assert res.shard_of("a", 7) == str(97 % 7)
     assert res.shard_of("ab", 1000) == str((97 * 31 + 98) % 1000)
     assert res.shard_of("anything", 1) == "0"
+
+
+def test_a_pod_without_a_rest_address_is_routed_for_grpc_only() -> None:
+    from meshserve.router.envoy import resources as res
+    from meshserve.router.envoy.script import route_script
+    from meshserve.router.table import Endpoint
+
+    config = res.DataPathConfig(slow_grpc_address="127.0.0.1:1", slow_rest_address="http://127.0.0.1:2",
+                                lua_source=route_script(1))
+    builder = res.RouteBuilder(config)
+    builder.change(models={"m": (Endpoint("p", "10.0.0.1:8001", ""),), "dead": (Endpoint("q", "nonsense", "x"),)})
+    out = builder.resources()
+    clusters = set(out[res.CLUSTER]) - {res.slow_cluster("grpc"), res.slow_cluster("rest")}
+    placement = res.cluster_name("grpc", ("10.0.0.1:8001",))
+    assert clusters == {placement, res.failover_cluster(placement)}

@@ -8,9 +8,13 @@ import contextlib
 import logging
 import random
 import signal
+import socket
 import ssl
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import uvicorn
@@ -18,6 +22,7 @@ from prometheus_client import start_http_server
 
 from meshserve.common.grpcutil import bind, message_size_options, open_channel
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
+from meshserve.common.settings import TLSSettings
 from meshserve.router import metrics
 from meshserve.router.dataplane import DataPlane
 from meshserve.router.other_rpcs import MethodTable, OtherRpcHandler
@@ -26,6 +31,10 @@ from meshserve.router.server import InferenceHandler
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import Fallbacks, RoutingTable
 from meshserve.router.upstream import GrpcUpstream, RestUpstream
+
+if TYPE_CHECKING:  # the Envoy data path is imported only when used (it needs xds-protos)
+    from meshserve.router.envoy.datapath import EnvoyDataPath
+    from meshserve.router.envoy.usage import Served
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,13 @@ class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _loopback_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 def _gauge_fallbacks(models: int, vmodels: int) -> None:
@@ -54,6 +70,7 @@ class RouterApp:
         self.grpc_upstream = GrpcUpstream(tls=settings.model_server_tls, max_message_bytes=settings.max_message_bytes)
         self.rest_upstream = RestUpstream(tls=settings.model_server_tls, max_connections=settings.rest_max_connections)
         self.stopping = False
+        self.envoy: EnvoyDataPath | None = None  # data_path "envoy": Envoy in front, this process its slow path
         self._stop = asyncio.Event()
         self._expiry: asyncio.TimerHandle | None = None  # forgets the table's fallbacks when they expire
 
@@ -72,8 +89,10 @@ class RouterApp:
     def ready(self) -> bool:
         return self.table.synced and not self.stopping
 
-    def _rest_server(self) -> _EmbeddedServer:
-        tls = self.settings.tls
+    def _rest_server(self, *, internal: bool = False) -> _EmbeddedServer:
+        """The REST door; `internal`: Envoy's slow path (plaintext, served on a socket given
+        to `serve`; Envoy holds the public port and its TLS)."""
+        tls = TLSSettings() if internal else self.settings.tls
         config = uvicorn.Config(
             create_app(self.dataplane, self.rest_upstream, self.grpc_upstream, ready=self.ready),
             host=self.settings.rest_host,
@@ -98,20 +117,38 @@ class RouterApp:
             loop.add_signal_handler(sig, self._stop.set)
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
+        envoy = self.settings.data_path == "envoy"
         server = grpc.aio.server(options=message_size_options(self.settings.max_message_bytes))
         server.add_generic_rpc_handlers(self.grpc_handlers())
-        port = bind(server, self.settings.grpc_address, self.settings.tls)
+        if envoy:  # the slow path, on loopback: Envoy has the public ports
+            port = bind(server, "127.0.0.1:0")
+        else:
+            port = bind(server, self.settings.grpc_address, self.settings.tls)
         await server.start()
-        rest = self._rest_server() if self.settings.rest_port else None
+        rest = self._rest_server(internal=envoy) if self.settings.rest_port or envoy else None
+        rest_socket = _loopback_socket() if envoy else None
+        rest_task = (
+            asyncio.create_task(rest.serve(sockets=[rest_socket] if rest_socket else None), name="rest") if rest else None
+        )
+        if envoy:
+            assert rest_socket is not None
+            self.envoy = self._envoy_data_path(slow_grpc=port, slow_rest=rest_socket.getsockname()[1])
+            await self.envoy.start()
         tasks = [
             asyncio.create_task(self._watch_routes(), name="watch-routes"),
             asyncio.create_task(self._report_usage(), name="report-usage"),
         ]
-        rest_task = asyncio.create_task(rest.serve(), name="rest") if rest else None
-        log.info("router serving KServe v2 gRPC on :%d, REST on :%d", port, self.settings.rest_port)
+        if self.envoy is not None:
+            ports = await self.envoy.listener_ports()
+            log.info("router: Envoy serves KServe v2 gRPC on :%d, REST on :%d; the Python slow path on :%d",
+                     ports.get("ms-grpc", 0), ports.get("ms-rest", 0), port)
+        else:
+            log.info("router serving KServe v2 gRPC on :%d, REST on :%d", port, self.settings.rest_port)
         await self._stop.wait()
         log.info("router shutting down")
         self.stopping = True  # /readyz false first
+        if self.envoy is not None:
+            await self.envoy.stop()
         if rest is not None:
             rest.should_exit = True
         await server.stop(grace=2)
@@ -127,6 +164,39 @@ class RouterApp:
         await self.grpc_upstream.close()
         await self.channel.close()
 
+    def _envoy_data_path(self, *, slow_grpc: int, slow_rest: int) -> EnvoyDataPath:
+        from meshserve.router.envoy.datapath import EnvoyDataPath, EnvoySettings
+        from meshserve.router.envoy.resources import TlsFiles
+
+        s = self.settings
+        host, _, grpc_port = s.grpc_address.rpartition(":")
+        tls = s.tls
+        files = TlsFiles(str(tls.cert_file), str(tls.key_file), str(tls.ca_file or "")) if tls.cert_file and tls.key_file else None
+        workdir = s.envoy_workdir or Path(tempfile.mkdtemp(prefix=f"meshserve-envoy-{s.router_id}-"))
+        return EnvoyDataPath(
+            EnvoySettings(
+                grpc_listen=(host.strip("[]") or "0.0.0.0", int(grpc_port)),
+                rest_listen=(s.rest_host, s.rest_port),
+                slow_grpc_address=f"127.0.0.1:{slow_grpc}",
+                slow_rest_address=f"http://127.0.0.1:{slow_rest}",
+                workdir=workdir,
+                tls=files,
+                shards=s.envoy_shards,
+                delta=s.envoy_delta_xds,
+                concurrency=s.envoy_concurrency,
+                max_body_bytes=s.max_message_bytes + (1 << 20),
+                request_timeout_s=s.default_timeout_seconds,
+            ),
+            on_served=self._served_by_envoy,
+        )
+
+    def _served_by_envoy(self, served: Served) -> None:
+        """A request Envoy forwarded to a pod: counted as the Python path counts its own."""
+        self.dataplane.usage[served.model] += 1
+        metrics.ENVOY_FORWARDED.labels(served.protocol).inc()
+        metrics.count(served.model, served.protocol, served.method, served.code)
+        metrics.LATENCY.labels(served.protocol, served.method).observe(served.seconds)
+
     async def _watch_routes(self) -> None:
         """Follow the scheduler's route stream; reconnect with back-off and resync."""
         attempt = 0
@@ -135,6 +205,8 @@ class RouterApp:
                 stream = self.scheduler.WatchRoutes(scheduler_pb2.WatchRoutesRequest(router_id=self.settings.router_id))
                 async for update in stream:
                     self.table.apply(update, now=self.clock())
+                    if self.envoy is not None:
+                        await self.envoy.apply(update, self.table)
                     if update.snapshot:
                         attempt = 0
                         metrics.ROUTE_SNAPSHOTS.inc()

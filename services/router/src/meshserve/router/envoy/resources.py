@@ -37,16 +37,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2, scoped_route_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
 from envoy.type.matcher.v3 import http_inputs_pb2
 from google.protobuf import any_pb2
@@ -95,6 +101,23 @@ class DataPathConfig:
     """Per-connection buffer limit: route.lua buffers a unary request body to read it."""
     shards: int = 1
     """1: one RouteConfiguration per protocol; N > 1: N scoped route configurations."""
+    tls: TlsFiles | None = None
+    """Server TLS on both listeners (Envoy terminates it); None: plaintext."""
+    access_log_path: str = ""
+    """Where Envoy writes one line per request (ACCESS_LOG_FORMAT); "": no access log."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert_file: str
+    key_file: str
+    ca_file: str = ""
+    """Set: clients must present a certificate signed by it."""
+
+
+ACCESS_LOG_FORMAT = "%UPSTREAM_CLUSTER% %REQ(MM-MODEL-ID)% %REQ(:PATH)% %RESPONSE_CODE% %GRPC_STATUS_NUMBER% %DURATION%\n"
+"""One access-log line: cluster, concrete model id, path, HTTP status, gRPC status, ms
+(usage.parse_line reads it; `-` stands for a missing value)."""
 
 
 @dataclass(frozen=True)
@@ -145,12 +168,39 @@ def cluster_name(protocol: Protocol, addresses: Iterable[str]) -> str:
     return f"ms-{protocol}-{digest}"
 
 
+def failover_cluster(cluster: str) -> str:
+    """The aggregate cluster routes point at: the placement's pods, then the slow path."""
+    return f"{cluster}-or-slow"
+
+
+def build_failover_cluster(cluster: str, protocol: Protocol) -> bytes:
+    """Aggregate of [the placement's cluster, the slow path]: a request whose pods all
+    refuse it (a copy that died with its pod) is retried on the Python router, which asks
+    the scheduler and re-places the model, as it does for requests it forwards itself."""
+    aggregate = cluster_pb2.Cluster(name=failover_cluster(cluster), lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED)
+    aggregate.connect_timeout.FromMilliseconds(1000)
+    _no_circuit_breaking(aggregate)
+    aggregate.cluster_type.name = "envoy.clusters.aggregate"
+    aggregate.cluster_type.typed_config.CopyFrom(
+        _any(aggregate_pb2.ClusterConfig(clusters=[cluster, slow_cluster(protocol)]))
+    )
+    return _ser(aggregate)
+
+
 def slow_cluster(protocol: Protocol) -> str:
     return f"ms-slow-{protocol}"
 
 
 def route_name(protocol: Protocol, shard: str | None = None) -> str:
     return f"ms-{protocol}" if shard is None else f"ms-{protocol}-{shard}"
+
+
+def _dialable(address: str) -> bool:
+    try:
+        host, port = host_port(address)
+    except ValueError:
+        return False
+    return bool(host) and 0 < port < 65536
 
 
 def host_port(address: str) -> tuple[str, int]:
@@ -197,10 +247,14 @@ def build_cluster(name: str, addresses: Iterable[str], *, protocol: Protocol, co
     cluster.type = cluster_pb2.Cluster.STATIC if all(_is_ip(h) for h, _ in hosts) else cluster_pb2.Cluster.STRICT_DNS
     cluster.connect_timeout.FromMilliseconds(int(connect_timeout_s * 1000))
     cluster.load_assignment.cluster_name = name
+    # while any copy is healthy, every request goes to the copies: the failover aggregate
+    # would otherwise spill a share to the slow path as soon as one copy is ejected
+    cluster.load_assignment.policy.overprovisioning_factor.value = 100_000
     locality = cluster.load_assignment.endpoints.add()
     for host, port in hosts:
         socket = locality.lb_endpoints.add().endpoint.address.socket_address
         socket.address, socket.port_value = host, port
+    _no_circuit_breaking(cluster)
     # a pod that stops answering (connect failures, 5xx, gateway errors) is ejected for a while
     cluster.outlier_detection.CopyFrom(outlier_detection_pb2.OutlierDetection())
     cluster.outlier_detection.consecutive_gateway_failure.value = 3
@@ -214,6 +268,15 @@ def build_cluster(name: str, addresses: Iterable[str], *, protocol: Protocol, co
         _any(options)
     )
     return _ser(cluster)
+
+
+def _no_circuit_breaking(cluster: cluster_pb2.Cluster) -> None:
+    """Retries are how a dead copy's requests reach another copy or the slow path: Envoy's
+    default allows 3 at once per cluster (the route's, here the failover aggregate), less
+    than one burst of a killed pod's requests; the model servers bound their own load."""
+    thresholds = cluster.circuit_breakers.thresholds.add()
+    thresholds.max_retries.value = 100_000
+    thresholds.max_requests.value = thresholds.max_pending_requests.value = 100_000
 
 
 def _is_ip(host: str) -> bool:
@@ -236,6 +299,21 @@ def _route(cluster: str, *, protocol: Protocol, timeout_s: float, model: str | N
         route.route.timeout.FromMilliseconds(int(timeout_s * 1000))
     if model is not None:
         route.metadata.filter_metadata[LUA_FILTER].update({"model": model})
+        # a copy that refuses the connection, resets it (a pod killed mid-request) or
+        # answers UNAVAILABLE: another host of the placement, then the slow path (the
+        # failover cluster's second priority), as the Python path retries such a request;
+        # nothing is retried once the answer has started
+        policy = route.route.retry_policy
+        policy.retry_on = "connect-failure,refused-stream,reset,unavailable"
+        policy.num_retries.value = 2
+        policy.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts").typed_config.CopyFrom(
+            _any(previous_hosts_pb2.PreviousHostsPredicate())
+        )
+        policy.host_selection_retry_max_attempts = 5  # picks that hit a host tried already
+        policy.retry_priority.name = "envoy.retry_priorities.previous_priorities"
+        policy.retry_priority.typed_config.CopyFrom(
+            _any(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=2))
+        )
     return route
 
 
@@ -303,11 +381,32 @@ def build_listener(protocol: Protocol, config: DataPathConfig) -> bytes:
     lua.default_source_code.inline_string = f'local PROTOCOL = "{protocol}"\n{config.lua_source}'
     hcm.http_filters.add(name=LUA_FILTER, typed_config=_any(lua))
     hcm.http_filters.add(name="envoy.filters.http.router", typed_config=_any(router_pb2.Router()))
+    if config.access_log_path:
+        log = file_pb2.FileAccessLog(path=config.access_log_path)
+        log.log_format.text_format_source.inline_string = ACCESS_LOG_FORMAT
+        hcm.access_log.append(accesslog_pb2.AccessLog(name="envoy.access_loggers.file", typed_config=_any(log)))
     listener = listener_pb2.Listener(name=f"ms-{protocol}")
     listener.address.socket_address.CopyFrom(address_pb2.SocketAddress(address=host, port_value=port))
     listener.per_connection_buffer_limit_bytes.value = config.max_body_bytes
-    listener.filter_chains.add().filters.add(name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm))
+    chain = listener.filter_chains.add()
+    chain.filters.add(name="envoy.filters.network.http_connection_manager", typed_config=_any(hcm))
+    if config.tls is not None:
+        chain.transport_socket.name = "envoy.transport_sockets.tls"
+        chain.transport_socket.typed_config.CopyFrom(_any(_downstream_tls(config.tls, protocol)))
     return _ser(listener)
+
+
+def _downstream_tls(files: TlsFiles, protocol: Protocol) -> tls_pb2.DownstreamTlsContext:
+    context = tls_pb2.DownstreamTlsContext()
+    common = context.common_tls_context
+    certificate = common.tls_certificates.add()
+    certificate.certificate_chain.filename, certificate.private_key.filename = files.cert_file, files.key_file
+    # gRPC clients require h2 by ALPN; the REST door speaks both
+    common.alpn_protocols.extend(["h2"] if protocol == "grpc" else ["h2", "http/1.1"])
+    if files.ca_file:
+        common.validation_context.trusted_ca.filename = files.ca_file
+        context.require_client_certificate.value = True
+    return context
 
 
 # -- the incremental builder ----------------------------------------------------------------
@@ -409,9 +508,13 @@ class RouteBuilder:
             return None
         clusters: dict[Protocol, tuple[str, tuple[str, ...]]] = {}
         for protocol in PROTOCOLS:
-            addresses = tuple(sorted({e.grpc_address if protocol == "grpc" else e.rest_address for e in endpoints}))
-            clusters[protocol] = (cluster_name(protocol, addresses), addresses)
-        return _Target(model, clusters)
+            given = {e.grpc_address if protocol == "grpc" else e.rest_address for e in endpoints}
+            # a pod without that door (a runtime serving gRPC only) or with an address Envoy
+            # cannot dial: that protocol's requests for the name stay with the slow path
+            addresses = tuple(sorted(a for a in given if _dialable(a)))
+            if addresses:
+                clusters[protocol] = (cluster_name(protocol, addresses), addresses)
+        return _Target(model, clusters) if clusters else None
 
     def _refresh(self, name: str) -> None:
         old, new = self._targets.get(name), self._target(name)
@@ -431,7 +534,7 @@ class RouteBuilder:
         for protocol, (cluster, addresses) in new.clusters.items():
             self._ref(cluster, addresses, protocol)
             self._entries[protocol].setdefault(shard, {})[name] = entry_bytes(
-                name, cluster, new.model, protocol=protocol, timeout_s=self.config.request_timeout_s
+                name, failover_cluster(cluster), new.model, protocol=protocol, timeout_s=self.config.request_timeout_s
             )
 
     def _ref(self, cluster: str, addresses: tuple[str, ...], protocol: Protocol) -> None:
@@ -440,6 +543,7 @@ class RouteBuilder:
             self._clusters[cluster] = build_cluster(
                 cluster, addresses, protocol=protocol, connect_timeout_s=self.config.connect_timeout_s
             )
+            self._clusters[failover_cluster(cluster)] = build_failover_cluster(cluster, protocol)
         self._cluster_refs[cluster] = count + 1
 
     def _unref(self, cluster: str) -> None:
@@ -449,6 +553,7 @@ class RouteBuilder:
         else:
             del self._cluster_refs[cluster]
             del self._clusters[cluster]
+            del self._clusters[failover_cluster(cluster)]
 
     # -- output -------------------------------------------------------------------------
     def resources(self) -> Resources:

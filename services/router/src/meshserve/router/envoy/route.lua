@@ -107,7 +107,12 @@ local function choose(handle, headers, name)
   return metadata and metadata:get("model")
 end
 
-local function route_grpc(handle, headers)
+-- an inference request routed to a pod: its error answer is looked at (envoy_on_response)
+local function mark_infer(handle)
+  handle:streamInfo():dynamicMetadata():set("meshserve", "infer", "1")
+end
+
+local function route_grpc(handle, headers, method)
   local from_header = header_name(headers)
   if from_header == false then return end
   local body = handle:body()
@@ -123,11 +128,14 @@ local function route_grpc(handle, headers)
   if model ~= in_body then body:setBytes(rebuild_frame(frame, after_name, model)) end
   headers:remove("mm-vmodel-id")
   headers:replace("mm-model-id", model)
+  if method == "ModelInfer" then mark_infer(handle) end
 end
 
 local function route_rest(handle, headers, path)
   local prefix, name, rest = path:match("^(/v2/models/)([^/?#]+)(.*)$")
   if name == nil then return end
+  -- the binary tensor extension: the Python router turns it into what the model server reads
+  if headers:get("inference-header-content-length") ~= nil then return end
   local from_header = header_name(headers)
   if from_header == false then return end
   local chosen = from_header or name
@@ -137,6 +145,7 @@ local function route_rest(handle, headers, path)
   if model ~= name then headers:replace(":path", prefix .. model .. rest) end
   headers:remove("mm-vmodel-id")
   headers:replace("mm-model-id", model)
+  if rest:sub(1, 6) == "/infer" or rest:match("^/versions/[^/]+/infer") then mark_infer(handle) end
 end
 
 local function route(handle)
@@ -147,7 +156,7 @@ local function route(handle)
   headers:replace(SHARD_HEADER, SLOW_SCOPE)
   if PROTOCOL == "grpc" then
     local method = path:match("^/inference%.GRPCInferenceService/(%w+)$")
-    if method ~= nil and GRPC_METHODS[method] then route_grpc(handle, headers) end
+    if method ~= nil and GRPC_METHODS[method] then route_grpc(handle, headers, method) end
   elseif path:sub(1, 11) == "/v2/models/" then
     route_rest(handle, headers, path)
   end
@@ -165,4 +174,61 @@ function envoy_on_request(handle)
       handle:clearRouteCache()
     end)
   end
+end
+
+-- MLServer answers an inference request whose tensors the model cannot take with INTERNAL
+-- (REST: 500) and the Python exception's text. For the client that is a bad request: as
+-- the Python router does (upstream_errors.py), such an answer to an inference request
+-- becomes INVALID_ARGUMENT (REST: 400), the model server's text kept. Only error answers
+-- are looked at: a gRPC error is trailers-only (the status is in the headers), a REST
+-- body is read only for a 500.
+local BAD_INPUT = {
+  "features, but", "is expecting", "cannot reshape array", "buffer size must be a multiple",
+  "could not convert", "invalid literal for", "unsupported type", "unsupported datatype", "datatype",
+  "dtype", "shape mismatch", "incompatible shape", "expected shape", "wrong shape",
+  "builtins.valueerror", "builtins.typeerror", "is not a valid input", "is not a valid tensor",
+}
+
+local function bad_input(text)
+  text = text:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end):lower()
+  for _, pattern in ipairs(BAD_INPUT) do
+    if text:find(pattern, 1, true) then return true end
+  end
+  return false
+end
+
+local function json_escape(text)
+  return (text:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end))
+end
+
+local function map_error(handle)
+  local meta = handle:streamInfo():dynamicMetadata():get("meshserve")
+  if meta == nil or meta["infer"] ~= "1" then return end
+  local headers = handle:headers()
+  if PROTOCOL == "grpc" then
+    if headers:get("grpc-status") == "13" and bad_input(headers:get("grpc-message") or "") then
+      headers:replace("grpc-status", "3")
+    end
+  elseif headers:get(":status") == "500" then
+    local body = handle:body()
+    if body ~= nil and bad_input(body:getBytes(0, math.min(body:length(), 4096))) then
+      handle:headers():replace(":status", "400")
+    end
+  elseif headers:get(":status") == "422" then
+    -- the model server's request validation (FastAPI): the router's 400 and {"error": ...}
+    local body = handle:body()
+    if body == nil then return end
+    local text = body:getBytes(0, math.min(body:length(), 4096))
+    local json = '{"error": "invalid inference request: ' .. json_escape(text) .. '"}'
+    body:setBytes(json)
+    headers = handle:headers()
+    headers:replace(":status", "400")
+    headers:replace("content-type", "application/json")
+    headers:replace("content-length", tostring(#json))
+  end
+end
+
+function envoy_on_response(handle)
+  local ok, err = pcall(map_error, handle)
+  if not ok then handle:logWarn("meshserve route.lua (response): " .. tostring(err)) end
 end

@@ -1,0 +1,134 @@
+"""The router with `MESHSERVE_ROUTER_DATA_PATH=envoy` on a stack of its own: Envoy holds the
+router's ports and forwards warm requests straight to the pods; the Python router, behind
+it on loopback, feeds it routes and serves what Envoy cannot route. Every router suite
+also runs against this data path when the variable is set for the whole run; this module
+checks what only this path has: warm requests really bypass Python, they still count as
+usage and in the router's metrics, and a killed Envoy is restarted by the router."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from meshserve.cli.devstack import Stack, StackConfig
+
+from .conftest import EXAMPLES, IRIS_URI, mnist_inputs, wait_for
+
+pytestmark = pytest.mark.integration
+IRIS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def estack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    given = os.environ.get("MESHSERVE_ROUTER_DATA_PATH")
+    os.environ["MESHSERVE_ROUTER_DATA_PATH"] = "envoy"  # the router process inherits it
+    s = Stack(StackConfig.from_env(Path(tmp_path_factory.mktemp("envoy-stack")), pods=1, isolate=True))
+    try:
+        s.start()
+        s.upload_examples(EXAMPLES)
+        yield s
+    finally:
+        if given is None:
+            os.environ.pop("MESHSERVE_ROUTER_DATA_PATH", None)
+        else:
+            os.environ["MESHSERVE_ROUTER_DATA_PATH"] = given
+        s.stop()
+
+
+def forwarded(stack: Stack, protocol: str) -> float:
+    """meshserve_router_envoy_forwarded_total{protocol} from the router's /metrics (served by
+    the Python router, reached through Envoy's REST listener)."""
+    text = httpx.get(f"{stack.router_rest}/metrics", timeout=10).text
+    match = re.search(rf'^meshserve_router_envoy_forwarded_total{{protocol="{protocol}"}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def _infer(client: grpcclient.InferenceServerClient, name: str) -> list[int]:
+    return client.infer(name, mnist_inputs(IRIS)).as_numpy("predict").ravel().tolist()
+
+
+def test_warm_requests_bypass_the_python_router_and_still_count(estack: Stack, unique: str) -> None:
+    name = f"iris-{unique}"
+    assert estack.register(name, storage_uri=IRIS_URI).status_code == 201
+    client = grpcclient.InferenceServerClient(estack.router_grpc)
+    try:
+        assert _infer(client, name) == [0, 2]  # cold: the slow path loads it
+        before = forwarded(estack, "grpc")
+        # the route reaches Envoy within milliseconds of the load; until then the slow path answers
+        wait_for(lambda: _infer(client, name) == [0, 2] and forwarded(estack, "grpc") > before,
+                 what="a request forwarded by Envoy")
+        start = forwarded(estack, "grpc")
+        for _ in range(10):
+            assert _infer(client, name) == [0, 2]
+        wait_for(lambda: forwarded(estack, "grpc") >= start + 10, what="Envoy's access log of 10 requests")
+    finally:
+        client.close()
+    rest = httpclient.InferenceServerClient(estack.router_rest.removeprefix("http://"))
+    try:
+        inp = httpclient.InferInput("predict", list(IRIS.shape), "FP32")
+        inp.set_data_from_numpy(IRIS, binary_data=False)  # binary tensors go to the slow path
+        rest_before = forwarded(estack, "rest")
+        assert rest.infer(name, [inp]).as_numpy("predict").ravel().tolist() == [0, 2]
+        wait_for(lambda: forwarded(estack, "rest") > rest_before, what="a REST request forwarded by Envoy")
+    finally:
+        rest.close()
+    # what Envoy served reaches the scheduler as usage, as the Python path's requests do
+    wait_for(lambda: estack.admin("GET", f"/v1/models/{name}").json()["requests"] >= 10, what="the usage report")
+    text = httpx.get(f"{estack.router_rest}/metrics", timeout=10).text
+    assert re.search(rf'meshserve_router_requests_total{{code="OK",method="ModelInfer",model="{name}",protocol="grpc"}} (\d+)', text)
+
+
+def test_what_envoy_cannot_route_gets_the_python_routers_answer(estack: Stack) -> None:
+    client = grpcclient.InferenceServerClient(estack.router_grpc)
+    try:
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("no-such-model", mnist_inputs(IRIS))
+        assert err.value.status() == "StatusCode.NOT_FOUND"
+        assert "no-such-model" in (err.value.message() or "")
+        assert client.is_server_ready()
+    finally:
+        client.close()
+
+
+def _envoy_pid(stack: Stack) -> int:
+    router = stack.group.find("router")
+    assert router is not None
+    for task in Path(f"/proc/{router.popen.pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if "envoy" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0].decode():
+                return int(child)
+    raise AssertionError("the router has no Envoy child process")
+
+
+def test_a_killed_envoy_is_restarted_by_the_router(estack: Stack, unique: str) -> None:
+    name = f"iris-restart-{unique}"
+    assert estack.register(name, storage_uri=IRIS_URI).status_code == 201
+    client = grpcclient.InferenceServerClient(estack.router_grpc)
+    try:
+        assert _infer(client, name) == [0, 2]
+        old = _envoy_pid(estack)
+        os.kill(old, signal.SIGKILL)
+
+        def answers_again() -> bool:
+            try:
+                return _infer(client, name) == [0, 2]
+            except InferenceServerException:
+                return False
+
+        wait_for(answers_again, what="the model answering through a new Envoy")
+        assert _envoy_pid(estack) != old
+        text = httpx.get(f"{estack.router_rest}/metrics", timeout=10).text
+        assert re.search(r"^meshserve_router_envoy_restarts_total (\S+)$", text, re.M)
+        assert float(re.search(r"^meshserve_router_envoy_restarts_total (\S+)$", text, re.M).group(1)) >= 1  # type: ignore[union-attr]
+    finally:
+        client.close()
