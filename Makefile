@@ -20,7 +20,7 @@ AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: dev test venv azurite proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold manifests clean distclean
+.PHONY: dev test venv azurite proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold bench-storage manifests clean distclean
 
 dev: $(STAMP) $(XDS_STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## start the whole local stack (Ctrl-C stops it)
 	$(BIN)/meshserve dev
@@ -87,7 +87,7 @@ lint: $(STAMP) $(PROTO_STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy  # strict on the files listed in pyproject [tool.mypy]
 
-bench: bench-placement bench-router bench-sizes bench-cold
+bench: bench-placement bench-router bench-sizes bench-cold bench-storage
 
 bench-placement: $(STAMP) $(PROTO_STAMP)
 	$(BIN)/python -m bench.placement $(BENCH_ARGS)
@@ -100,6 +100,9 @@ bench-sizes: $(STAMP) $(PROTO_STAMP) $(TRITON_STAMP) $(EXAMPLES_STAMP)
 
 bench-cold: $(STAMP) $(PROTO_STAMP) $(TRITON_STAMP) $(EXAMPLES_STAMP)
 	$(BIN)/python -m bench.cold $(BENCH_ARGS)
+
+bench-storage: $(STAMP) $(PROTO_STAMP) ## cold load from S3 vs reload from the node's model cache vs cat
+	$(BIN)/python -m bench.storage $(BENCH_ARGS)
 
 manifests: ## build the kustomize overlays offline
 	kubectl kustomize deploy/kustomize/base >/dev/null

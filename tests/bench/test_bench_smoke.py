@@ -68,3 +68,15 @@ def test_no_policy_replay_beats_the_online_bound() -> None:
         replay = simulate_place(trace.requests, sizes, capacities=caps, policy=policy, warmup=2_000)
         assert 0.3 < replay.hit_ratio <= bound + slack
 
+
+
+def test_the_storage_bench_runs_on_a_small_model() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.storage", "--sizes-mib", "1", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cat" in done.stdout

@@ -30,6 +30,7 @@ from meshserve.common.storage import check_model_id, safe_join
 from meshserve.puller import storage
 from meshserve.puller.adapter import ModelRuntimeSpi, ModelServerAdapter
 from meshserve.puller.memory import MemoryProbe
+from meshserve.puller.model_cache import ModelCache
 from meshserve.puller.settings import PullerSettings
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ class PullerService:
         self._model_locks: dict[str, asyncio.Lock] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         settings.model_dir.mkdir(parents=True, exist_ok=True)
+        self.cache = (
+            ModelCache(root=settings.cache_dir, max_bytes=settings.cache_max_bytes, verify=settings.cache_verify)
+            if settings.cache_dir is not None
+            else None
+        )
 
     def set_max_loading_concurrency(self, n: int) -> None:
         """A new limit (the runtime's own, read at startup): only before loads start."""
@@ -113,7 +119,8 @@ class PullerService:
             else:
                 cfg = self._storage(key)
                 disk = await asyncio.to_thread(
-                    storage.fetch, cfg, path=model_path, dest=folder, pvc_mounts=self.settings.pvc_mounts_dir
+                    storage.fetch, cfg, path=model_path, dest=folder, pvc_mounts=self.settings.pvc_mounts_dir,
+                    cache=self.cache,
                 )
             reported = 0
             async with self._slots, self._measuring if self.memory.available else contextlib.nullcontext():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshserve.common.settings import TLSSettings, shared
@@ -26,6 +27,11 @@ class PullerSettings(BaseSettings):
     model_dir: Path = Path("/models")
     storage_config_dir: Path = Path("/storage-config")
     pvc_mounts_dir: Path = Path("/pvc_mounts")
+    # the node's model-file cache, shared by its runtime pods (model_cache); empty: off. Must
+    # be on the same mount as model_dir: files are hard links into it (else copies)
+    cache_dir: Path | None = None
+    cache_max_bytes: int = 20 << 30              # LRU eviction of entries no model folder links
+    cache_verify: Literal["full", "stat"] = "full"  # rehash every use, or only when stat changed
     s3_endpoint: str = Field(default="", validation_alias=shared("s3_endpoint", "puller"))
     # the model server: "mlserver" or "triton"
     model_server_kind: str = "mlserver"
@@ -64,3 +70,8 @@ class PullerSettings(BaseSettings):
     metrics_port: int = 0
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value in ("", None) else value

@@ -29,6 +29,7 @@ from meshserve.common.errors import FailedPrecondition, InvalidArgument, Unavail
 from meshserve.common.logging import register_secret
 from meshserve.common.storage import safe_join
 from meshserve.puller import storage_http, storage_pvc, storage_s3
+from meshserve.puller.model_cache import ModelCache
 from meshserve.puller.storage_sync import MANIFEST, RemoteObject, local_names, sync_objects
 
 __all__ = [
@@ -105,29 +106,31 @@ def _read_json(path: Path, key: str) -> dict[str, Any]:
     return data
 
 
-def fetch(cfg: StorageConfig, *, path: str, dest: Path, pvc_mounts: Path) -> int:
+def fetch(cfg: StorageConfig, *, path: str, dest: Path, pvc_mounts: Path, cache: ModelCache | None = None) -> int:
     """Download (or, for a PVC, link) `path` into the folder `dest`; returns the bytes of
-    the model's files. Blocking. Our errors are prefixed with the storage key's name."""
+    the model's files. Blocking. Our errors are prefixed with the storage key's name.
+    With `cache` (the node's shared `ModelCache`), the object stores' files are hard links
+    to its entries, downloaded only when the node has none; http, file and pvc ignore it."""
     try:
-        return _fetch(cfg, path=path, dest=dest, pvc_mounts=pvc_mounts)
+        return _fetch(cfg, path=path, dest=dest, pvc_mounts=pvc_mounts, cache=cache)
     except (FailedPrecondition, InvalidArgument, Unavailable) as err:
         if cfg.key is None:
             raise
         raise type(err)(f"storage key {cfg.key!r}: {err.message}") from err
 
 
-def _fetch(cfg: StorageConfig, *, path: str, dest: Path, pvc_mounts: Path) -> int:
+def _fetch(cfg: StorageConfig, *, path: str, dest: Path, pvc_mounts: Path, cache: ModelCache | None) -> int:
     if cfg.type == "pvc":
         return storage_pvc.link(pvc_mounts, claim=str(cfg.fields.get("name") or ""), path=path, dest=dest)
     _check_type(cfg)
     dest.mkdir(parents=True, exist_ok=True)
     if cfg.type == "s3":
-        return storage_s3.fetch(cfg.fields, path=path, dest=dest)
+        return storage_s3.fetch(cfg.fields, path=path, dest=dest, cache=cache)
     if cfg.type == "file":
         return _copy_local(Path(path), dest)
     if cfg.type == "http":
         return storage_http.fetch(cfg.fields, path=path, dest=dest)
-    return int(_provider(cfg.type).fetch(cfg.fields, path=path, dest=dest))
+    return int(_provider(cfg.type).fetch(cfg.fields, path=path, dest=dest, cache=cache))
 
 
 def predict_size(cfg: StorageConfig, *, path: str, pvc_mounts: Path | None = None) -> int:

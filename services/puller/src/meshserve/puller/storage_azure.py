@@ -45,6 +45,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 
 from meshserve.common.errors import FailedPrecondition, Unavailable
+from meshserve.puller.model_cache import ModelCache
 from meshserve.puller.storage import RemoteObject, sync_objects
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,9 @@ RETRIES = 2
 SERVICE_PRINCIPAL_FIELDS = ("client_id", "client_secret", "tenant_id")
 
 
-def fetch(fields: Mapping[str, Any], *, path: str, dest: Path) -> int:
-    """Download the blob at `path` (or every blob under `path/`) into `dest`. Blocking."""
+def fetch(fields: Mapping[str, Any], *, path: str, dest: Path, cache: ModelCache | None = None) -> int:
+    """Download the blob at `path` (or every blob under `path/`) into `dest`, through the
+    node's `cache` when there is one. Blocking."""
     container, where = _container(fields, path)
     with _azure_errors(where, container):
         objects = _objects(container, path)
@@ -72,7 +74,7 @@ def fetch(fields: Mapping[str, Any], *, path: str, dest: Path) -> int:
             )
             stream.readinto(out)
 
-    return sync_objects(objects, path=path, dest=dest, download=download)
+    return sync_objects(objects, path=path, dest=dest, download=download, cache=cache, source=f"azure:{_base_url(container)}")
 
 
 def predict_size(fields: Mapping[str, Any], *, path: str) -> int:
@@ -97,13 +99,19 @@ def _objects(container: ContainerClient, path: str) -> list[RemoteObject]:
             pass  # no such blob (or no such container: the listing below says which)
         else:
             if not _is_folder(props):
-                return [RemoteObject(key, int(props.size), str(props.etag))]
+                return [RemoteObject(key, int(props.size), str(props.etag), checksum=_checksum(props))]
     prefix = key.rstrip("/") + "/" if key.strip("/") else None
     return [
-        RemoteObject(blob.name, int(blob.size), str(blob.etag))
+        RemoteObject(blob.name, int(blob.size), str(blob.etag), checksum=_checksum(blob))
         for blob in container.list_blobs(name_starts_with=prefix, include=["metadata"])
         if not blob.name.endswith("/") and not _is_folder(blob)
     ]
+
+
+def _checksum(props: Any) -> str:
+    """The blob's Content-MD5 when it has one (the cache key names it; the ETag is the version)."""
+    md5 = getattr(getattr(props, "content_settings", None), "content_md5", None)
+    return f"md5:{bytes(md5).hex()}" if md5 else ""
 
 
 def _is_folder(props: Any) -> bool:

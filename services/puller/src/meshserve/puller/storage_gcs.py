@@ -21,6 +21,7 @@ Error messages name the bucket, path and config field, never a credential.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import logging
@@ -39,6 +40,7 @@ from google.oauth2 import service_account
 from urllib3.exceptions import NewConnectionError
 
 from meshserve.common.errors import FailedPrecondition, Unavailable
+from meshserve.puller.model_cache import ModelCache
 from meshserve.puller.storage import RemoteObject, sync_objects
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,9 @@ def _refused(err: requests.ConnectionError) -> bool:
 RETRY = Retry(predicate=_transient, initial=0.2, maximum=2.0, multiplier=2.0, timeout=RETRY_SECONDS)
 
 
-def fetch(fields: Mapping[str, Any], *, path: str, dest: Path) -> int:
-    """Download the object at `path` (or everything under `path/`) into `dest`. Blocking."""
+def fetch(fields: Mapping[str, Any], *, path: str, dest: Path, cache: ModelCache | None = None) -> int:
+    """Download the object at `path` (or everything under `path/`) into `dest`, through the
+    node's `cache` when there is one. Blocking."""
     client, bucket = _client(fields)
     where = f"gs://{bucket}/{path.lstrip('/')}"
     with _gcs_errors(where, missing=f"bucket {bucket!r} does not exist"):
@@ -93,7 +96,8 @@ def fetch(fields: Mapping[str, Any], *, path: str, dest: Path) -> int:
             # the generation read in the listing: the bytes on disk are the ones the manifest names
             blob.download_to_filename(str(tmp), if_generation_match=generation, timeout=TIMEOUT, retry=RETRY)
 
-    return sync_objects(objects, path=path, dest=dest, download=download)
+    endpoint = str(fields.get("endpoint") or fields.get("endpoint_url") or "") or "https://storage.googleapis.com"
+    return sync_objects(objects, path=path, dest=dest, download=download, cache=cache, source=f"gs:{endpoint}/{bucket}")
 
 
 def predict_size(fields: Mapping[str, Any], *, path: str) -> int:
@@ -126,7 +130,20 @@ def _objects(client: gcs.Client, bucket: str, path: str) -> list[RemoteObject]:
 def _remote(blob: Any) -> RemoteObject:
     # md5 names the bytes (absent for composite objects); the generation is needed for
     # the conditional download, so both travel in the version tag
-    return RemoteObject(blob.name, int(blob.size or 0), f"{blob.md5_hash or blob.etag or ''}@{blob.generation}")
+    # (the SDK checks a download against md5 or crc32c itself; the cache key names them too)
+    return RemoteObject(
+        blob.name, int(blob.size or 0), f"{blob.md5_hash or blob.etag or ''}@{blob.generation}", checksum=_checksum(blob)
+    )
+
+
+def _checksum(blob: Any) -> str:
+    for name, value in (("md5", blob.md5_hash), ("crc32c", blob.crc32c)):
+        if value:
+            try:
+                return f"{name}:{base64.b64decode(value).hex()}"
+            except (ValueError, TypeError):
+                continue
+    return ""
 
 
 @contextlib.contextmanager

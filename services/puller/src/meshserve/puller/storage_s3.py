@@ -59,6 +59,7 @@ from tenacity import (
 )
 
 from meshserve.common.errors import FailedPrecondition, Unavailable
+from meshserve.puller.model_cache import ModelCache
 from meshserve.puller.storage_sync import RemoteObject, sync_objects
 from meshserve.puller.storage_tls import ca_bundle_file, pem_text
 
@@ -145,15 +146,19 @@ def _client(
     )
 
 
-def fetch(fields: Mapping[str, Any], *, path: str, dest: Path) -> int:
-    """Download the object at `path` (or everything under `path/`) into `dest`. Blocking."""
+def fetch(fields: Mapping[str, Any], *, path: str, dest: Path, cache: ModelCache | None = None) -> int:
+    """Download the object at `path` (or everything under `path/`) into `dest`, through the
+    node's `cache` when there is one. Blocking."""
     client, bucket = client_for(fields)
     where = f"s3://{bucket}/{path.lstrip('/')}"
     with s3_errors(where, bucket=bucket):
         objects = list_objects(client, bucket, path)
     if not objects:
         raise FailedPrecondition(f"no object or prefix at {where}")
-    return sync_objects(objects, path=path, dest=dest, download=functools.partial(download, client, bucket), workers=WORKERS)
+    return sync_objects(
+        objects, path=path, dest=dest, download=functools.partial(download, client, bucket), workers=WORKERS,
+        cache=cache, source=f"s3:{client.meta.endpoint_url}/{bucket}",
+    )
 
 
 def predict_size(fields: Mapping[str, Any], *, path: str) -> int:
@@ -173,7 +178,7 @@ def list_objects(client: Any, bucket: str, path: str) -> list[RemoteObject]:
     if key and not key.endswith("/"):
         try:
             head = client.head_object(Bucket=bucket, Key=key)
-            return [RemoteObject(key, int(head["ContentLength"]), str(head.get("ETag", "")))]
+            return [_remote(key, int(head["ContentLength"]), str(head.get("ETag", "")))]
         except ClientError as err:
             if _code(err) not in ("404", "NoSuchKey", "NotFound"):
                 raise
@@ -182,8 +187,15 @@ def list_objects(client: Any, bucket: str, path: str) -> list[RemoteObject]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             if not obj["Key"].endswith("/"):
-                out.append(RemoteObject(obj["Key"], int(obj["Size"]), str(obj.get("ETag", ""))))
+                out.append(_remote(obj["Key"], int(obj["Size"]), str(obj.get("ETag", ""))))
     return out
+
+
+def _remote(key: str, size: int, etag: str) -> RemoteObject:
+    """The ETag is the version; a plain 32-hex ETag (a single-part upload) is also the MD5
+    that `download` checks, so it names the bytes in the cache key too."""
+    md5 = etag.strip('"').lower()
+    return RemoteObject(key, size, etag, checksum=f"md5:{md5}" if _MD5.match(md5) else "")
 
 
 def _log_retry(state: RetryCallState) -> None:

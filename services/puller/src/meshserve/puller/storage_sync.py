@@ -6,6 +6,11 @@ key that would escape refuses the whole fetch before any byte is written), skips
 whose version tag is unchanged in the manifest, and downloads the rest to `.part` files,
 renamed into place when complete, up to `workers` at once. Blocking; runs in a worker
 thread of the puller, its downloads in a pool of its own.
+
+With a `ModelCache` (the node's shared cache, `model_cache`), each `.part` is instead a
+hard link to the object's cache entry, downloaded only when the node has no good copy;
+`source` (the store and container) and the object's key, version and checksum name the
+entry. Without one, nothing differs from the loop above.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from meshserve.common.storage import safe_join
+from meshserve.puller.model_cache import ModelCache
 
 MANIFEST = ".meshserve-files.json"
 
@@ -31,6 +37,9 @@ class RemoteObject:
     size: int
     version: str
     """A tag that changes whenever the bytes do (ETag, MD5, generation); kept in the manifest."""
+    checksum: str = ""
+    """`md5:<hex>` / `crc32c:<hex>` of the bytes when the store gives one, else "": part of
+    the cache key. Checking a download against it is the download function's job."""
 
 
 def local_names(objects: Sequence[RemoteObject], *, path: str) -> list[str]:
@@ -56,6 +65,8 @@ def sync_objects(
     dest: Path,
     download: Callable[[RemoteObject, Path], None],
     workers: int = 1,
+    cache: ModelCache | None = None,
+    source: str = "",
 ) -> int:
     """Bring `dest` up to date with `objects`; returns their total size. Blocking.
 
@@ -66,7 +77,13 @@ def sync_objects(
     (1: in this thread), so it must be thread-safe. On the first failure no new download
     starts, the running ones finish, and the first error is raised; the manifest records
     every file that was completed, and no `.part` file is left.
+
+    With `cache`, each file becomes a hard link to its entry in the node's cache (or a copy
+    across mounts), and `download` runs only for entries the node lacks; `source` names
+    the store and container (endpoint + bucket), so equal keys of two stores never meet.
     """
+    if cache is not None and not source:
+        raise ValueError("sync_objects with a cache needs the store's identity (source)")
     names = local_names(objects, path=path)
     targets = [safe_join(dest, name) for name in names]
     manifest = _read_manifest(dest)
@@ -80,11 +97,20 @@ def sync_objects(
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".part")
         try:
-            download(obj, tmp)
+            if cache is None:
+                download(obj, tmp)
+            else:
+                tmp.unlink(missing_ok=True)  # a crashed run's leftover: the link needs a free name
+                cache.materialize(
+                    source=source, key=obj.key, version=obj.version, checksum=obj.checksum, size=obj.size, dest=tmp,
+                    download=lambda part: download(obj, part),
+                )
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         tmp.replace(target)
+        if cache is not None:
+            tmp.unlink(missing_ok=True)  # rename(2) leaves both names when they link one inode already
         with lock:
             manifest[name] = obj.version
 
