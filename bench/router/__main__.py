@@ -1,12 +1,16 @@
 """`python -m bench.router`: the router's added cost, measured against direct calls in one run.
 
-Targets, each called directly and through a router process, from this one client
-process with the same payloads (raw-bytes grpc.aio calls, N tasks, fixed duration):
-  - an MLServer runtime pod (iris model) from the local stack, via the stack's router;
-  - a fixed-reply grpc.aio server (no model work), via a second router whose scheduler
-    is a one-route fake: this isolates the router's own cost.
+Targets, each called directly and through router processes of both data paths (the Python
+router alone, `MESHSERVE_ROUTER_DATA_PATH=python`, and Envoy in front of it, `envoy`), from
+this one client process with the same payloads (raw-bytes grpc.aio calls, N tasks, fixed
+duration):
+  - an MLServer runtime pod (iris model) from the local stack, via routers following the
+    stack's scheduler;
+  - a fixed-reply grpc.aio server (no model work), via routers whose scheduler is a
+    one-route fake: this isolates the router's own cost.
 Payloads: a small tensor (2x4 FP32) and a 1 MiB tensor (65536x4 FP32). Concurrency 1 and 32.
-Bounded to well under 3 minutes. Prints a table and the router/direct ratios.
+Besides req/s and latency, the router's CPU per request: user + system time of the router
+process and its children (Envoy) over the run, from /proc. Prints a table and the ratios.
 """
 
 from __future__ import annotations
@@ -69,6 +73,22 @@ async def run(address: str, body: bytes, concurrency: int, seconds: float) -> tu
     return len(lat) / elapsed, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), errors
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and its children (Envoy), from /proc."""
+    total, stack = 0.0, [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def wait_grpc(address: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -83,62 +103,81 @@ def wait_grpc(address: str, timeout: float = 30) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--profile", action="store_true", help="also profile the fake-target router (cProfile)")
+    parser.add_argument("--paths", default="python,envoy", help="router data paths to measure")
+    parser.add_argument("--profile", action="store_true", help="also profile the Python fake-target router (cProfile)")
     args = parser.parse_args()
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     root = Path(tempfile.mkdtemp(prefix="bench-router-"))
     stack = Stack(StackConfig.from_env(root, pods=1, isolate=True))
     procs: list[subprocess.Popen[bytes]] = []
+    profile_path = root / "router.prof"
     try:
         stack.start()
         stack.upload_examples(ROOT / "examples" / "models")
         stack.register("bench-iris", storage_uri=f"s3://{EXAMPLE_BUCKET}/sklearn/iris-logreg.joblib")
 
-        model_port, sched_port, router_port, rest_port = free_port(), free_port(), free_port(), free_port()
+        model_port, sched_port = free_port(), free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         procs.append(subprocess.Popen([sys.executable, "-m", "bench.router.fake", str(model_port), str(sched_port)], env=env, cwd=ROOT))
-        router_env = {
-            **env,
-            "MESHSERVE_ROUTER_GRPC_ADDRESS": f"127.0.0.1:{router_port}",
-            "MESHSERVE_ROUTER_REST_HOST": "127.0.0.1",
-            "MESHSERVE_ROUTER_REST_PORT": str(rest_port),
-            "MESHSERVE_ROUTER_SCHEDULER_ADDRESS": f"127.0.0.1:{sched_port}",
-            "MESHSERVE_ROUTER_METRICS_PORT": "0",
-            "MESHSERVE_ROUTER_LOG_LEVEL": "WARNING",
-        }
-        profile_path = root / "router.prof"
-        argv = [sys.executable, "-m", "meshserve.router"]
-        if args.profile:
-            argv = [sys.executable, "-m", "cProfile", "-o", str(profile_path), "-m", "meshserve.router"]
-        procs.append(subprocess.Popen(argv, env=router_env, cwd=ROOT))
         wait_grpc(f"127.0.0.1:{model_port}")
-        wait_grpc(f"127.0.0.1:{router_port}")
-
-        pairs = [
-            ("mlserver", stack.pods[0].mlserver_grpc, stack.router_grpc, "bench-iris"),
-            ("fixed-reply", f"127.0.0.1:{model_port}", f"127.0.0.1:{router_port}", "fake"),
-        ]
+        routers: dict[tuple[str, str], tuple[str, subprocess.Popen[bytes]]] = {}  # (target, path) -> address, process
+        for path in paths:
+            for target, scheduler in (("mlserver", stack.scheduler_grpc), ("fixed-reply", f"127.0.0.1:{sched_port}")):
+                port, rest_port = free_port(), free_port()
+                router_env = {
+                    **env,
+                    "MESHSERVE_ROUTER_DATA_PATH": path,
+                    "MESHSERVE_ROUTER_ROUTER_ID": f"bench-{target}-{path}",
+                    "MESHSERVE_ROUTER_GRPC_ADDRESS": f"127.0.0.1:{port}",
+                    "MESHSERVE_ROUTER_REST_HOST": "127.0.0.1",
+                    "MESHSERVE_ROUTER_REST_PORT": str(rest_port),
+                    "MESHSERVE_ROUTER_SCHEDULER_ADDRESS": scheduler,
+                    "MESHSERVE_ROUTER_METRICS_PORT": "0",
+                    "MESHSERVE_ROUTER_LOG_LEVEL": "WARNING",
+                }
+                argv = [sys.executable, "-m", "meshserve.router"]
+                if args.profile and target == "fixed-reply" and path == "python":
+                    argv = [sys.executable, "-m", "cProfile", "-o", str(profile_path), "-m", "meshserve.router"]
+                proc = subprocess.Popen(argv, env=router_env, cwd=ROOT)
+                procs.append(proc)
+                routers[(target, path)] = (f"127.0.0.1:{port}", proc)
+        for address, _ in routers.values():
+            wait_grpc(address)
         with grpc.insecure_channel(stack.router_grpc, options=OPTIONS) as channel:  # cold load through the router
             channel.unary_unary(INFER)(payload("bench-iris", 2), timeout=120)
+
+        directs = {"mlserver": (stack.pods[0].mlserver_grpc, "bench-iris"), "fixed-reply": (f"127.0.0.1:{model_port}", "fake")}
         rows = []
         uvloop.install()
-        for target, direct, routed, model in pairs:
+        for target, (direct, model) in directs.items():
             for size, nrows in (("small", 2), ("1MiB", 65536)):
                 body = payload(model, nrows)
                 for concurrency in (1, 32):
                     d = asyncio.run(run(direct, body, concurrency, args.seconds))
-                    r = asyncio.run(run(routed, body, concurrency, args.seconds))
-                    rows.append((target, size, concurrency, d, r))
+                    for path in paths:
+                        address, proc = routers[(target, path)]
+                        cpu = tree_cpu_seconds(proc.pid)
+                        r = asyncio.run(run(address, body, concurrency, args.seconds))
+                        cpu = tree_cpu_seconds(proc.pid) - cpu
+                        # the run's warm-up calls count too: 3 + every timed request
+                        per_request_ms = cpu / max(1, r[0] * args.seconds + 3) * 1000
+                        rows.append((target, size, concurrency, path, d, r, per_request_ms))
                     print(f"  done {target} {size} c={concurrency}", file=sys.stderr)
 
-        header = f"{'target':<12}{'tensor':<7}{'conc':>5} | {'direct rps':>10}{'p50':>8}{'p99':>8} | {'router rps':>10}{'p50':>8}{'p99':>8} | {'rps ratio':>9}{'+p50 ms':>9}"
+        header = (
+            f"{'target':<12}{'tensor':<7}{'conc':>5} {'path':<7}| {'direct rps':>10}{'p50':>8}{'p99':>8} | "
+            f"{'router rps':>10}{'p50':>8}{'p99':>8} | {'rps ratio':>9}{'+p50 ms':>9}{'+p99 ms':>9}{'cpu ms/req':>11}"
+        )
         print(header)
         print("-" * len(header))
-        for target, size, concurrency, d, r in rows:
+        for target, size, concurrency, path, d, r, cpu_ms in rows:
             print(
-                f"{target:<12}{size:<7}{concurrency:>5} | {d[0]:>10.0f}{d[1]:>8.2f}{d[2]:>8.2f} | {r[0]:>10.0f}{r[1]:>8.2f}{r[2]:>8.2f} | {r[0] / d[0]:>9.2f}{r[1] - d[1]:>9.2f}"
+                f"{target:<12}{size:<7}{concurrency:>5} {path:<7}| {d[0]:>10.0f}{d[1]:>8.2f}{d[2]:>8.2f} | "
+                f"{r[0]:>10.0f}{r[1]:>8.2f}{r[2]:>8.2f} | {r[0] / d[0]:>9.2f}{r[1] - d[1]:>9.2f}{r[2] - d[2]:>9.2f}{cpu_ms:>11.3f}"
                 + (f"  errors {d[3]}/{r[3]}" if d[3] or r[3] else "")
             )
-        print("targets: added p50 <= 0.3 ms, throughput >= 0.9x direct (latencies in ms; 2 CPUs shared by client, router and server)")
+        print("targets: throughput >= 0.9x direct at c=32, added p50 <= 0.3 ms at c=1, router CPU <= 0.1 ms per request")
+        print("(latencies in ms; 2 CPUs shared by client, router and server; cpu = router process + its Envoy)")
     finally:
         for p in reversed(procs):
             p.terminate()

@@ -73,14 +73,18 @@ end
 -- the name in field 1 of a one-message uncompressed gRPC frame ("" if the message does not
 -- start with field 1: official serializers write fields in number order, so it is absent),
 -- and the position where the rest of the message starts; nil if the frame is not that
-local function parse_frame(frame)
-  if #frame < 5 or frame:byte(1) ~= 0 then return nil end
-  local length = ((frame:byte(2) * 256 + frame:byte(3)) * 256 + frame:byte(4)) * 256 + frame:byte(5)
-  if length ~= #frame - 5 then return nil end
-  if length == 0 or frame:byte(6) ~= 10 then return "", 6 end
-  local n, start = read_varint(frame, 7)
-  if n == nil or start + n - 1 > #frame then return nil end
-  return frame:sub(start, start + n - 1), start + n
+-- `head`: the frame's first bytes (enough for the prefix, the tag, the varint and a name of
+-- MAX_NAME bytes); `total`: the whole body's length, so a large tensor is not copied into Lua
+-- just to read the name in front of it
+local HEAD_BYTES = 5 + 1 + 5 + MAX_NAME
+local function parse_frame(head, total)
+  if #head < 5 or head:byte(1) ~= 0 then return nil end
+  local length = ((head:byte(2) * 256 + head:byte(3)) * 256 + head:byte(4)) * 256 + head:byte(5)
+  if length ~= total - 5 then return nil end
+  if length == 0 or head:byte(6) ~= 10 then return "", 6 end
+  local n, start = read_varint(head, 7)
+  if n == nil or n > MAX_NAME or start + n - 1 > #head then return nil end
+  return head:sub(start, start + n - 1), start + n
 end
 
 local function rebuild_frame(frame, after_name, name)
@@ -118,14 +122,14 @@ local function route_grpc(handle, headers, method)
   local body = handle:body()
   if body == nil then return end
   headers = handle:headers() -- the wrapper taken before the script yielded for the body is dead
-  local frame = body:getBytes(0, body:length())
-  local in_body, after_name = parse_frame(frame)
+  local total = body:length()
+  local in_body, after_name = parse_frame(body:getBytes(0, math.min(total, HEAD_BYTES)), total)
   if in_body == nil then return end
   local name = from_header or in_body
   if not valid_name(name) then return end
   local model = choose(handle, headers, name)
   if model == nil then return end
-  if model ~= in_body then body:setBytes(rebuild_frame(frame, after_name, model)) end
+  if model ~= in_body then body:setBytes(rebuild_frame(body:getBytes(0, total), after_name, model)) end
   headers:remove("mm-vmodel-id")
   headers:replace("mm-model-id", model)
   if method == "ModelInfer" then mark_infer(handle) end
