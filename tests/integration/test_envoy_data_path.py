@@ -132,3 +132,49 @@ def test_a_killed_envoy_is_restarted_by_the_router(estack: Stack, unique: str) -
         assert float(re.search(r"^meshserve_router_envoy_restarts_total (\S+)$", text, re.M).group(1)) >= 1  # type: ignore[union-attr]
     finally:
         client.close()
+
+
+def test_two_routers_share_the_ports_and_both_serve_every_model(estack: Stack, unique: str, tmp_path: Path) -> None:
+    """Routers scale out side by side: a second router process (its own Envoy and Python
+    router, fed by the same scheduler) binds the same gRPC and REST ports (SO_REUSEPORT);
+    connections spread over both, and each serves every model."""
+    import subprocess
+    import sys
+
+    from meshserve.cli.procs import free_port
+
+    names = [f"iris-two-{unique}-{i}" for i in range(3)]
+    for name in names:
+        assert estack.register(name, storage_uri=IRIS_URI).status_code == 201
+    router = estack.group.find("router")
+    assert router is not None and router.env is not None
+    metrics = {"first": free_port(), "second": free_port()}
+    second_env = {**os.environ, **router.env, "MESHSERVE_ROUTER_ROUTER_ID": f"second-{unique}",
+                  "MESHSERVE_ROUTER_METRICS_PORT": str(metrics["second"])}  # fmt: skip
+    log = (tmp_path / "second-router.log").open("wb")
+    second = subprocess.Popen([sys.executable, "-m", "meshserve.router"], env=second_env, stdout=log, stderr=log)
+    try:
+        def served_by(port: int) -> set[str] | None:
+            """The models this router counted requests for (None: its metrics port is not up)."""
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                return None
+            return set(re.findall(r'^meshserve_router_requests_total\{[^}]*model="(iris-two-[^"]*)"[^}]*\} [1-9]', text, re.M))
+
+        wait_for(lambda: served_by(metrics["second"]) is not None, what="the second router's metrics port")
+
+        def second_served_all() -> bool:
+            for name in names:  # a new connection each time: the kernel spreads them over both
+                client = grpcclient.InferenceServerClient(estack.router_grpc)
+                try:
+                    assert _infer(client, name) == [0, 2]
+                finally:
+                    client.close()
+            return served_by(metrics["second"]) == set(names)
+
+        wait_for(second_served_all, what="the second router serving every model")
+    finally:
+        second.terminate()
+        assert second.wait(timeout=30) == 0, (tmp_path / "second-router.log").read_text()[-2000:]
+        log.close()
