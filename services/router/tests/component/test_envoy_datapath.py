@@ -59,6 +59,8 @@ class EchoServicer(v2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     async def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext) -> v2.ModelInferResponse:
         self._record(request.model_name, context)
+        if request.model_name.startswith("gone-") and self.server_id != "slow":  # a copy unloaded meanwhile
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"Model {request.model_name} not found")
         return v2.ModelInferResponse(model_name=request.model_name, id=self.server_id)
 
     async def ModelMetadata(
@@ -316,3 +318,11 @@ async def test_a_copy_that_refuses_connections_is_retried_elsewhere_then_on_the_
     await asyncio.wait_for(dp.ads.wait_acked(version), 30)
     reply = await dp.infer("m1")  # the only copy is gone: the Python router takes it
     assert (reply.id, reply.model_name) == ("slow", "m1")
+
+
+async def test_a_copy_that_no_longer_holds_the_model_hands_the_request_to_the_slow_path(dp: DataPath) -> None:
+    """The pod answers NOT_FOUND (its copy was unloaded while the route was being withdrawn):
+    Envoy retries, and the slow path, which asks the scheduler, answers."""
+    await dp.route({"gone-m": ("pod-a",)})
+    reply = await dp.infer("gone-m")
+    assert (reply.id, reply.model_name) == ("slow", "gone-m")

@@ -304,8 +304,13 @@ def _route(cluster: str, *, protocol: Protocol, timeout_s: float, model: str | N
         # failover cluster's second priority), as the Python path retries such a request;
         # nothing is retried once the answer has started
         policy = route.route.retry_policy
-        policy.retry_on = "connect-failure,refused-stream,reset,unavailable"
+        policy.retry_on = "connect-failure,refused-stream,reset,unavailable,retriable-headers,retriable-status-codes"
         policy.num_retries.value = 2
+        # a copy unloaded while its route was on its way out answers NOT_FOUND (gRPC: in the
+        # trailers-only headers; REST: 404): the slow path asks the scheduler again
+        policy.retriable_headers.add(name="grpc-status").string_match.exact = "5"
+        if protocol == "rest":
+            policy.retriable_status_codes.append(404)
         policy.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts").typed_config.CopyFrom(
             _any(previous_hosts_pb2.PreviousHostsPredicate())
         )
