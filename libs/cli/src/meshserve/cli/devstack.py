@@ -262,6 +262,21 @@ class Stack:
         self.router_proc = proc
         self.group.wait_until(proc, self._router_ready, timeout=60, what="starting the router")
         self.group.wait_until(proc, http_ok(f"{self.router_rest}/readyz"), timeout=30, what="starting the router's REST port")
+        # MESHSERVE_ROUTER_PROCESSES=N: N routers on the same ports (Envoy listens with SO_REUSEPORT)
+        for i in range(1, self._router_processes()):
+            extra = self.group.start(f"router-{i}", [self.python, "-m", "meshserve.router"],
+                                     env={**env, "MESHSERVE_ROUTER_ROUTER_ID": f"router-{i}"})
+            self.group.wait_until(extra, self._router_ready, timeout=60, what=f"starting router {i}")
+
+    @staticmethod
+    def _router_processes() -> int:
+        value = os.environ.get("MESHSERVE_ROUTER_PROCESSES", "1").strip() or "1"
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"MESHSERVE_ROUTER_PROCESSES={value!r}: give a whole number of router processes (1 or more)")
+        n = int(value)
+        if n > 1 and os.environ.get("MESHSERVE_ROUTER_DATA_PATH", "envoy") == "python":
+            raise ValueError("MESHSERVE_ROUTER_PROCESSES > 1 needs the Envoy data path (routers share their ports through it)")
+        return n
 
     def _router_ready(self) -> bool:
         import grpc
