@@ -9,7 +9,9 @@ fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -45,6 +47,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.upload_examples(EXAMPLES)
         yield s
     finally:
+        s.stop()
+
+
+@contextlib.contextmanager
+def data_path_stack(tmp_path_factory: pytest.TempPathFactory, data_path: str) -> Iterator[Stack]:
+    """A stack of its own (one pod) whose router runs `data_path` ("envoy" or "python"):
+    MESHSERVE_ROUTER_DATA_PATH is set while it starts (the router process inherits it)."""
+    given = os.environ.get("MESHSERVE_ROUTER_DATA_PATH")
+    os.environ["MESHSERVE_ROUTER_DATA_PATH"] = data_path
+    s = Stack(StackConfig.from_env(Path(tmp_path_factory.mktemp(f"{data_path}-path-stack")), pods=1, isolate=True))
+    try:
+        s.start()
+        s.upload_examples(EXAMPLES)
+        yield s
+    finally:
+        if given is None:
+            os.environ.pop("MESHSERVE_ROUTER_DATA_PATH", None)
+        else:
+            os.environ["MESHSERVE_ROUTER_DATA_PATH"] = given
         s.stop()
 
 

@@ -20,9 +20,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from meshserve.cli.devstack import Stack, StackConfig
+from meshserve.cli.devstack import Stack
 
-from .conftest import EXAMPLES, IRIS_URI, mnist_inputs, wait_for
+from .conftest import IRIS_URI, data_path_stack, mnist_inputs, wait_for
 
 pytestmark = pytest.mark.integration
 IRIS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
@@ -30,19 +30,8 @@ IRIS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
 @pytest.fixture(scope="module")
 def estack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    given = os.environ.get("MESHSERVE_ROUTER_DATA_PATH")
-    os.environ["MESHSERVE_ROUTER_DATA_PATH"] = "envoy"  # the router process inherits it
-    s = Stack(StackConfig.from_env(Path(tmp_path_factory.mktemp("envoy-stack")), pods=1, isolate=True))
-    try:
-        s.start()
-        s.upload_examples(EXAMPLES)
+    with data_path_stack(tmp_path_factory, "envoy") as s:
         yield s
-    finally:
-        if given is None:
-            os.environ.pop("MESHSERVE_ROUTER_DATA_PATH", None)
-        else:
-            os.environ["MESHSERVE_ROUTER_DATA_PATH"] = given
-        s.stop()
 
 
 def forwarded(stack: Stack, protocol: str) -> float:

@@ -6,7 +6,6 @@ unknown model, bad input, usage reports, and no Envoy started."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +15,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from meshserve.cli.devstack import Stack, StackConfig
+from meshserve.cli.devstack import Stack
 
-from .conftest import EXAMPLES, IRIS_URI, mnist_inputs, wait_for
+from .conftest import IRIS_URI, data_path_stack, mnist_inputs, wait_for
 
 pytestmark = pytest.mark.integration
 IRIS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
@@ -26,19 +25,8 @@ IRIS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
 @pytest.fixture(scope="module")
 def pstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    given = os.environ.get("MESHSERVE_ROUTER_DATA_PATH")
-    os.environ["MESHSERVE_ROUTER_DATA_PATH"] = "python"  # the router process inherits it
-    s = Stack(StackConfig.from_env(Path(tmp_path_factory.mktemp("python-path-stack")), pods=1, isolate=True))
-    try:
-        s.start()
-        s.upload_examples(EXAMPLES)
+    with data_path_stack(tmp_path_factory, "python") as s:
         yield s
-    finally:
-        if given is None:
-            os.environ.pop("MESHSERVE_ROUTER_DATA_PATH", None)
-        else:
-            os.environ["MESHSERVE_ROUTER_DATA_PATH"] = given
-        s.stop()
 
 
 def _children_commands(pid: int) -> list[str]:
