@@ -16,6 +16,7 @@ Synchronisation is always `eventually(...)` polling against a deadline, never a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import sys
@@ -33,6 +34,7 @@ import yaml
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc as pbg
 from meshserve.controller.events import KubeEventRecorder
+from meshserve.controller.finalizers import FINALIZER
 from meshserve.controller.kube import KubeApi, api_client_from
 from meshserve.controller.scheduler_client import GrpcScheduler
 from meshserve.controller.worker import Reconciler
@@ -200,8 +202,10 @@ class Running:
     task: asyncio.Task[None]
 
 
-@pytest.fixture
-async def controller(fakekube: FakeKube, scheduler: SchedulerFixture) -> AsyncIterator[Running]:
+@contextlib.asynccontextmanager
+async def running_controller(fakekube: FakeKube, scheduler: SchedulerFixture) -> AsyncIterator[Running]:
+    """One controller run (as in Kubernetes mode: with its finalizer); stopped on exit, so a test
+    can take the controller down and bring it back."""
     api_client = await api_client_from(str(fakekube.kubeconfig))
     channel = grpc.aio.insecure_channel(scheduler.address)
     api = KubeApi(api_client, request_timeout=5)
@@ -211,6 +215,7 @@ async def controller(fakekube: FakeKube, scheduler: SchedulerFixture) -> AsyncIt
         watch_timeout_seconds=30,
         # every repeat is written (no coalescing window), so tests can watch `count` grow
         events=KubeEventRecorder(api, namespace=NAMESPACE, repeat_interval=0, instance="test"),
+        finalizer=FINALIZER,
     )
     task = asyncio.create_task(reconciler.run(), name="reconciler")
     try:
@@ -221,3 +226,9 @@ async def controller(fakekube: FakeKube, scheduler: SchedulerFixture) -> AsyncIt
         await asyncio.gather(task, return_exceptions=True)
         await channel.close()
         await api_client.close()
+
+
+@pytest.fixture
+async def controller(fakekube: FakeKube, scheduler: SchedulerFixture) -> AsyncIterator[Running]:
+    async with running_controller(fakekube, scheduler) as running:
+        yield running

@@ -10,6 +10,11 @@ real API server speaks, for the paths the controller uses:
   resourceVersion), PATCH (`application/merge-patch+json`, `application/json-patch+json`,
   `application/strategic-merge-patch+json` treated as merge), DELETE, and the `/status`
   subresource (writes to the main resource keep `.status`; `/status` writes keep everything else);
+* finalizers as the real server: DELETE of an object with `metadata.finalizers` only sets
+  `deletionTimestamp` (and bumps `generation`; MODIFIED event, 200 with the object), a second
+  DELETE changes nothing; the write that removes the last finalizer of such an object deletes it
+  (DELETED event); adding a finalizer to an object being deleted is 422 Forbidden, and
+  `deletionTimestamp` cannot be set or changed by a write;
 * `?watch=true|1&resourceVersion=N`: a chunked stream of `{"type","object"}` lines; events with
   rv > N are replayed from a bounded history, then live ones follow; N older than the history
   floor gets HTTP 200 plus an in-stream `ERROR` whose object is a `Status` with code 410, as the
@@ -199,6 +204,17 @@ class FakeApiServer:
         if request.method == "DELETE":
             if current is None:
                 return self.not_found(target)
+            if current["metadata"].get("finalizers"):
+                if current["metadata"].get("deletionTimestamp"):
+                    return web.json_response(current)      # already being deleted: no change
+                marked = copy.deepcopy(current)
+                marked["metadata"]["deletionTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                marked["metadata"]["deletionGracePeriodSeconds"] = 0
+                marked["metadata"]["generation"] = int(current["metadata"].get("generation") or 1) + 1
+                self.objects[key] = marked
+                self.bump(marked)
+                self.emit("MODIFIED", target.plural, key[1], marked)
+                return web.json_response(marked)
             del self.objects[key]
             self.bump(current)
             self.emit("DELETED", target.plural, key[1], current)
@@ -258,6 +274,18 @@ class FakeApiServer:
                 new["metadata"]["generation"] = int(current["metadata"].get("generation") or 1) + 1
         if new == current:
             return web.json_response(current)   # no-op writes do not bump the resourceVersion
+        deleting = current["metadata"].get("deletionTimestamp")
+        if deleting:
+            added = set(new["metadata"].get("finalizers") or []) - set(current["metadata"].get("finalizers") or [])
+            if added:
+                return fail(422, "Invalid", f'{target.kind} "{target.name}" is invalid: metadata.finalizers: '
+                            "Forbidden: no new finalizers can be added if the object is being deleted, "
+                            f"found new finalizers {sorted(added)}")
+            if not new["metadata"].get("finalizers"):       # the last one removed: deleted now
+                del self.objects[(target.plural, target.namespace or "", target.name or "")]
+                self.bump(new)
+                self.emit("DELETED", target.plural, target.namespace or "", new)
+                return web.json_response(new)
         self.objects[(target.plural, target.namespace or "", target.name or "")] = new
         self.bump(new)
         self.emit("MODIFIED", target.plural, target.namespace or "", new)

@@ -272,3 +272,48 @@ def test_crd_validation_rejects_bad_status_and_runtime() -> None:
            "spec": {"containers": [{"name": "c"}], "protocolVersions": ["grpc-v9"]}}
     errors = crdschema.validate_custom_resource(csr, crds[("serving.kserve.io", "ClusterServingRuntime")])
     assert any("cluster-scoped" in e for e in errors) and any("grpc-v9" in e for e in errors)
+
+
+@needs_kubectl
+def test_router_and_scheduler_have_disruption_budgets_that_let_a_drain_through() -> None:
+    docs = build(BASE)
+    budgets = list(by_kind(docs, "PodDisruptionBudget"))
+    for name in ("modelmesh-serving", "meshserve-scheduler"):
+        dep = find(docs, "Deployment", name)
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        matching = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        assert len(matching) == 1, name
+        spec = matching[0]["spec"]
+        replicas = dep["spec"]["replicas"]
+        # at least one pod may be evicted (else a node drain blocks), and never every router at once
+        allowed = spec["maxUnavailable"] if "maxUnavailable" in spec else replicas - spec["minAvailable"]
+        assert allowed >= 1, name
+        if name == "modelmesh-serving":
+            assert spec.get("minAvailable", 0) >= 1
+
+
+@needs_kubectl
+def test_every_deployment_is_hardened_probed_and_served_as_annotated() -> None:
+    docs = build(BASE)
+    for dep in by_kind(docs, "Deployment"):
+        ref = dep["metadata"]["name"]
+        template = dep["spec"]["template"]
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, ref
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, ref
+        assert pod.get("terminationGracePeriodSeconds", 30) >= 30, ref
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, ref
+            assert sc["capabilities"] == {"drop": ["ALL"]}, ref
+            tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{ref}: /tmp must be writable"
+            assert c.get("readinessProbe") and c.get("livenessProbe"), ref
+            assert {"requests", "limits"} <= set(c["resources"]), ref
+        annotations = template["metadata"].get("annotations") or {}
+        if annotations.get("prometheus.io/scrape") == "true":
+            port = int(annotations["prometheus.io/port"])
+            served = {p["containerPort"] for c in pod["containers"] for p in c.get("ports", [])}
+            metrics_env = {e.get("value") for c in pod["containers"] for e in c.get("env", []) if e["name"].endswith("_METRICS_PORT")}
+            assert port in served and str(port) in metrics_env, ref

@@ -198,7 +198,7 @@ def test_a_custom_spi_runtime_gets_a_puller_on_8086_that_calls_its_spi() -> None
         assert env["MESHSERVE_PULLER_MODEL_SERVER_KIND"] == "spi"
         assert env["MESHSERVE_PULLER_MODEL_SERVER_ENDPOINT"] == "port:8085"
         assert env["MESHSERVE_PULLER_LISTEN_ADDRESS"] == "0.0.0.0:8086"
-        assert puller["ports"] == [{"name": "mgmt", "containerPort": 8086}]
+        assert puller["ports"] == [{"name": "mgmt", "containerPort": 8086}, {"name": "prometheus", "containerPort": 2112}]
         assert env.get("MESHSERVE_PULLER_STORAGE_HELPER_DISABLED") == ("true" if disabled else None)
         assert deploy.LOCAL_COMMAND_ANNOTATION in template["metadata"]["annotations"]
 
@@ -282,3 +282,158 @@ def test_the_triton_prestart_annotation_reaches_the_puller() -> None:
     assert everything is not None
     assert set(everything.split(",")) == {f.name for f in base.formats if f.auto_select}
     assert len(everything.split(",")) == len(set(everything.split(",")))  # tensorflow:1 and :2 once
+
+
+# --- what a runtime pod needs on a real cluster ---------------------------------------------------
+
+RUNTIME_CASES = [
+    pytest.param("mlserver-1.x", 8001, 8002, id="mlserver"),
+    pytest.param("triton-2.x", 8001, 8000, id="triton"),
+    pytest.param("ovms-1.x", 8001, 8888, id="ovms"),
+]
+# the command line each model server runs with in its container (docker/Dockerfile's CMD for
+# MLServer, the ServingRuntimes' command for Triton and OVMS), and ones that must not match
+SERVER_CMDLINES = {
+    "mlserver-1.x": "/usr/local/bin/python /usr/local/bin/mlserver start /models",
+    "triton-2.x": "tritonserver --model-repository=/models/_triton_models --model-control-mode=explicit",
+    "ovms-1.x": "/ovms/bin/ovms --port=8001 --rest_port=8888 --config_path=/models/model_config_list.json",
+}
+OTHER_CMDLINES = [
+    "python -m meshserve.puller",
+    "/bin/sh -c mkdir -p /models/_triton_models; chmod 777 /models/_triton_models; exec tritonserver --model-repository=/x",
+    "/pause",
+]
+
+
+def runtime_pod(runtime: rts.Runtime, config: ServingConfig | None = None) -> dict[str, Any]:
+    manifest = deploy.build_runtime_deployment(runtime=runtime, config=config or ServingConfig(), namespace="ns",
+                                               replicas=2, storage=STORAGE, scheduler_address="meshserve-scheduler:8034")
+    kubernetes_validate.validate(manifest, "1.32", strict=True)
+    return manifest
+
+
+def puller_env(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    containers = {c["name"]: c for c in manifest["spec"]["template"]["spec"]["containers"]}
+    return list(containers["puller"]["env"])
+
+
+@pytest.mark.parametrize(("name", "data_port", "rest_port"), RUNTIME_CASES)
+def test_runtime_pod_env_and_ports(name: str, data_port: int, rest_port: int) -> None:
+    import re
+
+    manifest = runtime_pod(RUNTIMES[name])
+    template = manifest["spec"]["template"]
+    containers = {c["name"]: c for c in template["spec"]["containers"]}
+    server = template["spec"]["containers"][0]
+    env_list = puller_env(manifest)
+    env = {e["name"]: e.get("value") for e in env_list}
+    names = [e["name"] for e in env_list]
+    # the downward API: the pod's own name and IP, defined before anything refers to $(POD_IP)
+    by_name = {e["name"]: e for e in env_list}
+    assert by_name["MESHSERVE_PULLER_POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert by_name["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    first_use = min(i for i, e in enumerate(env_list) if "$(POD_IP)" in str(e.get("value", "")))
+    assert names.index("POD_IP") < first_use
+    assert env["MESHSERVE_PULLER_LISTEN_ADDRESS"] == "0.0.0.0:8085"
+    assert env["MESHSERVE_PULLER_ADVERTISE_ADDRESS"] == "$(POD_IP):8085"
+    assert env["MESHSERVE_PULLER_MODEL_SERVER_GRPC"] == f"127.0.0.1:{data_port}"
+    assert env["MESHSERVE_PULLER_MODEL_SERVER_ADVERTISE_GRPC"] == f"$(POD_IP):{data_port}"
+    assert env["MESHSERVE_PULLER_MODEL_SERVER_REST"] == f"http://127.0.0.1:{rest_port}"
+    assert env["MESHSERVE_PULLER_MODEL_SERVER_ADVERTISE_REST"] == f"http://$(POD_IP):{rest_port}"
+    assert env["MESHSERVE_PULLER_SCHEDULER_ADDRESS"] == "meshserve-scheduler:8034"
+    assert env["MESHSERVE_PULLER_MODEL_SERVER_KIND"] == RUNTIMES[name].built_in_adapter.server_type  # type: ignore[union-attr]
+    assert all(not v or "127.0.0.1" not in v for k, v in env.items() if "ADVERTISE" in k)
+    # the model server's ports are declared on its container, the puller's on the puller
+    assert {data_port, rest_port} <= {p["containerPort"] for p in server.get("ports", [])}
+    assert {"name": "mgmt", "containerPort": 8085} in containers["puller"]["ports"]
+    # metrics are served where the pod is annotated
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/scheme"] == "http"      # what prometheus_client serves
+    assert env["MESHSERVE_PULLER_METRICS_PORT"] == annotations["prometheus.io/port"] == "2112"
+    assert {"name": "prometheus", "containerPort": 2112} in containers["puller"]["ports"]
+    # the puller finds the model server's process in the shared process namespace
+    assert template["spec"]["shareProcessNamespace"] is True
+    pattern = re.compile(env["MESHSERVE_PULLER_MODEL_SERVER_PROCESS"])
+    assert pattern.search(SERVER_CMDLINES[name])
+    assert not any(pattern.search(other) for other in OTHER_CMDLINES)
+
+
+def test_the_mlserver_rest_port_follows_its_env() -> None:
+    base = RUNTIMES["mlserver-1.x"]
+    spec = yaml.safe_load(yaml.safe_dump(base.spec))
+    for var in spec["containers"][0]["env"]:
+        if var["name"] == "MLSERVER_HTTP_PORT":
+            var["value"] = "9002"
+    env = {e["name"]: e.get("value") for e in puller_env(runtime_pod(replace(base, spec=spec)))}
+    assert env["MESHSERVE_PULLER_MODEL_SERVER_ADVERTISE_REST"] == "http://$(POD_IP):9002"
+
+
+def test_metrics_follow_the_serving_config() -> None:
+    manifest = runtime_pod(RUNTIMES["mlserver-1.x"], parse_config_yaml("metrics:\n  port: 9091\n").config)
+    env = {e["name"]: e.get("value") for e in puller_env(manifest)}
+    assert env["MESHSERVE_PULLER_METRICS_PORT"] == manifest["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9091"
+    off = runtime_pod(RUNTIMES["mlserver-1.x"], parse_config_yaml("metrics:\n  enabled: false\n").config)
+    assert "MESHSERVE_PULLER_METRICS_PORT" not in {e["name"] for e in puller_env(off)}
+    assert not any(k.startswith("prometheus.io/") for k in off["spec"]["template"]["metadata"]["annotations"])
+    puller = next(c for c in off["spec"]["template"]["spec"]["containers"] if c["name"] == "puller")
+    assert [p["name"] for p in puller["ports"]] == ["mgmt"]
+
+
+@pytest.mark.parametrize("name", ["mlserver-1.x", "triton-2.x", "ovms-1.x", "spi"])
+def test_runtime_pod_is_hardened_probed_and_spread(name: str) -> None:
+    runtime = _example_runtime("examples/custom/spi-runtime/servingruntime.yaml") if name == "spi" else RUNTIMES[name]
+    manifest = runtime_pod(runtime)
+    pod = manifest["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsUser"] == deploy.RUNTIME_POD_UID
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, c["name"]
+        assert sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
+        # every place written to is an emptyDir: the models and /tmp
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert "emptyDir" in volumes[mounts["/models"]] and "emptyDir" in volumes[mounts["/tmp"]], c["name"]
+        assert c.get("readinessProbe") or c["name"] != "puller"
+        assert c.get("livenessProbe"), c["name"]
+        assert c["resources"]["limits"].get("memory") or c["name"] != "puller", c["name"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert containers["puller"]["readinessProbe"]["tcpSocket"]["port"] == "mgmt"
+    assert containers["puller"]["startupProbe"]["failureThreshold"] * containers["puller"]["startupProbe"]["periodSeconds"] >= 120
+    server = pod["containers"][0]
+    assert server.get("readinessProbe") or server.get("startupProbe")
+    # graceful stop: the server keeps serving while the puller says goodbye, within the grace period
+    stop = server["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert 0 < stop < pod["terminationGracePeriodSeconds"]
+    # runtime pods spread over nodes, preferably (never unschedulable for it)
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == manifest["spec"]["selector"]["matchLabels"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["nodeAffinity"]
+
+
+def test_what_a_serving_runtime_sets_itself_wins() -> None:
+    base = RUNTIMES["mlserver-1.x"]
+    spec = yaml.safe_load(yaml.safe_dump(base.spec))
+    server = spec["containers"][0]
+    server["securityContext"] = {"runAsUser": 2000, "readOnlyRootFilesystem": False}
+    server["readinessProbe"] = {"httpGet": {"path": "/v2/health/ready", "port": 8002}}
+    pod = runtime_pod(replace(base, spec=spec))["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert containers["mlserver"]["securityContext"]["readOnlyRootFilesystem"] is False
+    assert containers["mlserver"]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert containers["mlserver"]["readinessProbe"] == {"httpGet": {"path": "/v2/health/ready", "port": 8002}}
+    # the puller reads the server's /proc entries: it runs with the server's uid
+    assert containers["puller"]["securityContext"]["runAsUser"] == 2000
+
+
+def test_the_custom_runtime_process_pattern_comes_from_its_command() -> None:
+    import re
+
+    manifest = runtime_pod(_example_runtime("examples/custom/spi-runtime/servingruntime.yaml"))
+    env = {e["name"]: e.get("value") for e in puller_env(manifest)}
+    pattern = re.compile(env["MESHSERVE_PULLER_MODEL_SERVER_PROCESS"])
+    assert pattern.search("python /opt/app/runtime.py --grpc-endpoint port:8085")
+    assert not pattern.search("python -m meshserve.puller")

@@ -31,6 +31,7 @@ from prometheus_client import start_http_server
 from meshserve.common.grpcutil import open_channel
 from meshserve.controller import kube
 from meshserve.controller.events import KubeEventRecorder, LogEventRecorder
+from meshserve.controller.finalizers import FINALIZER
 from meshserve.controller.kube import KubeApi, api_client_from
 from meshserve.controller.local import LocalInformers, LocalResourceApi, RecordingRuntimes
 from meshserve.controller.scheduler_client import GrpcScheduler
@@ -113,6 +114,7 @@ class ControllerApp:
                 watch_timeout_seconds=s.watch_timeout_seconds, change_feed=scheduler.watch_changes,
                 resync_seconds=s.resync_seconds,
                 events=KubeEventRecorder(kube_api, namespace=s.namespace, instance=socket.gethostname()),
+                finalizer=FINALIZER,
             )
             where = "the Kubernetes API"
         runner = web.AppRunner(create_health_app(is_ready=reconciler.ready, stopping=self._stop))

@@ -8,6 +8,21 @@ at `/storage-config`, PVCs named in that Secret are mounted read-only at `/pvc_m
 labels/annotations are layered defaults < config `runtimePodLabels` < ServingRuntime `labels`.
 There is no `mm` or `rest-proxy` container: routing is the router's job.
 
+Beyond upstream, what a pod on a real cluster needs (checked by `tests/unit/test_reconcile.py`):
+* the router dials the model server directly, so the puller advertises the pod IP (downward
+  API `status.podIP`) for the model server's gRPC *and* REST ports;
+* `shareProcessNamespace: true` and one uid for every container, so the puller finds the model
+  server's process by its command line (`MESHSERVE_PULLER_MODEL_SERVER_PROCESS`, per server kind)
+  and reads its memory from /proc (PSS needs ptrace-read access: same uid, which dropping every
+  capability keeps); the cgroup of the model server's container is not used because it is not
+  visible from the puller's container, and it counts page cache that is not the models';
+* the puller serves Prometheus metrics where the pod is annotated (`metrics.port`), plain HTTP;
+* probes (startup/readiness/liveness) on every container that does not bring its own, non-root,
+  read-only root filesystem with emptyDirs for `/models` and `/tmp`, every capability dropped,
+  seccomp RuntimeDefault, preferred anti-affinity across nodes, and a graceful stop: on SIGTERM
+  the puller says goodbye to the scheduler (its copies are re-placed, routes withdrawn) while the
+  model server's preStop sleep keeps it serving the requests already routed to it.
+
 Invariant: the manifest's `meshserve.io/spec-hash` annotation is a hash of everything else in it
 except `spec.replicas`, so reconcile can tell "needs patching" from "needs scaling".
 """
@@ -30,6 +45,19 @@ MANAGED_BY = "modelmesh-controller"
 MODELS_DIR = "/models"
 DEFAULT_MEM_BUFFER_BYTES = 256 * 1024 * 1024
 PULLER_PORT = 8085
+RUNTIME_POD_UID = 10001
+"""The uid of every container of a runtime pod (the meshserve images' `USER`). One uid, so the
+puller may read the model server's /proc/<pid>/smaps_rollup (ptrace-read access) without any
+capability; a runtime container that sets its own `runAsUser` gives the puller that uid too."""
+MODEL_SERVER_STOP_DELAY_SECONDS = 15
+"""The model server's preStop sleep: the time the puller's goodbye (SIGTERM at the same moment)
+has to reach the scheduler and the router to stop sending requests before the server stops."""
+SERVER_PROCESS_PATTERNS = {
+    # regexes on /proc/<pid>/cmdline (arguments joined by spaces), per built-in server kind
+    "mlserver": r"(^|/)mlserver start( |$)",
+    "triton": r"(^|/)tritonserver( |$)",
+    "ovms": r"(^|/)ovms( |$)",
+}
 
 _QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
 _SUFFIX = {
@@ -91,6 +119,44 @@ def _models_dir_limit(containers: list[dict[str, Any]]) -> str | None:
         if limit is not None:
             total += parse_quantity(limit)
     return str(int(total * 1.5)) if total else None
+
+
+def _env_value(container: dict[str, Any] | None, name: str) -> str | None:
+    for var in (container or {}).get("env") or []:
+        if isinstance(var, dict) and var.get("name") == name and "value" in var:
+            return str(var["value"])
+    return None
+
+
+def rest_port(runtime: Runtime) -> int | None:
+    """The model server's KServe v2 REST port: MLServer's MLSERVER_HTTP_PORT (its default 8080
+    when unset), Triton's 8000, OVMS's runtime management port (8888); None for a custom runtime."""
+    kind = runtime.built_in_adapter.server_type if runtime.built_in_adapter else ""
+    if kind == "mlserver":
+        containers = [c for c in runtime.spec.get("containers") or [] if isinstance(c, dict)]
+        value = _env_value(_server_container(runtime, containers), "MLSERVER_HTTP_PORT")
+        return int(value) if value and value.isdigit() else 8080
+    if kind == "triton":
+        return 8000
+    if kind == "ovms":
+        return (runtime.built_in_adapter.runtime_management_port if runtime.built_in_adapter else 0) or 8888
+    return None
+
+
+def _process_pattern(runtime: Runtime) -> str:
+    """How the puller finds the model server's process; for a custom runtime, the basename of
+    its container's command or first argument (empty when neither is known)."""
+    kind = runtime.built_in_adapter.server_type if runtime.built_in_adapter else ""
+    if kind in SERVER_PROCESS_PATTERNS:
+        return SERVER_PROCESS_PATTERNS[kind]
+    containers = [c for c in runtime.spec.get("containers") or [] if isinstance(c, dict)]
+    server = _server_container(runtime, containers) or {}
+    words = [str(w) for w in list(server.get("command") or []) + list(server.get("args") or [])]
+    for word in words:
+        base = word.rsplit("/", 1)[-1]
+        if base and not base.startswith("-") and base not in ("python", "python3", "sh", "bash"):
+            return rf"(^|/| ){re.escape(base)}( |$)"
+    return ""
 
 
 def _data_endpoint(runtime: Runtime) -> str:
@@ -155,12 +221,20 @@ def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, 
         env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_ENDPOINT", "value": runtime.grpc_endpoint or "port:8085"})
         if runtime.storage_helper_disabled:
             env.append({"name": "MESHSERVE_PULLER_STORAGE_HELPER_DISABLED", "value": "true"})
+    rest = rest_port(runtime)
+    if rest is not None:
+        # the router calls the model server's REST port directly, so the pod IP, never 127.0.0.1
+        env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_REST", "value": f"http://127.0.0.1:{rest}"})
+        env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_ADVERTISE_REST", "value": f"http://$(POD_IP):{rest}"})
+    if pattern := _process_pattern(runtime):
+        env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_PROCESS", "value": pattern})
+    if config.metrics_enabled:
+        env.append({"name": "MESHSERVE_PULLER_METRICS_PORT", "value": str(config.metrics_port)})
     if server_type == "triton":
         # upstream's triton-2.x container serves /models/_triton_models on Triton's default HTTP port
         for var in env:
             if var["name"] == "MESHSERVE_PULLER_MODEL_DIR":
                 var["value"] = f"{MODELS_DIR}/_triton_models"
-        env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_REST", "value": "http://127.0.0.1:8000"})
         prestart = dict(runtime.annotations).get(PRESTART_ANNOTATION, "").strip()
         if prestart == "all":
             prestart = ",".join(dict.fromkeys(f.name for f in runtime.formats if f.auto_select))
@@ -169,30 +243,89 @@ def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, 
     if server_type == "ovms":
         # upstream's ovms-1.x container reads /models/model_config_list.json and serves REST on the
         # runtime management port; base paths are under /models in both containers
-        port = runtime.built_in_adapter.runtime_management_port if runtime.built_in_adapter else 0
-        env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_REST", "value": f"http://127.0.0.1:{port or 8888}"})
         env.append({"name": "MESHSERVE_PULLER_OVMS_CONFIG_PATH", "value": f"{MODELS_DIR}/model_config_list.json"})
     if timeout_ms:
         env.append({"name": "MESHSERVE_PULLER_LOAD_TIMEOUT_SECONDS", "value": str(timeout_ms / 1000)})
     default_size = default_model_size(runtime)
     if default_size:
         env.append({"name": "MESHSERVE_PULLER_DEFAULT_MODEL_SIZE_BYTES", "value": str(default_size)})
+    env.append({"name": "HOME", "value": "/tmp"})   # the root filesystem is read-only
     mounts = [
         {"name": "models-dir", "mountPath": MODELS_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
         {"name": "storage-config", "mountPath": "/storage-config", "readOnly": True},
     ] + [{"name": f"pvc-{name}", "mountPath": f"/pvc_mounts/{name}", "readOnly": True} for name in storage.pvc_names()]
+    ports: list[dict[str, Any]] = [{"name": "mgmt", "containerPort": port}]
+    if config.metrics_enabled:
+        ports.append({"name": "prometheus", "containerPort": config.metrics_port})
+    # the ModelRuntime port opens once the model server is ready and the puller has purged it
+    # (and stays open until it has said goodbye): startup waits for a slow model server
     container: dict[str, Any] = {
         "name": "puller",
         "image": config.storage_helper_image.image,
         "env": env,
-        "ports": [{"name": "mgmt", "containerPort": port}],
+        "ports": ports,
         "resources": config.storage_helper_resources.to_k8s(),
         "volumeMounts": mounts,
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        **_tcp_probes("mgmt"),
+        "securityContext": container_security_context(),
     }
     if config.storage_helper_image.command:
         container["command"] = list(config.storage_helper_image.command)
     return container
+
+
+def _tcp_probes(port: int | str) -> dict[str, dict[str, Any]]:
+    """Startup (up to 5 minutes: a model server importing its frameworks), readiness, liveness."""
+    return {
+        "startupProbe": {"tcpSocket": {"port": port}, "periodSeconds": 2, "failureThreshold": 150},
+        "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 5},
+        "livenessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 10, "failureThreshold": 6},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """What every container of a runtime pod runs with unless its ServingRuntime says otherwise."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _harden_server_container(c: dict[str, Any], *, runtime: Runtime, is_server: bool) -> None:
+    """Defaults for a model-server container from the ServingRuntime; what it sets itself wins."""
+    mounts = c.setdefault("volumeMounts", [])
+    if not any(m.get("name") == "models-dir" for m in mounts):
+        mounts.append({"name": "models-dir", "mountPath": MODELS_DIR})
+    if not any(m.get("mountPath") == "/tmp" for m in mounts):
+        mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    sc = c.setdefault("securityContext", {})
+    for key, value in container_security_context().items():
+        sc.setdefault(key, value)
+    if not is_server:
+        return
+    data_port = endpoint_port(runtime.grpc_data_endpoint) or 8001
+    ports = c.setdefault("ports", [])
+    declared = {p.get("containerPort") for p in ports}
+    if data_port not in declared:
+        ports.append({"name": "grpc", "containerPort": data_port})
+    rest = rest_port(runtime)
+    if rest is not None and rest not in declared and rest != data_port:
+        ports.append({"name": "http", "containerPort": rest})
+    for name, probe in _tcp_probes(data_port).items():
+        c.setdefault(name, probe)
+    lifecycle = c.setdefault("lifecycle", {})
+    lifecycle.setdefault("preStop", {"sleep": {"seconds": MODEL_SERVER_STOP_DELAY_SECONDS}})
+
+
+def _anti_affinity(selector: dict[str, str]) -> dict[str, Any]:
+    """Preferred: the pods of one runtime on different nodes (one node lost, one copy lost)."""
+    return {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "podAffinityTerm": {"labelSelector": {"matchLabels": dict(selector)}, "topologyKey": "kubernetes.io/hostname"},
+    }]}
 
 
 def build_runtime_deployment(
@@ -203,12 +336,15 @@ def build_runtime_deployment(
     name = deployment_name(config, runtime.name)
     spec = runtime.spec
     containers: list[dict[str, Any]] = [copy.deepcopy(c) for c in spec.get("containers") or [] if isinstance(c, dict)]
+    server = _server_container(runtime, containers)
     for c in containers:
-        mounts = c.setdefault("volumeMounts", [])
-        if not any(m.get("name") == "models-dir" for m in mounts):
-            mounts.append({"name": "models-dir", "mountPath": MODELS_DIR})
+        _harden_server_container(c, runtime=runtime, is_server=c is server)
     if not runtime.storage_helper_disabled or runtime.built_in_adapter is None:
-        containers.append(_puller(runtime=runtime, config=config, scheduler_address=scheduler_address, storage=storage))
+        puller = _puller(runtime=runtime, config=config, scheduler_address=scheduler_address, storage=storage)
+        server_uid = ((server or {}).get("securityContext") or {}).get("runAsUser")
+        if server_uid is not None:   # the puller reads the server's /proc entries: same uid
+            puller["securityContext"]["runAsUser"] = server_uid
+        containers.append(puller)
     selector = {"modelmesh-service": config.inference_service_name, "name": name}
     labels = {
         **selector,
@@ -224,7 +360,8 @@ def build_runtime_deployment(
     if config.metrics_enabled:
         annotations.update({
             "prometheus.io/path": "/metrics", "prometheus.io/port": str(config.metrics_port),
-            "prometheus.io/scheme": config.metrics_scheme, "prometheus.io/scrape": "true",
+            # what the puller serves there: plain HTTP (metrics.scheme https would need TLS there)
+            "prometheus.io/scheme": "http", "prometheus.io/scrape": "true",
         })
     annotations.update(config.runtime_pod_annotations)
     annotations.update({str(k): str(v) for k, v in (spec.get("annotations") or {}).items()})
@@ -235,19 +372,29 @@ def build_runtime_deployment(
         models_dir["emptyDir"]["sizeLimit"] = limit
     volumes: list[dict[str, Any]] = [
         models_dir,
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         {"name": "storage-config", "secret": {"secretName": config.storage_secret_name, "optional": True}},
         *[{"name": f"pvc-{n}", "persistentVolumeClaim": {"claimName": n, "readOnly": True}} for n in storage.pvc_names()],
         *copy.deepcopy(list(spec.get("volumes") or [])),
     ]
+    affinity: dict[str, Any] = copy.deepcopy(dict(spec.get("affinity") or {})) or {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
+            "matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64", "s390x"]}]
+        }]}}
+    }
+    affinity.setdefault("podAntiAffinity", _anti_affinity(selector))
     pod: dict[str, Any] = {
         "containers": containers,
         "volumes": volumes,
+        # the puller's goodbye, the server's preStop delay and the requests in flight fit in this
         "terminationGracePeriodSeconds": 90,
-        "affinity": copy.deepcopy(spec.get("affinity")) or {
-            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
-                "matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64", "s390x"]}]
-            }]}}
+        # the puller measures the model server's processes (see the module's docstring)
+        "shareProcessNamespace": True,
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": RUNTIME_POD_UID, "runAsGroup": RUNTIME_POD_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "affinity": affinity,
     }
     if config.service_account_name:
         pod["serviceAccountName"] = config.service_account_name

@@ -1,4 +1,4 @@
-"""The reconciler's writes to the Kubernetes API: runtime Deployments and CR status.
+"""The reconciler's writes to the Kubernetes API: runtime Deployments, CR status and finalizers.
 
 `KubeDeployments` is the Kubernetes `RuntimeBackend` (see `worker`): it creates, patches, scales
 and deletes apps/v1 Deployments, and the Deployment informer is its observed state.
@@ -11,6 +11,10 @@ Invariants:
 * A status is written only when it differs from what the CR carries (no write -> watch event ->
   write loop); a CR deleted meanwhile (404) is not an error, its DELETED event enqueues it again.
 * Creating a Deployment that already exists (409) patches it instead.
+* Finalizers are added and removed with the JSON patches of `finalizers` (safe against other
+  writers); a CR gone meanwhile (404) is not an error. The object a removal returns is not put
+  into the informer: the API server may have deleted it with that write (its DELETED event
+  follows).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 
-from meshserve.controller import kube
+from meshserve.controller import finalizers, kube
 from meshserve.controller.kube import JSON, KubeApi, KubeError, ResourceKind
 from meshserve.controller.reconcile import ActionKind, DeploymentAction, ObservedDeployment
 from meshserve.controller.specs import PredictorCR
@@ -91,3 +95,30 @@ async def write_status(
     informer.observe(written)
     log.info("%s status: %s/%s active=%s", cr.ref, new.transition_status.value, new.active_model_state.value,
              new.last_failure_info.reason.value if new.last_failure_info else "-")
+
+
+async def hold_finalizer(api: KubeApi, informer: Informer, *, kind: ResourceKind, obj: JSON, name: str) -> JSON:
+    """Add the finalizer `name` to the CR `obj` unless it has it (or is being deleted); returns
+    the CR as written (or `obj` unchanged)."""
+    ops = finalizers.add_patch(obj, name)
+    if ops is None:
+        return obj
+    meta = obj.get("metadata") or {}
+    written = await api.json_patch(kind, namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""), ops=ops)
+    informer.observe(written)
+    return written
+
+
+async def release_finalizer(api: KubeApi, *, kind: ResourceKind, obj: JSON, name: str) -> None:
+    """Remove the finalizer `name` from the CR `obj` (the API server then deletes a CR being
+    deleted that has no other finalizer)."""
+    ops = finalizers.remove_patch(obj, name)
+    if ops is None:
+        return
+    meta = obj.get("metadata") or {}
+    try:
+        await api.json_patch(kind, namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""), ops=ops)
+    except KubeError as err:
+        if err.status != 404:
+            raise
+    log.info("%s %s/%s: finalizer %s removed", kind.kind, meta.get("namespace"), meta.get("name"), name)

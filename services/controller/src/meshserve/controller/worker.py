@@ -19,6 +19,10 @@ Invariants:
 * A status is written only when it differs from what the object carries; watch events that
   change only `.status` do not enqueue the CR again (no write -> event -> write loop).
 * A failed reconcile is retried with capped, jittered back-off per key; success resets it.
+* With a `finalizer` (Kubernetes mode), every CR the controller registers carries it before its
+  first SetVModel, and loses it only after its vmodel was deleted: a CR deleted while the
+  controller is down waits, marked, for the controller to unregister it. Local mode needs none:
+  its resource store keeps tombstones, so a delete is never missed.
 """
 
 from __future__ import annotations
@@ -48,8 +52,14 @@ from meshserve.controller.events import (
     redact,
     secret_strings,
 )
+from meshserve.controller.finalizers import has_finalizer
 from meshserve.controller.kube import JSON, KubeApi, ResourceKind
-from meshserve.controller.kube_writes import KubeDeployments, write_status
+from meshserve.controller.kube_writes import (
+    KubeDeployments,
+    hold_finalizer,
+    release_finalizer,
+    write_status,
+)
 from meshserve.controller.reconcile import (
     ActionKind,
     DeploymentAction,
@@ -108,7 +118,7 @@ class Reconciler:
         clock: Callable[[], float] = time.time, kinds: tuple[ResourceKind, ...] = WATCHED,
         runtime_backend: RuntimeBackend | None = None, informer_runner: InformerRunner | None = None,
         change_feed: ChangeFeed | None = None, resync_seconds: float | None = None,
-        events: EventRecorder | None = None,
+        events: EventRecorder | None = None, finalizer: str | None = None,
     ) -> None:
         self.api = api
         self.scheduler = scheduler
@@ -136,6 +146,8 @@ class Reconciler:
         self.events: EventRecorder = events if events is not None else LogEventRecorder()
         self.ready = asyncio.Event()
         self._failures: dict[Key, int] = {}
+        self.finalizer = finalizer
+        """Put on every CR this controller registers (None: no finalizers, as in local mode)."""
 
     # --- events -> keys --------------------------------------------------------------------------
 
@@ -285,15 +297,21 @@ class Reconciler:
         kind = kube.INFERENCE_SERVICE if is_isvc else kube.PREDICTOR
         obj = self.informers[kind.kind].get(key.namespace, key.name)
         cr: PredictorCR | None = None
+        owner = modelid.SOURCE_ISVC if is_isvc else modelid.SOURCE_PREDICTOR
         if obj is not None:
             cr = parse_inference_service(obj) if is_isvc else parse_predictor(obj)
             if cr is None:
-                return     # an InferenceService not in ModelMesh mode: not ours
+                # an InferenceService not in ModelMesh mode: not ours, unless it was (our finalizer)
+                if self.finalizer and has_finalizer(obj, self.finalizer):
+                    await self.scheduler.delete_vmodel(vmodel_id=key.name, owner=owner)
+                    await release_finalizer(self.api, kind=kind, obj=obj, name=self.finalizer)
+                return
         plan = plan_predictor(cr, runtimes=self.runtimes(), config=self.config)
         if plan.op is PredictorOp.DELETE_VMODEL or cr is None or obj is None:
-            owner = modelid.SOURCE_ISVC if is_isvc else modelid.SOURCE_PREDICTOR
             await self.scheduler.delete_vmodel(vmodel_id=key.name, owner=owner)
             log.info("deleted vmodel %s (owner %s)", key.name, owner)
+            if obj is not None and self.finalizer:
+                await release_finalizer(self.api, kind=kind, obj=obj, name=self.finalizer)
             return
         raw_status = obj.get("status")
         previous = from_isvc_status(raw_status) if is_isvc else from_predictor_status(raw_status)
@@ -315,6 +333,8 @@ class Reconciler:
             )
         else:
             assert cr.spec is not None
+            if self.finalizer:   # before the first registration: from now on a delete waits for us
+                obj = await hold_finalizer(self.api, self.informers[kind.kind], kind=kind, obj=obj, name=self.finalizer)
             try:
                 vm = await self.scheduler.set_vmodel(
                     vmodel_id=cr.vmodel_id, owner=cr.source, model_id=cr.model_id, spec=cr.spec,

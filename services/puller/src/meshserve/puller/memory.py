@@ -9,6 +9,12 @@ the tree's summed PSS grows by what the machine really gave the new model. Where
 cannot see the model server's processes (separate containers without a shared process
 namespace), the `process_resident_memory_bytes` gauge on its metrics endpoint is used.
 
+Which process is the model server: a pid file where both run on one machine (local mode), or,
+in a Kubernetes pod with `shareProcessNamespace` (a pid file does not cross containers, and the
+model server's image writes none), a regex on the command lines in /proc (`find_process`): the topmost, oldest matching process that is not the
+puller itself. The match is remembered by (pid, start time) and looked up again once that
+process is gone (a restarted model-server container).
+
 A load's size is `MemoryProbe.growth(before, after)` of two `snapshot()`s: reading every
 process's PSS walks all its mappings (~12 ms for a TensorFlow stub, so a pod of many stubs
 paid hundreds of ms per load, twice), so a snapshot reads only each process's RSS (statm),
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import httpx
@@ -149,19 +156,80 @@ def tree_growth(before: dict[tuple[int, int], int], after: dict[tuple[int, int],
     return growth
 
 
+def _cmdline(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace") if raw else None
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def find_process(pattern: re.Pattern[str], *, exclude: frozenset[int] = frozenset()) -> int | None:
+    """The pid of the model server: among the processes whose command line (arguments joined
+    by spaces) `pattern` matches, and not in `exclude`, the oldest one with no matching
+    ancestor (`sh -c "tritonserver ..."` and its child both match: the tree under the top one
+    is the server's). Kernel threads and zombies (empty command lines) never match."""
+    matches: dict[int, int] = {}      # pid -> start time
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid in exclude:
+            continue
+        cmd = _cmdline(pid)
+        if cmd is None or not pattern.search(cmd):
+            continue
+        key = _process_key(pid)
+        if key is not None:
+            matches[pid] = key[1]
+
+    def has_matching_ancestor(pid: int) -> bool:
+        seen: set[int] = set()
+        current = _ppid(pid)
+        while current and current not in seen:
+            if current in matches:
+                return True
+            seen.add(current)
+            current = _ppid(current)
+        return False
+
+    tops = [pid for pid in matches if not has_matching_ancestor(pid)]
+    return min(tops, key=lambda pid: (matches[pid], pid)) if tops else None
+
+
 class MemoryProbe:
-    def __init__(self, *, pid_file: Path | None, metrics_url: str) -> None:
+    def __init__(self, *, pid_file: Path | None, metrics_url: str, process_pattern: str = "") -> None:
         self.pid_file = pid_file
         self.metrics_url = metrics_url
+        self.process_pattern = re.compile(process_pattern) if process_pattern else None
+        self._found: tuple[int, int] | None = None      # (pid, start time) of the last match
 
     def _pid(self) -> int | None:
-        if self.pid_file is None:
-            return None
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if os.path.exists(f"/proc/{pid}") else None
+        if self.pid_file is not None:
+            try:
+                pid = int(self.pid_file.read_text().strip())
+            except (OSError, ValueError):
+                return None
+            return pid if os.path.exists(f"/proc/{pid}") else None
+        if self.process_pattern is not None:
+            return self._discovered()
+        return None
+
+    def _discovered(self) -> int | None:
+        """The matching process, found again when the remembered one is gone (or its pid reused)."""
+        assert self.process_pattern is not None
+        if self._found is not None and _process_key(self._found[0]) == self._found:
+            return self._found[0]
+        pid = find_process(self.process_pattern, exclude=frozenset({os.getpid()}))
+        self._found = _process_key(pid) if pid is not None else None
+        return pid if self._found is not None else None
 
     @property
     def available(self) -> bool:

@@ -48,6 +48,10 @@ class PullerSettings(BaseSettings):
     model_server_advertise_rest: str = ""
     model_server_pid_file: Path | None = None    # measure memory of this process tree
     model_server_metrics_url: str = ""           # else scrape process_resident_memory_bytes here
+    # else find the model server's process: a regex on /proc/<pid>/cmdline (arguments joined by
+    # spaces); the topmost, oldest match is measured with its tree. For a pod with
+    # shareProcessNamespace, where a pid file cannot cross containers
+    model_server_process: str = ""
     # kind "ovms": the config file OVMS reads (its --config_path), which the puller rewrites;
     # default <model_dir>/model_config_list.json (upstream's /models/model_config_list.json)
     ovms_config_path: Path | None = None
