@@ -202,7 +202,8 @@ class Stack:
             "MESHSERVE_SCHEDULER_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
             "MESHSERVE_SCHEDULER_ADMIN_HOST": "127.0.0.1",
             "MESHSERVE_SCHEDULER_ADMIN_PORT": str(admin_port),
-            "MESHSERVE_SCHEDULER_METRICS_PORT": "0",
+            # off unless a test asks for it (StackConfig.extra_env)
+            "MESHSERVE_SCHEDULER_METRICS_PORT": self.config.extra_env.get("MESHSERVE_SCHEDULER_METRICS_PORT", "0"),
         }
         self.scheduler_grpc = f"127.0.0.1:{grpc_port}"
         self.admin_url = f"http://127.0.0.1:{admin_port}"

@@ -11,7 +11,7 @@ import sys
 import time
 
 import grpc
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from meshserve.common.errors import MeshError
 from meshserve.common.grpcutil import bind, open_channel
@@ -19,6 +19,7 @@ from meshserve.common.labels import parse_formats, runtime_labels
 from meshserve.common.proto.meshserve.v1 import runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from meshserve.puller.adapter import MLServerAdapter, ModelServerAdapter, TritonAdapter
 from meshserve.puller.memory import MemoryProbe
+from meshserve.puller.metrics import MODEL_SERVER_RSS, Copy, InstanceCollector
 from meshserve.puller.ovms_adapter import OVMSAdapter
 from meshserve.puller.ovms_layout import CONFIG_FILE as OVMS_CONFIG_FILE
 from meshserve.puller.server import ModelRuntimeServicer
@@ -57,7 +58,11 @@ class PullerApp:
             raise SystemExit(f"MESHSERVE_PULLER_MODEL_SERVER_KIND={settings.model_server_kind!r}: use mlserver, triton, ovms or spi")
         if settings.storage_helper_disabled and settings.model_server_kind != "spi":
             raise SystemExit("MESHSERVE_PULLER_STORAGE_HELPER_DISABLED needs MESHSERVE_PULLER_MODEL_SERVER_KIND=spi")
-        self.memory = MemoryProbe(pid_file=settings.model_server_pid_file, metrics_url=settings.model_server_metrics_url)
+        self.memory = MemoryProbe(
+            pid_file=settings.model_server_pid_file,
+            metrics_url=settings.model_server_metrics_url,
+            process_pattern=settings.model_server_process,
+        )
         self.service = PullerService(settings=settings, adapter=self.adapter, memory=self.memory)
         self.started_ms = int(time.time() * 1000)
         self._stop = asyncio.Event()
@@ -69,6 +74,7 @@ class PullerApp:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         if self.settings.metrics_port:
+            REGISTRY.register(InstanceCollector(self._instance))
             start_http_server(self.settings.metrics_port)
         if self.settings.keras_converter_prestart and isinstance(self.adapter, TritonAdapter):
             # beside the model server's start; a keras load waits for it (the converter's lock)
@@ -95,6 +101,11 @@ class PullerApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prestart
         await self.adapter.close()
+
+    def _instance(self) -> tuple[list[Copy], int, float]:
+        """The pod's copies for its instance metrics (called on the metrics server's thread)."""
+        held = list(self.service.loaded.values())
+        return [Copy(m.size_bytes, m.measured, m.loaded_at) for m in held], self.settings.capacity_bytes, time.time()
 
     async def _prestart_frameworks(self, adapter: TritonAdapter) -> None:
         """The warm-up model, measured: what it takes is memory models cannot have, so it
@@ -178,6 +189,7 @@ class PullerApp:
                         await asyncio.sleep(min(interval, 1.0))
                         continue
                     used = await self.memory.rss_bytes() or 0
+                    MODEL_SERVER_RSS.set(used)
                     response = await stub.ReportPod(self._report(used), timeout=5)
                     if response.heartbeat_interval_ms:
                         interval = response.heartbeat_interval_ms / 1000

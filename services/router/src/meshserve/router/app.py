@@ -115,6 +115,7 @@ class RouterApp:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        metrics.configure(per_model=self.settings.per_model_metrics)
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
         envoy = self.settings.data_path == "envoy"
@@ -194,8 +195,11 @@ class RouterApp:
         """A request Envoy forwarded to a pod: counted as the Python path counts its own."""
         self.dataplane.usage[served.model] += 1
         metrics.ENVOY_FORWARDED.labels(served.protocol).inc()
-        metrics.count(served.model, served.protocol, served.method, served.code)
-        metrics.LATENCY.labels(served.protocol, served.method).observe(served.seconds)
+        metrics.observe_request(
+            model=served.model, protocol=served.protocol, method=served.method, code=served.code,
+            seconds=served.seconds, invoke_seconds=served.upstream_seconds,
+            request_bytes=served.request_bytes, response_bytes=served.response_bytes,
+        )
 
     async def _watch_routes(self) -> None:
         """Follow the scheduler's route stream; reconnect with back-off and resync."""

@@ -1,23 +1,43 @@
-"""Prometheus metrics of the router (on the REST port at /metrics, and on :2112 when set)."""
+"""Prometheus metrics of the router (on the REST port at /metrics, and on :2112 when set).
+
+Two families sit side by side:
+
+* `meshserve_router_*`: ours, in seconds, labelled by protocol (and model for the request
+  count, as before).
+* `modelmesh_*`: ModelMesh's request metrics with its names, units (milliseconds, bytes),
+  buckets and labels (`method`, `code` with the gRPC code name; `modelId` and `vModelId`
+  too when per-model metrics are on, upstream's `per_model_metrics`), so dashboards and
+  alerts written for ModelMesh work unchanged. The router is the mesh's front door, so it
+  serves the external request time (`modelmesh_api_request_milliseconds`), the time of the
+  hop to the model server (`modelmesh_invoke_model_milliseconds`), payload sizes and cache
+  misses. Load, unload and model counts come from the scheduler, per-pod capacity from
+  each pod's puller.
+
+Every request is counted once: by the Python doors (server.py, rest.py, other_rpcs.py) for
+what they serve, and from Envoy's access log (`app._served_by_envoy`, `observe_request`)
+for what Envoy forwards straight to a pod.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from contextvars import ContextVar
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 REQUESTS = Counter(
     "meshserve_router_requests_total",
     "Requests by model, protocol, method and status",
     ["model", "protocol", "method", "code"],
 )
-LATENCY = Histogram(
+_LATENCY = Histogram(
     "meshserve_router_request_seconds",
     "Request latency through the router",
     ["protocol", "method"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 IN_FLIGHT = Gauge("meshserve_router_in_flight", "Requests in flight through the router")
-MISSES = Counter("meshserve_router_misses_total", "Requests that found no loaded copy", ["model"])
-COLD_WAIT = Histogram(
+_MISSES = Counter("meshserve_router_misses_total", "Requests that found no loaded copy", ["model"])
+_COLD_WAIT = Histogram(
     "meshserve_router_cold_wait_seconds",
     "Time requests waited for a model to load",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
@@ -35,13 +55,189 @@ FALLBACK_ROUTES = Gauge(
     ["kind"],
 )
 
+# -- ModelMesh's names -------------------------------------------------------------------
+MS_TIME_BUCKETS = (0.5, 1, 2, 5, 10, 20, 50, 75, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 60000, 120000, 300000)
+"""Upstream's buckets for every millisecond timing histogram."""
+MESSAGE_SIZE_BUCKETS = tuple(128.0 * 4**i for i in range(8))
+"""Upstream's payload-size buckets: 128 B, x4 each, eight of them (to 2 MiB)."""
+
+HTTP_TO_GRPC = {
+    200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    405: "UNIMPLEMENTED", 408: "DEADLINE_EXCEEDED", 409: "ABORTED", 412: "FAILED_PRECONDITION", 413: "RESOURCE_EXHAUSTED",
+    422: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED", 507: "RESOURCE_EXHAUSTED",
+}  # fmt: skip
+
+
+def grpc_code(code: str) -> str:
+    """The gRPC code name upstream labels requests with: REST answers carry an HTTP status,
+    mapped the way the gRPC <-> HTTP mapping of our errors goes (other 4xx: FAILED_PRECONDITION,
+    other 5xx: INTERNAL)."""
+    if not code.isdigit():
+        return code
+    status = int(code)
+    if status in HTTP_TO_GRPC:
+        return HTTP_TO_GRPC[status]
+    if 200 <= status < 300:
+        return "OK"
+    return "FAILED_PRECONDITION" if 400 <= status < 500 else "INTERNAL"
+
+
+class ModelMeshMetrics:
+    """Upstream's router-side metrics; the label set is fixed when they are made."""
+
+    def __init__(self, *, per_model: bool, registry: CollectorRegistry = REGISTRY) -> None:
+        reg = registry
+        self.per_model = per_model
+        request_labels = ["method", "code", *(["modelId", "vModelId"] if per_model else [])]
+        model_labels = ["modelId", "vModelId"] if per_model else []
+        self.api = Histogram(
+            "modelmesh_api_request_milliseconds", "External inference request time",
+            request_labels, buckets=MS_TIME_BUCKETS, registry=reg,
+        )
+        self.invoke = Histogram(
+            "modelmesh_invoke_model_milliseconds", "Internal model server inference request time",
+            request_labels, buckets=MS_TIME_BUCKETS, registry=reg,
+        )
+        self.request_size = Histogram(
+            "modelmesh_request_size_bytes", "Inference request payload size",
+            request_labels, buckets=MESSAGE_SIZE_BUCKETS, registry=reg,
+        )
+        self.response_size = Histogram(
+            "modelmesh_response_size_bytes", "Inference response payload size",
+            request_labels, buckets=MESSAGE_SIZE_BUCKETS, registry=reg,
+        )
+        self.cache_miss = Histogram(
+            "modelmesh_cache_miss_milliseconds", "Cache miss delay",
+            model_labels, buckets=MS_TIME_BUCKETS, registry=reg,
+        )
+
+    def _labels(self, method: str, code: str, model: str) -> tuple[str, ...]:
+        return (method, code, model, model) if self.per_model else (method, code)
+
+    def request(
+        self, *, model: str, method: str, code: str, seconds: float,
+        invoke_seconds: float | None = None, request_bytes: int | None = None, response_bytes: int | None = None,
+    ) -> None:
+        labels = self._labels(method, grpc_code(code), model)
+        self.api.labels(*labels).observe(seconds * 1000)
+        if invoke_seconds is not None:
+            self.invoke.labels(*labels).observe(invoke_seconds * 1000)
+        if request_bytes is not None:
+            self.request_size.labels(*labels).observe(request_bytes)
+        if response_bytes is not None:
+            self.response_size.labels(*labels).observe(response_bytes)
+
+    def miss(self, *, model: str, seconds: float) -> None:
+        child = self.cache_miss.labels(model, model) if self.per_model else self.cache_miss
+        child.observe(seconds * 1000)
+
+
+_mm: ModelMeshMetrics | None = None
+
+
+def configure(*, per_model: bool) -> ModelMeshMetrics:
+    """Make upstream's metrics with or without per-model labels (once, at start-up; a
+    process that never calls it gets them without)."""
+    global _mm
+    if _mm is not None and _mm.per_model == per_model:
+        return _mm
+    if _mm is not None:
+        for metric in (_mm.api, _mm.invoke, _mm.request_size, _mm.response_size, _mm.cache_miss):
+            REGISTRY.unregister(metric)
+    _mm = ModelMeshMetrics(per_model=per_model)
+    return _mm
+
+
+def modelmesh() -> ModelMeshMetrics:
+    return _mm or configure(per_model=False)
+
+
+# -- the Python doors' hand-offs ---------------------------------------------------------
+# The doors observe LATENCY and then call count() with the status, in that order in the same
+# task (server.py, rest.py, other_rpcs.py); the data plane counts a miss, then, in the same
+# task, observes how long the request waited (dataplane.py). Each first step leaves what it
+# knows in a context variable (one per task), for the second, which knows the rest.
+_pending: ContextVar[tuple[str, str, float] | None] = ContextVar("meshserve_router_pending", default=None)
+_missed: ContextVar[str] = ContextVar("meshserve_router_missed", default="")
+
+
+class _LatencyChild:
+    def __init__(self, child: object, protocol: str, method: str) -> None:
+        self._child = child
+        self._protocol = protocol
+        self._method = method
+
+    def observe(self, seconds: float) -> None:
+        self._child.observe(seconds)  # type: ignore[attr-defined]
+        _pending.set((self._protocol, self._method, seconds))
+
+
+class _Latency:
+    """meshserve_router_request_seconds; what a door observes also reaches count()."""
+
+    def labels(self, protocol: str, method: str) -> _LatencyChild:
+        return _LatencyChild(_LATENCY.labels(protocol, method), protocol, method)
+
+
+class _MissChild:
+    def __init__(self, model: str) -> None:
+        self._model = model
+
+    def inc(self, amount: float = 1) -> None:
+        _MISSES.labels(self._model).inc(amount)
+        _missed.set(self._model)
+
+
+class _Misses:
+    """meshserve_router_misses_total{model}; the model also labels the cache-miss delay."""
+
+    def labels(self, model: str) -> _MissChild:
+        return _MissChild(model)
+
+
+class _ColdWait:
+    """meshserve_router_cold_wait_seconds, and upstream's cache-miss delay beside it."""
+
+    def observe(self, seconds: float) -> None:
+        _COLD_WAIT.observe(seconds)
+        modelmesh().miss(model=_missed.get(), seconds=seconds)
+
+
+LATENCY = _Latency()
+MISSES = _Misses()
+COLD_WAIT = _ColdWait()
+
 _counters: dict[tuple[str, str, str, str], object] = {}
 
 
 def count(model: str, protocol: str, method: str, code: str) -> None:
-    """Increment the request counter; label children are cached (labels() costs a lock and a dict)."""
+    """Increment the request counter; label children are cached (labels() costs a lock and a dict).
+    A request time the door has just observed for the same protocol and method goes to
+    upstream's request histogram with this code."""
     key = (model, protocol, method, code)
     child = _counters.get(key)
     if child is None:
         child = _counters[key] = REQUESTS.labels(*key)
     child.inc()  # type: ignore[attr-defined]
+    pending = _pending.get()
+    if pending is not None and pending[0] == protocol and pending[1] == method:
+        modelmesh().request(model=model, method=method, code=code, seconds=pending[2])
+        _pending.set(None)
+
+
+def observe_request(
+    *, model: str, protocol: str, method: str, code: str, seconds: float,
+    invoke_seconds: float | None = None, request_bytes: int | None = None, response_bytes: int | None = None,
+) -> None:
+    """One request served without the Python doors (Envoy's access log): every family."""
+    key = (model, protocol, method, code)
+    child = _counters.get(key)
+    if child is None:
+        child = _counters[key] = REQUESTS.labels(*key)
+    child.inc()  # type: ignore[attr-defined]
+    _LATENCY.labels(protocol, method).observe(seconds)
+    modelmesh().request(
+        model=model, method=method, code=code, seconds=seconds,
+        invoke_seconds=invoke_seconds, request_bytes=request_bytes, response_bytes=response_bytes,
+    )

@@ -48,6 +48,10 @@ class RouterSettings(BaseSettings):
     """KServe v2 REST front door, also /healthz, /readyz and /metrics. 0 turns it off."""
     metrics_port: int = 2112
     """Separate Prometheus port (0: off; /metrics on the REST port is always there)."""
+    per_model_metrics: bool = False
+    """Label ModelMesh's request metrics (`modelmesh_*`) with `modelId` and `vModelId` too
+    (upstream's `per_model_metrics`): one series per model, so off by default (cardinality).
+    `meshserve_router_requests_total` has its `model` label either way."""
     scheduler_address: str = Field(default="127.0.0.1:8034", validation_alias=shared("scheduler_address", "router"))
     scheduler_tls: TLSSettings = TLSSettings()
     model_server_tls: TLSSettings = TLSSettings()

@@ -16,6 +16,7 @@ import uvicorn
 from prometheus_client import start_http_server
 
 from meshserve.common.grpcutil import bind, register_error_translator
+from meshserve.scheduler import metrics
 from meshserve.scheduler.api import create_app
 from meshserve.scheduler.live import LiveState, redis_unavailable
 from meshserve.scheduler.models import EvictionPolicy
@@ -43,6 +44,7 @@ class SchedulerApp:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        metrics.configure(per_model=self.settings.per_model_metrics)
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
         admin_app = create_app(self.service)
@@ -107,6 +109,7 @@ class SchedulerApp:
                     leader = True
                 if not leader:
                     shift = None
+                    metrics.current().model_counts.withdraw()   # published by one replica: the leader
                 if leader:
                     await self.service.remove_dead_pods()
                     await self.service.sync_runtimes()
@@ -114,6 +117,7 @@ class SchedulerApp:
                     if now - last_scale >= self.settings.scaling_interval_seconds:
                         last_scale = now
                         await self.service.scale_once()
+                        await self.service.publish_model_counts()
                     # last: a failing step here must not hold up the duties above
                     if self.settings.shift_detection and self.settings.eviction_policy is EvictionPolicy.USAGE_WEIGHTED:
                         shift = shift or ShiftDetector(self.settings.shift_config())

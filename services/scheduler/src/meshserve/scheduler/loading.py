@@ -46,7 +46,7 @@ from meshserve.common.errors import (
 )
 from meshserve.common.labels import model_labels
 from meshserve.common.proto.meshserve.v1 import runtime_pb2
-from meshserve.scheduler import placement
+from meshserve.scheduler import metrics, placement
 from meshserve.scheduler.live import LiveState, PodInfo
 from meshserve.scheduler.models import (
     ALL_BUSY_LOADING,
@@ -263,6 +263,9 @@ class Loader:
             + (" (measured)" if response.measured else " (predicted)"),
             details={"reserved": size, "size": measured, "measured": response.measured, "seconds": elapsed},
         )
+        metrics.current().loaded(
+            model_id=model_id, seconds=elapsed, reserved=size, size=measured, measured=bool(response.measured)
+        )
         return True
 
     def _runtime_wait_until(self, model_id: str) -> float:
@@ -326,6 +329,7 @@ class Loader:
         )
         await self._best_effort(self.registry.update_model(record.id, last_failure=failure))
         await self._event("failed", model_id=record.id, pod_id=pod_id, message=message)
+        metrics.current().load_failed()
 
     def _failure_message(self, record: ModelRecord, failed: dict[str, str]) -> str:
         pod, reason = sorted(failed.items())[0]
@@ -378,6 +382,7 @@ class Loader:
         prediction is kept in the registry in the background (a write in Postgres is not
         worth waiting for on a load's path)."""
         for pod in pods[:1]:
+            started = time.monotonic()
             try:
                 response = await self.pullers.stub(pod.management_address).PredictModelSize(
                     runtime_pb2.PredictModelSizeRequest(
@@ -391,6 +396,7 @@ class Loader:
             except grpc.aio.AioRpcError as err:
                 log.info("size prediction for %s failed: %s", record.id, err.details())
                 return 0
+            metrics.current().sized(model_id=record.id, seconds=time.monotonic() - started)
             if response.size_in_bytes > 0:
                 size = int(response.size_in_bytes)
                 task = asyncio.ensure_future(self._best_effort(self.registry.update_model(record.id, predicted_size=size)))

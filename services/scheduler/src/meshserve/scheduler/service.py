@@ -35,6 +35,7 @@ from meshserve.common.coalesce import Coalesced
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unavailable
 from meshserve.common.proto.meshserve.v1 import runtime_pb2
 from meshserve.common.storage import check_model_id, parse_storage_uri
+from meshserve.scheduler import metrics
 from meshserve.scheduler.live import CopyRecord, LiveState, now_ms
 from meshserve.scheduler.loading import Loader, placement_config
 from meshserve.scheduler.models import CopyState
@@ -325,18 +326,45 @@ class SchedulerService:
         (another scheduler replica evicted it first, acting on the same view), nothing is
         recorded and the pod is not told: the model may be loading there again by now."""
         pod = await self.live.pod(pod_id)
+        age_ms = await self._idle_ms(model_id, pod_id) if kind == "evicted" else None
         if not await self.live.release(model_id=model_id, pod_id=pod_id):
             log.debug("%s of %s on %s: already gone", kind, model_id, pod_id)
             return
         # recorded at the state change, not after the pod's (serialised, maybe slow) unload
         await self._event(kind, model_id=model_id, pod_id=pod_id, message=why)
+        metrics.current().removed(model_id=model_id, kind=kind, age_ms=age_ms)
         if pod is not None:
+            started = time.monotonic()
             try:
                 await self.pullers.stub(pod.management_address).UnloadModel(
                     runtime_pb2.UnloadModelRequest(model_id=model_id), timeout=30
                 )
             except grpc.aio.AioRpcError as err:
                 log.warning("unload of %s on %s failed: %s", model_id, pod_id, err.details())
+                metrics.current().unloaded(model_id=model_id, seconds=time.monotonic() - started, ok=False)
+            else:
+                metrics.current().unloaded(model_id=model_id, seconds=time.monotonic() - started, ok=True)
+
+    async def _idle_ms(self, model_id: str, pod_id: str) -> float | None:
+        """How long the copy on `pod_id` has gone unused (since its load when never used):
+        upstream's age at eviction. None when live state does not say."""
+        _, last_used = await self.live.usage(model_id)
+        since = next((c.since_ms for c in await self.live.copies(model_id) if c.pod_id == pod_id), 0)
+        used = max(int(last_used), since)
+        return float(now_ms() - used) if used > 0 else None
+
+    async def publish_model_counts(self) -> metrics.Counts:
+        """Upstream's deployment-wide model counts, from live state (the leader's duty)."""
+        ids = await self.live.model_ids()
+        copies = await self.live.copies_many(ids)
+        prefix = f"{self.live.p}:fail:"
+        failed = {
+            key[len(prefix):].rsplit(":", 1)[0]
+            async for key in self.live.redis.scan_iter(match=f"{prefix}*", count=1000)
+        }
+        counts = metrics.model_counts(ids, {m: [c.state for c in cs] for m, cs in copies.items()}, failed)
+        metrics.current().model_counts.publish(counts)
+        return counts
 
     async def unload(self, model_id: str) -> int:
         copies = await self.live.copies(model_id)

@@ -23,6 +23,7 @@ class SchedulerSettings(BaseSettings):
     admin_host: str = "0.0.0.0"
     admin_port: int = 8080
     metrics_port: int = 2112
+    per_model_metrics: bool = False           # label ModelMesh's histograms with modelId/vModelId (upstream's per_model_metrics; cardinality)
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", validation_alias=shared("redis_url", "scheduler")
     )

@@ -115,9 +115,13 @@ class TlsFiles:
     """Set: clients must present a certificate signed by it."""
 
 
-ACCESS_LOG_FORMAT = "%UPSTREAM_CLUSTER% %REQ(MM-MODEL-ID)% %REQ(:PATH)% %RESPONSE_CODE% %GRPC_STATUS_NUMBER% %DURATION%\n"
-"""One access-log line: cluster, concrete model id, path, HTTP status, gRPC status, ms
-(usage.parse_line reads it; `-` stands for a missing value)."""
+ACCESS_LOG_FORMAT = (
+    "%UPSTREAM_CLUSTER% %REQ(MM-MODEL-ID)% %REQ(:PATH)% %RESPONSE_CODE% %GRPC_STATUS_NUMBER% %DURATION% "
+    "%BYTES_RECEIVED% %BYTES_SENT% %COMMON_DURATION(US_TX_BEG:US_RX_END:ms)%\n"
+)
+"""One access-log line: cluster, concrete model id, path, HTTP status, gRPC status, ms in
+Envoy, request and response body bytes, ms from the first byte sent to the pod to the last
+byte received from it (usage.parse_line reads it; `-` stands for a missing value)."""
 
 
 @dataclass(frozen=True)

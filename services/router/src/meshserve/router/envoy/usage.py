@@ -41,30 +41,43 @@ class Served:
     method: str  # the v2 method (ModelInfer, ModelMetadata, ...), as the Python doors label it
     code: str  # gRPC status name, or the HTTP status
     seconds: float
+    request_bytes: int | None = None  # body bytes (gRPC: with its 5-byte frame header)
+    response_bytes: int | None = None
+    upstream_seconds: float | None = None  # to and from the pod: the model server's share
+
+
+def _count(field: str) -> int | None:
+    return int(field) if field.isdigit() else None
 
 
 def parse_line(line: str, *, slow_clusters: frozenset[str]) -> Served | None:
     """A line of ACCESS_LOG_FORMAT -> what was served; None for a slow-path request or a
     line that is not one (the log is Envoy's, but a malformed line must not stop reading)."""
     parts = line.split()
-    if len(parts) != 6:
+    if len(parts) != 9:
         return None
-    cluster, model, path, http_status, grpc_status, duration = parts
+    cluster, model, path, http_status, grpc_status, duration, received, sent, upstream = parts
     if cluster in slow_clusters or cluster == "-" or model == "-":
         return None
     try:
         seconds = int(duration) / 1000
     except ValueError:
         return None
+    upstream_ms = _count(upstream)
+    sizes = {
+        "request_bytes": _count(received),
+        "response_bytes": _count(sent),
+        "upstream_seconds": None if upstream_ms is None else upstream_ms / 1000,
+    }
     if path.startswith(GRPC_PREFIX):
         method = path[len(GRPC_PREFIX):]
         code = GRPC_CODES[int(grpc_status)] if grpc_status.isdigit() and int(grpc_status) < len(GRPC_CODES) else "UNKNOWN"
         if grpc_status == "-":  # no grpc-status: the HTTP answer says what happened
             code = "OK" if http_status == "200" else "UNAVAILABLE"
-        return Served(model, "grpc", method, code, seconds)
+        return Served(model, "grpc", method, code, seconds, **sizes)
     tail = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     method = REST_METHODS.get(tail, "ModelMetadata" if tail == model else "unknown")  # as rest.py names them
-    return Served(model, "rest", method, http_status, seconds)
+    return Served(model, "rest", method, http_status, seconds, **sizes)
 
 
 class _Lines(asyncio.Protocol):
