@@ -3,7 +3,15 @@
 Inspect and steer placement: models, vmodels, pods, runtimes, events. Mutations need
 `Authorization: Bearer <token>` when `MESHSERVE_SCHEDULER_ADMIN_TOKEN` is set. Errors
 come back as `{"error": "..."}` with the matching HTTP status; bad input is a 4xx
-(FastAPI's 422 names the missing or invalid field), never a 500.
+(FastAPI's 422 names the missing or invalid field), never a 500 or a 503.
+
+The OpenAPI document is a contract that tests/fuzz/test_admin_api_fuzz.py checks with
+schemathesis against a running scheduler: every status an operation can answer is
+declared (`responses=`), every input the handlers would refuse is refused by the schema
+first where JSON Schema can say it (model-id pattern, no NUL characters, bounded
+offsets, RFC 3339 `since`), and a 405 carries an `Allow` header listing the methods of
+the path. Rules JSON Schema cannot state (storage URI xor path, minCopies <= maxCopies,
+resource documents) answer 400 with a message.
 """
 
 from __future__ import annotations
@@ -11,18 +19,22 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hmac
+import re
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 from redis.exceptions import RedisError
+from starlette.convertors import StringConvertor, register_url_convertor
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unauthenticated
 from meshserve.scheduler.live import redis_unavailable
 from meshserve.scheduler.registry import RuntimeRecord
-from meshserve.scheduler.resources import Applied, ResourceStore, identify
+from meshserve.scheduler.resources import KINDS, Applied, ResourceStore, identify
 from meshserve.scheduler.service import ModelSpec, SchedulerService
 from meshserve.scheduler.status import (
     LOADED,
@@ -36,6 +48,89 @@ from meshserve.scheduler.status import (
 # ModelMesh Serving's CR words for the model states
 CR_STATE = {NOT_LOADED: "Standby", LOADING: "Loading", LOADED: "Loaded", LOADING_FAILED: "FailedToLoad"}
 
+MODEL_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,252}$"
+"""What `meshserve.common.storage.check_model_id` allows (a model id becomes a folder
+name): letters, digits, '-', '_' and '.', 1..253 characters, not starting with '.'."""
+NO_NUL_PATTERN = r"^[^\x00]*$"
+"""Postgres text and JSONB cannot hold NUL, so no stored string may contain one."""
+MAX_OFFSET = 1_000_000_000
+"""Far beyond any real listing, far below Postgres' bigint OFFSET limit."""
+
+
+
+class _IdConvertor(StringConvertor):
+    """A path segment without ':' (no model id has one), so `GET /v1/models/x:load` is
+    not routed to `GET /v1/models/{model_id}` as id 'x:load' but answered 405."""
+
+    regex = "[^/:]+"
+
+
+register_url_convertor("meshid", _IdConvertor())
+
+ModelIdPath = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description="a model id (see POST /v1/models)")]
+NameText = Annotated[str, Field(min_length=1, max_length=253, pattern=NO_NUL_PATTERN)]
+NamePath = Annotated[str, Path(min_length=1, max_length=253, pattern=NO_NUL_PATTERN)]
+Text = Annotated[str, Field(pattern=NO_NUL_PATTERN)]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="items to return")]
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    # pydantic alone would also take a number as Unix time (`since=0.5`) or a zone-less time
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time with a zone, e.g. 2024-05-01T12:00:00Z")
+    return value
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError as err:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValueError("date-time is out of range") from err
+
+
+Since = Annotated[
+    dt.datetime | None,
+    BeforeValidator(_rfc3339_text),
+    AfterValidator(_utc),
+    Query(description="only events at or after this RFC 3339 date-time (with a zone)"),
+]
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+_WHY = {
+    400: "the request breaks a rule the schema cannot state; `error` says which",
+    401: "a token is configured and the request lacks `Authorization: Bearer <token>`",
+    404: "no such object",
+    409: "the object already exists or conflicts with another",
+    412: "the object is not in a state that allows this",
+    503: "Redis or Postgres is unavailable; retry later",
+    504: "a runtime pod did not answer in time",
+    507: "no runtime pod has room for the model",
+}
+
+
+def _answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for the error statuses an operation can answer (400 and 503
+    always: the registry refuses values it cannot store, and the stores can be down)."""
+    return {c: {"model": ErrorBody, "description": _WHY[c]} for c in sorted({400, 503, *codes})}
+
+
+def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """`openapi_extra` for a handler that reads the raw request body itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
 
 class Camel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
@@ -44,19 +139,36 @@ class Camel(BaseModel):
 class ModelCreate(Camel):
     """A model to register. `name` becomes the model id clients call."""
 
-    name: str = Field(min_length=1, max_length=253, description="model id, e.g. example-sklearn-isvc")
-    format: str = Field(min_length=1, description="model format: sklearn, xgboost, lightgbm, ...")
-    storage_uri: str | None = Field(default=None, description="s3://bucket/key, pvc://name/path, https://...")
-    storage_key: str | None = Field(default=None, description="key in the storage-config secret")
-    storage_path: str | None = None
-    storage_params: dict[str, str] = Field(default_factory=dict)
-    runtime: str | None = Field(default=None, description="runtime name; empty: auto-select by format")
-    format_version: str | None = None
-    protocol_version: str | None = None
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=MODEL_ID_PATTERN,
+        description="model id, e.g. example-sklearn-isvc: letters, digits, '-', '_', '.'; not starting with '.'",
+    )
+    format: Text = Field(min_length=1, description="model format: sklearn, xgboost, lightgbm, ...")
+    storage_uri: Text | None = Field(
+        default=None,
+        description="s3://bucket/key, gs://, pvc://name/path, https://..., file://; give it or storagePath",
+    )
+    storage_key: Text | None = Field(default=None, description="key in the storage-config secret")
+    storage_path: Text | None = Field(default=None, description="path in the storage; give it or storageUri")
+    storage_params: dict[str, Text] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"pattern": NO_NUL_PATTERN}}
+    )
+    runtime: Text | None = Field(default=None, description="runtime name; empty: auto-select by format")
+    format_version: Text | None = None
+    protocol_version: Text | None = None
     size_bytes: int = Field(default=0, ge=0, description="declared memory size, if known")
     min_copies: int = Field(default=0, ge=0, le=100)
-    max_copies: int = Field(default=0, ge=0, le=100)
+    max_copies: int = Field(default=0, ge=0, le=100, description="0: no upper bound; else at least minCopies")
     load_now: bool = False
+
+    @field_validator("storage_params")
+    @classmethod
+    def _params(cls, v: dict[str, str]) -> dict[str, str]:
+        if any("\x00" in key for key in v):
+            raise ValueError("storage parameter names may not contain NUL")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -70,8 +182,8 @@ class ModelCreate(Camel):
 
 
 class VModelSet(Camel):
-    target_model_id: str = Field(min_length=1)
-    owner: str = ""
+    target_model_id: str = Field(min_length=1, max_length=253, pattern=MODEL_ID_PATTERN)
+    owner: Text = ""
     auto_delete: bool = False
     force: bool = False
 
@@ -87,6 +199,15 @@ def create_app(service: SchedulerService) -> FastAPI:
     @app.exception_handler(MeshError)
     async def _mesh_error(request: Request, err: MeshError) -> JSONResponse:
         return JSONResponse({"error": err.message}, status_code=err.http_status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> Response:
+        headers = dict(err.headers or {})
+        if err.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(app, request))
+        if err.status_code in (204, 304):
+            return Response(status_code=err.status_code, headers=headers)
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=headers)
 
     @app.exception_handler(RedisError)
     async def _redis_error(request: Request, err: RedisError) -> JSONResponse:
@@ -130,7 +251,7 @@ def create_app(service: SchedulerService) -> FastAPI:
             view["events"] = [_event_json(e) for e in await service.registry.list_events(model_id=model_id, limit=10)]
         return view
 
-    @app.post("/v1/models", status_code=201, dependencies=mutate)
+    @app.post("/v1/models", status_code=201, dependencies=mutate, responses=_answers(401, 409))
     async def register(body: ModelCreate) -> dict[str, Any]:
         await service.register_model(
             ModelSpec(
@@ -151,10 +272,8 @@ def create_app(service: SchedulerService) -> FastAPI:
         )
         return await model_view(body.name, events=False)
 
-    @app.get("/v1/models")
-    async def list_models(
-        offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-    ) -> dict[str, Any]:
+    @app.get("/v1/models", responses=_answers())
+    async def list_models(offset: Offset = 0, limit: Limit = 100) -> dict[str, Any]:
         records, total = await service.registry.list_models(offset=offset, limit=limit)
         items = []
         for record in records:
@@ -163,29 +282,34 @@ def create_app(service: SchedulerService) -> FastAPI:
             items.append(_model_json(record, state, hits=hits, last_used_ms=last_used_ms))
         return {"items": items, "total": total, "offset": offset, "limit": limit}
 
-    @app.get("/v1/models/{model_id}")
-    async def get_model(model_id: str) -> dict[str, Any]:
+    @app.get("/v1/models/{model_id:meshid}", responses=_answers(404))
+    async def get_model(model_id: ModelIdPath) -> dict[str, Any]:
         return await model_view(model_id, events=True)
 
-    @app.delete("/v1/models/{model_id}", status_code=204, dependencies=mutate, response_class=Response, response_model=None)
-    async def delete_model(model_id: str) -> None:
+    @app.delete(
+        "/v1/models/{model_id:meshid}",
+        status_code=204,
+        dependencies=mutate,
+        response_class=Response,
+        response_model=None,
+        responses=_answers(401, 404),
+    )
+    async def delete_model(model_id: ModelIdPath) -> None:
         await service.unregister_model(model_id)
 
-    @app.post("/v1/models/{model_id}:load", dependencies=mutate)
-    async def load(model_id: str) -> dict[str, Any]:
+    @app.post("/v1/models/{model_id}:load", dependencies=mutate, responses=_answers(401, 404, 412, 504, 507))
+    async def load(model_id: ModelIdPath) -> dict[str, Any]:
         await service.retry_load(model_id)
         return await model_view(model_id, events=False)
 
-    @app.post("/v1/models/{model_id}:unload", dependencies=mutate)
-    async def unload(model_id: str) -> dict[str, Any]:
+    @app.post("/v1/models/{model_id}:unload", dependencies=mutate, responses=_answers(401, 404, 412, 504))
+    async def unload(model_id: ModelIdPath) -> dict[str, Any]:
         await service.registry.get_model(model_id)
         n = await service.unload(model_id)
         return {"unloaded": n, **await model_view(model_id, events=False)}
 
-    @app.get("/v1/vmodels")
-    async def list_vmodels(
-        offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-    ) -> dict[str, Any]:
+    @app.get("/v1/vmodels", responses=_answers())
+    async def list_vmodels(offset: Offset = 0, limit: Limit = 100) -> dict[str, Any]:
         records, total = await service.registry.list_vmodels(offset=offset, limit=limit)
         return {
             "items": [
@@ -197,8 +321,8 @@ def create_app(service: SchedulerService) -> FastAPI:
             "limit": limit,
         }
 
-    @app.put("/v1/vmodels/{vmodel_id}", dependencies=mutate)
-    async def set_vmodel(vmodel_id: str, body: VModelSet) -> dict[str, Any]:
+    @app.put("/v1/vmodels/{vmodel_id:meshid}", dependencies=mutate, responses=_answers(401, 404, 409, 412))
+    async def set_vmodel(vmodel_id: ModelIdPath, body: VModelSet) -> dict[str, Any]:
         await service.vmodels.set_vmodel(
             vmodel_id=vmodel_id,
             target_model_id=body.target_model_id,
@@ -223,17 +347,24 @@ def create_app(service: SchedulerService) -> FastAPI:
             "targetErrors": list(target.errors) if target else [],
         }
 
-    @app.get("/v1/vmodels/{vmodel_id}")
-    async def get_vmodel(vmodel_id: str) -> dict[str, Any]:
+    @app.get("/v1/vmodels/{vmodel_id:meshid}", responses=_answers(404))
+    async def get_vmodel(vmodel_id: ModelIdPath) -> dict[str, Any]:
         return await vmodel_view(vmodel_id)
 
-    @app.delete("/v1/vmodels/{vmodel_id}", status_code=204, dependencies=mutate, response_class=Response, response_model=None)
-    async def delete_vmodel(vmodel_id: str) -> None:
+    @app.delete(
+        "/v1/vmodels/{vmodel_id:meshid}",
+        status_code=204,
+        dependencies=mutate,
+        response_class=Response,
+        response_model=None,
+        responses=_answers(401, 404, 409, 412),
+    )
+    async def delete_vmodel(vmodel_id: ModelIdPath) -> None:
         if await service.registry.get_vmodel(vmodel_id) is None:
             raise NotFound(f"vmodel {vmodel_id!r} not found")
         await service.vmodels.delete_vmodel(vmodel_id)
 
-    @app.get("/v1/pods")
+    @app.get("/v1/pods", responses=_answers())
     async def list_pods() -> dict[str, Any]:
         items = []
         for snap in (await service.live.placement_snapshot(await service.live.pod_ids())).pods:
@@ -255,21 +386,27 @@ def create_app(service: SchedulerService) -> FastAPI:
             )
         return {"items": items, "total": len(items)}
 
-    @app.get("/v1/runtimes")
-    async def list_runtimes(
-        offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-    ) -> dict[str, Any]:
+    @app.get("/v1/runtimes", responses=_answers())
+    async def list_runtimes(offset: Offset = 0, limit: Limit = 100) -> dict[str, Any]:
         records, total = await service.registry.list_runtimes(offset=offset, limit=limit)
         return {"items": [_runtime_json(r) for r in records], "total": total, "offset": offset, "limit": limit}
 
-    @app.post("/v1/pods/{pod_id}:drain", dependencies=mutate)
-    async def drain(pod_id: str) -> dict[str, Any]:
+    @app.post("/v1/pods/{pod_id}:drain", dependencies=mutate, responses=_answers(401, 404, 412, 504))
+    async def drain(pod_id: NamePath) -> dict[str, Any]:
         return await service.drain_pod(pod_id)
 
     # -- local-mode resources (what `meshserve apply -f` writes; the controller watches it)
     store = ResourceStore(service.registry)
 
-    @app.post("/v1/resources", dependencies=mutate)
+    @app.post(
+        "/v1/resources",
+        dependencies=mutate,
+        responses=_answers(401, 409),
+        openapi_extra=_json_body(
+            {"anyOf": [RESOURCE_SCHEMA, {"type": "array", "items": RESOURCE_SCHEMA}]},
+            "one resource document (a Kubernetes-style object) or a list of them; all are validated before any is stored",
+        ),
+    )
     async def apply_resources(request: Request) -> dict[str, Any]:
         try:
             body = await request.json()
@@ -277,18 +414,31 @@ def create_app(service: SchedulerService) -> FastAPI:
             raise InvalidArgument("the body must be a JSON object or a JSON list of objects") from err
         docs = body if isinstance(body, list) else [body]
         for doc in docs:
+            _check_document(doc)
             identify(doc)  # all or nothing: validate every document first
         return {"items": [_applied_json(await store.apply(doc)) for doc in docs]}
 
-    @app.get("/v1/resources")
-    async def list_resources(kind: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+    @app.get("/v1/resources", responses=_answers())
+    async def list_resources(
+        kind: Annotated[str | None, Query(pattern=NO_NUL_PATTERN)] = None,
+        namespace: Annotated[str | None, Query(pattern=NO_NUL_PATTERN)] = None,
+    ) -> dict[str, Any]:
         items, version = await store.list(kind=kind, namespace=namespace)
         return {"items": items, "resourceVersion": version}
 
-    @app.get("/v1/resources:watch")
+    @app.get(
+        "/v1/resources:watch",
+        responses=_answers(),
+        summary="Long poll for resource changes",
+        description=(
+            "Not a stream: one JSON answer. Answers as soon as there are changes after `resourceVersion`, "
+            "else after `timeoutSeconds` (at most 300) with no events; call again from the `resourceVersion` "
+            "answered. Clients need a read timeout above `timeoutSeconds`."
+        ),
+    )
     async def watch_resources(
-        resourceVersion: Annotated[int, Query(ge=0)] = 0,
-        timeoutSeconds: Annotated[float, Query(ge=0, le=300)] = 30,
+        resourceVersion: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+        timeoutSeconds: Annotated[float, Query(ge=0, le=300, allow_inf_nan=False)] = 30,
     ) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeoutSeconds
         while True:
@@ -301,17 +451,22 @@ def create_app(service: SchedulerService) -> FastAPI:
                 }
             await asyncio.sleep(0.2)
 
-    @app.get("/v1/resources/{kind}/{namespace}/{name}")
-    async def get_resource(kind: str, namespace: str, name: str) -> dict[str, Any]:
+    @app.get("/v1/resources/{kind}/{namespace}/{name}", responses=_answers(404))
+    async def get_resource(kind: NamePath, namespace: NamePath, name: NamePath) -> dict[str, Any]:
         return await store.get(kind, "" if namespace == "_" else namespace, name)
 
-    @app.delete("/v1/resources/{kind}/{namespace}/{name}", dependencies=mutate)
-    async def delete_resource(kind: str, namespace: str, name: str) -> dict[str, Any]:
+    @app.delete("/v1/resources/{kind}/{namespace}/{name}", dependencies=mutate, responses=_answers(401, 404))
+    async def delete_resource(kind: NamePath, namespace: NamePath, name: NamePath) -> dict[str, Any]:
         await store.delete(kind, "" if namespace == "_" else namespace, name)
         return {"deleted": True}
 
-    @app.patch("/v1/resources/{kind}/{namespace}/{name}/status", dependencies=mutate)
-    async def patch_status(kind: str, namespace: str, name: str, request: Request) -> dict[str, Any]:
+    @app.patch(
+        "/v1/resources/{kind}/{namespace}/{name}/status",
+        dependencies=mutate,
+        responses=_answers(401, 404, 409),
+        openapi_extra=_json_body({"type": "object"}, "a JSON merge patch of the resource's status"),
+    )
+    async def patch_status(kind: NamePath, namespace: NamePath, name: NamePath, request: Request) -> dict[str, Any]:
         try:
             patch = await request.json()
         except ValueError as err:
@@ -320,18 +475,57 @@ def create_app(service: SchedulerService) -> FastAPI:
             raise InvalidArgument("the body must be a JSON object (a merge patch of status)")
         return await store.patch_status(kind, "" if namespace == "_" else namespace, name, patch)
 
-    @app.get("/v1/events")
+    @app.get("/v1/events", responses=_answers())
     async def events(
-        model: str | None = None,
-        pod: str | None = None,
-        since: dt.datetime | None = None,
-        offset: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        model: Annotated[str | None, Query(pattern=NO_NUL_PATTERN)] = None,
+        pod: Annotated[str | None, Query(pattern=NO_NUL_PATTERN)] = None,
+        since: Since = None,
+        offset: Offset = 0,
+        limit: Limit = 100,
     ) -> dict[str, Any]:
         rows = await service.registry.list_events(model_id=model, pod_id=pod, since=since, offset=offset, limit=limit)
         return {"items": [_event_json(e) for e in rows], "offset": offset, "limit": limit}
 
     return app
+
+
+RESOURCE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["kind", "metadata"],
+    "properties": {
+        "kind": {"type": "string", "enum": sorted(KINDS)},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "namespace": {"type": ["string", "null"]},
+            },
+        },
+    },
+}
+
+
+def _check_document(doc: Any) -> None:
+    """What RESOURCE_SCHEMA states about types; `identify` checks presence and kind."""
+    if isinstance(doc, dict) and doc.get("kind") is not None and not isinstance(doc["kind"], str):
+        raise InvalidArgument("kind must be a string")
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    if not isinstance(meta, dict):
+        return  # identify() names the problem
+    for key in ("name", "namespace"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise InvalidArgument(f"metadata.{key} must be a string")
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method of the routes whose path matches the request's (Starlette's own 405
+    names only the first such route's)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(route.methods)  # type: ignore[attr-defined]
+    return sorted(methods)
 
 
 def _applied_json(a: Applied) -> dict[str, Any]:

@@ -3,7 +3,9 @@ vmodels and the event log of every placement decision.
 
 Schema changes go through Alembic (`python -m meshserve.scheduler migrate`); the
 tables here must match the latest migration (a test compares them). Driver errors
-are translated into `Unavailable` so callers answer 503 / UNAVAILABLE, never 500.
+are translated into `Unavailable` so callers answer 503 / UNAVAILABLE, never 500,
+except a value Postgres cannot take (a NUL in text, a number out of range): that is
+the caller's mistake, `InvalidArgument` (400 / INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -35,7 +37,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from meshserve.common.errors import AlreadyExists, NotFound, Unavailable
+from meshserve.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 
 
 class Base(DeclarativeBase):
@@ -217,6 +219,11 @@ class Registry:
                 yield session
         except IntegrityError:
             raise
+        except DataError as err:
+            # the message names no value: it could be part of a secret's storage parameters
+            raise InvalidArgument(
+                "a value in the request cannot be stored (a NUL character, or a number out of range)"
+            ) from err
         except (OperationalError, DBAPIError, OSError) as err:
             raise Unavailable(f"the model registry (Postgres) is unavailable: {type(err).__name__}") from err
 
