@@ -43,30 +43,29 @@ def test_per_model_labels_are_opt_in() -> None:
     assert _value(per_model, "modelmesh_invoke_model_milliseconds_count", labelled) == 0  # not observed
 
 
-def test_a_doors_latency_reaches_upstreams_histogram_with_the_status() -> None:
+def test_a_doors_request_reaches_ours_and_upstreams_histograms_with_the_status() -> None:
     mm = metrics.modelmesh()
     ok = ("ModelReady", "OK")
     before = mm.api.labels(*ok)._sum.get()  # type: ignore[attr-defined]
-
-    async def door() -> None:
-        metrics.LATENCY.labels("grpc", "ModelReady").observe(0.25)
-        metrics.count("m-doors", "grpc", "ModelReady", "OK")
-        metrics.count("m-doors", "grpc", "ModelReady", "OK")  # a second count has no time to give
-
-    asyncio.run(door())
+    ours = metrics.LATENCY.labels("grpc", "ModelReady")._sum.get()  # type: ignore[attr-defined]
+    metrics.observe_request(model="m-doors", protocol="grpc", method="ModelReady", code="OK", seconds=0.25)
+    metrics.count("m-doors", "grpc", "ModelReady", "OK")  # a stream: counted, no time
     assert mm.api.labels(*ok)._sum.get() - before == pytest.approx(250.0)  # type: ignore[attr-defined]
+    assert metrics.LATENCY.labels("grpc", "ModelReady")._sum.get() - ours == pytest.approx(0.25)  # type: ignore[attr-defined]
+    counted = metrics.REQUESTS.labels("m-doors", "grpc", "ModelReady", "OK")._value.get()  # type: ignore[attr-defined]
+    assert counted == 2
 
 
-def test_a_miss_labels_the_delay_of_the_same_task() -> None:
+def test_a_miss_labels_the_delay_of_its_model() -> None:
     registry = CollectorRegistry()
     mm = metrics.ModelMeshMetrics(per_model=True, registry=registry)
     saved = metrics._mm
     metrics._mm = mm
     try:
         async def request(model: str, seconds: float) -> None:
-            metrics.MISSES.labels(model).inc()
+            metrics.miss(model)
             await asyncio.sleep(0)  # the other request's miss comes in between
-            metrics.COLD_WAIT.observe(seconds)
+            metrics.cold_wait(model, seconds)
 
         async def both() -> None:
             await asyncio.gather(request("a", 0.1), request("b", 0.2))

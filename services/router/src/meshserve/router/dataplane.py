@@ -107,14 +107,14 @@ class DataPlane:
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        metrics.MISSES.labels(model_id).inc()
+        metrics.miss(model_id)
         started = time.monotonic()
         try:
             return await asyncio.wait_for(asyncio.shield(future), budget)
         except TimeoutError as err:
             raise DeadlineExceeded(f"deadline exceeded waiting for a copy of {model_id!r} to load") from err
         finally:
-            metrics.COLD_WAIT.observe(time.monotonic() - started)
+            metrics.cold_wait(model_id, time.monotonic() - started)
 
     async def _ensure_call(
         self, model_id: str, future: asyncio.Future[tuple[Endpoint, ...]], budget: float, suspect: str | None

@@ -13,14 +13,12 @@ Two families sit side by side:
   misses. Load, unload and model counts come from the scheduler, per-pod capacity from
   each pod's puller.
 
-Every request is counted once: by the Python doors (server.py, rest.py, other_rpcs.py) for
-what they serve, and from Envoy's access log (`app._served_by_envoy`, `observe_request`)
-for what Envoy forwards straight to a pod.
+Every request is counted once, by `observe_request`: from the Python doors (server.py,
+rest.py, other_rpcs.py) for what they serve, and from Envoy's access log
+(`app._served_by_envoy`) for what Envoy forwards straight to a pod.
 """
 
 from __future__ import annotations
-
-from contextvars import ContextVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -29,7 +27,7 @@ REQUESTS = Counter(
     "Requests by model, protocol, method and status",
     ["model", "protocol", "method", "code"],
 )
-_LATENCY = Histogram(
+LATENCY = Histogram(
     "meshserve_router_request_seconds",
     "Request latency through the router",
     ["protocol", "method"],
@@ -153,90 +151,41 @@ def modelmesh() -> ModelMeshMetrics:
     return _mm or configure(per_model=False)
 
 
-# -- the Python doors' hand-offs ---------------------------------------------------------
-# The doors observe LATENCY and then call count() with the status, in that order in the same
-# task (server.py, rest.py, other_rpcs.py); the data plane counts a miss, then, in the same
-# task, observes how long the request waited (dataplane.py). Each first step leaves what it
-# knows in a context variable (one per task), for the second, which knows the rest.
-_pending: ContextVar[tuple[str, str, float] | None] = ContextVar("meshserve_router_pending", default=None)
-_missed: ContextVar[str] = ContextVar("meshserve_router_missed", default="")
-
-
-class _LatencyChild:
-    def __init__(self, child: object, protocol: str, method: str) -> None:
-        self._child = child
-        self._protocol = protocol
-        self._method = method
-
-    def observe(self, seconds: float) -> None:
-        self._child.observe(seconds)  # type: ignore[attr-defined]
-        _pending.set((self._protocol, self._method, seconds))
-
-
-class _Latency:
-    """meshserve_router_request_seconds; what a door observes also reaches count()."""
-
-    def labels(self, protocol: str, method: str) -> _LatencyChild:
-        return _LatencyChild(_LATENCY.labels(protocol, method), protocol, method)
-
-
-class _MissChild:
-    def __init__(self, model: str) -> None:
-        self._model = model
-
-    def inc(self, amount: float = 1) -> None:
-        _MISSES.labels(self._model).inc(amount)
-        _missed.set(self._model)
-
-
-class _Misses:
-    """meshserve_router_misses_total{model}; the model also labels the cache-miss delay."""
-
-    def labels(self, model: str) -> _MissChild:
-        return _MissChild(model)
-
-
-class _ColdWait:
-    """meshserve_router_cold_wait_seconds, and upstream's cache-miss delay beside it."""
-
-    def observe(self, seconds: float) -> None:
-        _COLD_WAIT.observe(seconds)
-        modelmesh().miss(model=_missed.get(), seconds=seconds)
-
-
-LATENCY = _Latency()
-MISSES = _Misses()
-COLD_WAIT = _ColdWait()
-
+# -- what the doors call ----------------------------------------------------------------
 _counters: dict[tuple[str, str, str, str], object] = {}
 
 
-def count(model: str, protocol: str, method: str, code: str) -> None:
-    """Increment the request counter; label children are cached (labels() costs a lock and a dict).
-    A request time the door has just observed for the same protocol and method goes to
-    upstream's request histogram with this code."""
-    key = (model, protocol, method, code)
+def _count(key: tuple[str, str, str, str]) -> None:
     child = _counters.get(key)
-    if child is None:
+    if child is None:  # label children are cached: labels() costs a lock and a dict
         child = _counters[key] = REQUESTS.labels(*key)
     child.inc()  # type: ignore[attr-defined]
-    pending = _pending.get()
-    if pending is not None and pending[0] == protocol and pending[1] == method:
-        modelmesh().request(model=model, method=method, code=code, seconds=pending[2])
-        _pending.set(None)
+
+
+def count(model: str, protocol: str, method: str, code: str) -> None:
+    """Only the request counter: a stream, whose duration is no request time."""
+    _count((model, protocol, method, code))
+
+
+def miss(model: str) -> None:
+    """A request found no loaded copy of `model` (the data plane asks the scheduler)."""
+    _MISSES.labels(model).inc()
+
+
+def cold_wait(model: str, seconds: float) -> None:
+    """How long a request waited for `model` to load."""
+    _COLD_WAIT.observe(seconds)
+    modelmesh().miss(model=model, seconds=seconds)
 
 
 def observe_request(
     *, model: str, protocol: str, method: str, code: str, seconds: float,
     invoke_seconds: float | None = None, request_bytes: int | None = None, response_bytes: int | None = None,
 ) -> None:
-    """One request served without the Python doors (Envoy's access log): every family."""
-    key = (model, protocol, method, code)
-    child = _counters.get(key)
-    if child is None:
-        child = _counters[key] = REQUESTS.labels(*key)
-    child.inc()  # type: ignore[attr-defined]
-    _LATENCY.labels(protocol, method).observe(seconds)
+    """One request answered, by a Python door or by Envoy (from its access log): every family.
+    `code`: the gRPC status name, or the HTTP status of a REST answer."""
+    _count((model, protocol, method, code))
+    LATENCY.labels(protocol, method).observe(seconds)
     modelmesh().request(
         model=model, method=method, code=code, seconds=seconds,
         invoke_seconds=invoke_seconds, request_bytes=request_bytes, response_bytes=response_bytes,

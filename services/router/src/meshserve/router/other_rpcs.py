@@ -278,8 +278,9 @@ class OtherRpcHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has
             if source is not None:
                 source.close()
             metrics.IN_FLIGHT.dec()
-            metrics.LATENCY.labels("grpc", label).observe(time.perf_counter() - started)
-            metrics.count(model_id, "grpc", label, code)
+            metrics.observe_request(
+                model=model_id, protocol="grpc", method=label, code=code, seconds=time.perf_counter() - started
+            )
 
     def _resolve(
         self, name: str, path: tuple[int, ...], body_name: str | None, routing: Metadata

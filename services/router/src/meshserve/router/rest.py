@@ -136,8 +136,10 @@ class RestFrontDoor:
             return _json({"error": "internal router error; see the router log"}, 500)
         finally:
             metrics.IN_FLIGHT.dec()
-            metrics.LATENCY.labels("rest", method_name or "unknown").observe(time.perf_counter() - started)
-            metrics.count(model_id, "rest", method_name or "unknown", str(status))
+            metrics.observe_request(
+                model=model_id, protocol="rest", method=method_name or "unknown", code=str(status),
+                seconds=time.perf_counter() - started,
+            )
 
 
     async def _explain(self, endpoint: Endpoint, model_id: str, body: bytes, budget: float) -> None:

@@ -66,7 +66,6 @@ class InferenceHandler(grpc.GenericRpcHandler):
 
     def _wrap(self, name: str, fn: Method) -> Handler:
         method = f"/{SERVICE}/{name}"
-        latency = metrics.LATENCY.labels("grpc", name)
 
         async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             started = time.perf_counter()
@@ -83,8 +82,9 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 await context.abort(status, message)
             finally:
                 metrics.IN_FLIGHT.dec()
-                latency.observe(time.perf_counter() - started)
-                metrics.count(call.model, "grpc", name, code)
+                metrics.observe_request(
+                    model=call.model, protocol="grpc", method=name, code=code, seconds=time.perf_counter() - started
+                )
             raise AssertionError("unreachable")
 
         return handler
