@@ -199,3 +199,13 @@ async def test_clearing_a_pods_failures_forgets_only_that_pods(live: LiveState) 
     assert await live.failed_pods("m1", ["pod-a", "pod-ab", "pod-b"]) == {"pod-ab": "Stream removed", "pod-b": "Stream removed"}
     assert await live.failed_pods("m2", ["pod-a"]) == {}
     assert await live.clear_pod_failures("pod-a") == 0
+
+
+async def test_failed_models_are_those_with_a_failure_on_some_pod(live: LiveState) -> None:
+    assert await live.failed_models() == set()
+    await live.record_failure(model_id="m.1", pod_id="pod-a", reason="x", ttl_seconds=900)
+    await live.record_failure(model_id="m.1", pod_id="pod-b", reason="x", ttl_seconds=900)
+    await live.record_failure(model_id="m-2", pod_id="pod-a", reason="x", ttl_seconds=900)
+    assert await live.failed_models() == {"m.1", "m-2"}
+    await live.clear_failures("m.1")
+    assert await live.failed_models() == {"m-2"}

@@ -496,6 +496,15 @@ class LiveState:
         values = await self.redis.mget([f"{self.p}:fail:{model_id}:{pod}" for pod in ids])
         return {pod: v for pod, v in zip(ids, values, strict=True) if v is not None}
 
+    async def failed_models(self) -> set[str]:
+        """Models with a load failure still in its back-off on some pod (a SCAN of the
+        failure keys: a metrics refresh's cost, not a request's)."""
+        prefix = f"{self.p}:fail:"
+        return {
+            key[len(prefix):].rsplit(":", 1)[0]
+            async for key in self.redis.scan_iter(match=f"{prefix}*", count=1000)
+        }
+
     async def clear_pod_failures(self, pod_id: str) -> int:
         """Forget the load failures recorded on `pod_id` (it is gone, or came back as a new
         process under the same name, as a restarted container does); returns how many."""

@@ -357,11 +357,7 @@ class SchedulerService:
         """Upstream's deployment-wide model counts, from live state (the leader's duty)."""
         ids = await self.live.model_ids()
         copies = await self.live.copies_many(ids)
-        prefix = f"{self.live.p}:fail:"
-        failed = {
-            key[len(prefix):].rsplit(":", 1)[0]
-            async for key in self.live.redis.scan_iter(match=f"{prefix}*", count=1000)
-        }
+        failed = await self.live.failed_models()
         counts = metrics.model_counts(ids, {m: [c.state for c in cs] for m, cs in copies.items()}, failed)
         metrics.current().model_counts.publish(counts)
         return counts
