@@ -6,6 +6,7 @@ unknown model, bad input, usage reports, and no Envoy started."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,10 @@ def test_the_python_router_serves_both_doors_and_reports_usage(pstack: Stack, un
     assert not [c for c in _children_commands(router.popen.pid) if "envoy" in c]
     metrics = httpx.get(f"{pstack.router_rest}/metrics", timeout=10).text
     assert "meshserve_router_envoy_forwarded_total{" not in metrics
+    # upstream's time-on-pod and sizes are measured by the Python door too
+    for family in ("modelmesh_invoke_model_milliseconds", "modelmesh_request_size_bytes", "modelmesh_response_size_bytes"):
+        found = re.search(rf'^{family}_count{{code="OK",method="ModelInfer"}} (\S+)$', metrics, re.M)
+        assert found is not None and float(found.group(1)) >= 6, family
 
 
 def test_unknown_models_and_bad_tensors_get_the_same_answers(pstack: Stack, unique: str) -> None:

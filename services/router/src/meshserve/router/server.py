@@ -30,10 +30,13 @@ SERVICE = "inference.GRPCInferenceService"
 class _Call:
     """What the metrics of one call need to know (filled in as the call proceeds)."""
 
-    __slots__ = ("model",)
+    __slots__ = ("invoke_seconds", "model", "request_bytes", "response_bytes")
 
     def __init__(self) -> None:
         self.model = ""
+        self.invoke_seconds: float | None = None  # the forward to the model server that answered
+        self.request_bytes: int | None = None
+        self.response_bytes: int | None = None
 
 
 Method = Callable[[str, bytes, grpc.aio.ServicerContext, _Call], Awaitable[bytes]]
@@ -83,7 +86,9 @@ class InferenceHandler(grpc.GenericRpcHandler):
             finally:
                 metrics.IN_FLIGHT.dec()
                 metrics.observe_request(
-                    model=call.model, protocol="grpc", method=name, code=code, seconds=time.perf_counter() - started
+                    model=call.model, protocol="grpc", method=name, code=code, seconds=time.perf_counter() - started,
+                    invoke_seconds=call.invoke_seconds, request_bytes=call.request_bytes,
+                    response_bytes=call.response_bytes,
                 )
             raise AssertionError("unreachable")
 
@@ -123,7 +128,11 @@ class InferenceHandler(grpc.GenericRpcHandler):
         upstream = self.upstream
 
         async def send(endpoint: Endpoint, budget: float) -> bytes:
-            return await upstream.send(endpoint.grpc_address, method, payload, forwarded, budget)
+            sent = time.perf_counter()
+            reply = await upstream.send(endpoint.grpc_address, method, payload, forwarded, budget)
+            call.invoke_seconds = time.perf_counter() - sent
+            call.request_bytes, call.response_bytes = len(payload), len(reply)
+            return reply
 
         return await self.dp.call(model_id, send, budget=self._budget(context))
 
