@@ -211,21 +211,27 @@ def test_a_pod_killed_while_loading_leaves_no_reservation(stack: Stack, dev: Dev
         wait_for(lambda: [p for p in pods_of(stack, "mlserver-custom") if p["loading"] >= 1], timeout=60, what="the load in progress")
         before = pod_status(stack)[pod["id"]]
         os.kill(before["pids"]["puller"], signal.SIGKILL)
+        # the replacement is a new process: the scheduler may load the model there again (the
+        # failure recorded on the dead one is forgotten), so let any such load finish
+        gate.write_text("")
         caller.join(timeout=120)
         assert not caller.is_alive()
         wait_for(lambda: pod_status(stack).get(pod["id"], {}).get("restarts") == before["restarts"] + 1,
                  timeout=60, what="the pod restarted")
 
         def clean() -> dict[str, Any] | None:
+            """The replacement's accounting holds only what it really loaded: nothing left
+            reserved by the killed load (no load in progress, allocated = its copies)."""
             mine = [p for p in pods_of(stack, "mlserver-custom") if p["id"] == pod["id"]]
             if not mine or mine[0]["grpcAddress"] == pod["grpcAddress"]:
                 return None   # the replacement has not reported yet
             state = mine[0]
-            return state if state["allocatedBytes"] == 0 and state["loading"] == 0 and state["models"] == [] else None
+            held = sum(m["bytes"] for m in state["models"])
+            return state if state["loading"] == 0 and state["allocatedBytes"] == held else None
 
-        wait_for(clean, timeout=60, what="the replacement pod with nothing reserved")
+        wait_for(clean, timeout=60, what="the replacement pod with nothing left reserved")
         copies = stack.admin("GET", f"/v1/models/{model}").json()["copies"]
-        assert copies == [], copies
+        assert all(c["state"] == "loaded" for c in copies), copies  # a new load may have placed it anywhere
     finally:
         gate.write_text("")
         run_cli("delete", "-f", str(CUSTOM_RUNTIME_YAML), "-f", "-", "--admin", stack.admin_url, stdin=yaml.safe_dump(isvc))
