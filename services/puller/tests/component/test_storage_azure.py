@@ -127,9 +127,9 @@ def test_missing_blob_container_and_fields_are_clear_failures(
         "no container": ({"type": "azure", "connection_string": "x"}, "'container' missing"),
         "bad string": ({"type": "azure", "connection_string": "garbage", "container": "c"}, "'connection_string' is malformed"),
         "no account": ({"type": "azure", "container": "c"}, "'account_name' \\(or 'connection_string'\\) missing"),
-        "service principal": (
-            {"type": "azure", "account_name": ACCOUNT, "container": "c", "client_id": "i", "client_secret": "sp-secret-value", "tenant_id": "t"},
-            "service principal auth .* is not supported",
+        "service principal without a tenant": (  # the full flow: test_storage_azure_identity.py
+            {"type": "azure", "account_name": ACCOUNT, "container": "c", "client_id": "i", "client_secret": "sp-secret-value"},
+            "'tenant_id' is required for service principal auth",
         ),
     }
     for name, (entry, message) in cases.items():

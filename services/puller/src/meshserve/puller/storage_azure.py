@@ -14,8 +14,15 @@ Storage-config fields:
   `endpoint` overriding the account URL `https://<account_name>.blob.core.windows.net`
   (e.g. `http://127.0.0.1:10000/devstoreaccount1` for Azurite).
 - or `account_name` alone: anonymous reads of a public container.
-- `client_id` / `client_secret` / `tenant_id` (a service principal, upstream's other
-  option) are refused with a clear message: they need azure-identity, not installed.
+- or `account_name` + `client_id` / `client_secret` / `tenant_id` (a service principal,
+  upstream's other option): azure-identity's `ClientSecretCredential` gets OAuth tokens
+  from Microsoft Entra ID (`authority_host`, not an upstream field, names another
+  authority: a sovereign cloud, or a test's token endpoint). Bearer tokens need HTTPS.
+- `certificate` (not an upstream field for azure; as S3's): PEM text of a CA bundle the
+  blob endpoint and the authority are verified with, beside the public roots.
+
+Precedence: `connection_string`, then `account_key`, then the service principal, then
+anonymous.
 
 Every download names the ETag seen in the listing (If-Match), so the bytes on disk are
 always the version the manifest records. Retries are short (one quick retry, no retry of
@@ -45,6 +52,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 
 from meshserve.common.errors import FailedPrecondition, Unavailable
+from meshserve.puller import storage_tls
 from meshserve.puller.model_cache import ModelCache
 from meshserve.puller.storage import RemoteObject, sync_objects
 
@@ -166,12 +174,16 @@ def _container(fields: Mapping[str, Any], path: str) -> tuple[ContainerClient, s
     name = str(fields.get("container") or "")
     if not name:
         raise FailedPrecondition("required configuration 'container' missing from command")
+    principal = tuple(str(fields.get(f) or "") for f in SERVICE_PRINCIPAL_FIELDS)
+    certificate = fields.get("certificate")
     service = _service(
         str(fields.get("connection_string") or "") or None,
         str(fields.get("account_name") or "") or None,
         str(fields.get("account_key") or "") or None,
         str(fields.get("endpoint") or fields.get("endpoint_url") or "") or None,
-        has_service_principal=any(fields.get(f) for f in SERVICE_PRINCIPAL_FIELDS),
+        principal=principal if any(principal) else None,
+        authority_host=str(fields.get("authority_host") or "") or None,
+        ca_pem=storage_tls.pem_text(certificate, field="certificate") if certificate else None,
     )
     container = service.get_container_client(name)
     return container, f"{_base_url(container)}/{path.lstrip('/')}"
@@ -190,11 +202,14 @@ def _service(
     account_key: str | None,
     endpoint: str | None,
     *,
-    has_service_principal: bool,
+    principal: tuple[str, ...] | None,
+    authority_host: str | None,
+    ca_pem: str | None,
 ) -> BlobServiceClient:
     """One client per distinct set of connection settings, kept: Azure's clients are
-    thread-safe and keep their connection pool. (The cache holds the key in memory only,
-    as the client itself does.)"""
+    thread-safe and keep their connection pool (and the service principal's credential
+    its token until it expires). The cache holds the secrets in memory only, as the
+    clients themselves do."""
     options: dict[str, Any] = {
         # the SDK's default waits 15 s, then 18 s, ... between attempts
         "retry_policy": ExponentialRetry(
@@ -203,6 +218,8 @@ def _service(
         "connection_timeout": CONNECT_TIMEOUT,
         "read_timeout": READ_TIMEOUT,
     }
+    if ca_pem is not None:
+        options["connection_verify"] = storage_tls.ca_bundle_file(ca_pem)
     if connection_string:
         try:
             return BlobServiceClient.from_connection_string(connection_string, **options)
@@ -210,11 +227,6 @@ def _service(
             raise FailedPrecondition(
                 "storage config field 'connection_string' is malformed (expected AccountName=...;AccountKey=...;...)"
             ) from err
-    if has_service_principal and not account_key:
-        raise FailedPrecondition(
-            "service principal auth (client_id/client_secret/tenant_id) is not supported by this puller yet; "
-            "give a connection_string or account_name + account_key"
-        )
     if not account_name and not endpoint:
         raise FailedPrecondition("required configuration 'account_name' (or 'connection_string') missing from command")
     url = endpoint or f"https://{account_name}.blob.core.windows.net"
@@ -224,4 +236,95 @@ def _service(
         if not account_name:
             raise FailedPrecondition("storage config field 'account_name' is required with 'account_key'")
         return BlobServiceClient(url, credential=AzureNamedKeyCredential(account_name, account_key), **options)
+    if principal is not None:
+        if not url.startswith("https://"):
+            raise FailedPrecondition(
+                f"service principal auth sends bearer tokens, which need HTTPS: storage config field 'endpoint' is {url!r}"
+            )
+        credential = service_principal_credential(
+            tenant_id=principal[2], client_id=principal[0], client_secret=principal[1],
+            authority_host=authority_host, ca_file=options.get("connection_verify"),
+        )
+        return BlobServiceClient(url, credential=credential, **options)
     return BlobServiceClient(url, **options)  # anonymous: a public container
+
+
+def service_principal_credential(
+    *, tenant_id: str, client_id: str, client_secret: str, authority_host: str | None, ca_file: str | None
+) -> Any:
+    """azure-identity's ClientSecretCredential for a `type: azure` key's service principal,
+    wrapped so that a refused or failed token request becomes our error (naming the tenant,
+    the client id and the fields to check, never the secret)."""
+    for name, value in zip(SERVICE_PRINCIPAL_FIELDS, (client_id, client_secret, tenant_id), strict=True):
+        if not value:
+            raise FailedPrecondition(
+                f"storage config field {name!r} is required for service principal auth (client_id, client_secret, tenant_id)"
+            )
+    authority = authority_host or "https://login.microsoftonline.com"
+    if "://" not in authority:
+        authority = f"https://{authority}"
+    if not authority.startswith("https://"):
+        raise FailedPrecondition(f"storage config field 'authority_host' must be an https:// URL, got {authority!r}")
+    try:
+        from azure.identity import ClientSecretCredential
+    except ImportError as err:
+        raise FailedPrecondition(
+            "service principal auth (client_id/client_secret/tenant_id) needs the Python package azure-identity, "
+            "which is not installed"
+        ) from err
+    options: dict[str, Any] = {
+        "authority": authority,
+        "connection_timeout": CONNECT_TIMEOUT,
+        "read_timeout": READ_TIMEOUT,
+    }
+    if authority_host:
+        # a custom authority (a test's token endpoint, a private cloud) is not in Microsoft's
+        # list of known authorities: skip that check, its metadata comes from the authority itself
+        options["disable_instance_discovery"] = True
+    if ca_file is not None:
+        options["connection_verify"] = ca_file
+    try:
+        inner = ClientSecretCredential(tenant_id, client_id, client_secret, **options)
+    except ValueError as err:  # azure-identity checks the tenant id's characters
+        raise FailedPrecondition(f"storage config field 'tenant_id' is not a valid tenant id: {tenant_id!r}") from err
+    return _TokenErrors(inner, tenant_id=tenant_id, client_id=client_id, authority=authority)
+
+
+def _caused_by(err: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    seen: BaseException | None = err
+    for _ in range(10):  # bounded: a chain can loop through __context__
+        if seen is None:
+            return False
+        if isinstance(seen, kinds):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class _TokenErrors:
+    """A TokenCredential that turns azure-identity's failures into ours, once, at the token:
+    the blob pipeline would otherwise report them as a refused signature."""
+
+    def __init__(self, inner: Any, *, tenant_id: str, client_id: str, authority: str) -> None:
+        self._inner = inner
+        self._who = f"client id {client_id!r} of tenant {tenant_id!r} at {authority}"
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.identity import CredentialUnavailableError
+
+        try:
+            return self._inner.get_token(*scopes, **kwargs)
+        except CredentialUnavailableError as err:
+            raise Unavailable(f"cannot get a token for {self._who}; the load can be retried") from err
+        except ClientAuthenticationError as err:
+            # azure-identity keeps the authority's answer from us (`response` is None for a
+            # client-credentials grant); a transport error in the chain means no answer at all
+            if _caused_by(err, (ServiceRequestError, ServiceResponseError)):
+                raise Unavailable(f"cannot reach the authority to get a token for {self._who}") from err
+            raise FailedPrecondition(
+                f"the authority refused a token for {self._who}; "
+                "check the storage config fields 'client_id', 'client_secret' and 'tenant_id'"
+            ) from err
+
+    def close(self) -> None:
+        self._inner.close()
