@@ -19,6 +19,7 @@ META = "/inference.GRPCInferenceService/ModelMetadata"
         "could not convert string to float: 'a'",
         "Unsupported datatype FOO",
         "builtins.ValueError: bad",
+        "unpack requires a buffer of 32 bytes",  # raw contents shorter than the shape (found by tests/fuzz)
     ],
 )
 def test_mlserver_input_errors_on_infer_are_invalid_argument(details: str) -> None:
@@ -37,3 +38,11 @@ def test_only_model_infer_is_remapped() -> None:
 @pytest.mark.parametrize("code", [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
 def test_non_internal_codes_are_unchanged(code: grpc.StatusCode) -> None:
     assert client_status(INFER, code, "cannot reshape array") == code
+
+
+@pytest.mark.parametrize("method", [INFER, META])
+def test_a_request_the_model_server_cannot_parse_is_invalid_argument(method: str) -> None:
+    # found by tests/fuzz: a nested message broken in the bytes passes the router's top-level walk
+    details = "Unexpected <class 'google.protobuf.message.DecodeError'>: Error parsing message with type 'inference.ModelInferRequest'"
+    assert client_status(method, grpc.StatusCode.UNKNOWN, details) == grpc.StatusCode.INVALID_ARGUMENT
+    assert client_status(method, grpc.StatusCode.UNKNOWN, "Unexpected ModelNotFound") == grpc.StatusCode.UNKNOWN

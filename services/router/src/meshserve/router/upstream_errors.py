@@ -5,8 +5,11 @@ features, a shape that does not match the data, a datatype it cannot decode) wit
 INTERNAL and the Python exception's text. For the client that is a bad request, so
 an INTERNAL reply to ModelInfer whose text matches one of MLServer's input-decoding or
 input-validation messages becomes INVALID_ARGUMENT, with the model server's reason
-kept verbatim. Anything else passes through unchanged. The REST transport asks
-`is_bad_input` about an HTTP 500 in the same way.
+kept verbatim. A request whose tensors are not valid protobuf (the router reads only
+the top-level fields, so a broken nested message reaches the model server) is answered
+by grpc's Python server with UNKNOWN "Unexpected <class 'DecodeError'>: Error parsing
+message": that is INVALID_ARGUMENT too, for any model method. Anything else passes
+through unchanged. The REST transport asks `is_bad_input` about an HTTP 500 in the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import grpc
 _BAD_INPUT = re.compile(
     r"(features, but .* is expecting"
     r"|cannot reshape array"
+    r"|unpack requires a buffer of"  # struct.error: raw_input_contents shorter than shape x datatype
     r"|buffer size must be a multiple"
     r"|could not convert"
     r"|invalid literal for"
@@ -36,7 +40,12 @@ def is_bad_input(details: str) -> bool:
     return bool(details) and _BAD_INPUT.search(details) is not None
 
 
+_UNDECODABLE = re.compile(r"DecodeError|Error parsing message")
+
+
 def client_status(method: str, code: grpc.StatusCode, details: str) -> grpc.StatusCode:
+    if code == grpc.StatusCode.UNKNOWN and details and _UNDECODABLE.search(details):
+        return grpc.StatusCode.INVALID_ARGUMENT
     if code == grpc.StatusCode.INTERNAL and method.endswith("/ModelInfer") and is_bad_input(details):
         return grpc.StatusCode.INVALID_ARGUMENT
     return code
