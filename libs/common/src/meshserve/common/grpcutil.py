@@ -99,11 +99,16 @@ def translate(err: BaseException) -> MeshError | None:
     return None
 
 
+def grpc_code(err: MeshError) -> grpc.StatusCode:
+    """The gRPC status an error is sent with."""
+    return grpc.StatusCode[err.status]
+
+
 async def _abort(err: Exception, context: grpc.aio.ServicerContext, fn: Callable[..., Any]) -> None:
     """Abort the RPC with the status `err` maps to; unknown errors are logged, INTERNAL."""
     mapped = err if isinstance(err, MeshError) else translate(err)
     if mapped is not None:
-        await context.abort(mapped.code, mapped.message)
+        await context.abort(grpc_code(mapped), mapped.message)
     log.exception("unexpected error in %s", fn.__qualname__)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log")
 

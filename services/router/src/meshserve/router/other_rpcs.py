@@ -49,6 +49,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 import grpc
 
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound
+from meshserve.common.grpcutil import grpc_code
 from meshserve.router import inject, metrics
 from meshserve.router.dataplane import ROUTING_HEADERS, CopyGone, DataPlane
 from meshserve.router.table import Endpoint
@@ -340,12 +341,12 @@ def _status_for(name: str, err: Exception) -> tuple[grpc.StatusCode, str]:
     (NOT_FOUND with what to do), a malformed request as INVALID_ARGUMENT, anything else as
     INTERNAL (logged)."""
     if isinstance(err, NotFound):
-        return err.code, (
+        return grpc_code(err), (
             f"{err.message}: no model, InferenceService or Predictor has that name; check the "
             "mm-vmodel-id / mm-model-id header (or the name in the request), or apply the model first"
         )
     if isinstance(err, MeshError):
-        return err.code, err.message
+        return grpc_code(err), err.message
     if isinstance(err, WireError):
         return grpc.StatusCode.INVALID_ARGUMENT, f"malformed {name} request: {err}"
     log.exception("unexpected error forwarding %s", name)

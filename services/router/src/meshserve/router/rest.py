@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
-import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -48,7 +47,7 @@ def _json(body: object, status: int = 200) -> Response:
 def error_response(err: MeshError) -> Response:
     status = err.http_status
     if type(err) is MeshError and status == 500:  # rebuilt from a status with no class of its own
-        status = http_status_for(err.code)
+        status = http_status_for(err.status)
     return _json({"error": err.message}, status)
 
 
@@ -155,7 +154,7 @@ class RestFrontDoor:
                 endpoint.grpc_address, INFER_METHOD, request.SerializeToString(), [("mm-model-id", model_id)], budget
             )
         except MeshError as err:
-            if err.code == grpc.StatusCode.INVALID_ARGUMENT:
+            if err.status == "INVALID_ARGUMENT":
                 raise InvalidArgument(err.message) from err
         except CopyGone:
             pass

@@ -16,6 +16,7 @@ from importlib.metadata import version
 import grpc
 
 from meshserve.common.errors import MeshError, Unavailable, from_grpc
+from meshserve.common.grpcutil import grpc_code
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from meshserve.router import balance, metrics, wire
 from meshserve.router.dataplane import ROUTING_HEADERS, DataPlane
@@ -188,7 +189,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
         try:
             return await self.model_rpc(method, request, context, call)
         except MeshError as err:
-            if err.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            if err.status in ("NOT_FOUND", "INVALID_ARGUMENT"):
                 raise
             log.info("model not ready: %s", err.message)
             return v2.ModelReadyResponse(ready=False).SerializeToString()
@@ -205,7 +206,7 @@ def _status_for(name: str, err: Exception) -> tuple[grpc.StatusCode, str]:
     """The status and message a failed `name` call ends with: our own errors as they say,
     a malformed message as INVALID_ARGUMENT, anything else as INTERNAL (logged)."""
     if isinstance(err, MeshError):
-        return err.code, err.message
+        return grpc_code(err), err.message
     if isinstance(err, wire.WireError):
         return grpc.StatusCode.INVALID_ARGUMENT, f"malformed {name} request: {err}"
     log.exception("unexpected error in %s", name)
