@@ -1,6 +1,6 @@
 """Thin JSON client for the Kubernetes API over kubernetes-asyncio's ApiClient.
 
-Owns: the resource kinds the controller touches (paths, scope), raw JSON requests through
+Owns: raw JSON requests through
 `ApiClient.call_api(..., _preload_content=False)` so every object stays a plain dict (the pure
 modules take Mappings, never generated model classes), watch streams decoded line by line, and
 the mapping of HTTP failures onto `KubeError` / `WatchExpired`.
@@ -25,45 +25,39 @@ from typing import Any
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
-JSON = dict[str, Any]
+from meshserve.controller.kinds import (  # re-exported: the client's callers name kinds as kube.X
+    CLUSTER_SERVING_RUNTIME,
+    CONFIG_MAP,
+    DEPLOYMENT,
+    EVENT,
+    INFERENCE_SERVICE,
+    JSON,
+    PREDICTOR,
+    SECRET,
+    SERVING_RUNTIME,
+    ResourceKind,
+)
+
+__all__ = [
+    "CLUSTER_SERVING_RUNTIME",
+    "CONFIG_MAP",
+    "DEPLOYMENT",
+    "EVENT",
+    "INFERENCE_SERVICE",
+    "JSON",
+    "PREDICTOR",
+    "SECRET",
+    "SERVING_RUNTIME",
+    "KubeApi",
+    "KubeError",
+    "ObjectList",
+    "ResourceKind",
+    "WatchEvent",
+    "WatchExpired",
+]
+
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-
-
-@dataclass(frozen=True)
-class ResourceKind:
-    kind: str
-    group: str          # "" for the core group
-    version: str
-    plural: str
-    namespaced: bool = True
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, *, namespace: str = "", name: str = "", subresource: str = "") -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if self.namespaced:
-            base += f"/namespaces/{namespace}"
-        base += f"/{self.plural}"
-        if name:
-            base += f"/{name}"
-        if subresource:
-            base += f"/{subresource}"
-        return base
-
-
-INFERENCE_SERVICE = ResourceKind("InferenceService", "serving.kserve.io", "v1beta1", "inferenceservices")
-PREDICTOR = ResourceKind("Predictor", "serving.kserve.io", "v1alpha1", "predictors")
-SERVING_RUNTIME = ResourceKind("ServingRuntime", "serving.kserve.io", "v1alpha1", "servingruntimes")
-CLUSTER_SERVING_RUNTIME = ResourceKind(
-    "ClusterServingRuntime", "serving.kserve.io", "v1alpha1", "clusterservingruntimes", namespaced=False
-)
-SECRET = ResourceKind("Secret", "", "v1", "secrets")
-CONFIG_MAP = ResourceKind("ConfigMap", "", "v1", "configmaps")
-DEPLOYMENT = ResourceKind("Deployment", "apps", "v1", "deployments")
-EVENT = ResourceKind("Event", "", "v1", "events")
 
 
 class KubeError(Exception):

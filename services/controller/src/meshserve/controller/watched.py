@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshserve.common import modelid
-from meshserve.controller import kube
+from meshserve.controller import kinds
 from meshserve.controller.deployments import MANAGED_BY, SPEC_HASH_ANNOTATION
-from meshserve.controller.kube import JSON
+from meshserve.controller.kinds import JSON
 from meshserve.controller.reconcile import ObservedDeployment
 
 
@@ -54,7 +54,7 @@ def owner_kind(model_or_vmodel_id: str) -> tuple[str, str]:
     if not sep:
         return "", model_or_vmodel_id
     if rest.startswith(f"{modelid.SOURCE_ISVC}-"):
-        return kube.INFERENCE_SERVICE.kind, name
+        return kinds.INFERENCE_SERVICE.kind, name
     if rest.startswith(f"{modelid.SOURCE_PREDICTOR}-"):
-        return kube.PREDICTOR.kind, name
+        return kinds.PREDICTOR.kind, name
     return "", model_or_vmodel_id
