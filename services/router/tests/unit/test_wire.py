@@ -141,3 +141,81 @@ def test_arbitrary_bytes_never_raise_anything_but_wire_error(raw: bytes) -> None
             fn(raw)
         except WireError:
             pass
+
+
+# -- raw_input_contents against the inputs (found by tests/fuzz: MLServer answered INTERNAL) -----
+def _raw_request(*inputs: tuple[str, list[int], int]) -> v2.ModelInferRequest:
+    request = v2.ModelInferRequest(model_name="m")
+    for datatype, shape, size in inputs:
+        request.inputs.add(name="in", datatype=datatype, shape=shape)
+        request.raw_input_contents.append(b"\x01" * size)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("request_", "problem"),
+    [
+        pytest.param(_raw_request(("FP32", [2, 4], 32), ("INT64", [3], 24), ("BYTES", [2], 5)), None, id="fits"),
+        pytest.param(_raw_request(("FP32", [], 4)), None, id="scalar"),
+        pytest.param(infer_request(), None, id="typed-contents-and-raw"),  # one raw entry of the right size
+        pytest.param(_raw_request(("FP32", [2, 4], 6)), "needs 32 bytes of raw_input_contents, got 6", id="short"),
+        pytest.param(_raw_request(("FP64", [2**62, 4], 8)), "needs 147573952589676412928 bytes", id="huge-shape"),
+        pytest.param(_raw_request(("INT8", [-1, 4], 4)), "negative dimension", id="negative-shape"),
+    ],
+)
+def test_raw_inputs_problem(request_: v2.ModelInferRequest, problem: str | None) -> None:
+    found = wire.raw_inputs_problem(request_.SerializeToString())
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found, found
+
+
+def test_raw_entries_must_match_the_inputs_one_to_one() -> None:
+    request = _raw_request(("FP32", [1, 4], 16))
+    request.inputs.add(name="extra", datatype="INT64", shape=[1])
+    found = wire.raw_inputs_problem(request.SerializeToString())
+    assert found is not None and "2 input(s) and 1 raw_input_contents entries" in found
+    assert wire.raw_inputs_problem(v2.ModelInferRequest(inputs=request.inputs).SerializeToString()) is None
+
+
+def test_unpacked_shapes_are_read_too() -> None:
+    # shape written as unpacked varints (valid protobuf, as some encoders do)
+    tensor = b"\x0a\x02in" + b"\x12\x04FP32" + b"\x18\x02\x18\x04"
+    raw = b"\x2a" + bytes([len(tensor)]) + tensor + b"\x3a\x06" + b"\x00" * 6
+    found = wire.raw_inputs_problem(raw)
+    assert found is not None and "shape [2, 4] of FP32 needs 32 bytes" in found
+
+
+@settings(max_examples=300, deadline=None)
+@given(request=requests())
+def test_raw_inputs_problem_agrees_with_the_sizes(request: v2.ModelInferRequest) -> None:
+    found = wire.raw_inputs_problem(request.SerializeToString())
+    raw = list(request.raw_input_contents)
+    if not raw:
+        assert found is None
+        return
+    if len(raw) != len(request.inputs):
+        assert found is not None and "raw_input_contents entries" in found
+        return
+    expected_ok = True
+    for tensor, content in zip(request.inputs, raw, strict=True):
+        size = wire.RAW_ELEMENT_BYTES.get(tensor.datatype)
+        if size is None:
+            continue
+        count = 1
+        for d in tensor.shape:
+            count *= d
+        if any(d < 0 for d in tensor.shape) or count * size != len(content):
+            expected_ok = False
+            break
+    assert (found is None) == expected_ok, found
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=200))
+def test_raw_inputs_problem_of_arbitrary_bytes_raises_only_wire_error(raw: bytes) -> None:
+    try:
+        wire.raw_inputs_problem(raw)
+    except WireError:
+        pass

@@ -15,7 +15,7 @@ from importlib.metadata import version
 
 import grpc
 
-from meshserve.common.errors import MeshError, Unavailable, from_grpc
+from meshserve.common.errors import InvalidArgument, MeshError, Unavailable, from_grpc
 from meshserve.common.grpcutil import grpc_code
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from meshserve.router import balance, metrics, wire
@@ -124,6 +124,8 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 forwarded.append((key, value))
         model_id = self.dp.resolve(None if routing else wire.read_string(request, 1), routing)
         call.model = model_id
+        if method.endswith("/ModelInfer") and (problem := wire.raw_inputs_problem(request)):
+            raise InvalidArgument(problem)  # the model server would fail on it with INTERNAL
         payload = wire.replace_string(request, model_id, 1)
         forwarded.append(("mm-model-id", model_id))
         upstream = self.upstream

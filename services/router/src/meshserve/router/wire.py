@@ -124,3 +124,99 @@ def replace_string(buf: bytes, value: str, field: int = 1) -> bytes:
         last = e
     parts.append(bytes(view[last:]))
     return b"".join(parts)
+
+
+# -- raw_input_contents against the inputs they belong to ---------------------------------------
+RAW_ELEMENT_BYTES = {
+    "BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2,
+    "UINT32": 4, "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8,
+}
+"""Bytes per element of the fixed-size KServe v2 datatypes (BYTES is length-prefixed)."""
+_INPUTS, _RAW = 5, 7  # ModelInferRequest.inputs, .raw_input_contents
+_TENSOR_NAME, _TENSOR_DATATYPE, _TENSOR_SHAPE = 1, 2, 3
+
+
+def _fields(buf: bytes | memoryview, start: int, end: int) -> list[tuple[int, int, int, int]]:
+    """(number, wire type, start of value, end of value) of each field in buf[start:end];
+    a varint's value spans its bytes, a length-delimited one its payload."""
+    out = []
+    pos = start
+    while pos < end:
+        tag, pos = read_varint(buf, pos, end)
+        number, wire_type = tag >> 3, tag & 7
+        if number == 0:
+            raise WireError("field number 0")
+        if wire_type == LEN:
+            length, body = read_varint(buf, pos, end)
+            pos = body + length
+            if pos > end:
+                raise WireError("truncated field")
+            out.append((number, wire_type, body, pos))
+            continue
+        value_start = pos
+        pos = _skip(buf, pos, wire_type)
+        if pos > end:
+            raise WireError("truncated field")
+        out.append((number, wire_type, value_start, pos))
+    return out
+
+
+def _int64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _tensor_head(buf: memoryview, start: int, end: int) -> tuple[str, str, list[int]]:
+    """(name, datatype, shape) of the InferInputTensor in buf[start:end]; its contents are skipped."""
+    name = datatype = ""
+    shape: list[int] = []
+    for number, wire_type, s, e in _fields(buf, start, end):
+        if number in (_TENSOR_NAME, _TENSOR_DATATYPE) and wire_type == LEN:
+            text = bytes(buf[s:e]).decode("utf-8", "replace")
+            name, datatype = (text, datatype) if number == _TENSOR_NAME else (name, text)
+        elif number == _TENSOR_SHAPE and wire_type == VARINT:
+            shape.append(_int64(read_varint(buf, s, e)[0]))
+        elif number == _TENSOR_SHAPE and wire_type == LEN:  # packed
+            pos = s
+            while pos < e:
+                value, pos = read_varint(buf, pos, e)
+                shape.append(_int64(value))
+    return name, datatype, shape
+
+
+def raw_inputs_problem(buf: bytes) -> str | None:
+    """Why the `raw_input_contents` of a serialized ModelInferRequest cannot be its inputs'
+    data, or None (none sent, or every fixed-size input gets exactly shape x element size
+    bytes). The KServe v2 protocol: when raw contents are used there is one entry per input,
+    in order. Only the inputs' names, datatypes and shapes are read; the data is not.
+    Raises WireError for bytes that are not a protobuf message."""
+    view = memoryview(buf)
+    inputs: list[tuple[int, int]] = []
+    raw: list[int] = []
+    for number, wire_type, s, e in _fields(view, 0, len(buf)):
+        if number == _INPUTS and wire_type == LEN:
+            inputs.append((s, e))
+        elif number == _RAW and wire_type == LEN:
+            raw.append(e - s)
+    if not raw:
+        return None
+    if len(raw) != len(inputs):
+        return (
+            f"the request has {len(inputs)} input(s) and {len(raw)} raw_input_contents entries: send one raw "
+            "entry per input, in the same order (or none, with the data in each input's contents)"
+        )
+    for (s, e), size in zip(inputs, raw, strict=True):
+        name, datatype, shape = _tensor_head(view, s, e)
+        element = RAW_ELEMENT_BYTES.get(datatype)
+        if element is None:
+            continue  # BYTES (length-prefixed) or a datatype the model server will name
+        if any(d < 0 for d in shape):
+            return f"input {name[:100]!r}: shape {shape} has a negative dimension"
+        count = 1
+        for d in shape:
+            count *= d
+        if count * element != size:
+            return (
+                f"input {name[:100]!r}: shape {shape} of {datatype} needs {count * element} bytes of "
+                f"raw_input_contents, got {size}"
+            )
+    return None
