@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -55,7 +54,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meshserve.common.errors import Unavailable
 from meshserve.scheduler import live_scripts as scripts
-from meshserve.scheduler.models import PlacementConfig
+from meshserve.scheduler.models import (
+    CopyRecord,
+    PlacementConfig,
+    PlacementSnapshot,
+    PodInfo,
+    PodSnapshot,
+)
 from meshserve.scheduler.redisconn import connect
 from meshserve.scheduler.routelog import RouteLog
 
@@ -63,49 +68,6 @@ RELEASED_GRACE_MS = 30_000
 """How long after releasing a copy the scheduler ignores the pod's reports of it: a
 heartbeat sent before the pod's unload finished still lists the model. If the unload
 failed and the pod really holds it, the copy is adopted after this."""
-
-@dataclass(frozen=True)
-class PodInfo:
-    pod_id: str
-    runtime: str
-    labels: frozenset[str]
-    management_address: str
-    grpc_address: str
-    rest_address: str
-    capacity: int
-    allocated: int
-    used: int
-    loading: int
-    max_loading: int
-    default_size: int
-    heartbeat_ms: int
-    started_ms: int
-    draining: bool
-    view_version: int = 0   # bumped by every change to what placement sees of the pod
-
-
-@dataclass(frozen=True)
-class CopyRecord:
-    model_id: str
-    pod_id: str
-    state: str          # "loading" | "loaded"
-    since_ms: int
-
-
-@dataclass(frozen=True)
-class PodSnapshot:
-    """One pod as of one instant: its hash, what it holds, and its copies' states."""
-
-    pod: PodInfo
-    allocations: dict[str, int]          # model id -> bytes held on this pod
-    copies: dict[str, CopyRecord]        # model id -> this pod's copy of it
-
-
-@dataclass(frozen=True)
-class PlacementSnapshot:
-    pods: list[PodSnapshot]              # in the order asked; pods that are gone are left out
-    usage: dict[str, tuple[float, int]]  # model id -> (aged hits, last used ms), as `usage_many`
-
 
 def now_ms() -> int:
     return int(time.time() * 1000)

@@ -9,12 +9,13 @@ whose copies' usage changed while carrying the model index over (incremental vie
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter
-from typing import NewType
+from typing import Any, NewType
 
 ModelId = NewType("ModelId", str)
 PodId = NewType("PodId", str)
@@ -265,3 +266,103 @@ TOO_BIG = "too-big"
 ALL_BUSY_LOADING = "all-busy-loading"
 NO_ROOM = "no-room"
 FAILURE_CODES = frozenset({NO_COMPATIBLE_RUNTIME, TOO_BIG, ALL_BUSY_LOADING, NO_ROOM})
+
+
+# Records the stores hand out (Redis: pods and copies; Postgres: models, runtimes, vmodels,
+# events). Plain values: the stores convert rows to these, logic modules take them.
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    pod_id: str
+    runtime: str
+    labels: frozenset[str]
+    management_address: str
+    grpc_address: str
+    rest_address: str
+    capacity: int
+    allocated: int
+    used: int
+    loading: int
+    max_loading: int
+    default_size: int
+    heartbeat_ms: int
+    started_ms: int
+    draining: bool
+    view_version: int = 0   # bumped by every change to what placement sees of the pod
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    model_id: str
+    pod_id: str
+    state: str          # "loading" | "loaded"
+    since_ms: int
+
+
+@dataclass(frozen=True)
+class PodSnapshot:
+    """One pod as of one instant: its hash, what it holds, and its copies' states."""
+
+    pod: PodInfo
+    allocations: dict[str, int]          # model id -> bytes held on this pod
+    copies: dict[str, CopyRecord]        # model id -> this pod's copy of it
+
+
+@dataclass(frozen=True)
+class PlacementSnapshot:
+    pods: list[PodSnapshot]              # in the order asked; pods that are gone are left out
+    usage: dict[str, tuple[float, int]]  # model id -> (aged hits, last used ms), as `usage_many`
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    id: str
+    model_type: str
+    model_type_version: str
+    runtime: str
+    protocol_version: str
+    storage_uri: str
+    storage_key: str
+    storage_path: str
+    storage_params: dict[str, Any]
+    declared_size: int
+    predicted_size: int
+    measured_size: int
+    min_copies: int
+    max_copies: int
+    last_failure: dict[str, Any] | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class RuntimeRecord:
+    name: str
+    spec: dict[str, Any]
+    labels: tuple[str, ...]
+    default_model_size: int
+    pod_capacity_bytes: int
+    max_loading_concurrency: int
+    pods: int
+    created_at: dt.datetime | None = field(default=None, compare=False)
+    updated_at: dt.datetime | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class VModelRecord:
+    id: str
+    owner: str
+    active_model_id: str
+    target_model_id: str
+    auto_delete: bool
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    time: dt.datetime
+    kind: str
+    model_id: str
+    pod_id: str
+    message: str
+    details: dict[str, Any]

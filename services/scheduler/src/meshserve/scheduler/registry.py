@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -38,6 +37,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from meshserve.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from meshserve.scheduler.models import EventRecord, ModelRecord, RuntimeRecord, VModelRecord
 
 
 class Base(DeclarativeBase):
@@ -109,92 +109,39 @@ class EventRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
-@dataclass(frozen=True)
-class ModelRecord:
-    id: str
-    model_type: str
-    model_type_version: str
-    runtime: str
-    protocol_version: str
-    storage_uri: str
-    storage_key: str
-    storage_path: str
-    storage_params: dict[str, Any]
-    declared_size: int
-    predicted_size: int
-    measured_size: int
-    min_copies: int
-    max_copies: int
-    last_failure: dict[str, Any] | None
-    created_at: dt.datetime
-
-    @classmethod
-    def of(cls, row: ModelRow) -> ModelRecord:
-        return cls(
-            id=row.id,
-            model_type=row.model_type,
-            model_type_version=row.model_type_version,
-            runtime=row.runtime,
-            protocol_version=row.protocol_version,
-            storage_uri=row.storage_uri,
-            storage_key=row.storage_key,
-            storage_path=row.storage_path,
-            storage_params=dict(row.storage_params or {}),
-            declared_size=row.declared_size,
-            predicted_size=row.predicted_size,
-            measured_size=row.measured_size,
-            min_copies=row.min_copies,
-            max_copies=row.max_copies,
-            last_failure=row.last_failure,
-            created_at=row.created_at,
-        )
+def model_record(row: ModelRow) -> ModelRecord:
+    return ModelRecord(
+        id=row.id,
+        model_type=row.model_type,
+        model_type_version=row.model_type_version,
+        runtime=row.runtime,
+        protocol_version=row.protocol_version,
+        storage_uri=row.storage_uri,
+        storage_key=row.storage_key,
+        storage_path=row.storage_path,
+        storage_params=dict(row.storage_params or {}),
+        declared_size=row.declared_size,
+        predicted_size=row.predicted_size,
+        measured_size=row.measured_size,
+        min_copies=row.min_copies,
+        max_copies=row.max_copies,
+        last_failure=row.last_failure,
+        created_at=row.created_at,
+    )
 
 
-@dataclass(frozen=True)
-class RuntimeRecord:
-    name: str
-    spec: dict[str, Any]
-    labels: tuple[str, ...]
-    default_model_size: int
-    pod_capacity_bytes: int
-    max_loading_concurrency: int
-    pods: int
-    created_at: dt.datetime | None = field(default=None, compare=False)
-    updated_at: dt.datetime | None = field(default=None, compare=False)
-
-    @classmethod
-    def of(cls, row: RuntimeRow) -> RuntimeRecord:
-        return cls(
-            name=row.name,
-            spec=dict(row.spec or {}),
-            labels=tuple(row.labels or ()),
-            default_model_size=row.default_model_size,
-            pod_capacity_bytes=row.pod_capacity_bytes,
-            max_loading_concurrency=row.max_loading_concurrency,
-            pods=row.pods,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
-
-
-@dataclass(frozen=True)
-class VModelRecord:
-    id: str
-    owner: str
-    active_model_id: str
-    target_model_id: str
-    auto_delete: bool
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    id: int
-    time: dt.datetime
-    kind: str
-    model_id: str
-    pod_id: str
-    message: str
-    details: dict[str, Any]
+def runtime_record(row: RuntimeRow) -> RuntimeRecord:
+    return RuntimeRecord(
+        name=row.name,
+        spec=dict(row.spec or {}),
+        labels=tuple(row.labels or ()),
+        default_model_size=row.default_model_size,
+        pod_capacity_bytes=row.pod_capacity_bytes,
+        max_loading_concurrency=row.max_loading_concurrency,
+        pods=row.pods,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
 
 
 MODEL_FIELDS = {c.name for c in ModelRow.__table__.columns} - {"created_at", "updated_at"}
@@ -251,7 +198,7 @@ class Registry:
                     row = ModelRow(**fields)
                     s.add(row)
                 await s.flush()
-                return ModelRecord.of(row)
+                return model_record(row)
         except IntegrityError as err:
             raise AlreadyExists(f"model {fields['id']!r} already exists") from err
 
@@ -260,18 +207,18 @@ class Registry:
             row = await s.get(ModelRow, model_id)
             if row is None:
                 raise NotFound(f"model {model_id!r} not found")
-            return ModelRecord.of(row)
+            return model_record(row)
 
     async def find_model(self, model_id: str) -> ModelRecord | None:
         async with self._session() as s:
             row = await s.get(ModelRow, model_id)
-            return None if row is None else ModelRecord.of(row)
+            return None if row is None else model_record(row)
 
     async def list_models(self, *, offset: int = 0, limit: int = 100) -> tuple[list[ModelRecord], int]:
         async with self._session() as s:
             total = (await s.execute(select(func.count()).select_from(ModelRow))).scalar_one()
             rows = (await s.execute(select(ModelRow).order_by(ModelRow.id).offset(offset).limit(limit))).scalars()
-            return [ModelRecord.of(r) for r in rows], int(total)
+            return [model_record(r) for r in rows], int(total)
 
     async def all_model_ids(self) -> list[str]:
         async with self._session() as s:
@@ -318,7 +265,7 @@ class Registry:
         async with self._session() as s:
             total = (await s.execute(select(func.count()).select_from(RuntimeRow))).scalar_one()
             query = select(RuntimeRow).order_by(RuntimeRow.name).offset(offset).limit(limit)
-            return [RuntimeRecord.of(r) for r in (await s.execute(query)).scalars()], int(total)
+            return [runtime_record(r) for r in (await s.execute(query)).scalars()], int(total)
 
     # -- vmodels ----------------------------------------------------------------------
     async def upsert_vmodel(

@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from meshserve.common.labels import runtime_spec_from_labels
-from meshserve.scheduler.live import PodInfo
-from meshserve.scheduler.registry import ModelRecord, RuntimeRecord
+from meshserve.scheduler.models import ModelRecord, PodInfo, RuntimeRecord
 
 DEFAULT_MODEL_SIZE = 1_000_000
 """Bytes assumed for a model nothing is known about when no pod says otherwise

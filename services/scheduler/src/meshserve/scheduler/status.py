@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from meshserve.scheduler.live import CopyRecord
+from meshserve.scheduler.models import CopyRecord
 
 # statuses (ModelMesh's ModelStatus names)
 NOT_FOUND, NOT_LOADED, LOADING, LOADED, LOADING_FAILED = (
