@@ -23,6 +23,21 @@ Beyond upstream, what a pod on a real cluster needs (checked by `tests/unit/test
   the puller says goodbye to the scheduler (its copies are re-placed, routes withdrawn) while the
   model server's preStop sleep keeps it serving the requests already routed to it.
 
+Storage beyond upstream:
+* the node's model cache (the puller's `MESHSERVE_PULLER_CACHE_DIR`): a `model-cache` volume
+  mounted in the puller at `/model-cache`, an emptyDir (the pod's own cache: a model evicted
+  and loaded again on the same pod is copied from it, not downloaded) or, with the
+  ServingRuntime annotation `meshserve.io/model-cache: hostPath:/<node folder>`, a hostPath
+  every runtime pod of the node shares (they coordinate through the cache's file locks);
+  `none` turns it off. `meshserve.io/model-cache-size` (a quantity) bounds it (the puller's
+  LRU bound; an emptyDir's sizeLimit is twice that, room for downloads in flight). The
+  cache and `/models` are two mounts, so the puller copies cached files into the model
+  folder (link(2) cannot cross mounts): a local copy, not a download;
+* `allowAnyPVC` (upstream's rule): the claims named by the predictors this runtime
+  supports (`pvc://<claim>/...`, or `storage.parameters` `type: pvc` + `name`) are mounted
+  read-only at `/pvc_mounts/<claim>` beside the storage-config Secret's own. Without it a
+  claim not in the Secret is not mounted, and the puller fails the load saying so.
+
 Invariant: the manifest's `meshserve.io/spec-hash` annotation is a hash of everything else in it
 except `spec.replicas`, so reconcile can tell "needs patching" from "needs scaling".
 """
@@ -33,16 +48,30 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from meshserve.controller.runtimes import Runtime, endpoint_port
+from meshserve.controller.runtimes import (
+    ModelCacheSpec,
+    Runtime,
+    endpoint_port,
+    model_cache_spec,
+    select_runtime,
+)
 from meshserve.controller.serving_config import ServingConfig
+from meshserve.controller.specs import PredictorCR
 from meshserve.controller.storage_config import StorageConfig
 
 SPEC_HASH_ANNOTATION = "meshserve.io/spec-hash"
 RUNTIME_LABEL = "meshserve.io/runtime"
 MANAGED_BY = "modelmesh-controller"
 MODELS_DIR = "/models"
+MODEL_CACHE_DIR = "/model-cache"
+PVC_MOUNTS_DIR = "/pvc_mounts"
+DEFAULT_MODEL_CACHE_BYTES = 20 << 30
+"""The cache bound when neither the annotation nor the models-dir limit gives one (the puller's default)."""
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DEFAULT_MEM_BUFFER_BYTES = 256 * 1024 * 1024
 PULLER_PORT = 8085
 RUNTIME_POD_UID = 10001
@@ -184,7 +213,10 @@ def puller_port(runtime: Runtime) -> int:
     return PULLER_PORT
 
 
-def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, storage: StorageConfig) -> dict[str, Any]:
+def _puller(
+    *, runtime: Runtime, config: ServingConfig, scheduler_address: str, claims: tuple[str, ...],
+    cache: ModelCacheSpec, cache_bytes: int,
+) -> dict[str, Any]:
     data_port = endpoint_port(runtime.grpc_data_endpoint) or 8001
     port = puller_port(runtime)
     formats = ",".join(f"{f.name}:{f.version}" if f.version else f.name for f in runtime.formats if f.auto_select)
@@ -249,12 +281,17 @@ def _puller(*, runtime: Runtime, config: ServingConfig, scheduler_address: str, 
     default_size = default_model_size(runtime)
     if default_size:
         env.append({"name": "MESHSERVE_PULLER_DEFAULT_MODEL_SIZE_BYTES", "value": str(default_size)})
+    if cache.kind != "none":
+        env.append({"name": "MESHSERVE_PULLER_CACHE_DIR", "value": MODEL_CACHE_DIR})
+        env.append({"name": "MESHSERVE_PULLER_CACHE_MAX_BYTES", "value": str(cache_bytes)})
     env.append({"name": "HOME", "value": "/tmp"})   # the root filesystem is read-only
     mounts = [
         {"name": "models-dir", "mountPath": MODELS_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "storage-config", "mountPath": "/storage-config", "readOnly": True},
-    ] + [{"name": f"pvc-{name}", "mountPath": f"/pvc_mounts/{name}", "readOnly": True} for name in storage.pvc_names()]
+    ] + [{"name": pvc_volume_name(name), "mountPath": f"{PVC_MOUNTS_DIR}/{name}", "readOnly": True} for name in claims]
+    if cache.kind != "none":
+        mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE_DIR})
     ports: list[dict[str, Any]] = [{"name": "mgmt", "containerPort": port}]
     if config.metrics_enabled:
         ports.append({"name": "prometheus", "containerPort": config.metrics_port})
@@ -328,19 +365,79 @@ def _anti_affinity(selector: dict[str, str]) -> dict[str, Any]:
     }]}
 
 
+def pvc_volume_name(claim: str) -> str:
+    """The pod volume of a claim: `pvc-<claim>` when that is a valid volume name (a DNS label
+    of at most 63 characters), else `pvc-<hash of the claim>` (claim names may be longer and
+    hold dots)."""
+    name = f"pvc-{claim}"
+    if len(name) <= 63 and _DNS_LABEL.match(name):
+        return name
+    return f"pvc-{hashlib.sha256(claim.encode()).hexdigest()[:16]}"
+
+
+def predictor_pvc_claims(
+    predictors: Iterable[PredictorCR], *, runtime_name: str, runtimes: Mapping[str, Runtime], config: ServingConfig
+) -> tuple[str, ...]:
+    """With `allowAnyPVC`, the claims named by the (valid, not deleting) predictors that the
+    runtime `runtime_name` supports (upstream `servingruntime_controller.go`: storage
+    parameters `type: pvc` and `name`, which a `pvc://<claim>/...` URI sets); () without it.
+    Names that are not claim names (DNS subdomains) are left out: nothing could mount them,
+    and the puller fails such a load with the claim's name."""
+    if not config.allow_any_pvc:
+        return ()
+    claims: set[str] = set()
+    for p in predictors:
+        if p.spec is None or p.deleting:
+            continue
+        params = dict(p.spec.storage_params)
+        claim = params.get("name", "")
+        if params.get("type") != "pvc" or not claim or len(claim) > 253 or not _DNS_SUBDOMAIN.match(claim):
+            continue
+        selection = select_runtime(
+            p.spec, runtimes, built_in_server_types=config.built_in_server_types, rest_proxy=config.rest_proxy_enabled
+        )
+        if runtime_name in selection.runtimes:
+            claims.add(claim)
+    return tuple(sorted(claims))
+
+
+def _cache_volume(cache: ModelCacheSpec, *, cache_bytes: int) -> dict[str, Any] | None:
+    if cache.kind == "hostPath":
+        return {"name": "model-cache", "hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"}}
+    if cache.kind == "emptyDir":
+        return {"name": "model-cache", "emptyDir": {"sizeLimit": str(2 * cache_bytes)}}
+    return None
+
+
 def build_runtime_deployment(
     *, runtime: Runtime, config: ServingConfig, namespace: str, replicas: int, storage: StorageConfig,
-    scheduler_address: str,
+    scheduler_address: str, pvc_claims: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The runtime's Deployment manifest (apps/v1)."""
+    """The runtime's Deployment manifest (apps/v1).
+
+    Args:
+        pvc_claims: claims to mount besides the storage-config Secret's `type: pvc` entries
+            (`predictor_pvc_claims`: those of its predictors, with `allowAnyPVC`).
+    """
     name = deployment_name(config, runtime.name)
     spec = runtime.spec
     containers: list[dict[str, Any]] = [copy.deepcopy(c) for c in spec.get("containers") or [] if isinstance(c, dict)]
     server = _server_container(runtime, containers)
     for c in containers:
         _harden_server_container(c, runtime=runtime, is_server=c is server)
-    if not runtime.storage_helper_disabled or runtime.built_in_adapter is None:
-        puller = _puller(runtime=runtime, config=config, scheduler_address=scheduler_address, storage=storage)
+    claims = tuple(sorted(set(storage.pvc_names()) | set(pvc_claims)))
+    models_limit = _models_dir_limit(containers[: len(spec.get("containers") or [])])
+    cache, _ = model_cache_spec(runtime)   # an invalid annotation makes the runtime ineligible (validate_runtime)
+    cache = cache or ModelCacheSpec(kind="none")
+    cache_bytes = parse_quantity(cache.size) if cache.size else (
+        int(models_limit) if models_limit and cache.kind == "emptyDir" else DEFAULT_MODEL_CACHE_BYTES
+    )
+    has_puller = not runtime.storage_helper_disabled or runtime.built_in_adapter is None
+    if has_puller:
+        puller = _puller(
+            runtime=runtime, config=config, scheduler_address=scheduler_address, claims=claims,
+            cache=cache, cache_bytes=cache_bytes,
+        )
         server_uid = ((server or {}).get("securityContext") or {}).get("runAsUser")
         if server_uid is not None:   # the puller reads the server's /proc entries: same uid
             puller["securityContext"]["runAsUser"] = server_uid
@@ -368,15 +465,17 @@ def build_runtime_deployment(
     if local := dict(runtime.annotations).get(LOCAL_COMMAND_ANNOTATION):
         annotations[LOCAL_COMMAND_ANNOTATION] = local  # how local mode runs this custom runtime
     models_dir: dict[str, Any] = {"name": "models-dir", "emptyDir": {}}
-    if limit := _models_dir_limit(containers[: len(spec.get("containers") or [])]):
-        models_dir["emptyDir"]["sizeLimit"] = limit
+    if models_limit:
+        models_dir["emptyDir"]["sizeLimit"] = models_limit
     volumes: list[dict[str, Any]] = [
         models_dir,
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         {"name": "storage-config", "secret": {"secretName": config.storage_secret_name, "optional": True}},
-        *[{"name": f"pvc-{n}", "persistentVolumeClaim": {"claimName": n, "readOnly": True}} for n in storage.pvc_names()],
+        *[{"name": pvc_volume_name(n), "persistentVolumeClaim": {"claimName": n, "readOnly": True}} for n in claims],
         *copy.deepcopy(list(spec.get("volumes") or [])),
     ]
+    if has_puller and (cache_volume := _cache_volume(cache, cache_bytes=cache_bytes)) is not None:
+        volumes.append(cache_volume)
     affinity: dict[str, Any] = copy.deepcopy(dict(spec.get("affinity") or {})) or {
         "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
             "matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64", "s390x"]}]

@@ -14,15 +14,22 @@ Pure. Owns:
   carry `mt:` only for formats with `autoSelect: true` (so an explicit `runtime:` is the only way
   to reach a runtime for a format it does not auto-select).
 
+* `model_cache_spec`: the node model cache a runtime's pods get (annotations
+  `meshserve.io/model-cache` = `emptyDir` (default) | `hostPath:/<absolute node folder>` |
+  `none`, and `meshserve.io/model-cache-size` = a quantity such as `20Gi`); a bad value is a
+  validation error, so the runtime is not deployed with a cache it did not ask for.
+
 Invariant: selection never returns a disabled, non-multiModel or invalid runtime.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import PurePosixPath
+from typing import Any, Literal
 
 from meshserve.common import labels as type_labels
 from meshserve.controller.specs import ModelSpec
@@ -30,9 +37,24 @@ from meshserve.controller.specs import ModelSpec
 RESERVED_CONTAINER_NAMES = frozenset({"mm", "rest-proxy", "puller"})
 RESERVED_PORT_NAMES = frozenset({"grpc", "http", "prometheus"})
 RESERVED_PORTS = frozenset({8080, 8085, 8089, 8090, *range(11881, 11900)})
-RESERVED_VOLUME_NAMES = frozenset({"storage-config", "etcd-config", "tc-config", "domain-socket", "models-dir"})
+RESERVED_VOLUME_NAMES = frozenset(
+    {"storage-config", "etcd-config", "tc-config", "domain-socket", "models-dir", "model-cache"}
+)
 RESERVED_MOUNT_NAMES = frozenset({"storage-config", "etcd-config", "tc-config", "domain-socket"})
 RESERVED_PREFIX = "mm-"
+MODEL_CACHE_ANNOTATION = "meshserve.io/model-cache"
+MODEL_CACHE_SIZE_ANNOTATION = "meshserve.io/model-cache-size"
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+@dataclass(frozen=True)
+class ModelCacheSpec:
+    """The node model cache of a runtime's pods (see `model_cache_spec`)."""
+
+    kind: Literal["emptyDir", "hostPath", "none"]
+    host_path: str = ""
+    size: str = ""
+    """A Kubernetes quantity (the cache's bound), or "" for the default."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,29 @@ def _reserved_name(name: str, reserved: frozenset[str]) -> bool:
     return name in reserved or name.startswith(RESERVED_PREFIX)
 
 
+def model_cache_spec(runtime: Runtime) -> tuple[ModelCacheSpec | None, list[str]]:
+    """The runtime's model cache from its annotations, or None and the errors."""
+    annotations = dict(runtime.annotations)
+    value = annotations.get(MODEL_CACHE_ANNOTATION, "emptyDir").strip()
+    size = annotations.get(MODEL_CACHE_SIZE_ANNOTATION, "").strip()
+    errors: list[str] = []
+    if size and (not _QUANTITY.match(size) or float(re.sub(r"[a-zA-Z]+$", "", size)) <= 0):
+        errors.append(
+            f"annotation {MODEL_CACHE_SIZE_ANNOTATION} {size!r} must be a positive quantity such as 20Gi or 500M"
+        )
+    kind, _, path = value.partition(":")
+    if kind in ("emptyDir", "none") and not path:
+        spec = ModelCacheSpec(kind="emptyDir" if kind == "emptyDir" else "none", size=size)
+    elif kind == "hostPath" and path.startswith("/") and ".." not in PurePosixPath(path).parts and path != "/":
+        spec = ModelCacheSpec(kind="hostPath", host_path=path.rstrip("/"), size=size)
+    else:
+        spec = None
+        errors.append(
+            f"annotation {MODEL_CACHE_ANNOTATION} {value!r} must be emptyDir, none or hostPath:/<absolute node folder>"
+        )
+    return (None if errors else spec), errors
+
+
 def validate_runtime(runtime: Runtime, *, built_in_server_types: Iterable[str]) -> list[str]:
     """Problems that make the runtime unusable (empty list when valid)."""
     errors: list[str] = []
@@ -168,6 +213,7 @@ def validate_runtime(runtime: Runtime, *, built_in_server_types: Iterable[str]) 
         value = getattr(runtime, endpoint_field)
         if value and not _valid_endpoint(value):
             errors.append(f"{_camel(endpoint_field)} {value!r} must be port:<n> or unix:<path>")
+    errors += model_cache_spec(runtime)[1]
     return errors
 
 
