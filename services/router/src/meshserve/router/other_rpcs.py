@@ -52,6 +52,7 @@ from meshserve.common.errors import InvalidArgument, MeshError, NotFound
 from meshserve.common.grpcutil import grpc_code
 from meshserve.router import inject, metrics
 from meshserve.router.dataplane import ROUTING_HEADERS, CopyGone, DataPlane
+from meshserve.router.server import resolve
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import GrpcUpstream, copy_gone
 from meshserve.router.wire import WireError
@@ -291,7 +292,7 @@ class OtherRpcHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has
                 f"the {name} request names no model: set the model name at field path {list(path)} "
                 "or send the mm-vmodel-id header"
             )
-        return self.dp.resolve(body_name, routing)
+        return resolve(self.dp, body_name, routing)
 
     def _sender(
         self, method: str, source: _Requests, metadata: Metadata, context: grpc.aio.ServicerContext

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound, http_status_for
 from meshserve.router import jsonv2, metrics
 from meshserve.router.dataplane import ROUTING_HEADERS, CopyGone, DataPlane
-from meshserve.router.server import SERVICE, server_version
+from meshserve.router.server import SERVICE, resolve, server_version
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import (
     REQUEST_HEADERS,
@@ -90,7 +90,7 @@ class RestFrontDoor:
                 status = 405
                 return _json({"error": f"method {request.method} not allowed on {request.url.path}"}, 405)
             routing = [(k, v) for k, v in request.headers.items() if k in ROUTING_HEADERS]
-            model_id = self.dp.resolve(params["name"], routing)
+            model_id = resolve(self.dp, params["name"], routing)
             version = params.get("version")
             path = f"/v2/models/{quote(model_id, safe='')}"
             if version:

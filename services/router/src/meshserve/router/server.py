@@ -10,22 +10,39 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib.metadata import version
 
 import grpc
 
-from meshserve.common.errors import InvalidArgument, MeshError, Unavailable, from_grpc
+from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unavailable, from_grpc
 from meshserve.common.grpcutil import grpc_code
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from meshserve.router import balance, metrics, wire
-from meshserve.router.dataplane import ROUTING_HEADERS, DataPlane
+from meshserve.router.dataplane import ROUTING_HEADERS, CopyGone, DataPlane
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import GrpcUpstream
 from meshserve.router.upstream_errors import client_status
 
 log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
+MAX_NAME_CHARS = 253
+"""The longest model id or vmodel name there can be (a model id is a folder name, a vmodel a
+Kubernetes name): a longer one is refused here, before the scheduler is asked about it."""
+
+
+def resolve(dp: DataPlane, name: str | None, routing: Sequence[tuple[str, str | bytes]]) -> str:
+    """`dp.resolve`, refusing a name no model can have (every door calls this).
+
+    A 10 KB name would otherwise travel to the scheduler and come back in its NOT_FOUND
+    message, which no gRPC client reads past 8 KB of metadata (it sees RESOURCE_EXHAUSTED)."""
+    wanted = dp.name_from_headers(routing) or name or ""
+    if len(wanted) > MAX_NAME_CHARS:
+        raise InvalidArgument(
+            f"the model name {wanted[:40]!r}... is {len(wanted)} characters long: "
+            f"model ids and vmodel names have at most {MAX_NAME_CHARS}"
+        )
+    return dp.resolve(name, routing)
 
 
 class _Call:
@@ -83,7 +100,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
             except Exception as err:
                 status, message = _status_for(name, err)
                 code = status.name
-                await context.abort(status, message)
+                await context.abort(status, bounded(message))
             finally:
                 metrics.IN_FLIGHT.dec()
                 metrics.observe_request(
@@ -122,7 +139,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 routing.append((key, value))
             elif key[0] != ":":
                 forwarded.append((key, value))
-        model_id = self.dp.resolve(None if routing else wire.read_string(request, 1), routing)
+        model_id = resolve(self.dp, None if routing else wire.read_string(request, 1), routing)
         call.model = model_id
         if method.endswith("/ModelInfer") and (problem := wire.raw_inputs_problem(request)):
             raise InvalidArgument(problem)  # the model server would fail on it with INTERNAL
@@ -132,7 +149,12 @@ class InferenceHandler(grpc.GenericRpcHandler):
 
         async def send(endpoint: Endpoint, budget: float) -> bytes:
             sent = time.perf_counter()
-            reply = await upstream.send(endpoint.grpc_address, method, payload, forwarded, budget)
+            try:
+                reply = await upstream.send(endpoint.grpc_address, method, payload, forwarded, budget)
+            except CopyGone as gone:
+                if version_missing(str(gone)):  # the copy is there; the version asked for is not
+                    raise NotFound(str(gone).partition(": ")[2] or str(gone)) from gone
+                raise
             call.invoke_seconds = time.perf_counter() - sent
             call.request_bytes, call.response_bytes = len(payload), len(reply)
             return reply
@@ -156,7 +178,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
             forwarded: list[tuple[str, str | bytes]] = [
                 (k, v) for k, v in metadata if k not in ROUTING_HEADERS and k[0] != ":"
             ]
-            model_id = self.dp.resolve(None if routing else wire.read_string(first, 1), routing)
+            model_id = resolve(self.dp, None if routing else wire.read_string(first, 1), routing)
             forwarded.append(("mm-model-id", model_id))
             budget = self._budget(context)
             endpoints = await self.dp.ensure(model_id, budget=budget)
@@ -182,7 +204,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
         except Exception as err:
             status, message = _status_for("ModelStreamInfer", err)
             code = status.name
-            await context.abort(status, message)
+            await context.abort(status, bounded(message))
         finally:
             metrics.IN_FLIGHT.dec()
             metrics.count(model_id, "grpc", "ModelStreamInfer", code)
@@ -195,6 +217,27 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 raise
             log.info("model not ready: %s", err.message)
             return v2.ModelReadyResponse(ready=False).SerializeToString()
+
+
+MAX_DETAILS_BYTES = 2000
+"""The longest status message the router sends: gRPC carries it percent-encoded in a header
+(up to 3 bytes per byte) and clients refuse more than 8 KB of headers (RESOURCE_EXHAUSTED)."""
+
+
+def bounded(message: str) -> str:
+    """`message`, cut to MAX_DETAILS_BYTES of UTF-8 (marked with "...")."""
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= MAX_DETAILS_BYTES:
+        return message
+    return encoded[: MAX_DETAILS_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
+def version_missing(details: str) -> bool:
+    """Whether a model server's "not found" is about the version the client asked for
+    (MLServer: "Model m with version 1 not found"), not the model: then no other copy has it
+    either, and the client gets NOT_FOUND at once, as the REST door answers 404."""
+    text = details.lower()
+    return "with version" in text and "not found" in text
 
 
 def server_version() -> str:

@@ -1,0 +1,59 @@
+"""What the gRPC door refuses or shortens before it answers (found by tests/fuzz): names no
+model can have, status messages too long for a gRPC client, a version the copy does not have."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshserve.common.errors import InvalidArgument
+from meshserve.router.dataplane import DataPlane
+from meshserve.router.server import (
+    MAX_DETAILS_BYTES,
+    MAX_NAME_CHARS,
+    bounded,
+    resolve,
+    version_missing,
+)
+from meshserve.router.settings import RouterSettings
+from meshserve.router.table import RoutingTable
+
+
+def _plane() -> DataPlane:
+    # resolve() reads only the table: no scheduler is called
+    return DataPlane(settings=RouterSettings(), table=RoutingTable(fallback_seconds=30), scheduler=None)  # type: ignore[arg-type]
+
+
+def test_a_name_longer_than_any_model_id_is_refused_without_echoing_it() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        resolve(_plane(), "x" * 10_240, ())
+    assert "10240 characters long" in err.value.message and len(err.value.message) < 200
+
+
+def test_a_long_routing_header_is_refused_too() -> None:
+    with pytest.raises(InvalidArgument):
+        resolve(_plane(), "short", (("mm-vmodel-id", "v" * (MAX_NAME_CHARS + 1)),))
+
+
+def test_names_up_to_the_limit_resolve() -> None:
+    name = "m" * MAX_NAME_CHARS
+    assert resolve(_plane(), name, ()) == name
+    assert resolve(_plane(), "ignored", (("mm-model-id", name),)) == name
+
+
+@settings(max_examples=200, deadline=None)
+@given(message=st.text(max_size=3000))
+def test_bounded_messages_fit_a_grpc_header(message: str) -> None:
+    out = bounded(message)
+    assert len(out.encode()) <= MAX_DETAILS_BYTES
+    if len(message.encode()) <= MAX_DETAILS_BYTES:
+        assert out == message
+    else:
+        assert out.endswith("...") and message.startswith(out[:-3])
+
+
+def test_version_missing_is_mlservers_version_not_found_only() -> None:
+    assert version_missing("NOT_FOUND: Model fuzz-iris with version 1 not found")
+    assert not version_missing("NOT_FOUND: Model fuzz-iris not found")
+    assert not version_missing("UNAVAILABLE: connection refused")
