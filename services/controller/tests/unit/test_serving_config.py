@@ -120,3 +120,86 @@ def test_never_crashes_on_garbage(text: str) -> None:
         parse_config_yaml(text)
     except ConfigError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("text", "warning"),
+    [
+        pytest.param("podsPerRuntme: 1", "unknown config key 'podsPerRuntme' ignored (did you mean 'podsPerRuntime'?)",
+                     id="typo"),
+        pytest.param("metric:\n  enabled: false", "unknown config key 'metric' ignored (did you mean 'metrics'?)",
+                     id="singular"),
+        pytest.param("allowAnyPvcs: true", "unknown config key 'allowAnyPvcs' ignored (did you mean 'allowAnyPVC'?)",
+                     id="case-and-typo"),
+        pytest.param("restproxyEnabled: true", "(did you mean 'restProxy'?)", id="flattened"),
+        pytest.param("zzz: 1", "unknown config key 'zzz' ignored", id="nothing-near"),
+    ],
+)
+def test_unknown_keys_warn_with_the_nearest_valid_key(text: str, warning: str) -> None:
+    (got,) = parse_config_yaml(text).warnings
+    assert warning in got
+    if "did you mean" not in warning:
+        assert "did you mean" not in got
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("tls:\n  secretname: s\n  clientAuht: require",
+                     "tls: unknown field(s) 'clientAuht' (did you mean 'clientAuth'?)", id="tls"),
+        pytest.param("metrics:\n  prot: 9000", "metrics: unknown field(s) 'prot' (did you mean 'port'?)", id="metrics"),
+        pytest.param("metrics:\n  disablePrometheusOperator: true",
+                     "(did you mean 'disablePrometheusOperatorSupport'?)", id="metrics-long"),
+        pytest.param("scaleToZero:\n  gracePeriod: 3",
+                     "scaleToZero: unknown field(s) 'gracePeriod' (did you mean 'gracePeriodSeconds'?)", id="scale-to-zero"),
+        pytest.param("restProxy:\n  enable: false", "restProxy: unknown field(s) 'enable' (did you mean 'enabled'?)",
+                     id="rest-proxy"),
+        pytest.param("storageHelperImage:\n  nmae: x", "(did you mean 'name'?)", id="image"),
+        pytest.param("storageHelperResources:\n  limit: {}", "(did you mean 'limits'?)", id="resources"),
+        pytest.param("scaleToZero:\n  qqq: 1", "scaleToZero: unknown field(s) 'qqq'; valid fields: enabled, gracePeriodSeconds",
+                     id="nothing-near"),
+    ],
+)
+def test_unknown_nested_fields_are_refused_naming_the_nearest_valid_field(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config_yaml(text)
+    assert message in str(err.value)
+
+
+def test_every_valid_key_is_accepted_without_a_warning() -> None:
+    from meshserve.controller.serving_config import SECTION_KEYS, TOP_LEVEL_KEYS
+
+    assert parse_config_yaml("\n".join(f"{k}: null" for k in TOP_LEVEL_KEYS)).warnings == ()
+    for section, fields in SECTION_KEYS.items():
+        # every field named (values that parse: null is "not set" for each of them)
+        text = f"{section}:\n" + "".join(f"  {f}: null\n" for f in fields)
+        try:
+            parse_config_yaml(text)
+        except ConfigError as err:
+            assert "unknown" not in str(err), err
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param("logger://*", id="upstream-logger"),
+        pytest.param("grpc://proc:9000", id="grpc"),
+        pytest.param("proc.ns:8080/sink", id="no-scheme"),
+        pytest.param("http:///sink", id="no-host"),
+        pytest.param("http://proc:99999/", id="bad-port"),
+        pytest.param("http://[::1/", id="bad-ipv6"),
+        pytest.param("ftp://files/x", id="ftp"),
+    ],
+)
+def test_payload_processors_that_are_not_http_urls_are_refused_by_name(entry: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config_yaml(f"payloadProcessors: [{entry!r}]")
+    assert f"payloadProcessors: entry {entry!r} is not an http(s) URL" in str(err.value)
+
+
+def test_payload_processor_urls_are_kept_and_userinfo_is_never_echoed() -> None:
+    urls = ("http://proc.ns:8080/sink?mymodel#predict", "HTTPS://proc.example.com/")
+    assert parse_config_yaml(f"payloadProcessors: {list(urls)}").config.payload_processors == urls
+    with pytest.raises(ConfigError) as err:
+        parse_config_yaml("payloadProcessors: ['http://user:s3cret@:1/x']")
+    assert "s3cret" not in str(err.value) and "***@" in str(err.value)

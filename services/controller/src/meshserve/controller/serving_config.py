@@ -9,15 +9,25 @@ Rules (ModelMesh Serving `pkg/config/config.go`, facts §2):
   `User ConfigMap must contain a key named config.yaml`. A missing ConfigMap means all defaults.
 * Keys are case-insensitive (viper), at every level of the known structure. The *contents* of
   label/annotation maps keep their case: they are Kubernetes keys, not config keys.
-* Unknown keys are ignored (as viper does) but listed in `ParseResult.warnings`.
+* Unknown top-level keys are ignored (as viper does) but listed in `ParseResult.warnings`, with
+  the nearest valid key when there is one (`podsPerRuntme` -> did you mean `podsPerRuntime`?).
+* An unknown field inside a section meshserve reads (`tls`, `metrics`, `scaleToZero`, `restProxy`,
+  `storageHelperImage`, `storageHelperResources`) rejects the update, naming the nearest valid field.
 * A value of the wrong type or out of range rejects the whole update with a message naming the key.
+* `payloadProcessors` entries must be http(s) URLs with a host (upstream POSTs CloudEvents to
+  them); anything else, upstream's `logger://` included, rejects the update naming the entry
+  (userinfo hidden).
+
+Which key is honoured, refused or not applicable, and why: `docs/config-keys.md`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -170,7 +180,7 @@ def _section(key: str, value: Any) -> dict[str, Any]:
 
 def _image(key: str, value: Any, default: ImageRef) -> ImageRef:
     sec = _section(key, value)
-    _reject_unknown(key, sec, {"name", "tag", "digest", "command"})
+    _reject_unknown(key, value, SECTION_KEYS[key])
     return ImageRef(
         name=_str(f"{key}.name", sec.get("name", default.name)) or default.name,
         tag=_str(f"{key}.tag", sec.get("tag", default.tag if "name" not in sec else "latest")),
@@ -181,29 +191,57 @@ def _image(key: str, value: Any, default: ImageRef) -> ImageRef:
 
 def _resources(key: str, value: Any, default: Resources) -> Resources:
     sec = _section(key, value)
-    _reject_unknown(key, sec, {"requests", "limits"})
+    _reject_unknown(key, value, SECTION_KEYS[key])
     return Resources(
         requests=_str_map(f"{key}.requests", sec["requests"]) if "requests" in sec else default.requests,
         limits=_str_map(f"{key}.limits", sec["limits"]) if "limits" in sec else default.limits,
     )
 
 
-def _reject_unknown(key: str, sec: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(sec) - allowed)
+def nearest_key(word: str, valid: Iterable[str]) -> str | None:
+    """The valid key closest to `word` (case-insensitive, difflib's ratio >= 0.6), if any."""
+    by_lower = {v.lower(): v for v in valid}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[close[0]] if close else None
+
+
+def _did_you_mean(word: str, valid: Iterable[str]) -> str:
+    near = nearest_key(word, valid)
+    return f" (did you mean {near!r}?)" if near else ""
+
+
+def _reject_unknown(key: str, raw: Any, allowed: Iterable[str]) -> None:
+    """Refuse fields of section `key` that are not in `allowed` (canonical spelling), naming
+    the nearest valid field of each."""
+    if not isinstance(raw, Mapping):
+        return
+    valid = tuple(allowed)
+    lower = {a.lower() for a in valid}
+    unknown = sorted(str(k) for k in raw if str(k).lower() not in lower)
     if unknown:
-        raise ConfigError(f"{key}: unknown field(s) {', '.join(unknown)}")
+        named = ", ".join(f"{u!r}{_did_you_mean(u, valid)}" for u in unknown)
+        raise ConfigError(f"{key}: unknown field(s) {named}; valid fields: {', '.join(valid)}")
 
 
-_TOP_LEVEL = {
-    k.lower()
-    for k in (
-        "inferenceServiceName inferenceServicePort storageSecretName podsPerRuntime headlessService tls "
-        "enableAccessLogging serviceAccountName metrics scaleToZero grpcMaxMessageSizeBytes restProxy "
-        "modelMeshImage modelMeshResources storageHelperImage storageHelperResources builtInServerTypes "
-        "payloadProcessors runtimePodLabels runtimePodAnnotations imagePullSecrets allowAnyPVC "
-        "internalModelMeshEnvVars modelMeshEndpoint etcdSecretName"
-    ).split()
+TOP_LEVEL_KEYS = (
+    "inferenceServiceName", "inferenceServicePort", "storageSecretName", "podsPerRuntime", "headlessService",
+    "tls", "enableAccessLogging", "serviceAccountName", "metrics", "scaleToZero", "grpcMaxMessageSizeBytes",
+    "restProxy", "modelMeshImage", "modelMeshResources", "storageHelperImage", "storageHelperResources",
+    "builtInServerTypes", "payloadProcessors", "runtimePodLabels", "runtimePodAnnotations", "imagePullSecrets",
+    "allowAnyPVC", "internalModelMeshEnvVars", "modelMeshEndpoint", "etcdSecretName",
+)
+"""Upstream's top-level keys (`pkg/config/config.go`), as spelled in its docs."""
+SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
+    "tls": ("secretName", "clientAuth"),
+    "metrics": ("enabled", "port", "scheme", "disablePrometheusOperatorSupport"),
+    "scaleToZero": ("enabled", "gracePeriodSeconds"),
+    "restProxy": ("enabled", "port", "skipVerify", "image", "resources"),
+    "storageHelperImage": ("name", "tag", "digest", "command"),
+    "storageHelperResources": ("requests", "limits"),
 }
+"""The fields of the sections meshserve reads; an unknown one rejects the update."""
+
+_TOP_LEVEL = {k.lower() for k in TOP_LEVEL_KEYS}
 
 
 def parse_config_yaml(text: str | None) -> ParseResult:
@@ -221,7 +259,10 @@ def parse_config_yaml(text: str | None) -> ParseResult:
     if not isinstance(raw, Mapping):
         raise ConfigError("config.yaml must be a map of settings")
     top = {str(k).lower(): v for k, v in raw.items()}
-    warnings = tuple(f"unknown config key {k!r} ignored" for k in sorted(set(top) - _TOP_LEVEL))
+    warnings = tuple(
+        f"unknown config key {k!r} ignored{_did_you_mean(k, TOP_LEVEL_KEYS)}"
+        for k in sorted(str(k) for k in raw) if k.lower() not in _TOP_LEVEL
+    )
     d = ServingConfig()
     changes: dict[str, Any] = {}
 
@@ -247,8 +288,7 @@ def parse_config_yaml(text: str | None) -> ParseResult:
     if "payloadprocessors" in top:
         procs = _str_list("payloadProcessors", top["payloadprocessors"])
         for p in procs:
-            if " " in p:
-                raise ConfigError(f"payloadProcessors: entry {p!r} must not contain spaces")
+            _payload_processor(p)
         changes["payload_processors"] = procs
     if "imagepullsecrets" in top and top["imagepullsecrets"] is not None:
         secrets = top["imagepullsecrets"]
@@ -265,7 +305,7 @@ def parse_config_yaml(text: str | None) -> ParseResult:
         changes["image_pull_secrets"] = tuple(names)
     tls = _section("tls", top.get("tls"))
     if tls:
-        _reject_unknown("tls", tls, {"secretname", "clientauth"})
+        _reject_unknown("tls", top.get("tls"), SECTION_KEYS["tls"])
         changes["tls_secret_name"] = _str("tls.secretName", tls.get("secretname"))
         auth = _str("tls.clientAuth", tls.get("clientauth")).lower()
         if auth not in ("", "require", "optional"):
@@ -273,7 +313,7 @@ def parse_config_yaml(text: str | None) -> ParseResult:
         changes["tls_client_auth"] = auth
     metrics = _section("metrics", top.get("metrics"))
     if metrics:
-        _reject_unknown("metrics", metrics, {"enabled", "port", "scheme", "disableprometheusoperatorsupport"})
+        _reject_unknown("metrics", top.get("metrics"), SECTION_KEYS["metrics"])
         if "enabled" in metrics:
             changes["metrics_enabled"] = _bool("metrics.enabled", metrics["enabled"])
         if "port" in metrics:
@@ -289,7 +329,7 @@ def parse_config_yaml(text: str | None) -> ParseResult:
             )
     stz = _section("scaleToZero", top.get("scaletozero"))
     if stz:
-        _reject_unknown("scaleToZero", stz, {"enabled", "graceperiodseconds"})
+        _reject_unknown("scaleToZero", top.get("scaletozero"), SECTION_KEYS["scaleToZero"])
         if "enabled" in stz:
             changes["scale_to_zero_enabled"] = _bool("scaleToZero.enabled", stz["enabled"])
         if "graceperiodseconds" in stz:
@@ -298,7 +338,7 @@ def parse_config_yaml(text: str | None) -> ParseResult:
             )
     rest = _section("restProxy", top.get("restproxy"))
     if rest:
-        _reject_unknown("restProxy", rest, {"enabled", "port", "skipverify", "image", "resources"})
+        _reject_unknown("restProxy", top.get("restproxy"), SECTION_KEYS["restProxy"])
         if "enabled" in rest:
             changes["rest_proxy_enabled"] = _bool("restProxy.enabled", rest["enabled"])
         if "port" in rest:
@@ -306,6 +346,32 @@ def parse_config_yaml(text: str | None) -> ParseResult:
         if "skipverify" in rest:
             changes["rest_proxy_skip_verify"] = _bool("restProxy.skipVerify", rest["skipverify"])
     return ParseResult(config=replace(d, **changes), warnings=warnings)
+
+
+def _payload_processor(entry: str) -> None:
+    """An http(s) URL with a host (upstream's `?<modelId>#<method>` filters allowed)."""
+    shown = _hide_userinfo(entry)
+    if " " in entry:
+        raise ConfigError(f"payloadProcessors: entry {shown!r} must not contain spaces")
+    try:
+        parts = urlsplit(entry)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        _ = parts.port   # raises on a port that is not a number in range
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"payloadProcessors: entry {shown!r} is not an http(s) URL with a host; meshserve accepts only "
+            "http:// or https:// processors (the URLs upstream POSTs each request's and response's CloudEvent "
+            "to), not upstream's logger://"
+        )
+
+
+def _hide_userinfo(entry: str) -> str:
+    scheme, sep, rest = entry.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return entry
 
 
 def _dns_label(key: str, value: Any) -> str:
