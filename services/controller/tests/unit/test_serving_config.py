@@ -47,7 +47,12 @@ def test_fvt_overrides() -> None:
         "internalModelMeshEnvVars:\n  - name: BOOTSTRAP_CLEARANCE_PERIOD_MS\n    value: '0'\n"
     )
     assert c.config.rest_proxy_skip_verify and not c.config.scale_to_zero_enabled
-    assert c.warnings == ()
+    # accepted, never silently: what meshserve does not act on is named
+    assert c.warnings == (
+        "config key 'restProxy.skipVerify' is not applied yet: nothing proxies REST over TLS to the runtime pods",
+        "config key 'internalModelMeshEnvVars' has no effect in meshserve: there is no mm container: "
+        "the router and scheduler take MESHSERVE_* settings",
+    )
 
 
 def test_unknown_keys_warn() -> None:
@@ -166,7 +171,7 @@ def test_unknown_nested_fields_are_refused_naming_the_nearest_valid_field(text: 
     assert message in str(err.value)
 
 
-def test_every_valid_key_is_accepted_without_a_warning() -> None:
+def test_every_valid_key_is_accepted_without_an_unknown_key_warning() -> None:
     from meshserve.controller.serving_config import SECTION_KEYS, TOP_LEVEL_KEYS
 
     assert parse_config_yaml("\n".join(f"{k}: null" for k in TOP_LEVEL_KEYS)).warnings == ()
@@ -203,3 +208,29 @@ def test_payload_processor_urls_are_kept_and_userinfo_is_never_echoed() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config_yaml("payloadProcessors: ['http://user:s3cret@:1/x']")
     assert "s3cret" not in str(err.value) and "***@" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "warning"),
+    [
+        pytest.param("tls:\n  secretName: router-tls", "config key 'tls.secretName' is not applied yet: the router serves plaintext",
+                     id="tls"),
+        pytest.param("enableAccessLogging: true", "config key 'enableAccessLogging' is not applied yet", id="access-log"),
+        pytest.param("metrics:\n  scheme: http", "config key 'metrics.scheme' is not applied yet", id="scheme"),
+        pytest.param("payloadProcessors: ['http://p/']", "config key 'payloadProcessors' is not applied yet", id="processors"),
+        pytest.param("modelMeshImage:\n  name: x", "config key 'modelMeshImage' has no effect in meshserve", id="mm-image"),
+        pytest.param("restProxy:\n  image:\n    name: x", "config key 'restProxy.image' has no effect", id="rest-proxy-image"),
+        pytest.param("etcdSecretName: etcd", "no etcd", id="etcd"),
+    ],
+)
+def test_keys_that_are_not_applied_are_named_in_a_warning(text: str, warning: str) -> None:
+    warnings = parse_config_yaml(text).warnings
+    assert any(warning in w for w in warnings), warnings
+
+
+def test_applied_keys_give_no_warning() -> None:
+    text = (
+        "podsPerRuntime: 1\nscaleToZero:\n  enabled: true\n  gracePeriodSeconds: 5\nmetrics:\n  enabled: true\n"
+        "  port: 2112\nserviceAccountName: modelmesh\nruntimePodLabels: {a: b}\nbuiltInServerTypes: [mlserver]\n"
+    )
+    assert parse_config_yaml(text).warnings == ()

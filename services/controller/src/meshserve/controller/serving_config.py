@@ -243,6 +243,48 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
 
 _TOP_LEVEL = {k.lower() for k in TOP_LEVEL_KEYS}
 
+NOT_APPLIED_YET: Mapping[str, str] = {
+    "headlessService": "the router's Service is a static manifest (headless, upstream's default)",
+    "tls.secretName": "the router serves plaintext gRPC and REST, and the status advertises http://",
+    "tls.clientAuth": "the router serves plaintext gRPC and REST",
+    "enableAccessLogging": "the router writes no per-request log line",
+    "metrics.scheme": "every metrics endpoint serves plain HTTP",
+    "metrics.disablePrometheusOperatorSupport": (
+        "the controller creates no ServiceMonitor; leave out the kustomize component "
+        "deploy/kustomize/components/prometheus-operator instead"
+    ),
+    "grpcMaxMessageSizeBytes": "the router and its Envoy keep their own message size limits",
+    "restProxy.skipVerify": "nothing proxies REST over TLS to the runtime pods",
+    "payloadProcessors": "the entries are validated but no CloudEvent is sent",
+}
+"""Keys meshserve parses but does not act on yet: setting one gives a warning saying so
+(docs/config-keys.md; `tests/unit/test_config_keys.py` keeps the list true)."""
+NOT_APPLICABLE: Mapping[str, str] = {
+    "modelMeshImage": "there is no mm container: the router and scheduler Deployments route",
+    "modelMeshResources": "there is no mm container: set the router's and scheduler's resources in the manifests",
+    "internalModelMeshEnvVars": "there is no mm container: the router and scheduler take MESHSERVE_* settings",
+    "restProxy.image": "there is no rest-proxy container: the router serves REST itself",
+    "restProxy.resources": "there is no rest-proxy container: the router serves REST itself",
+    "modelMeshEndpoint": "the scheduler's address is the controller's MESHSERVE_CONTROLLER_SCHEDULER_ADDRESS",
+    "etcdSecretName": "there is no etcd: Redis and Postgres URLs come from the meshserve-infra Secret",
+}
+"""Upstream keys that mean nothing in meshserve's architecture: accepted, with a warning."""
+
+
+def _is_set(top: Mapping[str, Any], path: str) -> bool:
+    section, _, name = path.lower().partition(".")
+    value = top.get(section)
+    if name:
+        return isinstance(value, Mapping) and {str(k).lower(): v for k, v in value.items()}.get(name) is not None
+    return value is not None
+
+
+def _unapplied_warnings(top: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(
+        [f"config key {k!r} is not applied yet: {why}" for k, why in NOT_APPLIED_YET.items() if _is_set(top, k)]
+        + [f"config key {k!r} has no effect in meshserve: {why}" for k, why in NOT_APPLICABLE.items() if _is_set(top, k)]
+    )
+
 
 def parse_config_yaml(text: str | None) -> ParseResult:
     """Parse the user's `config.yaml` over upstream's defaults.
@@ -345,7 +387,7 @@ def parse_config_yaml(text: str | None) -> ParseResult:
             changes["rest_proxy_port"] = _int("restProxy.port", rest["port"], low=1, high=65535)
         if "skipverify" in rest:
             changes["rest_proxy_skip_verify"] = _bool("restProxy.skipVerify", rest["skipverify"])
-    return ParseResult(config=replace(d, **changes), warnings=warnings)
+    return ParseResult(config=replace(d, **changes), warnings=warnings + _unapplied_warnings(top))
 
 
 def _payload_processor(entry: str) -> None:
