@@ -53,7 +53,8 @@ def queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(where, PromQL) for every panel target and query variable."""
     for panel in _panels(dashboard["panels"]):
         for target in panel.get("targets", []):
-            yield f"panel {panel.get('title')!r} {target.get('refId')}", target["expr"]
+            if isinstance(target.get("expr"), str) and target["expr"].strip():   # else: structure_problems
+                yield f"panel {panel.get('title')!r} {target.get('refId')}", target["expr"]
     for var in dashboard.get("templating", {}).get("list", []):
         if var.get("type") == "query":
             q = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
