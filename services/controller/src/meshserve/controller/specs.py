@@ -131,7 +131,15 @@ def _ref(obj: Mapping[str, Any], kind: str) -> ObjectRef:
 
 def _common(obj: Mapping[str, Any]) -> tuple[str, int, bool]:
     meta = _meta(obj)
-    return str(meta.get("uid") or ""), int(meta.get("generation") or 0), bool(meta.get("deletionTimestamp"))
+    generation = meta.get("generation")
+    # the API server owns it (an integer); anything else a local store holds counts as 0
+    generation = generation if isinstance(generation, int) and not isinstance(generation, bool) else 0
+    return str(meta.get("uid") or ""), generation, bool(meta.get("deletionTimestamp"))
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """`value` if it is a mapping, else {} (a CR the API server did not check may hold anything)."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def _opt_str(value: Any) -> str:
@@ -172,9 +180,9 @@ def parse_inference_service(obj: Mapping[str, Any]) -> PredictorCR | None:
 
 
 def _isvc_spec(obj: Mapping[str, Any], ref: ObjectRef) -> ModelSpec:
-    annotations = _meta(obj).get("annotations") or {}
+    annotations = _mapping(_meta(obj).get("annotations"))
     nname = f"{ref.namespace}/{ref.name}"
-    predictor = (obj.get("spec") or {}).get("predictor")
+    predictor = _mapping(obj.get("spec")).get("predictor")
     if not isinstance(predictor, Mapping):
         raise InvalidArgument(f"the InferenceService {nname} has no spec.predictor")
     frameworks = [fw for fw in FRAMEWORKS if isinstance(predictor.get(fw), Mapping)]
@@ -232,9 +240,8 @@ def parse_predictor(obj: Mapping[str, Any]) -> PredictorCR:
     """Parse a v1alpha1 Predictor, applying upstream's `validatePredictor` rules."""
     ref = _ref(obj, KIND_PREDICTOR)
     source = modelid.SOURCE_PREDICTOR
-    spec = obj.get("spec") or {}
     try:
-        model_spec = _predictor_spec(spec if isinstance(spec, Mapping) else {})
+        model_spec = _predictor_spec(_mapping(obj.get("spec")))
     except InvalidArgument as err:
         return _build(ref=ref, source=source, obj=obj, spec=None, error=err.message)
     return _build(ref=ref, source=source, obj=obj, spec=model_spec, error="")
