@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,46 @@ def packaged_crds() -> dict[tuple[str, str], JSON]:
 
 
 def validate_document(obj: Mapping[str, Any], crds: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> list[str]:
-    """Schema errors of one document whose kind has a CRD here; [] for kinds without one."""
+    """Schema errors of one document whose kind has a CRD here; [] for kinds without one.
+
+    A kind a CRD here serves, under an apiVersion of another group (or none, or not a
+    string), is an error too: it would otherwise skip the schema altogether. Any document,
+    of any kind, holding what JSON cannot (`json_problems`) gets those errors alone: the API
+    server and the local store take JSON."""
+    problems = json_problems(obj)
+    if problems:
+        return problems
     crds = packaged_crds() if crds is None else crds
-    group = str(obj.get("apiVersion", "")).rpartition("/")[0]
-    crd = crds.get((group, str(obj.get("kind", ""))))
-    if crd is None:
+    api_version, kind = obj.get("apiVersion", ""), obj.get("kind", "")
+    group = api_version.rpartition("/")[0] if isinstance(api_version, str) else ""
+    crd = crds.get((group, str(kind)))
+    if crd is not None and isinstance(api_version, str):
+        return validate_custom_resource(obj, crd)
+    served = sorted(
+        f"{g}/{v['name']}" for (g, k), c in crds.items() if k == kind for v in c["spec"]["versions"] if v.get("served", True)
+    )
+    if served:
+        return [f"apiVersion: {api_version!r} does not serve {kind}; use {' or '.join(served)}"]
+    return []
+
+
+def json_problems(obj: Any, path: str = "") -> list[str]:
+    """Where a parsed YAML document holds what JSON (and so the API server and the local
+    store) cannot: a date or timestamp, a non-string map key, NaN or infinity, binary or a
+    set. Each message names the path and says to quote the value."""
+    here = path or "<root>"
+    if isinstance(obj, Mapping):
+        out: list[str] = []
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                out.append(f"{here}: the key {key!r} is not a string; quote it")
+                continue
+            out += json_problems(value, f"{path}.{key}" if path else key)
+        return out
+    if isinstance(obj, list):
+        return [p for i, item in enumerate(obj) for p in json_problems(item, f"{path}[{i}]")]
+    if obj is None or isinstance(obj, str | bool | int):
         return []
-    return validate_custom_resource(obj, crd)
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [f"{here}: {obj!r} is not a JSON number"]
+    return [f"{here}: a {type(obj).__name__} value ({str(obj)[:40]!r}) is not JSON; quote it to make it a string"]
