@@ -320,6 +320,15 @@ def test_the_monitors_are_valid_and_scrape_every_metrics_endpoint_once(tmp_path:
 
 
 @needs_kubectl
+def test_the_example_overlay_is_the_quickstart_with_the_monitors() -> None:
+    docs = build(KUSTOMIZE / "examples" / "quickstart-with-monitoring")
+    assert {d["kind"] for d in docs if d["apiVersion"] == MONITORING} == {"ServiceMonitor", "PodMonitor"}
+    assert any(d["kind"] == "Namespace" for d in docs)   # the quickstart's
+    assert validation_problems(docs) == []
+    assert scrape_problems(docs) == []
+
+
+@needs_kubectl
 def test_the_pod_monitor_follows_metrics_port_and_labels_the_runtime(tmp_path: Path) -> None:
     docs = compose(tmp_path, KUSTOMIZE / "base", config_patch="metrics:\n  port: 9191\n")
     config = serving_config(docs)
