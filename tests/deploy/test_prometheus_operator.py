@@ -372,8 +372,6 @@ def _mutated(docs: list[dict[str, Any]], name: str, change: Any) -> list[dict[st
             {"app.kubernetes.io/name": "meshserve-schedular"}), "selects 0 Services", id="selector-typo"),
         pytest.param("meshserve-scheduler", lambda d: d["spec"]["endpoints"][0].update(port="metrics"),
                      "no port named 'metrics'", id="service-port-name"),
-        pytest.param("meshserve-router", lambda d: d["spec"]["endpoints"][0].pop("relabelings"),
-                     "expected exactly one", id="router-monitor-also-scrapes-runtime-pods"),
         pytest.param("meshserve-runtimes", lambda d: d["spec"]["podMetricsEndpoints"][0].update(port="metrics"),
                      "no container port named 'metrics'", id="pod-port-name"),
         pytest.param("meshserve-runtimes", lambda d: d["spec"]["podMetricsEndpoints"][0].update(scheme="https"),
@@ -388,13 +386,23 @@ def test_the_scrape_check_catches(tmp_path: Path, name: str, change: Any, needle
     assert any(needle in p for p in problems), problems
 
 
+@needs_kubectl
+def test_the_scrape_check_catches_a_router_service_that_selects_runtime_pods(tmp_path: Path) -> None:
+    docs = compose(tmp_path, KUSTOMIZE / "base")
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "modelmesh-serving")
+    service["spec"]["selector"] = {"modelmesh-service": "modelmesh-serving"}  # upstream's label alone
+    problems = scrape_problems(docs)
+    assert any("expected exactly one" in p for p in problems), problems
+
+
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
         pytest.param(lambda d: d["spec"].update(endpoint=[]), "unknown spec field", id="spec-typo"),
         pytest.param(lambda d: d["spec"]["endpoints"][0].update(schema="http"), "unknown field", id="endpoint-typo"),
         pytest.param(lambda d: d["spec"]["endpoints"][0].update(scheme="ftp"), "scheme", id="scheme"),
-        pytest.param(lambda d: d["spec"]["endpoints"][0]["relabelings"][0].update(action="keeep"),
+        pytest.param(lambda d: d["spec"]["endpoints"][0].update(
+            relabelings=[{"sourceLabels": ["__meta_kubernetes_pod_label_app"], "regex": "x", "action": "keeep"}]),
                      "relabel action", id="action"),
         pytest.param(lambda d: d["spec"]["selector"].update(matchExpressions=[{"key": "a", "operator": "In"}]),
                      "needs values", id="expression"),
