@@ -32,6 +32,13 @@ restarted under a living puller would leave the puller and the scheduler believi
 it no longer has. Each pod's restart count, last exit and process ids are written to the
 `meshserve-local-pods` ConfigMap of the resource store (`resources.LOCAL_PODS_CONFIGMAP`), which
 `meshserve get pods` shows as RESTARTS.
+
+The storage-config Secret applied with `meshserve apply` reaches the pods as the kubelet's
+Secret volume does: `ProcessRuntimes` runs a `meshserve.controller.local.StorageSecretSync`
+that keeps `<local root>/storage-config/` (the pullers' MESHSERVE_PULLER_STORAGE_CONFIG_DIR)
+equal to the Secret's keys, file by file, atomically; a running puller reads the key files at
+every load, so a new or changed key works without restarting anything. The first pod starts
+only after the first sync (bounded wait).
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ from meshserve.cli.restarts import (
     describe_exit,
 )
 from meshserve.controller.deployments import LOCAL_COMMAND_ANNOTATION, SPEC_HASH_ANNOTATION
+from meshserve.controller.local import LocalResourceApi, StorageConfigFiles, StorageSecretSync
 from meshserve.controller.reconcile import ActionKind, DeploymentAction, ObservedDeployment
 
 log = logging.getLogger(__name__)
@@ -395,11 +403,33 @@ class ProcessRuntimes:
         )
         self.deployments: dict[str, ObservedDeployment] = {}
         self._lock = asyncio.Lock()
+        self._secret_api: LocalResourceApi | None = None
+        self._secret_sync: StorageSecretSync | None = None
+        self._secret_task: asyncio.Task[None] | None = None
+        admin_url = str(getattr(settings, "admin_url", "") or "")
+        if admin_url:
+            self._secret_api = LocalResourceApi(admin_url, token=token.get_secret_value() if token is not None else None)
+            self._secret_sync = StorageSecretSync(
+                self._secret_api, files=StorageConfigFiles(self.root / "storage-config"),
+                namespace=config["namespace"], config_map_name=str(getattr(settings, "config_map_name", "model-serving-config")),
+            )
 
     def observed(self) -> dict[str, ObservedDeployment]:
         return dict(self.deployments)
 
+    async def _storage_config_synced(self) -> None:
+        """Start the storage-config sync (on the controller's loop) and wait, at most
+        SECRET_SYNC_WAIT_SECONDS, for its first listing: a pod started now sees the keys."""
+        if self._secret_sync is None:
+            return
+        if self._secret_task is None:
+            self._secret_task = asyncio.get_running_loop().create_task(self._secret_sync.run(), name="storage-config-sync")
+            self._secret_task.add_done_callback(_log_death)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._secret_sync.synced.wait(), SECRET_SYNC_WAIT_SECONDS)
+
     async def apply(self, action: DeploymentAction, *, namespace: str) -> None:
+        await self._storage_config_synced()
         async with self._lock:
             if action.kind is ActionKind.DELETE:
                 await asyncio.to_thread(self._call, {"op": "delete", "name": action.name})
@@ -429,6 +459,12 @@ class ProcessRuntimes:
         return reply
 
     async def close(self) -> None:
+        if self._secret_task is not None:
+            self._secret_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._secret_task
+        if self._secret_api is not None:
+            await self._secret_api.close()
         async with self._lock:
             await asyncio.to_thread(self._shutdown)
 
@@ -442,6 +478,14 @@ class ProcessRuntimes:
             self._proc.kill()
             self._proc.wait(5)
         self._log.close()
+
+
+SECRET_SYNC_WAIT_SECONDS = 10.0
+
+
+def _log_death(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the storage-config sync stopped: %r", task.exception())
 
 
 def _exit_on_signal(*_: Any) -> None:

@@ -14,14 +14,32 @@ fresh listing, so nothing missed while disconnected is lost. The store keeps tom
 watch from an old version never expires (no 410 here).
 
 Never decides anything: the same `Reconciler` as in Kubernetes mode does.
+
+The `storage-config` Secret in local mode (`StorageSecretSync`, run by the local runtime
+backend, which plays the kubelet that mounts the Secret into its pods): the store keeps no
+Secret kind, so `meshserve apply` keeps a Secret as a *carrier* ConfigMap
+`local-secret.<name>` (label `meshserve.io/local-secret`, the Secret's `data` base64-encoded
+as in a Secret, `stringData` folded in: `secret_carrier`). The sync lists and long-polls the
+store like the informers, and writes the keys of the Secret named by the config's
+`storageSecretName` into the runtime pods' storage-config folder, one file per key, each
+written to a temporary file and renamed (a puller reading a key sees the old or the new
+value, never half of one); keys removed from the Secret are removed, files it did not write
+(the local stack's own keys) are left alone. Values are never logged; a key whose name is not
+a file name is skipped and named in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import logging
+import os
 import random
+import re
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +48,7 @@ from meshserve.controller.backoff import backoff_delay
 from meshserve.controller.deployments import SPEC_HASH_ANNOTATION
 from meshserve.controller.kube import JSON, KubeError, ObjectList, ResourceKind, WatchEvent
 from meshserve.controller.reconcile import ActionKind, DeploymentAction, ObservedDeployment
+from meshserve.controller.serving_config import ConfigError, parse_configmap_data
 from meshserve.controller.watcher import Informer
 
 log = logging.getLogger(__name__)
@@ -213,3 +232,200 @@ class RecordingRuntimes:
 
     async def close(self) -> None:
         return None
+
+
+# --- the storage-config Secret in local mode ------------------------------------------------------
+
+CARRIER_PREFIX = "local-secret."
+CARRIER_LABEL = "meshserve.io/local-secret"
+SECRET_NAME_ANNOTATION = "meshserve.io/secret-name"
+KEY_NAME = re.compile(r"^[-._a-zA-Z0-9]+$")
+"""A Secret data key (Kubernetes' rule), which is also a safe file name unless it is `.`/`..`."""
+MANAGED_KEYS_FILE = ".meshserve-secret-keys.json"
+
+
+def valid_key_name(key: str) -> bool:
+    return bool(KEY_NAME.match(key)) and key not in (".", "..") and len(key) <= 253
+
+
+def carrier_name(secret_name: str) -> str:
+    return f"{CARRIER_PREFIX}{secret_name}"
+
+
+def secret_data(secret: Mapping[str, Any]) -> dict[str, str]:
+    """A Secret's keys as base64 values: `data` as given, `stringData` encoded over it (the API
+    server's rule: stringData wins). Values must be strings (checked by the caller)."""
+    data = {str(k): str(v) for k, v in (secret.get("data") or {}).items()}
+    for key, value in (secret.get("stringData") or {}).items():
+        data[str(key)] = base64.b64encode(str(value).encode()).decode()
+    return data
+
+
+def secret_carrier(secret: Mapping[str, Any], *, namespace: str) -> dict[str, Any]:
+    """The ConfigMap the local store keeps for a (validated) Secret."""
+    name = str((secret.get("metadata") or {}).get("name") or "")
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {
+            "name": carrier_name(name), "namespace": namespace,
+            "labels": {CARRIER_LABEL: "true", "app.kubernetes.io/managed-by": "meshserve-local"},
+            "annotations": {SECRET_NAME_ANNOTATION: name},
+        },
+        "data": secret_data(secret),
+    }
+
+
+def carried_secret(obj: Mapping[str, Any]) -> tuple[str, dict[str, str]] | None:
+    """(Secret name, base64 data) of a carrier ConfigMap; None for any other object."""
+    meta = obj.get("metadata") or {}
+    if obj.get("kind") != "ConfigMap" or (meta.get("labels") or {}).get(CARRIER_LABEL) != "true":
+        return None
+    name = str((meta.get("annotations") or {}).get(SECRET_NAME_ANNOTATION) or "")
+    if not name or meta.get("name") != carrier_name(name):
+        return None
+    return name, {str(k): str(v) for k, v in (obj.get("data") or {}).items()}
+
+
+class StorageConfigFiles:
+    """The storage-config folder of the local runtime pods: one file per Secret key.
+
+    Only the keys this class wrote (listed in `.meshserve-secret-keys.json`) are ever removed;
+    every write is a rename of a complete 0600 temporary file in the same folder."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _managed(self) -> set[str]:
+        try:
+            names = json.loads((self.directory / MANAGED_KEYS_FILE).read_text())
+        except (OSError, ValueError):
+            return set()
+        return {str(n) for n in names if isinstance(n, str) and valid_key_name(n)} if isinstance(names, list) else set()
+
+    def _write(self, name: str, payload: bytes) -> None:
+        tmp = self.directory / f".{name}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(payload)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.directory / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def sync(self, data: Mapping[str, str] | None) -> list[str]:
+        """Make the folder hold `data` (base64 values; None: the Secret is gone); returns the
+        keys written. Unchanged files are not rewritten."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        written: list[str] = []
+        wanted: set[str] = set()
+        for key, value in sorted((data or {}).items()):
+            if not valid_key_name(key):
+                log.warning("storage-config key %r is not a valid key name (letters, digits, '-', '_', '.'): skipped", key)
+                continue
+            try:
+                payload = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                log.warning("storage-config key %s is not valid base64: skipped", key)
+                continue
+            wanted.add(key)
+            path = self.directory / key
+            try:
+                if path.read_bytes() == payload:
+                    continue
+            except OSError:
+                pass
+            self._write(key, payload)
+            written.append(key)
+        for stale in sorted(self._managed() - wanted):
+            (self.directory / stale).unlink(missing_ok=True)
+        self._write(MANAGED_KEYS_FILE, json.dumps(sorted(wanted)).encode())
+        return written
+
+
+class StorageSecretSync:
+    """Keeps `files` equal to the storage-config Secret of `namespace` in the local store (see
+    the module docstring): one listing, then long polls; any failure -> back-off and a fresh
+    listing, as `LocalInformers`."""
+
+    def __init__(
+        self, api: LocalResourceApi, *, files: StorageConfigFiles, namespace: str, config_map_name: str,
+        watch_timeout_seconds: int = 30, sleep: Any = asyncio.sleep,
+    ) -> None:
+        self.api = api
+        self.files = files
+        self.namespace = namespace
+        self.config_map_name = config_map_name
+        self.watch_timeout_seconds = watch_timeout_seconds
+        self.synced = asyncio.Event()
+        """Set once the folder reflects a first listing of the store."""
+        self._sleep = sleep
+        self._secret_name = "storage-config"
+        self._carriers: dict[str, dict[str, str]] = {}
+        self._written: dict[str, str] | None = None
+
+    def _see(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        if obj.get("kind") != "ConfigMap" or meta.get("namespace") != self.namespace:
+            return
+        if meta.get("name") == self.config_map_name:
+            data = None if event_type == "DELETED" else obj.get("data")
+            try:
+                config = parse_configmap_data(data if isinstance(data, Mapping) else None).config
+            except ConfigError:
+                return  # the reconciler reports it; the name in force stays
+            self._secret_name = config.storage_secret_name
+            return
+        carried = carried_secret(obj)
+        if carried is not None:
+            name, data = carried
+            if event_type == "DELETED":
+                self._carriers.pop(name, None)
+            else:
+                self._carriers[name] = data
+
+    def _refresh(self) -> None:
+        data = self._carriers.get(self._secret_name)
+        if self._written is not None and dict(data or {}) == self._written:
+            return
+        written = self.files.sync(data)
+        self._written = dict(data or {})
+        if written or not data:
+            log.info("storage-config %s: %d key(s) in %s (%s written)", self._secret_name, len(data or {}),
+                     self.files.directory, ", ".join(written) or "none")
+
+    async def relist(self) -> str:
+        listed = await self.api.list_all()
+        self._carriers.clear()
+        for obj in listed.items:
+            self._see("ADDED", obj)
+        await asyncio.to_thread(self._refresh)
+        self.synced.set()
+        return listed.resource_version
+
+    async def run(self) -> None:
+        """Forever (cancel to stop)."""
+        version, attempt = "", 0
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    version = await self.relist()
+                    need_list = False
+                events, version = await self.api.watch_all(
+                    resource_version=version, timeout_seconds=self.watch_timeout_seconds
+                )
+                for event in events:
+                    self._see(event.type, event.object)
+                if events:
+                    await asyncio.to_thread(self._refresh)
+                attempt = 0
+            except (KubeError, ValueError, OSError) as err:
+                delay = backoff_delay(attempt=attempt, rand=random.random())
+                attempt += 1
+                need_list = True
+                log.warning("storage-config sync failed (%s); re-listing in %.2fs", type(err).__name__, delay)
+                await self._sleep(delay)
