@@ -39,7 +39,19 @@ def test_apply_checks_each_document() -> None:
     def check(body: object) -> list[str]:
         return resources.validate(resources.Document("f.yaml", 1, body))
 
-    assert check({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}})[0].startswith("kind 'Secret' is not supported")
+    assert check({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "s"}})[0].startswith("kind 'Pod' is not supported")
+    # a Secret is kept (the storage-config one); its keys must be storage configs, named in the errors
+    assert check({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}) == [
+        "data or stringData: a storage-config Secret needs at least one key"
+    ]
+    assert check({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "type": "kubernetes.io/tls",
+                  "stringData": {"k": '{"type": "s3"}'}}) == [
+        "type: 'kubernetes.io/tls' is not supported here (a storage-config Secret is Opaque)"
+    ]
+    assert check({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+                  "stringData": {"k": '{"bucket": "b", "secret_access_key": "hidden-value"}'}}) == [
+        "key 'k': missing the 'type' field (s3, gcs, azure, http or pvc)"
+    ]
     assert check({"kind": "InferenceService"}) == ["metadata.name: required"]
     runtime = {"apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime", "metadata": {"name": "r"},
                "spec": {"containers": [{"name": "mm", "image": "x"}], "supportedModelFormats": [{"name": "a"}]}}

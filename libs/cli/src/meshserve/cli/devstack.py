@@ -39,6 +39,7 @@ class StackConfig:
     redis_url: str | None = None
     database_url: str | None = None
     s3_endpoint: str | None = None
+    pvc_dir: Path | None = None            # pvc://<claim>/... reads <pvc_dir>/<claim>/...; default <root>/pvc
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -121,6 +122,12 @@ class Stack:
     @property
     def storage_config_dir(self) -> Path:
         return self.root / "storage-config"
+
+    @property
+    def pvc_mounts_dir(self) -> Path:
+        """Local mode's PersistentVolumeClaims: `pvc://<claim>/<path>` is `<this>/<claim>/<path>`
+        (the pullers' MESHSERVE_PULLER_PVC_MOUNTS_DIR; a claim is a folder, or a symlink to one)."""
+        return self.config.pvc_dir or self.root / "pvc"
 
     def s3_credentials(self) -> dict[str, str]:
         if self.config.s3_endpoint:
@@ -481,6 +488,7 @@ class Stack:
             "MESHSERVE_PULLER_LISTEN_ADDRESS": f"127.0.0.1:{puller_port}",
             "MESHSERVE_PULLER_MODEL_DIR": str(models),
             "MESHSERVE_PULLER_STORAGE_CONFIG_DIR": str(self.storage_config_dir),
+            "MESHSERVE_PULLER_PVC_MOUNTS_DIR": str(self.pvc_mounts_dir),
             "MESHSERVE_PULLER_MODEL_SERVER_GRPC": f"127.0.0.1:{grpc_port}",
             "MESHSERVE_PULLER_MODEL_SERVER_REST": f"http://127.0.0.1:{http_port}",
             "MESHSERVE_PULLER_MODEL_SERVER_PID_FILE": str(pod_dir / "mlserver.pid"),

@@ -221,7 +221,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return cmd_apply(args, deleting=True)
 
 
-RESOURCE_KINDS = ["isvc", "inferenceservices", "predictors", "servingruntimes", "clusterservingruntimes"]
+RESOURCE_KINDS = ["isvc", "inferenceservices", "predictors", "servingruntimes", "clusterservingruntimes", "secrets", "secret"]
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -230,7 +230,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
         client = _resource_client(args)
         try:
-            return resources.get(client, args.kind, namespace=args.namespace, out=sys.stdout, err=sys.stderr)
+            return resources.get(client, args.kind, namespace=args.namespace, out=sys.stdout, err=sys.stderr,
+                                 name=args.name)
         except resources.LoadError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         "get", help="list models, pods, runtimes, vmodels, events, or resources (isvc, predictors, servingruntimes)"
     )
     get.add_argument("kind", choices=["models", "pods", "runtimes", "vmodels", "events", *RESOURCE_KINDS])
+    get.add_argument("name", nargs="?", help="secret: one Secret's keys and their storage types (never values)")
     get.add_argument("-n", "--namespace", default=namespace_default)
     get.add_argument("--admin", default=admin_default)
     get.set_defaults(fn=cmd_get)

@@ -11,6 +11,12 @@ it as `InvalidSpec` in the status.
 
 Valid documents are applied, invalid ones are reported one by one (file, document number, kind,
 name, every error) and the command exits 1, as kubectl does.
+
+`kind: Secret`: only the storage-config Secret (the name the config's `storageSecretName` gives,
+default `storage-config`), with `data` (base64) and/or `stringData`, each key one JSON object
+that the controller's `parse_storage_secret` accepts (errors name the key and the field, never a
+value). The store keeps it as a carrier ConfigMap (`meshserve.controller.local.secret_carrier`);
+`get secrets` lists names and keys, `get secret <name>` each key's storage type: never a value.
 """
 
 from __future__ import annotations
@@ -32,14 +38,16 @@ KINDS = {
     "ServingRuntime": True,
     "ClusterServingRuntime": False,
     "ConfigMap": True,
+    "Secret": True,
 }
-"""Kinds the local store keeps -> namespaced."""
+"""Kinds the local store keeps -> namespaced (a Secret as a carrier ConfigMap)."""
 ALIASES = {
     "isvc": "InferenceService", "isvcs": "InferenceService", "inferenceservice": "InferenceService",
     "inferenceservices": "InferenceService",
     "predictor": "Predictor", "predictors": "Predictor",
     "servingruntime": "ServingRuntime", "servingruntimes": "ServingRuntime",
     "clusterservingruntime": "ClusterServingRuntime", "clusterservingruntimes": "ClusterServingRuntime",
+    "secret": "Secret", "secrets": "Secret",
 }
 
 
@@ -102,6 +110,8 @@ def validate(doc: Document) -> list[str]:
         errors.append("metadata.name: required")
     if errors:
         return errors
+    if doc.kind == "Secret":
+        return validate_secret(body)
     from meshserve.controller import crdschema
 
     errors += crdschema.validate_document(body)
@@ -125,6 +135,56 @@ def validate(doc: Document) -> list[str]:
             except ConfigError as err:
                 errors.append(f"data: {err}")
     return errors
+
+
+def validate_secret(body: Mapping[str, Any]) -> list[str]:
+    """A storage-config Secret: string values, key names, and every key a storage config."""
+    import base64
+    import binascii
+
+    from meshserve.controller.local import valid_key_name
+    from meshserve.controller.storage_config import parse_storage_secret
+
+    errors: list[str] = []
+    kind = body.get("type")
+    if kind not in (None, "Opaque"):
+        errors.append(f"type: {kind!r} is not supported here (a storage-config Secret is Opaque)")
+    for field in ("data", "stringData"):
+        values = body.get(field)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping) or not all(isinstance(v, str) for v in values.values()):
+            errors.append(f"{field}: must map keys to strings")
+            continue
+        for key, value in values.items():
+            if not valid_key_name(str(key)):
+                errors.append(f"{field}[{key!r}]: a key must consist of letters, digits, '-', '_' or '.'")
+            elif field == "data":
+                try:
+                    base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError):
+                    errors.append(f"data[{key!r}]: the value is not valid base64 (use stringData for plain text)")
+    if errors:
+        return errors
+    if not body.get("data") and not body.get("stringData"):
+        return ["data or stringData: a storage-config Secret needs at least one key"]
+    from meshserve.controller.local import secret_data
+
+    parsed = parse_storage_secret(secret_data(body))
+    return [f"key {key!r}: {why}" for key, why in sorted(parsed.errors.items())]
+
+
+def storage_secret_name(client: AdminClient, *, namespace: str) -> str:
+    """The Secret name the config's `storageSecretName` gives (default `storage-config`)."""
+    from meshserve.controller.serving_config import ConfigError, ServingConfig, parse_configmap_data
+
+    response = client.request("GET", _resource_path("ConfigMap", namespace, "model-serving-config"))
+    if response.status_code != 200:
+        return ServingConfig().storage_secret_name
+    try:
+        return parse_configmap_data(response.json().get("data")).config.storage_secret_name
+    except (ConfigError, ValueError, AttributeError):
+        return ServingConfig().storage_secret_name
 
 
 class AdminClient:
@@ -154,6 +214,10 @@ def _error_text(response: httpx.Response) -> str:
 
 
 def _resource_path(kind: str, namespace: str, name: str) -> str:
+    if kind == "Secret":   # kept as its carrier ConfigMap
+        from meshserve.controller.local import carrier_name
+
+        kind, name = "ConfigMap", carrier_name(name)
     return f"/v1/resources/{kind}/{namespace if KINDS.get(kind, True) else '_'}/{name}"
 
 
@@ -163,7 +227,7 @@ def _namespace(doc: Document, default: str) -> str:
 
 
 def _short(kind: str) -> str:
-    return f"{kind.lower()}.serving.kserve.io" if kind != "ConfigMap" else "configmap"
+    return f"{kind.lower()}.serving.kserve.io" if kind not in ("ConfigMap", "Secret") else kind.lower()
 
 
 def apply(client: AdminClient, docs: list[Document], *, namespace: str, out: Any, err: Any) -> int:
@@ -178,9 +242,27 @@ def apply(client: AdminClient, docs: list[Document], *, namespace: str, out: Any
                 print(f"  - {p}", file=err)
         else:
             valid.append(doc)
+    secrets = [doc for doc in valid if doc.kind == "Secret"]
+    if secrets:
+        wanted = {}
+        for ns in {_namespace(doc, namespace) for doc in secrets}:
+            wanted[ns] = storage_secret_name(client, namespace=ns)
+        for doc in secrets:
+            expected = wanted[_namespace(doc, namespace)]
+            if doc.name != expected:
+                failed += 1
+                valid.remove(doc)
+                print(f"error: {doc.where()} is invalid:", file=err)
+                print(f"  - metadata.name: only the storage-config Secret ({expected!r}, the config's "
+                      "storageSecretName) is kept in local mode", file=err)
     if valid:
+        from meshserve.controller.local import carrier_name, secret_carrier
+
         bodies = []
         for doc in valid:
+            if doc.kind == "Secret":
+                bodies.append(secret_carrier(doc.body, namespace=_namespace(doc, namespace)))
+                continue
             body = dict(doc.body)
             meta = dict(body.get("metadata") or {})
             if KINDS[doc.kind]:
@@ -191,8 +273,12 @@ def apply(client: AdminClient, docs: list[Document], *, namespace: str, out: Any
         if response.status_code >= 400:
             print(f"error: the store refused the documents ({response.status_code}): {_error_text(response)}", file=err)
             return 1
+        carriers = {carrier_name(doc.name): doc.name for doc in valid if doc.kind == "Secret"}
         for item in response.json().get("items", []):
-            print(f"{_short(item['kind'])}/{item['name']} {item['action']}", file=out)
+            if item["kind"] == "ConfigMap" and item["name"] in carriers:
+                print(f"secret/{carriers[item['name']]} {item['action']}", file=out)
+            else:
+                print(f"{_short(item['kind'])}/{item['name']} {item['action']}", file=out)
     return 1 if failed else 0
 
 
@@ -285,11 +371,74 @@ def rows_for(kind: str, items: list[Mapping[str, Any]], *, now: datetime | None 
     return header, rows
 
 
-def get(client: AdminClient, what: str, *, namespace: str, out: Any, err: Any) -> int:
+def secret_rows(items: list[Mapping[str, Any]], *, now: datetime | None = None) -> tuple[list[str], list[list[str]]]:
+    """`get secrets`: names and keys, never values."""
+    from meshserve.controller.local import carried_secret
+
+    rows: list[list[str]] = []
+    for obj in items:
+        carried = carried_secret(obj)
+        if carried is None:
+            continue
+        name, data = carried
+        rows.append([name, "Opaque", str(len(data)), ",".join(sorted(data)),
+                     age(_get(obj, "metadata", "creationTimestamp"), now=now)])
+    return ["NAME", "TYPE", "DATA", "KEYS", "AGE"], rows
+
+
+def secret_key_rows(obj: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """`get secret <name>`: each key, its storage type and whether the controller accepts it
+    (the reason names the field, never a value)."""
+    from meshserve.controller.local import carried_secret
+    from meshserve.controller.storage_config import parse_storage_secret
+
+    carried = carried_secret(obj)
+    data = carried[1] if carried is not None else {}
+    parsed = parse_storage_secret(data)
+    rows = []
+    for key in sorted(data):
+        entry = parsed.entries.get(key)
+        rows.append([key, entry.type if entry else "-", "ok" if entry else parsed.errors.get(key, "invalid")])
+    return ["KEY", "TYPE", "STATUS"], rows
+
+
+def _print_table(header: list[str], rows: list[list[str]], out: Any) -> None:
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
+    print("   ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)).rstrip(), file=out)
+    for r in rows:
+        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip(), file=out)
+
+
+def get_secrets(client: AdminClient, name: str | None, *, namespace: str, out: Any, err: Any) -> int:
+    if name:
+        response = client.request("GET", _resource_path("Secret", namespace, name))
+        if response.status_code == 404:
+            print(f'Error from server (NotFound): secrets "{name}" not found', file=err)
+            return 1
+        if response.status_code >= 400:
+            print(f"error: {response.status_code} {_error_text(response)}", file=err)
+            return 1
+        header, rows = secret_key_rows(response.json())
+    else:
+        response = client.request("GET", "/v1/resources", params={"kind": "ConfigMap", "namespace": namespace})
+        if response.status_code >= 400:
+            print(f"error: {response.status_code} {_error_text(response)}", file=err)
+            return 1
+        header, rows = secret_rows(response.json().get("items", []))
+    if not rows:
+        print(f"No resources found in {namespace} namespace.", file=err)
+        return 0
+    _print_table(header, rows, out)
+    return 0
+
+
+def get(client: AdminClient, what: str, *, namespace: str, out: Any, err: Any, name: str | None = None) -> int:
     kind = ALIASES.get(what.lower())
     if kind is None:
-        print(f"error: unknown resource {what!r} (isvc, predictors, servingruntimes)", file=err)
+        print(f"error: unknown resource {what!r} (isvc, predictors, servingruntimes, secrets)", file=err)
         return 1
+    if kind == "Secret":
+        return get_secrets(client, name, namespace=namespace, out=out, err=err)
     kinds = [kind] if kind not in ("ServingRuntime",) else ["ServingRuntime", "ClusterServingRuntime"]
     items: list[Mapping[str, Any]] = []
     for k in kinds:
@@ -303,10 +452,7 @@ def get(client: AdminClient, what: str, *, namespace: str, out: Any, err: Any) -
         print(f"No resources found in {namespace} namespace.", file=err)
         return 0
     header, rows = rows_for("ServingRuntime" if kind == "ClusterServingRuntime" else kind, items)
-    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
-    print("   ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)).rstrip(), file=out)
-    for r in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip(), file=out)
+    _print_table(header, rows, out)
     return 0
 
 
