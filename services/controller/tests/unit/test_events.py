@@ -194,6 +194,22 @@ def test_invalid_serving_config_records_invalid_config_and_keeps_previous() -> N
     assert r.config.pods_per_runtime == 3
 
 
+def test_an_unknown_config_key_is_an_event_naming_the_nearest_key_once_per_change() -> None:
+    events = Captured()
+    r = reconciler(events)
+    cm = {"metadata": {"name": "model-serving-config", "namespace": NS, "uid": "cm-1"}}
+    typo = {**cm, "data": {"config.yaml": "podsPerRuntim: 3\n"}}
+    r.on_event(kube.CONFIG_MAP, "ADDED", typo, None)
+    [(obj, etype, reason, message)] = events.events
+    assert (obj.kind, obj.name, etype, reason) == ("ConfigMap", "model-serving-config", EventType.WARNING,
+                                                   "ConfigKeyIgnored")
+    assert "podsPerRuntim" in message and "podsPerRuntime" in message
+    r.on_event(kube.CONFIG_MAP, "MODIFIED", typo, typo)        # a re-list: same content, no new Event
+    assert len(events.events) == 1
+    r.on_event(kube.CONFIG_MAP, "MODIFIED", {**cm, "data": {"config.yaml": "podsPerRuntime: 3\n"}}, typo)
+    assert len(events.events) == 1 and r.config.pods_per_runtime == 3
+
+
 def test_reconciler_events_never_carry_storage_credentials() -> None:
     events = Captured()
     r = reconciler(events)

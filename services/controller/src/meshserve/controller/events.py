@@ -45,6 +45,7 @@ MAX_MESSAGE = 1024
 
 # reasons
 INVALID_CONFIG = "InvalidConfig"
+CONFIG_KEY_IGNORED = "ConfigKeyIgnored"
 INVALID_SPEC = "InvalidSpec"
 SCALED_TO_ZERO = "ScaledToZero"
 SCALED_UP = "ScaledUp"

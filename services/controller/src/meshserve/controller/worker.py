@@ -41,6 +41,7 @@ from meshserve.controller import kube, metrics
 from meshserve.controller import status as st
 from meshserve.controller.backoff import backoff_delay
 from meshserve.controller.events import (
+    CONFIG_KEY_IGNORED,
     INVALID_CONFIG,
     INVALID_SPEC,
     SCALED_TO_ZERO,
@@ -126,6 +127,7 @@ class Reconciler:
         self.config_map_name = config_map_name
         self.scheduler_address = scheduler_address
         self.config = ServingConfig()
+        self._config_warnings: tuple[str, ...] = ()
         self.storage_secret_name = self.config.storage_secret_name
         self.storage = StorageConfig()
         self.records: dict[str, RuntimeRecord] = {}
@@ -173,6 +175,12 @@ class Reconciler:
                            f"invalid model-serving-config, keeping the previous configuration: {update.error}")
             if update.restart_needed:
                 log.warning("storageSecretName changed; it takes effect after a controller restart")
+            if update.warnings != self._config_warnings:  # once per change, not on every re-list
+                self._config_warnings = update.warnings
+                for warning in update.warnings:
+                    log.warning("model-serving-config: %s", warning)
+                    self.event(InvolvedObject.of(kind, new), EventType.WARNING, CONFIG_KEY_IGNORED,
+                               f"model-serving-config: {warning}")
             self.config = update.config
             self.queue.add(runtimes_key)
             self._enqueue_all_predictors()
