@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             rows.append(row(result))
             print(table([rows[-1]]).splitlines()[-1], flush=True)
+            for code, detail in sorted(result.details.items()):
+                print(f"  first {code}: {detail}", flush=True)
             if result.state.leaks:
                 print("  leaks: " + "\n         ".join(result.state.leaks), flush=True)
         if chaos.supervisor_failure is not None:
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             {"fault": r.fault.name, "sent": r.sent, "failed": dict(r.failed), "in_flight": r.in_flight,
              "p99_during": r.p99_during, "p99_after": r.p99_after, "served_again": r.served_again,
              "unanswered": r.unanswered, "copies_lost": r.copies_lost, "copies_replaced": r.copies_replaced,
-             "registered_lost": r.state.lost, "leaks": r.state.leaks, "notes": r.outcome.notes} for r in results
+             "registered_lost": r.state.lost, "failure_details": r.details, "leaks": r.state.leaks, "notes": r.outcome.notes} for r in results
         ], indent=2))
     return 0
 

@@ -91,6 +91,8 @@ class CaseResult:
     copies_replaced: int
     state: Consistency
     outcome: Outcome
+    details: dict[str, str]
+    """gRPC status -> the details of its first failed request."""
     duration: float
 
     @property
@@ -276,7 +278,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
 
 # -- one case -----------------------------------------------------------------------------------
 
-def _served_again(records: list[Record], swept: dict[int, float], injected: float) -> float:
+def served_again_after(records: list[Record], swept: dict[int, float], injected: float) -> float:
     """Seconds from `injected` until every model that failed after it answered again."""
     last_fail: dict[int, float] = {}
     for r in records:
@@ -323,7 +325,7 @@ def run_case(chaos: ChaosStack, fault: Fault, *, rate: float, processes: int, ti
     state = settle(chaos, registered, timeout=timing.settle)
     index = {n: i for i, n in enumerate(names)}
     swept = {index[n]: t for n, t in swept_at.items()}
-    served_again = _served_again(records, swept, injected)
+    served_again = served_again_after(records, swept, injected)
     recovered = max(cleared, injected + served_again)
     if fault.live_state:
         lost_models = set().union(*before_pods.values()) if before_pods else set()
@@ -339,6 +341,10 @@ def run_case(chaos: ChaosStack, fault: Fault, *, rate: float, processes: int, ti
     now = chaos.copies()
     replaced = sum(1 for m in lost_models if now.get(m))
     failed = Counter(r.code for r in records if r.code != "OK")
+    details: dict[str, str] = {}
+    for r in records:
+        if r.code != "OK":
+            details.setdefault(r.code, r.detail)   # the first of each status
     return CaseResult(
         fault=fault,
         sent=len(records),
@@ -353,6 +359,7 @@ def run_case(chaos: ChaosStack, fault: Fault, *, rate: float, processes: int, ti
         copies_replaced=replaced,
         state=state,
         outcome=outcome,
+        details=details,
         duration=time.monotonic() - started,
     )
 

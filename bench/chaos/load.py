@@ -34,6 +34,7 @@ class Record:
     latency: float   # seconds until its answer (or its failure)
     code: str        # gRPC status name: "OK", "UNAVAILABLE", ...
     model: int       # index into the models list
+    detail: str = ""  # the status details of a failure (cut to 200 characters)
 
     @property
     def done(self) -> float:
@@ -75,7 +76,7 @@ def _client(spec: LoadSpec, index: int, stop: threading.Event, out: str, answere
     cum = zipf_cum_weights(len(spec.models), spec.zipf_s)
     bodies = [payload(m) for m in spec.models]
     period = spec.processes / spec.rate
-    records: list[tuple[float, float, str, int]] = []
+    records: list[tuple[float, float, str, int, str]] = []
     sent = 0
     with grpc.insecure_channel(spec.address) as channel:
         call = channel.unary_unary(INFER)
@@ -91,7 +92,8 @@ def _client(spec: LoadSpec, index: int, stop: threading.Event, out: str, answere
 
             def done(f: grpc.Future, model: int = model, wall: float = wall, started: float = started) -> None:
                 code = f.code()  # type: ignore[attr-defined]
-                records.append((wall, time.perf_counter() - started, code.name if code else "UNKNOWN", model))
+                detail = "" if code == grpc.StatusCode.OK else str(f.details() or "")[:200]  # type: ignore[attr-defined]
+                records.append((wall, time.perf_counter() - started, code.name if code else "UNKNOWN", model, detail))
                 if code == grpc.StatusCode.OK:
                     with answered.get_lock():
                         answered.value += 1
