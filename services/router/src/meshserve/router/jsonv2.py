@@ -98,7 +98,10 @@ def to_infer_request(body: bytes, model_name: str) -> v2.ModelInferRequest:
             getattr(tensor.contents, field).extend(values)
         except (TypeError, ValueError, OverflowError) as err:
             raise JsonTensorError(f"input {name!r}: {err}") from err
-    for out in doc.get("outputs") or []:
+    outputs = doc.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise JsonTensorError("'outputs' must be a list of objects with a 'name'")
+    for out in outputs:
         if isinstance(out, dict) and isinstance(out.get("name"), str):
             request.outputs.add(name=out["name"])
     return request
