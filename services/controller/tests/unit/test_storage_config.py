@@ -5,6 +5,8 @@ import json
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshserve.controller.storage_config import parse_storage_secret
 
@@ -51,3 +53,41 @@ def test_credentials_never_appear_in_repr_str_or_logs(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.INFO):
         logging.getLogger("t").info("loaded %s", entry)
     assert SECRET not in caplog.text
+
+
+# --- fuzz: mutated Secret values never crash the parser nor leak a value -------------------------
+
+FUZZ_SECRET = "fuzz-controller-secret-0001"
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20).filter(lambda t: FUZZ_SECRET not in t),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def secret_values(draw: st.DrawFn) -> str | bytes:
+    entry = {"type": draw(st.sampled_from(["s3", "gcs", "azure", "http", "pvc", ""]) | json_values),
+             "secret_access_key": FUZZ_SECRET, "bucket": draw(json_values)}
+    for key in draw(st.lists(st.sampled_from(["type", "bucket", "secret_access_key", "default_bucket", "name"]), max_size=2)):
+        entry.pop(key, None)
+    text = draw(st.sampled_from([json.dumps(entry), json.dumps([entry]), json.dumps(entry)[:-1], f"{FUZZ_SECRET} not json"]))
+    kind = draw(st.sampled_from(["b64", "plain", "bytes", "broken-b64"]))
+    if kind == "b64":
+        return base64.b64encode(text.encode()).decode()
+    if kind == "bytes":
+        return base64.b64encode(text.encode())
+    if kind == "broken-b64":
+        return base64.b64encode(text.encode()).decode()[:-1] + "!"
+    return text
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.dictionaries(st.text(min_size=1, max_size=10), secret_values(), max_size=4))
+def test_the_secret_parser_never_crashes_and_never_shows_a_value(data: dict[str, str | bytes]) -> None:
+    cfg = parse_storage_secret(data)
+    assert set(cfg.entries) | set(cfg.errors) == set(data) and not set(cfg.entries) & set(cfg.errors)
+    shown = [repr(cfg), *cfg.errors.values(), *(e.describe() for e in cfg.entries.values())]
+    assert not any(FUZZ_SECRET in text for text in shown)
+    for entry in cfg.entries.values():
+        assert entry.type and "secret_access_key" not in entry.public

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PUBLIC_FIELDS = frozenset(
-    {"type", "bucket", "endpoint_url", "region", "account_name", "container", "url", "name", "client_email",
-     "token_uri", "tenant_id", "client_id"}
+    {"type", "bucket", "endpoint_url", "endpoint", "region", "account_name", "container", "url", "name", "client_email",
+     "token_uri", "tenant_id", "client_id", "authority_host"}
 )
 """Fields whose values may appear in logs and status. Everything else is treated as a credential."""
 

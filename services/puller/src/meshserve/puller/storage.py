@@ -33,7 +33,8 @@ from meshserve.puller.model_cache import ModelCache
 from meshserve.puller.storage_sync import MANIFEST, RemoteObject, local_names, sync_objects
 
 __all__ = [
-    "MANIFEST", "RemoteObject", "StorageConfig", "fetch", "load_storage_config", "local_names", "predict_size",
+    "MANIFEST", "RemoteObject", "StorageConfig", "check_config", "fetch", "load_storage_config", "local_names",
+    "predict_size",
     "sync_objects",
 ]
 
@@ -131,6 +132,32 @@ def _fetch(cfg: StorageConfig, *, path: str, dest: Path, pvc_mounts: Path, cache
     if cfg.type == "http":
         return storage_http.fetch(cfg.fields, path=path, dest=dest)
     return int(_provider(cfg.type).fetch(cfg.fields, path=path, dest=dest, cache=cache))
+
+
+def check_config(cfg: StorageConfig, *, path: str, pvc_mounts: Path) -> None:
+    """Check the fields of `cfg` as `fetch` does before its first request (the SDK client is
+    built, nothing is sent; a PVC's files are looked at): FailedPrecondition or
+    InvalidArgument, prefixed with the storage key's name as `fetch`'s errors, never quoting
+    a credential."""
+    try:
+        _check_config(cfg, path=path, pvc_mounts=pvc_mounts)
+    except (FailedPrecondition, InvalidArgument) as err:
+        if cfg.key is None:
+            raise
+        raise type(err)(f"storage key {cfg.key!r}: {err.message}") from err
+
+
+def _check_config(cfg: StorageConfig, *, path: str, pvc_mounts: Path) -> None:
+    if cfg.type == "pvc":
+        storage_pvc.plan(pvc_mounts, claim=str(cfg.fields.get("name") or ""), path=path)
+        return
+    _check_type(cfg)
+    if cfg.type == "s3":
+        storage_s3.client_for(cfg.fields)
+    elif cfg.type == "http":
+        storage_http.check(cfg.fields, path=path)
+    elif cfg.type in ("gcs", "azure"):
+        _provider(cfg.type).check(cfg.fields, path=path)
 
 
 def predict_size(cfg: StorageConfig, *, path: str, pvc_mounts: Path | None = None) -> int:

@@ -96,6 +96,12 @@ def predict_size(fields: Mapping[str, Any], *, path: str) -> int:
         return 0
 
 
+def check(fields: Mapping[str, Any], *, path: str) -> None:
+    """The config checks of `fetch`: the client is built (a service principal's credential
+    too), nothing is sent."""
+    _container(fields, path)
+
+
 def _objects(container: ContainerClient, path: str) -> list[RemoteObject]:
     """The blob named `path`, or every blob under `path/`. Folder markers (names ending in
     `/`, and the `hdi_isfolder` blobs of accounts with a hierarchical namespace) are skipped."""
@@ -232,10 +238,11 @@ def _service(
     url = endpoint or f"https://{account_name}.blob.core.windows.net"
     if not url.startswith(("http://", "https://")):
         raise FailedPrecondition(f"storage config field 'endpoint' must be an http(s):// URL, got {url!r}")
+    field = "endpoint" if endpoint else "account_name"
     if account_key:
         if not account_name:
             raise FailedPrecondition("storage config field 'account_name' is required with 'account_key'")
-        return BlobServiceClient(url, credential=AzureNamedKeyCredential(account_name, account_key), **options)
+        return _blob_service(url, field, credential=AzureNamedKeyCredential(account_name, account_key), **options)
     if principal is not None:
         if not url.startswith("https://"):
             raise FailedPrecondition(
@@ -245,8 +252,15 @@ def _service(
             tenant_id=principal[2], client_id=principal[0], client_secret=principal[1],
             authority_host=authority_host, ca_file=options.get("connection_verify"),
         )
-        return BlobServiceClient(url, credential=credential, **options)
-    return BlobServiceClient(url, **options)  # anonymous: a public container
+        return _blob_service(url, field, credential=credential, **options)
+    return _blob_service(url, field, **options)  # anonymous: a public container
+
+
+def _blob_service(url: str, field: str, **options: Any) -> BlobServiceClient:
+    try:
+        return BlobServiceClient(url, **options)
+    except ValueError as err:  # the SDK's URL parsing; the URL is not quoted (it may hold a SAS token)
+        raise FailedPrecondition(f"storage config field {field!r} does not give a valid account URL") from err
 
 
 def service_principal_credential(

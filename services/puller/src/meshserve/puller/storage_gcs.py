@@ -181,6 +181,11 @@ def _gcs_errors(where: str, *, missing: str) -> Iterator[None]:
         raise Unavailable(f"the download of {where} was corrupted (checksum mismatch)") from err
 
 
+def check(fields: Mapping[str, Any], *, path: str) -> None:
+    """The config checks of `fetch`: the client is built (credentials parsed), nothing is sent."""
+    _client(fields)
+
+
 def _client(fields: Mapping[str, Any]) -> tuple[gcs.Client, str]:
     bucket = str(fields.get("bucket") or "")
     if not bucket:

@@ -68,6 +68,13 @@ def fetch(fields: Mapping[str, Any], *, path: str, dest: Path) -> int:
     return target.stat().st_size
 
 
+def check(fields: Mapping[str, Any], *, path: str) -> None:
+    """The config checks of `fetch`, without a request."""
+    _urls(fields, path)
+    headers_of(fields)
+    _verify(fields)
+
+
 def headers_of(fields: Mapping[str, Any]) -> dict[str, str]:
     """The `headers` field as a dict (a JSON string is accepted: storage_params are strings);
     values of credential-like headers are registered as secrets, so no log line shows them."""
@@ -92,12 +99,16 @@ def _urls(fields: Mapping[str, Any], path: str) -> tuple[str, str]:
     base = str(fields.get("url") or "")
     if not base:
         raise FailedPrecondition("required configuration 'url' missing for storage type http")
-    parts = urlsplit(base)
+    try:
+        parts = urlsplit(base)
+        port = parts.port   # a port that is no number, or out of range, raises here
+    except ValueError as err:
+        raise FailedPrecondition("storage config field 'url' is not a valid URL (host or port)") from err
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FailedPrecondition("storage config field 'url' must be an http:// or https:// URL with a host")
     url_path = parts.path.rstrip("/") + "/" + path.lstrip("/")
     full = urlunsplit((parts.scheme, parts.netloc, url_path, parts.query, ""))
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    netloc = parts.hostname + (f":{port}" if port else "")
     return full, urlunsplit((parts.scheme, netloc, url_path, "", ""))
 
 

@@ -45,6 +45,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     FlexibleChecksumError,
     IncompleteReadError,
+    InvalidRegionError,
     NoCredentialsError,
     ReadTimeoutError,
     ResponseStreamingError,
@@ -100,14 +101,22 @@ def client_for(fields: Mapping[str, Any]) -> tuple[Any, str]:
         verify = ca_bundle_file(pem_text(fields["certificate"], field="certificate"))
     elif fields.get("certificate_file"):  # a local path to a bundle (local mode); not upstream's
         verify = str(fields["certificate_file"])
-    client = _client(
-        str(fields.get("endpoint_url") or "") or None,
-        str(fields.get("access_key_id") or "") or None,
-        str(fields.get("secret_access_key") or "") or None,
-        str(fields.get("region") or "us-east-1"),
-        verify,
-        _addressing(fields),
-    )
+    key_id = str(fields.get("access_key_id") or "") or None
+    secret = str(fields.get("secret_access_key") or "") or None
+    if (key_id is None) != (secret is None):
+        missing = "access_key_id" if key_id is None else "secret_access_key"
+        raise FailedPrecondition(
+            f"storage config field {missing!r} is required with the other of access_key_id/secret_access_key"
+        )
+    try:
+        client = _client(
+            str(fields.get("endpoint_url") or "") or None, key_id, secret,
+            str(fields.get("region") or "us-east-1"), verify, _addressing(fields),
+        )
+    except InvalidRegionError as err:
+        raise FailedPrecondition(f"storage config field 'region' is not a valid region name: {fields.get('region')!r}") from err
+    except ValueError as err:  # botocore's "Invalid endpoint": never quoted (a URL may carry user info)
+        raise FailedPrecondition("storage config field 'endpoint_url' is not a valid http(s) URL") from err
     return client, bucket
 
 
