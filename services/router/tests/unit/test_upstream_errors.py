@@ -46,3 +46,9 @@ def test_a_request_the_model_server_cannot_parse_is_invalid_argument(method: str
     details = "Unexpected <class 'google.protobuf.message.DecodeError'>: Error parsing message with type 'inference.ModelInferRequest'"
     assert client_status(method, grpc.StatusCode.UNKNOWN, details) == grpc.StatusCode.INVALID_ARGUMENT
     assert client_status(method, grpc.StatusCode.UNKNOWN, "Unexpected ModelNotFound") == grpc.StatusCode.UNKNOWN
+
+
+def test_stream_infer_is_remapped_like_infer() -> None:
+    # found by tests/fuzz: MLServer's stream answers a bad tensor with INTERNAL too
+    stream = "/inference.GRPCInferenceService/ModelStreamInfer"
+    assert client_status(stream, grpc.StatusCode.INTERNAL, "cannot reshape array of size 4") == grpc.StatusCode.INVALID_ARGUMENT

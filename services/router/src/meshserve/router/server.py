@@ -8,6 +8,7 @@ can crash the process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -186,19 +187,40 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 raise Unavailable(f"model {model_id!r} has no loaded copy")
             endpoint = balance.pick(endpoints, self.dp.in_flight, self.dp._rng)
 
+            refused: list[InvalidArgument] = []  # a request that must not reach the model server
+
+            def checked(item: bytes) -> bytes:
+                if problem := wire.raw_inputs_problem(item):
+                    raise InvalidArgument(problem)
+                return wire.replace_string(item, model_id, 1)
+
             async def rewritten() -> AsyncIterator[bytes]:
-                yield wire.replace_string(first, model_id, 1)
-                async for item in requests:
-                    yield wire.replace_string(item, model_id, 1)
+                # An exception escaping this iterator would be logged by grpc and the upstream
+                # call left open until its deadline (found by tests/fuzz): end the call instead.
+                try:
+                    yield checked(first)
+                    async for item in requests:
+                        yield checked(item)
+                except (wire.WireError, InvalidArgument) as err:
+                    refused.append(
+                        err if isinstance(err, InvalidArgument) else InvalidArgument(f"malformed ModelStreamInfer request: {err}")
+                    )
+                    upstream.cancel()
 
             stream = self.upstream.stream_callable(endpoint.grpc_address, method)
             upstream = stream(rewritten(), metadata=forwarded, timeout=context.time_remaining())
             try:
                 async for reply in upstream:
                     yield reply
+            except asyncio.CancelledError:
+                if not refused:  # not our cancel: the client's, or shutdown
+                    raise
+                raise refused[0] from None
             except grpc.aio.AioRpcError as err:
                 details = err.details() or err.code().name
                 raise from_grpc(client_status(method, err.code(), details), details) from err
+            if refused:  # the call ended before our cancel was seen
+                raise refused[0]
         except grpc.aio.AbortError:
             raise
         except Exception as err:

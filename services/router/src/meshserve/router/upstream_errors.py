@@ -3,7 +3,7 @@
 MLServer (1.7) answers a request whose tensors do not fit the model (wrong number of
 features, a shape that does not match the data, a datatype it cannot decode) with
 INTERNAL and the Python exception's text. For the client that is a bad request, so
-an INTERNAL reply to ModelInfer whose text matches one of MLServer's input-decoding or
+an INTERNAL reply to ModelInfer (or ModelStreamInfer) whose text matches one of MLServer's input-decoding or
 input-validation messages becomes INVALID_ARGUMENT, with the model server's reason
 kept verbatim. A request whose tensors are not valid protobuf (the router reads only
 the top-level fields, so a broken nested message reaches the model server) is answered
@@ -46,6 +46,6 @@ _UNDECODABLE = re.compile(r"DecodeError|Error parsing message")
 def client_status(method: str, code: grpc.StatusCode, details: str) -> grpc.StatusCode:
     if code == grpc.StatusCode.UNKNOWN and details and _UNDECODABLE.search(details):
         return grpc.StatusCode.INVALID_ARGUMENT
-    if code == grpc.StatusCode.INTERNAL and method.endswith("/ModelInfer") and is_bad_input(details):
+    if code == grpc.StatusCode.INTERNAL and method.endswith(("/ModelInfer", "/ModelStreamInfer")) and is_bad_input(details):
         return grpc.StatusCode.INVALID_ARGUMENT
     return code
