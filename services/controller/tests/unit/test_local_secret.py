@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshserve.controller import local
 
@@ -65,3 +67,26 @@ def test_a_value_that_is_not_base64_is_skipped_without_quoting_it(tmp_path: Path
     with caplog.at_level(logging.WARNING):
         assert files.sync({"bad": "very-secret-value-123!!"}) == []
     assert "bad" in caplog.text and "very-secret-value-123" not in caplog.text
+
+
+any_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=any_json, string_data=any_json, kind=st.sampled_from([None, "Opaque", "kubernetes.io/tls", 5]))
+def test_meshserve_apply_checks_any_secret_body_without_crashing(data: object, string_data: object, kind: object) -> None:
+    from meshserve.cli import resources
+
+    body: dict[str, object] = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "storage-config"}}
+    for field, value in (("data", data), ("stringData", string_data), ("type", kind)):
+        if value is not None:
+            body[field] = value
+    errors = resources.validate(resources.Document("f.yaml", 1, body))
+    assert all(isinstance(e, str) and e for e in errors)
+    if not errors:  # what passes becomes a carrier the store takes, and its files
+        carrier = local.secret_carrier(body, namespace="default")
+        assert local.carried_secret(carrier) is not None
