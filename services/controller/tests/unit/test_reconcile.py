@@ -72,6 +72,30 @@ def test_first_reconcile_creates_deployment_for_used_runtime_only() -> None:
     assert again.actions == ()
 
 
+def _claims(manifest: dict[str, Any]) -> set[str]:
+    return {v["persistentVolumeClaim"]["claimName"] for v in manifest["spec"]["template"]["spec"].get("volumes", [])
+            if "persistentVolumeClaim" in v}
+
+
+def test_allow_any_pvc_mounts_the_claims_the_predictors_name_and_only_then() -> None:
+    def on_pvc(name: str, claim: str) -> specs.PredictorCR:
+        obj: dict[str, Any] = {"metadata": {"name": name, "namespace": "ns",
+                                            "annotations": {specs.DEPLOYMENT_MODE_ANNOTATION: "ModelMesh"}},
+                               "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"},
+                                                                "storageUri": f"pvc://{claim}/models/m"}}}}
+        p = specs.parse_inference_service(obj)
+        assert p is not None
+        return p
+
+    predictors = [on_pvc("a", "claim-a"), on_pvc("b", "claim-b"), sklearn("c")]
+    anyp = replace(CONFIG, allow_any_pvc=True)
+    [created] = [a for a in plan(predictors, {}, {}, now=0, config=anyp).actions if a.name == ML]
+    assert created.manifest is not None
+    assert _claims(created.manifest) == {"models-pvc-1", "claim-a", "claim-b"}   # the Secret's claim and theirs
+    [created] = [a for a in plan(predictors, {}, {}, now=0).actions if a.name == ML]
+    assert created.manifest is not None and _claims(created.manifest) == {"models-pvc-1"}
+
+
 def test_scale_to_zero_timer_rules_like_the_fvt() -> None:
     r1 = plan([sklearn()], {}, {}, now=0)
     obs = apply(r1, {})

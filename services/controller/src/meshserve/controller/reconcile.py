@@ -109,6 +109,7 @@ def plan_runtimes(
     now: float,
 ) -> RuntimePlan:
     """Deployment actions for every runtime of one namespace (see module docstring)."""
+    predictors = list(predictors)   # read once per runtime (allowAnyPVC claims)
     used = runtimes_in_use(predictors, runtimes, config=config)
     grace = float(config.scale_to_zero_grace_period_seconds)
     actions: list[DeploymentAction] = []
@@ -150,6 +151,7 @@ def plan_runtimes(
         manifest = deploy.build_runtime_deployment(
             runtime=rt, config=config, namespace=namespace, replicas=replicas, storage=storage,
             scheduler_address=scheduler_address,
+            pvc_claims=deploy.predictor_pvc_claims(predictors, runtime_name=name, runtimes=runtimes, config=config),
         )
         desired_hash = manifest["metadata"]["annotations"][deploy.SPEC_HASH_ANNOTATION]
         if current is None:
