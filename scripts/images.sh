@@ -13,8 +13,8 @@
 # Idempotent: the base image is made only when missing (REBUILD_BASE=1 forces it), and the
 # builds reuse podman's layer cache. Podman's configuration comes from
 # docker/podman/containers.conf through CONTAINERS_CONF (no system file is edited).
-# pip/uv inside the builds reach PyPI through the host's CA bundle, mounted read-only for the
-# build only (never baked into an image). If UV_CACHE_DIR_HOST names a uv cache on the host
+# pip/uv inside the builds reach PyPI through the host's CA bundle, passed as the build secret
+# `hostca` (mounted only by the RUN steps that install, never stored in a layer). If UV_CACHE_DIR_HOST names a uv cache on the host
 # (default: ~/.cache/uv when present), it is mounted as the build's uv cache: no downloads for
 # what the host already has. Timings and sizes go to stdout and to $IMAGES_REPORT (if set).
 set -euo pipefail
@@ -85,13 +85,13 @@ EOF
 }
 
 build_args() {
-  # the host's CA bundle for pip/uv during the build only; the uv cache when there is one
-  BUILD_VOLUMES=()
+  # the host CA bundle for pip/uv as a build secret; the host uv cache when there is one
+  BUILD_OPTS=()
   if [ -s "$HOST_CA" ]; then
-    BUILD_VOLUMES+=(--volume "$HOST_CA:/etc/ssl/certs/host-ca.crt:ro")
+    BUILD_OPTS+=(--secret "id=hostca,src=$HOST_CA")
   fi
   if [ -n "$UV_CACHE_DIR_HOST" ] && [ -d "$UV_CACHE_DIR_HOST" ]; then
-    BUILD_VOLUMES+=(--volume "$UV_CACHE_DIR_HOST:/root/.cache/uv")
+    BUILD_OPTS+=(--volume "$UV_CACHE_DIR_HOST:/root/.cache/uv")
   fi
 }
 
@@ -102,7 +102,7 @@ build_meshserve() {
     start=$SECONDS
     log "building meshserve/$target:$TAG (docker/Dockerfile --target $target)"
     podman build --layers -f docker/Dockerfile --target "$target" \
-      --build-arg BASE_IMAGE="$BASE_IMAGE" "${BUILD_VOLUMES[@]}" \
+      --build-arg BASE_IMAGE="$BASE_IMAGE" "${BUILD_OPTS[@]}" \
       -t "meshserve/$target:$TAG" . \
       || { log "build of $target failed"; exit 1; }
     report "built meshserve/$target:$TAG in $((SECONDS - start)) s"

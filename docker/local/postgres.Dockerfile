@@ -8,7 +8,7 @@ RUN mkdir -p /etc/postgresql-common \
  && echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf \
  && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15 \
- && rm -rf /var/lib/apt/lists/* \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data \
  && install -d -o postgres -g postgres /run/postgresql
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH \
