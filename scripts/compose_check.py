@@ -65,6 +65,7 @@ IMAGES = [
 ] + [
     "localhost/local/redis:bookworm",
     "localhost/local/postgres:bookworm",
+    "localhost/local/s3:bookworm",
 ]
 ENV = dict(
     os.environ,

@@ -7,9 +7,11 @@
 #              already uses (no registry is reachable on these machines)
 #   meshserve  docker/Dockerfile's targets router, scheduler, controller, puller, mlserver, all
 #              from one shared `app` stage (built once), FROM the local base
-#   local      the compose stack's Redis and Postgres, built from the local base
-#              (docker/local/*.Dockerfile) under the names docker-compose.local.yml gives them
+#   local      the compose stack's Redis, Postgres and S3 (moto) stand-ins, built from the local
+#              base (docker/local/*.Dockerfile) under the names docker-compose.local.yml gives them
 #
+# IMAGES_FROM=<git revision> (e.g. HEAD) builds from `git archive` of that revision instead of
+# the working tree, so uncommitted edits stay out of the images.
 # Idempotent: the base image is made only when missing (REBUILD_BASE=1 forces it), and the
 # builds reuse podman's layer cache. Podman's configuration comes from
 # docker/podman/containers.conf through CONTAINERS_CONF (no system file is edited).
@@ -67,11 +69,10 @@ build_base() {
   local mirror rootfs start
   mirror="$(debian_mirror)"
   rootfs="$(mktemp -d /var/tmp/meshserve-rootfs.XXXXXX)"
-  trap 'rm -rf "$rootfs"' RETURN
   start=$SECONDS
   log "debootstrap --variant=minbase bookworm from $mirror"
   debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >/var/tmp/meshserve-debootstrap.log 2>&1 \
-    || { tail -20 /var/tmp/meshserve-debootstrap.log; exit 1; }
+    || { tail -20 /var/tmp/meshserve-debootstrap.log; rm -rf "$rootfs"; exit 1; }
   local security="${mirror%/}"
   security="${security%/debian}/debian-security"
   cat >"$rootfs/etc/apt/sources.list" <<EOF
@@ -81,10 +82,22 @@ deb $security bookworm-security main
 EOF
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
+  rm -rf "$rootfs"
   report "built $BASE_IMAGE in $((SECONDS - start)) s"
 }
 
+CONTEXT="$ROOT"
+prepare_context() {
+  if [ -n "${IMAGES_FROM:-}" ] && [ "$CONTEXT" = "$ROOT" ]; then
+    CONTEXT="$(mktemp -d /var/tmp/meshserve-context.XXXXXX)"
+    trap 'rm -rf "$CONTEXT"' EXIT
+    git -C "$ROOT" archive "$IMAGES_FROM" | tar -x -C "$CONTEXT"
+    log "build context: git archive $IMAGES_FROM ($(git -C "$ROOT" rev-parse --short "$IMAGES_FROM"))"
+  fi
+}
+
 build_args() {
+  prepare_context
   # the host CA bundle for pip/uv as a build secret; the host uv cache when there is one
   BUILD_OPTS=()
   if [ -s "$HOST_CA" ]; then
@@ -101,21 +114,24 @@ build_meshserve() {
   for target in $TARGETS; do
     start=$SECONDS
     log "building meshserve/$target:$TAG (docker/Dockerfile --target $target)"
-    podman build --layers -f docker/Dockerfile --target "$target" \
+    podman build --layers -f "$CONTEXT/docker/Dockerfile" --target "$target" \
       --build-arg BASE_IMAGE="$BASE_IMAGE" "${BUILD_OPTS[@]}" \
-      -t "meshserve/$target:$TAG" . \
+      -t "meshserve/$target:$TAG" "$CONTEXT" \
       || { log "build of $target failed"; exit 1; }
     report "built meshserve/$target:$TAG in $((SECONDS - start)) s"
   done
 }
 
 build_local() {
-  local name start
-  for name in redis postgres; do
+  build_args
+  local name context start
+  for name in redis postgres s3; do
+    context="$CONTEXT/docker/local"
+    [ "$name" != s3 ] || context="$CONTEXT"  # s3 reads requirements.lock and docker/uv-install.sh
     start=$SECONDS
     log "building localhost/local/$name (docker/local/$name.Dockerfile)"
-    podman build --layers -f "docker/local/$name.Dockerfile" \
-      --build-arg BASE_IMAGE="$BASE_IMAGE" -t "localhost/local/$name:bookworm" docker/local \
+    podman build --layers -f "$CONTEXT/docker/local/$name.Dockerfile" \
+      --build-arg BASE_IMAGE="$BASE_IMAGE" "${BUILD_OPTS[@]}" -t "localhost/local/$name:bookworm" "$context" \
       || { log "build of $name failed"; exit 1; }
     report "built localhost/local/$name:bookworm in $((SECONDS - start)) s"
   done

