@@ -77,3 +77,38 @@ async def test_bad_documents_are_400_and_nothing_is_stored(client: httpx.AsyncCl
     response = await client.post("/v1/resources", json=payload)
     assert response.status_code == 400, response.text
     assert (await client.get(f"/v1/resources/InferenceService/default/good-{prefix}")).status_code == 404
+
+
+async def test_a_carried_secrets_values_are_hidden_unless_asked_for_with_the_token(
+    make_service: Callable[..., AbstractAsyncContextManager[SchedulerService]], database_url: str, prefix: str
+) -> None:
+    from pydantic import SecretStr
+
+    upgrade(database_url)
+    name = f"local-secret.sc-{prefix}"
+    carrier = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {"meshserve.io/local-secret": "true"},
+                     "annotations": {"meshserve.io/secret-name": f"sc-{prefix}"}},
+        "data": {"s3key": "eyJzZWNyZXRfYWNjZXNzX2tleSI6ICJ1bmlxdWUtNDI0MiJ9"},
+    }
+    plain = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"plain-{prefix}"}, "data": {"a": "b"}}
+    auth = {"Authorization": "Bearer tok-1"}
+    async with make_service(database_url, admin_token=SecretStr("tok-1")) as service:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)), base_url="http://a") as c:
+            _, start = (await c.get("/v1/resources")).json().values()
+            assert (await c.post("/v1/resources", json=[carrier, plain], headers=auth)).status_code == 200
+            path = f"/v1/resources/ConfigMap/default/{name}"
+            shown = [
+                (await c.get(path)).json(),
+                next(i for i in (await c.get("/v1/resources", params={"kind": "ConfigMap"})).json()["items"]
+                     if i["metadata"]["name"] == name),
+                next(e["object"] for e in (await c.get(f"/v1/resources:watch?resourceVersion={start}&timeoutSeconds=0")).json()["events"]
+                     if e["object"]["metadata"]["name"] == name),
+            ]
+            assert all(obj["data"] == {"s3key": "<hidden>"} for obj in shown), shown
+            assert (await c.get(f"/v1/resources/ConfigMap/default/plain-{prefix}")).json()["data"] == {"a": "b"}
+            refused = await c.get(path, params={"secretValues": "true"})
+            assert refused.status_code == 401 and "secretValues=true" in refused.json()["error"]
+            revealed = await c.get(path, params={"secretValues": "true"}, headers=auth)
+            assert revealed.json()["data"] == carrier["data"]

@@ -411,7 +411,7 @@ def _print_table(header: list[str], rows: list[list[str]], out: Any) -> None:
 
 def get_secrets(client: AdminClient, name: str | None, *, namespace: str, out: Any, err: Any) -> int:
     if name:
-        response = client.request("GET", _resource_path("Secret", namespace, name))
+        response = client.request("GET", _resource_path("Secret", namespace, name), params={"secretValues": "true"})
         if response.status_code == 404:
             print(f'Error from server (NotFound): secrets "{name}" not found', file=err)
             return 1

@@ -13,6 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+LOCAL_SECRET_LABEL = "meshserve.io/local-secret"
+"""Label of the ConfigMap that carries a Secret in local mode's resource store: the admin API
+hides its values unless asked for them (`secretValues=true`, with the admin token when set)."""
+
 
 @dataclass(frozen=True)
 class SupportedFormat:

@@ -44,6 +44,7 @@ from typing import Any
 
 import httpx
 
+from meshserve.common.labels import LOCAL_SECRET_LABEL
 from meshserve.controller.backoff import backoff_delay
 from meshserve.controller.deployments import SPEC_HASH_ANNOTATION
 from meshserve.controller.kube import JSON, KubeError, ObjectList, ResourceKind, WatchEvent
@@ -70,7 +71,10 @@ class LocalResourceApi:
 
     def __init__(self, base_url: str, *, token: str | None = None, request_timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=request_timeout)
+        # the controller writes the storage-config files: it reads the carried Secret's values
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=request_timeout, params={"secretValues": "true"}
+        )
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -237,7 +241,7 @@ class RecordingRuntimes:
 # --- the storage-config Secret in local mode ------------------------------------------------------
 
 CARRIER_PREFIX = "local-secret."
-CARRIER_LABEL = "meshserve.io/local-secret"
+CARRIER_LABEL = LOCAL_SECRET_LABEL
 SECRET_NAME_ANNOTATION = "meshserve.io/secret-name"
 KEY_NAME = re.compile(r"^[-._a-zA-Z0-9]+$")
 """A Secret data key (Kubernetes' rule), which is also a safe file name unless it is `.`/`..`."""

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unauthenticated
+from meshserve.common.labels import LOCAL_SECRET_LABEL
 from meshserve.scheduler.live import redis_unavailable
 from meshserve.scheduler.registry import RuntimeRecord
 from meshserve.scheduler.resources import KINDS, Applied, ResourceStore, identify
@@ -215,15 +216,28 @@ def create_app(service: SchedulerService) -> FastAPI:
         assert mapped is not None
         return JSONResponse({"error": mapped.message}, status_code=mapped.http_status)
 
-    async def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+    def check_token(authorization: str | None, what: str) -> None:
         token = settings.admin_token
         if token is None:
             return
         expected = f"Bearer {token.get_secret_value()}"
         if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
-            raise Unauthenticated("this admin API needs 'Authorization: Bearer <token>' for changes")
+            raise Unauthenticated(f"this admin API needs 'Authorization: Bearer <token>' for {what}")
+
+    async def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        check_token(authorization, "changes")
 
     mutate = [Depends(require_token)]
+
+    async def secret_values(
+        secretValues: Annotated[bool, Query(description=(
+            "show the values of a Secret carried in local mode (needs the admin token when one is set); "
+            "else they read '<hidden>'"))] = False,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> bool:
+        if secretValues:
+            check_token(authorization, "secretValues=true")
+        return secretValues
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -422,9 +436,10 @@ def create_app(service: SchedulerService) -> FastAPI:
     async def list_resources(
         kind: Annotated[str | None, Query(pattern=NO_NUL_PATTERN)] = None,
         namespace: Annotated[str | None, Query(pattern=NO_NUL_PATTERN)] = None,
+        reveal: bool = Depends(secret_values),
     ) -> dict[str, Any]:
         items, version = await store.list(kind=kind, namespace=namespace)
-        return {"items": items, "resourceVersion": version}
+        return {"items": [_shown(i, reveal) for i in items], "resourceVersion": version}
 
     @app.get(
         "/v1/resources:watch",
@@ -439,6 +454,7 @@ def create_app(service: SchedulerService) -> FastAPI:
     async def watch_resources(
         resourceVersion: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
         timeoutSeconds: Annotated[float, Query(ge=0, le=300, allow_inf_nan=False)] = 30,
+        reveal: bool = Depends(secret_values),
     ) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeoutSeconds
         while True:
@@ -446,14 +462,16 @@ def create_app(service: SchedulerService) -> FastAPI:
             if changes or asyncio.get_running_loop().time() >= deadline:
                 last = changes[-1][2] if changes else resourceVersion
                 return {
-                    "events": [{"type": t, "object": o} for t, o, _ in changes],
+                    "events": [{"type": t, "object": _shown(o, reveal)} for t, o, _ in changes],
                     "resourceVersion": str(last),
                 }
             await asyncio.sleep(0.2)
 
     @app.get("/v1/resources/{kind}/{namespace}/{name}", responses=_answers(404))
-    async def get_resource(kind: NamePath, namespace: NamePath, name: NamePath) -> dict[str, Any]:
-        return await store.get(kind, "" if namespace == "_" else namespace, name)
+    async def get_resource(
+        kind: NamePath, namespace: NamePath, name: NamePath, reveal: bool = Depends(secret_values)
+    ) -> dict[str, Any]:
+        return _shown(await store.get(kind, "" if namespace == "_" else namespace, name), reveal)
 
     @app.delete("/v1/resources/{kind}/{namespace}/{name}", dependencies=mutate, responses=_answers(401, 404))
     async def delete_resource(kind: NamePath, namespace: NamePath, name: NamePath) -> dict[str, Any]:
@@ -526,6 +544,15 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
         if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE:
             methods.update(route.methods)  # type: ignore[attr-defined]
     return sorted(methods)
+
+
+def _shown(obj: dict[str, Any], reveal: bool) -> dict[str, Any]:
+    """`obj` as the admin API shows it: a Secret carried in local mode has its values hidden
+    unless the caller asked for them (the controller and the CLI's `get secret` do)."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    if reveal or obj.get("kind") != "ConfigMap" or labels.get(LOCAL_SECRET_LABEL) != "true":
+        return obj
+    return {**obj, "data": {key: "<hidden>" for key in obj.get("data") or {}}}
 
 
 def _applied_json(a: Applied) -> dict[str, Any]:
