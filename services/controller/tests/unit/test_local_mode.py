@@ -65,6 +65,17 @@ def test_apply_checks_each_document() -> None:
     assert check(both) == []
 
 
+def test_a_valid_config_with_a_mistyped_key_is_taken_with_a_warning_naming_the_nearest_key() -> None:
+    doc = resources.Document("f.yaml", 1, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "model-serving-config"},
+                                           "data": {"config.yaml": "podsPerRuntim: 1\n"}})
+    assert resources.validate(doc) == []
+    [warning] = resources.config_warnings(doc)
+    assert "podsPerRuntim" in warning and "podsPerRuntime" in warning
+    other = resources.Document("f.yaml", 2, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"},
+                                             "data": {"config.yaml": "podsPerRuntim: 1\n"}})
+    assert resources.config_warnings(other) == []
+
+
 def test_get_columns_follow_the_status() -> None:
     obj = {"metadata": {"name": "m", "creationTimestamp": "2026-01-01T00:00:00Z"},
            "status": {"url": "grpc://x:8033", "conditions": [{"type": "Ready", "status": "True"}],

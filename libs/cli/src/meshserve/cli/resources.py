@@ -137,6 +137,19 @@ def validate(doc: Document) -> list[str]:
     return errors
 
 
+def config_warnings(doc: Document) -> list[str]:
+    """What the controller will warn about in a valid model-serving-config (an unknown key with
+    the nearest valid one, a key not applied yet); empty for any other document."""
+    if doc.kind != "ConfigMap" or doc.name != "model-serving-config" or not isinstance(doc.body, Mapping):
+        return []
+    from meshserve.controller.serving_config import ConfigError, parse_configmap_data
+
+    try:
+        return list(parse_configmap_data(doc.body.get("data")).warnings)
+    except ConfigError:
+        return []
+
+
 def validate_secret(body: Mapping[str, Any]) -> list[str]:
     """A storage-config Secret: string values, key names, and every key a storage config."""
     import base64
@@ -242,6 +255,8 @@ def apply(client: AdminClient, docs: list[Document], *, namespace: str, out: Any
                 print(f"  - {p}", file=err)
         else:
             valid.append(doc)
+            for warning in config_warnings(doc):
+                print(f"warning: {doc.where()}: {warning}", file=err)
     secrets = [doc for doc in valid if doc.kind == "Secret"]
     if secrets:
         wanted = {}
