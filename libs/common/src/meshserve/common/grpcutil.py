@@ -26,6 +26,13 @@ KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+SERVER_KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
+    # accept the pings our clients send (KEEPALIVE_OPTIONS: every 30 s, also on idle channels);
+    # gRPC's server default allows one per 5 min without calls and answers more with
+    # GOAWAY too_many_pings, which tears the connection down under calls in flight
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),   # the least time between received pings
+]
 
 
 def message_size_options(max_bytes: int) -> list[tuple[str, Any]]:

@@ -14,7 +14,7 @@ import grpc
 from prometheus_client import REGISTRY, start_http_server
 
 from meshserve.common.errors import MeshError
-from meshserve.common.grpcutil import bind, open_channel
+from meshserve.common.grpcutil import SERVER_KEEPALIVE_OPTIONS, bind, open_channel
 from meshserve.common.labels import parse_formats, runtime_labels
 from meshserve.common.proto.meshserve.v1 import runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from meshserve.puller.adapter import MLServerAdapter, ModelServerAdapter, TritonAdapter
@@ -84,7 +84,7 @@ class PullerApp:
         await self.service.purge()
         if self.settings.triton_prestart_formats and isinstance(self.adapter, TritonAdapter):
             await self._prestart_frameworks(self.adapter)
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=SERVER_KEEPALIVE_OPTIONS)
         runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(ModelRuntimeServicer(self.service), server)
         self.port = bind(server, self.settings.listen_address, self.settings.tls)
         await server.start()

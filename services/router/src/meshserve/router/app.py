@@ -20,7 +20,12 @@ import grpc
 import uvicorn
 from prometheus_client import start_http_server
 
-from meshserve.common.grpcutil import bind, message_size_options, open_channel
+from meshserve.common.grpcutil import (
+    SERVER_KEEPALIVE_OPTIONS,
+    bind,
+    message_size_options,
+    open_channel,
+)
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 from meshserve.common.settings import TLSSettings
 from meshserve.router import metrics
@@ -119,7 +124,7 @@ class RouterApp:
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
         envoy = self.settings.data_path == "envoy"
-        server = grpc.aio.server(options=message_size_options(self.settings.max_message_bytes))
+        server = grpc.aio.server(options=[*SERVER_KEEPALIVE_OPTIONS, *message_size_options(self.settings.max_message_bytes)])
         server.add_generic_rpc_handlers(self.grpc_handlers())
         if envoy:  # the slow path, on loopback: Envoy has the public ports
             port = bind(server, "127.0.0.1:0")
