@@ -52,3 +52,10 @@ def test_stream_infer_is_remapped_like_infer() -> None:
     # found by tests/fuzz: MLServer's stream answers a bad tensor with INTERNAL too
     stream = "/inference.GRPCInferenceService/ModelStreamInfer"
     assert client_status(stream, grpc.StatusCode.INTERNAL, "cannot reshape array of size 4") == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_stream_message_the_model_server_cannot_parse_is_invalid_argument() -> None:
+    # found by tests/fuzz: on ModelStreamInfer grpc's server says INTERNAL, not UNKNOWN
+    stream = "/inference.GRPCInferenceService/ModelStreamInfer"
+    details = "Error parsing message with type 'inference.ModelInferRequest'"
+    assert client_status(stream, grpc.StatusCode.INTERNAL, details) == grpc.StatusCode.INVALID_ARGUMENT

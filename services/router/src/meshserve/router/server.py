@@ -78,6 +78,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
             name: grpc.unary_unary_rpc_method_handler(self._wrap(name, fn)) for name, fn in methods.items()
         }
         self._handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(self.model_stream)
+        self._writers: set[asyncio.Task[None]] = set()  # ModelStreamInfer's request writers
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method  # type: ignore[attr-defined]
@@ -194,21 +195,37 @@ class InferenceHandler(grpc.GenericRpcHandler):
                     raise InvalidArgument(problem)
                 return wire.replace_string(item, model_id, 1)
 
-            async def rewritten() -> AsyncIterator[bytes]:
-                # An exception escaping this iterator would be logged by grpc and the upstream
-                # call left open until its deadline (found by tests/fuzz): end the call instead.
+            stream = self.upstream.stream_callable(endpoint.grpc_address, method)
+            upstream = stream(metadata=forwarded, timeout=context.time_remaining())
+
+            async def pump() -> None:
+                # Our own writer rather than a request iterator handed to grpc (found by
+                # tests/fuzz): an exception escaping that iterator left the call open until its
+                # deadline. Here a bad request ends the call, and the writer stops once the call
+                # has ended; the status is read below. A write that races the model server's
+                # early error status can still make grpcio replace that status with INTERNAL
+                # "Internal error from Core" (its send failure overrides the received status).
                 try:
-                    yield checked(first)
+                    await upstream.write(checked(first))
                     async for item in requests:
-                        yield checked(item)
+                        message = checked(item)
+                        if upstream.done():  # grpcio turns a write after the end into its own INTERNAL
+                            return
+                        await upstream.write(message)
+                    await upstream.done_writing()
                 except (wire.WireError, InvalidArgument) as err:
                     refused.append(
                         err if isinstance(err, InvalidArgument) else InvalidArgument(f"malformed ModelStreamInfer request: {err}")
                     )
                     upstream.cancel()
+                except Exception:  # the call (ours or the client's) has ended
+                    log.debug("stream writer for %s stopped", model_id, exc_info=True)
 
-            stream = self.upstream.stream_callable(endpoint.grpc_address, method)
-            upstream = stream(rewritten(), metadata=forwarded, timeout=context.time_remaining())
+            writer = asyncio.create_task(pump(), name=f"stream-writer:{model_id}")
+            # Not cancelled when the reply stream ends: it may be waiting for the client's next
+            # message, a read that ends by itself when the call does. Kept referenced until then.
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
             try:
                 async for reply in upstream:
                     yield reply

@@ -8,7 +8,8 @@ input-validation messages becomes INVALID_ARGUMENT, with the model server's reas
 kept verbatim. A request whose tensors are not valid protobuf (the router reads only
 the top-level fields, so a broken nested message reaches the model server) is answered
 by grpc's Python server with UNKNOWN "Unexpected <class 'DecodeError'>: Error parsing
-message": that is INVALID_ARGUMENT too, for any model method. Anything else passes
+message" (INTERNAL "Error parsing message ..." on a stream): that is INVALID_ARGUMENT too,
+for any model method. Anything else passes
 through unchanged. The REST transport asks `is_bad_input` about an HTTP 500 in the same way.
 """
 
@@ -44,7 +45,7 @@ _UNDECODABLE = re.compile(r"DecodeError|Error parsing message")
 
 
 def client_status(method: str, code: grpc.StatusCode, details: str) -> grpc.StatusCode:
-    if code == grpc.StatusCode.UNKNOWN and details and _UNDECODABLE.search(details):
+    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL) and details and _UNDECODABLE.search(details):
         return grpc.StatusCode.INVALID_ARGUMENT
     if code == grpc.StatusCode.INTERNAL and method.endswith(("/ModelInfer", "/ModelStreamInfer")) and is_bad_input(details):
         return grpc.StatusCode.INVALID_ARGUMENT
