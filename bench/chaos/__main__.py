@@ -11,6 +11,10 @@ table with the issue's targets beside the measured values.
     python -m bench.chaos [--quick] [--cases kill-pod,redis-flush] [--rate 30] [--models 50]
 
 `--quick`: shorter phases and holds (SIGSTOP 6 s, Postgres 8 s) for development.
+
+Settings beside the defaults: MESHSERVE_SCHEDULER_MIN_RESIDENCY_SECONDS=0 (a copy may be evicted
+right after its load: harsher churn than the default 30 s), pod capacity 6 MiB (about 12 of the
+0.43 MB copies; the first copy on a fresh MLServer measures ~4.8 MB, its imports).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def row(r: CaseResult) -> list[str]:
     codes = ", ".join(f"{c} {n}" for c, n in sorted(r.failed.items())) or "none"
     failed = f"{r.failures} ({codes})" if r.failures else "0"
     if r.fault.dead_pod:
-        failed += f" {'✓' if r.failures <= r.in_flight else '✗'} ≤ {r.in_flight} in flight"
+        failed += f" {'✓' if r.failures <= r.in_flight else '✗'} ≤ {r.in_flight} in flight while it died"
     again = "0 (none failed)" if r.served_again == 0 else ("never" if r.served_again == float("inf") else f"{r.served_again:.1f} s")
     again += " ✓" if r.served_again <= SERVED_AGAIN_TARGET else " ✗"
     if not r.all_answered:
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity-mib", type=float, default=6.0, help="model memory per pod (default 6: ~12 copies of 0.43 MB)")
     parser.add_argument("--rate", type=float, default=30.0, help="requests per second over all client processes")
     parser.add_argument("--processes", type=int, default=3, help="client processes")
+    parser.add_argument("--deadline", type=float, default=15.0, help="each request's deadline in seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the stack's folder (logs) after the run")
     args = parser.parse_args(argv)
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             wait_for(lambda: len(chaos.pods()) == args.pods, timeout=120, what="every runtime pod registered before the case")
             print(f"\n== {fault.title} ==", flush=True)
             try:
-                result = run_case(chaos, fault, rate=args.rate, processes=args.processes, timing=case_timing)
+                result = run_case(chaos, fault, rate=args.rate, processes=args.processes, timing=case_timing,
+                                  request_timeout=args.deadline)
             except NotDoable as why:
                 rows.append([fault.title, "-", "-", "-", "-", "-", "-", "-", "-", f"not doable here: {why}"])
                 print(f"not doable here: {why}", flush=True)
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     print(f"\n{args.models} models on {args.pods} pods of {args.capacity_mib} MiB, {args.rate:.0f} req/s from "
-          f"{args.processes} client processes (Zipf s=1), {'quick' if args.quick else 'full'} timing "
+          f"{args.processes} client processes (Zipf s=1, deadline {args.deadline:.0f} s), {'quick' if args.quick else 'full'} timing "
           f"(warm-up {timing.warmup:.0f} s, hold {timing.hold:.0f} s, Postgres {8 if args.quick else 30} s, after {timing.after:.0f} s); "
           f"{time.time() - started:.0f} s in all\n")
     print(table(rows))

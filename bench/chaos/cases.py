@@ -7,8 +7,9 @@ an instant fault such as a kill); right after, every model is asked until it ans
 settles (`harness.settle`). Measured:
 
 * requests sent, failed by gRPC status;
-* in flight at the injection (sent before it, answered after it): the bound on failures the
-  "only in-flight requests fail for a dead pod" target sets;
+* in flight while the pod died (a kill: answered after the kill, sent before the pod's
+  supervisor had stopped all of it; other faults: at the injection): the bound on failures
+  the "only in-flight requests fail for a dead pod" target sets;
 * p99 latency during the fault (requests sent from `injected` until `recovered`) and after;
 * served again: seconds from `injected` until every model that failed after the injection had
   answered again (its first success after its last failure, load and sweep both counted); 0
@@ -37,7 +38,7 @@ import redis
 from meshserve.cli.devstack import EXAMPLE_BUCKET
 
 from .harness import CORRUPT, RUNTIME, ChaosStack, Consistency, isvc, settle, tails, wait_for
-from .load import LoadGenerator, LoadSpec, Record, in_flight, p99
+from .load import LoadGenerator, LoadSpec, Record, in_flight_while, p99
 
 
 @dataclass
@@ -114,13 +115,17 @@ def _kill(which: tuple[str, ...]) -> Callable[[ChaosStack, Timing], Outcome]:
         address = next(p["grpcAddress"] for p in chaos.pods() if p["id"] == victim)
         killed = time.time()
         chaos.signal_pod(victim, signal.SIGKILL, which=which)
-        # cleared once the controller's replacement (same pod id, new processes) has registered
+        # the pod has died whole once its supervisor stopped the rest of it and counted a
+        # restart (killing the puller alone leaves its MLServer serving until then)
         wait_for(lambda: chaos.pod_status().get(victim, {}).get("restarts", 0) > before["restarts"], timeout=120,
                  what=f"{victim} restarted by the controller")
+        stopped = time.time()
+        # cleared once the controller's replacement (same pod id, new processes) has registered
         wait_for(lambda: any(p["id"] == victim and p["grpcAddress"] != address for p in chaos.pods()), timeout=120,
                  what=f"the replacement of {victim} registered")
         back = time.time()
-        return Outcome(victim=victim, extra={"cleared": back, "restarts_before": before["restarts"]},
+        return Outcome(victim=victim, extra={"cleared": back, "killed": killed, "stopped": stopped,
+                                             "restarts_before": before["restarts"]},
                        notes=[f"replacement pod registered {back - killed:.1f} s after the kill"])
 
     return inject
@@ -295,11 +300,14 @@ def served_again_after(records: list[Record], swept: dict[int, float], injected:
 
 
 def run_case(chaos: ChaosStack, fault: Fault, *, rate: float, processes: int, timing: Timing,
-             on_injected: Callable[[Outcome], None] | None = None) -> CaseResult:
+             request_timeout: float = 15.0, on_injected: Callable[[Outcome], None] | None = None) -> CaseResult:
+    """One case under load (see the module docstring); `request_timeout` is each request's
+    deadline (a request still waiting for its model's re-placement then fails)."""
     started = time.monotonic()
     registered = chaos.registered()
     names = chaos.names
-    spec = LoadSpec(address=chaos.stack.router_grpc, models=tuple(names), rate=rate, processes=processes)
+    spec = LoadSpec(address=chaos.stack.router_grpc, models=tuple(names), rate=rate, processes=processes,
+                    timeout=request_timeout)
     gen = LoadGenerator(spec).start()
     try:
         # the clients are up once each has had answers (spawned processes take a while to start)
@@ -349,7 +357,7 @@ def run_case(chaos: ChaosStack, fault: Fault, *, rate: float, processes: int, ti
         fault=fault,
         sent=len(records),
         failed=failed,
-        in_flight=in_flight(records, injected),
+        in_flight=in_flight_while(records, float(outcome.extra.get("killed", injected)), float(outcome.extra.get("stopped", injected))),
         p99_during=p99([r.latency for r in records if injected <= r.sent < recovered]),
         p99_after=p99([r.latency for r in records if r.sent >= recovered]),
         served_again=served_again,
@@ -387,7 +395,7 @@ def missed_targets(result: CaseResult) -> list[str]:
     missed += [f"leak: {leak}" for leak in result.state.leaks]
     if result.fault.dead_pod and result.failures > result.in_flight:
         missed.append(f"{result.failures} requests failed ({dict(result.failed)}), "
-                      f"only {result.in_flight} were in flight at the kill")
+                      f"only {result.in_flight} were in flight while the pod died; first of each: {result.details}")
     return missed
 
 

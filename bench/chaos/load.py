@@ -165,6 +165,11 @@ def in_flight(records: Sequence[Record], at: float) -> int:
     return sum(1 for r in records if r.sent <= at < r.done)
 
 
+def in_flight_while(records: Sequence[Record], start: float, end: float) -> int:
+    """How many requests were out at some moment of [start, end] (sent by `end`, answered after `start`)."""
+    return sum(1 for r in records if r.sent <= end and r.done > start)
+
+
 def p99(values: Sequence[float]) -> float | None:
     if not values:
         return None

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from bench.chaos.cases import served_again_after
-from bench.chaos.load import Record, in_flight, p99, zipf_cum_weights
+from bench.chaos.load import Record, in_flight, in_flight_while, p99, zipf_cum_weights
 
 
 def rec(sent: float, latency: float, code: str = "OK", model: int = 0) -> Record:
@@ -16,6 +16,8 @@ def test_in_flight_counts_requests_sent_before_and_answered_after_the_moment() -
     assert in_flight(records, 1.0) == 1       # only the one sent at 0.9 (0.0's answer came at 1.0)
     assert in_flight(records, 0.6) == 2
     assert in_flight(records, 2.0) == 0
+    assert in_flight_while(records, 0.8, 1.2) == 2   # 0.0 (answered at 1.0) and 0.9; 0.5 was answered at 0.7
+    assert in_flight_while(records, 0.8, 1.6) == 3   # and 1.5
 
 
 def testserved_again_after_is_zero_without_failures_and_the_worst_model_otherwise() -> None:
