@@ -396,6 +396,16 @@ def main() -> int:
         models = http_json("GET", f"{ADMIN}/v1/models?limit=1000")["items"]
         log("models: " + ", ".join(f"{m.get('id')}" for m in models))
 
+        def measured() -> bool:
+            sizes = http_json("GET", f"{ADMIN}/v1/models?limit=1000")["items"][0]["sizes"]
+            figures["model_sizes"] = sizes
+            return sizes.get("measured") is not None
+
+        # the puller shares MLServer's process namespace: the copy's size is measured, not
+        # predicted from the file (disk x 1.25)
+        wait_for("the copy's size measured from MLServer's memory", measured, 60)
+        log(f"model sizes: {figures['model_sizes']}")
+
         stats = run(["podman", "stats", "--no-stream", "--format", "json"], capture=True).stdout
         figures["memory"] = {
             s.get("name", s.get("Name")): s.get("mem_usage", s.get("MemUsage"))

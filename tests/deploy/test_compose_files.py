@@ -2,13 +2,16 @@
 with each other, offline (the stack itself is run by scripts/compose_check.py, which needs Podman).
 
 - both compose files parse, and the override only names services the main file has;
-- merged as compose merges them, every service's image is one this repository builds (a
-  `build:` of its own, or the image another service builds) or a `localhost/` one: nothing is
-  pulled from a registry when the stack runs on a machine without one;
+- every MESHSERVE_* variable a meshserve service is given is read by its settings class, and
+  docker/requirements.lock pins requirements.lock's versions;
+- merged as compose merges them, every service's image is one the stack builds (a `build:` of
+  its own, or the image another service builds) from a `localhost/` base: nothing is pulled
+  from a registry when the stack runs on a machine without one;
 - every build names a Dockerfile and a target that exist, every COPY source of the Dockerfiles
   exists in its build context, and the base image the override passes is the one
   scripts/images.sh makes;
-- a service that joins another's network namespace advertises that service's name, and the
+- a service that joins another's network namespace advertises that service's name and shares
+  its process namespace (the puller measures the model server from /proc), and the
   storage key the pullers mount points at a service of the stack.
 The negative cases prove each check catches what it is for.
 """
@@ -121,6 +124,11 @@ def network_problems(compose: dict[str, Any]) -> list[str]:
         owner = mode.removeprefix("service:")
         if owner not in services:
             problems.append(f"{name}: network_mode names no service {owner}")
+        pid = str(svc.get("pid", ""))
+        if pid and pid not in (f"service:{owner}", f"container:{compose.get('name')}_{owner}_1"):
+            problems.append(
+                f"{name}: pid {pid} is not the process namespace of {owner}, whose network it joins"
+            )
         env = svc.get("environment", {})
         for key, value in env.items():
             if key.endswith(("ADVERTISE_ADDRESS", "ADVERTISE_GRPC", "ADVERTISE_REST")):
@@ -203,6 +211,7 @@ def test_checks_catch_mistakes(merged: dict[str, Any], tmp_path: Path) -> None:
     bad["services"]["puller-1"]["environment"]["MESHSERVE_PULLER_MODEL_SERVER_ADVERTISE_REST"] = (
         "http://mlserver-0:8002"
     )
+    bad["services"]["puller-0"]["pid"] = "container:meshserve_mlserver-1_1"
     problems = build_problems(bad) + network_problems(bad)
     assert any(p.startswith("mlserver-1: image localhost/meshserve/mlserver") for p in problems), (
         problems
@@ -210,6 +219,10 @@ def test_checks_catch_mistakes(merged: dict[str, Any], tmp_path: Path) -> None:
     assert "scheduler: Dockerfile has no target schedular" in problems
     assert any(
         p.startswith("puller-1: MESHSERVE_PULLER_MODEL_SERVER_ADVERTISE_REST") for p in problems
+    )
+    assert (
+        "puller-0: pid container:meshserve_mlserver-1_1 is not the process namespace of mlserver-0, whose network it joins"
+        in problems
     )
 
     (tmp_path / "docker").mkdir()
