@@ -16,11 +16,11 @@ message; every REST answer is below 500, and an error is JSON with an "error" st
 each test the router process is alive and a valid request still gets the right answer; the
 router's memory (its RSS, plus its Envoy's) does not grow over rounds of fuzz traffic.
 
-Known gaps of the Envoy data path (warm requests go from Envoy straight to the model server,
-so only route.lua can map the model server's answers): `ENVOY_GAPS` lists them with the fix
-needed in route.lua. The fuzz tests tolerate exactly those on the Envoy path, and
-`test_envoy_maps_model_server_errors_as_the_python_door_does` is an xfail there: when
-route.lua is fixed it passes (XPASS), and the list and the marker go.
+On the Envoy data path warm requests go from Envoy straight to the model server, so only
+route.lua maps the model server's answers; `ENVOY_GAPS` lists answers known to be wrong there
+(with the fix needed), which the fuzz tests tolerate on that path only. It is empty: the gaps the
+first runs found (parse errors, raw-content errors, verbs, gzip bodies, Envoy's 413) are fixed,
+and `test_envoy_maps_model_server_errors_as_the_python_door_does` checks them on both paths.
 """
 
 from __future__ import annotations
@@ -76,43 +76,7 @@ CLIENT_MISTAKE = {
 blame the server for the client's mistake; UNAVAILABLE says it is down; DEADLINE_EXCEEDED
 that it hung."""
 
-ENVOY_GAPS = {
-    "grpc-undecodable": (
-        grpc.StatusCode.UNKNOWN, r"Error parsing message",
-        "route.lua map_error: a gRPC answer with grpc-status 2 (UNKNOWN) whose grpc-message contains "
-        "'Error parsing message' (a nested message broken in the bytes) -> grpc-status 3, for ModelInfer "
-        "and ModelMetadata (as upstream_errors.client_status does)",
-    ),
-    "grpc-raw-mismatch": (
-        grpc.StatusCode.INTERNAL, r"unpack requires a buffer|list index out of range",
-        "route.lua BAD_INPUT: add 'unpack requires a buffer' and 'list index out of range' (raw_input_contents "
-        "that do not fit the inputs; the Python door checks them itself, wire.raw_inputs_problem)",
-    ),
-    "rest-405-detail": (
-        405, r'"detail"',
-        "route.lua route_rest: forward only GET (metadata, ready) and POST (infer) to a pod; another verb "
-        "goes to the slow path, which answers 405 with {\"error\": ...} and an Allow header",
-    ),
-    "rest-bad-input-500": (
-        500, r"(ValueError|TypeError|UnicodeDecodeError|JSONDecodeError): ",
-        "route.lua BAD_INPUT: MLServer's REST 500 for a body it cannot read says '<Exception>: ...' (no "
-        "'builtins.'), e.g. 'ValueError: Expected 2D array, got 1D array', 'UnicodeDecodeError: 'utf-8' codec "
-        "can't decode': add 'valueerror:', 'typeerror:', 'unicodedecodeerror:', 'jsondecodeerror:' (the Python "
-        "door replays the request over gRPC, or finds the body is not JSON itself)",
-    ),
-    "grpc-too-large": (
-        grpc.StatusCode.UNKNOWN, r"Payload Too Large",
-        "envoy/resources.py: a gRPC request over the body limit gets Envoy's local reply 413, which gRPC "
-        "clients read as UNKNOWN 'Payload Too Large': map it to grpc-status 8 (RESOURCE_EXHAUSTED) with a "
-        "message naming the limit (the HCM's local_reply_config), as the Python door answers",
-    ),
-    "rest-gzip-rewrite": (
-        0, r"DecodingError|decompress",
-        "route.lua map_error: a 422 body rewritten into {\"error\": ...} keeps MLServer's content-encoding: "
-        "gzip (the client cannot decode it) and the text escaped is the compressed bytes; remove "
-        "accept-encoding on REST requests routed to a pod (or drop content-encoding and leave gzip bodies alone)",
-    ),
-}
+ENVOY_GAPS: dict[str, tuple[object, str, str]] = {}
 """Answers of the Envoy data path that are wrong and need a change in route.lua (not in the
 router's Python): gap -> (status, pattern of the message or body, the fix)."""
 
@@ -410,11 +374,7 @@ GAP_EXAMPLES = {
 }
 
 
-def test_envoy_maps_model_server_errors_as_the_python_door_does(door: Door, request: pytest.FixtureRequest) -> None:
-    if door.data_path == "envoy":
-        # not strict: route.lua is being changed for these (uncommitted when this was written);
-        # once this passes on Envoy, drop the marker and ENVOY_GAPS
-        request.applymarker(pytest.mark.xfail(strict=False, reason="route.lua: see ENVOY_GAPS"))
+def test_envoy_maps_model_server_errors_as_the_python_door_does(door: Door) -> None:
     for gap, body in GAP_EXAMPLES.items():
         code, details = door.grpc(f"{SERVICE}/ModelInfer", body)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (gap, code, details)

@@ -228,9 +228,10 @@ async def test_what_envoy_cannot_route_goes_to_the_slow_path(dp: DataPath) -> No
     assert (await dp.infer("m1")).id == "pod-a"
 
 
-SERVER_ANSWERS = (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
-"""A stand-in's answers: OK, or its parse error (grpc.aio: UNKNOWN/INTERNAL). Never
-UNAVAILABLE (no upstream) or a reset: Envoy always forwards and answers."""
+SERVER_ANSWERS = (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)
+"""A stand-in's answers: OK, or its parse error (grpc.aio: UNKNOWN/INTERNAL; route.lua turns
+UNKNOWN 'Error parsing message' into INVALID_ARGUMENT). Never UNAVAILABLE (no upstream) or a
+reset: Envoy always forwards and answers."""
 
 
 async def test_garbage_gets_a_clear_status_and_envoy_stays_up(dp: DataPath) -> None:

@@ -111,7 +111,7 @@ local function choose(handle, headers, name)
   return metadata and metadata:get("model")
 end
 
--- an inference request routed to a pod: its error answer is looked at (envoy_on_response)
+-- a request routed to a pod whose error answer is looked at (envoy_on_response)
 local function mark_infer(handle)
   handle:streamInfo():dynamicMetadata():set("meshserve", "infer", "1")
 end
@@ -132,12 +132,22 @@ local function route_grpc(handle, headers, method)
   if model ~= in_body then body:setBytes(rebuild_frame(body:getBytes(0, total), after_name, model)) end
   headers:remove("mm-vmodel-id")
   headers:replace("mm-model-id", model)
-  if method == "ModelInfer" then mark_infer(handle) end
+  mark_infer(handle)
+end
+
+-- what a pod is sent: POST .../infer, GET of the metadata and readiness; any other verb is
+-- the slow path's (405 with an Allow header)
+local function rest_verb_ok(method, rest)
+  local tail = rest:gsub("^/versions/[^/?#]+", "")
+  if tail:sub(1, 6) == "/infer" then return method == "POST" end
+  if tail == "" or tail:sub(1, 1) == "?" or tail:sub(1, 6) == "/ready" then return method == "GET" end
+  return false
 end
 
 local function route_rest(handle, headers, path)
   local prefix, name, rest = path:match("^(/v2/models/)([^/?#]+)(.*)$")
   if name == nil then return end
+  if not rest_verb_ok(headers:get(":method") or "", rest) then return end
   -- the binary tensor extension: the Python router turns it into what the model server reads
   if headers:get("inference-header-content-length") ~= nil then return end
   local from_header = header_name(headers)
@@ -149,6 +159,8 @@ local function route_rest(handle, headers, path)
   if model ~= name then headers:replace(":path", prefix .. model .. rest) end
   headers:remove("mm-vmodel-id")
   headers:replace("mm-model-id", model)
+  -- an error body is rewritten on the way back (map_error): it must not come compressed
+  headers:remove("accept-encoding")
   if rest:sub(1, 6) == "/infer" or rest:match("^/versions/[^/]+/infer") then mark_infer(handle) end
 end
 
@@ -191,6 +203,8 @@ local BAD_INPUT = {
   "could not convert", "invalid literal for", "unsupported type", "unsupported datatype", "datatype",
   "dtype", "shape mismatch", "incompatible shape", "expected shape", "wrong shape",
   "builtins.valueerror", "builtins.typeerror", "is not a valid input", "is not a valid tensor",
+  "unpack requires a buffer", "list index out of range", "valueerror:", "typeerror:",
+  "unicodedecodeerror:", "jsondecodeerror:",
 }
 
 local function bad_input(text)
@@ -206,11 +220,19 @@ local function json_escape(text)
 end
 
 local function map_error(handle)
+  local headers = handle:headers()
+  if PROTOCOL == "grpc" and headers:get("grpc-status") == "2" and headers:get("grpc-message") == "Payload Too Large" then
+    -- Envoy's own answer to a body over the buffer limit (gRPC clients would read UNKNOWN)
+    headers:replace("grpc-status", "8")
+    headers:replace("grpc-message", "the request is larger than the router's message size limit")
+    return
+  end
   local meta = handle:streamInfo():dynamicMetadata():get("meshserve")
   if meta == nil or meta["infer"] ~= "1" then return end
-  local headers = handle:headers()
   if PROTOCOL == "grpc" then
-    if headers:get("grpc-status") == "13" and bad_input(headers:get("grpc-message") or "") then
+    local status, message = headers:get("grpc-status"), headers:get("grpc-message") or ""
+    if (status == "13" and bad_input(message))
+      or (status == "2" and message:lower():find("error parsing message", 1, true)) then
       headers:replace("grpc-status", "3")
     end
   elseif headers:get(":status") == "500" then
