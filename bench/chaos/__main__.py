@@ -41,7 +41,8 @@ def row(r: CaseResult) -> list[str]:
     codes = ", ".join(f"{c} {n}" for c, n in sorted(r.failed.items())) or "none"
     failed = f"{r.failures} ({codes})" if r.failures else "0"
     if r.fault.dead_pod:
-        failed += f" {'✓' if r.failures <= r.in_flight else '✗'} ≤ {r.in_flight} in flight while it died"
+        strict = "✓ ≤" if r.failures <= r.in_flight_at_kill else "✗ >"
+        failed += f" {strict} {r.in_flight_at_kill} in flight at the kill ({r.in_flight} out while it died)"
     again = "0 (none failed)" if r.served_again == 0 else ("never" if r.served_again == float("inf") else f"{r.served_again:.1f} s")
     again += " ✓" if r.served_again <= SERVED_AGAIN_TARGET else " ✗"
     if not r.all_answered:
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps([
-            {"fault": r.fault.name, "sent": r.sent, "failed": dict(r.failed), "in_flight": r.in_flight,
+            {"fault": r.fault.name, "sent": r.sent, "failed": dict(r.failed), "in_flight": r.in_flight, "in_flight_at_kill": r.in_flight_at_kill,
              "p99_during": r.p99_during, "p99_after": r.p99_after, "served_again": r.served_again,
              "unanswered": r.unanswered, "copies_lost": r.copies_lost, "copies_replaced": r.copies_replaced,
              "registered_lost": r.state.lost, "failure_details": r.details, "leaks": r.state.leaks, "notes": r.outcome.notes} for r in results

@@ -38,7 +38,7 @@ import redis
 from meshserve.cli.devstack import EXAMPLE_BUCKET
 
 from .harness import CORRUPT, RUNTIME, ChaosStack, Consistency, isvc, settle, tails, wait_for
-from .load import LoadGenerator, LoadSpec, Record, in_flight_while, p99
+from .load import LoadGenerator, LoadSpec, Record, in_flight, in_flight_while, p99
 
 
 @dataclass
@@ -83,6 +83,10 @@ class CaseResult:
     sent: int
     failed: Counter[str]
     in_flight: int
+    """Requests out while the pod died (a kill: from the kill until its supervisor had stopped
+    all of it; else at the injection): the bound the tests hold failures to."""
+    in_flight_at_kill: int
+    """Requests out at the very moment of the kill (or the injection): the strict reading."""
     p99_during: float | None
     p99_after: float | None
     served_again: float
@@ -357,6 +361,7 @@ def run_case(chaos: ChaosStack, fault: Fault, *, rate: float, processes: int, ti
         fault=fault,
         sent=len(records),
         failed=failed,
+        in_flight_at_kill=in_flight(records, float(outcome.extra.get("killed", injected))),
         in_flight=in_flight_while(records, float(outcome.extra.get("killed", injected)), float(outcome.extra.get("stopped", injected))),
         p99_during=p99([r.latency for r in records if injected <= r.sent < recovered]),
         p99_after=p99([r.latency for r in records if r.sent >= recovered]),
