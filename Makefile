@@ -20,7 +20,7 @@ AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: dev test venv azurite proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold bench-storage chaos manifests clean distclean
+.PHONY: dev test venv azurite proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold bench-storage chaos images compose-check manifests clean distclean
 
 dev: $(STAMP) $(XDS_STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## start the whole local stack (Ctrl-C stops it)
 	$(BIN)/meshserve dev
@@ -81,6 +81,7 @@ $(EXAMPLES_STAMP): $(STAMP) $(TRITON_STAMP) examples/make_models.py examples/mak
 lock: ## re-pin requirements.lock from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --override overrides.txt --extra local --extra dev --python-version 3.11 --quiet -o requirements.lock
 	$(BIN)/uv pip compile requirements-triton.in --python-version 3.11 --find-links /opt/wheels --quiet -o requirements-triton.lock
+	$(BIN)/uv pip compile pyproject.toml docker/requirements.in --override overrides.txt --constraint requirements.lock --python-version 3.11 --quiet -o docker/requirements.lock
 
 lint: $(STAMP) $(PROTO_STAMP)
 	$(BIN)/ruff check .
@@ -106,6 +107,12 @@ bench-storage: $(STAMP) $(PROTO_STAMP) ## cold load from S3 vs reload from the n
 
 chaos: $(STAMP) $(XDS_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## the fault suite under load: failures, p99, time to serve again, leaks (BENCH_ARGS=--quick: short)
 	$(BIN)/python -m bench.chaos $(BENCH_ARGS)
+
+images: ## build the images with Podman from a locally made Debian base (root; no Docker engine, no registry)
+	IMAGES_FROM=$${IMAGES_FROM:-} scripts/images.sh all
+
+compose-check: $(STAMP) $(EXAMPLES_STAMP) ## run docker-compose.yml (+ docker-compose.local.yml) with podman-compose and infer through it (root)
+	$(BIN)/python scripts/compose_check.py
 
 manifests: ## build the kustomize overlays offline
 	kubectl kustomize deploy/kustomize/base >/dev/null
