@@ -3,6 +3,7 @@ model can have, status messages too long for a gRPC client, a version the copy d
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,10 +15,10 @@ from meshserve.router.server import (
     MAX_NAME_CHARS,
     bounded,
     resolve,
-    version_missing,
 )
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import RoutingTable
+from meshserve.router.upstream import copy_gone
 
 
 def _plane() -> DataPlane:
@@ -53,7 +54,7 @@ def test_bounded_messages_fit_a_grpc_header(message: str) -> None:
         assert out.endswith("...") and message.startswith(out[:-3])
 
 
-def test_version_missing_is_mlservers_version_not_found_only() -> None:
-    assert version_missing("NOT_FOUND: Model fuzz-iris with version 1 not found")
-    assert not version_missing("NOT_FOUND: Model fuzz-iris not found")
-    assert not version_missing("UNAVAILABLE: connection refused")
+def test_a_missing_version_is_not_a_vanished_copy() -> None:
+    assert not copy_gone(grpc.StatusCode.NOT_FOUND, "Model fuzz-iris with version 1 not found")
+    assert copy_gone(grpc.StatusCode.NOT_FOUND, "Model fuzz-iris not found")
+    assert copy_gone(grpc.StatusCode.UNAVAILABLE, "connection refused")

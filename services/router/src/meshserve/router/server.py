@@ -16,11 +16,11 @@ from importlib.metadata import version
 
 import grpc
 
-from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unavailable, from_grpc
+from meshserve.common.errors import InvalidArgument, MeshError, Unavailable, from_grpc
 from meshserve.common.grpcutil import grpc_code
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from meshserve.router import balance, metrics, wire
-from meshserve.router.dataplane import ROUTING_HEADERS, CopyGone, DataPlane
+from meshserve.router.dataplane import ROUTING_HEADERS, DataPlane
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import GrpcUpstream
 from meshserve.router.upstream_errors import client_status
@@ -151,12 +151,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
 
         async def send(endpoint: Endpoint, budget: float) -> bytes:
             sent = time.perf_counter()
-            try:
-                reply = await upstream.send(endpoint.grpc_address, method, payload, forwarded, budget)
-            except CopyGone as gone:
-                if version_missing(str(gone)):  # the copy is there; the version asked for is not
-                    raise NotFound(str(gone).partition(": ")[2] or str(gone)) from gone
-                raise
+            reply = await upstream.send(endpoint.grpc_address, method, payload, forwarded, budget)
             call.invoke_seconds = time.perf_counter() - sent
             call.request_bytes, call.response_bytes = len(payload), len(reply)
             return reply
@@ -269,14 +264,6 @@ def bounded(message: str) -> str:
     if len(encoded) <= MAX_DETAILS_BYTES:
         return message
     return encoded[: MAX_DETAILS_BYTES - 3].decode("utf-8", "ignore") + "..."
-
-
-def version_missing(details: str) -> bool:
-    """Whether a model server's "not found" is about the version the client asked for
-    (MLServer: "Model m with version 1 not found"), not the model: then no other copy has it
-    either, and the client gets NOT_FOUND at once, as the REST door answers 404."""
-    text = details.lower()
-    return "with version" in text and "not found" in text
 
 
 def server_version() -> str:

@@ -76,12 +76,14 @@ class GrpcUpstream:
 
 
 def copy_gone(code: grpc.StatusCode, details: str) -> bool:
-    """MLServer's words for "that model is not here" (ModelReady says UNKNOWN "Unexpected ModelNotFound")."""
+    """MLServer's words for "that model is not here" (ModelReady says UNKNOWN "Unexpected ModelNotFound").
+    "Model m with version 1 not found" is not: the copy is there, the version the client asked for is
+    not, so no other copy has it either and the client gets NOT_FOUND at once (as the REST door)."""
     if code == grpc.StatusCode.UNAVAILABLE:
         return True
     text = details.lower()
     if code == grpc.StatusCode.NOT_FOUND and "not found" in text and "model" in text:
-        return True
+        return "with version" not in text
     return code == grpc.StatusCode.UNKNOWN and "modelnotfound" in text.replace(" ", "")
 
 
