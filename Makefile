@@ -20,7 +20,7 @@ AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: dev test venv azurite proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold bench-storage chaos images compose-check manifests clean distclean
+.PHONY: dev test venv azurite proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold bench-storage bench-soak chaos images compose-check manifests clean distclean
 
 dev: $(STAMP) $(XDS_STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## start the whole local stack (Ctrl-C stops it)
 	$(BIN)/meshserve dev
@@ -104,6 +104,9 @@ bench-cold: $(STAMP) $(PROTO_STAMP) $(TRITON_STAMP) $(EXAMPLES_STAMP)
 
 bench-storage: $(STAMP) $(PROTO_STAMP) ## cold load from S3 vs reload from the node's model cache vs cat
 	$(BIN)/python -m bench.storage $(BENCH_ARGS)
+
+bench-soak: $(STAMP) $(XDS_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## the stack under steady gRPC + REST load and model churn for 10 min: errors, RSS and fds per process, Redis keys and Postgres rows per hour (BENCH_ARGS=--quick: 2 min)
+	$(BIN)/python -m bench.soak $(BENCH_ARGS)
 
 chaos: $(STAMP) $(XDS_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## the fault suite under load: failures, p99, time to serve again, leaks (BENCH_ARGS=--quick: short)
 	$(BIN)/python -m bench.chaos $(BENCH_ARGS)
