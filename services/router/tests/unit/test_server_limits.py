@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshserve.common.errors import InvalidArgument
-from meshserve.router.dataplane import DataPlane
+from meshserve.common.errors import InvalidArgument, NotFound
+from meshserve.router.dataplane import CopyGone, DataPlane
 from meshserve.router.server import (
     MAX_DETAILS_BYTES,
     MAX_NAME_CHARS,
@@ -18,7 +18,7 @@ from meshserve.router.server import (
 )
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import RoutingTable
-from meshserve.router.upstream import copy_gone
+from meshserve.router.upstream import copy_gone, raise_rest_error
 
 
 def _plane() -> DataPlane:
@@ -57,4 +57,15 @@ def test_bounded_messages_fit_a_grpc_header(message: str) -> None:
 def test_a_missing_version_is_not_a_vanished_copy() -> None:
     assert not copy_gone(grpc.StatusCode.NOT_FOUND, "Model fuzz-iris with version 1 not found")
     assert copy_gone(grpc.StatusCode.NOT_FOUND, "Model fuzz-iris not found")
+    assert copy_gone(grpc.StatusCode.NOT_FOUND, "Model fuzz-iris with version  not found")  # MLServer: not held
     assert copy_gone(grpc.StatusCode.UNAVAILABLE, "connection refused")
+
+
+def test_rest_404s_tell_a_missing_version_from_a_copy_that_is_not_there() -> None:
+    with pytest.raises(NotFound):
+        raise_rest_error(404, b'{"error": "Model m with version 2 not found"}', infer=True)
+    with pytest.raises(CopyGone):
+        raise_rest_error(404, b'{"error": "Model m with version  not found"}', infer=True)
+    with pytest.raises(CopyGone):
+        raise_rest_error(404, b'{"error": "Model m not found"}', infer=True)
+

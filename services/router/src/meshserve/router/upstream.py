@@ -9,6 +9,7 @@ tries another copy) and anything else into the `MeshError` the client should see
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
 import grpc
@@ -75,6 +76,9 @@ class GrpcUpstream:
         self._calls.clear()
 
 
+_VERSION_MISSING = re.compile(r"with version (\S+) not found")
+
+
 def copy_gone(code: grpc.StatusCode, details: str) -> bool:
     """MLServer's words for "that model is not here" (ModelReady says UNKNOWN "Unexpected ModelNotFound").
     "Model m with version 1 not found" is not: the copy is there, the version the client asked for is
@@ -83,7 +87,8 @@ def copy_gone(code: grpc.StatusCode, details: str) -> bool:
         return True
     text = details.lower()
     if code == grpc.StatusCode.NOT_FOUND and "not found" in text and "model" in text:
-        return "with version" not in text
+        # MLServer says "with version  not found" (no version) for a model it does not hold
+        return _VERSION_MISSING.search(text) is None
     return code == grpc.StatusCode.UNKNOWN and "modelnotfound" in text.replace(" ", "")
 
 
@@ -164,7 +169,7 @@ def raise_rest_error(status: int, content: bytes, *, infer: bool) -> None:
     text = error_text(content) or f"HTTP {status}"
     lowered = text.lower()
     if status == 404 and "not found" in lowered:
-        if "with version" in lowered:
+        if _VERSION_MISSING.search(lowered):
             raise NotFound(text)  # the model is there, the version the client asked for is not
         raise CopyGone(f"404: {text}")
     if status == 422:
