@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from meshserve.router.envoy.usage import Served, parse_line
@@ -25,7 +27,7 @@ SLOW = frozenset({"ms-slow-grpc", "ms-slow-rest"})
     ],
 )  # fmt: skip
 def test_a_request_forwarded_to_a_pod_is_read_back(line: str, served: Served) -> None:
-    assert parse_line(line, slow_clusters=SLOW) == served
+    assert parse_line(line, slow_clusters=SLOW) == dataclasses.replace(served, cluster=line.split()[0])
 
 
 @pytest.mark.parametrize(
@@ -51,7 +53,7 @@ def test_an_unknown_grpc_status_number_is_unknown() -> None:
 
 def test_sizes_and_the_pods_share_are_read_and_may_be_missing() -> None:
     served = parse_line("ms-grpc-ab12 m1 /inference.GRPCInferenceService/ModelInfer 200 0 7 1029 517 5", slow_clusters=SLOW)
-    assert served == Served("m1", "grpc", "ModelInfer", "OK", 0.007, 1029, 517, 0.005)
+    assert served == Served("m1", "grpc", "ModelInfer", "OK", 0.007, 1029, 517, 0.005, cluster="ms-grpc-ab12")
     # a request that never reached the pod has no upstream time
     served = parse_line("ms-grpc-ab12 m1 /inference.GRPCInferenceService/ModelInfer 503 14 1 20 0 -", slow_clusters=SLOW)
     assert served is not None and served.code == "UNAVAILABLE" and served.upstream_seconds is None
@@ -63,3 +65,16 @@ def test_the_access_log_format_has_the_fields_parse_line_reads() -> None:
 
     assert len(ACCESS_LOG_FORMAT.split()) == 9
     assert "%BYTES_RECEIVED% %BYTES_SENT%" in ACCESS_LOG_FORMAT
+
+
+def test_the_pod_address_and_the_vmodel_are_read_when_the_line_has_them() -> None:
+    """What the access log (`access.py`) names: the pod Envoy picked and the vmodel asked for,
+    as a 10th (%UPSTREAM_HOST%) and 11th field; `-` when Envoy has none."""
+    base = "ms-grpc-ab12 m1 /inference.GRPCInferenceService/ModelInfer 200 0 7 1029 517 5"
+    served = parse_line(f"{base} 10.0.0.7:8001 vm1", slow_clusters=SLOW)
+    assert served is not None and (served.upstream_host, served.vmodel) == ("10.0.0.7:8001", "vm1")
+    served = parse_line(f"{base} 10.0.0.7:8001 -", slow_clusters=SLOW)
+    assert served is not None and (served.upstream_host, served.vmodel) == ("10.0.0.7:8001", None)
+    served = parse_line(f"{base} -", slow_clusters=SLOW)
+    assert served is not None and (served.upstream_host, served.vmodel, served.cluster) == (None, None, "ms-grpc-ab12")
+    assert parse_line(f"{base} a b c", slow_clusters=SLOW) is None

@@ -28,9 +28,10 @@ from meshserve.common.grpcutil import (
 )
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 from meshserve.common.settings import TLSSettings
-from meshserve.router import metrics
+from meshserve.router import access, metrics
 from meshserve.router.dataplane import DataPlane
 from meshserve.router.other_rpcs import MethodTable, OtherRpcHandler
+from meshserve.router.payloads import PayloadProcessors
 from meshserve.router.rest import create_app
 from meshserve.router.server import InferenceHandler
 from meshserve.router.settings import RouterSettings
@@ -72,6 +73,11 @@ class RouterApp:
         self.channel = open_channel(settings.scheduler_address, tls=settings.scheduler_tls)
         self.scheduler = scheduler_pb2_grpc.SchedulerStub(self.channel)
         self.dataplane = DataPlane(settings=settings, table=self.table, scheduler=self.scheduler, clock=self.clock)
+        if settings.payload_processors:
+            self.dataplane.payloads = PayloadProcessors(
+                settings.payload_processors, source=f"meshserve-router/{settings.router_id}",
+                queue_size=settings.payload_queue_size, timeout_seconds=settings.payload_timeout_seconds,
+            )
         self.grpc_upstream = GrpcUpstream(tls=settings.model_server_tls, max_message_bytes=settings.max_message_bytes)
         self.rest_upstream = RestUpstream(tls=settings.model_server_tls, max_connections=settings.rest_max_connections)
         self.stopping = False
@@ -121,9 +127,17 @@ class RouterApp:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         metrics.configure(per_model=self.settings.per_model_metrics)
+        access.configure(enabled=self.settings.access_log)
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
         envoy = self.settings.data_path == "envoy"
+        payloads = self.dataplane.payloads
+        if payloads is not None:
+            payloads.start()
+            if envoy:  # Envoy forwards bodies the router never sees
+                log.warning("payload processors are configured: the router serves every request itself "
+                            "(the Python data path), not through Envoy")
+                envoy = False
         server = grpc.aio.server(options=[*SERVER_KEEPALIVE_OPTIONS, *message_size_options(self.settings.max_message_bytes)])
         server.add_generic_rpc_handlers(self.grpc_handlers())
         if envoy:  # the slow path, on loopback: Envoy has the public ports
@@ -166,6 +180,8 @@ class RouterApp:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._expiry is not None:
             self._expiry.cancel()
+        if payloads is not None:
+            await payloads.stop()
         await self.rest_upstream.close()
         await self.grpc_upstream.close()
         await self.channel.close()
@@ -204,7 +220,20 @@ class RouterApp:
             model=served.model, protocol=served.protocol, method=served.method, code=served.code,
             seconds=served.seconds, invoke_seconds=served.upstream_seconds,
             request_bytes=served.request_bytes, response_bytes=served.response_bytes,
+            vmodel=served.vmodel, pod=self._pod_of(served) if access.enabled() else None, path="envoy",
         )
+
+    def _pod_of(self, served: Served) -> str:
+        """The pod Envoy forwarded to: the one whose address the line names, else the pods of
+        the cluster (the model's copies; Envoy picked one of them)."""
+        endpoints = self.table.endpoints(served.model, now=self.clock())
+        address = (lambda e: e.grpc_address) if served.protocol == "grpc" else (lambda e: e.rest_address)
+        if served.upstream_host is not None:
+            for endpoint in endpoints:
+                if address(endpoint).removeprefix("http://").removeprefix("https://") == served.upstream_host:
+                    return endpoint.pod_id
+            return served.upstream_host
+        return "|".join(sorted(e.pod_id for e in endpoints)) or served.cluster
 
     async def _watch_routes(self) -> None:
         """Follow the scheduler's route stream; reconnect with back-off and resync."""

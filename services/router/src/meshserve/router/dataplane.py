@@ -34,6 +34,7 @@ from meshserve.common.errors import (
 )
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 from meshserve.router import balance, metrics
+from meshserve.router.payloads import PayloadProcessors
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import Endpoint, RoutingTable
 
@@ -62,6 +63,7 @@ class DataPlane:
     ) -> None:
         self.settings = settings
         self.table = table
+        self.payloads: PayloadProcessors | None = None  # set by the app when processors are configured
         self.scheduler = scheduler
         self.in_flight: Counter[str] = Counter()
         self.usage: Counter[str] = Counter()

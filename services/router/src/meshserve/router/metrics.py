@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from meshserve.router import access
+
 REQUESTS = Counter(
     "meshserve_router_requests_total",
     "Requests by model, protocol, method and status",
@@ -32,6 +34,11 @@ LATENCY = Histogram(
     "Request latency through the router",
     ["protocol", "method"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+PAYLOAD_EVENTS = Counter(
+    "meshserve_router_payload_events_total",
+    "CloudEvents for payload processors: sent, failed (error or timeout) or dropped (queue full)",
+    ["processor", "outcome"],
 )
 IN_FLIGHT = Gauge("meshserve_router_in_flight", "Requests in flight through the router")
 _MISSES = Counter("meshserve_router_misses_total", "Requests that found no loaded copy", ["model"])
@@ -181,9 +188,15 @@ def cold_wait(model: str, seconds: float) -> None:
 def observe_request(
     *, model: str, protocol: str, method: str, code: str, seconds: float,
     invoke_seconds: float | None = None, request_bytes: int | None = None, response_bytes: int | None = None,
+    vmodel: str | None = None, pod: str | None = None, path: str = "python",
 ) -> None:
-    """One request answered, by a Python door or by Envoy (from its access log): every family.
-    `code`: the gRPC status name, or the HTTP status of a REST answer."""
+    """One request answered, by a Python door or by Envoy (from its access log): every family,
+    and the access-log line when it is on. `code`: the gRPC status name, or the HTTP status of
+    a REST answer; `vmodel`: the vmodel the request named; `pod`: the pod that answered."""
+    access.write(
+        model=model, vmodel=vmodel, pod=pod, protocol=protocol, method=method, code=code, seconds=seconds,
+        request_bytes=request_bytes, response_bytes=response_bytes, path=path,
+    )
     _count((model, protocol, method, code))
     LATENCY.labels(protocol, method).observe(seconds)
     modelmesh().request(

@@ -23,9 +23,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound, http_status_for
-from meshserve.router import jsonv2, metrics
+from meshserve.router import jsonv2, metrics, payloads
 from meshserve.router.dataplane import ROUTING_HEADERS, CopyGone, DataPlane
-from meshserve.router.server import SERVICE, resolve, server_version
+from meshserve.router.server import SERVICE, resolve, server_version, vmodel_named
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import (
     REQUEST_HEADERS,
@@ -82,6 +82,10 @@ class RestFrontDoor:
         method_name = {"": "ModelMetadata", "ready": "ModelReady", "infer": "ModelInfer"}.get(suffix)
         started = time.perf_counter()
         model_id, status = "", 500
+        vmodel: str | None = None
+        pod: list[str] = []  # the pod that answered (set by `send`)
+        body: bytes | None = None
+        reply: RestReply | None = None
         metrics.IN_FLIGHT.inc()
         try:
             if method_name is None:
@@ -91,6 +95,7 @@ class RestFrontDoor:
                 return _json({"error": f"method {request.method} not allowed on {request.url.path}"}, 405)
             routing = [(k, v) for k, v in request.headers.items() if k in ROUTING_HEADERS]
             model_id = resolve(self.dp, params["name"], routing)
+            vmodel = vmodel_named(self.dp, params["name"], routing, model_id)
             version = params.get("version")
             path = f"/v2/models/{quote(model_id, safe='')}"
             if version:
@@ -108,6 +113,7 @@ class RestFrontDoor:
             upstream, infer, verb = self.upstream, suffix == "infer", request.method
 
             async def send(endpoint: Endpoint, budget: float) -> RestReply:
+                pod[:] = [endpoint.pod_id]
                 try:
                     return await upstream.send(endpoint.rest_address, verb, path, body, headers, budget, infer=infer)
                 except UpstreamFailed:
@@ -137,8 +143,15 @@ class RestFrontDoor:
             metrics.IN_FLIGHT.dec()
             metrics.observe_request(
                 model=model_id, protocol="rest", method=method_name or "unknown", code=str(status),
-                seconds=time.perf_counter() - started,
+                seconds=time.perf_counter() - started, vmodel=vmodel, pod=pod[0] if pod else None,
+                request_bytes=len(body) if body is not None else None,
+                response_bytes=len(reply.body) if reply is not None else None,
             )
+            if self.dp.payloads is not None and method_name == "ModelInfer" and body is not None:
+                self.dp.payloads.offer(
+                    event_id=payloads.new_id(), model=model_id, vmodel=vmodel, method=method_name, protocol="rest",
+                    request=body, response=reply.body if reply is not None else None, status=str(status),
+                )
 
 
     async def _explain(self, endpoint: Endpoint, model_id: str, body: bytes, budget: float) -> None:

@@ -19,7 +19,7 @@ import grpc
 from meshserve.common.errors import InvalidArgument, MeshError, Unavailable, from_grpc
 from meshserve.common.grpcutil import grpc_code
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
-from meshserve.router import balance, metrics, wire
+from meshserve.router import balance, metrics, payloads, wire
 from meshserve.router.dataplane import ROUTING_HEADERS, DataPlane
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import GrpcUpstream
@@ -30,6 +30,14 @@ SERVICE = "inference.GRPCInferenceService"
 MAX_NAME_CHARS = 253
 """The longest model id or vmodel name there can be (a model id is a folder name, a vmodel a
 Kubernetes name): a longer one is refused here, before the scheduler is asked about it."""
+
+
+def vmodel_named(
+    dp: DataPlane, name: str | None, routing: Sequence[tuple[str, str | bytes]], model_id: str
+) -> str | None:
+    """The vmodel a request named (by header or name), None when it named the model itself."""
+    wanted = dp.name_from_headers(routing) or name
+    return wanted if wanted and wanted != model_id else None
 
 
 def resolve(dp: DataPlane, name: str | None, routing: Sequence[tuple[str, str | bytes]]) -> str:
@@ -49,10 +57,12 @@ def resolve(dp: DataPlane, name: str | None, routing: Sequence[tuple[str, str | 
 class _Call:
     """What the metrics of one call need to know (filled in as the call proceeds)."""
 
-    __slots__ = ("invoke_seconds", "model", "request_bytes", "response_bytes")
+    __slots__ = ("invoke_seconds", "model", "pod", "request_bytes", "response_bytes", "vmodel")
 
     def __init__(self) -> None:
         self.model = ""
+        self.vmodel: str | None = None  # the vmodel the request named
+        self.pod: str | None = None  # the pod that answered
         self.invoke_seconds: float | None = None  # the forward to the model server that answered
         self.request_bytes: int | None = None
         self.response_bytes: int | None = None
@@ -94,9 +104,11 @@ class InferenceHandler(grpc.GenericRpcHandler):
             started = time.perf_counter()
             call = _Call()
             code = "OK"
+            reply: bytes | None = None
             metrics.IN_FLIGHT.inc()
             try:
-                return await fn(method, request, context, call)
+                reply = await fn(method, request, context, call)
+                return reply
             except grpc.aio.AbortError:
                 raise
             except Exception as err:
@@ -108,8 +120,13 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 metrics.observe_request(
                     model=call.model, protocol="grpc", method=name, code=code, seconds=time.perf_counter() - started,
                     invoke_seconds=call.invoke_seconds, request_bytes=call.request_bytes,
-                    response_bytes=call.response_bytes,
+                    response_bytes=call.response_bytes, vmodel=call.vmodel, pod=call.pod,
                 )
+                if self.dp.payloads is not None and name == "ModelInfer":
+                    self.dp.payloads.offer(
+                        event_id=payloads.new_id(), model=call.model, vmodel=call.vmodel, method=name,
+                        protocol="grpc", request=request, response=reply, status=code,
+                    )
             raise AssertionError("unreachable")
 
         return handler
@@ -141,8 +158,9 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 routing.append((key, value))
             elif key[0] != ":":
                 forwarded.append((key, value))
-        model_id = resolve(self.dp, None if routing else wire.read_string(request, 1), routing)
-        call.model = model_id
+        named = None if routing else wire.read_string(request, 1)
+        model_id = resolve(self.dp, named, routing)
+        call.model, call.vmodel = model_id, vmodel_named(self.dp, named, routing, model_id)
         if method.endswith("/ModelInfer") and (problem := wire.raw_inputs_problem(request)):
             raise InvalidArgument(problem)  # the model server would fail on it with INTERNAL
         payload = wire.replace_string(request, model_id, 1)
@@ -153,6 +171,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
             sent = time.perf_counter()
             reply = await upstream.send(endpoint.grpc_address, method, payload, forwarded, budget)
             call.invoke_seconds = time.perf_counter() - sent
+            call.pod = endpoint.pod_id
             call.request_bytes, call.response_bytes = len(payload), len(reply)
             return reply
 

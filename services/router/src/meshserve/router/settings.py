@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from meshserve.common.grpcutil import DEFAULT_MAX_MESSAGE_BYTES
 from meshserve.common.settings import TLSSettings, shared
@@ -105,8 +106,33 @@ class RouterSettings(BaseSettings):
     """Envoy: worker threads."""
     envoy_workdir: Path | None = None
     """Envoy: its bootstrap, admin address, log and access-log FIFO (default: a temp folder)."""
+    access_log: bool = False
+    """One structured log line per inference request (upstream's `enableAccessLogging`), on
+    the `meshserve.router.access` logger: model_id, vmodel_id, pod, status (gRPC code name
+    or HTTP status), ms, request_bytes, response_bytes, protocol, method, data_path; JSON keys
+    with `log_json`. Both data paths (Envoy's requests from its access log)."""
+    payload_processors: Annotated[list[str], NoDecode] = []
+    """URLs (http or https) that get a CloudEvent for every inference request and response
+    (upstream's `payloadProcessors`; payloads.py has the event). Space- or comma-separated,
+    e.g. `MESHSERVE_ROUTER_PAYLOAD_PROCESSORS="http://a:8080/ http://b/events"`. Set, the
+    router serves every request on the Python data path (Envoy forwards bodies the router
+    never sees), so processors cost the Envoy fast path."""
+    payload_queue_size: int = Field(default=256, ge=1)
+    """Events queued per processor; a full queue drops new ones (counted)."""
+    payload_timeout_seconds: float = Field(default=2.0, gt=0)
+    """Timeout of one POST to a processor."""
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator("payload_processors", mode="before")
+    @classmethod
+    def _payload_processors(cls, value: object) -> list[str]:
+        items = value.replace(",", " ").split() if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        for url in items:
+            parsed = urlsplit(str(url))
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError(f"payload processor {url!r} is not an http(s) URL with a host (e.g. http://host:8080/path)")
+        return [str(url) for url in items]
 
     @field_validator("id_paths")
     @classmethod

@@ -44,6 +44,9 @@ class Served:
     request_bytes: int | None = None  # body bytes (gRPC: with its 5-byte frame header)
     response_bytes: int | None = None
     upstream_seconds: float | None = None  # to and from the pod: the model server's share
+    cluster: str = ""  # the Envoy cluster of the model's copies
+    upstream_host: str | None = None  # the pod's host:port, when the line has it
+    vmodel: str | None = None  # the mm-vmodel-id header, when the line has it
 
 
 def _count(field: str) -> int | None:
@@ -54,9 +57,10 @@ def parse_line(line: str, *, slow_clusters: frozenset[str]) -> Served | None:
     """A line of ACCESS_LOG_FORMAT -> what was served; None for a slow-path request or a
     line that is not one (the log is Envoy's, but a malformed line must not stop reading)."""
     parts = line.split()
-    if len(parts) != 9:
+    if len(parts) not in (9, 10, 11):  # 10th, 11th: %UPSTREAM_HOST% and %REQ(MM-VMODEL-ID)%, when logged
         return None
-    cluster, model, path, http_status, grpc_status, duration, received, sent, upstream = parts
+    cluster, model, path, http_status, grpc_status, duration, received, sent, upstream = parts[:9]
+    host, vmodel = [None if v == "-" else v for v in parts[9:]] + [None] * (11 - len(parts))
     if cluster in slow_clusters or cluster == "-" or model == "-":
         return None
     try:
@@ -68,6 +72,9 @@ def parse_line(line: str, *, slow_clusters: frozenset[str]) -> Served | None:
         "request_bytes": _count(received),
         "response_bytes": _count(sent),
         "upstream_seconds": None if upstream_ms is None else upstream_ms / 1000,
+        "cluster": cluster,
+        "upstream_host": host,
+        "vmodel": vmodel,
     }
     if path.startswith(GRPC_PREFIX):
         method = path[len(GRPC_PREFIX):]
