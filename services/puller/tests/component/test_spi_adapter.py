@@ -281,3 +281,32 @@ async def test_a_runtime_that_is_not_there_is_unavailable(tmp_path: Path) -> Non
         assert await a.predict_model_size(model_id="m", model_type="", model_path="", model_key="") == 0
     finally:
         await a.close()
+
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (mounting needs root, as CI and `make test` have here)."""
+    import subprocess
+
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"this test mounts a 64 KiB tmpfs (needs root): {mounted.stderr.strip()}")
+    yield small
+    subprocess.run(["umount", str(small)], check=False)
+
+
+async def test_a_full_model_directory_is_unavailable_on_this_pod_and_leaves_no_partial_files(
+    adapter: SpiAdapter, tmp_path: Path, small_disk: Path
+) -> None:
+    s = PullerSettings(model_dir=small_disk / "models", storage_config_dir=tmp_path / "no-storage-config", model_server_kind="spi")
+    service = PullerService(settings=s, adapter=adapter, memory=MemoryProbe(pid_file=None, metrics_url=""))
+    big = _model_file(tmp_path, "big/model.json", {"weights": [[0.5] * 3] * 20_000, "bias": [0.0, 0.0, 0.0]})
+    assert big.stat().st_size > 128 << 10
+    with pytest.raises(Unavailable) as err:
+        await service.load(model_id="big", model_type="linear-json", model_path=str(big), model_key=_file_key())
+    assert "no space left" in err.value.message and str(small_disk / "models") in err.value.message
+    assert not (small_disk / "models" / "big").exists() and "big" not in service.loaded
+    assert "big" not in await adapter.loaded_models()

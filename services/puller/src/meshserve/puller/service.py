@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import shutil
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from meshserve.common.errors import InvalidArgument, MeshError
+from meshserve.common.errors import InvalidArgument, MeshError, Unavailable
 from meshserve.common.storage import check_model_id, safe_join
 from meshserve.puller import storage
 from meshserve.puller.adapter import ModelRuntimeSpi, ModelServerAdapter
@@ -118,10 +119,20 @@ class PullerService:
                 disk = 0
             else:
                 cfg = self._storage(key)
-                disk = await asyncio.to_thread(
-                    storage.fetch, cfg, path=model_path, dest=folder, pvc_mounts=self.settings.pvc_mounts_dir,
-                    cache=self.cache,
-                )
+                try:
+                    disk = await asyncio.to_thread(
+                        storage.fetch, cfg, path=model_path, dest=folder, pvc_mounts=self.settings.pvc_mounts_dir,
+                        cache=self.cache,
+                    )
+                except BaseException as err:
+                    await asyncio.to_thread(self._remove_files, model_id)   # nothing half-written stays
+                    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                        # this pod's disk, not the model: the scheduler tries another pod
+                        raise Unavailable(
+                            f"no space left in this pod's model directory ({self.settings.model_dir}) for "
+                            f"{model_id!r}: free space there or give the pod a larger volume"
+                        ) from err
+                    raise
             reported = 0
             async with self._slots, self._measuring if self.memory.available else contextlib.nullcontext():
                 before = await self.memory.snapshot()
