@@ -118,7 +118,8 @@ class ChaosStack:
             }
             self.apply([config])
             self.apply_files(RUNTIME_YAML)
-            self.apply([isvc(n, f"chaos/{n}/model.joblib") for n in self.names])
+            for i in range(0, len(self.names), 25):   # bounded batches: one apply per request timeout
+                self.apply([isvc(n, f"chaos/{n}/model.joblib") for n in self.names[i:i + 25]])
             wait_for(lambda: len(self.pods()) == self.config.pods, timeout=180, what=f"{self.config.pods} runtime pods registered")
             wait_for(lambda: len(self.registered()) == len(self.names), timeout=120, what="every model registered")
         except BaseException:
