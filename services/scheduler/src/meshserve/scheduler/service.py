@@ -84,6 +84,10 @@ class Endpoint:
     rest_address: str
 
 
+ENSURE_ROUNDS = 3
+"""Loads `ensure_loaded` starts for one call at most, when a loaded copy vanishes before it answers."""
+
+
 class SchedulerService:
     def __init__(
         self,
@@ -284,18 +288,22 @@ class SchedulerService:
         unlike loads for registrations, scaling or drains."""
         for pod_id in suspect_pods:
             await self.pods.check_suspect(pod_id, model_id)
-        copies = await self.live.copies(model_id)
-        if any(c.state == CopyState.LOADED.value for c in copies):
-            return ModelState(LOADED, (), tuple(copies)), await self.endpoints(copies)
-        task = self._loads.get(model_id)
-        if task is None:
-            task = asyncio.create_task(self.loader.load_first_copy(model_id))
-            self._loads[model_id] = task
-            task.add_done_callback(lambda _t, m=model_id: self._loads.pop(m, None))
-            if miss:   # after the task is shared: concurrent callers must join it
-                await self.live.count_load()
-        await asyncio.shield(task)
-        copies = await self.live.copies(model_id)
+        # a copy just loaded can be gone before the answer (evicted at once on a full cluster, or
+        # its pod dropped): load again, a bounded number of times, rather than answer no endpoint
+        for attempt in range(ENSURE_ROUNDS):
+            copies = await self.live.copies(model_id)
+            if any(c.state == CopyState.LOADED.value for c in copies):
+                break
+            task = self._loads.get(model_id)
+            if task is None:
+                task = asyncio.create_task(self.loader.load_first_copy(model_id))
+                self._loads[model_id] = task
+                task.add_done_callback(lambda _t, m=model_id: self._loads.pop(m, None))
+                if miss and attempt == 0:   # after the task is shared: concurrent callers must join it
+                    await self.live.count_load()
+            await asyncio.shield(task)
+        else:
+            copies = await self.live.copies(model_id)
         return ModelState(LOADED, (), tuple(copies)), await self.endpoints(copies)
 
     async def retry_load(self, model_id: str) -> tuple[ModelState, list[Endpoint]]:
