@@ -95,6 +95,9 @@ class Receivers:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=30)
 
+    def wait_for_events(self, model: str, count: int) -> None:
+        wait_for(lambda: len(self.of_model(model)) >= count, what=f"{count} events of {model} at /events")
+
     def of_model(self, model: str) -> list[tuple[dict[str, str], dict[str, object]]]:
         with self.lock:
             return [(h, json.loads(b)) for h, b in self.events if h.get("ce-modelid") == model]
@@ -155,13 +158,15 @@ def test_every_request_and_response_arrives_as_a_cloud_event(pstack: Stack, rece
     client = grpcclient.InferenceServerClient(pstack.router_grpc)
     try:
         assert client.infer(name, mnist_inputs(IRIS), client_timeout=60).as_numpy("predict").ravel().tolist() == [0, 2]
+        receivers.wait_for_events(name, 2)  # (the processors' queues are small: one request at a time)
         client.infer("", mnist_inputs(IRIS), headers={"mm-vmodel-id": vmodel}, client_timeout=30)
+        receivers.wait_for_events(name, 4)
     finally:
         client.close()
     reply = httpx.post(f"{pstack.router_rest}/v2/models/{name}/infer", json=BODY, timeout=60)
     assert reply.status_code == 200, reply.text
 
-    wait_for(lambda: len(receivers.of_model(name)) >= 6, what="six events")
+    receivers.wait_for_events(name, 6)
     events = receivers.of_model(name)
     assert len(events) == 6
     for headers, body in events:
@@ -204,14 +209,17 @@ def test_a_hanging_processor_slows_no_request_and_its_drops_are_counted(
     try:
         client.infer(name, mnist_inputs(IRIS), client_timeout=60)  # loads the model
         wait_for(lambda: receivers.held >= 1, what="the hanging receiver holding a connection")
-        for _ in range(requests):  # each within a deadline, while the hanging one holds on
+        for sent in range(requests):  # each within a deadline, while the hanging one holds on
             assert client.infer(name, mnist_inputs(IRIS), client_timeout=10).as_numpy("predict").ravel().tolist() == [0, 2]
             assert receivers.held >= 1
+            # the healthy processor keeps up (its queue is small too): its events are in
+            receivers.wait_for_events(name, 2 * (sent + 2))
     finally:
         client.close()
-    for _ in range(requests):
+    for sent in range(requests):
         reply = httpx.post(f"{pstack.router_rest}/v2/models/{name}/infer", json=BODY, timeout=10)
         assert reply.status_code == 200
+        receivers.wait_for_events(name, 2 * (requests + sent + 2))
     assert receivers.held >= 1
     # the hanging processor holds one event and queues QUEUE: every other one was dropped
     dropped = _payload_counter(pstack, hang, "dropped") - dropped_before

@@ -2,9 +2,12 @@
 is POSTed, as a CloudEvent, to each configured http(s) URL, off the request path.
 
 Each processor has a bounded in-memory queue and one sender task with a pooled HTTP client:
-`offer` never awaits (a full queue drops the event and counts it in
-`meshserve_router_payload_events_total{outcome="dropped"}`), and each POST has a short
-timeout, so a slow or dead processor costs inference nothing but the copy of the bytes.
+`offer` never awaits and copies nothing (it queues references to the bytes; the sender
+builds the event), a full queue drops the event and counts it in
+`meshserve_router_payload_events_total{outcome="dropped"}`, and each POST has a short
+timeout, so a slow or dead processor costs inference nothing. One sender per processor
+posts one event at a time (keep-alive): a processor slower than the request rate loses
+events (counted), never requests.
 
 The event is a CloudEvent in binary mode (KServe's inference-logger attributes):
 `ce-specversion: 1.0`, `ce-id` (the request's id, shared by its request and response
@@ -46,13 +49,17 @@ class Event:
     body: bytes
 
 
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
 
 def build_event(
     *, kind: str, event_id: str, source: str, model: str, vmodel: str | None, method: str, protocol: str,
-    data: bytes, status: str | None = None,
+    data: bytes, status: str | None = None, time: str | None = None,
 ) -> Event:
     """The CloudEvent of one request (`kind` "request") or response ("response")."""
     headers = {
@@ -61,7 +68,7 @@ def build_event(
         "ce-id": event_id,
         "ce-source": source,
         "ce-type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE,
-        "ce-time": datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
+        "ce-time": time or now(),
         "ce-modelid": model,
         "ce-method": method,
         "ce-protocol": protocol,
@@ -77,10 +84,33 @@ def build_event(
     return Event(headers, json.dumps(body, separators=(",", ":")).encode())
 
 
+@dataclass(frozen=True)
+class _Answered:
+    """What `offer` queues (the bytes, not copied): the events are built by the sender."""
+
+    event_id: str
+    model: str
+    vmodel: str | None
+    method: str
+    protocol: str
+    request: bytes
+    response: bytes | None
+    status: str
+    time: str  # when it was answered (ce-time)
+
+    def event(self, kind: str, source: str) -> Event:
+        return build_event(
+            kind=kind, event_id=self.event_id, source=source, model=self.model, vmodel=self.vmodel,
+            method=self.method, protocol=self.protocol,
+            data=self.request if kind == "request" else self.response or b"",
+            status=self.status if kind == "response" else None, time=self.time,
+        )
+
+
 class _Processor:
     def __init__(self, url: str, *, queue_size: int) -> None:
         self.url = url
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=queue_size)
+        self.queue: asyncio.Queue[tuple[str, _Answered]] = asyncio.Queue(maxsize=queue_size)
         self.task: asyncio.Task[None] | None = None
 
 
@@ -116,16 +146,11 @@ class PayloadProcessors:
         """One request answered: its request and response events, queued (never awaited)."""
         if not self._processors or not model:
             return
-        common = {"event_id": event_id, "source": self.source, "model": model, "vmodel": vmodel,
-                  "method": method, "protocol": protocol}  # fmt: skip
-        events = (
-            build_event(kind="request", data=request, **common),  # type: ignore[arg-type]
-            build_event(kind="response", data=response or b"", status=status, **common),  # type: ignore[arg-type]
-        )
+        answered = _Answered(event_id, model, vmodel, method, protocol, request, response, status, now())
         for processor in self._processors:
-            for event in events:
+            for kind in ("request", "response"):
                 try:
-                    processor.queue.put_nowait(event)
+                    processor.queue.put_nowait((kind, answered))
                 except asyncio.QueueFull:
                     metrics.PAYLOAD_EVENTS.labels(processor.url, "dropped").inc()
 
@@ -133,7 +158,8 @@ class PayloadProcessors:
         assert self._client is not None
         warned = False
         while True:
-            event = await processor.queue.get()
+            kind, answered = await processor.queue.get()
+            event = answered.event(kind, self.source)  # built here, off the request path
             problem = ""
             try:
                 reply = await self._client.post(processor.url, content=event.body, headers=event.headers)
