@@ -45,6 +45,7 @@ from meshserve.scheduler.status import (
     ModelState,
     failure_time,
 )
+from meshserve.scheduler.ui import install as install_ui
 
 # ModelMesh Serving's CR words for the model states
 CR_STATE = {NOT_LOADED: "Standby", LOADING: "Loading", LOADED: "Loaded", LOADING_FAILED: "FailedToLoad"}
@@ -504,6 +505,7 @@ def create_app(service: SchedulerService) -> FastAPI:
         rows = await service.registry.list_events(model_id=model, pod_id=pod, since=since, offset=offset, limit=limit)
         return {"items": [_event_json(e) for e in rows], "offset": offset, "limit": limit}
 
+    install_ui(app)
     return app
 
 
