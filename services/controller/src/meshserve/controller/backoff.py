@@ -1,13 +1,8 @@
-"""Capped, jittered exponential back-off as a pure function (the randomness is passed in).
-
-Invariant: for every attempt >= 0 and `rand` in [0, 1), the delay lies in
-[base * 2**attempt / 2, base * 2**attempt] capped at `cap`, and is never negative.
-"""
+"""The controller's back-off: re-exports `meshserve.common.backoff` (its home since the
+service skeleton moved there). Pure; kept only so the existing importers keep working."""
 
 from __future__ import annotations
 
+from meshserve.common.backoff import backoff_delay
 
-def backoff_delay(*, attempt: int, rand: float, base: float = 0.2, cap: float = 10.0) -> float:
-    """Seconds to wait before retry number `attempt` (0-based): "equal jitter" of base*2^n."""
-    ceiling = min(cap, base * float(2 ** min(max(attempt, 0), 30)))
-    return ceiling / 2 + ceiling / 2 * min(max(rand, 0.0), 1.0)
+__all__ = ["backoff_delay"]
