@@ -1,15 +1,23 @@
 """gRPC helpers shared by every service: TLS-aware servers and channels, error mapping.
 
-Servicer methods are wrapped with `@rpc_errors`, which turns a `MeshError` into the
-matching status with its message and any other exception into INTERNAL (logged with
-its traceback, never sent to the client), so no bad request can take a server down.
+Owns the one mapping from exceptions to gRPC statuses, applied by `ExceptionToStatusInterceptor`
+(a `grpc.aio` server interceptor: `grpc.aio.server(interceptors=[ExceptionToStatusInterceptor()])`)
+or, for servicers not yet on the interceptor, by the `@rpc_errors` / `@rpc_stream_errors`
+decorators. Both go through `status_for`: a `MeshError` (see `meshserve.common.errors`) is sent
+with the status it names and its message; an exception a service registered a translator for
+(`register_error_translator`, e.g. a Redis outage -> Unavailable) likewise; anything else is
+INTERNAL with a fixed text, logged with its traceback and never sent to the client, so no bad
+request can take a server down.
+
+May import grpc, `meshserve.common.errors` and `meshserve.common.settings`; nothing of a service.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -111,13 +119,20 @@ def grpc_code(err: MeshError) -> grpc.StatusCode:
     return grpc.StatusCode[err.status]
 
 
-async def _abort(err: Exception, context: grpc.aio.ServicerContext, fn: Callable[..., Any]) -> None:
-    """Abort the RPC with the status `err` maps to; unknown errors are logged, INTERNAL."""
+def status_for(err: BaseException, *, where: str) -> tuple[grpc.StatusCode, str]:
+    """The status and message an RPC that raised `err` ends with; unknown errors are logged
+    (with `where`, the method, and the traceback) and become INTERNAL with a fixed text."""
     mapped = err if isinstance(err, MeshError) else translate(err)
     if mapped is not None:
-        await context.abort(grpc_code(mapped), mapped.message)
-    log.exception("unexpected error in %s", fn.__qualname__)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see server log")
+        return grpc_code(mapped), mapped.message
+    log.error("unexpected error in %s", where, exc_info=err)
+    return grpc.StatusCode.INTERNAL, f"internal error in {where.rsplit('.', 1)[-1]}; see server log"
+
+
+async def _abort(err: Exception, context: grpc.aio.ServicerContext, fn: Callable[..., Any]) -> None:
+    """Abort the RPC with the status `err` maps to."""
+    code, message = status_for(err, where=fn.__qualname__)
+    await context.abort(code, message)
 
 
 def rpc_errors(fn: F) -> F:
@@ -149,3 +164,66 @@ def rpc_stream_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             await _abort(err, context, fn)
 
     return wrapper
+
+
+def _method_name(full: str) -> str:
+    """'/pkg.Service/Method' -> 'Service.Method' (what a log line and a client message name)."""
+    service, _, method = full.lstrip("/").rpartition("/")
+    return f"{service.rsplit('.', 1)[-1]}.{method}" if service else method
+
+
+class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Maps what a servicer method raises to a status (`status_for`), for every method of the
+    server it is installed on: unary and streaming, async functions and async generators.
+
+    `grpc.aio.AbortError` (a method that called `context.abort` itself) passes through.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        where = _method_name(handler_call_details.method)
+        if handler.unary_unary is not None:
+            factory, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
+        elif handler.unary_stream is not None:
+            factory, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
+        elif handler.stream_unary is not None:
+            factory, behavior = grpc.stream_unary_rpc_method_handler, handler.stream_unary
+        else:
+            factory, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
+        return factory(
+            _guard(behavior, where),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _guard(behavior: Callable[..., Any], where: str) -> Callable[..., Any]:
+    """`behavior` with its exceptions turned into the status they map to."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as err:
+                await context.abort(*status_for(err, where=where))
+
+        return stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as err:
+            await context.abort(*status_for(err, where=where))
+
+    return unary
