@@ -13,9 +13,10 @@ import pytest
 from meshserve.common.errors import Unavailable
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc as pbg
-from meshserve.router.dataplane import CopyGone, DataPlane
+from meshserve.router.dataplane import DataPlane
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import Endpoint, RoutingTable
+from meshserve.router.upstream_errors import CopyGone
 
 NOW = 1000.0
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshserve.common.errors import InvalidArgument, NotFound
-from meshserve.router.dataplane import CopyGone, DataPlane
+from meshserve.router.dataplane import DataPlane
 from meshserve.router.server import (
     MAX_DETAILS_BYTES,
     MAX_NAME_CHARS,
@@ -19,6 +19,7 @@ from meshserve.router.server import (
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import RoutingTable
 from meshserve.router.upstream import copy_gone, raise_rest_error
+from meshserve.router.upstream_errors import CopyGone
 
 
 def _plane() -> DataPlane:

@@ -37,19 +37,12 @@ from meshserve.router import balance, metrics
 from meshserve.router.payloads import PayloadProcessors
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import Endpoint, RoutingTable
+from meshserve.router.upstream_errors import CopyGone
+from meshserve.router.v2 import MODEL_HEADERS, ROUTING_HEADERS, VMODEL_HEADERS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Send = Callable[[Endpoint, float], Awaitable[T]]
-
-MODEL_HEADERS = frozenset({"mm-model-id", "mm-model-id-bin", "tas-model-id"})
-VMODEL_HEADERS = frozenset({"mm-vmodel-id", "mm-vmodel-id-bin"})
-ROUTING_HEADERS = MODEL_HEADERS | VMODEL_HEADERS
-
-
-class CopyGone(Exception):
-    """The chosen copy is not there any more (pod down, model unloaded): try another."""
-
 
 class DataPlane:
     def __init__(
@@ -181,4 +174,4 @@ class DataPlane:
         raise AssertionError("unreachable")
 
 
-__all__ = ["CopyGone", "DataPlane", "MeshError"]
+__all__ = ["MODEL_HEADERS", "ROUTING_HEADERS", "VMODEL_HEADERS", "CopyGone", "DataPlane", "MeshError"]

@@ -51,10 +51,12 @@ import grpc
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound
 from meshserve.common.grpcutil import grpc_code
 from meshserve.router import inject, metrics
-from meshserve.router.dataplane import ROUTING_HEADERS, CopyGone, DataPlane
+from meshserve.router.dataplane import DataPlane
 from meshserve.router.server import resolve
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import GrpcUpstream, copy_gone
+from meshserve.router.upstream_errors import CopyGone
+from meshserve.router.v2 import ROUTING_HEADERS
 from meshserve.router.wire import WireError
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from starlette.routing import Route
 
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound, http_status_for
 from meshserve.router import jsonv2, metrics, payloads
-from meshserve.router.dataplane import ROUTING_HEADERS, CopyGone, DataPlane
-from meshserve.router.server import SERVICE, resolve, server_version, vmodel_named
+from meshserve.router.dataplane import DataPlane
+from meshserve.router.server import resolve, vmodel_named
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import (
     REQUEST_HEADERS,
@@ -34,10 +34,12 @@ from meshserve.router.upstream import (
     RestUpstream,
     UpstreamFailed,
 )
+from meshserve.router.upstream_errors import CopyGone
+from meshserve.router.v2 import MODEL_INFER, ROUTING_HEADERS, server_version
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
-INFER_METHOD = f"/{SERVICE}/ModelInfer"
+INFER_METHOD = MODEL_INFER
 
 
 def _json(body: object, status: int = 200) -> Response:

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from importlib.metadata import version
 
 import grpc
 
@@ -20,13 +19,13 @@ from meshserve.common.errors import InvalidArgument, MeshError, Unavailable, fro
 from meshserve.common.grpcutil import grpc_code
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from meshserve.router import balance, metrics, payloads, wire
-from meshserve.router.dataplane import ROUTING_HEADERS, DataPlane
+from meshserve.router.dataplane import DataPlane
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import GrpcUpstream
 from meshserve.router.upstream_errors import client_status
+from meshserve.router.v2 import ROUTING_HEADERS, SERVICE, server_version
 
 log = logging.getLogger(__name__)
-SERVICE = "inference.GRPCInferenceService"
 MAX_NAME_CHARS = 253
 """The longest model id or vmodel name there can be (a model id is a folder name, a vmodel a
 Kubernetes name): a longer one is refused here, before the scheduler is asked about it."""
@@ -283,13 +282,6 @@ def bounded(message: str) -> str:
     if len(encoded) <= MAX_DETAILS_BYTES:
         return message
     return encoded[: MAX_DETAILS_BYTES - 3].decode("utf-8", "ignore") + "..."
-
-
-def server_version() -> str:
-    try:
-        return version("meshserve")
-    except Exception:
-        return "0.0.0"
 
 
 def _status_for(name: str, err: Exception) -> tuple[grpc.StatusCode, str]:

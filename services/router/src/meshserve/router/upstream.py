@@ -24,8 +24,7 @@ from meshserve.common.errors import (
 )
 from meshserve.common.grpcutil import message_size_options, open_channel
 from meshserve.common.settings import TLSSettings
-from meshserve.router.dataplane import CopyGone
-from meshserve.router.upstream_errors import client_status, is_bad_input
+from meshserve.router.upstream_errors import CopyGone, client_status, is_bad_input
 
 
 class GrpcUpstream:

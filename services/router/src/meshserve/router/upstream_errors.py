@@ -19,6 +19,11 @@ import re
 
 import grpc
 
+
+class CopyGone(Exception):
+    """The chosen copy is not there any more (pod down, model unloaded): try another."""
+
+
 _BAD_INPUT = re.compile(
     r"(features, but .* is expecting"
     r"|cannot reshape array"
