@@ -83,6 +83,7 @@ def make_service(redis_url: str, prefix: str) -> ServiceFactory:
         try:
             yield service
         finally:
+            await service.close()
             keys = [k async for k in live.redis.scan_iter(match=f"{prefix}:*")]
             if keys:
                 await live.redis.delete(*keys)

@@ -78,6 +78,7 @@ class SchedulerApp:
             await admin_task
         await asyncio.gather(*loops, return_exceptions=True)
         await servicer.close()
+        await self.service.close()
         await self.service.pullers.close()
         await self.live.close()
         await self.registry.close()

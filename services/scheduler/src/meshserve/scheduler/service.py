@@ -121,7 +121,13 @@ class SchedulerService:
             event=self._event,
             best_effort=self._best_effort,
         )
-        self.vmodels = VModels(registry=registry, live=live, models=self, event=self._event)
+        self.vmodels = VModels(
+            registry=registry,
+            live=live,
+            models=self,
+            event=self._event,
+            retire_grace_seconds=settings.vmodel_retire_grace_seconds,
+        )
         self.pods = Pods(
             settings=settings,
             registry=registry,
@@ -136,6 +142,10 @@ class SchedulerService:
         # the registry mirror: concurrent callers share the marker check and any rebuild
         self._mirror = Coalesced(self._ensure_mirror)
         self._mirror_synced = False   # this process has written the mirror once
+
+    async def close(self) -> None:
+        """Finish what must not be lost at shutdown (replaced models' retirements)."""
+        await self.vmodels.close()
 
     # -- the registry mirror ---------------------------------------------------------------
     async def sync_registry_mirror(self) -> None:

@@ -52,6 +52,16 @@ class SchedulerSettings(BaseSettings):
     shift_cooldown_seconds: float = Field(default=_SHIFT.cooldown_seconds, ge=0)   # ... at most once per this long
     scale_up_rpm_threshold: float = 2000.0    # ModelMesh's MM_SCALEUP_RPM_THRESHOLD
     scaling_interval_seconds: float = 5.0
+    vmodel_retire_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "After a vmodel flips to a new model, keep the model it replaced registered this long before "
+            "unregistering it (when the vmodel auto-deletes its models): a request Envoy already routed to "
+            "the old model id may still fall over to the router's slow path, which asks for that id. "
+            "0 unregisters at once."
+        ),
+    )
     runtime_wait_seconds: float = 30.0        # wait this long for a compatible pod (scale from zero)
     log_level: str = "INFO"
     log_json: bool = False

@@ -3,7 +3,10 @@
 A vmodel has an active model (the one routes send to) and, while it moves, a target.
 This module owns moving it: switching at once when nothing would be interrupted, or
 loading the target in the background and flipping when it is loaded, then unregistering
-the model it replaced when the vmodel auto-deletes its models. It builds on the model use
+the model it replaced when the vmodel auto-deletes its models. That unregistration waits
+`retire_grace_seconds` (a scheduled task, never the request path): Envoy may already
+have routed a request to the old model id, and when that request falls over to the
+router's slow path it asks for the old id, which must still be registered then. It builds on the model use
 cases of `SchedulerService` (`ModelOps`) and never places or loads copies itself.
 
 Invariants:
@@ -11,7 +14,9 @@ Invariants:
   running task is kept. Tasks for earlier targets are not cancelled; each reads the
   registry again before flipping and stops when the target has moved on;
 * a model is unregistered on a vmodel's behalf only after checking that no vmodel
-  (active or target) still refers to it.
+  (active or target) still refers to it, checked when the grace ends, not at the flip;
+* one retirement task per replaced model; `close` runs the pending ones at once, so
+  a shutdown leaves no replaced model registered.
 """
 
 from __future__ import annotations
@@ -55,12 +60,32 @@ class VModels:
         live: LiveState,
         models: ModelOps,
         event: Callable[..., Awaitable[None]],
+        retire_grace_seconds: float = 0.0,
     ) -> None:
         self.registry = registry
         self.live = live
         self._models = models
         self._event = event   # records a scheduler event, best-effort
         self._transitions: dict[str, tuple[str, asyncio.Task[None]]] = {}   # vmodel -> (target, task)
+        self._retire_grace = retire_grace_seconds
+        self._retirements: dict[str, asyncio.Task[None]] = {}   # replaced model -> its retirement
+
+    def pending_retirements(self) -> list[str]:
+        """The replaced models whose unregistration waits for the grace to end."""
+        return sorted(m for m, t in self._retirements.items() if not t.done())
+
+    async def retirements_done(self) -> None:
+        """Return when the retirements scheduled so far have run (tests, shutdown)."""
+        await asyncio.gather(*list(self._retirements.values()), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Run the pending retirements now instead of after their grace."""
+        self._retire_grace = 0.0
+        for model_id, task in list(self._retirements.items()):
+            if not task.done():
+                task.cancel()
+                self._retirements[model_id] = asyncio.create_task(self._retire(model_id))
+        await self.retirements_done()
 
     async def set_vmodel(
         self,
@@ -111,7 +136,29 @@ class VModels:
         if old and old != new:
             await self._event("vmodel-switched", model_id=new, message=f"vmodel {vmodel_id}: {old} -> {new}")
             if auto_delete:
-                await self._unregister_if_unreferenced(old)
+                self._retire_later(old)
+
+    def _retire_later(self, model_id: str) -> None:
+        """Unregister `model_id` (replaced by a flip) once the grace has passed, in a task
+        of its own; a second flip away from it meanwhile keeps the first task."""
+        running = self._retirements.get(model_id)
+        if running is not None and not running.done():
+            return
+        task = asyncio.create_task(self._retire(model_id), name=f"retire {model_id}")
+        self._retirements[model_id] = task
+        task.add_done_callback(lambda t: self._retired(model_id, t))
+
+    def _retired(self, model_id: str, task: asyncio.Task[None]) -> None:
+        if self._retirements.get(model_id) is task:
+            del self._retirements[model_id]
+
+    async def _retire(self, model_id: str) -> None:
+        if self._retire_grace > 0:
+            await asyncio.sleep(self._retire_grace)
+        try:
+            await self._unregister_if_unreferenced(model_id)
+        except MeshError as err:   # Postgres or Redis down: the model stays registered, logged
+            log.warning("replaced model %s not unregistered: %s", model_id, err.message)
 
     async def _unregister_if_unreferenced(self, model_id: str) -> None:
         vmodels, _ = await self.registry.list_vmodels(limit=1_000_000)

@@ -1,0 +1,79 @@
+"""A vmodel flip keeps the model it replaced registered for a grace period (real Redis +
+Postgres, no pods: the active model has no copy, so the vmodel flips at once).
+
+Envoy may already have routed a request to the old model id when the vmodel flips; that
+request falls over to the router's slow path with the old id and must find it registered.
+The replaced model is unregistered by a scheduled task once the grace has passed (and
+only when nothing points at it then). Time is driven by the grace itself: a grace far
+longer than the test keeps the model, a zero grace retires it once the task has run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from meshserve.common.storage import check_model_id
+from meshserve.scheduler.migrate import upgrade
+from meshserve.scheduler.service import ModelSpec, SchedulerService
+
+ServiceFactory = Callable[..., AbstractAsyncContextManager[SchedulerService]]
+LONG = 3600.0
+
+
+async def _register(service: SchedulerService, *model_ids: str) -> None:
+    for model_id in model_ids:
+        await service.register_model(ModelSpec(model_id=check_model_id(model_id), model_type="sklearn", storage_uri="s3://b/m.joblib"))
+
+
+async def _registered(service: SchedulerService, model_id: str) -> bool:
+    in_registry = await service.registry.find_model(model_id) is not None
+    in_mirror = model_id in await service.live.model_ids()
+    assert in_registry == in_mirror
+    return in_registry
+
+
+async def _flip(service: SchedulerService, **vmodel: Any) -> None:
+    await service.vmodels.set_vmodel(owner="isvc", auto_delete=True, load_now=False, **vmodel)
+
+
+async def test_the_replaced_model_stays_registered_until_the_grace_ends(make_service: ServiceFactory, database_url: str) -> None:
+    upgrade(database_url)
+    async with make_service(database_url, vmodel_retire_grace_seconds=LONG) as service:
+        await _register(service, "flip-old", "flip-new")
+        await _flip(service, vmodel_id="flip-vm", target_model_id="flip-old")
+        await _flip(service, vmodel_id="flip-vm", target_model_id="flip-new")
+        record = await service.registry.get_vmodel("flip-vm")
+        assert record is not None and record.active_model_id == "flip-new"
+        assert await _registered(service, "flip-old")
+        assert service.vmodels.pending_retirements() == ["flip-old"]
+        # shutting down does not wait for the grace, nor leave the model behind
+        await service.vmodels.close()
+        assert not await _registered(service, "flip-old")
+        assert await _registered(service, "flip-new")
+
+
+async def test_a_zero_grace_retires_the_model_in_its_task(make_service: ServiceFactory, database_url: str) -> None:
+    upgrade(database_url)
+    async with make_service(database_url, vmodel_retire_grace_seconds=0.0) as service:
+        await _register(service, "zero-old", "zero-new")
+        await _flip(service, vmodel_id="zero-vm", target_model_id="zero-old")
+        await _flip(service, vmodel_id="zero-vm", target_model_id="zero-new")
+        # the flip returned before the retirement ran: never in the request path
+        assert await _registered(service, "zero-old")
+        await service.vmodels.retirements_done()
+        assert not await _registered(service, "zero-old")
+        assert service.vmodels.pending_retirements() == []
+
+
+async def test_a_model_pointed_at_again_within_the_grace_is_kept(make_service: ServiceFactory, database_url: str) -> None:
+    upgrade(database_url)
+    async with make_service(database_url, vmodel_retire_grace_seconds=LONG) as service:
+        await _register(service, "again-old", "again-new")
+        await _flip(service, vmodel_id="again-vm", target_model_id="again-old")
+        await _flip(service, vmodel_id="again-vm", target_model_id="again-new")
+        await _flip(service, vmodel_id="again-vm2", target_model_id="again-old")
+        assert service.vmodels.pending_retirements() == ["again-old"]
+        await service.vmodels.close()   # the grace ends: the check is made now, not at the flip
+        assert await _registered(service, "again-old")
