@@ -9,13 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshserve.common.errors import InvalidArgument, NotFound
-from meshserve.router.dataplane import DataPlane
-from meshserve.router.server import (
-    MAX_DETAILS_BYTES,
-    MAX_NAME_CHARS,
-    bounded,
-    resolve,
-)
+from meshserve.router.dataplane import MAX_NAME_CHARS, DataPlane
+from meshserve.router.server import MAX_DETAILS_BYTES, bounded
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import RoutingTable
 from meshserve.router.upstream import copy_gone, raise_rest_error
@@ -29,19 +24,19 @@ def _plane() -> DataPlane:
 
 def test_a_name_longer_than_any_model_id_is_refused_without_echoing_it() -> None:
     with pytest.raises(InvalidArgument) as err:
-        resolve(_plane(), "x" * 10_240, ())
+        _plane().resolve("x" * 10_240, ())
     assert "10240 characters long" in err.value.message and len(err.value.message) < 200
 
 
 def test_a_long_routing_header_is_refused_too() -> None:
     with pytest.raises(InvalidArgument):
-        resolve(_plane(), "short", (("mm-vmodel-id", "v" * (MAX_NAME_CHARS + 1)),))
+        _plane().resolve("short", (("mm-vmodel-id", "v" * (MAX_NAME_CHARS + 1)),))
 
 
 def test_names_up_to_the_limit_resolve() -> None:
     name = "m" * MAX_NAME_CHARS
-    assert resolve(_plane(), name, ()) == name
-    assert resolve(_plane(), "ignored", (("mm-model-id", name),)) == name
+    assert _plane().resolve(name, ()) == name
+    assert _plane().resolve("ignored", (("mm-model-id", name),)) == name
 
 
 @settings(max_examples=200, deadline=None)

@@ -42,6 +42,9 @@ from meshserve.router.v2 import MODEL_HEADERS, ROUTING_HEADERS, VMODEL_HEADERS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_NAME_CHARS = 253
+"""The longest model id or vmodel name there can be (a model id is a folder name, a vmodel a
+Kubernetes name): a longer one is refused here, before the scheduler is asked about it."""
 Send = Callable[[Endpoint, float], Awaitable[T]]
 
 class DataPlane:
@@ -81,11 +84,27 @@ class DataPlane:
         return model or vmodel
 
     def resolve(self, name: str | None, headers: Iterable[tuple[str, str | bytes]] = ()) -> str:
-        """The model id to serve: a routing header wins over the name in the request."""
+        """The model id to serve: a routing header wins over the name in the request.
+
+        A name no model can have is refused: a 10 KB name would otherwise travel to the
+        scheduler and come back in its NOT_FOUND message, which no gRPC client reads past
+        8 KB of metadata (it sees RESOURCE_EXHAUSTED)."""
         name = self.name_from_headers(headers) or name
+        if name and len(name) > MAX_NAME_CHARS:
+            raise InvalidArgument(
+                f"the model name {name[:40]!r}... is {len(name)} characters long: "
+                f"model ids and vmodel names have at most {MAX_NAME_CHARS}"
+            )
         if not name:
             raise InvalidArgument("the request names no model: set the model name (or the mm-vmodel-id header)")
         return self.table.resolve(name, now=self._clock())
+
+    def vmodel_named(
+        self, name: str | None, headers: Iterable[tuple[str, str | bytes]], model_id: str
+    ) -> str | None:
+        """The vmodel a request named (by header or name), None when it named the model itself."""
+        wanted = self.name_from_headers(headers) or name
+        return wanted if wanted and wanted != model_id else None
 
     async def ensure(
         self, model_id: str, *, budget: float, refresh: bool = False, suspect: str | None = None

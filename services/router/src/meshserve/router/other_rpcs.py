@@ -52,7 +52,6 @@ from meshserve.common.errors import InvalidArgument, MeshError, NotFound
 from meshserve.common.grpcutil import grpc_code
 from meshserve.router import inject, metrics
 from meshserve.router.dataplane import DataPlane
-from meshserve.router.server import resolve
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import GrpcUpstream, copy_gone
 from meshserve.router.upstream_errors import CopyGone
@@ -294,7 +293,7 @@ class OtherRpcHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has
                 f"the {name} request names no model: set the model name at field path {list(path)} "
                 "or send the mm-vmodel-id header"
             )
-        return resolve(self.dp, body_name, routing)
+        return self.dp.resolve(body_name, routing)
 
     def _sender(
         self, method: str, source: _Requests, metadata: Metadata, context: grpc.aio.ServicerContext

@@ -25,7 +25,6 @@ from starlette.routing import Route
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound, http_status_for
 from meshserve.router import jsonv2, metrics, payloads
 from meshserve.router.dataplane import DataPlane
-from meshserve.router.server import resolve, vmodel_named
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import (
     REQUEST_HEADERS,
@@ -96,8 +95,8 @@ class RestFrontDoor:
                 status = 405
                 return _json({"error": f"method {request.method} not allowed on {request.url.path}"}, 405)
             routing = [(k, v) for k, v in request.headers.items() if k in ROUTING_HEADERS]
-            model_id = resolve(self.dp, params["name"], routing)
-            vmodel = vmodel_named(self.dp, params["name"], routing, model_id)
+            model_id = self.dp.resolve(params["name"], routing)
+            vmodel = self.dp.vmodel_named(params["name"], routing, model_id)
             version = params.get("version")
             path = f"/v2/models/{quote(model_id, safe='')}"
             if version:

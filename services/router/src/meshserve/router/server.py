@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -26,31 +26,6 @@ from meshserve.router.upstream_errors import client_status
 from meshserve.router.v2 import ROUTING_HEADERS, SERVICE, server_version
 
 log = logging.getLogger(__name__)
-MAX_NAME_CHARS = 253
-"""The longest model id or vmodel name there can be (a model id is a folder name, a vmodel a
-Kubernetes name): a longer one is refused here, before the scheduler is asked about it."""
-
-
-def vmodel_named(
-    dp: DataPlane, name: str | None, routing: Sequence[tuple[str, str | bytes]], model_id: str
-) -> str | None:
-    """The vmodel a request named (by header or name), None when it named the model itself."""
-    wanted = dp.name_from_headers(routing) or name
-    return wanted if wanted and wanted != model_id else None
-
-
-def resolve(dp: DataPlane, name: str | None, routing: Sequence[tuple[str, str | bytes]]) -> str:
-    """`dp.resolve`, refusing a name no model can have (every door calls this).
-
-    A 10 KB name would otherwise travel to the scheduler and come back in its NOT_FOUND
-    message, which no gRPC client reads past 8 KB of metadata (it sees RESOURCE_EXHAUSTED)."""
-    wanted = dp.name_from_headers(routing) or name or ""
-    if len(wanted) > MAX_NAME_CHARS:
-        raise InvalidArgument(
-            f"the model name {wanted[:40]!r}... is {len(wanted)} characters long: "
-            f"model ids and vmodel names have at most {MAX_NAME_CHARS}"
-        )
-    return dp.resolve(name, routing)
 
 
 class _Call:
@@ -158,8 +133,8 @@ class InferenceHandler(grpc.GenericRpcHandler):
             elif key[0] != ":":
                 forwarded.append((key, value))
         named = None if routing else wire.read_string(request, 1)
-        model_id = resolve(self.dp, named, routing)
-        call.model, call.vmodel = model_id, vmodel_named(self.dp, named, routing, model_id)
+        model_id = self.dp.resolve(named, routing)
+        call.model, call.vmodel = model_id, self.dp.vmodel_named(named, routing, model_id)
         if method.endswith("/ModelInfer") and (problem := wire.raw_inputs_problem(request)):
             raise InvalidArgument(problem)  # the model server would fail on it with INTERNAL
         payload = wire.replace_string(request, model_id, 1)
@@ -193,7 +168,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
             forwarded: list[tuple[str, str | bytes]] = [
                 (k, v) for k, v in metadata if k not in ROUTING_HEADERS and k[0] != ":"
             ]
-            model_id = resolve(self.dp, None if routing else wire.read_string(first, 1), routing)
+            model_id = self.dp.resolve(None if routing else wire.read_string(first, 1), routing)
             forwarded.append(("mm-model-id", model_id))
             budget = self._budget(context)
             endpoints = await self.dp.ensure(model_id, budget=budget)
