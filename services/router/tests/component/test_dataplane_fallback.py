@@ -14,6 +14,7 @@ from meshserve.common.errors import Unavailable
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc as pbg
 from meshserve.router.dataplane import DataPlane
+from meshserve.router.scheduler_client import SchedulerClient
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import Endpoint, RoutingTable
 from meshserve.router.upstream_errors import CopyGone
@@ -57,7 +58,9 @@ def _after_restart(*pods: str) -> RoutingTable:
 
 
 def _plane(table: RoutingTable, stub: pbg.SchedulerStub) -> DataPlane:
-    return DataPlane(settings=RouterSettings(), table=table, scheduler=stub, clock=lambda: NOW + 1)
+    return DataPlane(
+        settings=RouterSettings(), table=table, scheduler=SchedulerClient(stub, router_id="r"), clock=lambda: NOW + 1
+    )
 
 
 def _send(alive: set[str], sent: list[str]):  # type: ignore[no-untyped-def]

@@ -26,13 +26,14 @@ from meshserve.common.grpcutil import (
     message_size_options,
     open_channel,
 )
-from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
+from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
 from meshserve.common.settings import TLSSettings
 from meshserve.router import access, metrics
 from meshserve.router.dataplane import DataPlane
 from meshserve.router.other_rpcs import MethodTable, OtherRpcHandler
 from meshserve.router.payloads import PayloadProcessors
 from meshserve.router.rest import create_app
+from meshserve.router.scheduler_client import SchedulerClient
 from meshserve.router.server import InferenceHandler
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import Fallbacks, RoutingTable
@@ -71,7 +72,7 @@ class RouterApp:
         self.clock = time.monotonic
         self.table = RoutingTable(fallback_seconds=settings.route_fallback_seconds)
         self.channel = open_channel(settings.scheduler_address, tls=settings.scheduler_tls)
-        self.scheduler = scheduler_pb2_grpc.SchedulerStub(self.channel)
+        self.scheduler = SchedulerClient(scheduler_pb2_grpc.SchedulerStub(self.channel), router_id=settings.router_id)
         self.dataplane = DataPlane(settings=settings, table=self.table, scheduler=self.scheduler, clock=self.clock)
         if settings.payload_processors:
             self.dataplane.payloads = PayloadProcessors(
@@ -240,8 +241,7 @@ class RouterApp:
         attempt = 0
         while True:
             try:
-                stream = self.scheduler.WatchRoutes(scheduler_pb2.WatchRoutesRequest(router_id=self.settings.router_id))
-                async for update in stream:
+                async for update in self.scheduler.watch_routes():
                     self.table.apply(update, now=self.clock())
                     if self.envoy is not None:
                         await self.envoy.apply(update, self.table)
@@ -279,13 +279,10 @@ class RouterApp:
     async def _report_usage(self) -> None:
         while True:
             await asyncio.sleep(self.settings.usage_report_interval_seconds)
-            usage, self.dataplane.usage = self.dataplane.usage, type(self.dataplane.usage)()
-            if not usage:
-                continue
-            request = scheduler_pb2.ReportUsageRequest(
-                router_id=self.settings.router_id,
-                usage=[scheduler_pb2.ModelUsage(model_id=m, requests=n) for m, n in usage.items()],
-                interval_ms=int(self.settings.usage_report_interval_seconds * 1000),
-            )
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await self.scheduler.ReportUsage(request, timeout=5)
+            await self.flush_usage()
+
+    async def flush_usage(self) -> None:
+        """Report the requests counted since the last report (both data paths count into
+        `dataplane.usage`) and start counting afresh."""
+        usage, self.dataplane.usage = self.dataplane.usage, type(self.dataplane.usage)()
+        await self.scheduler.report_usage(usage, interval_seconds=self.settings.usage_report_interval_seconds)

@@ -22,19 +22,15 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
-import grpc
-
 from meshserve.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
     MeshError,
-    NotFound,
     Unavailable,
-    from_grpc,
 )
-from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 from meshserve.router import balance, metrics
 from meshserve.router.payloads import PayloadProcessors
+from meshserve.router.scheduler_client import SchedulerClient
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import Endpoint, RoutingTable
 from meshserve.router.upstream_errors import CopyGone
@@ -53,7 +49,7 @@ class DataPlane:
         *,
         settings: RouterSettings,
         table: RoutingTable,
-        scheduler: scheduler_pb2_grpc.SchedulerStub,
+        scheduler: SchedulerClient,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -134,19 +130,10 @@ class DataPlane:
         self, model_id: str, future: asyncio.Future[tuple[Endpoint, ...]], budget: float, suspect: str | None
     ) -> None:
         try:
-            request = scheduler_pb2.EnsureLoadedRequest(model_id=model_id, suspect_pods=[suspect] if suspect else [])
-            response = await self.scheduler.EnsureLoaded(request, timeout=max(budget, 1.0))
-            endpoints = tuple(Endpoint(e.pod_id, e.grpc_address, e.rest_address) for e in response.endpoints)
+            endpoints = await self.scheduler.ensure_loaded(model_id, suspect=suspect, budget=max(budget, 1.0))
             if endpoints:
                 self.table.set_endpoints(model_id, endpoints)
             future.set_result(endpoints)
-        except grpc.aio.AioRpcError as err:
-            code = err.code()
-            details = err.details() or code.name
-            if code == grpc.StatusCode.NOT_FOUND:
-                future.set_exception(NotFound(f"model {model_id!r} not found"))
-            else:
-                future.set_exception(from_grpc(code, details))
         except Exception as err:  # surface as the waiting requests' error
             future.set_exception(err)
         finally:
