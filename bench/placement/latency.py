@@ -20,9 +20,9 @@ from meshserve.scheduler.models import (
     PlacementRequest,
     PodView,
 )
-from meshserve.scheduler.placement import place
-from meshserve.scheduler.placement_index import ClusterIndex, place_indexed
-from meshserve.scheduler.routes import EndpointTuple, encode_route_update
+from meshserve.scheduler.placement.index import ClusterIndex, place_indexed
+from meshserve.scheduler.placement.scan import place
+from meshserve.scheduler.routing.routes import EndpointTuple, encode_route_update
 
 if TYPE_CHECKING:
     from meshserve.scheduler.live import LiveState
@@ -370,8 +370,8 @@ async def _end_to_end(
     from redis.utils import HIREDIS_AVAILABLE
 
     from meshserve.scheduler.live import LiveState, now_ms
-    from meshserve.scheduler.route_table import RouteTable
-    from meshserve.scheduler.routehub import catch_up, load_table
+    from meshserve.scheduler.routing.hub import catch_up, load_table
+    from meshserve.scheduler.routing.table import RouteTable
 
     endpoints, base, events = _publish_case(models=models, pods=pods, changes=changes, seed=seed)
     after = {n: set(p) for n, p in base.items()}

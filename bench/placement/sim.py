@@ -25,7 +25,7 @@ from meshserve.scheduler.models import (
     PlacementRequest,
     PodView,
 )
-from meshserve.scheduler.placement import age_hits, place
+from meshserve.scheduler.placement.scan import age_hits, place
 from meshserve.scheduler.shift import ShiftConfig, ShiftDetector
 
 _SHIFT = ShiftConfig()

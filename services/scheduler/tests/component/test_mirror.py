@@ -23,8 +23,8 @@ import pytest
 
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.scheduler.live import LiveState
-from meshserve.scheduler.routehub import RouteHub, load_table
-from meshserve.scheduler.routelog import ENTRY, Position
+from meshserve.scheduler.routing.hub import RouteHub, load_table
+from meshserve.scheduler.routing.log import ENTRY, Position
 from meshserve.scheduler.service import ModelSpec, SchedulerService
 
 Routes = dict[str, list[tuple[str, str, str]]]

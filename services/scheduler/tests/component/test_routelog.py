@@ -13,9 +13,9 @@ import grpc
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
 from meshserve.scheduler.live import LiveState
-from meshserve.scheduler.route_table import RouteTable
-from meshserve.scheduler.routehub import RouteHub, load_table
-from meshserve.scheduler.routelog import LOG_LENGTH, Position
+from meshserve.scheduler.routing.hub import RouteHub, load_table
+from meshserve.scheduler.routing.log import LOG_LENGTH, Position
+from meshserve.scheduler.routing.table import RouteTable
 from meshserve.scheduler.server import SchedulerServicer, add_to_server
 from meshserve.scheduler.service import SchedulerService
 

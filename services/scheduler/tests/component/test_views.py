@@ -14,8 +14,8 @@ from meshserve.scheduler.models import (
     PlacementRequest,
     PodView,
 )
-from meshserve.scheduler.placement_index import place_indexed
-from meshserve.scheduler.views import ClusterViews, pod_views
+from meshserve.scheduler.placement.index import place_indexed
+from meshserve.scheduler.placement.views import ClusterViews, pod_views
 
 TIMEOUT = 30.0
 

@@ -20,7 +20,7 @@ from meshserve.scheduler.models import (
     Plan,
     PodView,
 )
-from meshserve.scheduler.placement import age_hits, is_protected, place
+from meshserve.scheduler.placement.scan import age_hits, is_protected, place
 
 NOW = 10_000.0
 LRU = PlacementConfig(policy=EvictionPolicy.LRU, min_residency_seconds=0.0)

@@ -17,8 +17,8 @@ from meshserve.scheduler.models import (
     PlacementRequest,
     PodView,
 )
-from meshserve.scheduler.placement import place
-from meshserve.scheduler.placement_index import ClusterIndex, place_indexed
+from meshserve.scheduler.placement.index import ClusterIndex, place_indexed
+from meshserve.scheduler.placement.scan import place
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MODELS = [f"m{i}" for i in range(10)]

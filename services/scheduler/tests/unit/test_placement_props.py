@@ -34,8 +34,8 @@ from meshserve.scheduler.models import (
     Plan,
     PodView,
 )
-from meshserve.scheduler.placement import is_protected, place
-from meshserve.scheduler.placement_index import ClusterIndex, place_indexed
+from meshserve.scheduler.placement.index import ClusterIndex, place_indexed
+from meshserve.scheduler.placement.scan import is_protected, place
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MODELS = [f"m{i}" for i in range(12)]

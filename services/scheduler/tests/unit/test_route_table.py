@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
-from meshserve.scheduler.route_table import RouteTable
+from meshserve.scheduler.routing.table import RouteTable
 
 MODELS = ["m1", "m2", "ü" * 70, "m/4", ""]
 PODS = ["p1", "p2", "P3", "pod-" + "x" * 130, "pöd"]

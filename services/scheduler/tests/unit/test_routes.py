@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
-from meshserve.scheduler.routes import (
+from meshserve.scheduler.routing.routes import (
     EndpointTuple,
     encode_endpoint,
     encode_route_update,

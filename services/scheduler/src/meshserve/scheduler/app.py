@@ -21,7 +21,7 @@ from meshserve.scheduler.api import create_app
 from meshserve.scheduler.live import LiveState, redis_unavailable
 from meshserve.scheduler.models import EvictionPolicy
 from meshserve.scheduler.registry import Registry
-from meshserve.scheduler.routehub import RouteHub
+from meshserve.scheduler.routing.hub import RouteHub
 from meshserve.scheduler.server import SchedulerServicer, add_to_server
 from meshserve.scheduler.service import SchedulerService
 from meshserve.scheduler.settings import SchedulerSettings

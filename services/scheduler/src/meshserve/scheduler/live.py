@@ -62,7 +62,7 @@ from meshserve.scheduler.models import (
     PodSnapshot,
 )
 from meshserve.scheduler.redisconn import connect
-from meshserve.scheduler.routelog import RouteLog
+from meshserve.scheduler.routing.log import RouteLog
 
 RELEASED_GRACE_MS = 30_000
 """How long after releasing a copy the scheduler ignores the pod's reports of it: a

@@ -7,7 +7,7 @@ them: [pod hash, pod alloc hash, model copies hash, view counter, heads hash], p
 pod's released-copies hash for release and adopt.
 """
 
-from meshserve.scheduler.routelog import LUA
+from meshserve.scheduler.routing.log import LUA
 
 # Placement's views of a pod are versioned: every script that changes what placement sees
 # of a pod gives it a new `view_version` (views.py keeps views between decisions and reads

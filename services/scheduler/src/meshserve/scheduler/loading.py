@@ -46,7 +46,7 @@ from meshserve.common.errors import (
 )
 from meshserve.common.labels import model_labels
 from meshserve.common.proto.meshserve.v1 import runtime_pb2
-from meshserve.scheduler import metrics, placement
+from meshserve.scheduler import metrics
 from meshserve.scheduler.live import LiveState, PodInfo
 from meshserve.scheduler.models import (
     ALL_BUSY_LOADING,
@@ -56,12 +56,13 @@ from meshserve.scheduler.models import (
     PlacementConfig,
     PlacementRequest,
 )
-from meshserve.scheduler.placement_index import place_indexed
+from meshserve.scheduler.placement import scan
+from meshserve.scheduler.placement.index import place_indexed
+from meshserve.scheduler.placement.views import ClusterViews, pod_views
 from meshserve.scheduler.pullers import MODEL_FAULTS, PullerClients, model_key, storage_path
 from meshserve.scheduler.registry import ModelRecord, Registry
 from meshserve.scheduler.settings import SchedulerSettings
 from meshserve.scheduler.sizing import known_size, runtime_default_size
-from meshserve.scheduler.views import ClusterViews, pod_views
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ class Loader:
         view = dataclasses.replace(
             view, copies=tuple(dataclasses.replace(c, in_flight=1) if c.model_id == keep else c for c in view.copies)
         )
-        plan = placement.place(
+        plan = scan.place(
             PlacementRequest(model_id="__overcommit__", size_bytes=0),
             [view],
             now=self.clock(),

@@ -10,7 +10,7 @@ import grpc
 from meshserve.common.grpcutil import rpc_errors, rpc_stream_errors
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
-from meshserve.scheduler.routehub import RouteHub
+from meshserve.scheduler.routing.hub import RouteHub
 from meshserve.scheduler.service import Endpoint, ModelSpec, SchedulerService
 from meshserve.scheduler.status import ModelState
 

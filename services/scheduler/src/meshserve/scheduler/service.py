@@ -39,6 +39,7 @@ from meshserve.scheduler import metrics
 from meshserve.scheduler.live import CopyRecord, LiveState, now_ms
 from meshserve.scheduler.loading import Loader, placement_config
 from meshserve.scheduler.models import CopyState
+from meshserve.scheduler.placement.views import ClusterViews
 from meshserve.scheduler.pods import Pods
 from meshserve.scheduler.pullers import PullerClients
 from meshserve.scheduler.registry import ModelRecord, Registry
@@ -54,7 +55,6 @@ from meshserve.scheduler.status import (
     NOT_LOADED,
     ModelState,
 )
-from meshserve.scheduler.views import ClusterViews
 from meshserve.scheduler.vmodels import VModels
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from meshserve.common.coalesce import Coalesced
 from meshserve.scheduler.live import LiveState, PlacementSnapshot, PodInfo, PodSnapshot, now_ms
 from meshserve.scheduler.models import CopyState, CopyView, PlacementConfig, PodView
-from meshserve.scheduler.placement_index import ClusterIndex
+from meshserve.scheduler.placement.index import ClusterIndex
 
 
 def pod_view(snap: PodSnapshot, usage: dict[str, tuple[float, int]]) -> PodView:

@@ -33,8 +33,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.exceptions import RedisError
 
-from meshserve.scheduler.route_table import RouteTable
-from meshserve.scheduler.routelog import Position, RouteLog, Waiter
+from meshserve.scheduler.routing.log import Position, RouteLog, Waiter
+from meshserve.scheduler.routing.table import RouteTable
 
 log = logging.getLogger(__name__)
 

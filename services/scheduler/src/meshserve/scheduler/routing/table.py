@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from meshserve.scheduler.routes import (
+from meshserve.scheduler.routing.routes import (
     EndpointTuple,
     encode_endpoint,
     encode_route_update,

@@ -25,7 +25,7 @@ from meshserve.scheduler.models import (
     Plan,
     PodView,
 )
-from meshserve.scheduler.placement import (
+from meshserve.scheduler.placement.scan import (
     _DEFAULT_CONFIG,
     _all_busy,
     _all_hold_a_copy,
