@@ -52,6 +52,7 @@ from meshserve.common.errors import InvalidArgument, MeshError, NotFound
 from meshserve.common.grpcutil import grpc_code
 from meshserve.router import inject, metrics
 from meshserve.router.dataplane import DataPlane
+from meshserve.router.replay import ReplayableRequests
 from meshserve.router.table import Endpoint
 from meshserve.router.upstream import GrpcUpstream, copy_gone
 from meshserve.router.upstream_errors import CopyGone
@@ -134,86 +135,6 @@ class _Relayed(Exception):
         self.code, self.details, self.trailing = code, details, trailing
 
 
-class _Requests:
-    """The client's request stream, replayable to another copy until a response is relayed.
-
-    Messages are read from the client by one task at a time (`_next`), which an attempt
-    cancelled half-way does not lose: the next attempt awaits the same read. An attempt
-    is a generator from `stream()`; starting a new one retires the previous (`_epoch`).
-    """
-
-    def __init__(
-        self,
-        requests: AsyncIterator[bytes],
-        *,
-        first: bytes | None,
-        rewrite: Callable[[bytes], bytes] | None,
-        limit: int,
-    ) -> None:
-        self._source = requests
-        self._rewrite = rewrite
-        self._limit = limit
-        self._log: list[bytes] = [] if first is None else [first]
-        self._size = 0 if first is None else len(first)
-        self._ended = False
-        self._next: asyncio.Future[bytes | None] | None = None
-        self._epoch = 0
-        self.replayable = True
-        self.error: WireError | None = None
-
-    def commit(self) -> None:
-        """A response went back to the client: no replay from now on, so stop keeping the
-        messages for one (the sender no longer retries either)."""
-        self.replayable = False
-
-    def stream(self) -> AsyncIterator[bytes]:
-        self._epoch += 1
-        return self._attempt(self._epoch)
-
-    async def _attempt(self, epoch: int) -> AsyncIterator[bytes]:
-        sent = 0
-        while epoch == self._epoch:
-            if sent < len(self._log):
-                sent += 1
-                yield self._log[sent - 1]
-                continue
-            if self._ended:
-                return
-            if self._next is None:
-                self._next = asyncio.ensure_future(self._read())
-            pending = self._next
-            item = await asyncio.shield(pending)  # cancelled here: the read goes on for the next attempt
-            if epoch != self._epoch or self._next is not pending:
-                continue  # retired meanwhile (the loop ends) or another reader took it
-            self._next = None
-            if item is None:
-                self._ended = True
-                return
-            if self._rewrite is not None:
-                try:
-                    item = self._rewrite(item)
-                except WireError as err:
-                    self.error = err
-                    raise  # grpc cancels the forwarded call; the handler reports `error`
-            if self.replayable and self._size + len(item) <= self._limit:
-                self._log.append(item)
-                self._size += len(item)
-                sent += 1
-            else:
-                self.replayable = False
-            yield item
-
-    async def _read(self) -> bytes | None:
-        # a coroutine of our own: a read cancelled before it starts never touches grpc's
-        return await anext(aiter(self._source), None)
-
-    def close(self) -> None:
-        self._epoch += 1
-        if self._next is not None:
-            self._next.cancel()
-            self._next = None
-
-
 class OtherRpcHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no type hints
     def __init__(self, dataplane: DataPlane, upstream: GrpcUpstream, methods: MethodTable) -> None:
         self.dp = dataplane
@@ -239,7 +160,7 @@ class OtherRpcHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has
         label = name if name in self.methods.id_paths else "other"
         started = time.perf_counter()
         model_id, code = "", "OK"
-        source: _Requests | None = None
+        source: ReplayableRequests | None = None
         metrics.IN_FLIGHT.inc()
         try:
             routing, forwarded = split_metadata(context.invocation_metadata() or ())
@@ -258,7 +179,7 @@ class OtherRpcHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has
             rewrite = functools.partial(inject.inject, path=path, value=model_id) if path else None
             if rewrite is not None and first is not None:
                 first = rewrite(first)
-            source = _Requests(requests, first=first, rewrite=rewrite, limit=self.dp.settings.max_message_bytes)
+            source = ReplayableRequests(requests, first=first, rewrite=rewrite, limit=self.dp.settings.max_message_bytes)
             outgoing = (*forwarded, ("mm-model-id", model_id))
             await self.dp.call(model_id, self._sender(method, source, outgoing, context), budget=self._budget(context))
         except grpc.aio.AbortError:
@@ -296,7 +217,7 @@ class OtherRpcHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has
         return self.dp.resolve(body_name, routing)
 
     def _sender(
-        self, method: str, source: _Requests, metadata: Metadata, context: grpc.aio.ServicerContext
+        self, method: str, source: ReplayableRequests, metadata: Metadata, context: grpc.aio.ServicerContext
     ) -> Callable[[Endpoint, float], Awaitable[None]]:
         upstream = self.upstream
 
