@@ -1,4 +1,9 @@
-"""`python -m meshserve.puller`: the sidecar beside a model server."""
+"""`python -m meshserve.puller`: the sidecar beside a model server.
+
+Loads the settings once, configures logging and runs `PullerApp.serve` under the common
+`run_main` (signals, graceful stop, exit code 1 when a background task failed). May import
+`meshserve.common` and the puller's settings and app.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,10 @@ import os
 # import that might load it.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
-import asyncio
 import sys
 
-import uvloop
-
 from meshserve.common import logging as mlog
+from meshserve.common.lifecycle import Lifecycle, run_main
 from meshserve.puller.settings import PullerSettings
 
 
@@ -23,16 +26,13 @@ def main() -> int:
     settings = PullerSettings()
     mlog.configure(service=f"puller[{settings.pod_id}]", level=settings.log_level, json=settings.log_json)
 
-    uvloop.install()
-    asyncio.run(_serve(settings))
-    return 0
+    async def serve(life: Lifecycle) -> None:
+        from meshserve.puller.app import PullerApp
 
+        # built inside the running loop: grpc.aio channels bind to the loop that creates them
+        await PullerApp(settings).serve(life)
 
-async def _serve(settings: object) -> None:
-    from meshserve.puller.app import PullerApp
-
-    # built inside the running loop: grpc.aio channels bind to the loop that creates them
-    await PullerApp(settings).run()  # type: ignore[arg-type]
+    return run_main("puller", serve, use_uvloop=True)
 
 
 if __name__ == "__main__":

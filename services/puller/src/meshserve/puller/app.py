@@ -1,21 +1,37 @@
-"""Composition root of the puller: waits for its model server, purges it, serves the
-ModelRuntime API and reports the pod to the scheduler (register + heartbeat)."""
+"""Composition root of the puller (transport layer): waits for its model server, purges it,
+serves the ModelRuntime API and reports the pod to the scheduler (register + heartbeat).
+
+Runs on the common skeleton (`meshserve.common.lifecycle`): `serve(life)` starts `/healthz` +
+`/readyz` (`health_port`), the metrics port, the gRPC server (errors mapped by
+`ExceptionToStatusInterceptor`) and the named task `heartbeat`; on SIGTERM the closers run in
+reverse order: readyz false -> goodbye to the scheduler -> gRPC stop (grace 2 s) -> health
+server -> the model-server adapter. Holds no logic of its own: it may import every puller module
+and `meshserve.common`; nothing imports it but `__main__`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import signal
+import random
 import sys
 import time
 
 import grpc
 from prometheus_client import REGISTRY, start_http_server
 
+from meshserve.common.backoff import backoff_delay
 from meshserve.common.errors import MeshError
-from meshserve.common.grpcutil import SERVER_KEEPALIVE_OPTIONS, bind, open_channel
+from meshserve.common.grpcutil import (
+    SERVER_KEEPALIVE_OPTIONS,
+    ExceptionToStatusInterceptor,
+    bind,
+    open_channel,
+)
+from meshserve.common.health import Health, HealthServer
 from meshserve.common.labels import parse_formats, runtime_labels
+from meshserve.common.lifecycle import Lifecycle
 from meshserve.common.proto.meshserve.v1 import runtime_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from meshserve.puller.adapter import MLServerAdapter, ModelServerAdapter, TritonAdapter
 from meshserve.puller.memory import MemoryProbe
@@ -65,42 +81,47 @@ class PullerApp:
         )
         self.service = PullerService(settings=settings, adapter=self.adapter, memory=self.memory)
         self.started_ms = int(time.time() * 1000)
-        self._stop = asyncio.Event()
         self.port = 0
-        self._prestart: asyncio.Task[None] | None = None
+        self.health = Health()
+        self._serving = False
+        self.health.add_check("modelruntime", lambda: self._serving)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        """Serve until SIGTERM/SIGINT (for callers without their own `Lifecycle`)."""
+        async with Lifecycle("puller") as life:
+            life.handle_signals()
+            await self.serve(life)
+
+    async def serve(self, life: Lifecycle) -> None:
+        """Start everything, then wait for `life` to stop; `life` closes what was started."""
+        life.on_close(self.adapter.close, name="model-server adapter")
+        if self.settings.health_port:
+            health_server = HealthServer(self.health, port=self.settings.health_port)
+            await health_server.start()
+            life.on_close(health_server.stop, name="health server")
         if self.settings.metrics_port:
             REGISTRY.register(InstanceCollector(self._instance))
             start_http_server(self.settings.metrics_port)
         if self.settings.keras_converter_prestart and isinstance(self.adapter, TritonAdapter):
             # beside the model server's start; a keras load waits for it (the converter's lock)
-            self._prestart = asyncio.create_task(self.adapter.keras.prestart())
-        await self._wait_for_model_server()
+            life.spawn("keras-prestart", self.adapter.keras.prestart(), may_finish=True)
+        if not await self._wait_for_model_server(life):
+            return
         self._use_runtime_limits()
         await self.service.purge()
         if self.settings.triton_prestart_formats and isinstance(self.adapter, TritonAdapter):
             await self._prestart_frameworks(self.adapter)
-        server = grpc.aio.server(options=SERVER_KEEPALIVE_OPTIONS)
+        server = grpc.aio.server(options=SERVER_KEEPALIVE_OPTIONS, interceptors=[ExceptionToStatusInterceptor()])
         runtime_pb2_grpc.add_ModelRuntimeServicer_to_server(ModelRuntimeServicer(self.service), server)
         self.port = bind(server, self.settings.listen_address, self.settings.tls)
         await server.start()
+        life.on_close(lambda: server.stop(grace=2), name="gRPC server")
+        life.on_close(self._say_goodbye, name="goodbye to the scheduler")
+        life.on_close(self.health.stopping, name="readyz")
+        self._serving = True
         log.info("puller %s serving ModelRuntime on :%d", self.settings.pod_id, self.port)
-        heartbeat = asyncio.create_task(self._heartbeat_loop())
-        await self._stop.wait()
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
-        await self._say_goodbye()
-        await server.stop(grace=2)
-        if self._prestart is not None:  # still importing tensorflow: stop waiting for it
-            self._prestart.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._prestart
-        await self.adapter.close()
+        life.spawn("heartbeat", self._heartbeat_loop())
+        await life.wait()
 
     def _instance(self) -> tuple[list[Copy], int, float]:
         """The pod's copies for its instance metrics (called on the metrics server's thread)."""
@@ -132,13 +153,17 @@ class PullerApp:
         if "max_loading_concurrency" in overrides:
             self.service.set_max_loading_concurrency(self.settings.max_loading_concurrency)
 
-    async def _wait_for_model_server(self) -> None:
-        delay = 0.05
+    async def _wait_for_model_server(self, life: Lifecycle) -> bool:
+        """Poll the model server until it is ready (true) or the service stops (false)."""
+        attempt = 0
         while not await self.adapter.ready():
-            if self._stop.is_set():
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = backoff_delay(attempt=attempt, rand=random.random(), base=0.1, cap=1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(life.wait(), timeout=delay)
+            if life.stopping:
+                return False
+            attempt += 1
+        return True
 
     def _report(self, used: int) -> scheduler_pb2.PodReport:
         s = self.settings

@@ -1,10 +1,14 @@
-"""gRPC surface of the puller: the ModelRuntime service (:8085)."""
+"""gRPC surface of the puller (transport layer): the ModelRuntime service (:8085).
+
+Converts messages to calls of `PullerService` (the use cases) and back; errors are mapped to
+statuses by the server's `ExceptionToStatusInterceptor` (`app.py`). May import the generated
+protos, grpc, `meshserve.common` and `meshserve.puller.service`.
+"""
 
 from __future__ import annotations
 
 import grpc
 
-from meshserve.common.grpcutil import rpc_errors
 from meshserve.common.labels import parse_formats
 from meshserve.common.proto.meshserve.v1 import runtime_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import runtime_pb2_grpc
@@ -15,7 +19,6 @@ class ModelRuntimeServicer(runtime_pb2_grpc.ModelRuntimeServicer):
     def __init__(self, service: PullerService) -> None:
         self.service = service
 
-    @rpc_errors
     async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> pb.LoadModelResponse:
         result = await self.service.load(
             model_id=request.model_id,
@@ -27,24 +30,20 @@ class ModelRuntimeServicer(runtime_pb2_grpc.ModelRuntimeServicer):
             size_in_bytes=result.size_bytes, measured=result.measured, disk_size_bytes=result.disk_bytes
         )
 
-    @rpc_errors
     async def UnloadModel(self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext) -> pb.UnloadModelResponse:
         await self.service.unload(request.model_id)
         return pb.UnloadModelResponse()
 
-    @rpc_errors
     async def PredictModelSize(
         self, request: pb.PredictModelSizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictModelSizeResponse:
         size = await self.service.predict_size(model_path=request.model_path, model_key=request.model_key, model_id=request.model_id)
         return pb.PredictModelSizeResponse(size_in_bytes=size)
 
-    @rpc_errors
     async def ModelSize(self, request: pb.ModelSizeRequest, context: grpc.aio.ServicerContext) -> pb.ModelSizeResponse:
         model = self.service.loaded.get(request.model_id)
         return pb.ModelSizeResponse(size_in_bytes=model.size_bytes if model else 0)
 
-    @rpc_errors
     async def RuntimeStatus(
         self, request: pb.RuntimeStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.RuntimeStatusResponse:
