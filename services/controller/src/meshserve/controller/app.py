@@ -1,34 +1,34 @@
-"""Composition root of the controller, in Kubernetes or local mode.
+"""Composition root of the controller (transport layer), in Kubernetes or local mode.
 
 Kubernetes mode builds the Kubernetes ApiClient (kubeconfig from `MESHSERVE_CONTROLLER_KUBECONFIG`,
 else the in-cluster service account); local mode (`MESHSERVE_CONTROLLER_MODE=local`) the client of
 the scheduler's resource store (`local.py`) and a runtime backend (local processes, or nothing for
 `runtime_provider=static`). Both: the scheduler channel, the `Reconciler` (fed by the scheduler's
 route events too) with its `EventRecorder` (core/v1 Events in Kubernetes mode, log lines in local
-mode), the health server
-(`/healthz` always 200 while the loop runs, `/readyz` 200 once every informer has listed and
-until shutdown starts) and the Prometheus endpoint. Owns signals and the shutdown order:
-SIGTERM/SIGINT -> readyz false -> stop the queue and cancel informers/workers -> close the
-scheduler channel -> close the ApiClient -> stop the health server.
+mode), the health server (`meshserve.common.health`: `/healthz` always 200 while the loop runs,
+`/readyz` 200 once every informer has listed and until shutdown starts) and the Prometheus
+endpoint. Runs on the common skeleton (`meshserve.common.lifecycle`): the reconciler is the named
+task `reconciler` (its failure is logged and stops the controller, exit code 1). Shutdown order:
+SIGTERM/SIGINT -> readyz false -> stop the queue, cancel informers/workers -> close the runtime
+backend and the local store client, or the ApiClient -> stop the health server -> close the
+scheduler channel.
 
-Holds no logic of its own.
+Holds no logic of its own: it may import every controller module and `meshserve.common`;
+nothing imports it but `__main__`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib
 import logging
-import signal
 import socket
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import start_http_server
 
 from meshserve.common.grpcutil import open_channel
+from meshserve.common.health import Health, HealthServer
+from meshserve.common.lifecycle import Lifecycle
 from meshserve.controller import kube
 from meshserve.controller.events import KubeEventRecorder, LogEventRecorder
 from meshserve.controller.finalizers import FINALIZER
@@ -46,20 +46,6 @@ LOCAL_KINDS = (
 log = logging.getLogger(__name__)
 
 
-def create_health_app(*, is_ready: asyncio.Event, stopping: asyncio.Event) -> web.Application:
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        ok = is_ready.is_set() and not stopping.is_set()
-        return web.json_response({"ready": ok}, status=200 if ok else 503)
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    return app
-
-
 def local_runtime_backend(settings: ControllerSettings) -> Any:
     """The runtime backend of local mode: `static` records, `process` loads `settings.local_provider`
     (`module:factory`, by name: the process code lives with the local stack, outside this package)."""
@@ -73,29 +59,34 @@ def local_runtime_backend(settings: ControllerSettings) -> Any:
 class ControllerApp:
     def __init__(self, settings: ControllerSettings) -> None:
         self.settings = settings.effective()
-        self._stop = asyncio.Event()
+        self.health = Health()
+        self.health_port = 0
+        self._life: Lifecycle | None = None
 
     def stop(self) -> None:
         """Idempotent: begin the shutdown (also what SIGTERM does)."""
-        self._stop.set()
+        if self._life is not None:
+            self._life.stop()
 
     async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (for callers without their own `Lifecycle`)."""
+        async with Lifecycle("controller") as life:
+            life.handle_signals()
+            await self.serve(life)
+
+    async def serve(self, life: Lifecycle) -> None:
+        """Start everything, then wait for `life` to stop; `life` closes what was started."""
+        self._life = life
         s = self.settings
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stop.set)
         if s.metrics_port:
             start_http_server(s.metrics_port)
         channel = open_channel(s.scheduler_address, tls=s.scheduler_tls)
+        life.on_close(channel.close, name="scheduler channel")
         scheduler = GrpcScheduler(channel, timeout=s.scheduler_timeout_seconds)
-        closers: list[Callable[[], Awaitable[Any]]] = []
         if s.mode is Mode.LOCAL:
             token = s.admin_token.get_secret_value() if s.admin_token else None
             local_api = LocalResourceApi(s.admin_url, token=token)
-            closers.append(local_api.close)
             backend = local_runtime_backend(s)
-            closers.insert(0, backend.close)
             reconciler = Reconciler(
                 api=local_api, scheduler=scheduler,  # type: ignore[arg-type]
                 namespace=s.namespace, config_map_name=s.config_map_name, scheduler_address=s.scheduler_address,
@@ -104,9 +95,9 @@ class ControllerApp:
                 change_feed=scheduler.watch_changes, resync_seconds=s.resync_seconds, events=LogEventRecorder(),
             )
             where = f"the local resource store at {s.admin_url} (runtime pods: {s.runtime_provider.value})"
+            closers = [(local_api.close, "resource store client"), (backend.close, "runtime backend")]
         else:
             api_client = await api_client_from(str(s.kubeconfig) if s.kubeconfig else None)
-            closers.append(api_client.close)
             kube_api = KubeApi(api_client)
             reconciler = Reconciler(
                 api=kube_api, scheduler=scheduler,
@@ -117,25 +108,16 @@ class ControllerApp:
                 finalizer=FINALIZER,
             )
             where = "the Kubernetes API"
-        runner = web.AppRunner(create_health_app(is_ready=reconciler.ready, stopping=self._stop))
-        await runner.setup()
-        await web.TCPSite(runner, "0.0.0.0", s.health_port).start()
-        task = asyncio.create_task(reconciler.run(), name="reconciler")
-        stop_wait = asyncio.create_task(self._stop.wait(), name="stop-signal")
+            closers = [(api_client.close, "Kubernetes ApiClient")]
+        self.health.add_check("informers", reconciler.ready.is_set)
+        health_server = HealthServer(self.health, port=s.health_port)
+        await health_server.start()
+        self.health_port = health_server.port
+        life.on_close(health_server.stop, name="health server")
+        for close, name in closers:  # closed in reverse: the first listed goes last
+            life.on_close(close, name=name)
+        life.spawn("reconciler", reconciler.run())
         log.info("controller watching namespace %s in %s; scheduler %s", s.namespace, where, s.scheduler_address)
-        try:
-            await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self._stop.set()
-            reconciler.shutdown()
-            task.cancel()
-            stop_wait.cancel()
-            results = await asyncio.gather(task, stop_wait, return_exceptions=True)
-            for close in closers:
-                with contextlib.suppress(Exception):
-                    await close()
-            await channel.close()
-            await runner.cleanup()
-        failure = results[0]
-        if isinstance(failure, BaseException) and not isinstance(failure, asyncio.CancelledError):
-            raise failure
+        await life.wait()
+        self.health.stopping()
+        reconciler.shutdown()  # then `life` cancels the reconciler and runs the closers

@@ -1,4 +1,10 @@
-"""Controller settings (env prefix MESHSERVE_CONTROLLER_; the scheduler address also from MESHSERVE_SCHEDULER_ADDRESS)."""
+"""Controller settings (env prefix MESHSERVE_CONTROLLER_; the scheduler address also from
+MESHSERVE_SCHEDULER_ADDRESS), on the common `ServiceSettings` base.
+
+Each field's docstring is its description in the README's configuration table
+(`scripts/settings_table.py`). Loaded once in `__main__` and passed down. May import pydantic
+and `meshserve.common.settings` only.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,9 @@ import enum
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from meshserve.common.settings import TLSSettings, shared
+from meshserve.common.settings import ServiceSettings, TLSSettings, shared
 
 
 class Mode(enum.StrEnum):
@@ -26,15 +32,15 @@ class RuntimeProvider(enum.StrEnum):
     """Runtime pods are run by someone else (docker compose); never start or stop them."""
 
 
-class ControllerSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="MESHSERVE_CONTROLLER_", env_nested_delimiter="__", populate_by_name=True
-    )
+class ControllerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_CONTROLLER_")
 
     mode: Mode = Mode.KUBERNETES
-    """Where resources come from."""
+    """Where resources come from: `kubernetes` (the CRs through the Kubernetes API) or `local`
+    (resources from `meshserve apply`, runtime pods as processes)."""
     runtime_provider: RuntimeProvider = RuntimeProvider.KUBERNETES
-    """Who runs runtime pods."""
+    """Who runs runtime pods: `kubernetes` (Deployments), `process` (local processes; the default
+    in local mode) or `static` (someone else, e.g. docker compose)."""
     namespace: str = "modelmesh-serving"
     """Namespace whose InferenceServices, Predictors and ServingRuntimes are served (namespace-scope mode)."""
     config_map_name: str = "model-serving-config"
@@ -42,10 +48,11 @@ class ControllerSettings(BaseSettings):
     scheduler_address: str = Field(default="127.0.0.1:8034", validation_alias=shared("scheduler_address", "controller"))
     """The scheduler's internal gRPC endpoint."""
     scheduler_tls: TLSSettings = TLSSettings()
+    """TLS of the calls to the scheduler."""
     scheduler_timeout_seconds: float = 10.0
     """Deadline of each scheduler call (upstream GrpcRequestTimeout)."""
     kubeconfig: Path | None = None
-    """Out-of-cluster: a kubeconfig file; in-cluster config is used when unset."""
+    """Kubernetes mode, out of cluster: a kubeconfig file; in-cluster config is used when unset."""
     watch_timeout_seconds: int = 300
     """Server-side timeout of one watch request; the watch is re-opened from the last resourceVersion."""
     resync_seconds: float | None = None
@@ -71,9 +78,9 @@ class ControllerSettings(BaseSettings):
     """`module:factory` of the process provider (called with the settings; lives with the local
     stack's process code so the controller package does not depend on it)."""
     health_port: int = 8081
-    metrics_port: int = 2112
-    log_level: str = "INFO"
-    log_json: bool = False
+    """`/healthz` + `/readyz` (ready: every informer has listed, until shutdown starts)."""
+    tls: TLSSettings = TLSSettings()
+    """Not used: the controller serves no gRPC (its scheduler calls use `scheduler_tls`)."""
 
     def effective(self) -> ControllerSettings:
         """Local-mode defaults: namespace `default` (what `meshserve apply` uses), process runtimes, resync 30 s."""
