@@ -142,6 +142,12 @@ class DataPlane:
                 future.exception()  # mark retrieved: no "never retrieved" warning
 
     # -- forwarding -----------------------------------------------------------------------
+    def pick(self, endpoints: tuple[Endpoint, ...]) -> Endpoint:
+        """The copy to send to: least-request over this router's in-flight count per pod."""
+        if len(endpoints) == 1:
+            return endpoints[0]
+        return balance.pick(endpoints, {e: self.in_flight[e.pod_id] for e in endpoints}, self._rng)
+
     async def call(self, model_id: str, send: Send[T], *, budget: float) -> T:
         """Run `send` against a loaded copy of `model_id`; once more on another copy if it vanished."""
         deadline = time.monotonic() + budget
@@ -157,7 +163,7 @@ class DataPlane:
                 fallback = False
             if not endpoints:
                 raise Unavailable(f"model {model_id!r} has no loaded copy")
-            endpoint = balance.pick(endpoints, self.in_flight, self._rng) if len(endpoints) > 1 else endpoints[0]
+            endpoint = self.pick(endpoints)
             pod = endpoint.pod_id
             self.in_flight[pod] += 1
             try:
