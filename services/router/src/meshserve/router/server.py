@@ -11,19 +11,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
-from meshserve.common.errors import InvalidArgument, MeshError, Unavailable, from_grpc
+from meshserve.common.errors import InvalidArgument, MeshError, from_grpc
 from meshserve.common.grpcutil import grpc_code
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
-from meshserve.router import balance, metrics, payloads, wire
+from meshserve.router import metrics, payloads, wire
 from meshserve.router.dataplane import DataPlane
+from meshserve.router.replay import ReplayableRequests
 from meshserve.router.table import Endpoint
-from meshserve.router.upstream import GrpcUpstream
-from meshserve.router.upstream_errors import client_status
-from meshserve.router.v2 import ROUTING_HEADERS, SERVICE, server_version
+from meshserve.router.upstream import GrpcUpstream, copy_gone
+from meshserve.router.upstream_errors import CopyGone, client_status
+from meshserve.router.v2 import (
+    MODEL_ID_HEADER,
+    MODEL_STREAM_INFER,
+    ROUTING_HEADERS,
+    SERVICE,
+    server_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +158,15 @@ class InferenceHandler(grpc.GenericRpcHandler):
 
         return await self.dp.call(model_id, send, budget=self._budget(context))
 
-    async def model_stream(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        """Forward a ModelStreamInfer stream to one copy. Every request in the stream is for
-        the model the first one names; each has its model name rewritten in the bytes."""
-        method = f"/{SERVICE}/ModelStreamInfer"
+    async def model_stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        """Forward a ModelStreamInfer stream to one copy, through the data plane as a unary
+        call goes: a copy picked by least-request, counted in flight for the whole stream and
+        in usage once it ends well, another copy tried when the chosen one is gone before it
+        answered (the requests sent so far are replayed to it). Every request in the stream
+        is for the model the first one names; each has its model name rewritten in the bytes."""
+        method = MODEL_STREAM_INFER
         code, model_id = "OK", ""
+        source: ReplayableRequests | None = None
         metrics.IN_FLIGHT.inc()
         try:
             first = await anext(aiter(requests), None)
@@ -169,22 +178,53 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 (k, v) for k, v in metadata if k not in ROUTING_HEADERS and k[0] != ":"
             ]
             model_id = self.dp.resolve(None if routing else wire.read_string(first, 1), routing)
-            forwarded.append(("mm-model-id", model_id))
-            budget = self._budget(context)
-            endpoints = await self.dp.ensure(model_id, budget=budget)
-            if not endpoints:
-                raise Unavailable(f"model {model_id!r} has no loaded copy")
-            endpoint = balance.pick(endpoints, self.dp.in_flight, self.dp._rng)
-
-            refused: list[InvalidArgument] = []  # a request that must not reach the model server
+            forwarded.append((MODEL_ID_HEADER, model_id))
+            stream_model = model_id
 
             def checked(item: bytes) -> bytes:
                 if problem := wire.raw_inputs_problem(item):
                     raise InvalidArgument(problem)
-                return wire.replace_string(item, model_id, 1)
+                return wire.replace_string(item, stream_model, 1)
 
-            stream = self.upstream.stream_callable(endpoint.grpc_address, method)
-            upstream = stream(metadata=forwarded, timeout=context.time_remaining())
+            async def client_requests() -> AsyncIterator[bytes]:
+                yield first
+                async for item in requests:
+                    yield item
+
+            # checked as they are sent (the first after a copy is found, as before)
+            source = ReplayableRequests(
+                client_requests(), first=None, rewrite=checked, limit=self.dp.settings.max_message_bytes
+            )
+            await self.dp.call(model_id, self._stream_sender(method, source, forwarded, context), budget=self._budget(context))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as err:
+            status, message = _status_for("ModelStreamInfer", err)
+            code = status.name
+            await context.abort(status, bounded(message))
+        finally:
+            if source is not None:
+                source.close()
+            metrics.IN_FLIGHT.dec()
+            metrics.count(model_id, "grpc", "ModelStreamInfer", code)
+
+    def _stream_sender(
+        self,
+        method: str,
+        source: ReplayableRequests,
+        forwarded: Sequence[tuple[str, str | bytes]],
+        context: grpc.aio.ServicerContext,
+    ) -> Callable[[Endpoint, float], Awaitable[None]]:
+        """The data plane's `send` for one ModelStreamInfer: the whole stream to `endpoint`,
+        its replies relayed to the client. `CopyGone` only before the first reply relayed and
+        while every request sent is kept for a replay."""
+
+        async def send(endpoint: Endpoint, budget: float) -> None:
+            refused: list[InvalidArgument] = []  # a request that must not reach the model server
+            # the stream keeps the client's own deadline (a stream may outlive the unary cap)
+            upstream = self.upstream.stream_callable(endpoint.grpc_address, method)(
+                metadata=forwarded, timeout=context.time_remaining()
+            )
 
             async def pump() -> None:
                 # Our own writer rather than a request iterator handed to grpc (found by
@@ -194,9 +234,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 # early error status can still make grpcio replace that status with INTERNAL
                 # "Internal error from Core" (its send failure overrides the received status).
                 try:
-                    await upstream.write(checked(first))
-                    async for item in requests:
-                        message = checked(item)
+                    async for message in source.stream():
                         if upstream.done():  # grpcio turns a write after the end into its own INTERNAL
                             return
                         await upstream.write(message)
@@ -207,34 +245,33 @@ class InferenceHandler(grpc.GenericRpcHandler):
                     )
                     upstream.cancel()
                 except Exception:  # the call (ours or the client's) has ended
-                    log.debug("stream writer for %s stopped", model_id, exc_info=True)
+                    log.debug("stream writer for %s stopped", endpoint.pod_id, exc_info=True)
 
-            writer = asyncio.create_task(pump(), name=f"stream-writer:{model_id}")
+            writer = asyncio.create_task(pump(), name=f"stream-writer:{endpoint.pod_id}")
             # Not cancelled when the reply stream ends: it may be waiting for the client's next
             # message, a read that ends by itself when the call does. Kept referenced until then.
             self._writers.add(writer)
             writer.add_done_callback(self._writers.discard)
+            relayed = False
             try:
                 async for reply in upstream:
-                    yield reply
+                    if not relayed:
+                        source.commit()  # answered: no replay from now on
+                        relayed = True
+                    await context.write(reply)
             except asyncio.CancelledError:
                 if not refused:  # not our cancel: the client's, or shutdown
                     raise
                 raise refused[0] from None
             except grpc.aio.AioRpcError as err:
-                details = err.details() or err.code().name
-                raise from_grpc(client_status(method, err.code(), details), details) from err
+                code, details = err.code(), err.details() or err.code().name
+                if not relayed and not refused and source.replayable and copy_gone(code, details):
+                    raise CopyGone(f"{code.name}: {details}") from err
+                raise from_grpc(client_status(method, code, details), details) from err
             if refused:  # the call ended before our cancel was seen
                 raise refused[0]
-        except grpc.aio.AbortError:
-            raise
-        except Exception as err:
-            status, message = _status_for("ModelStreamInfer", err)
-            code = status.name
-            await context.abort(status, bounded(message))
-        finally:
-            metrics.IN_FLIGHT.dec()
-            metrics.count(model_id, "grpc", "ModelStreamInfer", code)
+
+        return send
 
     async def model_ready(self, method: str, request: bytes, context: grpc.aio.ServicerContext, call: _Call) -> bytes:
         try:
