@@ -25,7 +25,7 @@ from meshserve.scheduler.placement.scan import place
 from meshserve.scheduler.routing.routes import EndpointTuple, encode_route_update
 
 if TYPE_CHECKING:
-    from meshserve.scheduler.live import LiveState
+    from meshserve.scheduler.store.live import LiveState
 
 LABELS = frozenset({"rt:mlserver-1.x", "mt:sklearn", "pv:grpc-v2"})
 T = TypeVar("T")
@@ -369,9 +369,9 @@ async def _end_to_end(
 
     from redis.utils import HIREDIS_AVAILABLE
 
-    from meshserve.scheduler.live import LiveState, now_ms
     from meshserve.scheduler.routing.hub import catch_up, load_table
     from meshserve.scheduler.routing.table import RouteTable
+    from meshserve.scheduler.store.live import LiveState, now_ms
 
     endpoints, base, events = _publish_case(models=models, pods=pods, changes=changes, seed=seed)
     after = {n: set(p) for n, p in base.items()}

@@ -12,10 +12,10 @@ import uuid
 from dataclasses import dataclass
 
 from bench.placement.latency import LABELS, close_live, with_redis
-from meshserve.scheduler.live import LiveState, now_ms
 from meshserve.scheduler.models import PlacementConfig, PlacementRequest
 from meshserve.scheduler.placement.index import place_indexed
 from meshserve.scheduler.placement.views import ClusterViews, pod_views
+from meshserve.scheduler.store.live import LiveState, now_ms
 
 # a pod's copies, written directly (loads through the copy scripts would only take longer):
 # allocations, "loaded" copy entries and usage, as the scripts and usage reports leave them

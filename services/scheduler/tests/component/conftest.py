@@ -17,11 +17,11 @@ from sqlalchemy.engine import make_url
 
 from meshserve.cli import infra
 from meshserve.cli.procs import ProcessGroup
-from meshserve.scheduler.live import LiveState
-from meshserve.scheduler.migrate import upgrade
-from meshserve.scheduler.registry import Registry, to_sync_url
 from meshserve.scheduler.service import SchedulerService
 from meshserve.scheduler.settings import SchedulerSettings
+from meshserve.scheduler.store.live import LiveState
+from meshserve.scheduler.store.migrate import upgrade
+from meshserve.scheduler.store.registry import Registry, to_sync_url
 
 ServiceFactory = Callable[..., contextlib.AbstractAsyncContextManager[SchedulerService]]
 

@@ -10,8 +10,8 @@ import pytest
 from pydantic import SecretStr
 
 from meshserve.scheduler.api import create_app
-from meshserve.scheduler.migrate import upgrade
 from meshserve.scheduler.service import SchedulerService
+from meshserve.scheduler.store.migrate import upgrade
 
 TOKEN = "admin-token-for-tests"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from meshserve.scheduler.live import RELEASED_GRACE_MS, LiveState
+from meshserve.scheduler.store.live import RELEASED_GRACE_MS, LiveState
 
 CAPACITY = 1_000
 

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
-from meshserve.scheduler.live import LiveState
 from meshserve.scheduler.routing.hub import RouteHub, load_table
 from meshserve.scheduler.routing.log import ENTRY, Position
 from meshserve.scheduler.service import ModelSpec, SchedulerService
+from meshserve.scheduler.store.live import LiveState
 
 Routes = dict[str, list[tuple[str, str, str]]]
 

@@ -7,10 +7,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-import meshserve.scheduler.resources  # noqa: F401 - its table is part of the schema
+import meshserve.scheduler.local.resources  # noqa: F401 - its table is part of the schema
 from meshserve.common.errors import AlreadyExists, NotFound
-from meshserve.scheduler.migrate import upgrade
-from meshserve.scheduler.registry import Base, Registry, to_sync_url
+from meshserve.scheduler.store.migrate import upgrade
+from meshserve.scheduler.store.registry import Base, Registry, to_sync_url
 
 
 @pytest.fixture(scope="module")

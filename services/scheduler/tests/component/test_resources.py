@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from meshserve.scheduler.api import create_app
-from meshserve.scheduler.migrate import upgrade
 from meshserve.scheduler.service import SchedulerService
+from meshserve.scheduler.store.migrate import upgrade
 
 
 @pytest.fixture

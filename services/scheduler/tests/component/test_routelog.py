@@ -12,12 +12,12 @@ import grpc
 
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
-from meshserve.scheduler.live import LiveState
 from meshserve.scheduler.routing.hub import RouteHub, load_table
 from meshserve.scheduler.routing.log import LOG_LENGTH, Position
 from meshserve.scheduler.routing.table import RouteTable
 from meshserve.scheduler.server import SchedulerServicer, add_to_server
 from meshserve.scheduler.service import SchedulerService
+from meshserve.scheduler.store.live import LiveState
 
 CAPACITY = 1_000
 Routes = dict[str, list[tuple[str, str, str]]]

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 
 from meshserve.scheduler.api import create_app
-from meshserve.scheduler.live import now_ms
-from meshserve.scheduler.registry import RuntimeRecord
 from meshserve.scheduler.service import SchedulerService
+from meshserve.scheduler.store.live import now_ms
+from meshserve.scheduler.store.registry import RuntimeRecord
 
 MIB = 1 << 20
 

@@ -8,10 +8,10 @@ import asyncio
 import pytest
 
 from meshserve.common.errors import MeshError
-from meshserve.scheduler.live import LiveState
-from meshserve.scheduler.migrate import upgrade
 from meshserve.scheduler.service import ModelSpec, SchedulerService
 from meshserve.scheduler.shift import ShiftConfig, ShiftDetector
+from meshserve.scheduler.store.live import LiveState
+from meshserve.scheduler.store.migrate import upgrade
 
 from .conftest import ServiceFactory
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-from meshserve.scheduler.live import LiveState, now_ms
 from meshserve.scheduler.models import (
     CopyState,
     CopyView,
@@ -16,6 +15,7 @@ from meshserve.scheduler.models import (
 )
 from meshserve.scheduler.placement.index import place_indexed
 from meshserve.scheduler.placement.views import ClusterViews, pod_views
+from meshserve.scheduler.store.live import LiveState, now_ms
 
 TIMEOUT = 30.0
 

@@ -15,8 +15,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from meshserve.common.storage import check_model_id
-from meshserve.scheduler.migrate import upgrade
 from meshserve.scheduler.service import ModelSpec, SchedulerService
+from meshserve.scheduler.store.migrate import upgrade
 
 ServiceFactory = Callable[..., AbstractAsyncContextManager[SchedulerService]]
 LONG = 3600.0

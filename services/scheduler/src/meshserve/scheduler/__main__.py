@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     mlog.configure(service="scheduler", level=settings.log_level, json=settings.log_json)
     command = args[0] if args else "serve"
     if command == "migrate":
-        from meshserve.scheduler.migrate import upgrade
+        from meshserve.scheduler.store.migrate import upgrade
 
         upgrade(settings.database_url)
         return 0

@@ -33,9 +33,7 @@ from starlette.routing import Match
 
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unauthenticated
 from meshserve.common.labels import LOCAL_SECRET_LABEL
-from meshserve.scheduler.live import redis_unavailable
-from meshserve.scheduler.registry import RuntimeRecord
-from meshserve.scheduler.resources import KINDS, Applied, ResourceStore, identify
+from meshserve.scheduler.local.resources import KINDS, Applied, ResourceStore, identify
 from meshserve.scheduler.service import ModelSpec, SchedulerService
 from meshserve.scheduler.status import (
     LOADED,
@@ -45,6 +43,8 @@ from meshserve.scheduler.status import (
     ModelState,
     failure_time,
 )
+from meshserve.scheduler.store.live import redis_unavailable
+from meshserve.scheduler.store.registry import RuntimeRecord
 from meshserve.scheduler.ui import install as install_ui
 
 # ModelMesh Serving's CR words for the model states

@@ -18,14 +18,14 @@ from prometheus_client import start_http_server
 from meshserve.common.grpcutil import SERVER_KEEPALIVE_OPTIONS, bind, register_error_translator
 from meshserve.scheduler import metrics
 from meshserve.scheduler.api import create_app
-from meshserve.scheduler.live import LiveState, redis_unavailable
 from meshserve.scheduler.models import EvictionPolicy
-from meshserve.scheduler.registry import Registry
 from meshserve.scheduler.routing.hub import RouteHub
 from meshserve.scheduler.server import SchedulerServicer, add_to_server
 from meshserve.scheduler.service import SchedulerService
 from meshserve.scheduler.settings import SchedulerSettings
 from meshserve.scheduler.shift import ShiftDetector
+from meshserve.scheduler.store.live import LiveState, redis_unavailable
+from meshserve.scheduler.store.registry import Registry
 
 log = logging.getLogger(__name__)
 

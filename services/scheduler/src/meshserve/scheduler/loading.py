@@ -47,7 +47,6 @@ from meshserve.common.errors import (
 from meshserve.common.labels import model_labels
 from meshserve.common.proto.meshserve.v1 import runtime_pb2
 from meshserve.scheduler import metrics
-from meshserve.scheduler.live import LiveState, PodInfo
 from meshserve.scheduler.models import (
     ALL_BUSY_LOADING,
     NO_COMPATIBLE_RUNTIME,
@@ -60,9 +59,10 @@ from meshserve.scheduler.placement import scan
 from meshserve.scheduler.placement.index import place_indexed
 from meshserve.scheduler.placement.views import ClusterViews, pod_views
 from meshserve.scheduler.pullers import MODEL_FAULTS, PullerClients, model_key, storage_path
-from meshserve.scheduler.registry import ModelRecord, Registry
 from meshserve.scheduler.settings import SchedulerSettings
 from meshserve.scheduler.sizing import known_size, runtime_default_size
+from meshserve.scheduler.store.live import LiveState, PodInfo
+from meshserve.scheduler.store.registry import ModelRecord, Registry
 
 log = logging.getLogger(__name__)
 

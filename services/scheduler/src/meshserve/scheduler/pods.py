@@ -27,11 +27,11 @@ import grpc
 
 from meshserve.common.errors import Unavailable
 from meshserve.common.proto.meshserve.v1 import runtime_pb2
-from meshserve.scheduler.live import LiveState, PodInfo, now_ms
 from meshserve.scheduler.pullers import PullerClients
-from meshserve.scheduler.registry import ModelRecord, Registry
 from meshserve.scheduler.settings import SchedulerSettings
 from meshserve.scheduler.sizing import DEFAULT_MODEL_SIZE, describe_runtimes, known_size
+from meshserve.scheduler.store.live import LiveState, PodInfo, now_ms
+from meshserve.scheduler.store.registry import ModelRecord, Registry
 
 log = logging.getLogger(__name__)
 

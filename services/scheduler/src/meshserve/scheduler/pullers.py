@@ -15,8 +15,8 @@ import grpc
 
 from meshserve.common.proto.meshserve.v1 import runtime_pb2_grpc
 from meshserve.common.storage import parse_storage_uri
-from meshserve.scheduler.registry import ModelRecord
 from meshserve.scheduler.settings import SchedulerSettings
+from meshserve.scheduler.store.registry import ModelRecord
 
 # puller status codes that mean "the model itself is bad": do not try other pods
 MODEL_FAULTS = {

@@ -24,12 +24,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from meshserve.common.errors import MeshError, NotFound
-from meshserve.scheduler.live import CopyRecord, LiveState, PodInfo
 from meshserve.scheduler.models import CopyState
 from meshserve.scheduler.pods import Pods
-from meshserve.scheduler.registry import ModelRecord, Registry
 from meshserve.scheduler.scaling import CopyChange, ModelLoad, ScalingPolicy, plan_scaling
 from meshserve.scheduler.settings import SchedulerSettings
+from meshserve.scheduler.store.live import CopyRecord, LiveState, PodInfo
+from meshserve.scheduler.store.registry import ModelRecord, Registry
 
 log = logging.getLogger(__name__)
 

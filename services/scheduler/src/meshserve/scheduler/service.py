@@ -36,13 +36,11 @@ from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unavai
 from meshserve.common.proto.meshserve.v1 import runtime_pb2
 from meshserve.common.storage import check_model_id, parse_storage_uri
 from meshserve.scheduler import metrics
-from meshserve.scheduler.live import CopyRecord, LiveState, now_ms
 from meshserve.scheduler.loading import Loader, placement_config
 from meshserve.scheduler.models import CopyState
 from meshserve.scheduler.placement.views import ClusterViews
 from meshserve.scheduler.pods import Pods
 from meshserve.scheduler.pullers import PullerClients
-from meshserve.scheduler.registry import ModelRecord, Registry
 from meshserve.scheduler.scaler import CopyScaler
 from meshserve.scheduler.scaling import CopyChange
 from meshserve.scheduler.settings import SchedulerSettings
@@ -55,6 +53,8 @@ from meshserve.scheduler.status import (
     NOT_LOADED,
     ModelState,
 )
+from meshserve.scheduler.store.live import CopyRecord, LiveState, now_ms
+from meshserve.scheduler.store.registry import ModelRecord, Registry
 from meshserve.scheduler.vmodels import VModels
 
 log = logging.getLogger(__name__)

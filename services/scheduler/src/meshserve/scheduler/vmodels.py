@@ -29,9 +29,9 @@ from typing import Any, Protocol
 
 from meshserve.common.errors import AlreadyExists, MeshError, NotFound
 from meshserve.common.storage import check_model_id
-from meshserve.scheduler.live import LiveState
-from meshserve.scheduler.registry import Registry
 from meshserve.scheduler.status import LOADING_FAILED, ModelState
+from meshserve.scheduler.store.live import LiveState
+from meshserve.scheduler.store.registry import Registry
 
 log = logging.getLogger(__name__)
 

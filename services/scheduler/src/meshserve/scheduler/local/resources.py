@@ -19,7 +19,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, DateTime, String, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from meshserve.common.errors import InvalidArgument, NotFound
-from meshserve.scheduler.registry import Base, Registry
+from meshserve.scheduler.store.registry import Base, Registry
 
 KINDS = {
     "InferenceService": ("serving.kserve.io/v1beta1", True),

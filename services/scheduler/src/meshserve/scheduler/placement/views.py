@@ -27,9 +27,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from meshserve.common.coalesce import Coalesced
-from meshserve.scheduler.live import LiveState, PlacementSnapshot, PodInfo, PodSnapshot, now_ms
 from meshserve.scheduler.models import CopyState, CopyView, PlacementConfig, PodView
 from meshserve.scheduler.placement.index import ClusterIndex
+from meshserve.scheduler.store.live import (
+    LiveState,
+    PlacementSnapshot,
+    PodInfo,
+    PodSnapshot,
+    now_ms,
+)
 
 
 def pod_view(snap: PodSnapshot, usage: dict[str, tuple[float, int]]) -> PodView:

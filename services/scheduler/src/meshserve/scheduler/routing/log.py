@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from meshserve.scheduler.redisconn import connect
+from meshserve.scheduler.store.connection import connect
 
 LOG_LENGTH = 50_000
 """Entries kept in the log; a reader further behind than this loads its table again."""

@@ -1,0 +1,11 @@
+"""The scheduler's store wing: everything that talks to Redis or Postgres.
+
+Owns the live state in Redis (`live`: `LiveState`, with the Lua scripts of `scripts`
+that keep a pod's memory accounting atomic, on the client of `connection`), the leader
+lease for the background duties (`lease`), the registry in Postgres (`registry`: tables,
+row converters, queries), and its schema migrations (`migrate`, Alembic's `migrations/`).
+
+May import: `meshserve.common`, the scheduler's `models` (record types), `routing.log`
+(the route log the scripts append to), redis and sqlalchemy. Never imports the use
+cases (`service`, `copies`, `vmodels`, ...) nor the transports (`server`, `api`, `app`).
+"""

@@ -2,7 +2,7 @@
 
 Everything here can be rebuilt: from the pullers' heartbeats (pods and the copies
 they hold) and the Postgres registry (models, vmodels). Memory accounting per pod is
-changed only by the Lua scripts of `live_scripts.py`, so two scheduler replicas can never
+changed only by the Lua scripts of `store/scripts.py`, so two scheduler replicas can never
 over-commit a pod or start the same first copy twice:
 
 * `reserve`  — take `bytes` on a pod before loading (fails if it does not fit, the pod
@@ -53,7 +53,6 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meshserve.common.errors import Unavailable
-from meshserve.scheduler import live_scripts as scripts
 from meshserve.scheduler.models import (
     CopyRecord,
     PlacementConfig,
@@ -61,8 +60,9 @@ from meshserve.scheduler.models import (
     PodInfo,
     PodSnapshot,
 )
-from meshserve.scheduler.redisconn import connect
 from meshserve.scheduler.routing.log import RouteLog
+from meshserve.scheduler.store import scripts
+from meshserve.scheduler.store.connection import connect
 
 RELEASED_GRACE_MS = 30_000
 """How long after releasing a copy the scheduler ignores the pod's reports of it: a
