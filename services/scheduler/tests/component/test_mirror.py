@@ -92,7 +92,7 @@ async def test_a_copy_reported_after_redis_lost_its_data_is_routed_not_removed(
     live = service.live
     model = f"{prefix}-m"
     await _register(service, model)
-    await service.ensure_registry_mirror()   # the mirror loop's pass at start
+    await service.mirror.ensure()   # the mirror loop's pass at start
     assert await live.mirror_current() and await _syncs(live) == 1
     hub = RouteHub(live.routes, poll_seconds=30)
     sub = hub.subscribe()
@@ -105,13 +105,13 @@ async def test_a_copy_reported_after_redis_lost_its_data_is_routed_not_removed(
         # a heartbeat with nothing to adopt does not rebuild the mirror (no extra round
         # trip); as the first write it starts a new log epoch, and the hub loads its table
         # again: without the mirror, the model is not in it
-        await service.report_pod(_pod(f"{prefix}-other", 9), [])
+        await service.pods.report_pod(_pod(f"{prefix}-other", 9), [])
         assert not await live.mirror_current()
         reloaded = await _next(sub)
         assert reloaded.snapshot and model not in _routes_in(reloaded)
 
         pod = _pod(f"{prefix}-a", 1)
-        await service.report_pod(pod, [model])
+        await service.pods.report_pod(pod, [model])
 
         # the route published for the model gets the pod, and the subscriber is never told
         # the model is gone on the way
@@ -136,10 +136,10 @@ async def test_a_copy_loaded_after_redis_lost_its_data_is_routed_not_removed(
     live = service.live
     model = f"{prefix}-m"
     await _register(service, model)
-    await service.ensure_registry_mirror()
+    await service.mirror.ensure()
     assert await live.mirror_current() and await _syncs(live) == 1
     # built as app.py builds the servicer's
-    hub = RouteHub(live.routes, poll_seconds=30, before_load=service.ensure_registry_mirror)
+    hub = RouteHub(live.routes, poll_seconds=30, before_load=service.mirror.ensure)
     sub = hub.subscribe()
     try:
         first = await _next(sub)
@@ -148,7 +148,7 @@ async def test_a_copy_loaded_after_redis_lost_its_data_is_routed_not_removed(
 
         await _lose_data(live)
         pod = _pod(f"{prefix}-a", 1)
-        await service.report_pod(pod, [])   # the first write: a new epoch, and the hub reloads
+        await service.pods.report_pod(pod, [])   # the first write: a new epoch, and the hub reloads
         assert not await live.mirror_current()
         reloaded = await _next(sub)
         while not reloaded.snapshot:
@@ -176,11 +176,11 @@ async def test_reports_from_many_pods_after_redis_lost_its_data_share_one_rebuil
     live = service.live
     model = f"{prefix}-m"
     await _register(service, model)
-    await service.ensure_registry_mirror()
+    await service.mirror.ensure()
     await _lose_data(live)
 
     pods = [_pod(f"{prefix}-p{i:02d}", i) for i in range(20)]
-    await asyncio.gather(*(service.report_pod(pod, [model]) for pod in pods))
+    await asyncio.gather(*(service.pods.report_pod(pod, [model]) for pod in pods))
 
     assert await live.mirror_current() and await _syncs(live) == 1
     table, _ = await load_table(live.routes)
@@ -200,13 +200,13 @@ async def test_a_mirror_marked_in_another_redis_run_is_written_again(service: Sc
     run: the mirror in it may lack models registered since."""
     live = service.live
     await _register(service, f"{prefix}-old")
-    await service.ensure_registry_mirror()
-    await service.ensure_registry_mirror()   # current: nothing written
+    await service.mirror.ensure()
+    await service.mirror.ensure()   # current: nothing written
     assert await _syncs(live) == 1
     await live.redis.srem(f"{live.p}:models", f"{prefix}-old")   # as in the older snapshot
     await live.redis.hset(live.k_mirror, "run_id", "a-run-before-the-restart")
     assert not await live.mirror_current()
-    await service.ensure_registry_mirror()
+    await service.mirror.ensure()
     assert await live.mirror_current() and await _syncs(live) == 2
     assert f"{prefix}-old" in await live.model_ids()
 
@@ -221,7 +221,7 @@ async def test_a_heartbeat_goes_through_when_the_mirror_cannot_be_rebuilt(
     copy itself is not adopted here: adopting needs the model's record, for its size.)"""
     async with make_service("postgresql://postgres@127.0.0.1:9/nowhere") as service:  # nothing listens on port 9
         with caplog.at_level(logging.WARNING, logger="meshserve.scheduler.service"):
-            await service.report_pod(_pod(f"{prefix}-a", 1), [f"{prefix}-m"])
+            await service.pods.report_pod(_pod(f"{prefix}-a", 1), [f"{prefix}-m"])
         assert [p.pod_id for p in await service.live.pods()] == [f"{prefix}-a"]
         assert not await service.live.mirror_current()
         assert any("without the registry mirror" in r.getMessage() for r in caplog.records)

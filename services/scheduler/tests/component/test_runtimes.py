@@ -40,11 +40,11 @@ async def _rows(service: SchedulerService, prefix: str) -> dict[str, RuntimeReco
 
 async def test_runtime_rows_follow_the_live_pods(service: SchedulerService, prefix: str) -> None:
     one, two = f"{prefix}-mlserver", f"{prefix}-other"
-    await service.report_pod(_pod(f"{prefix}-a", one), [])
-    await service.report_pod(_pod(f"{prefix}-b", one, capacity=600 * MIB), [])
-    await service.report_pod(_pod(f"{prefix}-c", two, default_size=7 * MIB, max_loading=1), [])
+    await service.pods.report_pod(_pod(f"{prefix}-a", one), [])
+    await service.pods.report_pod(_pod(f"{prefix}-b", one, capacity=600 * MIB), [])
+    await service.pods.report_pod(_pod(f"{prefix}-c", two, default_size=7 * MIB, max_loading=1), [])
 
-    assert sorted(set(await service.sync_runtimes()) & {one, two}) == [one, two]
+    assert sorted(set(await service.pods.sync_runtimes()) & {one, two}) == [one, two]
     rows = await _rows(service, prefix)
     assert rows[one] == RuntimeRecord(
         name=one,
@@ -59,12 +59,12 @@ async def test_runtime_rows_follow_the_live_pods(service: SchedulerService, pref
     first_update = rows[one].updated_at
     assert first_update is not None and rows[one].created_at is not None
 
-    assert await service.sync_runtimes() == []  # nothing changed: nothing written
+    assert await service.pods.sync_runtimes() == []  # nothing changed: nothing written
     assert (await _rows(service, prefix))[one].updated_at == first_update
 
-    await service.pod_leaving(f"{prefix}-b")
+    await service.pods.pod_leaving(f"{prefix}-b")
     await service.live.upsert_pod(pod_id=f"{prefix}-c", fields={"heartbeat_ms": now_ms() - 60_000})  # silent pod
-    assert sorted(await service.sync_runtimes()) == [one, two]
+    assert sorted(await service.pods.sync_runtimes()) == [one, two]
     rows = await _rows(service, prefix)
     assert (rows[one].pods, rows[one].pod_capacity_bytes) == (1, 512 * MIB)
     assert rows[two].pods == 0 and rows[two].default_model_size == 7 * MIB  # kept, with no pods
@@ -73,14 +73,14 @@ async def test_runtime_rows_follow_the_live_pods(service: SchedulerService, pref
 
 async def test_runtime_sync_is_best_effort_when_postgres_is_down(make_service: Callable[..., AbstractAsyncContextManager[SchedulerService]], prefix: str) -> None:
     async with make_service("postgresql://postgres@127.0.0.1:9/nowhere") as service:  # nothing listens on port 9
-        await service.report_pod(_pod(f"{prefix}-a", f"{prefix}-rt"), [])
-        assert await service.sync_runtimes() == []
+        await service.pods.report_pod(_pod(f"{prefix}-a", f"{prefix}-rt"), [])
+        assert await service.pods.sync_runtimes() == []
         assert [p.pod_id for p in await service.live.pods()] == [f"{prefix}-a"]  # the pod still counts
 
 
 async def test_size_falls_back_to_the_runtime_default_of_the_candidate_pods(service: SchedulerService, prefix: str) -> None:
-    await service.report_pod(_pod(f"{prefix}-a", f"{prefix}-small", default_size=2 * MIB), [])
-    await service.report_pod(_pod(f"{prefix}-b", f"{prefix}-big", default_size=5 * MIB), [])
+    await service.pods.report_pod(_pod(f"{prefix}-a", f"{prefix}-small", default_size=2 * MIB), [])
+    await service.pods.report_pod(_pod(f"{prefix}-b", f"{prefix}-big", default_size=5 * MIB), [])
     record = await service.registry.create_model(
         {"id": f"{prefix}-nosize", "model_type": "sklearn", "storage_uri": "s3://b/m.joblib"}
     )
@@ -103,14 +103,14 @@ async def test_adopted_copies_are_sized_like_placements(service: SchedulerServic
         await service.registry.create_model(
             {"id": model_id, "model_type": "sklearn", "storage_uri": "s3://b/m.joblib", "declared_size": size}
         )
-    await service.report_pod(_pod(f"{prefix}-a", f"{prefix}-rt"), [declared, bare])
+    await service.pods.report_pod(_pod(f"{prefix}-a", f"{prefix}-rt"), [declared, bare])
     assert await service.live.pod_allocations(f"{prefix}-a") == {declared: 9 * MIB, bare: 3 * MIB}
 
 
 async def test_runtimes_api_lists_rows_paginated(service: SchedulerService, prefix: str) -> None:
     for i in range(3):
-        await service.report_pod(_pod(f"{prefix}-p{i}", f"{prefix}-rt{i}"), [])
-    await service.sync_runtimes()
+        await service.pods.report_pod(_pod(f"{prefix}-p{i}", f"{prefix}-rt{i}"), [])
+    await service.pods.sync_runtimes()
     transport = httpx.ASGITransport(app=create_app(service))
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
         body = (await client.get("/v1/runtimes?limit=1000")).json()

@@ -76,13 +76,13 @@ async def test_only_loads_started_by_a_request_count_as_misses(make_service: Ser
             await service.register_model(ModelSpec(model_id=m, model_type="sklearn", storage_uri=f"s3://b/{m}.joblib"))
         # no pod serves sklearn: every load fails, after it was counted
         with pytest.raises(MeshError):
-            await service.ensure_loaded("a", miss=True)
+            await service.copies.ensure_loaded("a", miss=True)
         assert await service.live.traffic() == (0, 1)
         # requests arriving together share one load, counted once
-        both = await asyncio.gather(*(service.ensure_loaded("b", miss=True) for _ in range(2)), return_exceptions=True)
+        both = await asyncio.gather(*(service.copies.ensure_loaded("b", miss=True) for _ in range(2)), return_exceptions=True)
         assert all(isinstance(r, MeshError) for r in both)
         assert await service.live.traffic() == (0, 2)
         # a load for a registration, scaling or a drain is not a miss
         with pytest.raises(MeshError):
-            await service.ensure_loaded("c")
+            await service.copies.ensure_loaded("c")
         assert await service.live.traffic() == (0, 2)

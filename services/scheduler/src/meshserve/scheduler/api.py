@@ -314,13 +314,13 @@ def create_app(service: SchedulerService) -> FastAPI:
 
     @app.post("/v1/models/{model_id}:load", dependencies=mutate, responses=_answers(401, 404, 412, 504, 507))
     async def load(model_id: ModelIdPath) -> dict[str, Any]:
-        await service.retry_load(model_id)
+        await service.copies.retry_load(model_id)
         return await model_view(model_id, events=False)
 
     @app.post("/v1/models/{model_id}:unload", dependencies=mutate, responses=_answers(401, 404, 412, 504))
     async def unload(model_id: ModelIdPath) -> dict[str, Any]:
         await service.registry.get_model(model_id)
-        n = await service.unload(model_id)
+        n = await service.copies.unload(model_id)
         return {"unloaded": n, **await model_view(model_id, events=False)}
 
     @app.get("/v1/vmodels", responses=_answers())
@@ -408,7 +408,7 @@ def create_app(service: SchedulerService) -> FastAPI:
 
     @app.post("/v1/pods/{pod_id}:drain", dependencies=mutate, responses=_answers(401, 404, 412, 504))
     async def drain(pod_id: NamePath) -> dict[str, Any]:
-        return await service.drain_pod(pod_id)
+        return await service.scaler.drain_pod(pod_id)
 
     # -- local-mode resources (what `meshserve apply -f` writes; the controller watches it)
     store = ResourceStore(service.registry)

@@ -1,5 +1,9 @@
 """Composition root of the scheduler: builds the store, service and servers, runs the
-background loops under a Redis lease, and shuts everything down in order."""
+background loops under the leader lease (`store.lease`), and shuts everything down in
+order.
+
+May import anything of the scheduler; nothing imports it but `__main__`.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from meshserve.scheduler.server import SchedulerServicer, add_to_server
 from meshserve.scheduler.service import SchedulerService
 from meshserve.scheduler.settings import SchedulerSettings
 from meshserve.scheduler.shift import ShiftDetector
+from meshserve.scheduler.store.lease import LeaderLease
 from meshserve.scheduler.store.live import LiveState, redis_unavailable
 from meshserve.scheduler.store.registry import Registry
 
@@ -50,8 +55,8 @@ class SchedulerApp:
         admin_app = create_app(self.service)
         server = grpc.aio.server(options=SERVER_KEEPALIVE_OPTIONS)
         # the hub checks the registry mirror before each table load: a table loaded from
-        # a Redis that lost its data would send new copies' routes as removals (routehub.py)
-        hub = RouteHub(self.live.routes, before_load=self.service.ensure_registry_mirror)
+        # a Redis that lost its data would send new copies' routes as removals (routing/hub.py)
+        hub = RouteHub(self.live.routes, before_load=self.service.mirror.ensure)
         servicer = SchedulerServicer(self.service, hub=hub)
         add_to_server(servicer, server)
         port = bind(server, self.settings.grpc_address, self.settings.tls)
@@ -85,39 +90,40 @@ class SchedulerApp:
 
     async def _mirror_loop(self) -> None:
         """Keep Redis' copy of the registry complete: written at start, and again whenever
-        its marker says Redis lost it or restarted (`SchedulerService.ensure_registry_mirror`,
+        its marker says Redis lost it or restarted (`store.mirror.RegistryMirror.ensure`,
         the coalesced call `report_pod` makes before adopting copies, so the two share a
         rebuild; the marker is in Redis, so a replica that finds it rewritten by another
         after a restart skips the rebuild)."""
         while True:
             try:
-                await self.service.ensure_registry_mirror()
+                await self.service.mirror.ensure()
             except Exception as err:
                 log.warning("registry mirror sync failed: %s", err)
             await asyncio.sleep(2.0)
 
     async def _leader_loop(self) -> None:
         """Background duties run by one replica at a time, under a Redis lease."""
-        key = f"{self.settings.key_prefix}:leader"
-        lease_ms = int(max(3.0, 3 * self.settings.heartbeat_interval_seconds) * 1000)
+        lease = LeaderLease(
+            self.live.redis,
+            key=f"{self.settings.key_prefix}:leader",
+            replica_id=self.replica_id,
+            lease_ms=int(max(3.0, 3 * self.settings.heartbeat_interval_seconds) * 1000),
+        )
         last_scale = 0.0
         shift: ShiftDetector | None = None   # a leader's own history: a new leader starts one
         while True:
             try:
-                leader = await self.live.redis.set(key, self.replica_id, nx=True, px=lease_ms)
-                if not leader and await self.live.redis.get(key) == self.replica_id:
-                    await self.live.redis.pexpire(key, lease_ms)
-                    leader = True
+                leader = await lease.hold()
                 if not leader:
                     shift = None
                     metrics.current().model_counts.withdraw()   # published by one replica: the leader
                 if leader:
-                    await self.service.remove_dead_pods()
-                    await self.service.sync_runtimes()
+                    await self.service.pods.remove_dead_pods()
+                    await self.service.pods.sync_runtimes()
                     now = asyncio.get_running_loop().time()
                     if now - last_scale >= self.settings.scaling_interval_seconds:
                         last_scale = now
-                        await self.service.scale_once()
+                        await self.service.scaler.scale_once()
                         await self.service.publish_model_counts()
                     # last: a failing step here must not hold up the duties above
                     if self.settings.shift_detection and self.settings.eviction_policy is EvictionPolicy.USAGE_WEIGHTED:

@@ -1,17 +1,16 @@
 """The load path: placing one copy of a model on a pod and loading it there.
 
 `Loader.load_first_copy` brings a model from no copy to one (it is the task that
-`SchedulerService.ensure_loaded` shares between concurrent callers);
+`copies.Copies.ensure_loaded` shares between concurrent callers);
 `Loader.place_and_load` is one placement attempt, also used for the extra copies of
-`scaler.CopyScaler`. An attempt reads placement's views (`views.ClusterViews`, owned by
-the service and shared with it), asks `placement_index.place_indexed` for a pod, evicts
+`scaler.CopyScaler`. An attempt reads placement's views (`placement.views.ClusterViews`,
+shared with `copies.Copies`), asks `placement.index.place_indexed` for a pod, evicts
 the copies the plan names, reserves the copy in Redis, calls the pod's puller and
 settles or releases the reservation. The outcome is recorded: an event, the measured
 size in the registry, or a failure with its back-off.
 
-This module never imports `service.py`: unloading a copy (an eviction) is
-`SchedulerService.unload_copy` (`UnloadOps`), and the service passes in its recent
-failure check, its event recorder and its best-effort registry write.
+Evictions go through `unloading.Unloader`, events and best-effort registry writes through
+`events.EventLog`: this module calls only objects below it.
 
 Invariants:
 * across replicas the first copy is reserved with `exclusive=True`, so only one replica
@@ -23,6 +22,10 @@ Invariants:
   when the reservation vanished meanwhile (the copy is then unloaded from the pod);
 * a copy measured bigger than its reservation never leaves its pod over capacity when
   something else there can be evicted; the new copy itself is never the victim.
+
+May import: `meshserve.common`, the store and placement wings, `pullers`, `unloading`,
+`events`, `status`, `sizing`, `models`, `metrics`. Never imports `copies`, `scaler`,
+`vmodels`, `service` or the transports.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -47,6 +50,7 @@ from meshserve.common.errors import (
 from meshserve.common.labels import model_labels
 from meshserve.common.proto.meshserve.v1 import runtime_pb2
 from meshserve.scheduler import metrics
+from meshserve.scheduler.events import EventLog
 from meshserve.scheduler.models import (
     ALL_BUSY_LOADING,
     NO_COMPATIBLE_RUNTIME,
@@ -61,8 +65,10 @@ from meshserve.scheduler.placement.views import ClusterViews, pod_views
 from meshserve.scheduler.pullers import MODEL_FAULTS, PullerClients, model_key, storage_path
 from meshserve.scheduler.settings import SchedulerSettings
 from meshserve.scheduler.sizing import known_size, runtime_default_size
+from meshserve.scheduler.status import active_failure
 from meshserve.scheduler.store.live import LiveState, PodInfo
 from meshserve.scheduler.store.registry import ModelRecord, Registry
+from meshserve.scheduler.unloading import Unloader
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +87,6 @@ def placement_config(settings: SchedulerSettings, **overrides: Any) -> Placement
     return PlacementConfig(**(fields | overrides))
 
 
-class UnloadOps(Protocol):
-    """The copy use case loading builds on, for evictions (`SchedulerService` provides it)."""
-
-    async def unload_copy(self, *, model_id: str, pod_id: str, kind: str, why: str) -> None: ...
-
 
 class Loader:
     """Places and loads copies; remembers runtime waits and wakes callers when a load ends."""
@@ -99,10 +100,8 @@ class Loader:
         pullers: PullerClients,
         views: ClusterViews,
         clock: Callable[[], float],
-        copies: UnloadOps,
-        active_failure: Callable[[ModelRecord], dict[str, Any] | None],
-        event: Callable[..., Awaitable[None]],
-        best_effort: Callable[[Awaitable[Any]], Awaitable[None]],
+        unloader: Unloader,
+        events: EventLog,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -110,10 +109,8 @@ class Loader:
         self.pullers = pullers
         self.views = views
         self.clock = clock
-        self._copies = copies
-        self._active_failure = active_failure   # the model's recent load failure, if any
-        self._event = event   # records a scheduler event, best-effort
-        self._best_effort = best_effort   # awaits a registry write; logs and skips it when Postgres is down
+        self.unloader = unloader
+        self.events = events
         self._load_done = asyncio.Condition()
         self._runtime_waits: dict[str, float] = {}
         # size predictions started at registration (predict_ahead), until a placement uses one
@@ -125,7 +122,9 @@ class Loader:
         record = await self.registry.find_model(model_id)
         if record is None:
             raise NotFound(f"model {model_id!r} not found: register it first (POST /v1/models)")
-        failure = self._active_failure(record)
+        failure = active_failure(
+            record.last_failure, now=self.clock(), backoff_seconds=self.settings.failure_backoff_seconds
+        )
         if failure is not None and failure.get("fault") == "model":
             # the files or the format are bad: every pod would fail the same way, so
             # answer with the recorded reason until the back-off expires or an admin
@@ -178,12 +177,12 @@ class Loader:
         plan = place_indexed(request, self.views.index, now=self.clock(), config=config)
         if plan.evictions:
             # victims are ranked by usage, which moves without a new view version: decide
-            # again on the chosen pod read afresh (see views.py)
+            # again on the chosen pod read afresh (see placement/views.py)
             await self.views.reread({ev.pod_id for ev in plan.evictions})
             plan = place_indexed(request, self.views.index, now=self.clock(), config=config)
         if plan.pod_id is None:
             if plan.code == TOO_BIG:
-                await self._event("failed", model_id=model_id, message=plan.reason)
+                await self.events.record("failed", model_id=model_id, message=plan.reason)
                 raise ResourceExhausted(f"model {model_id!r} cannot be placed: {plan.reason}")
             if plan.code == NO_COMPATIBLE_RUNTIME:
                 # a runtime may be starting (scale from zero): wait within the deadline
@@ -202,7 +201,7 @@ class Loader:
                 return False
             raise ResourceExhausted(f"model {model_id!r} cannot be placed: {plan.reason}")
         for ev in plan.evictions:
-            await self._copies.unload_copy(
+            await self.unloader.unload_copy(
                 model_id=ev.model_id, pod_id=ev.pod_id, kind="evicted", why=f"to make room for {model_id}"
             )
         ok, why = await self.live.reserve(model_id=model_id, pod_id=plan.pod_id, size=size, exclusive=exclusive)
@@ -255,8 +254,8 @@ class Loader:
         updates: dict[str, Any] = {"last_failure": None}
         if response.measured:
             updates["measured_size"] = measured
-        await self._best_effort(self.registry.update_model(model_id, **updates))
-        await self._event(
+        await self.events.best_effort(self.registry.update_model(model_id, **updates))
+        await self.events.record(
             "placed",
             model_id=model_id,
             pod_id=pod.pod_id,
@@ -303,14 +302,14 @@ class Loader:
             config=placement_config(self.settings, min_residency_seconds=0.0),
         )
         if not plan.evictions:
-            await self._event(
+            await self.events.record(
                 "overcommitted",
                 pod_id=pod_id,
                 message=f"{pod.allocated - pod.capacity} bytes over capacity and nothing evictable: {plan.reason}",
             )
             return
         for ev in plan.evictions:
-            await self._copies.unload_copy(
+            await self.unloader.unload_copy(
                 model_id=ev.model_id,
                 pod_id=pod_id,
                 kind="evicted",
@@ -328,8 +327,8 @@ class Loader:
         await self.live.record_failure(
             model_id=record.id, pod_id=pod_id, reason=message, ttl_seconds=self.settings.failure_backoff_seconds
         )
-        await self._best_effort(self.registry.update_model(record.id, last_failure=failure))
-        await self._event("failed", model_id=record.id, pod_id=pod_id, message=message)
+        await self.events.best_effort(self.registry.update_model(record.id, last_failure=failure))
+        await self.events.record("failed", model_id=record.id, pod_id=pod_id, message=message)
         metrics.current().load_failed()
 
     def _failure_message(self, record: ModelRecord, failed: dict[str, str]) -> str:
@@ -400,7 +399,7 @@ class Loader:
             metrics.current().sized(model_id=record.id, seconds=time.monotonic() - started)
             if response.size_in_bytes > 0:
                 size = int(response.size_in_bytes)
-                task = asyncio.ensure_future(self._best_effort(self.registry.update_model(record.id, predicted_size=size)))
+                task = asyncio.ensure_future(self.events.best_effort(self.registry.update_model(record.id, predicted_size=size)))
                 self._writes.add(task)
                 task.add_done_callback(self._writes.discard)
                 return size

@@ -3,7 +3,7 @@ model-count metrics with its names, units (milliseconds, bytes), buckets and lab
 ours (`meshserve_scheduler_*`) beside them where they say more.
 
 The scheduler sees every placement, so it counts them where they are recorded
-(loading.py, service.py). Upstream's three model counts are deployment-wide and published
+(loading.py, unloading.py). Upstream's three model counts are deployment-wide and published
 by one instance at a time: here by the replica holding the leader lease
 (`ModelCounts.publish`, `withdraw`). No I/O here; `model_counts` is pure.
 """

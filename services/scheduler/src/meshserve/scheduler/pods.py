@@ -5,32 +5,37 @@ module writes the report into live state, adopts the copies live state does not 
 (after a Redis restart, say) and drops the ones the pod no longer lists. It also removes
 pods that stopped reporting, drops a pod a router found unreachable, and keeps the
 registry's `runtimes` rows in line with the live pods. It never places or loads copies:
-moving copies off a pod is `scaler.CopyScaler.drain_pod`'s job, and `SchedulerService`
-(`service.py`) passes in the one thing needed from it, the registry-mirror check run
-before copies are adopted.
+moving copies off a pod is `scaler.CopyScaler.drain_pod`'s job. Before copies are
+adopted the registry mirror is checked (`store.mirror.RegistryMirror.before_adopting`).
 
 Invariants:
 * a pod is alive while its last heartbeat is younger than `pod_timeout_seconds`; a dead
   pod is removed with its copies, and the removal is recorded as a `pod-lost` event;
 * a heartbeat never fails because Postgres is down: registry reads here treat
   `Unavailable` as "no record" (adoption skips the model) or skip the write.
+
+May import: `meshserve.common`, the store wing (with the mirror), `pullers`, `events`,
+`sizing`, `models`. Never imports `loading`, `copies`, `scaler`, `vmodels`, `service` or
+the transports.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
 from meshserve.common.errors import Unavailable
 from meshserve.common.proto.meshserve.v1 import runtime_pb2
+from meshserve.scheduler.events import EventLog
 from meshserve.scheduler.pullers import PullerClients
 from meshserve.scheduler.settings import SchedulerSettings
 from meshserve.scheduler.sizing import DEFAULT_MODEL_SIZE, describe_runtimes, known_size
 from meshserve.scheduler.store.live import LiveState, PodInfo, now_ms
+from meshserve.scheduler.store.mirror import RegistryMirror
 from meshserve.scheduler.store.registry import ModelRecord, Registry
 
 log = logging.getLogger(__name__)
@@ -46,15 +51,15 @@ class Pods:
         registry: Registry,
         live: LiveState,
         pullers: PullerClients,
-        mirror_before_adopting: Callable[[str], Awaitable[None]],
-        event: Callable[..., Awaitable[None]],
+        mirror: RegistryMirror,
+        events: EventLog,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.live = live
         self.pullers = pullers
-        self._mirror_before_adopting = mirror_before_adopting   # never raises (service.py)
-        self._event = event   # records a scheduler event, best-effort
+        self.mirror = mirror
+        self.events = events
 
     async def check_suspect(self, pod_id: str, model_id: str) -> None:
         """Ask the puller of a pod whose copy of `model_id` failed a caller: drop the pod
@@ -72,7 +77,7 @@ class Pods:
         if status.status != runtime_pb2.RuntimeStatusResponse.READY:
             await self._drop_pod(pod_id, why="reported by a router; its model server is not ready")
         elif model_id not in status.loaded_model_ids and await self.live.release(model_id=model_id, pod_id=pod_id):
-            await self._event("dropped", model_id=model_id, pod_id=pod_id, message="copy missing on the pod")
+            await self.events.record("dropped", model_id=model_id, pod_id=pod_id, message="copy missing on the pod")
 
     async def pod_leaving(self, pod_id: str) -> None:
         if await self.live.pod(pod_id) is not None:
@@ -84,7 +89,7 @@ class Pods:
         # (a load it was killed in was the pod's fault; a bad model is refused by the
         # registry's model-level failure anyway)
         await self.live.clear_pod_failures(pod_id)
-        await self._event("pod-lost", pod_id=pod_id, message=f"{why}; dropped {len(models)} copies")
+        await self.events.record("pod-lost", pod_id=pod_id, message=f"{why}; dropped {len(models)} copies")
 
     def alive(self, pod: PodInfo) -> bool:
         return now_ms() - pod.heartbeat_ms <= self.settings.pod_timeout_seconds * 1000
@@ -99,11 +104,11 @@ class Pods:
         if is_new:
             log.info("pod %s registered (capacity %s bytes)", pod_id, fields.get("capacity"))
             await self.live.clear_pod_failures(pod_id)  # a new process, whatever the old one failed at
-            await self._event("pod-registered", pod_id=pod_id, message=f"capacity {fields.get('capacity')}")
+            await self.events.record("pod-registered", pod_id=pod_id, message=f"capacity {fields.get('capacity')}")
         unknown = sorted(reported - set(held))
         if unknown:
             # copies the pod holds that live state does not know (e.g. after a Redis restart)
-            await self._mirror_before_adopting(pod_id)
+            await self.mirror.before_adopting(pod_id)
         for model in unknown:
             record = await self.safe_find(model)
             if record is None:
@@ -116,7 +121,7 @@ class Pods:
             for rec in recs:
                 if rec.pod_id == pod_id and rec.state == "loaded" and now_ms() - rec.since_ms > grace:
                     await self.live.release(model_id=model, pod_id=pod_id)
-                    await self._event("dropped", model_id=model, pod_id=pod_id, message="pod no longer reports it")
+                    await self.events.record("dropped", model_id=model, pod_id=pod_id, message="pod no longer reports it")
 
     async def safe_find(self, model_id: str) -> ModelRecord | None:
         """The model's registry record; None when it is not registered or Postgres is down."""

@@ -2,8 +2,8 @@
 channel per puller, the status codes that blame the model rather than the pod, and what
 a load or size request says about a registered model.
 
-`service.py` makes the calls and decides what to do with their results; nothing here
-reads or writes scheduler state.
+`loading.py`, `unloading.py` and `pods.py` make the calls and decide what to do with
+their results; nothing here reads or writes scheduler state.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 `scaling.plan_scaling` (pure) decides how many copies each model should gain or lose from
 its request rate and its minCopies/maxCopies; `CopyScaler.scale_once` reads the inputs
 from live state and applies that plan. `CopyScaler.drain_pod` empties one pod: each model
-that has no copy elsewhere gets one before the pod's copy is unloaded. Placing, loading
-and unloading a copy are the model use cases of `SchedulerService` (`CopyOps`); this
-module only decides which copies to add or remove, and never imports `service.py`.
+that has no copy elsewhere gets one before the pod's copy is unloaded. A first copy is
+`copies.Copies.ensure_loaded`, an extra one `loading.Loader.place_and_load`, an unload
+`unloading.Unloader`; this module only decides which copies to add or remove.
 
 Invariants:
 * the pods a plan may spread copies over are the alive ones that are not draining
@@ -14,38 +14,32 @@ Invariants:
   next pass; it never fails the pass for the other models;
 * scaling down unloads the copies on the fullest pods first (a pod the pass did not
   count, dead or draining, is taken as twice full), the newest copy first among equals.
+
+May import: `meshserve.common`, the store wing, `copies`, `loading`, `unloading`, `pods`,
+`events`, `scaling`, `models`. Never imports `vmodels`, `service` or the transports.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 from meshserve.common.errors import MeshError, NotFound
+from meshserve.scheduler.copies import Copies
+from meshserve.scheduler.events import EventLog
+from meshserve.scheduler.loading import Loader
 from meshserve.scheduler.models import CopyState
 from meshserve.scheduler.pods import Pods
 from meshserve.scheduler.scaling import CopyChange, ModelLoad, ScalingPolicy, plan_scaling
 from meshserve.scheduler.settings import SchedulerSettings
 from meshserve.scheduler.store.live import CopyRecord, LiveState, PodInfo
-from meshserve.scheduler.store.registry import ModelRecord, Registry
+from meshserve.scheduler.store.registry import Registry
+from meshserve.scheduler.unloading import Unloader
 
 log = logging.getLogger(__name__)
 
-
-class CopyOps(Protocol):
-    """The copy use cases scaling and draining build on (`SchedulerService` provides them)."""
-
-    async def ensure_loaded(self, model_id: str) -> object:
-        """Return once `model_id` has a loaded copy (the result is not used here)."""
-        ...
-
-    async def place_and_load(self, record: ModelRecord, *, exclusive: bool, deadline: float) -> bool:
-        """One placement attempt; True when a copy was loaded, False to try again."""
-        ...
-
-    async def unload_copy(self, *, model_id: str, pod_id: str, kind: str, why: str) -> None: ...
 
 
 class CopyScaler:
@@ -58,15 +52,19 @@ class CopyScaler:
         registry: Registry,
         live: LiveState,
         pods: Pods,
-        copies: CopyOps,
-        event: Callable[..., Awaitable[None]],
+        copies: Copies,
+        loader: Loader,
+        unloader: Unloader,
+        events: EventLog,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.live = live
         self._pods = pods
-        self._copies = copies
-        self._event = event   # records a scheduler event, best-effort
+        self.copies = copies
+        self.loader = loader
+        self.unloader = unloader
+        self.events = events
 
     async def scale_once(self, *, only: Sequence[str] | None = None) -> list[CopyChange]:
         """One pass of copy scaling (leader loop): minCopies, maxCopies, request rates."""
@@ -107,10 +105,10 @@ class CopyScaler:
             deadline = time.monotonic() + self.settings.load_timeout_seconds
             copies = await self.live.copies(change.model_id)
             if not copies:
-                await self._copies.ensure_loaded(change.model_id)
-            elif not await self._copies.place_and_load(record, exclusive=False, deadline=deadline):
+                await self.copies.ensure_loaded(change.model_id)
+            elif not await self.loader.place_and_load(record, exclusive=False, deadline=deadline):
                 return
-            await self._event("scaled-up", model_id=change.model_id, message=change.reason)
+            await self.events.record("scaled-up", model_id=change.model_id, message=change.reason)
 
     async def _remove_copies(self, change: CopyChange, copies: Sequence[CopyRecord], pods: Sequence[PodInfo]) -> None:
         fullness = {p.pod_id: p.allocated / max(1, p.capacity) for p in pods}
@@ -119,7 +117,7 @@ class CopyScaler:
             key=lambda c: (-fullness.get(c.pod_id, 2.0), -c.since_ms),
         )
         for copy in loaded[: -change.delta]:
-            await self._copies.unload_copy(model_id=change.model_id, pod_id=copy.pod_id, kind="scaled-down", why=change.reason)
+            await self.unloader.unload_copy(model_id=change.model_id, pod_id=copy.pod_id, kind="scaled-down", why=change.reason)
 
     async def drain_pod(self, pod_id: str) -> dict[str, Any]:
         """No new placements on `pod_id`; move its loaded copies elsewhere, then unload them."""
@@ -127,7 +125,7 @@ class CopyScaler:
         if pod is None:
             raise NotFound(f"pod {pod_id!r} not found")
         await self.live.set_draining(pod_id, True)
-        await self._event("draining", pod_id=pod_id, message="drain requested")
+        await self.events.record("draining", pod_id=pod_id, message="drain requested")
         moved, dropped = [], []
         for model in sorted(await self.live.pod_allocations(pod_id)):
             record = await self._pods.safe_find(model)
@@ -135,12 +133,12 @@ class CopyScaler:
             if record is not None and not others:
                 try:
                     deadline = time.monotonic() + self.settings.load_timeout_seconds
-                    if await self._copies.place_and_load(record, exclusive=False, deadline=deadline):
+                    if await self.loader.place_and_load(record, exclusive=False, deadline=deadline):
                         moved.append(model)
                 except MeshError as err:
                     log.warning("could not move %s off %s: %s", model, pod_id, err.message)
-            await self._copies.unload_copy(model_id=model, pod_id=pod_id, kind="evicted", why=f"pod {pod_id} drained")
+            await self.unloader.unload_copy(model_id=model, pod_id=pod_id, kind="evicted", why=f"pod {pod_id} drained")
             if model not in moved:
                 dropped.append(model)
-        await self._event("drained", pod_id=pod_id, message=f"moved {len(moved)}, dropped {len(dropped)}")
+        await self.events.record("drained", pod_id=pod_id, message=f"moved {len(moved)}, dropped {len(dropped)}")
         return {"pod": pod_id, "moved": moved, "unloaded": dropped}

@@ -1,4 +1,12 @@
-"""gRPC surface of the scheduler (:8034): protobuf <-> service values, nothing else."""
+"""gRPC surface of the scheduler (:8034): protobuf <-> service values, nothing else.
+
+Each RPC converts its request and calls the object that owns the use case
+(`SchedulerService` for registration, status and SetVModel; `service.copies` for
+EnsureLoaded; `service.vmodels`, `service.pods`; the route hub for WatchRoutes).
+
+May import: the use cases (`service` and what it exposes), `status`, `routing.hub`,
+`meshserve.common` (protos, gRPC helpers). Nothing below imports this module.
+"""
 
 from __future__ import annotations
 
@@ -77,11 +85,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         spec = spec_from_pb(
             request.model_id, request.model_info, min_copies=request.min_copies, max_copies=request.max_copies
         )
-        state = await self.service.register_model(spec, load_now=request.load_now)
-        if request.sync and request.load_now:
-            await self.service.ensure_loaded(request.model_id)
-            state = await self.service.model_state(request.model_id)
-        return status_pb(state)
+        return status_pb(await self.service.register_model(spec, load_now=request.load_now, wait=request.sync))
 
     @rpc_errors
     async def UnregisterModel(self, request: pb.UnregisterModelRequest, context: grpc.aio.ServicerContext) -> pb.UnregisterModelResponse:
@@ -94,33 +98,25 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     @rpc_errors
     async def EnsureLoaded(self, request: pb.EnsureLoadedRequest, context: grpc.aio.ServicerContext) -> pb.EnsureLoadedResponse:
-        state, endpoints = await self.service.ensure_loaded(
+        state, endpoints = await self.service.copies.ensure_loaded(
             request.model_id, suspect_pods=list(request.suspect_pods), miss=True
         )
         return pb.EnsureLoadedResponse(status=status_pb(state), endpoints=endpoints_pb(endpoints))
 
     @rpc_errors
     async def SetVModel(self, request: pb.SetVModelRequest, context: grpc.aio.ServicerContext) -> pb.VModelStatusInfo:
-        if request.HasField("model_info") and request.model_info.model_type:
-            existing = await self.service.registry.find_model(request.target_model_id)
-            if existing is None:
-                await self.service.register_model(
-                    spec_from_pb(request.target_model_id, request.model_info), load_now=request.load_now
-                )
-        if request.update_only and await self.service.registry.get_vmodel(request.vmodel_id) is None:
-            from meshserve.common.errors import NotFound
-
-            raise NotFound(f"vmodel {request.vmodel_id!r} not found (update_only)")
-        await self.service.vmodels.set_vmodel(
+        has_target = request.HasField("model_info") and request.model_info.model_type
+        await self.service.set_vmodel(
             vmodel_id=request.vmodel_id,
             target_model_id=request.target_model_id,
+            target=spec_from_pb(request.target_model_id, request.model_info) if has_target else None,
             owner=request.owner,
             auto_delete=request.auto_delete_target_model,
             force=request.force,
             load_now=request.load_now,
+            update_only=request.update_only,
+            wait=request.sync,
         )
-        if request.sync:
-            await self.service.ensure_loaded(request.target_model_id)
         return await self._vmodel_status(request.vmodel_id)
 
     async def _vmodel_status(self, vmodel_id: str) -> pb.VModelStatusInfo:
@@ -163,9 +159,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
             raise InvalidArgument("pod_id and management_address are required")
         if request.leaving:
-            await self.service.pod_leaving(request.pod_id)
+            await self.service.pods.pod_leaving(request.pod_id)
             return pb.ReportPodResponse()
-        await self.service.report_pod(
+        await self.service.pods.report_pod(
             {
                 "pod_id": request.pod_id,
                 "runtime": request.runtime,

@@ -1,6 +1,6 @@
 """How big a model is taken to be, and what a runtime looks like, from what the registry
-and the pods report. Pure functions over records: no I/O (`service.py` reads the records
-and applies the results)."""
+and the pods report. Pure functions over records: no I/O (`loading.py` and `pods.py` read
+the records and apply the results)."""
 
 from __future__ import annotations
 

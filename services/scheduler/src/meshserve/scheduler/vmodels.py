@@ -6,8 +6,9 @@ loading the target in the background and flipping when it is loaded, then unregi
 the model it replaced when the vmodel auto-deletes its models. That unregistration waits
 `retire_grace_seconds` (a scheduled task, never the request path): Envoy may already
 have routed a request to the old model id, and when that request falls over to the
-router's slow path it asks for the old id, which must still be registered then. It builds on the model use
-cases of `SchedulerService` (`ModelOps`) and never places or loads copies itself.
+router's slow path it asks for the old id, which must still be registered then. It
+builds on `copies.Copies` (load, state, drop a model) and never places or loads copies
+itself.
 
 Invariants:
 * a vmodel's newest target has one transition task: set again with the same target, the
@@ -17,6 +18,10 @@ Invariants:
   (active or target) still refers to it, checked when the grace ends, not at the flip;
 * one retirement task per replaced model; `close` runs the pending ones at once, so
   a shutdown leaves no replaced model registered.
+
+May import: `meshserve.common`, the store wing, `copies`, `events`, `status`. Never
+imports `service` or the transports (`service.SchedulerService.set_vmodel`, the use case
+the transports call, registers a missing target first and then calls this module).
 """
 
 from __future__ import annotations
@@ -24,30 +29,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from meshserve.common.errors import AlreadyExists, MeshError, NotFound
 from meshserve.common.storage import check_model_id
+from meshserve.scheduler.copies import Copies
+from meshserve.scheduler.events import EventLog
 from meshserve.scheduler.status import LOADING_FAILED, ModelState
 from meshserve.scheduler.store.live import LiveState
 from meshserve.scheduler.store.registry import Registry
 
 log = logging.getLogger(__name__)
 
-
-class ModelOps(Protocol):
-    """The model use cases vmodels build on (`SchedulerService` provides them)."""
-
-    async def model_state(self, model_id: str) -> ModelState: ...
-
-    async def ensure_loaded(self, model_id: str) -> object:
-        """Return once `model_id` has a loaded copy (the result is not used here)."""
-        ...
-
-    def load_in_background(self, model_id: str) -> None: ...
-
-    async def unregister_model(self, model_id: str) -> None: ...
 
 
 class VModels:
@@ -58,14 +51,14 @@ class VModels:
         *,
         registry: Registry,
         live: LiveState,
-        models: ModelOps,
-        event: Callable[..., Awaitable[None]],
+        copies: Copies,
+        events: EventLog,
         retire_grace_seconds: float = 0.0,
     ) -> None:
         self.registry = registry
         self.live = live
-        self._models = models
-        self._event = event   # records a scheduler event, best-effort
+        self.copies = copies
+        self.events = events
         self._transitions: dict[str, tuple[str, asyncio.Task[None]]] = {}   # vmodel -> (target, task)
         self._retire_grace = retire_grace_seconds
         self._retirements: dict[str, asyncio.Task[None]] = {}   # replaced model -> its retirement
@@ -118,7 +111,7 @@ class VModels:
         if not active or active == target_model_id or force or not await self.live.copies(active):
             await self._flip_vmodel(vmodel_id, owner=owner, new=target_model_id, old=active, auto_delete=auto_delete)
             if load_now:
-                self._models.load_in_background(target_model_id)
+                self.copies.load_in_background(target_model_id)
             return
         await self.registry.upsert_vmodel(
             vmodel_id=vmodel_id, owner=owner, active=active, target=target_model_id, auto_delete=auto_delete
@@ -134,7 +127,7 @@ class VModels:
         await self.registry.upsert_vmodel(vmodel_id=vmodel_id, owner=owner, active=new, target="", auto_delete=auto_delete)
         await self.live.set_vmodel(vmodel_id, new)
         if old and old != new:
-            await self._event("vmodel-switched", model_id=new, message=f"vmodel {vmodel_id}: {old} -> {new}")
+            await self.events.record("vmodel-switched", model_id=new, message=f"vmodel {vmodel_id}: {old} -> {new}")
             if auto_delete:
                 self._retire_later(old)
 
@@ -165,11 +158,11 @@ class VModels:
         if any(model_id in (v.active_model_id, v.target_model_id) for v in vmodels):
             return
         with contextlib.suppress(NotFound):
-            await self._models.unregister_model(model_id)
+            await self.copies.drop_model(model_id)
 
     async def _transition(self, vmodel_id: str, target: str) -> None:
         try:
-            await self._models.ensure_loaded(target)
+            await self.copies.ensure_loaded(target)
         except MeshError as err:
             log.info("vmodel %s: target %s did not load: %s", vmodel_id, target, err.message)
             return
@@ -185,10 +178,10 @@ class VModels:
         record = await self.registry.get_vmodel(vmodel_id)
         if record is None:
             return "NOT_FOUND", None, None, None
-        active = await self._models.model_state(record.active_model_id)
+        active = await self.copies.model_state(record.active_model_id)
         if not record.target_model_id or record.target_model_id == record.active_model_id:
             return "DEFINED", record, active, None
-        target = await self._models.model_state(record.target_model_id)
+        target = await self.copies.model_state(record.target_model_id)
         status = "TRANSITION_FAILED" if target.status == LOADING_FAILED else "TRANSITIONING"
         return status, record, active, target
 

@@ -5,6 +5,9 @@ does against an API server.
 Every write takes the next value of one global sequence as the object's
 resourceVersion; deletes leave a tombstone row with its own version, so a watcher
 resuming from version N sees every ADDED / MODIFIED / DELETED after N, in order.
+
+May import: `meshserve.common`, `store.registry`, sqlalchemy. Never imports the use
+cases or the transports.
 """
 
 from __future__ import annotations

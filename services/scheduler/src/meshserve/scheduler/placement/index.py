@@ -6,7 +6,10 @@ exactly the Plan `placement.place()` returns for the same views (same rules, sam
 reasons; checked by hypothesis tests) without a pass over every pod: a bisection per
 label group for the best fit, and for eviction a walk from the most free bytes down
 that stops once enough candidate pods can free room. The eviction rules themselves
-(`_evict_and_place`, protections, victim orders) are shared with `placement`.
+(`_evict_and_place`, protections, victim orders) are shared with `placement.scan`.
+
+May import: `meshserve.scheduler.models` and `placement.scan` (pure; in the pure-modules
+contract).
 """
 
 from __future__ import annotations

@@ -61,8 +61,10 @@ dominant cost); then, only when eviction is needed, pods walk their cached victi
 deficit until `eviction_candidates` of them can free enough; a heap of the pods past the
 smallest deficit is built only when the first ones are not enough. Counting copies for
 min_copies gathers every usable pod's model set once per call, on demand. For large
-clusters `placement_index.place_indexed()` gives the same Plan from a long-lived index
+clusters `placement.index.place_indexed()` gives the same Plan from a long-lived index
 without the pass over every pod.
+
+May import: `meshserve.scheduler.models` only (pure; in the pure-modules contract).
 """
 
 from __future__ import annotations
@@ -400,7 +402,7 @@ def age_hits(*, hits: float, last_used: float, now: float, new: float, half_life
     return hits * math.pow(2.0, -elapsed / half_life) + new
 
 
-# One constructor per plan both `place()` and `placement_index.place_indexed()` return
+# One constructor per plan both `place()` and `placement.index.place_indexed()` return
 # (their plans must be equal, reasons included).
 
 

@@ -7,7 +7,7 @@ and before a decision reads only each pod's view version and heartbeat (one HGET
 `ms:heads`, ~5 ms at 1,000 pods). Every Lua script that changes what placement sees of
 a pod (a reservation, a settled or released copy, an adopted copy, new capacity, labels
 or addresses, draining) gives that pod a new `view_version` in the same atomic step
-(never one used before: live.py), so a pod whose version is unchanged has the view this
+(never one used before: store/live.py), so a pod whose version is unchanged has the view this
 process holds, whichever replica changed the others; only those that changed are read
 again.
 
@@ -20,6 +20,9 @@ current usage; only the choice between candidate pods may use older usage.
 Reservations stay atomic in Redis: a decision made on a view another replica has just
 changed fails its reservation (no room, busy, exists), and the caller tries again with
 the views read afresh.
+
+May import: `meshserve.common`, `models`, `placement.index` and the live store. Never
+imports the use cases or the transports.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ newer version, say) is logged and the table is loaded again.
 
 Before every load (the first, and each one a new epoch or a lost position calls for) the
 hub awaits `before_load`, if given: app.py passes the service's registry-mirror check
-(`SchedulerService.ensure_registry_mirror`). After Redis lost its data the first write
+(`store.mirror.RegistryMirror.ensure`). After Redis lost its data the first write
 starts a new epoch before the mirror is back, and a table loaded from that epoch would
 send the routes of copies loaded meanwhile as removals (their models are not listed);
 the check rebuilds the mirror first, which starts yet another epoch, so the load reads
@@ -23,6 +23,9 @@ that one and nothing is published from the intermediate one. While the marker is
 the check is one read (no rebuild, no new epoch), so a load it precedes is not undone by
 it. A check that fails (Postgres down) is logged and the table is loaded anyway, as
 before; the mirror loop's rebuild, when Postgres is back, starts an epoch that reloads it.
+
+May import: `meshserve.common`, `routing.log`, `routing.table`, `metrics`. Never imports
+the use cases or the transports; the mirror check before a load is passed in.
 """
 
 from __future__ import annotations

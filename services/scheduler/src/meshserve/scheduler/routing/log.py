@@ -4,8 +4,8 @@ Routers learn where models live from the scheduler's `WatchRoutes` stream. Each 
 script that changes what routes are made of also appends, in the same atomic step, a
 small entry saying what changed; a Lua script cannot interleave with another, so the
 order of the log is the order of the state changes, whichever scheduler replica made
-them. Each scheduler process keeps one in-memory route table (route_table.py) that it
-loads once and then keeps current from the log (routehub.py): computing 10,000 changed
+them. Each scheduler process keeps one in-memory route table (`routing/table.py`) that it
+loads once and then keeps current from the log (`routing/hub.py`): computing 10,000 changed
 routes is a few Python set operations and the encoding of their bytes, instead of
 reading them back from Redis.
 
@@ -38,6 +38,9 @@ reader also reads the log every poll interval.
 Keys (prefix `ms`): ms:routelog (the list), ms:routelog:seq (entries appended in this
 epoch), ms:routelog:epoch, ms:routelog:wake (the wake-up stream). The scripts build the
 keys they touch from the prefix (not declared), so they need a single Redis, not a cluster.
+
+May import: `meshserve.common`, redis and the store's connection. Never imports the use
+cases or the transports.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`RouteUpdate` wire bytes, built directly (the route table's updates and snapshots,
-route_table.py, are built from these pieces).
+routing/table.py, are built from these pieces).
 
 PURE: no I/O, no clock. Builds the protobuf wire bytes directly instead of going
 through the Python protobuf API (a Python call per route and per endpoint):
@@ -19,6 +19,8 @@ Wire format used (proto/meshserve/v1/scheduler.proto):
   Route:       1 model_id (string), 2 endpoints (Endpoint, repeated)
   Endpoint:    1 pod_id, 2 grpc_address, 3 rest_address (strings)
   VModelRoute: 1 vmodel_id, 2 model_id (strings)
+
+May import: nothing of the scheduler (pure; in the pure-modules contract).
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def encode_route_update(
 
 def update_bytes(elements: Iterable[bytes], *, version: int, snapshot: bool = False) -> bytes:
     """A serialised `RouteUpdate` from already-encoded elements of its fields 2-5 (the
-    route log's entries: see routelog.py), with `version` and `snapshot` added. Repeated
+    route log's entries: see routing/log.py), with `version` and `snapshot` added. Repeated
     fields may come interleaved; protobuf parsers keep each field's elements in order."""
     if not 0 <= version < _U64:
         raise ValueError(f"version {version} is not a uint64")

@@ -1,7 +1,7 @@
 """The routes as one scheduler process knows them, kept current from the route log.
 
 PURE: no I/O, no clock. Loaded from a `TableState`-shaped snapshot and changed only by
-route log entries (routelog.py lists the kinds); `apply` returns which models and vmodels
+route log entries (routing/log.py lists the kinds); `apply` returns which models and vmodels
 changed, `changes` / `snapshot` encode `RouteUpdate` wire bytes for them (protobuf's own
 bytes, built by routes.py). A model's route is its loaded copies on registered pods,
 sorted by pod id; a model that is not registered has no route (it is "removed").
@@ -12,6 +12,8 @@ derived from all three facts when it is encoded.
 
 Model and pod ids are the bytes the log holds (UTF-8), never decoded on the hot path;
 `route()` takes and gives text for callers.
+
+May import: `routing.routes` only (pure; in the pure-modules contract).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The scheduler's Redis clients: one set of connection settings for all of them."""
+"""The scheduler's Redis clients: one set of connection settings for all of them.
+
+May import: redis only.
+"""
 
 from __future__ import annotations
 

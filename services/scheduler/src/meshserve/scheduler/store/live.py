@@ -37,7 +37,10 @@ Key layout (prefix `ms` by default):
   ms:traffic:requests     counter: requests reported (all models), for shift detection
   ms:traffic:loads        counter: loads started by a miss
   ms:fail:<model>:<pod>   string (TTL = back-off): reason of the last failed load there
-  ms:routelog...          the route log (see routelog.py): every route change, in order
+  ms:routelog...          the route log (see routing/log.py): every route change, in order
+
+May import: `meshserve.common`, `models`, the store wing, `routing.log`, redis. Never
+imports the use cases or the transports.
 """
 
 from __future__ import annotations
@@ -179,7 +182,7 @@ class LiveState:
 
     async def pod_heads(self) -> dict[str, tuple[int, int]]:
         """Every registered pod's (view version, last heartbeat ms), one HGETALL: what a
-        long-lived view of the cluster checks before a decision (views.py)."""
+        long-lived view of the cluster checks before a decision (placement/views.py)."""
         heads = await self.redis.hgetall(self.k_heads)
         out = {}
         for pod, head in heads.items():

@@ -1,4 +1,8 @@
-"""Create the database if needed and run the Alembic migrations to head."""
+"""Create the database if needed and run the Alembic migrations to head.
+
+May import: `store.registry`, alembic, sqlalchemy. Alembic's script_location is the
+`migrations` folder beside this module.
+"""
 
 from __future__ import annotations
 

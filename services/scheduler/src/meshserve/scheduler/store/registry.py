@@ -6,6 +6,9 @@ tables here must match the latest migration (a test compares them). Driver error
 are translated into `Unavailable` so callers answer 503 / UNAVAILABLE, never 500,
 except a value Postgres cannot take (a NUL in text, a number out of range): that is
 the caller's mistake, `InvalidArgument` (400 / INVALID_ARGUMENT).
+
+May import: `meshserve.common`, `models`, sqlalchemy. Never imports the use cases or
+the transports.
 """
 
 from __future__ import annotations

@@ -1,16 +1,18 @@
 """The Lua scripts behind `live.LiveState`: every change to a pod's memory accounting,
-its copies and its view version happens inside one of these, atomically (see live.py
+its copies and its view version happens inside one of these, atomically (see store/live.py
 for the invariants they keep and the key layout they work on).
 
 KEYS of the copy scripts (reserve, settle, release, adopt), as `LiveState._keys` builds
 them: [pod hash, pod alloc hash, model copies hash, view counter, heads hash], plus the
 pod's released-copies hash for release and adopt.
+
+May import: `routing.log` (its Lua fragment) only. Never imports the use cases.
 """
 
 from meshserve.scheduler.routing.log import LUA
 
 # Placement's views of a pod are versioned: every script that changes what placement sees
-# of a pod gives it a new `view_version` (views.py keeps views between decisions and reads
+# of a pod gives it a new `view_version` (placement/views.py keeps views between decisions and reads
 # again only pods whose version moved). Versions come from one counter (`ms:view_seq`, KEYS[4]
 # of the copy scripts) that starts at the server's clock in microseconds, so a pod removed
 # and registered again, or a Redis that lost its data, never repeats a version a reader

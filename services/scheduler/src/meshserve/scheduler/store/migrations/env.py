@@ -1,4 +1,7 @@
-"""Alembic environment: runs the scheduler's migrations against MESHSERVE_DATABASE_URL."""
+"""Alembic environment: runs the scheduler's migrations against MESHSERVE_DATABASE_URL.
+
+May import: `store.registry` and `local.resources` (their tables), alembic, sqlalchemy.
+"""
 
 from __future__ import annotations
 
