@@ -43,7 +43,9 @@ pytestmark = pytest.mark.timeout(300)
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not MNIST.exists():
         pytest.fail("example models missing: run `make examples` (make test does it)")
-    s = Stack(StackConfig.from_env(tmp_path_factory.mktemp("mmesh-stack"), pods=1, isolate=True))
+    # no waiting for a runtime to appear (scale from zero): a model no pod serves fails at once
+    env = {"MESHSERVE_SCHEDULER_RUNTIME_WAIT_SECONDS": "0"}
+    s = Stack(StackConfig.from_env(tmp_path_factory.mktemp("mmesh-stack"), pods=1, isolate=True, extra_env=env))
     try:
         s.start_infra()
         s.migrate()
@@ -217,10 +219,24 @@ async def test_register_then_ensure_loaded(mesh: mmg.ModelMeshStub, stack: Stack
     assert status.status == S.LOADED and status.modelCopyInfos[0].location == "pod-0"
 
 
-async def test_register_with_load_now_sync(mesh: mmg.ModelMeshStub) -> None:
+TYPE_FORMS = [  # modelInfo.type as ModelMesh Serving's controller writes it, and a bare format
+    pytest.param("mt:sklearn", {}, id="format-label"),
+    pytest.param("mt:sklearn:0|pv:grpc-v2", {}, id="format-version-protocol"),
+    pytest.param("rt:mlserver-1.x", {"model_type": {"name": "sklearn"}}, id="runtime-label-format-in-key"),
+    pytest.param("rt:mlserver-1.x|pv:grpc-v2", {"model_type": {"name": "sklearn", "version": "0"}}, id="runtime-protocol"),
+    pytest.param("sklearn", {}, id="bare-format"),
+]
+
+
+@pytest.mark.parametrize(("type_", "key"), TYPE_FORMS)
+async def test_register_with_load_now_sync(mesh: mmg.ModelMeshStub, type_: str, key: dict[str, object]) -> None:
     model_id = uid("now")
+    info = mm.ModelInfo(
+        type=type_, path=MNIST_KEY,
+        key=json.dumps({"storage_key": "localMinIO", "storage_params": {"type": "s3", "bucket": EXAMPLE_BUCKET}, **key}),
+    )
     status = await mesh.registerModel(
-        mm.RegisterModelRequest(modelId=model_id, modelInfo=controller_style(), loadNow=True, sync=True), timeout=120
+        mm.RegisterModelRequest(modelId=model_id, modelInfo=info, loadNow=True, sync=True), timeout=120
     )
     assert status.status == S.LOADED, status
     assert [c.copyStatus for c in status.modelCopyInfos] == [S.LOADED]
@@ -256,6 +272,19 @@ async def test_a_failed_load_is_a_status(mesh: mmg.ModelMeshStub) -> None:
     assert again.status == S.LOADING_FAILED and again.errors
     read = await mesh.getModelStatus(mm.GetStatusRequest(modelId=model_id), timeout=30)
     assert read.status == S.LOADING_FAILED
+
+
+async def test_a_runtime_no_pod_serves(mesh: mmg.ModelMeshStub) -> None:
+    model_id = uid("nort")
+    info = mm.ModelInfo(type="rt:no-such-runtime", path=MNIST_URI, key=json.dumps({"model_type": {"name": "sklearn"}}))
+    status = await mesh.registerModel(
+        mm.RegisterModelRequest(modelId=model_id, modelInfo=info, loadNow=True, sync=True), timeout=120
+    )
+    # upstream's error text, which ModelMesh Serving's controller decodes (RuntimeNotRecognized)
+    no_home = "There are no running instances that meet the label requirements of type rt:no-such-runtime: [rt:no-such-runtime]"
+    assert (status.status, list(status.errors)) == (S.LOADING_FAILED, [no_home]), status
+    again = await mesh.ensureLoaded(mm.EnsureLoadedRequest(modelId=model_id, sync=True), timeout=120)
+    assert (again.status, list(again.errors)) == (S.LOADING_FAILED, [no_home]), again
 
 
 async def test_register_with_other_attributes_is_already_exists(mesh: mmg.ModelMeshStub) -> None:

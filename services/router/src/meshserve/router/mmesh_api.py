@@ -32,7 +32,9 @@ scheduler's API differs):
   target (NOT_FOUND `Target model <id> not found` without modelInfo, ALREADY_EXISTS when
   modelInfo differs from the registered one) before anything changes;
 * a load that fails is not an error of `registerModel` / `ensureLoaded` with `sync`: the
-  answer is the model's status, LOADING_FAILED with the error;
+  answer is the model's status, LOADING_FAILED with the error; so is a model no running
+  pod can serve (`There are no running instances that meet the label requirements of
+  type <type>: [<labels>]`, which ModelMesh Serving's controller decodes);
 * with `loadNow` (or `ensureLoaded` without `sync`) a model with no copy yet reads LOADING;
 * `setVModel` with `sync` waits for the transition to end (at most `transition_wait_seconds`).
 Other statuses from the scheduler (UNAVAILABLE, RESOURCE_EXHAUSTED, INVALID_ARGUMENT on a
@@ -59,6 +61,7 @@ from meshserve.common.errors import (
     InvalidArgument,
     MeshError,
     NotFound,
+    Unavailable,
     from_grpc,
 )
 from meshserve.common.grpcutil import rpc_errors
@@ -88,6 +91,7 @@ _VMODEL_STATUS = {
 }
 MODEL_NOT_FOUND = "model not found"
 MODEL_EXISTS = "Model already exists with different attribute values"
+NO_HOME_PREFIX = "There are no running instances that meet the label requirements of type "
 _EMPTY_INFO = mm.ModelInfo()
 
 Resp = TypeVar("Resp")
@@ -263,9 +267,26 @@ class ModelMeshApi(model_mesh_pb2_grpc.ModelMeshServicer):
             )
         except FailedPrecondition:   # the scheduler's "failed to load"
             return await self._model_status(model_id, context)
+        except Unavailable as err:
+            return await self._no_home(model_id, err, context)
         except NotFound:
             raise NotFound(MODEL_NOT_FOUND) from None
         return status_info(reply.status)
+
+    async def _no_home(self, model_id: str, err: Unavailable, context: grpc.aio.ServicerContext | None) -> mm.ModelStatusInfo:
+        """No running pod has the model's labels: upstream answers this as a failed load whose
+        error is `There are no running instances that meet the label requirements of type
+        <type>: [<labels>]` (ModelMesh Serving's controller reads it from there), not as an
+        RPC error. Other UNAVAILABLEs are raised again."""
+        if not err.message.startswith(NO_HOME_PREFIX):
+            raise err
+        status = await self._model_status(model_id, context)
+        if status.status == _Status.LOADED:
+            return status
+        end = err.message.find("]", len(NO_HOME_PREFIX))
+        status.status = _Status.LOADING_FAILED
+        status.errors[:] = [err.message if end < 0 else err.message[: end + 1]]  # without our hint after it
+        return status
 
     def _load_in_background(self, model_id: str) -> None:
         """One background EnsureLoaded per model (the scheduler shares the load anyway)."""
@@ -301,6 +322,10 @@ class ModelMeshApi(model_mesh_pb2_grpc.ModelMeshServicer):
             if not sync:
                 raise
             return await self._model_status(model_id, context)
+        except Unavailable as err:
+            if not sync:
+                raise
+            return await self._no_home(model_id, err, context)
         status = status_info(reply)
         return _started(status) if request.loadNow else status
 
