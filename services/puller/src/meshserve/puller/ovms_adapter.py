@@ -32,12 +32,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from meshserve.common.backoff import backoff_delay
 from meshserve.common.errors import DeadlineExceeded, FailedPrecondition, MeshError, Unavailable
 from meshserve.puller import ovms_layout
 from meshserve.puller.adapter import apply_moves, folder_files
@@ -95,7 +97,7 @@ class OVMSAdapter:
         self._write_config()
         status, body = await self._reload(timeout=max(deadline - loop.time(), 0.1))
         reload_error = "" if status in (200, 201) else f"HTTP {status}: {_error_text(body)}"
-        delay = 0.05
+        attempt = 0
         while True:
             if status in (200, 201) and isinstance(body, dict) and model_id in body:
                 statuses = ovms_layout.version_statuses(body[model_id])  # the reload's answer has them all
@@ -109,8 +111,9 @@ class OVMSAdapter:
                 raise FailedPrecondition(result.message)
             # still loading: OVMS answered before the load finished (it loads during the
             # reload, so this is rare); poll its status until the load deadline
+            delay = backoff_delay(attempt=attempt, rand=random.random(), base=0.1, cap=1.0)
             await asyncio.sleep(min(delay, max(deadline - loop.time(), 0)))
-            delay = min(delay * 2, 1.0)
+            attempt += 1
             status, body = 0, None
 
     async def _get_model(self, model_id: str) -> httpx.Response:
