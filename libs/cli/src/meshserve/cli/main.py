@@ -1,4 +1,5 @@
-"""The `meshserve` command: `dev` (local stack), `infer`, `apply`/`delete` (local resource store), `get`, `describe`."""
+"""The `meshserve` command: `dev` (local stack), `infer`, `apply`/`delete` (local resource store), `get` (`-w`),
+`describe`, `load`, `top`, `logs`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+from meshserve.cli import live
+from meshserve.cli.live import CommandError, admin_token, stop_on_signals
 
 EXAMPLE_MODEL = "example-sklearn-isvc"
 
@@ -87,7 +91,9 @@ Infer the example InferenceService (the first request loads it):
 
 Inspect it:
   {bin_dir}/meshserve get isvc --admin {stack.admin_url}
-  {bin_dir}/meshserve get models --admin {stack.admin_url}
+  {bin_dir}/meshserve get models --admin {stack.admin_url}   (-w: watch the models change)
+  {bin_dir}/meshserve top pods --admin {stack.admin_url} --metrics {stack.router_rest}/metrics   (top models too)
+  {bin_dir}/meshserve logs {pods[0] if pods else "<pod>"}   (a runtime pod's model server and puller; -f follows)
 
 A process that dies is restarted (same ports, same data); Ctrl-C stops everything.""",
             flush=True,
@@ -168,19 +174,6 @@ def _flatten(data: Any) -> list[Any]:
     return [data]
 
 
-def _admin(args: argparse.Namespace, method: str, path: str) -> Any:
-    import httpx
-
-    headers = {}
-    token = os.environ.get("MESHSERVE_ADMIN_TOKEN")
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    response = httpx.request(method, f"{args.admin.rstrip('/')}{path}", headers=headers, timeout=30)
-    if response.status_code >= 400:
-        raise SystemExit(f"error {response.status_code}: {response.text}")
-    return response.json()
-
-
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False))]
@@ -195,7 +188,7 @@ def _mib(n: int | None) -> str:
 def _resource_client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from meshserve.cli.resources import AdminClient
 
-    return AdminClient(args.admin, token=os.environ.get("MESHSERVE_ADMIN_TOKEN") or None)
+    return AdminClient(args.admin, token=admin_token())
 
 
 def cmd_apply(args: argparse.Namespace, *, deleting: bool = False) -> int:
@@ -209,12 +202,15 @@ def cmd_apply(args: argparse.Namespace, *, deleting: bool = False) -> int:
         client = _resource_client(args)
         try:
             run = resources.delete if deleting else resources.apply
-            return run(client, docs, namespace=args.namespace, out=sys.stdout, err=sys.stderr)
+            code = run(client, docs, namespace=args.namespace, out=sys.stdout, err=sys.stderr)
         finally:
             client.close()
     except resources.LoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if code == 0 and getattr(args, "wait", False):
+        return live.wait_for_models(args, [d.name for d in docs if d.kind in ("InferenceService", "Predictor")])
+    return code
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -237,17 +233,21 @@ def cmd_get(args: argparse.Namespace) -> int:
             return 1
         finally:
             client.close()
+    if args.watch and args.kind != "models":
+        print("error: -w/--watch is for `get models` only", file=sys.stderr)
+        return 1
     if args.kind == "models":
-        items = _admin(args, "GET", "/v1/models?limit=1000")["items"]
-        rows = [
-            [m["id"], m["format"], m["state"], str(len(m["copies"])), _mib(m["sizes"]["measured"] or m["sizes"]["predicted"] or m["sizes"]["declared"]), str(m["requests"])]
-            for m in items
-        ]
-        print(_table(rows, ["MODEL", "FORMAT", "STATE", "COPIES", "SIZE", "REQUESTS"]))
+        from meshserve.cli import watching
+
+        if args.watch:
+            return watching.watch_models(lambda: live.models(args), out=sys.stdout, err=sys.stderr,
+                                         stop=stop_on_signals(), interval=args.interval)
+        items = live.admin(args, "GET", "/v1/models?limit=1000")["items"]
+        print(_table([watching.model_row(m) for m in items], watching.MODEL_HEADER))
     elif args.kind == "pods":
         from meshserve.cli.resources import local_pod_status, restarts_column
 
-        items = _admin(args, "GET", "/v1/pods")["items"]
+        items = live.admin(args, "GET", "/v1/pods")["items"]
         client = _resource_client(args)
         try:
             status = local_pod_status(client, namespace=args.namespace)
@@ -260,7 +260,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         ]
         print(_table(rows, ["POD", "RUNTIME", "CAPACITY", "ALLOCATED", "MODELS", "LOADING", "RESTARTS"]))
     elif args.kind == "runtimes":
-        items = _admin(args, "GET", "/v1/runtimes?limit=1000")["items"]
+        items = live.admin(args, "GET", "/v1/runtimes?limit=1000")["items"]
         rows = [
             [
                 r["name"],
@@ -275,16 +275,18 @@ def cmd_get(args: argparse.Namespace) -> int:
         ]
         print(_table(rows, ["RUNTIME", "FORMATS", "PODS", "POD CAPACITY", "DEFAULT SIZE", "MAX LOADING", "UPDATED"]))
     elif args.kind == "vmodels":
-        items = _admin(args, "GET", "/v1/vmodels?limit=1000")["items"]
+        items = live.admin(args, "GET", "/v1/vmodels?limit=1000")["items"]
         print(_table([[v["id"], v["activeModelId"], v["targetModelId"]] for v in items], ["VMODEL", "ACTIVE", "TARGET"]))
     elif args.kind == "events":
-        items = _admin(args, "GET", "/v1/events?limit=50")["items"]
+        items = live.admin(args, "GET", "/v1/events?limit=50")["items"]
         print(_table([[e["time"][:19], e["kind"], e["model"], e["pod"], e["message"]] for e in items], ["TIME", "KIND", "MODEL", "POD", "MESSAGE"]))
     return 0
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    m = _admin(args, "GET", f"/v1/models/{args.name}")
+    from urllib.parse import quote
+
+    m = live.admin(args, "GET", f"/v1/models/{quote(args.name, safe='')}")
     print(json.dumps(m, indent=2))
     return 0
 
@@ -313,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="YAML file with one or more documents, or - for stdin (repeatable)")
         p.add_argument("-n", "--namespace", default=namespace_default, help="for documents without one")
         p.add_argument("--admin", default=admin_default, help="scheduler admin API (env MESHSERVE_ADMIN_URL)")
+        if verb == "apply":
+            p.add_argument("--wait", action="store_true",
+                           help="then show each InferenceService's/Predictor's progress until its model is Loaded")
+            p.add_argument("--timeout", type=float, default=300, help="seconds --wait waits in all")
         p.set_defaults(fn=fn)
     get = sub.add_parser(
         "get", help="list models, pods, runtimes, vmodels, events, or resources (isvc, predictors, servingruntimes)"
@@ -321,14 +327,56 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("name", nargs="?", help="secret: one Secret's keys and their storage types (never values)")
     get.add_argument("-n", "--namespace", default=namespace_default)
     get.add_argument("--admin", default=admin_default)
+    get.add_argument("-w", "--watch", action="store_true",
+                     help="models: print the table, then a row each time a model changes (Ctrl-C ends)")
+    get.add_argument("--interval", type=float, default=1.0, help="seconds between looks at the admin API (-w)")
     get.set_defaults(fn=cmd_get)
+    load = sub.add_parser("load", help="load a registered model now, showing its progress until Loaded")
+    load.add_argument("model")
+    load.add_argument("--timeout", type=float, default=300, help="seconds to wait for Loaded")
+    load.add_argument("--admin", default=admin_default)
+    load.set_defaults(fn=live.cmd_load)
+    top_p = sub.add_parser("top", help="live usage of pods or models (admin API + the router's metrics)")
+    top_p.add_argument("what", choices=["pods", "models"])
+    top_p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (and the rate window)")
+    top_p.add_argument("--once", action="store_true", help="one snapshot (rates over one --interval), then exit")
+    top_p.add_argument("--metrics", action="append",
+                       help="router Prometheus endpoint (repeatable; env MESHSERVE_ROUTER_METRICS_URL, "
+                            "default http://127.0.0.1:8008/metrics)")
+    top_p.add_argument("--admin", default=admin_default)
+    top_p.set_defaults(fn=live.cmd_top)
+    logs = sub.add_parser("logs", help="local mode: the logs of a runtime pod (model server and puller)")
+    logs.add_argument("pod")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended (Ctrl-C ends)")
+    logs.add_argument("-c", "--container", choices=["mlserver", "triton", "ovms", "runtime", "puller"],
+                      help="one process only")
+    logs.add_argument("--tail", type=int, default=None, help="only the last N lines of each log")
+    logs.add_argument("--local-root", default=os.environ.get("MESHSERVE_LOCAL_ROOT"),
+                      help="the local stack's folder (logs/ inside; default .dev of the checkout; env MESHSERVE_LOCAL_ROOT)")
+    logs.add_argument("-n", "--namespace", default=namespace_default)
+    logs.add_argument("--admin", default=admin_default)
+    logs.set_defaults(fn=lambda a: live.cmd_logs(a, default_root=_repo_root() / ".dev"))
     describe = sub.add_parser("describe", help="show one model in detail")
     describe.add_argument("what", choices=["model"])
     describe.add_argument("name")
     describe.add_argument("--admin", default=admin_default)
     describe.set_defaults(fn=cmd_describe)
     args = parser.parse_args(argv)
-    return int(args.fn(args))
+    from meshserve.cli.resources import LoadError
+    from meshserve.cli.watching import Unreachable
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return int(args.fn(args))
+    except (Unreachable, LoadError, CommandError) as err:   # one line, never a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:   # a caller in the same process (tests, scripts) gets its own Ctrl-C back
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

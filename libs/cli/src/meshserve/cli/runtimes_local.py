@@ -115,16 +115,21 @@ class LocalPod:
     """Set while the pod is down, waiting for its back-off."""
     last_exit: str = ""
     last_restart: str = ""
+    logs: dict[str, str] = field(default_factory=dict)
+    """Container -> log file of the latest processes (kept while the pod waits for its restart)."""
 
     def status(self, deployment: str) -> dict[str, Any]:
-        pids = {}
+        pids: dict[str, int] = {}
+        logs: dict[str, str] = {}
         if self.handle is not None:
             for proc in (self.handle.mlserver, self.handle.puller):
                 if isinstance(proc, Proc):
                     pids[_container(proc)] = proc.popen.pid
+                    logs[_container(proc)] = str(proc.log_path)   # what `meshserve logs <pod>` reads
+            self.logs = logs
         return {
             "deployment": deployment, "restarts": self.restarts, "lastRestart": self.last_restart or None,
-            "lastExit": self.last_exit or None, "pids": pids, "waiting": self.restart_at is not None,
+            "lastExit": self.last_exit or None, "pids": pids, "logs": logs or self.logs, "waiting": self.restart_at is not None,
         }
 
 
