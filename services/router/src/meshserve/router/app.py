@@ -1,5 +1,11 @@
 """Composition root of the router: gRPC and REST front doors in one event loop, the
-route watcher and the usage reporter. Owns signals and the shutdown order."""
+route watcher and the usage reporter. Owns signals and the shutdown order.
+
+Owns: `RouterApp` (builds the table, the scheduler client, the data plane, the upstream
+clients and both doors, and the Envoy data path when it is on; runs the route watcher
+and the usage reports; stops everything in reverse order).
+May import: every router module; nothing imports it but `__main__` (and tests).
+"""
 
 from __future__ import annotations
 

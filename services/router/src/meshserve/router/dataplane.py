@@ -10,6 +10,20 @@ The data plane never sees payloads: each transport brings a `send(endpoint, budg
 that forwards the (already rewritten) request its own way and raises `CopyGone` when
 the copy is not there any more, or a `MeshError` with the client's status otherwise.
 Concurrent misses for one model share one `EnsureLoaded` call to the scheduler.
+
+This is the one call path every Python-served model call takes, unary and streaming alike
+(the gRPC door's ModelInfer / ModelMetadata / ModelReady / ModelStreamInfer, the REST door,
+the other-RPC handler): resolve, ensure loaded, pick a copy (least-request over this
+router's per-pod in-flight counts), count it in flight while `send` runs, count usage when
+it succeeds (reported to the scheduler by the app), retry once when the copy is gone
+before it answered. A streaming `send` runs the whole stream, so the stream is in flight
+on its copy until it ends, and counts as one request in usage.
+
+Owns: `DataPlane` (the in-flight and usage counters, the coalesced ensure calls), name
+resolution and its limits (`MAX_NAME_CHARS`).
+May import: the routing table, balance, the scheduler client, metrics, settings, the
+upstream errors (`CopyGone`), v2 names, payloads (the type only); never a door, the
+upstream clients or the app.
 """
 
 from __future__ import annotations

@@ -36,6 +36,10 @@ model methods are idempotent.
 Refused: a method matching `blocked_methods` (model-repository and other management APIs
 of the model servers, our internal services) and, without an id header, a method not in
 the table: UNIMPLEMENTED, saying which header to send.
+
+Owns: `OtherRpcHandler`, `MethodTable`, the metadata split (`split_metadata`).
+May import: the data plane, the upstream gRPC client and errors, the replayable request
+stream, inject, wire, metrics, v2 names; never the KServe v2 door, the REST door or the app.
 """
 
 from __future__ import annotations

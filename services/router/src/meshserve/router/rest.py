@@ -6,6 +6,11 @@ the chosen copy's model-server REST endpoint with the model name in the path
 rewritten to the model id. Errors are `{"error": "..."}` with the code the shared
 error classes declare (404 unknown model, 400 bad request, 412/503 load failures);
 no request body can produce a 500.
+
+Owns: `RestFrontDoor` and `create_app` (the Starlette app, with /healthz, /readyz and
+/metrics), the REST error body, the replay over gRPC that explains a bare 500 (`_explain`).
+May import: the data plane, the upstream clients and errors, jsonv2, metrics, payloads,
+v2 names; never the gRPC door, the other-RPC handler or the app.
 """
 
 from __future__ import annotations

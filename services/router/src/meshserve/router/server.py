@@ -4,6 +4,14 @@ A generic handler receives every request as raw bytes. Server-level RPCs are ans
 here; model RPCs have their model-name field read and rewritten in the bytes and are
 forwarded through the data plane. Exceptions become statuses; nothing a client sends
 can crash the process.
+
+Owns: `InferenceHandler` (the v2 methods: server-level ones answered here, model ones and
+ModelStreamInfer sent through the data plane with a `send` of their own), the gRPC
+status mapping of the door's errors (`_status_for`) and the length bound on status
+messages (`bounded`).
+May import: the data plane, the upstream clients and errors, the replayable request
+stream, wire, metrics, payloads, v2 names; never the REST door, the other-RPC handler or
+the app.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@
 `RestUpstream` keeps one pooled keep-alive `httpx.AsyncClient` and forwards bodies
 verbatim. Each turns "that copy is not there" into `CopyGone` (the data plane then
 tries another copy) and anything else into the `MeshError` the client should see.
+
+Owns: `GrpcUpstream`, `RestUpstream` (channels and the HTTP pool to the model servers), the
+rules for "that copy is gone" (`copy_gone`, `raise_rest_error`).
+May import: `meshserve.common`, the upstream errors; never the data plane, a door or the app.
 """
 
 from __future__ import annotations

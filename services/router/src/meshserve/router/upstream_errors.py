@@ -11,6 +11,10 @@ by grpc's Python server with UNKNOWN "Unexpected <class 'DecodeError'>: Error pa
 message" (INTERNAL "Error parsing message ..." on a stream): that is INVALID_ARGUMENT too,
 for any model method. Anything else passes
 through unchanged. The REST transport asks `is_bad_input` about an HTTP 500 in the same way.
+
+Owns: `CopyGone` (the chosen copy is not there: the data plane tries another), the
+model-server-status-to-client-status rules (`client_status`, `is_bad_input`).
+May import: grpc (its status codes only) and the standard library.
 """
 
 from __future__ import annotations
