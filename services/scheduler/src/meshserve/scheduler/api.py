@@ -12,17 +12,26 @@ first where JSON Schema can say it (model-id pattern, no NUL characters, bounded
 offsets, RFC 3339 `since`), and a 405 carries an `Allow` header listing the methods of
 the path. Rules JSON Schema cannot state (storage URI xor path, minCopies <= maxCopies,
 resource documents) answer 400 with a message.
+
+`create_app` installs the error handlers and then one small function per group of
+routes (health, models, vmodels, pods and runtimes, events); the local-mode resource
+routes are `local/api.py`, the placement page `ui/`. Shared schema pieces are `rest.py`.
+
+May import: the use cases (`service` and the objects it exposes), `status`, `local`,
+`rest`, `ui`, the store wing (for error mapping and record types), FastAPI. Nothing
+below imports this module.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hmac
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -31,10 +40,21 @@ from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from meshserve.common.errors import InvalidArgument, MeshError, NotFound, Unauthenticated
-from meshserve.common.labels import LOCAL_SECRET_LABEL
-from meshserve.scheduler.local.resources import KINDS, Applied, ResourceStore, identify
+from meshserve.common.errors import MeshError, NotFound, Unauthenticated
+from meshserve.scheduler.local.api import resource_routes
+from meshserve.scheduler.local.resources import ResourceStore
+from meshserve.scheduler.rest import (
+    MODEL_ID_PATTERN,
+    NO_NUL_PATTERN,
+    Limit,
+    ModelIdPath,
+    NamePath,
+    Offset,
+    Text,
+)
+from meshserve.scheduler.rest import answers as _answers
 from meshserve.scheduler.service import ModelSpec, SchedulerService
+from meshserve.scheduler.settings import SchedulerSettings
 from meshserve.scheduler.status import (
     LOADED,
     LOADING,
@@ -50,16 +70,6 @@ from meshserve.scheduler.ui import install as install_ui
 # ModelMesh Serving's CR words for the model states
 CR_STATE = {NOT_LOADED: "Standby", LOADING: "Loading", LOADED: "Loaded", LOADING_FAILED: "FailedToLoad"}
 
-MODEL_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,252}$"
-"""What `meshserve.common.storage.check_model_id` allows (a model id becomes a folder
-name): letters, digits, '-', '_' and '.', 1..253 characters, not starting with '.'."""
-NO_NUL_PATTERN = r"^[^\x00]*$"
-"""Postgres text and JSONB cannot hold NUL, so no stored string may contain one."""
-MAX_OFFSET = 1_000_000_000
-"""Far beyond any real listing, far below Postgres' bigint OFFSET limit."""
-
-
-
 class _IdConvertor(StringConvertor):
     """A path segment without ':' (no model id has one), so `GET /v1/models/x:load` is
     not routed to `GET /v1/models/{model_id}` as id 'x:load' but answered 405."""
@@ -68,13 +78,6 @@ class _IdConvertor(StringConvertor):
 
 
 register_url_convertor("meshid", _IdConvertor())
-
-ModelIdPath = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description="a model id (see POST /v1/models)")]
-NameText = Annotated[str, Field(min_length=1, max_length=253, pattern=NO_NUL_PATTERN)]
-NamePath = Annotated[str, Path(min_length=1, max_length=253, pattern=NO_NUL_PATTERN)]
-Text = Annotated[str, Field(pattern=NO_NUL_PATTERN)]
-Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
-Limit = Annotated[int, Query(ge=1, le=1000, description="items to return")]
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
@@ -99,39 +102,6 @@ Since = Annotated[
     AfterValidator(_utc),
     Query(description="only events at or after this RFC 3339 date-time (with a zone)"),
 ]
-
-
-class ErrorBody(BaseModel):
-    error: str
-
-
-_WHY = {
-    400: "the request breaks a rule the schema cannot state; `error` says which",
-    401: "a token is configured and the request lacks `Authorization: Bearer <token>`",
-    404: "no such object",
-    409: "the object already exists or conflicts with another",
-    412: "the object is not in a state that allows this",
-    503: "Redis or Postgres is unavailable; retry later",
-    504: "a runtime pod did not answer in time",
-    507: "no runtime pod has room for the model",
-}
-
-
-def _answers(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` for the error statuses an operation can answer (400 and 503
-    always: the registry refuses values it cannot store, and the stores can be down)."""
-    return {c: {"model": ErrorBody, "description": _WHY[c]} for c in sorted({400, 503, *codes})}
-
-
-def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    """`openapi_extra` for a handler that reads the raw request body itself."""
-    return {
-        "requestBody": {
-            "required": True,
-            "description": description,
-            "content": {"application/json": {"schema": schema}},
-        }
-    }
 
 
 class Camel(BaseModel):
@@ -191,13 +161,26 @@ class VModelSet(Camel):
 
 
 def create_app(service: SchedulerService) -> FastAPI:
-    settings = service.settings
+    """The admin app: its error handlers, then one group of routes per resource."""
     app = FastAPI(
         title="meshserve scheduler admin API",
         version="0.1.0",
         description="Inspect and steer model placement. Mutations need a bearer token when one is configured.",
     )
+    _error_handlers(app)
+    require_token, secret_values = _auth(service.settings)
+    mutate = [Depends(require_token)]
+    _health_routes(app, service)
+    _model_routes(app, service, mutate)
+    _vmodel_routes(app, service, mutate)
+    _pod_routes(app, service, mutate)
+    resource_routes(app, ResourceStore(service.registry), mutate=mutate, secret_values=secret_values)
+    _event_routes(app, service)
+    install_ui(app)
+    return app
 
+
+def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MeshError)
     async def _mesh_error(request: Request, err: MeshError) -> JSONResponse:
         return JSONResponse({"error": err.message}, status_code=err.http_status)
@@ -217,6 +200,10 @@ def create_app(service: SchedulerService) -> FastAPI:
         assert mapped is not None
         return JSONResponse({"error": mapped.message}, status_code=mapped.http_status)
 
+
+def _auth(settings: SchedulerSettings) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The admin token check for mutations, and the `secretValues` dependency."""
+
     def check_token(authorization: str | None, what: str) -> None:
         token = settings.admin_token
         if token is None:
@@ -228,7 +215,6 @@ def create_app(service: SchedulerService) -> FastAPI:
     async def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
         check_token(authorization, "changes")
 
-    mutate = [Depends(require_token)]
 
     async def secret_values(
         secretValues: Annotated[bool, Query(description=(
@@ -240,6 +226,10 @@ def create_app(service: SchedulerService) -> FastAPI:
             check_token(authorization, "secretValues=true")
         return secretValues
 
+    return require_token, secret_values
+
+
+def _health_routes(app: FastAPI, service: SchedulerService) -> None:
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "live"}
@@ -256,6 +246,8 @@ def create_app(service: SchedulerService) -> FastAPI:
             return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+
+def _model_routes(app: FastAPI, service: SchedulerService, mutate: list[DependsParam]) -> None:
     async def model_view(model_id: str, *, events: bool) -> dict[str, Any]:
         record = await service.registry.get_model(model_id)
         state = await service.model_state(model_id, record)
@@ -323,6 +315,8 @@ def create_app(service: SchedulerService) -> FastAPI:
         n = await service.copies.unload(model_id)
         return {"unloaded": n, **await model_view(model_id, events=False)}
 
+
+def _vmodel_routes(app: FastAPI, service: SchedulerService, mutate: list[DependsParam]) -> None:
     @app.get("/v1/vmodels", responses=_answers())
     async def list_vmodels(offset: Offset = 0, limit: Limit = 100) -> dict[str, Any]:
         records, total = await service.registry.list_vmodels(offset=offset, limit=limit)
@@ -379,6 +373,8 @@ def create_app(service: SchedulerService) -> FastAPI:
             raise NotFound(f"vmodel {vmodel_id!r} not found")
         await service.vmodels.delete_vmodel(vmodel_id)
 
+
+def _pod_routes(app: FastAPI, service: SchedulerService, mutate: list[DependsParam]) -> None:
     @app.get("/v1/pods", responses=_answers())
     async def list_pods() -> dict[str, Any]:
         items = []
@@ -410,90 +406,8 @@ def create_app(service: SchedulerService) -> FastAPI:
     async def drain(pod_id: NamePath) -> dict[str, Any]:
         return await service.scaler.drain_pod(pod_id)
 
-    # -- local-mode resources (what `meshserve apply -f` writes; the controller watches it)
-    store = ResourceStore(service.registry)
 
-    @app.post(
-        "/v1/resources",
-        dependencies=mutate,
-        responses=_answers(401, 409),
-        openapi_extra=_json_body(
-            {"anyOf": [RESOURCE_SCHEMA, {"type": "array", "items": RESOURCE_SCHEMA}]},
-            "one resource document (a Kubernetes-style object) or a list of them; all are validated before any is stored",
-        ),
-    )
-    async def apply_resources(request: Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError as err:
-            raise InvalidArgument("the body must be a JSON object or a JSON list of objects") from err
-        docs = body if isinstance(body, list) else [body]
-        for doc in docs:
-            _check_document(doc)
-            identify(doc)  # all or nothing: validate every document first
-        return {"items": [_applied_json(await store.apply(doc)) for doc in docs]}
-
-    @app.get("/v1/resources", responses=_answers())
-    async def list_resources(
-        kind: Annotated[str | None, Query(pattern=NO_NUL_PATTERN)] = None,
-        namespace: Annotated[str | None, Query(pattern=NO_NUL_PATTERN)] = None,
-        reveal: bool = Depends(secret_values),
-    ) -> dict[str, Any]:
-        items, version = await store.list(kind=kind, namespace=namespace)
-        return {"items": [_shown(i, reveal) for i in items], "resourceVersion": version}
-
-    @app.get(
-        "/v1/resources:watch",
-        responses=_answers(),
-        summary="Long poll for resource changes",
-        description=(
-            "Not a stream: one JSON answer. Answers as soon as there are changes after `resourceVersion`, "
-            "else after `timeoutSeconds` (at most 300) with no events; call again from the `resourceVersion` "
-            "answered. Clients need a read timeout above `timeoutSeconds`."
-        ),
-    )
-    async def watch_resources(
-        resourceVersion: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
-        timeoutSeconds: Annotated[float, Query(ge=0, le=300, allow_inf_nan=False)] = 30,
-        reveal: bool = Depends(secret_values),
-    ) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + timeoutSeconds
-        while True:
-            changes = await store.changes_since(resourceVersion)
-            if changes or asyncio.get_running_loop().time() >= deadline:
-                last = changes[-1][2] if changes else resourceVersion
-                return {
-                    "events": [{"type": t, "object": _shown(o, reveal)} for t, o, _ in changes],
-                    "resourceVersion": str(last),
-                }
-            await asyncio.sleep(0.2)
-
-    @app.get("/v1/resources/{kind}/{namespace}/{name}", responses=_answers(404))
-    async def get_resource(
-        kind: NamePath, namespace: NamePath, name: NamePath, reveal: bool = Depends(secret_values)
-    ) -> dict[str, Any]:
-        return _shown(await store.get(kind, "" if namespace == "_" else namespace, name), reveal)
-
-    @app.delete("/v1/resources/{kind}/{namespace}/{name}", dependencies=mutate, responses=_answers(401, 404))
-    async def delete_resource(kind: NamePath, namespace: NamePath, name: NamePath) -> dict[str, Any]:
-        await store.delete(kind, "" if namespace == "_" else namespace, name)
-        return {"deleted": True}
-
-    @app.patch(
-        "/v1/resources/{kind}/{namespace}/{name}/status",
-        dependencies=mutate,
-        responses=_answers(401, 404, 409),
-        openapi_extra=_json_body({"type": "object"}, "a JSON merge patch of the resource's status"),
-    )
-    async def patch_status(kind: NamePath, namespace: NamePath, name: NamePath, request: Request) -> dict[str, Any]:
-        try:
-            patch = await request.json()
-        except ValueError as err:
-            raise InvalidArgument("the body must be a JSON merge patch of status") from err
-        if not isinstance(patch, dict):
-            raise InvalidArgument("the body must be a JSON object (a merge patch of status)")
-        return await store.patch_status(kind, "" if namespace == "_" else namespace, name, patch)
-
+def _event_routes(app: FastAPI, service: SchedulerService) -> None:
     @app.get("/v1/events", responses=_answers())
     async def events(
         model: Annotated[str | None, Query(pattern=NO_NUL_PATTERN)] = None,
@@ -505,38 +419,6 @@ def create_app(service: SchedulerService) -> FastAPI:
         rows = await service.registry.list_events(model_id=model, pod_id=pod, since=since, offset=offset, limit=limit)
         return {"items": [_event_json(e) for e in rows], "offset": offset, "limit": limit}
 
-    install_ui(app)
-    return app
-
-
-RESOURCE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["kind", "metadata"],
-    "properties": {
-        "kind": {"type": "string", "enum": sorted(KINDS)},
-        "metadata": {
-            "type": "object",
-            "required": ["name"],
-            "properties": {
-                "name": {"type": "string", "minLength": 1},
-                "namespace": {"type": ["string", "null"]},
-            },
-        },
-    },
-}
-
-
-def _check_document(doc: Any) -> None:
-    """What RESOURCE_SCHEMA states about types; `identify` checks presence and kind."""
-    if isinstance(doc, dict) and doc.get("kind") is not None and not isinstance(doc["kind"], str):
-        raise InvalidArgument("kind must be a string")
-    meta = doc.get("metadata") if isinstance(doc, dict) else None
-    if not isinstance(meta, dict):
-        return  # identify() names the problem
-    for key in ("name", "namespace"):
-        if meta.get(key) is not None and not isinstance(meta[key], str):
-            raise InvalidArgument(f"metadata.{key} must be a string")
-
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     """Every method of the routes whose path matches the request's (Starlette's own 405
@@ -546,25 +428,6 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
         if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE:
             methods.update(route.methods)  # type: ignore[attr-defined]
     return sorted(methods)
-
-
-def _shown(obj: dict[str, Any], reveal: bool) -> dict[str, Any]:
-    """`obj` as the admin API shows it: a Secret carried in local mode has its values hidden
-    unless the caller asked for them (the controller and the CLI's `get secret` do)."""
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    if reveal or obj.get("kind") != "ConfigMap" or labels.get(LOCAL_SECRET_LABEL) != "true":
-        return obj
-    return {**obj, "data": {key: "<hidden>" for key in obj.get("data") or {}}}
-
-
-def _applied_json(a: Applied) -> dict[str, Any]:
-    return {
-        "kind": a.kind,
-        "namespace": a.namespace,
-        "name": a.name,
-        "resourceVersion": a.resource_version,
-        "action": a.action,
-    }
 
 
 def _ms_iso(ms: int) -> str | None:
