@@ -103,12 +103,12 @@ def test_every_inference_request_leaves_one_structured_line(lstack: tuple[Stack,
         assert line["vmodel_id"] == "-", line
     assert grpc_line["status"] == "OK" and rest_line["status"] == "200"
     assert not_found[0]["status"] == "404" and not_found[0]["pod"] == "-" and not_found[0]["method"] == "ModelInfer"
-    # the request that named the vmodel: its line names both. On the Envoy path a warm
-    # vmodel request is Envoy's, whose access-log format does not carry the vmodel yet
-    # (usage.parse_line reads it when an 11th field is added), so only the Python path checks it.
-    if data_path == "python":
-        by_vmodel = wait_for(lambda: _lines_for(stack, name, protocol="grpc", status="OK", vmodel_id=vmodel),
-                             what="the vmodel request's line")
-        assert by_vmodel[0]["pod"] == "pod-0"
+    # the request that named the vmodel: its line names both, on the Envoy path from Envoy's
+    # access log (route.lua's vmodel, and the pod from %UPSTREAM_HOST%: the one Envoy chose)
+    by_vmodel = wait_for(
+        lambda: _lines_for(stack, name, protocol="grpc", status="OK", vmodel_id=vmodel, data_path=data_path),
+        what="the vmodel request's line",
+    )  # fmt: skip
+    assert by_vmodel[0]["pod"] == "pod-0"
     # one line per request: the 404 was sent once
     assert len(not_found) == 1

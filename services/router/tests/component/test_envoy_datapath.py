@@ -11,7 +11,9 @@ wait for Envoy's ACK of a pushed version (`AdsServer.wait_acked`) and for `/read
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from meshserve.router.envoy.ads import AdsServer, start_ads
 from meshserve.router.envoy.process import EnvoyOptions, EnvoyProcess
 from meshserve.router.envoy.resources import DataPathConfig
 from meshserve.router.envoy.script import route_script
+from meshserve.router.envoy.usage import AccessLogReader, Served
 from meshserve.router.table import Endpoint
 
 pytestmark = pytest.mark.timeout(120)
@@ -127,6 +130,26 @@ class DataPath:
     channel: grpc.aio.Channel
     stub: v2_grpc.GRPCInferenceServiceStub
     versions: list[int] = field(default_factory=list)
+    served: list[Served] = field(default_factory=list)
+    """What the access log says Envoy forwarded to a pod (usage.AccessLogReader)."""
+    more_served: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_served(self, served: Served) -> None:
+        self.served.append(served)
+        self.more_served.set()
+
+    async def wait_served(self, models: set[str], count: int) -> list[Served]:
+        """The first `count` lines for `models` (earlier tests' lines may still come in)."""
+        async with asyncio.timeout(30):
+            while len(mine := [s for s in self.served if s.model in models]) < count:
+                self.more_served.clear()
+                await self.more_served.wait()
+        return mine[:count]
+
+    async def cluster_counter(self, stat: str) -> dict[str, int]:
+        """Envoy's own per-cluster counter `stat` (admin /stats), by cluster name."""
+        stats = await self.envoy.admin(f"/stats?format=json&filter=^cluster%5C..*%5C.{stat}$")
+        return {e["name"].split(".", 1)[1].rsplit(".", 1)[0]: int(e["value"]) for e in stats["stats"] if "value" in e}
 
     async def route(self, models: dict[str, tuple[str, ...]], vmodels: dict[str, str] | None = None) -> None:
         """Push a routing table (pod ids per model) and wait for Envoy's ACK."""
@@ -148,24 +171,33 @@ class DataPath:
 
 
 MODES = [
-    pytest.param(("sotw", 1), id="sotw"),
-    pytest.param(("delta", 1), id="delta"),
-    pytest.param(("delta", 4), id="delta-scoped"),
+    pytest.param(("sotw", 1, "table"), id="sotw"),
+    pytest.param(("delta", 1, "table"), id="delta"),
+    pytest.param(("delta", 4, "table"), id="delta-scoped"),
+    pytest.param(("delta", 4, "matcher"), id="delta-scoped-matcher"),
 ]
 
 
 @pytest.fixture(scope="module", params=MODES)
 async def dp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DataPath]:
-    mode, shards = request.param
+    mode, shards, layout = request.param
     pods = {pid: await start_backend(pid) for pid in ("pod-a", "pod-b")}
     slow = await start_backend("slow")
     config = DataPathConfig(
-        slow_grpc_address=slow.grpc_address, slow_rest_address=slow.rest_address, lua_source=route_script(shards),
-        grpc_listen=("127.0.0.1", 0), rest_listen=("127.0.0.1", 0), shards=shards,
+        slow_grpc_address=slow.grpc_address, slow_rest_address=slow.rest_address,
+        lua_source=route_script(shards, layout), grpc_listen=("127.0.0.1", 0), rest_listen=("127.0.0.1", 0),
+        shards=shards, layout=layout,
     )  # fmt: skip
+    workdir: Path = tmp_path_factory.mktemp(f"envoy-{mode}-{shards}-{layout}")
+    config = dataclasses.replace(config, access_log_path=str(workdir / "access.log"))
     ads = AdsServer(config)
     ads_server, ads_port = await start_ads(ads)
-    workdir: Path = tmp_path_factory.mktemp(f"envoy-{mode}-{shards}")
+    served: list[DataPath] = []
+    reader = AccessLogReader(
+        workdir / "access.log", lambda line: served[0].on_served(line), slow_clusters=frozenset({"ms-slow-grpc", "ms-slow-rest"}),
+        slow_hosts=frozenset({slow.grpc_address, slow.rest_address.removeprefix("http://")}),
+    )  # fmt: skip
+    await reader.start()
     envoy = EnvoyProcess(EnvoyOptions(ads_port=ads_port, workdir=workdir, delta=mode == "delta"))
     await envoy.start()
     try:
@@ -173,15 +205,17 @@ async def dp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         ports = await envoy.listener_ports()
         target = f"127.0.0.1:{ports['ms-grpc']}"
         async with grpc.aio.insecure_channel(target) as channel:
-            yield DataPath(
+            served.append(DataPath(
                 ads, envoy, pods, slow, target, f"http://127.0.0.1:{ports['ms-rest']}", channel,
                 v2_grpc.GRPCInferenceServiceStub(channel),
-            )  # fmt: skip
+            ))  # fmt: skip
+            yield served[0]
     except BaseException:
         print(envoy.log_tail(80))
         raise
     finally:
         code = await envoy.stop()
+        await reader.stop()
         await ads_server.stop(None)
         for backend in [*pods.values(), slow]:
             await stop_backend(backend)
@@ -327,3 +361,45 @@ async def test_a_copy_that_no_longer_holds_the_model_hands_the_request_to_the_sl
     await dp.route({"gone-m": ("pod-a",)})
     reply = await dp.infer("gone-m")
     assert (reply.id, reply.model_name) == ("slow", "gone-m")
+
+
+async def test_the_access_log_counts_and_times_what_envoy_forwarded(dp: DataPath) -> None:
+    """The router's per-model metrics come from Envoy's access log (Envoy's own stats are per
+    cluster, i.e. per placement, which many models share): every request Envoy forwarded is
+    one line, with its model, the vmodel it named, the pod Envoy chose and a time within the
+    client's; what went to the slow path is not there (the Python router counts it)."""
+    await dp.route({"log-1": ("pod-a",), "log-2": ("pod-a", "pod-b")}, {"log-vm": "log-2"})
+    before = await dp.cluster_counter("upstream_rq_completed")
+    # log-unknown has no route: the slow path, which is not in the log; the last log-1 comes
+    # after it, so once its line is read, the slow request's would have been too
+    names = ["log-1"] * 5 + ["log-2"] * 7 + ["log-vm"] * 3 + ["log-unknown", "log-1"]
+    latencies = []
+    for name in names:
+        t0 = time.perf_counter()
+        await dp.infer(name)
+        latencies.append(time.perf_counter() - t0)
+    served = await dp.wait_served({"log-1", "log-2", "log-unknown"}, len(names) - 1)
+    assert [(s.model, s.vmodel) for s in served] == [
+        ("log-2" if n == "log-vm" else n, "log-vm" if n == "log-vm" else None) for n in names if n != "log-unknown"
+    ]
+    assert all(s.code == "OK" and s.method == "ModelInfer" and s.protocol == "grpc" for s in served)
+    pods = {b.grpc_address for b in dp.pods.values()}
+    assert all(s.upstream_host in pods for s in served)
+    assert {s.upstream_host for s in served if s.model == "log-1"} == {dp.pods["pod-a"].grpc_address}
+    timed = [t for n, t in zip(names, latencies, strict=True) if n != "log-unknown"]
+    for line, client_seconds in zip(served, timed, strict=True):
+        assert 0 < line.seconds <= client_seconds
+        assert line.upstream_seconds is not None and 0 < line.upstream_seconds <= line.seconds
+    # Envoy's own counters agree, cluster by cluster
+    after = await dp.cluster_counter("upstream_rq_completed")
+    grown = {c: n - before.get(c, 0) for c, n in after.items() if n != before.get(c, 0)}
+    by_cluster: dict[str, int] = {}
+    for line in served:
+        by_cluster[line.cluster] = by_cluster.get(line.cluster, 0) + 1
+    assert {c: n for c, n in grown.items() if not c.startswith("ms-slow-") and c in by_cluster} == by_cluster
+    assert grown.get("ms-slow-grpc") == 1
+    # the same counters in Prometheus form, for the router's /metrics (envoy_* families)
+    text = await dp.envoy.prometheus_stats()
+    for cluster, count in after.items():
+        if cluster in by_cluster:
+            assert f'envoy_cluster_upstream_rq_completed{{envoy_cluster_name="{cluster}"}} {count}' in text

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2, scoped_route_pb2
@@ -18,9 +20,10 @@ from meshserve.router.table import Endpoint
 PODS = {p: Endpoint(p, f"10.0.0.{i}:8033", f"http://10.0.0.{i}:8008") for i, p in enumerate("abcd", start=1)}
 
 
-def config(shards: int = 1) -> res.DataPathConfig:
+def config(shards: int = 1, layout: res.Layout = "table") -> res.DataPathConfig:
     return res.DataPathConfig(
-        slow_grpc_address="127.0.0.1:9033", slow_rest_address="http://127.0.0.1:9008", lua_source="-- lua", shards=shards
+        slow_grpc_address="127.0.0.1:9033", slow_rest_address="http://127.0.0.1:9008", lua_source="-- lua", shards=shards,
+        layout=layout,
     )
 
 
@@ -37,6 +40,9 @@ def routes(resources: res.Resources, protocol: res.Protocol = "grpc") -> dict[st
         config = route_pb2.RouteConfiguration.FromString(body)
         assert list(config.request_headers_to_remove) == list(res.ROUTING_HEADERS_TO_REMOVE)
         (host,) = config.virtual_hosts
+        if len(host.routes) == 2:  # the table layout
+            out.update(table_routes(host, protocol))
+            continue
         if not host.HasField("matcher"):
             assert [r.route.cluster for r in host.routes] == [res.slow_cluster(protocol)]
             continue
@@ -50,6 +56,24 @@ def routes(resources: res.Resources, protocol: res.Protocol = "grpc") -> dict[st
             on_match.action.typed_config.Unpack(route)
             model = route.metadata.filter_metadata[res.LUA_FILTER].fields["model"].string_value
             out[key] = (route.route.cluster, model)
+    return out
+
+
+def table_routes(host: Any, protocol: res.Protocol) -> dict[str, tuple[str, str | None]]:
+    """The table layout's two routes: to the cluster route.lua names, else the slow path with
+    the table; its lines read as route.lua reads them."""
+    to_pod, slow = host.routes
+    assert to_pod.route.cluster_header == res.CLUSTER_HEADER
+    assert [(h.name, h.present_match) for h in to_pod.match.headers] == [(res.CLUSTER_HEADER, True)]
+    assert to_pod.route.retry_policy.num_retries.value == 2 and not to_pod.HasField("metadata")
+    assert slow.route.cluster == res.slow_cluster(protocol) and not slow.match.headers
+    fields = slow.metadata.filter_metadata[res.LUA_FILTER].fields
+    text, version = fields["t"].string_value, fields["v"].string_value
+    assert version == hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    out: dict[str, tuple[str, str | None]] = {}
+    for entry in text.splitlines():
+        name, digest, *model = entry.split(" ")
+        out[name] = (f"ms-{protocol}-{digest}-or-slow", model[0] if model else name)
     return out
 
 
@@ -98,9 +122,10 @@ def test_listeners_carry_lua_then_router_and_the_route_source() -> None:
         assert listener.address.socket_address.address == "127.0.0.1"
 
 
-def test_sharded_routes_are_split_by_the_name_hash() -> None:
+@pytest.mark.parametrize("layout", ["table", "matcher"])
+def test_sharded_routes_are_split_by_the_name_hash(layout: res.Layout) -> None:
     models = {f"m{i}": eps("a") for i in range(200)}
-    out = res.build(models, {}, config(shards=8))
+    out = res.build(models, {}, config(shards=8, layout=layout))
     scopes = [scoped_route_pb2.ScopedRouteConfiguration.FromString(b) for b in out[res.SCOPED_ROUTE].values()]
     keys = {s.key.fragments[0].string_key: s.route_configuration_name for s in scopes}
     assert keys["grpc-3"] == "ms-grpc-3" and keys["rest-slow"] == "ms-rest-slow"
@@ -108,7 +133,10 @@ def test_sharded_routes_are_split_by_the_name_hash() -> None:
     for name in models:
         body = out[res.ROUTE][f"ms-grpc-{res.shard_of(name, 8)}"]
         config_ = route_pb2.RouteConfiguration.FromString(body)
-        assert name in config_.virtual_hosts[0].matcher.matcher_tree.exact_match_map.map
+        if layout == "matcher":
+            assert name in config_.virtual_hosts[0].matcher.matcher_tree.exact_match_map.map
+        else:
+            assert name in table_routes(config_.virtual_hosts[0], "grpc")
     assert set(routes(out)) == set(models)
 
 
@@ -143,12 +171,13 @@ def parsed(resources: res.Resources) -> dict[str, dict[str, Any]]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(tables=st.lists(TABLES, min_size=1, max_size=6), shards=st.sampled_from([1, 3]))
-def test_incremental_builds_equal_a_fresh_build(tables: list[Any], shards: int) -> None:
-    builder = res.RouteBuilder(config(shards))
+@given(tables=st.lists(TABLES, min_size=1, max_size=6), shards=st.sampled_from([1, 3]),
+       layout=st.sampled_from(["table", "matcher"]))  # fmt: skip
+def test_incremental_builds_equal_a_fresh_build(tables: list[Any], shards: int, layout: res.Layout) -> None:
+    builder = res.RouteBuilder(config(shards, layout))
     for models, vmodels in tables:
         builder.replace(models, vmodels)
-        fresh = res.build(models, vmodels, config(shards))
+        fresh = res.build(models, vmodels, config(shards, layout))
         assert parsed(builder.resources()) == parsed(fresh)  # map order aside, the same config
         expected = {n: m for n in {*models, *vmodels} if models.get(m := vmodels.get(n, n))}
         assert {n: c[1] for n, c in routes(fresh).items()} == expected

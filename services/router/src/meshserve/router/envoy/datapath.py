@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 
 from meshserve.router import metrics
 from meshserve.router.envoy import resources as res
@@ -41,6 +42,7 @@ class EnvoySettings:
     workdir: Path
     tls: res.TlsFiles | None = None
     shards: int = 256
+    layout: res.Layout = "table"
     delta: bool = True
     concurrency: int = 1
     max_body_bytes: int = 64 << 20
@@ -54,18 +56,20 @@ class EnvoyDataPath:
         self.config = res.DataPathConfig(
             slow_grpc_address=settings.slow_grpc_address,
             slow_rest_address=settings.slow_rest_address,
-            lua_source=route_script(settings.shards),
+            lua_source=route_script(settings.shards, settings.layout),
             grpc_listen=settings.grpc_listen,
             rest_listen=settings.rest_listen,
             max_body_bytes=settings.max_body_bytes,
             request_timeout_s=settings.request_timeout_s,
             shards=settings.shards,
+            layout=settings.layout,
             tls=settings.tls,
             access_log_path=str(access_log),
         )
         self.ads = AdsServer(self.config)
         self.access_log = AccessLogReader(
-            access_log, on_served, slow_clusters=frozenset({res.slow_cluster("grpc"), res.slow_cluster("rest")})
+            access_log, on_served, slow_clusters=frozenset({res.slow_cluster("grpc"), res.slow_cluster("rest")}),
+            slow_hosts=frozenset("{}:{}".format(*res.host_port(a)) for a in (settings.slow_grpc_address, settings.slow_rest_address)),
         )
         self._ads_server: grpc.aio.Server | None = None
         self.envoy: EnvoyProcess | None = None
@@ -112,6 +116,16 @@ class EnvoyDataPath:
     async def wait_synced(self) -> None:
         """Until Envoy has applied the current version (its listeners are up)."""
         await self.ads.wait_acked(self.ads.version)
+
+    async def prometheus_stats(self) -> str:
+        """Envoy's stats in Prometheus text format (`envoy_*` families), for the router's
+        /metrics to append: "" while Envoy is not up."""
+        if self.envoy is None or not self.envoy.admin_url:
+            return ""
+        try:
+            return await self.envoy.prometheus_stats()
+        except httpx.HTTPError:
+            return ""
 
     async def listener_ports(self) -> dict[str, int]:
         assert self.envoy is not None

@@ -159,6 +159,13 @@ class EnvoyProcess:
             reply.raise_for_status()
             return reply.json() if reply.headers.get("content-type", "").startswith("application/json") else reply.text
 
+    async def prometheus_stats(self) -> str:
+        """Envoy's own stats in Prometheus text (admin /stats/prometheus, used ones only):
+        per cluster (a placement: the set of pods many models share) and per listener, not
+        per model; the router's per-model figures come from the access log (usage.py)."""
+        text: str = await self.admin("/stats/prometheus?usedonly")
+        return text
+
     async def listener_ports(self) -> dict[str, int]:
         """Listener name -> the port it bound (listeners may ask for port 0)."""
         listeners = await self.admin("/listeners?format=json")

@@ -20,13 +20,22 @@ Design and invariants:
   routes to the placement's cluster, and carries the concrete model id in
   `metadata.filter_metadata["envoy.filters.http.lua"]["model"]`; route.lua rewrites the
   request to it. Every other request matches nothing and goes to the slow path.
+  That is the `matcher` layout: Envoy builds one Route per name.
+- The `table` layout (the default): a shard's RouteConfiguration has two routes whatever
+  its size: the slow path, whose Lua metadata carries the shard's names as one string
+  (`"<name> <cluster digest>[ <model id>]\n"` per name, sorted) and its hash `v`, and a
+  route to the cluster the CLUSTER_HEADER names (route.lua sets it from that table; it
+  parses a shard's string once per version and keeps it as a Lua table). Envoy then builds
+  two routes per shard and copies one string, instead of building a Route per name: a
+  burst of changes that touches every shard costs Envoy little more than the bytes.
 - `shards == 1`: one RouteConfiguration per protocol (RDS). `shards > 1`: scoped routes;
   the name's shard `shard_of(name)` (route.lua computes the same hash) selects a scope
   whose RouteConfiguration holds only that shard's names, so a change rebuilds one shard.
   A scope keyed `slow` routes everything to the slow path (Lua's default).
-- `RouteBuilder` is incremental: per-name matcher entries are serialized once and cached,
-  a shard's RouteConfiguration is re-serialized only when one of its names changed, by
-  concatenating the cached entries (map entries of a protobuf message concatenate).
+- `RouteBuilder` is incremental: per-name entries (matcher entries, or table lines) are
+  built once and cached, a shard's RouteConfiguration is re-serialized only when one of its
+  names changed, by concatenating the cached entries (map entries of a protobuf message
+  concatenate; table lines are strings).
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ from xds.type.matcher.v3 import matcher_pb2
 from meshserve.router.table import Endpoint
 
 Protocol = Literal["grpc", "rest"]
+Layout = Literal["table", "matcher"]
 PROTOCOLS: tuple[Protocol, ...] = ("grpc", "rest")
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -73,9 +83,10 @@ TYPE_ORDER = (CLUSTER, LISTENER, SCOPED_ROUTE, ROUTE)
 
 MODEL_HEADER = "x-meshserve-model"
 SHARD_HEADER = "x-meshserve-shard"
+CLUSTER_HEADER = "x-meshserve-cluster"
 SLOW_SCOPE = "slow"
 LUA_FILTER = "envoy.filters.http.lua"
-ROUTING_HEADERS_TO_REMOVE = (MODEL_HEADER, SHARD_HEADER)
+ROUTING_HEADERS_TO_REMOVE = (MODEL_HEADER, SHARD_HEADER, CLUSTER_HEADER)
 
 Resources = dict[str, dict[str, bytes]]
 """type URL -> resource name -> serialized resource."""
@@ -101,6 +112,8 @@ class DataPathConfig:
     """Per-connection buffer limit: route.lua buffers a unary request body to read it."""
     shards: int = 1
     """1: one RouteConfiguration per protocol; N > 1: N scoped route configurations."""
+    layout: Layout = "table"
+    """How a shard holds its names: a table string in Lua metadata, or a matcher of Routes."""
     tls: TlsFiles | None = None
     """Server TLS on both listeners (Envoy terminates it); None: plaintext."""
     access_log_path: str = ""
@@ -116,12 +129,16 @@ class TlsFiles:
 
 
 ACCESS_LOG_FORMAT = (
-    "%UPSTREAM_CLUSTER% %REQ(MM-MODEL-ID)% %REQ(:PATH)% %RESPONSE_CODE% %GRPC_STATUS_NUMBER% %DURATION% "
-    "%BYTES_RECEIVED% %BYTES_SENT% %COMMON_DURATION(US_TX_BEG:US_RX_END:ms)%\n"
+    "%UPSTREAM_CLUSTER% %REQ(MM-MODEL-ID)% %REQ(:PATH)% %RESPONSE_CODE% %GRPC_STATUS_NUMBER% "
+    "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)% %BYTES_RECEIVED% %BYTES_SENT% "
+    "%COMMON_DURATION(US_TX_BEG:US_RX_END:us)% %UPSTREAM_HOST% %DYNAMIC_METADATA(meshserve:vmodel)%\n"
 )
-"""One access-log line: cluster, concrete model id, path, HTTP status, gRPC status, ms in
-Envoy, request and response body bytes, ms from the first byte sent to the pod to the last
-byte received from it (usage.parse_line reads it; `-` stands for a missing value)."""
+"""One access-log line: cluster, concrete model id, path, HTTP status, gRPC status, µs in
+Envoy (first byte received to last byte sent), request and response body bytes, µs from the
+first byte sent to the pod to the last byte received from it, the pod's host:port Envoy
+chose, the vmodel the request named (route.lua's dynamic metadata). usage.parse_line reads
+it; `-` stands for a missing value. Microseconds: the router's latency buckets start at
+0.5 ms, so whole milliseconds (%DURATION%) would put most warm requests in the wrong one."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +310,8 @@ def _is_ip(host: str) -> bool:
 
 # -- routes ---------------------------------------------------------------------------------
 def _route(cluster: str, *, protocol: Protocol, timeout_s: float, model: str | None) -> rc_pb2.Route:
+    """A route to `cluster`; `model` not None: to a model's copies (with the retry policy),
+    "" when the route serves many models (the table layout)."""
     route = rc_pb2.Route()
     route.match.prefix = "/"
     route.route.cluster = cluster
@@ -302,7 +321,8 @@ def _route(cluster: str, *, protocol: Protocol, timeout_s: float, model: str | N
     else:
         route.route.timeout.FromMilliseconds(int(timeout_s * 1000))
     if model is not None:
-        route.metadata.filter_metadata[LUA_FILTER].update({"model": model})
+        if model:  # the matcher layout: route.lua reads the concrete id here
+            route.metadata.filter_metadata[LUA_FILTER].update({"model": model})
         # a copy that refuses the connection, resets it (a pod killed mid-request) or
         # answers UNAVAILABLE: another host of the placement, then the slow path (the
         # failover cluster's second priority), as the Python path retries such a request;
@@ -355,6 +375,32 @@ def route_configuration(name: str, entries: Iterable[bytes], *, protocol: Protoc
     matcher_bytes = _field(_number(no_match, "matcher_tree"), tree_bytes) + _ser(no_match)
     host_bytes = _ser(host) + _field(_number(host, "matcher"), matcher_bytes)
     return _ser(config) + _field(_number(config, "virtual_hosts"), host_bytes)
+
+
+def _table_name(name: str) -> bool:
+    """A name a table line can carry (route.lua's valid_name); others stay with the slow path.
+    A shard table's line: `<name> <cluster digest>[ <model id>]\n`, the model id written for a
+    vmodel (route.lua logs the vmodel then)."""
+    return 0 < len(name) <= 512 and name.isascii() and name.isprintable() and " " not in name
+
+
+def table_configuration(name: str, lines: Iterable[str], *, protocol: Protocol, timeout_s: float) -> bytes:
+    """A RouteConfiguration of the table layout: the route to the cluster CLUSTER_HEADER names
+    (route.lua sets it), else the slow path, whose metadata holds the table (`t`) and its
+    hash (`v`): route.lua reads them from the route it gets before it sets CLUSTER_HEADER."""
+    text = "".join(sorted(lines))
+    config = route_pb2.RouteConfiguration(name=name, request_headers_to_remove=list(ROUTING_HEADERS_TO_REMOVE))
+    host = config.virtual_hosts.add(name=name, domains=["*"])
+    to_pod = _route("", protocol=protocol, timeout_s=timeout_s, model="")
+    to_pod.route.ClearField("cluster")
+    to_pod.route.cluster_header = CLUSTER_HEADER
+    to_pod.match.headers.add(name=CLUSTER_HEADER, present_match=True)
+    host.routes.append(to_pod)
+    slow = _route(slow_cluster(protocol), protocol=protocol, timeout_s=timeout_s, model=None)
+    version = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    slow.metadata.filter_metadata[LUA_FILTER].update({"v": version, "t": text})
+    host.routes.append(slow)
+    return _ser(config)
 
 
 def scoped_route(protocol: Protocol, shard: str) -> bytes:
@@ -419,10 +465,24 @@ def _downstream_tls(files: TlsFiles, protocol: Protocol) -> tls_pb2.DownstreamTl
 
 
 # -- the incremental builder ----------------------------------------------------------------
+def _placement_clusters(endpoints: tuple[Endpoint, ...]) -> dict[Protocol, tuple[str, tuple[str, ...]]]:
+    """protocol -> (cluster, addresses) of a model's endpoints."""
+    clusters: dict[Protocol, tuple[str, tuple[str, ...]]] = {}
+    for protocol in PROTOCOLS:
+        given = {e.grpc_address if protocol == "grpc" else e.rest_address for e in endpoints}
+        # a pod without that door (a runtime serving gRPC only) or with an address Envoy
+        # cannot dial: that protocol's requests for the name stay with the slow path
+        addresses = tuple(sorted(a for a in given if _dialable(a)))
+        if addresses:
+            clusters[protocol] = (cluster_name(protocol, addresses), addresses)
+    return clusters
+
+
 @dataclass(frozen=True)
 class _Target:
     model: str
     clusters: dict[Protocol, tuple[str, tuple[str, ...]]]  # protocol -> (cluster, addresses)
+    vmodel: bool = False  # the name is a vmodel id
 
 
 class RouteBuilder:
@@ -440,6 +500,9 @@ class RouteBuilder:
         self._vmodels_of: dict[str, set[str]] = {}  # model id -> vmodels naming it
         self._targets: dict[str, _Target] = {}  # routed name -> target
         self._entries: dict[Protocol, dict[str, dict[str, bytes]]] = {p: {} for p in PROTOCOLS}  # shard -> name -> entry
+        self._lines: dict[Protocol, dict[str, dict[str, str]]] = {p: {} for p in PROTOCOLS}  # shard -> name -> line
+        self._shard_of: dict[str, str] = {}  # name -> shard (shard_of is a Python loop per byte)
+        self._placements: dict[tuple[Endpoint, ...], dict[Protocol, tuple[str, tuple[str, ...]]]] = {}  # memo
         self._routes: dict[str, bytes] = {}
         self._cluster_refs: dict[str, int] = {}
         self._clusters: dict[str, bytes] = {}
@@ -515,35 +578,51 @@ class RouteBuilder:
         endpoints = self.models.get(model)
         if not endpoints:
             return None
-        clusters: dict[Protocol, tuple[str, tuple[str, ...]]] = {}
-        for protocol in PROTOCOLS:
-            given = {e.grpc_address if protocol == "grpc" else e.rest_address for e in endpoints}
-            # a pod without that door (a runtime serving gRPC only) or with an address Envoy
-            # cannot dial: that protocol's requests for the name stay with the slow path
-            addresses = tuple(sorted(a for a in given if _dialable(a)))
-            if addresses:
-                clusters[protocol] = (cluster_name(protocol, addresses), addresses)
-        return _Target(model, clusters) if clusters else None
+        clusters = self._placements.get(endpoints)
+        if clusters is None:
+            if len(self._placements) >= 10_000:  # placements come and go: keep the memo bounded
+                self._placements.clear()
+            clusters = self._placements[endpoints] = _placement_clusters(endpoints)
+        return _Target(model, clusters, name in self.vmodels) if clusters else None
 
     def _refresh(self, name: str) -> None:
         old, new = self._targets.get(name), self._target(name)
         if old == new:
             return
-        shard = shard_of(name, self.shards)
+        shard = self._shard_of.get(name)
+        if shard is None:
+            shard = self._shard_of[name] = shard_of(name, self.shards)
         self._dirty.add(shard)
+        # the new clusters are referenced before the old ones are let go: a cluster both use
+        # is kept, not rebuilt
+        if new is not None:
+            self._targets[name] = new
+            for protocol, (cluster, addresses) in new.clusters.items():
+                self._ref(cluster, addresses, protocol)
+        else:
+            del self._targets[name]
+            self._shard_of.pop(name, None)
         if old is not None:
             for cluster, _ in old.clusters.values():
                 self._unref(cluster)
-            for protocol in PROTOCOLS:
-                self._entries[protocol].get(shard, {}).pop(name, None)
-            del self._targets[name]
-        if new is None:
-            return
-        self._targets[name] = new
-        for protocol, (cluster, addresses) in new.clusters.items():
-            self._ref(cluster, addresses, protocol)
-            self._entries[protocol].setdefault(shard, {})[name] = entry_bytes(
-                name, failover_cluster(cluster), new.model, protocol=protocol, timeout_s=self.config.request_timeout_s
+        table = self.config.layout == "table"
+        fits = new is not None and table and _table_name(name) and _table_name(new.model)
+        for protocol in PROTOCOLS:
+            placed = new.clusters.get(protocol) if new is not None else None
+            if table:
+                lines = self._lines[protocol].setdefault(shard, {})
+                if new is None or placed is None or not fits:
+                    lines.pop(name, None)
+                    continue
+                digest = placed[0][len("ms-grpc-"):]  # cluster_name: "ms-<protocol>-<digest>"
+                lines[name] = f"{name} {digest} {new.model}\n" if new.vmodel else f"{name} {digest}\n"
+                continue
+            entries = self._entries[protocol].setdefault(shard, {})
+            if new is None or placed is None:
+                entries.pop(name, None)
+                continue
+            entries[name] = entry_bytes(
+                name, failover_cluster(placed[0]), new.model, protocol=protocol, timeout_s=self.config.request_timeout_s
             )
 
     def _ref(self, cluster: str, addresses: tuple[str, ...], protocol: Protocol) -> None:
@@ -571,6 +650,10 @@ class RouteBuilder:
         for shard in self._dirty:
             for protocol in PROTOCOLS:
                 name = route_name(protocol, None if self.shards == 1 else shard)
+                if self.config.layout == "table":
+                    lines = self._lines[protocol].get(shard, {})
+                    self._routes[name] = table_configuration(name, lines.values(), protocol=protocol, timeout_s=timeout)
+                    continue
                 entries = self._entries[protocol].get(shard, {})
                 self._routes[name] = route_configuration(
                     name, entries.values(), protocol=protocol, timeout_s=timeout

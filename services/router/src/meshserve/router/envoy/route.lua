@@ -6,23 +6,30 @@
 -- message), then tag 0x0a, a varint length and the name. Field 1 must come first: when a
 -- routing header names the model and the message does not start with field 1, field 1 is
 -- taken as absent and written in front. The name goes into the
--- x-meshserve-model header (and its shard into x-meshserve-shard); the route cache is
--- cleared so the route is chosen again by that header. A matched route carries the
--- concrete model id in its metadata ("model"); field 1 is then rewritten to it (the
--- frame rebuilt with a new length prefix) and mm-model-id set to it.
+-- x-meshserve-shard header as its shard's scope key and the route cache is cleared, so
+-- the route is chosen again by that header. The table layout (resources.py): that route
+-- is the shard's slow route, whose metadata holds the shard's table (parsed once per
+-- version into a Lua table kept across requests); a name found there gets its cluster in
+-- x-meshserve-cluster and the route is chosen once more (the route to that cluster). The
+-- matcher layout: the name goes into x-meshserve-model too and the matched route carries
+-- the concrete model id in its metadata ("model"). Field 1 is then rewritten to the
+-- concrete id (the frame rebuilt with a new length prefix) and mm-model-id set to it; a
+-- vmodel the request named goes into the dynamic metadata (meshserve.vmodel: the access
+-- log's).
 -- REST /v2/models/<name>[/...]: the same, with the name taken from (and rewritten in)
 -- the path.
 --
 -- Never fails a request: anything unexpected (compressed or truncated frame, a wrong
 -- tag, a huge length, ModelStreamInfer, another method, a Lua error) leaves the request
 -- untouched with no model header, so it goes to the slow path (the Python router).
--- SHARDS (number of route shards) and PROTOCOL ("grpc" or "rest": the listener this
--- copy runs on) are set by the lines Python prepends (script.route_script,
--- resources.build_listener). The scope key is "<PROTOCOL>-<shard>", "<PROTOCOL>-slow"
+-- SHARDS (number of route shards), LAYOUT ("table" or "matcher") and PROTOCOL ("grpc" or
+-- "rest": the listener this copy runs on) are set by the lines Python prepends
+-- (script.route_script, resources.build_listener). The scope key is "<PROTOCOL>-<shard>", "<PROTOCOL>-slow"
 -- when the request is left to the slow path.
 
 local MODEL_HEADER = "x-meshserve-model"
 local SHARD_HEADER = "x-meshserve-shard"
+local CLUSTER_HEADER = "x-meshserve-cluster"
 local MAX_NAME = 512
 local GRPC_METHODS = { ModelInfer = true, ModelMetadata = true }
 local OTHER_ROUTING_HEADERS = { "mm-model-id-bin", "mm-vmodel-id-bin", "tas-model-id" }
@@ -102,18 +109,61 @@ local function header_name(headers)
   return model or vmodel
 end
 
--- set the routing headers for name, choose the route again, return its concrete model id
-local function choose(handle, headers, name)
-  headers:replace(MODEL_HEADER, name)
-  headers:replace(SHARD_HEADER, shard_of(name))
-  handle:clearRouteCache()
-  local metadata = handle:metadata()
-  return metadata and metadata:get("model")
+-- the table layout: a shard's names, parsed from its route's metadata once per version.
+-- "<name> <cluster digest>[ <model id>]\n" per name; the model id is written for a vmodel.
+local tables = {} -- scope key -> { v = version, cluster = {name -> cluster}, model = {vmodel -> model id} }
+local CLUSTER_PREFIX = "ms-" .. PROTOCOL .. "-"
+
+local function parse_table(version, text)
+  local cluster, model, full = {}, {}, {}
+  for name, digest, target in text:gmatch("(%S+) (%S+) ?(%S*)\n") do
+    local c = full[digest]
+    if c == nil then
+      c = CLUSTER_PREFIX .. digest .. "-or-slow"
+      full[digest] = c
+    end
+    cluster[name] = c
+    if target ~= "" then model[name] = target end
+  end
+  return { v = version, cluster = cluster, model = model }
 end
 
--- a request routed to a pod whose error answer is looked at (envoy_on_response)
-local function mark_infer(handle)
-  handle:streamInfo():dynamicMetadata():set("meshserve", "infer", "1")
+-- set the routing headers for name, choose the route again; returns its concrete model id
+-- and whether name is a vmodel (nil: no route, the request stays on the slow path)
+local function choose(handle, headers, name)
+  local scope = shard_of(name)
+  headers:replace(SHARD_HEADER, scope)
+  if LAYOUT == "matcher" then
+    headers:replace(MODEL_HEADER, name)
+    handle:clearRouteCache()
+    local metadata = handle:metadata()
+    local model = metadata and metadata:get("model")
+    return model, model ~= nil and model ~= name
+  end
+  handle:clearRouteCache()
+  local metadata = handle:metadata() -- the shard's slow route, which carries its table
+  local version = metadata and metadata:get("v")
+  if version == nil then return nil end
+  local t = tables[scope]
+  if t == nil or t.v ~= version then
+    t = parse_table(version, metadata:get("t") or "")
+    tables[scope] = t
+  end
+  local cluster = t.cluster[name]
+  if cluster == nil then return nil end
+  headers:replace(CLUSTER_HEADER, cluster)
+  handle:clearRouteCache() -- the route to the cluster that header names
+  local model = t.model[name]
+  return model or name, model ~= nil
+end
+
+-- a request routed to a pod: the vmodel it named for the access log, and whether its
+-- error answer is looked at (envoy_on_response)
+local function mark(handle, vmodel, infer)
+  if vmodel == nil and not infer then return end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  if vmodel ~= nil then metadata:set("meshserve", "vmodel", vmodel) end
+  if infer then metadata:set("meshserve", "infer", "1") end
 end
 
 local function route_grpc(handle, headers, method)
@@ -127,12 +177,12 @@ local function route_grpc(handle, headers, method)
   if in_body == nil then return end
   local name = from_header or in_body
   if not valid_name(name) then return end
-  local model = choose(handle, headers, name)
+  local model, is_vmodel = choose(handle, headers, name)
   if model == nil then return end
   if model ~= in_body then body:setBytes(rebuild_frame(body:getBytes(0, total), after_name, model)) end
   headers:remove("mm-vmodel-id")
   headers:replace("mm-model-id", model)
-  mark_infer(handle)
+  mark(handle, is_vmodel and name or nil, true)
 end
 
 -- what a pod is sent: POST .../infer, GET of the metadata and readiness; any other verb is
@@ -154,14 +204,14 @@ local function route_rest(handle, headers, path)
   if from_header == false then return end
   local chosen = from_header or name
   if not valid_name(chosen) then return end
-  local model = choose(handle, headers, chosen)
+  local model, is_vmodel = choose(handle, headers, chosen)
   if model == nil then return end
   if model ~= name then headers:replace(":path", prefix .. model .. rest) end
   headers:remove("mm-vmodel-id")
   headers:replace("mm-model-id", model)
   -- an error body is rewritten on the way back (map_error): it must not come compressed
   headers:remove("accept-encoding")
-  if rest:sub(1, 6) == "/infer" or rest:match("^/versions/[^/]+/infer") then mark_infer(handle) end
+  mark(handle, is_vmodel and chosen or nil, rest:sub(1, 6) == "/infer" or rest:match("^/versions/[^/]+/infer") ~= nil)
 end
 
 local function route(handle)
@@ -169,6 +219,7 @@ local function route(handle)
   -- a client cannot pick a route itself: these headers are ours
   local path = headers:get(":path") or ""
   headers:remove(MODEL_HEADER)
+  headers:remove(CLUSTER_HEADER)
   headers:replace(SHARD_HEADER, SLOW_SCOPE)
   if PROTOCOL == "grpc" then
     local method = path:match("^/inference%.GRPCInferenceService/(%w+)$")
@@ -186,6 +237,7 @@ function envoy_on_request(handle)
     pcall(function()
       local headers = handle:headers()
       headers:remove(MODEL_HEADER)
+      headers:remove(CLUSTER_HEADER)
       headers:replace(SHARD_HEADER, SLOW_SCOPE)
       handle:clearRouteCache()
     end)
@@ -221,6 +273,15 @@ end
 
 local function map_error(handle)
   local headers = handle:headers()
+  -- the common case first, at the cost of one header read: a gRPC answer that carries its
+  -- status in the trailers (no error of the kind below) or a REST answer below 422
+  if PROTOCOL == "grpc" then
+    local status = headers:get("grpc-status")
+    if status ~= "2" and status ~= "13" then return end
+  else
+    local status = headers:get(":status")
+    if status ~= "500" and status ~= "422" then return end
+  end
   if PROTOCOL == "grpc" and headers:get("grpc-status") == "2" and headers:get("grpc-message") == "Payload Too Large" then
     -- Envoy's own answer to a body over the buffer limit (gRPC clients would read UNKNOWN)
     headers:replace("grpc-status", "8")

@@ -45,36 +45,36 @@ class Served:
     response_bytes: int | None = None
     upstream_seconds: float | None = None  # to and from the pod: the model server's share
     cluster: str = ""  # the Envoy cluster of the model's copies
-    upstream_host: str | None = None  # the pod's host:port, when the line has it
-    vmodel: str | None = None  # the mm-vmodel-id header, when the line has it
+    upstream_host: str | None = None  # the host:port Envoy chose (%UPSTREAM_HOST%)
+    vmodel: str | None = None  # the vmodel the request named (route.lua's dynamic metadata)
 
 
 def _count(field: str) -> int | None:
     return int(field) if field.isdigit() else None
 
 
-def parse_line(line: str, *, slow_clusters: frozenset[str]) -> Served | None:
-    """A line of ACCESS_LOG_FORMAT -> what was served; None for a slow-path request or a
-    line that is not one (the log is Envoy's, but a malformed line must not stop reading)."""
+def parse_line(line: str, *, slow_clusters: frozenset[str], slow_hosts: frozenset[str] = frozenset()) -> Served | None:
+    """A line of ACCESS_LOG_FORMAT -> what was served; None for a slow-path request (its
+    cluster, or the host a failover cluster chose: the Python router counts those itself) or
+    a line that is not one (the log is Envoy's, but a malformed line must not stop reading)."""
     parts = line.split()
-    if len(parts) not in (9, 10, 11):  # 10th, 11th: %UPSTREAM_HOST% and %REQ(MM-VMODEL-ID)%, when logged
+    if len(parts) != 11:
         return None
-    cluster, model, path, http_status, grpc_status, duration, received, sent, upstream = parts[:9]
-    host, vmodel = [None if v == "-" else v for v in parts[9:]] + [None] * (11 - len(parts))
-    if cluster in slow_clusters or cluster == "-" or model == "-":
+    cluster, model, path, http_status, grpc_status, duration, received, sent, upstream, host, vmodel = parts
+    if cluster in slow_clusters or cluster == "-" or model == "-" or host in slow_hosts:
         return None
     try:
-        seconds = int(duration) / 1000
+        seconds = int(duration) / 1e6
     except ValueError:
         return None
-    upstream_ms = _count(upstream)
+    upstream_us = _count(upstream)
     sizes = {
         "request_bytes": _count(received),
         "response_bytes": _count(sent),
-        "upstream_seconds": None if upstream_ms is None else upstream_ms / 1000,
+        "upstream_seconds": None if upstream_us is None else upstream_us / 1e6,
         "cluster": cluster,
-        "upstream_host": host,
-        "vmodel": vmodel,
+        "upstream_host": None if host == "-" else host,
+        "vmodel": None if vmodel == "-" else vmodel,
     }
     if path.startswith(GRPC_PREFIX):
         method = path[len(GRPC_PREFIX):]
@@ -103,10 +103,14 @@ class AccessLogReader:
     (non-blocking) before Envoy starts, so Envoy's open for writing does not block; it is
     held open on our side (a writer of our own) so that an Envoy restart does not end it."""
 
-    def __init__(self, path: Path, on_served: Callable[[Served], None], *, slow_clusters: frozenset[str]) -> None:
+    def __init__(
+        self, path: Path, on_served: Callable[[Served], None], *, slow_clusters: frozenset[str],
+        slow_hosts: frozenset[str] = frozenset(),
+    ) -> None:
         self.path = path
         self.on_served = on_served
         self.slow_clusters = slow_clusters
+        self.slow_hosts = slow_hosts
         self._transport: asyncio.ReadTransport | None = None
         self._keep_open = -1
 
@@ -122,7 +126,7 @@ class AccessLogReader:
         self._transport, _ = await asyncio.get_running_loop().connect_read_pipe(lambda: _Lines(self._line), pipe)
 
     def _line(self, line: str) -> None:
-        served = parse_line(line, slow_clusters=self.slow_clusters)
+        served = parse_line(line, slow_clusters=self.slow_clusters, slow_hosts=self.slow_hosts)
         if served is not None:
             self.on_served(served)
 
