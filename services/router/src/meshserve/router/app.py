@@ -26,6 +26,7 @@ import grpc
 import uvicorn
 from prometheus_client import start_http_server
 
+from meshserve.common.backoff import backoff_delay
 from meshserve.common.grpcutil import (
     SERVER_KEEPALIVE_OPTIONS,
     bind,
@@ -265,8 +266,7 @@ class RouterApp:
             except grpc.aio.AioRpcError as err:
                 log.warning("route stream from scheduler broke: %s %s", err.code().name, err.details())
             attempt += 1
-            delay = min(5.0, 0.1 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(backoff_delay(attempt=attempt, rand=random.random(), base=0.1, cap=5.0))
 
     def _expire_fallbacks(self) -> Fallbacks:
         """Forget expired fallback routes, publish how many are left, and come back when
