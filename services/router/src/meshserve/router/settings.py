@@ -1,4 +1,10 @@
-"""Router settings (env prefix MESHSERVE_ROUTER_, nested with `__`, e.g. MESHSERVE_ROUTER_TLS__CERT_FILE)."""
+"""Router settings (env prefix MESHSERVE_ROUTER_, nested with `__`, e.g. MESHSERVE_ROUTER_TLS__CERT_FILE).
+
+Owns: `RouterSettings` (on the common `ServiceSettings`: log level and format, metrics port,
+TLS), every field documented by the docstring under it (the README's table is made from
+them), and the default method tables of the other-RPC handler.
+May import: pydantic, `meshserve.common` settings and limits, inject (to check id paths).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,10 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from meshserve.common.grpcutil import DEFAULT_MAX_MESSAGE_BYTES
-from meshserve.common.settings import TLSSettings, shared
+from meshserve.common.settings import ServiceSettings, TLSSettings, shared
 from meshserve.router.inject import check_path
 
 UPSTREAM_ID_PATHS: dict[str, list[int]] = {
@@ -34,10 +40,8 @@ BLOCKED_METHODS: list[str] = [
 ]
 
 
-class RouterSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="MESHSERVE_ROUTER_", env_nested_delimiter="__", populate_by_name=True
-    )
+class RouterSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_ROUTER_")
 
     router_id: str = Field(default_factory=socket.gethostname)
     """Names this router in the scheduler's route stream and usage reports."""
@@ -54,16 +58,21 @@ class RouterSettings(BaseSettings):
     (upstream's `per_model_metrics`): one series per model, so off by default (cardinality).
     `meshserve_router_requests_total` has its `model` label either way."""
     scheduler_address: str = Field(default="127.0.0.1:8034", validation_alias=shared("scheduler_address", "router"))
+    """The scheduler's gRPC address (MESHSERVE_ROUTER_SCHEDULER_ADDRESS, or the shared MESHSERVE_SCHEDULER_ADDRESS)."""
     scheduler_tls: TLSSettings = TLSSettings()
+    """Client TLS to the scheduler (ca_file to verify it; cert_file + key_file to present one)."""
     model_server_tls: TLSSettings = TLSSettings()
+    """Client TLS to the model servers (ca_file to verify them; cert_file + key_file to present one)."""
     tls: TLSSettings = TLSSettings()
     """Server TLS for both front doors (cert_file + key_file; ca_file requires client certificates)."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest gRPC message taken from a client or a model server (and kept for a replay)."""
     default_timeout_seconds: float = 120.0
     """Budget of a request whose client set no deadline (and the cap on any deadline)."""
     rest_max_connections: int = 512
     """Pooled keep-alive connections to the model servers' REST ports."""
     usage_report_interval_seconds: float = 1.0
+    """How often request counts per model are reported to the scheduler (its copy scaling and eviction read them)."""
     route_fallback_seconds: float = 30.0
     """How long a route that a snapshot from the scheduler left out is still used when there
     is no other (0: off). Such a snapshot follows a restart of the scheduler's Redis, before
@@ -121,8 +130,6 @@ class RouterSettings(BaseSettings):
     """Events queued per processor; a full queue drops new ones (counted)."""
     payload_timeout_seconds: float = Field(default=2.0, gt=0)
     """Timeout of one POST to a processor."""
-    log_level: str = "INFO"
-    log_json: bool = False
 
     @field_validator("payload_processors", mode="before")
     @classmethod
