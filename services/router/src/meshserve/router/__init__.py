@@ -7,8 +7,10 @@ cannot (or everything, with `MESHSERVE_ROUTER_DATA_PATH=python`).
 Layers (the `Router layers` import contract in pyproject.toml keeps them):
 
     app                                  composition root, signals, route watcher, usage reports
-    server | other_rpcs | rest | envoy   the doors: KServe v2 gRPC, any other gRPC API, v2 REST,
-                                         the Envoy data path; siblings, never importing each other
+    server | other_rpcs | mmesh_api | rest | envoy
+                                         the doors: KServe v2 gRPC, any other gRPC API, the
+                                         mmesh.ModelMesh management API, v2 REST, the Envoy
+                                         data path; siblings, never importing each other
     dataplane | upstream | replay        the one call path (resolve, ensure, pick, in flight,
                                          usage, retry before the first byte); model-server
                                          clients; the replayable request stream
