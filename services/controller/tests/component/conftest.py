@@ -2,7 +2,11 @@
 
 * `fakekube`: the wire-level fake API server (`tests/fakekube/server.py`) as a REAL separate
   process on 127.0.0.1:<free port>, with a state file so it can be killed and restarted on the
-  same port; a kubeconfig pointing at it.
+  same port; a kubeconfig pointing at it whose token is the controller's ServiceAccount. The fake
+  serves the CRDs of `deploy/kustomize/base` (schemas enforced) and authorizes that token with the
+  RBAC of the same kustomization. The fixture fails the test (at teardown) if any request of the
+  controller was refused by RBAC (403) or had fields pruned by a CRD schema: either would break
+  on a real cluster. The harness itself (`FakeKube.request`) sends no token: a cluster admin.
 * `scheduler`: a grpc.aio server on port 0 implementing the scheduler's SetVModel /
   GetVModelStatus / DeleteVModel / RegisterModel. It is a test double of the *scheduler's gRPC
   API* (the real scheduler needs Redis and Postgres; the whole stack is tested in
@@ -40,7 +44,11 @@ from meshserve.controller.scheduler_client import GrpcScheduler
 from meshserve.controller.worker import Reconciler
 
 SERVER = Path(__file__).resolve().parents[1] / "fakekube" / "server.py"
+KUSTOMIZATION = Path(__file__).resolve().parents[4] / "deploy" / "kustomize" / "base"
 NAMESPACE = "modelmesh-serving"
+CONTROLLER_TOKEN = "test-token"
+CONTROLLER_USER = f"system:serviceaccount:{NAMESPACE}:meshserve-controller"
+"""The identity the ClusterRoleBinding of deploy/kustomize binds the controller's ClusterRole to."""
 T = TypeVar("T")
 
 
@@ -75,6 +83,7 @@ class FakeKube:
     kubeconfig: Path
     proc: asyncio.subprocess.Process | None = None
     http: aiohttp.ClientSession = field(default_factory=aiohttp.ClientSession)
+    bookmark_interval: float = 60.0
 
     @property
     def url(self) -> str:
@@ -84,6 +93,8 @@ class FakeKube:
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, str(SERVER), "--port", str(self.port), "--state", str(self.state),
+                "--kustomization", str(KUSTOMIZATION), "--token", f"{CONTROLLER_TOKEN}={CONTROLLER_USER}",
+                "--bookmark-interval", str(self.bookmark_interval),
                 stdout=out, stderr=asyncio.subprocess.STDOUT,
             )
 
@@ -92,7 +103,7 @@ class FakeKube:
                 raise AssertionError(f"fake API server exited: {self.log.read_text()[-2000:]}")
             async with self.http.get(f"{self.url}/version") as r:
                 return r.status == 200
-        await eventually(up, what="fake API server /version")
+        await eventually(up, within=30, what="fake API server /version")
 
     async def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -121,24 +132,45 @@ class FakeKube:
         async with self.http.get(self.url + path) as r:
             return await r.json() if r.status == 200 else None
 
+    async def problems(self) -> list[dict[str, Any]]:
+        """Requests RBAC refused and writes whose fields a CRD schema pruned (any authenticated user)."""
+        denied = await self.get("/_control/denied") or []
+        pruned = await self.get("/_control/pruned") or []
+        return [*denied, *pruned]
 
-@pytest.fixture
-async def fakekube(tmp_path: Path) -> AsyncIterator[FakeKube]:
+
+async def fakekube_at(tmp_path: Path, *, bookmark_interval: float = 60.0) -> FakeKube:
     port = free_port()
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "fake",
         "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-        "users": [{"name": "fake", "user": {"token": "test-token"}}],
+        "users": [{"name": "fake", "user": {"token": CONTROLLER_TOKEN}}],
         "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
     }))
-    kube = FakeKube(port=port, state=tmp_path / "etcd.json", log=tmp_path / "fakekube.log", kubeconfig=kubeconfig)
+    kube = FakeKube(port=port, state=tmp_path / "etcd.json", log=tmp_path / "fakekube.log", kubeconfig=kubeconfig,
+                    bookmark_interval=bookmark_interval)
     await kube.start()
+    return kube
+
+
+@contextlib.asynccontextmanager
+async def checked(kube: FakeKube) -> AsyncIterator[FakeKube]:
+    """Yield `kube`; on exit fail if the controller met a 403 or lost fields to pruning, then stop it."""
     try:
         yield kube
+        if kube.proc is not None and kube.proc.returncode is None:
+            problems = await kube.problems()
+            assert not problems, f"requests a real API server would refuse or prune: {problems}"
     finally:
         await kube.kill()
         await kube.http.close()
+
+
+@pytest.fixture
+async def fakekube(tmp_path: Path) -> AsyncIterator[FakeKube]:
+    async with checked(await fakekube_at(tmp_path)) as kube:
+        yield kube
 
 
 class SchedulerDouble(pbg.SchedulerServicer):

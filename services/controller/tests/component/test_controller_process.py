@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import FakeKube, SchedulerFixture, eventually, free_port
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 
 async def test_process_becomes_ready_serves_metrics_and_exits_0_on_sigterm(
@@ -35,7 +35,7 @@ async def test_process_becomes_ready_serves_metrics_and_exits_0_on_sigterm(
         async def ready() -> bool:
             async with fakekube.http.get(f"http://127.0.0.1:{health}/readyz") as r:
                 return r.status == 200
-        await eventually(ready, within=20, what="controller /readyz")
+        await eventually(ready, within=60, what="controller /readyz")
 
         async def relisted() -> bool:
             async with fakekube.http.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
