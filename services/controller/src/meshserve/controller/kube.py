@@ -12,6 +12,8 @@ Invariants:
 * `watch()` yields only ADDED/MODIFIED/DELETED/BOOKMARK events; an in-stream ERROR event with
   code 410 and an HTTP 410 both raise `WatchExpired` (the caller must re-list); any other ERROR
   raises `KubeError`.
+* A 409 whose Status reason is `Conflict` (a write from a stale resourceVersion) raises
+  `KubeConflict`; the 409 `AlreadyExists` of a create stays a plain `KubeError`.
 * Every request carries a client-side timeout; a watch's is its server timeout plus a margin.
 """
 
@@ -49,6 +51,7 @@ __all__ = [
     "SECRET",
     "SERVING_RUNTIME",
     "KubeApi",
+    "KubeConflict",
     "KubeError",
     "ObjectList",
     "ResourceKind",
@@ -61,16 +64,22 @@ JSON_PATCH = "application/json-patch+json"
 
 
 class KubeError(Exception):
-    """A non-2xx answer (or an in-stream ERROR); `status` is the HTTP code or the Status code."""
+    """A non-2xx answer (or an in-stream ERROR); `status` is the HTTP code or the Status code,
+    `reason` the Status reason (`NotFound`, `Conflict`, `AlreadyExists`, `Invalid`, ...) when given."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, reason: str = "") -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+        self.reason = reason
 
 
 class WatchExpired(KubeError):
     """410 Gone: the resourceVersion is older than the server's history; re-list."""
+
+
+class KubeConflict(KubeError):
+    """409 Conflict: the object changed since the resourceVersion the write was made from; read it again."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,23 @@ def _status_message(raw: bytes) -> str:
     return str(body)
 
 
+def _status_reason(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return ""
+    return str(body.get("reason") or "") if isinstance(body, Mapping) else ""
+
+
+def _error(status: int, raw: bytes) -> KubeError:
+    reason = _status_reason(raw)
+    if status == 410:
+        return WatchExpired(status, _status_message(raw), reason)
+    if status == 409 and reason == "Conflict":
+        return KubeConflict(status, _status_message(raw), reason)
+    return KubeError(status, _status_message(raw), reason)
+
+
 class KubeApi:
     """Raw JSON verbs over one ApiClient (owned by the caller)."""
 
@@ -131,8 +157,7 @@ class KubeApi:
         finally:
             response.release()
         if not 200 <= response.status <= 299:
-            cls = WatchExpired if response.status == 410 else KubeError
-            raise cls(response.status, _status_message(raw))
+            raise _error(response.status, raw)
         body = json.loads(raw) if raw else {}
         return body if isinstance(body, dict) else {}
 
@@ -199,8 +224,7 @@ class KubeApi:
         try:
             if not 200 <= response.status <= 299:
                 raw = await response.read()
-                cls = WatchExpired if response.status == 410 else KubeError
-                raise cls(response.status, _status_message(raw))
+                raise _error(response.status, raw)
             while True:
                 line = await response.content.readline()
                 if not line:
@@ -213,7 +237,7 @@ class KubeApi:
                 if etype == "ERROR":
                     code = int(obj.get("code") or 500)
                     cls = WatchExpired if code == 410 else KubeError
-                    raise cls(code, str(obj.get("message") or obj.get("reason") or "watch error"))
+                    raise cls(code, str(obj.get("message") or obj.get("reason") or "watch error"), str(obj.get("reason") or ""))
                 yield WatchEvent(type=etype, object=obj)
         finally:
             response.release()

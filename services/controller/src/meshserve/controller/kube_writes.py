@@ -10,9 +10,15 @@ Invariants:
   sees the write without waiting for its watch event; a deleted Deployment leaves the store at once.
 * A status is written only when it differs from what the CR carries (no write -> watch event ->
   write loop); a CR deleted meanwhile (404) is not an error, its DELETED event enqueues it again.
+* Against the Kubernetes API a status write carries the resourceVersion of the CR it was
+  computed from, so a CR changed meanwhile answers 409 and `KubeConflict` reaches the worker,
+  which reads the CR again and reconciles it at once (a status is never computed from one
+  version and written over another).
 * Creating a Deployment that already exists (409) patches it instead.
 * Finalizers are added and removed with the JSON patches of `finalizers` (safe against other
-  writers); a CR gone meanwhile (404) is not an error. The object a removal returns is not put
+  writers); a CR gone meanwhile (404) is not an error. A patch whose `test` failed (422) because
+  the CR changed since our view raises `KubeConflict` too (checked by reading the CR: an
+  unchanged resourceVersion means the 422 was something else, and it is raised as it is). The object a removal returns is not put
   into the informer: the API server may have deleted it with that write (its DELETED event
   follows).
 """
@@ -24,7 +30,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from meshserve.controller import finalizers, kube
-from meshserve.controller.kube import JSON, KubeApi, KubeError, ResourceKind
+from meshserve.controller.kube import JSON, KubeApi, KubeConflict, KubeError, ResourceKind
 from meshserve.controller.reconcile import ActionKind, DeploymentAction, ObservedDeployment
 from meshserve.controller.specs import PredictorCR
 from meshserve.controller.status import PredictorStatus
@@ -84,10 +90,12 @@ async def write_status(
         body = to_isvc_status(new, previous_raw=raw, now=now, observed_generation=cr.generation or None)
     else:
         body = to_predictor_status(new)
+    patch: JSON = {"status": body}
+    rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    if rv and isinstance(api, KubeApi):   # optimistic concurrency (the local store takes status alone)
+        patch["metadata"] = {"resourceVersion": rv}
     try:
-        written = await api.merge_patch(
-            kind, namespace=cr.ref.namespace, name=cr.ref.name, patch={"status": body}, subresource="status"
-        )
+        written = await api.merge_patch(kind, namespace=cr.ref.namespace, name=cr.ref.name, patch=patch, subresource="status")
     except KubeError as err:
         if err.status == 404:
             return    # deleted meanwhile: its DELETED event enqueues the key again
@@ -104,9 +112,25 @@ async def hold_finalizer(api: KubeApi, informer: Informer, *, kind: ResourceKind
     if ops is None:
         return obj
     meta = obj.get("metadata") or {}
-    written = await api.json_patch(kind, namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""), ops=ops)
+    try:
+        written = await api.json_patch(kind, namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""), ops=ops)
+    except KubeError as err:
+        await _raise_conflict_if_stale(api, kind=kind, obj=obj, err=err)
+        raise
     informer.observe(written)
     return written
+
+
+async def _raise_conflict_if_stale(api: KubeApi, *, kind: ResourceKind, obj: JSON, err: KubeError) -> None:
+    """A JSON patch `test` failing (422) on a CR changed since `obj` is a conflict: raise it as one."""
+    if err.status != 422 or isinstance(err, KubeConflict):
+        return
+    meta = obj.get("metadata") or {}
+    fresh = await api.get(kind, namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""))
+    fresh_rv = str(((fresh or {}).get("metadata") or {}).get("resourceVersion") or "")
+    if fresh is None or fresh_rv != str(meta.get("resourceVersion") or ""):
+        raise KubeConflict(409, f"{kind.kind} changed since resourceVersion {meta.get('resourceVersion')}: {err.message}",
+                           "Conflict") from err
 
 
 async def release_finalizer(api: KubeApi, *, kind: ResourceKind, obj: JSON, name: str) -> None:
@@ -120,5 +144,6 @@ async def release_finalizer(api: KubeApi, *, kind: ResourceKind, obj: JSON, name
         await api.json_patch(kind, namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""), ops=ops)
     except KubeError as err:
         if err.status != 404:
+            await _raise_conflict_if_stale(api, kind=kind, obj=obj, err=err)
             raise
     log.info("%s %s/%s: finalizer %s removed", kind.kind, meta.get("namespace"), meta.get("name"), name)

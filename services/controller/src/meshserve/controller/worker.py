@@ -19,6 +19,9 @@ Invariants:
 * A status is written only when it differs from what the object carries; watch events that
   change only `.status` do not enqueue the CR again (no write -> event -> write loop).
 * A failed reconcile is retried with capped, jittered back-off per key; success resets it.
+* A write that met a newer version of its CR (`KubeConflict`: 409, or a finalizer patch's failed
+  `test`) is not a failure: the CR is read again (GET, into its informer) and reconciled again at
+  once, up to `MAX_CONFLICT_RETRIES` times in a row; after that, back-off as for any failure.
 * With a `finalizer` (Kubernetes mode), every CR the controller registers carries it before its
   first SetVModel, and loses it only after its vmodel was deleted: a CR deleted while the
   controller is down waits, marked, for the controller to unregister it. Local mode needs none:
@@ -54,7 +57,7 @@ from meshserve.controller.events import (
     secret_strings,
 )
 from meshserve.controller.finalizers import has_finalizer
-from meshserve.controller.kube import JSON, KubeApi, ResourceKind
+from meshserve.controller.kube import JSON, KubeApi, KubeConflict, ResourceKind
 from meshserve.controller.kube_writes import (
     KubeDeployments,
     hold_finalizer,
@@ -88,6 +91,8 @@ from meshserve.controller.workqueue import Key, QueueShutdown, WorkQueue
 log = logging.getLogger(__name__)
 
 RUNTIMES = "Runtimes"
+MAX_CONFLICT_RETRIES = 5
+"""Conflicts in a row on one key retried at once from a fresh read (then: back-off)."""
 WATCHED: tuple[ResourceKind, ...] = (
     kube.INFERENCE_SERVICE, kube.PREDICTOR, kube.SERVING_RUNTIME, kube.CLUSTER_SERVING_RUNTIME,
     kube.DEPLOYMENT, kube.CONFIG_MAP, kube.SECRET,
@@ -148,6 +153,7 @@ class Reconciler:
         self.events: EventRecorder = events if events is not None else LogEventRecorder()
         self.ready = asyncio.Event()
         self._failures: dict[Key, int] = {}
+        self._conflicts: dict[Key, int] = {}
         self.finalizer = finalizer
         """Put on every CR this controller registers (None: no finalizers, as in local mode)."""
 
@@ -254,12 +260,24 @@ class Reconciler:
                 return
             metrics.QUEUE_DEPTH.set(len(self.queue))
             try:
-                await self.reconcile(key)
+                try:
+                    await self.reconcile(key)
+                except KubeConflict as conflict:
+                    if self._conflicts.get(key, 0) >= MAX_CONFLICT_RETRIES:
+                        raise
+                    self._conflicts[key] = self._conflicts.get(key, 0) + 1
+                    log.info("reconcile of %s met a newer version (%s); reading it again", key, conflict.message)
+                    await self.refresh(key)
+                    self.queue.add(key)     # processing now: queued again when done
+                    metrics.RECONCILES.labels(key.kind, "conflict").inc()
+                    continue
                 self._failures.pop(key, None)
+                self._conflicts.pop(key, None)
                 metrics.RECONCILES.labels(key.kind, "ok").inc()
             except asyncio.CancelledError:
                 raise
             except Exception as err:
+                self._conflicts.pop(key, None)
                 attempt = self._failures.get(key, 0)
                 self._failures[key] = attempt + 1
                 delay = backoff_delay(attempt=attempt, rand=random.random(), base=0.5, cap=30.0)
@@ -268,6 +286,17 @@ class Reconciler:
                 self.queue.add_after(key, delay)
             finally:
                 self.queue.done(key)
+
+    async def refresh(self, key: Key) -> None:
+        """Read the object of `key` from the API server into its informer (after a conflict)."""
+        informer = self.informers.get(key.kind)
+        if informer is None:
+            return
+        fresh = await self.api.get(informer.kind, namespace=key.namespace, name=key.name)
+        if fresh is not None:
+            fresh.setdefault("kind", informer.kind.kind)
+            fresh.setdefault("apiVersion", informer.kind.api_version)
+            informer.observe(fresh)
 
     async def reconcile(self, key: Key) -> None:
         if key.kind == RUNTIMES:
