@@ -6,9 +6,9 @@ exactly the Plan `placement.place()` returns for the same views (same rules, sam
 reasons; checked by hypothesis tests) without a pass over every pod: a bisection per
 label group for the best fit, and for eviction a walk from the most free bytes down
 that stops once enough candidate pods can free room. The eviction rules themselves
-(`_evict_and_place`, protections, victim orders) are shared with `placement.scan`.
+(`_evict_and_place`, protections, victim orders) are shared with `placement.scan` (`placement.rules`).
 
-May import: `meshserve.scheduler.models` and `placement.scan` (pure; in the pure-modules
+May import: `meshserve.scheduler.models` and `placement.rules` (pure; in the pure-modules
 contract).
 """
 
@@ -28,7 +28,7 @@ from meshserve.scheduler.models import (
     Plan,
     PodView,
 )
-from meshserve.scheduler.placement.scan import (
+from meshserve.scheduler.placement.rules import (
     _DEFAULT_CONFIG,
     _all_busy,
     _all_hold_a_copy,
