@@ -206,8 +206,10 @@ def test_top_shows_the_latency_of_the_requests_in_its_window(stack: Stack) -> No
         top.until(where=lambda row: row[:1] == [name] and row[3] == "1")   # since the router started
         infer(stack, name, 3)
         row = top.until(where=lambda row: row[:1] == [name] and row[3] == "4").split()
-        # the frame that first counts all four: its window holds at least one of the three
-        assert float(row[4]) > 0 and float(row[5]) > 0 and float(row[6]) > 0, row
+        assert float(row[4]) > 0, row   # the frame that first counts all four: its window holds one at least
+        if row[5] == "-":   # the router counts a request just before it times it: the time is in the next window
+            row = top.until(where=lambda row: row[:1] == [name] and row[5] != "-").split()
+        assert float(row[5]) > 0 and float(row[6]) > 0, row
     finally:
         rc, err = top.interrupt()
     assert rc == 0 and "Traceback" not in err, err
