@@ -15,6 +15,11 @@ process and its children (Envoy) over the run, from /proc. Prints a table and th
 
 `--pin`: the client and the model servers on CPU 0, each router (and its Envoy) on CPU 1, so
 the ratio shows the router's own cost rather than three processes fighting over two cores.
+
+`floor` (bench/router/floor.py): a bare Envoy with one static route to the target and no
+Lua, with the router Envoy's binary, worker count and listener settings: how much of the
+gap is Envoy itself on this host. Rows of one run share the host's load; compare rows of
+the same run, not across runs.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ import uvloop
 from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack, StackConfig
 from meshserve.cli.procs import free_port
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
+
+from . import floor
 
 ROOT = Path(__file__).resolve().parents[2]
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -134,8 +141,8 @@ def pin_tree(pid: int, cpus: set[int]) -> None:
             continue
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` and its children (Envoy), from /proc."""
+def tree_cpu_seconds(pid: int, *, own: bool = False) -> float:
+    """utime + stime of `pid` and its children (Envoy), from /proc; `own`: of `pid` alone."""
     total, stack = 0.0, [pid]
     tick = os.sysconf("SC_CLK_TCK")
     while stack:
@@ -143,6 +150,8 @@ def tree_cpu_seconds(pid: int) -> float:
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
+            if own:
+                break
             for task in Path(f"/proc/{current}/task").iterdir():
                 stack.extend(int(c) for c in (task / "children").read_text().split())
         except (OSError, ValueError, IndexError):
@@ -150,7 +159,7 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def wait_grpc(address: str, timeout: float = 30) -> None:
+def wait_grpc(address: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -164,10 +173,12 @@ def wait_grpc(address: str, timeout: float = 30) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--paths", default="python,envoy", help="router data paths to measure")
+    parser.add_argument("--paths", default="python,envoy,floor",
+                        help="router data paths to measure; floor: a bare Envoy with one static route (bench/router/floor.py)")
     parser.add_argument("--profile", action="store_true", help="also profile the Python fake-target router (cProfile)")
     parser.add_argument("--pin", action="store_true", help="client and servers on CPU 0, each router on CPU 1")
     parser.add_argument("--no-rest", action="store_true", help="gRPC rows only")
+    parser.add_argument("--targets", default="mlserver,fixed-reply", help="targets to measure")
     args = parser.parse_args()
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     root = Path(tempfile.mkdtemp(prefix="bench-router-"))
@@ -190,10 +201,23 @@ def main() -> int:
             os.sched_setaffinity(0, {0})
             pin_tree(fake.pid, {0})
             pin_tree(stack.pods[0].mlserver.popen.pid, {0})  # type: ignore[attr-defined]
+        directs = {
+            "mlserver": (stack.pods[0].mlserver_grpc, stack.pods[0].mlserver_rest, "bench-iris"),
+            "fixed-reply": (f"127.0.0.1:{model_port}", f"http://127.0.0.1:{fake_rest_port}", "fake"),
+        }
         routers: dict[tuple[str, str], tuple[str, str, subprocess.Popen[bytes]]] = {}  # (target, path) -> grpc, rest, process
         for path in paths:
             for target, scheduler in (("mlserver", stack.scheduler_grpc), ("fixed-reply", f"127.0.0.1:{sched_port}")):
                 port, rest_port = free_port(), free_port()
+                if path == "floor":  # a bare Envoy, one static route to the target
+                    direct, direct_rest, _ = directs[target]
+                    proc = floor.start(
+                        root / f"floor-{target}", grpc_port=port, rest_port=rest_port, grpc_target=direct,
+                        rest_target=direct_rest, prefix=["taskset", "-c", "1"] if args.pin else [],
+                    )  # fmt: skip
+                    procs.append(proc)
+                    routers[(target, path)] = (f"127.0.0.1:{port}", f"http://127.0.0.1:{rest_port}", proc)
+                    continue
                 router_env = {
                     **env,
                     "MESHSERVE_ROUTER_DATA_PATH": path,
@@ -218,43 +242,44 @@ def main() -> int:
         with grpc.insecure_channel(stack.router_grpc, options=OPTIONS) as channel:  # cold load through the router
             channel.unary_unary(INFER)(payload("bench-iris", 2), timeout=120)
 
-        directs = {
-            "mlserver": (stack.pods[0].mlserver_grpc, stack.pods[0].mlserver_rest, "bench-iris"),
-            "fixed-reply": (f"127.0.0.1:{model_port}", f"http://127.0.0.1:{fake_rest_port}", "fake"),
-        }
         cases = [("grpc", "small", 2), ("grpc", "1MiB", 65536)] + ([] if args.no_rest else [("rest", "small", 2)])
         rows = []
         uvloop.install()
         for target, (direct, direct_rest, model) in directs.items():
+            if target not in args.targets.split(","):
+                continue
             for proto, size, nrows in cases:
                 for concurrency in (1, 32):
                     case = (proto, model, nrows, concurrency, args.seconds)
                     d = measure(case, direct, direct_rest)
                     for path in paths:
                         address, rest_base, proc = routers[(target, path)]
-                        cpu = tree_cpu_seconds(proc.pid)
+                        cpu, own = tree_cpu_seconds(proc.pid), tree_cpu_seconds(proc.pid, own=True)
                         r = measure(case, address, rest_base)
-                        cpu = tree_cpu_seconds(proc.pid) - cpu
+                        cpu, own = tree_cpu_seconds(proc.pid) - cpu, tree_cpu_seconds(proc.pid, own=True) - own
                         # the run's warm-up calls count too: 3 + every timed request
-                        per_request_ms = cpu / max(1, r[0] * args.seconds + 3) * 1000
-                        rows.append((target, f"{proto}/{size}", concurrency, path, d, r, per_request_ms))
+                        calls = max(1, r[0] * args.seconds + 3)
+                        # envoy: the Python router's own share (access log -> metrics, control plane)
+                        python_ms = own / calls * 1000 if path == "envoy" else None
+                        rows.append((target, f"{proto}/{size}", concurrency, path, d, r, cpu / calls * 1000, python_ms))
                     print(f"  done {target} {proto} {size} c={concurrency}", file=sys.stderr)
 
         header = (
             f"{'target':<12}{'tensor':<11}{'conc':>5} {'path':<7}| {'direct rps':>10}{'p50':>8}{'p99':>8} | "
-            f"{'router rps':>10}{'p50':>8}{'p99':>8} | {'rps ratio':>9}{'+p50 ms':>9}{'+p99 ms':>9}{'cpu ms/req':>11}"
+            f"{'router rps':>10}{'p50':>8}{'p99':>8} | {'rps ratio':>9}{'+p50 ms':>9}{'+p99 ms':>9}{'cpu ms/req':>11}{'(python)':>9}"
         )
         print(header)
         print("-" * len(header))
-        for target, size, concurrency, path, d, r, cpu_ms in rows:
+        for target, size, concurrency, path, d, r, cpu_ms, python_ms in rows:
             print(
                 f"{target:<12}{size:<11}{concurrency:>5} {path:<7}| {d[0]:>10.0f}{d[1]:>8.2f}{d[2]:>8.2f} | "
                 f"{r[0]:>10.0f}{r[1]:>8.2f}{r[2]:>8.2f} | {r[0] / d[0]:>9.2f}{r[1] - d[1]:>9.2f}{r[2] - d[2]:>9.2f}{cpu_ms:>11.3f}"
+                + (f"{python_ms:>9.3f}" if python_ms is not None else " " * 9)
                 + (f"  errors {d[3]}/{r[3]}" if d[3] or r[3] else "")
             )
         print("targets: throughput >= 0.9x direct at c=32, added p50 <= 0.3 ms at c=1, router CPU <= 0.1 ms per request")
         where = "client and servers on CPU 0, router on CPU 1" if args.pin else "2 CPUs shared by client, router and server"
-        print(f"(latencies in ms; {where}; cpu = router process + its Envoy)")
+        print(f"(latencies in ms; {where}; cpu = router process + its Envoy; floor = a bare Envoy, one static route)")
     finally:
         for p in reversed(procs):
             p.terminate()
