@@ -6,20 +6,26 @@ as the controller (its ServiceAccount's token, authorized by the RBAC of deploy/
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from .conftest import (
     CONTROLLER_TOKEN,
     CONTROLLER_USER,
+    KUSTOMIZATION,
     NAMESPACE,
+    SERVER,
     FakeKube,
     checked,
     eventually,
     fakekube_at,
+    free_port,
 )
 from .test_kube_controller import CORE, ISVCS, SERVING, isvc, serving_runtime
 
@@ -231,3 +237,19 @@ async def test_rbac_refuses_what_the_cluster_role_does_not_grant_and_the_fixture
                 ("GET", "/api/v1/namespaces/x/pods", CONTROLLER_USER),
             ]
             assert await kube.get(f"{CORE}/configmaps/cm") is not None
+
+
+async def test_a_crd_that_is_not_structural_stops_the_fake_as_the_real_server_refuses_it(tmp_path: Path) -> None:
+    crd = yaml.safe_load((KUSTOMIZATION / "crd" / "serving.kserve.io_predictors.yaml").read_text())
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec_schema["properties"]["path"]["type"]
+    (tmp_path / "crd.yaml").write_text(yaml.safe_dump(crd))
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["crd.yaml"]}))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(SERVER), "--port", str(free_port()), "--kustomization", str(tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 50)
+    assert proc.returncode != 0
+    assert "predictors.serving.kserve.io is invalid" in err.decode()
+    assert "properties[spec].properties[path]: type: Required value" in err.decode()

@@ -215,6 +215,32 @@ class StructuralSchema:
                 invalid(f"should have at most {schema['maxItems']} items")
 
 
+def structural_problems(schema: Schema, path: str = "") -> list[str]:
+    """Why `schema` is not structural (empty when it is), as the API server refuses a CRD for:
+    a node without a `type` (unless `x-kubernetes-int-or-string` or
+    `x-kubernetes-preserve-unknown-fields`), `properties` with `additionalProperties`, or a
+    `type`/`default`/`nullable`/`additionalProperties` inside `anyOf`/`allOf`/`oneOf`/`not`
+    (besides the int-or-string pattern)."""
+    here = path or "<root>"
+    out: list[str] = []
+    if not schema.get("type") and not schema.get("x-kubernetes-int-or-string") and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        out.append(f"{here}: type: Required value: must not be empty for specified object fields")
+    if "properties" in schema and "additionalProperties" in schema:
+        out.append(f"{here}: additionalProperties and properties are mutually exclusive")
+    for key in ("anyOf", "allOf", "oneOf"):
+        for i, branch in enumerate(schema.get(key) or []):
+            int_or_string = bool(schema.get("x-kubernetes-int-or-string")) and set(branch) == {"type"}
+            for banned in ("type", "default", "nullable", "additionalProperties"):
+                if banned in branch and not (banned == "type" and int_or_string):
+                    out.append(f"{here}.{key}[{i}].{banned}: Forbidden: must be empty to be structural")
+    for key, sub in (schema.get("properties") or {}).items():
+        out += structural_problems(sub, f"{path}.properties[{key}]" if path else f"properties[{key}]")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            out += structural_problems(schema[key], f"{here}.{key}")
+    return out
+
+
 @dataclass(frozen=True)
 class ServedKind:
     """What a CRD serves: one plural in one group, its versions' schemas, scope and subresources."""

@@ -14,6 +14,8 @@ server speaks, for the paths the controller uses:
 
 What it enforces, as the real server does:
 
+* **Structural CRDs**: a CRD whose schema is not structural (a node without a type, ...) stops
+  the server at start, as the real one would refuse to create it.
 * **Schemas** (`fake_builtin`): every write of a built-in kind is validated against the
   Kubernetes 1.32 OpenAPI schema of its kind (from `kubernetes-validate`; unknown fields are
   refused, which is stricter than the real server's pruning). (`fake_schema`): every write of
@@ -85,7 +87,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # the fake's own modules, beside this file
 from fake_builtin import BuiltinSchemas
 from fake_rbac import Attributes, Authorizer, load_kustomization
-from fake_schema import FieldError, StructuralSchema, served_kind
+from fake_schema import FieldError, StructuralSchema, served_kind, structural_problems
 
 ADMIN = "system:admin"
 """The user of requests without a token (the test harness): allowed everything."""
@@ -203,6 +205,11 @@ class FakeApiServer:
         self.resources = dict(BUILTIN)
         docs = manifests or []
         for crd in (d for d in docs if d.get("kind") == "CustomResourceDefinition"):
+            for version in crd["spec"]["versions"]:
+                problems = structural_problems((version.get("schema") or {}).get("openAPIV3Schema") or {})
+                if problems:   # the API server refuses such a CRD
+                    raise ValueError(f"CustomResourceDefinition {crd['metadata']['name']} is invalid: "
+                                     f"spec.versions[{version['name']}].schema.openAPIV3Schema: {'; '.join(problems)}")
             served = served_kind(crd)
             self.resources[(served.group, served.plural)] = Resource(
                 served.kind, served.group, tuple(served.schemas), served.namespaced, served.status_subresource,
@@ -694,8 +701,11 @@ def main() -> None:
     args = parser.parse_args()
     manifests = load_kustomization(args.kustomization) if args.kustomization else None
     tokens = dict(t.split("=", 1) for t in args.token)
-    server = FakeApiServer(state=args.state, history=args.history, manifests=manifests, tokens=tokens,
-                           bookmark_interval=args.bookmark_interval)
+    try:
+        server = FakeApiServer(state=args.state, history=args.history, manifests=manifests, tokens=tokens,
+                               bookmark_interval=args.bookmark_interval)
+    except ValueError as err:
+        sys.exit(f"fakekube: {err}")
     web.run_app(server.app(), host="127.0.0.1", port=args.port, print=None, shutdown_timeout=0.5)
 
 
