@@ -56,8 +56,12 @@ def chromium_path() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium under Playwright's sync API, for one module at a time: while it runs,
+    Playwright's own event loop is the thread's running loop, so a later async test of the
+    same session (pytest-asyncio) could not start its loop; closing it at the end of the
+    module clears that."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -71,9 +75,10 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Two runtime pods; an admin token is configured (mutations need it, reads do not)."""
+    """Two runtime pods; an admin token is configured (mutations need it, reads do not).
+    Stopped after the module, so it does not run beside tests/integration's stack."""
     if not (EXAMPLES / "sklearn" / "mnist-svm.joblib").exists():
         pytest.fail("example models missing: run `make examples` (make test does it)")
     s = Stack(StackConfig.from_env(tmp_path_factory.mktemp("ui-stack"), pods=2, isolate=True, admin_token=TOKEN))
