@@ -222,7 +222,7 @@ def test_a_custom_spi_runtime_gets_a_puller_on_8086_that_calls_its_spi() -> None
         assert env["MESHSERVE_PULLER_MODEL_SERVER_KIND"] == "spi"
         assert env["MESHSERVE_PULLER_MODEL_SERVER_ENDPOINT"] == "port:8085"
         assert env["MESHSERVE_PULLER_LISTEN_ADDRESS"] == "0.0.0.0:8086"
-        assert puller["ports"] == [{"name": "mgmt", "containerPort": 8086}, {"name": "prometheus", "containerPort": 2112}]
+        assert puller["ports"] == [{"name": "mgmt", "containerPort": 8086}, {"name": "health", "containerPort": 8089}, {"name": "prometheus", "containerPort": 2112}]
         assert env.get("MESHSERVE_PULLER_STORAGE_HELPER_DISABLED") == ("true" if disabled else None)
         assert deploy.LOCAL_COMMAND_ANNOTATION in template["metadata"]["annotations"]
 
@@ -401,7 +401,7 @@ def test_metrics_follow_the_serving_config() -> None:
     assert "MESHSERVE_PULLER_METRICS_PORT" not in {e["name"] for e in puller_env(off)}
     assert not any(k.startswith("prometheus.io/") for k in off["spec"]["template"]["metadata"]["annotations"])
     puller = next(c for c in off["spec"]["template"]["spec"]["containers"] if c["name"] == "puller")
-    assert [p["name"] for p in puller["ports"]] == ["mgmt"]
+    assert [p["name"] for p in puller["ports"]] == ["mgmt", "health"]
 
 
 @pytest.mark.parametrize("name", ["mlserver-1.x", "triton-2.x", "ovms-1.x", "spi"])
@@ -424,7 +424,13 @@ def test_runtime_pod_is_hardened_probed_and_spread(name: str) -> None:
         assert c.get("livenessProbe"), c["name"]
         assert c["resources"]["limits"].get("memory") or c["name"] != "puller", c["name"]
     containers = {c["name"]: c for c in pod["containers"]}
-    assert containers["puller"]["readinessProbe"]["tcpSocket"]["port"] == "mgmt"
+    # the puller's probes are its /readyz and /healthz, on the port its health server listens on
+    puller = containers["puller"]
+    assert puller["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert puller["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    health_port = next(p["containerPort"] for p in puller["ports"] if p["name"] == "health")
+    assert {e["name"]: e.get("value") for e in puller["env"]}["MESHSERVE_PULLER_HEALTH_PORT"] == str(health_port)
+    assert health_port not in {p["containerPort"] for c in pod["containers"] for p in c.get("ports", []) if p["name"] != "health"}
     assert containers["puller"]["startupProbe"]["failureThreshold"] * containers["puller"]["startupProbe"]["periodSeconds"] >= 120
     server = pod["containers"][0]
     assert server.get("readinessProbe") or server.get("startupProbe")

@@ -193,6 +193,7 @@ def _data_endpoint(runtime: Runtime) -> str:
     return f"127.0.0.1:{port}"
 
 
+PULLER_HEALTH_PORT = 8089  # the puller's /healthz + /readyz (MESHSERVE_PULLER_HEALTH_PORT)
 SERVER_KINDS = ("mlserver", "triton", "ovms")  # the puller's adapters (MESHSERVE_PULLER_MODEL_SERVER_KIND)
 
 
@@ -241,6 +242,7 @@ def _puller(
         {"name": "MESHSERVE_PULLER_CAPACITY_BYTES", "value": str(capacity_bytes(runtime))},
         {"name": "MESHSERVE_PULLER_MAX_LOADING_CONCURRENCY", "value": str(loading)},
         {"name": "MESHSERVE_PULLER_LOG_JSON", "value": "true"},
+        {"name": "MESHSERVE_PULLER_HEALTH_PORT", "value": str(PULLER_HEALTH_PORT)},
     ]
     server_type = runtime.built_in_adapter.server_type if runtime.built_in_adapter else ""
     if server_type in SERVER_KINDS:
@@ -292,11 +294,12 @@ def _puller(
     ] + [{"name": pvc_volume_name(name), "mountPath": f"{PVC_MOUNTS_DIR}/{name}", "readOnly": True} for name in claims]
     if cache.kind != "none":
         mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE_DIR})
-    ports: list[dict[str, Any]] = [{"name": "mgmt", "containerPort": port}]
+    ports: list[dict[str, Any]] = [{"name": "mgmt", "containerPort": port},
+                                   {"name": "health", "containerPort": PULLER_HEALTH_PORT}]
     if config.metrics_enabled:
         ports.append({"name": "prometheus", "containerPort": config.metrics_port})
-    # the ModelRuntime port opens once the model server is ready and the puller has purged it
-    # (and stays open until it has said goodbye): startup waits for a slow model server
+    # /readyz turns true once the model server is ready and the puller has purged it (and false
+    # when it says goodbye): startup waits for a slow model server; /healthz is liveness
     container: dict[str, Any] = {
         "name": "puller",
         "image": config.storage_helper_image.image,
@@ -304,12 +307,23 @@ def _puller(
         "ports": ports,
         "resources": config.storage_helper_resources.to_k8s(),
         "volumeMounts": mounts,
-        **_tcp_probes("mgmt"),
+        **_http_probes("health"),
         "securityContext": container_security_context(),
     }
     if config.storage_helper_image.command:
         container["command"] = list(config.storage_helper_image.command)
     return container
+
+
+def _http_probes(port: int | str) -> dict[str, dict[str, Any]]:
+    """The puller's probes: startup on /readyz (up to 5 minutes: a model server importing its
+    frameworks), readiness on /readyz, liveness on /healthz."""
+    ready = {"httpGet": {"path": "/readyz", "port": port}}
+    return {
+        "startupProbe": {**ready, "periodSeconds": 2, "failureThreshold": 150},
+        "readinessProbe": {**ready, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 10, "failureThreshold": 6},
+    }
 
 
 def _tcp_probes(port: int | str) -> dict[str, dict[str, Any]]:
