@@ -35,7 +35,7 @@ from meshserve.common.grpcutil import (
 )
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
 from meshserve.common.settings import TLSSettings
-from meshserve.router import access, metrics
+from meshserve.router import access, metrics, mmesh_api
 from meshserve.router.dataplane import DataPlane
 from meshserve.router.other_rpcs import MethodTable, OtherRpcHandler
 from meshserve.router.payloads import PayloadProcessors
@@ -148,6 +148,8 @@ class RouterApp:
                 envoy = False
         server = grpc.aio.server(options=[*SERVER_KEEPALIVE_OPTIONS, *message_size_options(self.settings.max_message_bytes)])
         server.add_generic_rpc_handlers(self.grpc_handlers())
+        # upstream ModelMesh's management API, for tools that used it (registered methods win over the catch-all)
+        mmesh = mmesh_api.add_to_server(server, self.channel, load_timeout_seconds=self.settings.default_timeout_seconds)
         if envoy:  # the slow path, on loopback: Envoy has the public ports
             port = bind(server, "127.0.0.1:0")
         else:
@@ -180,6 +182,7 @@ class RouterApp:
         if rest is not None:
             rest.should_exit = True
         await server.stop(grace=2)
+        await mmesh.close()
         if rest_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await rest_task
