@@ -7,7 +7,7 @@ import asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshserve.controller.backoff import backoff_delay
+from meshserve.common.backoff import backoff_delay
 from meshserve.controller.workqueue import Key, QueueShutdown, WorkQueue
 
 A, B = Key("InferenceService", "ns", "a"), Key("InferenceService", "ns", "b")

@@ -7,7 +7,7 @@ process ran and a random number, and gets back what to do.
 
 Rules (Kubernetes' restart policy `Always`, with CrashLoopBackOff):
 * each exit is answered with a restart after a capped, jittered exponential back-off
-  (`meshserve.controller.backoff.backoff_delay`), whose attempt number counts the exits in a
+  (`meshserve.common.backoff.backoff_delay`), whose attempt number counts the exits in a
   row that came after a run shorter than `stable_seconds`; a run that long resets it to 0;
 * with `max_restarts` set, an exit that would need more than `max_restarts` restarts
   within `window_seconds` gives up instead (`GiveUp`); with `None` it never gives up, as a
@@ -22,7 +22,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-from meshserve.controller.backoff import backoff_delay
+from meshserve.common.backoff import backoff_delay
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ from typing import Any
 
 import httpx
 
+from meshserve.common.backoff import backoff_delay
 from meshserve.common.labels import LOCAL_SECRET_LABEL
-from meshserve.controller.backoff import backoff_delay
 from meshserve.controller.deployments import SPEC_HASH_ANNOTATION
 from meshserve.controller.kube import JSON, KubeError, ObjectList, ResourceKind, WatchEvent
 from meshserve.controller.reconcile import ActionKind, DeploymentAction, ObservedDeployment

@@ -18,9 +18,9 @@ from typing import Protocol
 
 import grpc
 
+from meshserve.common.backoff import backoff_delay
 from meshserve.common.errors import from_grpc
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
-from meshserve.controller.backoff import backoff_delay
 from meshserve.controller.specs import ModelSpec
 from meshserve.controller.status import (
     CopyInfo,

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from meshserve.common.backoff import backoff_delay
 from meshserve.controller import metrics
-from meshserve.controller.backoff import backoff_delay
 from meshserve.controller.kube import JSON, KubeApi, KubeError, ResourceKind, WatchExpired
 
 log = logging.getLogger(__name__)

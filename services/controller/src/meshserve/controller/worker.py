@@ -39,10 +39,10 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from meshserve.common import modelid
+from meshserve.common.backoff import backoff_delay
 from meshserve.common.errors import AlreadyExists, Unavailable
 from meshserve.controller import kube, metrics
 from meshserve.controller import status as st
-from meshserve.controller.backoff import backoff_delay
 from meshserve.controller.events import (
     CONFIG_KEY_IGNORED,
     INVALID_CONFIG,
