@@ -17,15 +17,17 @@ XDS_PROTOS_VERSION := 1.85.0
 XDS_PROTOS := $(VENV)/xds-protos
 XDS_STAMP := $(XDS_PROTOS)/.installed
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
+# Debian's headless Chromium for the placement page's browser tests, unpacked without root
+CHROMIUM := .tools/chromium/.installed
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: dev test venv azurite proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold bench-storage bench-soak chaos images compose-check manifests clean distclean
+.PHONY: dev test venv azurite chromium proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold bench-storage bench-soak chaos images compose-check manifests clean distclean
 
 dev: $(STAMP) $(XDS_STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## start the whole local stack (Ctrl-C stops it)
 	$(BIN)/meshserve dev
 
-test: $(STAMP) $(XDS_STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) $(AZURITE) ## run every test (unit + integration) on real processes
+test: $(STAMP) $(XDS_STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) $(AZURITE) $(CHROMIUM) ## run every test (unit + integration) on real processes
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
@@ -57,6 +59,12 @@ $(TRITON_STAMP): requirements-triton.lock $(STAMP)
 	@touch $@
 
 # Azurite, Microsoft's Azure Blob emulator, from npm (Node.js 18+), for the storage tests
+chromium: $(CHROMIUM) ## Debian's headless Chromium for the placement page tests (apt-get download + dpkg -x, no root)
+
+$(CHROMIUM): scripts/chromium.sh
+	scripts/chromium.sh
+	@touch $@
+
 azurite: $(AZURITE)
 
 $(AZURITE):
