@@ -162,6 +162,9 @@ def test_modelmesh_metrics_are_served_typed_and_moved(mstack: tuple[Stack, PodHa
         "modelmesh_cache_miss_milliseconds_count"
     ) >= 2
     assert router.value("meshserve_router_requests_total") > router0.value("meshserve_router_requests_total")
+    # Envoy's own stats follow the router's on the same page (per cluster: the forwarded requests)
+    assert router.types.get("envoy_cluster_upstream_rq") == "counter"
+    assert router.value("envoy_cluster_upstream_rq_total") - router0.value("envoy_cluster_upstream_rq_total") >= 10
 
     # scheduler: two loads, one eviction (and its unload), the model counts (leader)
     def scheduler_moved() -> Scrape:

@@ -113,7 +113,8 @@ class RouterApp:
         to `serve`; Envoy holds the public port and its TLS)."""
         tls = TLSSettings() if internal else self.settings.tls
         config = uvicorn.Config(
-            create_app(self.dataplane, self.rest_upstream, self.grpc_upstream, ready=self.ready),
+            create_app(self.dataplane, self.rest_upstream, self.grpc_upstream, ready=self.ready,
+                       extra_metrics=self._envoy_stats),
             host=self.settings.rest_host,
             port=self.settings.rest_port,
             log_level="warning",
@@ -196,6 +197,11 @@ class RouterApp:
         await self.rest_upstream.close()
         await self.grpc_upstream.close()
         await self.channel.close()
+
+    async def _envoy_stats(self) -> str:
+        """Envoy's own stats (`envoy_*`: per cluster, listener, connection) for /metrics; "" on
+        the Python data path. Per-model figures come from Envoy's access log, not from these."""
+        return await self.envoy.prometheus_stats() if self.envoy is not None else ""
 
     def _envoy_data_path(self, *, slow_grpc: int, slow_rest: int) -> EnvoyDataPath:
         from meshserve.router.envoy.datapath import EnvoyDataPath, EnvoySettings

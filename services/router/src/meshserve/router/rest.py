@@ -59,12 +59,14 @@ def error_response(err: MeshError) -> Response:
 
 class RestFrontDoor:
     def __init__(
-        self, dataplane: DataPlane, upstream: RestUpstream, grpc_upstream: GrpcUpstream, *, ready: Callable[[], bool]
+        self, dataplane: DataPlane, upstream: RestUpstream, grpc_upstream: GrpcUpstream, *, ready: Callable[[], bool],
+        extra_metrics: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         self.dp = dataplane
         self.upstream = upstream
         self.grpc = grpc_upstream
         self.ready = ready
+        self.extra_metrics = extra_metrics  # more Prometheus text after ours (Envoy's envoy_* families)
 
     # -- server-level -----------------------------------------------------------------------
     async def live(self, request: Request) -> Response:
@@ -78,7 +80,12 @@ class RestFrontDoor:
         return _json({"name": "meshserve", "version": server_version(), "extensions": ["model_repository_managed"]})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        text = generate_latest()
+        if self.extra_metrics is not None:
+            more = await self.extra_metrics()
+            if more:
+                text += b"\n" + more.encode()
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     # -- model routes -------------------------------------------------------------------------
     async def model(self, request: Request) -> Response:
@@ -180,9 +187,10 @@ class RestFrontDoor:
 
 
 def create_app(
-    dataplane: DataPlane, upstream: RestUpstream, grpc_upstream: GrpcUpstream, *, ready: Callable[[], bool]
+    dataplane: DataPlane, upstream: RestUpstream, grpc_upstream: GrpcUpstream, *, ready: Callable[[], bool],
+    extra_metrics: Callable[[], Awaitable[str]] | None = None,
 ) -> Starlette:
-    door = RestFrontDoor(dataplane, upstream, grpc_upstream, ready=ready)
+    door = RestFrontDoor(dataplane, upstream, grpc_upstream, ready=ready, extra_metrics=extra_metrics)
     get, post = ["GET"], ["POST"]
     routes = [
         Route("/v2/health/live", door.live, methods=get),
