@@ -1,11 +1,17 @@
-"""Scheduler settings (env prefix MESHSERVE_SCHEDULER_; shared infra also from MESHSERVE_*)."""
+"""Scheduler settings (env prefix `MESHSERVE_SCHEDULER_`), on the common `ServiceSettings` base.
+
+Redis and Postgres are also read from the unprefixed `MESHSERVE_REDIS_URL` / `MESHSERVE_DATABASE_URL`
+(`shared`). Each field's docstring is its description in the README's configuration table
+(`scripts/settings_table.py`). Loaded once in `__main__` and passed down. May import pydantic,
+`meshserve.common.settings` and the scheduler's own config dataclasses (models, shift).
+"""
 
 from __future__ import annotations
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from meshserve.common.settings import TLSSettings, shared
+from meshserve.common.settings import ServiceSettings, TLSSettings, shared
 from meshserve.scheduler.models import EvictionPolicy, PlacementConfig
 from meshserve.scheduler.shift import ShiftConfig
 
@@ -14,57 +20,74 @@ _PLACEMENT = PlacementConfig()
 _SHIFT = ShiftConfig()
 
 
-class SchedulerSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="MESHSERVE_SCHEDULER_", env_nested_delimiter="__", populate_by_name=True
-    )
+class SchedulerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_SCHEDULER_")
 
     grpc_address: str = "0.0.0.0:8034"
+    """Internal gRPC address (meshserve.v1.Scheduler; TLS from `tls`)."""
     admin_host: str = "0.0.0.0"
+    """Admin HTTP API host."""
     admin_port: int = 8080
-    metrics_port: int = 2112
-    per_model_metrics: bool = False           # label ModelMesh's histograms with modelId/vModelId (upstream's per_model_metrics; cardinality)
+    """Admin HTTP API port (REST management API, placement page)."""
+    per_model_metrics: bool = False
+    """Label ModelMesh's histograms with modelId/vModelId (upstream's per_model_metrics; cardinality)."""
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", validation_alias=shared("redis_url", "scheduler")
     )
+    """Redis (live state); also read from the unprefixed `MESHSERVE_REDIS_URL`."""
     database_url: str = Field(
         default="postgresql+psycopg://postgres@127.0.0.1:5432/meshserve",
         validation_alias=shared("database_url", "scheduler"),
     )
+    """Postgres (the registry); also read from the unprefixed `MESHSERVE_DATABASE_URL`."""
     key_prefix: str = "ms"
-    admin_token: SecretStr | None = None     # when set, admin mutations need "Authorization: Bearer <token>"
-    tls: TLSSettings = TLSSettings()          # server side of :8034
-    puller_tls: TLSSettings = TLSSettings()   # client side towards pullers
+    """Prefix of every Redis key."""
+    admin_token: SecretStr | None = None
+    """When set, admin mutations need `Authorization: Bearer <token>`."""
+    puller_tls: TLSSettings = TLSSettings()
+    """TLS of the client side towards the pullers."""
     eviction_policy: EvictionPolicy = _PLACEMENT.policy
+    """Which copies to evict when a pod has no room: `usage-weighted` or `lru`."""
     load_timeout_seconds: float = 90.0
-    pod_timeout_seconds: float = 15.0         # no heartbeat for this long: pod is gone
+    """Per load."""
+    pod_timeout_seconds: float = 15.0
+    """A pod without heartbeat this long is gone."""
     heartbeat_interval_seconds: float = 2.0
-    failure_backoff_seconds: float = 900.0    # ModelMesh's MM_LOAD_FAILURE_EXPIRY_TIME_MS
+    """How often pullers are told to heartbeat (the leader lease is 3x it, at least 3 s)."""
+    failure_backoff_seconds: float = 900.0
+    """A failed load is not retried on that pod (or, for bad files, anywhere) for this long
+    (ModelMesh's MM_LOAD_FAILURE_EXPIRY_TIME_MS)."""
     min_residency_seconds: float = _PLACEMENT.min_residency_seconds
-    usage_half_life_seconds: float = Field(default=_PLACEMENT.usage_half_life_seconds, gt=0)   # usage-weighted: a count halves per this much idle time
-    eviction_candidates: int = Field(default=_PLACEMENT.eviction_candidates, ge=1)            # pods compared for the cheapest victims
-    stale_after_intervals: float = Field(default=_PLACEMENT.stale_after_intervals, ge=0)       # usage-weighted: unused for this many expected gaps = cold (0: off)
-    stale_min_seconds: float = Field(default=_PLACEMENT.stale_min_seconds, ge=0)          # ... and never sooner than this after its last reported use
-    shift_detection: bool = True              # usage-weighted: forget the request counts when the popular set moves (shift.py)
-    shift_window_seconds: float = Field(default=_SHIFT.window_seconds, gt=0)   # ... judged on the miss ratio over this window
-    shift_ratio: float = Field(default=_SHIFT.ratio, ge=1)      # ... above this many times its long-run average
-    shift_gap: float = Field(default=_SHIFT.gap, ge=0)          # ... and this much above it
-    shift_cooldown_seconds: float = Field(default=_SHIFT.cooldown_seconds, ge=0)   # ... at most once per this long
-    scale_up_rpm_threshold: float = 2000.0    # ModelMesh's MM_SCALEUP_RPM_THRESHOLD
+    """A copy loaded more recently is never evicted (thrash control)."""
+    usage_half_life_seconds: float = Field(default=_PLACEMENT.usage_half_life_seconds, gt=0)
+    """Usage-weighted: a model's request count halves per this much idle time."""
+    eviction_candidates: int = Field(default=_PLACEMENT.eviction_candidates, ge=1)
+    """Pods compared for the cheapest victims when no pod has room (1 = just the smallest deficit)."""
+    stale_after_intervals: float = Field(default=_PLACEMENT.stale_after_intervals, ge=0)
+    """Usage-weighted: unused for this many of its expected gaps between requests = cold (0: off)."""
+    stale_min_seconds: float = Field(default=_PLACEMENT.stale_min_seconds, ge=0)
+    """... and never sooner than this after its last reported use."""
+    shift_detection: bool = True
+    """Usage-weighted: forget the request counts when the popular set moves (shift.py)."""
+    shift_window_seconds: float = Field(default=_SHIFT.window_seconds, gt=0)
+    """... judged on the miss ratio over this window."""
+    shift_ratio: float = Field(default=_SHIFT.ratio, ge=1)
+    """... above this many times its long-run average."""
+    shift_gap: float = Field(default=_SHIFT.gap, ge=0)
+    """... and this much above it."""
+    shift_cooldown_seconds: float = Field(default=_SHIFT.cooldown_seconds, ge=0)
+    """... at most once per this long."""
+    scale_up_rpm_threshold: float = 2000.0
+    """Requests/minute per copy that add a copy (ModelMesh's MM_SCALEUP_RPM_THRESHOLD)."""
     scaling_interval_seconds: float = 5.0
-    vmodel_retire_grace_seconds: float = Field(
-        default=5.0,
-        ge=0,
-        description=(
-            "After a vmodel flips to a new model, keep the model it replaced registered this long before "
-            "unregistering it (when the vmodel auto-deletes its models): a request Envoy already routed to "
-            "the old model id may still fall over to the router's slow path, which asks for that id. "
-            "0 unregisters at once."
-        ),
-    )
-    runtime_wait_seconds: float = 30.0        # wait this long for a compatible pod (scale from zero)
-    log_level: str = "INFO"
-    log_json: bool = False
+    """How often the leader runs the scaler."""
+    vmodel_retire_grace_seconds: float = Field(default=5.0, ge=0)
+    """After a vmodel flips to a new model, keep the model it replaced registered this long before
+    unregistering it (when the vmodel auto-deletes its models): a request Envoy already routed to
+    the old model id may still fall over to the router's slow path, which asks for that id.
+    0 unregisters at once."""
+    runtime_wait_seconds: float = 30.0
+    """How long a request waits for a compatible pod (scale from zero)."""
 
     def shift_config(self) -> ShiftConfig:
         """The shift detector's rules from the settings (the rest are ShiftConfig's defaults)."""
