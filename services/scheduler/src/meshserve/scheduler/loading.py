@@ -40,6 +40,7 @@ from typing import Any
 
 import grpc
 
+from meshserve.common.backoff import backoff_delay
 from meshserve.common.errors import (
     FailedPrecondition,
     MeshError,
@@ -130,7 +131,7 @@ class Loader:
             # answer with the recorded reason until the back-off expires or an admin
             # asks for a retry (POST /v1/models/{id}:load)
             raise FailedPrecondition(f"model {model_id!r} failed to load: {failure['message']}")
-        backoff = 0.02
+        attempt = 0   # polls 0.02 s doubling to 0.25 s, no jitter
         while True:
             copies = await self.live.copies(model_id)
             if any(c.state == CopyState.LOADED.value for c in copies):
@@ -138,8 +139,8 @@ class Loader:
             if copies:  # another replica is loading it: wait for that copy
                 if time.monotonic() > deadline:
                     raise Unavailable(f"model {model_id!r} is still loading; try again shortly")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 0.25)
+                await asyncio.sleep(backoff_delay(attempt=attempt, rand=1.0, base=0.02, cap=0.25))
+                attempt += 1
                 continue
             done = await self.place_and_load(record, exclusive=True, deadline=deadline)
             if done:
@@ -147,8 +148,8 @@ class Loader:
                 return
             if time.monotonic() > deadline:
                 raise Unavailable(f"could not place model {model_id!r} within the load timeout")
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 0.25)
+            await asyncio.sleep(backoff_delay(attempt=attempt, rand=1.0, base=0.02, cap=0.25))
+            attempt += 1
 
     async def place_and_load(self, record: ModelRecord, *, exclusive: bool, deadline: float) -> bool:
         """One placement attempt; True when a copy was loaded, False to try again."""

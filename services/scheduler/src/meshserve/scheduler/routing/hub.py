@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.exceptions import RedisError
 
+from meshserve.common.backoff import backoff_delay
 from meshserve.scheduler.routing.log import Position, RouteLog, Waiter
 from meshserve.scheduler.routing.table import RouteTable
 
@@ -149,22 +150,24 @@ class RouteHub:
 
     async def _run(self) -> None:
         self._waiter = self.routes.waiter()
-        delay = 0.1
+        attempt = 0
         while not self._closed:
+            # 0.1 s doubling to 5 s, no jitter (one hub per replica, nothing to spread)
+            delay = backoff_delay(attempt=attempt, rand=1.0, base=0.1, cap=5.0)
             try:
                 await self._step()
-                delay = 0.1
+                attempt = 0
             except asyncio.CancelledError:
                 raise
             except RedisError as err:  # Redis down or restarting: keep what we have, retry
                 log.warning("route hub: %s: %s; retrying in %.1fs", type(err).__name__, err, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                attempt += 1
             except Exception:  # an entry the table could not apply: it may be half-applied
                 log.exception("route hub: the route log could not be applied; loading the table again")
                 self._position = None
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                attempt += 1
 
     async def _before_load(self) -> None:
         if self.before_load is None:
