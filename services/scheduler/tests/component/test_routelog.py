@@ -9,7 +9,9 @@ import random
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+import pytest
 
+from meshserve.common.grpcutil import ExceptionToStatusInterceptor
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
 from meshserve.scheduler.routing.hub import RouteHub, load_table
@@ -302,7 +304,7 @@ async def test_watch_routes_streams_the_hub_over_grpc(service: SchedulerService)
     await live.sync_registry(model_ids=["m"], vmodels={})
     (a,) = await _pods(live, 1)
     servicer = SchedulerServicer(service)
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[ExceptionToStatusInterceptor()])
     add_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -318,6 +320,11 @@ async def test_watch_routes_streams_the_hub_over_grpc(service: SchedulerService)
             # the other methods are still the generated handlers
             status = await stub.GetModelStatus(pb.GetModelStatusRequest(model_id="nope"))
             assert status.status == pb.NOT_FOUND
+            # what a use case raises becomes its status (the server's interceptor)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.EnsureLoaded(pb.EnsureLoadedRequest(model_id="nope"))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert err.value.details() == "model 'nope' not found: register it first (POST /v1/models)"
             call.cancel()
     finally:
         await server.stop(None)

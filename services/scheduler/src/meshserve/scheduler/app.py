@@ -19,7 +19,12 @@ import grpc
 import uvicorn
 from prometheus_client import start_http_server
 
-from meshserve.common.grpcutil import SERVER_KEEPALIVE_OPTIONS, bind, register_error_translator
+from meshserve.common.grpcutil import (
+    SERVER_KEEPALIVE_OPTIONS,
+    ExceptionToStatusInterceptor,
+    bind,
+    register_error_translator,
+)
 from meshserve.scheduler import metrics
 from meshserve.scheduler.api import create_app
 from meshserve.scheduler.models import EvictionPolicy
@@ -53,7 +58,9 @@ class SchedulerApp:
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
         admin_app = create_app(self.service)
-        server = grpc.aio.server(options=SERVER_KEEPALIVE_OPTIONS)
+        server = grpc.aio.server(
+            options=SERVER_KEEPALIVE_OPTIONS, interceptors=[ExceptionToStatusInterceptor()]
+        )
         # the hub checks the registry mirror before each table load: a table loaded from
         # a Redis that lost its data would send new copies' routes as removals (routing/hub.py)
         hub = RouteHub(self.live.routes, before_load=self.service.mirror.ensure)

@@ -3,6 +3,9 @@
 Each RPC converts its request and calls the object that owns the use case
 (`SchedulerService` for registration, status and SetVModel; `service.copies` for
 EnsureLoaded; `service.vmodels`, `service.pods`; the route hub for WatchRoutes).
+What a method raises becomes a status in one place: the server's
+`grpcutil.ExceptionToStatusInterceptor` (`app.py`; Redis outages via the translator
+`store.live.redis_unavailable`), so the methods here carry no error handling.
 
 May import: the use cases (`service` and what it exposes), `status`, `routing.hub`,
 `meshserve.common` (protos, gRPC helpers). Nothing below imports this module.
@@ -15,7 +18,6 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
-from meshserve.common.grpcutil import rpc_errors, rpc_stream_errors
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
 from meshserve.scheduler.routing.hub import RouteHub
@@ -80,30 +82,25 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def close(self) -> None:
         await self.hub.close()
 
-    @rpc_errors
     async def RegisterModel(self, request: pb.RegisterModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatusInfo:
         spec = spec_from_pb(
             request.model_id, request.model_info, min_copies=request.min_copies, max_copies=request.max_copies
         )
         return status_pb(await self.service.register_model(spec, load_now=request.load_now, wait=request.sync))
 
-    @rpc_errors
     async def UnregisterModel(self, request: pb.UnregisterModelRequest, context: grpc.aio.ServicerContext) -> pb.UnregisterModelResponse:
         await self.service.unregister_model(request.model_id)
         return pb.UnregisterModelResponse()
 
-    @rpc_errors
     async def GetModelStatus(self, request: pb.GetModelStatusRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatusInfo:
         return status_pb(await self.service.model_state(request.model_id))
 
-    @rpc_errors
     async def EnsureLoaded(self, request: pb.EnsureLoadedRequest, context: grpc.aio.ServicerContext) -> pb.EnsureLoadedResponse:
         state, endpoints = await self.service.copies.ensure_loaded(
             request.model_id, suspect_pods=list(request.suspect_pods), miss=True
         )
         return pb.EnsureLoadedResponse(status=status_pb(state), endpoints=endpoints_pb(endpoints))
 
-    @rpc_errors
     async def SetVModel(self, request: pb.SetVModelRequest, context: grpc.aio.ServicerContext) -> pb.VModelStatusInfo:
         has_target = request.HasField("model_info") and request.model_info.model_type
         await self.service.set_vmodel(
@@ -135,16 +132,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             info.target_model_status.CopyFrom(status_pb(target))
         return info
 
-    @rpc_errors
     async def DeleteVModel(self, request: pb.DeleteVModelRequest, context: grpc.aio.ServicerContext) -> pb.DeleteVModelResponse:
         await self.service.vmodels.delete_vmodel(request.vmodel_id, owner=request.owner)
         return pb.DeleteVModelResponse()
 
-    @rpc_errors
     async def GetVModelStatus(self, request: pb.GetVModelStatusRequest, context: grpc.aio.ServicerContext) -> pb.VModelStatusInfo:
         return await self._vmodel_status(request.vmodel_id)
 
-    @rpc_errors
     async def ReportUsage(self, request: pb.ReportUsageRequest, context: grpc.aio.ServicerContext) -> pb.ReportUsageResponse:
         usage: dict[str, int] = {}
         for u in request.usage:
@@ -152,7 +146,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         await self.service.report_usage(usage)
         return pb.ReportUsageResponse()
 
-    @rpc_errors
     async def ReportPod(self, request: pb.PodReport, context: grpc.aio.ServicerContext) -> pb.ReportPodResponse:
         if not request.pod_id or not request.management_address:
             from meshserve.common.errors import InvalidArgument
@@ -181,7 +174,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             heartbeat_interval_ms=int(self.service.settings.heartbeat_interval_seconds * 1000)
         )
 
-    @rpc_stream_errors
     async def WatchRoutes(self, request: pb.WatchRoutesRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         # serialised RouteUpdates from this process's route hub: registered with a
         # pass-through serializer (add_to_server)
