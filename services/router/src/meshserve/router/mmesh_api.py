@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from meshserve.common.backoff import backoff_delay
 from meshserve.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -447,11 +448,13 @@ class ModelMeshApi(model_mesh_pb2_grpc.ModelMeshServicer):
         budget = self.transition_wait if remaining is None else min(remaining, self.transition_wait)
         deadline = self.clock() + budget
         await self._ensure_loaded(status.targetModelId, context)  # the transition waits for the same load
-        delay = 0.02
+        attempt = 0
         while status.status == _VStatus.TRANSITIONING and self.clock() < deadline:
-            # the flip follows the load at once; poll for it (bounded, backing off)
+            # the flip follows the load at once; poll for it (bounded, backing off:
+            # 0.02 s doubling to 0.5 s, no jitter)
+            delay = backoff_delay(attempt=attempt, rand=1.0, base=0.02, cap=0.5)
             await asyncio.sleep(min(delay, max(0.0, deadline - self.clock())))
-            delay = min(delay * 2, 0.5)
+            attempt += 1
             status = await self._vmodel_status(vmodel_id, context)
         return status
 

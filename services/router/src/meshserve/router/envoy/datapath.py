@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import httpx
 
+from meshserve.common.backoff import backoff_delay
 from meshserve.router import metrics
 from meshserve.router.envoy import resources as res
 from meshserve.router.envoy.ads import AdsServer, start_ads
@@ -106,7 +107,7 @@ class EnvoyDataPath:
             self.restarts += 1
             metrics.ENVOY_RESTARTS.inc()
             log.error("envoy exited with %s; restarting it (attempt %d):\n%s", code, attempt, self.envoy.log_tail(20))
-            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2))
+            await asyncio.sleep(backoff_delay(attempt=attempt, rand=random.random(), base=0.1, cap=5.0))
             try:
                 await self.envoy.start()
                 await self.envoy.wait_ready(within=60)
