@@ -53,7 +53,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 import grpc
 
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound
-from meshserve.common.grpcutil import grpc_code
+from meshserve.common.grpcutil import grpc_code, status_for, translate
 from meshserve.router import inject, metrics
 from meshserve.router.dataplane import DataPlane
 from meshserve.router.replay import ReplayableRequests
@@ -272,8 +272,8 @@ def _status_for(name: str, err: Exception) -> tuple[grpc.StatusCode, str]:
             f"{err.message}: no model, InferenceService or Predictor has that name; check the "
             "mm-vmodel-id / mm-model-id header (or the name in the request), or apply the model first"
         )
-    if isinstance(err, MeshError):
-        return grpc_code(err), err.message
+    if isinstance(err, MeshError) or translate(err) is not None:
+        return status_for(err, where=name)  # the one mapping; the router's own texts below
     if isinstance(err, WireError):
         return grpc.StatusCode.INVALID_ARGUMENT, f"malformed {name} request: {err}"
     log.exception("unexpected error forwarding %s", name)

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import grpc
 
 from meshserve.common.errors import InvalidArgument, MeshError, from_grpc
-from meshserve.common.grpcutil import grpc_code
+from meshserve.common.grpcutil import status_for, translate
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from meshserve.router import metrics, payloads, wire
 from meshserve.router.dataplane import DataPlane
@@ -307,8 +307,8 @@ def bounded(message: str) -> str:
 def _status_for(name: str, err: Exception) -> tuple[grpc.StatusCode, str]:
     """The status and message a failed `name` call ends with: our own errors as they say,
     a malformed message as INVALID_ARGUMENT, anything else as INTERNAL (logged)."""
-    if isinstance(err, MeshError):
-        return grpc_code(err), err.message
+    if isinstance(err, MeshError) or translate(err) is not None:
+        return status_for(err, where=name)  # the one mapping; the router's own texts below
     if isinstance(err, wire.WireError):
         return grpc.StatusCode.INVALID_ARGUMENT, f"malformed {name} request: {err}"
     log.exception("unexpected error in %s", name)
