@@ -62,3 +62,35 @@ async def test_unknown_ids_are_404(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/models/nope")).status_code == 404
     assert (await client.post("/v1/models/nope:load", headers={"Authorization": f"Bearer {TOKEN}"})).status_code == 404
     assert (await client.get("/v1/events?limit=0")).status_code == 422
+
+
+READ_TOKEN = "read-token-for-tests"
+
+
+async def test_reads_need_a_token_when_a_read_token_is_set(
+    make_service: Callable[..., AbstractAsyncContextManager[SchedulerService]], database_url: str, prefix: str
+) -> None:
+    upgrade(database_url)
+    async with make_service(database_url, admin_token=SecretStr(TOKEN), admin_read_token=SecretStr(READ_TOKEN)) as service:
+        transport = httpx.ASGITransport(app=create_app(service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+            admin = {"Authorization": f"Bearer {TOKEN}"}
+            reader = {"Authorization": f"Bearer {READ_TOKEN}"}
+            body = {**BODY, "name": f"read-{prefix}"}
+            assert (await client.post("/v1/models", json=body, headers=admin)).status_code == 201
+            for path in ("/v1/models", f"/v1/models/{body['name']}", "/v1/vmodels", "/v1/pods", "/v1/runtimes",
+                         "/v1/events", "/v1/resources"):
+                refused = await client.get(path)
+                assert refused.status_code == 401, path
+                assert "for reads" in refused.json()["error"] and READ_TOKEN not in refused.text
+                assert (await client.get(path, headers={"Authorization": "Bearer nope"})).status_code == 401, path
+                assert (await client.get(path, headers=reader)).status_code == 200, path
+                assert (await client.get(path, headers=admin)).status_code == 200, path  # the admin token reads too
+            # the read token changes nothing: mutations still need the admin token
+            assert (await client.delete(f"/v1/models/{body['name']}", headers=reader)).status_code == 401
+            # probes, the OpenAPI document and the page's files stay open; the document is the same
+            for path in ("/healthz", "/openapi.json", "/ui"):
+                assert (await client.get(path)).status_code == 200, path
+            spec = (await client.get("/openapi.json")).json()
+            assert all(p.get("name") != "authorization" for p in spec["paths"]["/v1/models"]["get"].get("parameters", []))
+            assert (await client.delete(f"/v1/models/{body['name']}", headers=admin)).status_code == 204

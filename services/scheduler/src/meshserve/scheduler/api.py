@@ -33,7 +33,15 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse, Response
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 from redis.exceptions import RedisError
 from starlette.convertors import StringConvertor, register_url_convertor
@@ -162,13 +170,14 @@ class VModelSet(Camel):
 
 def create_app(service: SchedulerService) -> FastAPI:
     """The admin app: its error handlers, then one group of routes per resource."""
+    require_token, secret_values, require_read = _auth(service.settings)
     app = FastAPI(
         title="meshserve scheduler admin API",
         version="0.1.0",
         description="Inspect and steer model placement. Mutations need a bearer token when one is configured.",
+        dependencies=[Depends(require_read)],
     )
     _error_handlers(app)
-    require_token, secret_values = _auth(service.settings)
     mutate = [Depends(require_token)]
     _health_routes(app, service)
     _model_routes(app, service, mutate)
@@ -201,8 +210,9 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": mapped.message}, status_code=mapped.http_status)
 
 
-def _auth(settings: SchedulerSettings) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """The admin token check for mutations, and the `secretValues` dependency."""
+def _auth(settings: SchedulerSettings) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """The admin token check for mutations, the `secretValues` dependency, and the read token
+    check every route runs (it reads the header itself, so the OpenAPI document is unchanged)."""
 
     def check_token(authorization: str | None, what: str) -> None:
         token = settings.admin_token
@@ -226,7 +236,20 @@ def _auth(settings: SchedulerSettings) -> tuple[Callable[..., Any], Callable[...
             check_token(authorization, "secretValues=true")
         return secretValues
 
-    return require_token, secret_values
+    def bearer_is(authorization: str, token: SecretStr | None) -> bool:
+        return token is not None and hmac.compare_digest(
+            authorization.encode(), f"Bearer {token.get_secret_value()}".encode())
+
+    async def require_read(request: Request) -> None:
+        if settings.admin_read_token is None or request.method not in ("GET", "HEAD"):
+            return  # mutations are checked by require_token
+        if not request.url.path.startswith("/v1/"):
+            return  # /healthz, /readyz, /docs, /openapi.json, the placement page's files
+        authorization = request.headers.get("authorization") or ""
+        if not (bearer_is(authorization, settings.admin_read_token) or bearer_is(authorization, settings.admin_token)):
+            raise Unauthenticated("this admin API needs 'Authorization: Bearer <token>' for reads")
+
+    return require_token, secret_values, require_read
 
 
 def _health_routes(app: FastAPI, service: SchedulerService) -> None:

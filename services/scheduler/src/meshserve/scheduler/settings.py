@@ -44,6 +44,8 @@ class SchedulerSettings(ServiceSettings):
     """Prefix of every Redis key."""
     admin_token: SecretStr | None = None
     """When set, admin mutations need `Authorization: Bearer <token>`."""
+    admin_read_token: SecretStr | None = None
+    """When set, admin API reads (`GET /v1/...`) need `Authorization: Bearer <token>` with this token or the admin token; health probes, the OpenAPI document and the placement page's files stay open."""
     puller_tls: TLSSettings = TLSSettings()
     """TLS of the client side towards the pullers."""
     eviction_policy: EvictionPolicy = _PLACEMENT.policy
