@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -94,3 +95,19 @@ async def test_reads_need_a_token_when_a_read_token_is_set(
             spec = (await client.get("/openapi.json")).json()
             assert all(p.get("name") != "authorization" for p in spec["paths"]["/v1/models"]["get"].get("parameters", []))
             assert (await client.delete(f"/v1/models/{body['name']}", headers=admin)).status_code == 204
+
+
+async def test_the_model_list_carries_each_models_request_rate(
+    make_service: Callable[..., AbstractAsyncContextManager[SchedulerService]], database_url: str, prefix: str
+) -> None:
+    upgrade(database_url)
+    async with make_service(database_url) as service:
+        transport = httpx.ASGITransport(app=create_app(service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
+            name = f"rate-{prefix}"
+            assert (await client.post("/v1/models", json={**BODY, "name": name})).status_code == 201
+            await service.live.add_usage({name: 42}, at_ms=int(time.time() * 1000) - 15_000)  # a full 10 s bucket ago
+            detail = (await client.get(f"/v1/models/{name}")).json()
+            listed = next(m for m in (await client.get("/v1/models?limit=1000")).json()["items"] if m["id"] == name)
+            assert detail["requestsPerMinute"] == listed["requestsPerMinute"] == 42
+            assert (await client.delete(f"/v1/models/{name}")).status_code == 204
