@@ -214,12 +214,13 @@ def _auth(settings: SchedulerSettings) -> tuple[Callable[..., Any], Callable[...
     """The admin token check for mutations, the `secretValues` dependency, and the read token
     check every route runs (it reads the header itself, so the OpenAPI document is unchanged)."""
 
+    def bearer_is(authorization: str | None, token: SecretStr | None) -> bool:
+        """`authorization` is `Bearer <token>` (compared in constant time)."""
+        return token is not None and authorization is not None and hmac.compare_digest(
+            authorization.encode(), f"Bearer {token.get_secret_value()}".encode())
+
     def check_token(authorization: str | None, what: str) -> None:
-        token = settings.admin_token
-        if token is None:
-            return
-        expected = f"Bearer {token.get_secret_value()}"
-        if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
+        if settings.admin_token is not None and not bearer_is(authorization, settings.admin_token):
             raise Unauthenticated(f"this admin API needs 'Authorization: Bearer <token>' for {what}")
 
     async def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
@@ -236,16 +237,12 @@ def _auth(settings: SchedulerSettings) -> tuple[Callable[..., Any], Callable[...
             check_token(authorization, "secretValues=true")
         return secretValues
 
-    def bearer_is(authorization: str, token: SecretStr | None) -> bool:
-        return token is not None and hmac.compare_digest(
-            authorization.encode(), f"Bearer {token.get_secret_value()}".encode())
-
     async def require_read(request: Request) -> None:
         if settings.admin_read_token is None or request.method not in ("GET", "HEAD"):
             return  # mutations are checked by require_token
         if not request.url.path.startswith("/v1/"):
             return  # /healthz, /readyz, /docs, /openapi.json, the placement page's files
-        authorization = request.headers.get("authorization") or ""
+        authorization = request.headers.get("authorization")
         if not (bearer_is(authorization, settings.admin_read_token) or bearer_is(authorization, settings.admin_token)):
             raise Unauthenticated("this admin API needs 'Authorization: Bearer <token>' for reads")
 
