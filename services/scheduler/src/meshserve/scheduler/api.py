@@ -302,11 +302,13 @@ def _model_routes(app: FastAPI, service: SchedulerService, mutate: list[DependsP
     @app.get("/v1/models", responses=_answers())
     async def list_models(offset: Offset = 0, limit: Limit = 100) -> dict[str, Any]:
         records, total = await service.registry.list_models(offset=offset, limit=limit)
-        rates = await service.live.rates_per_minute([r.id for r in records])  # one read for the page
+        ids = [r.id for r in records]
+        rates = await service.live.rates_per_minute(ids)  # one read each for the page
+        usage = await service.live.usage_many(ids)
         items = []
         for record in records:
             state = await service.model_state(record.id, record)
-            hits, last_used_ms = await service.live.usage(record.id)
+            hits, last_used_ms = usage.get(record.id, (0.0, 0))
             items.append(_model_json(record, state, hits=hits, last_used_ms=last_used_ms, rate=rates.get(record.id, 0.0)))
         return {"items": items, "total": total, "offset": offset, "limit": limit}
 
