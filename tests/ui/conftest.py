@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -120,17 +119,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
             report.sections.append((f"log of {proc.name}", proc.tail(30)))
 
 
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T], *, timeout: float = 90, what: str = "condition") -> T:
-    """Poll `check` (backing off to 0.5 s) until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -18,7 +18,9 @@ try:
 except ImportError as err:  # fail, never skip: say where it comes from
     raise ImportError("Playwright is not installed: it is pinned in requirements.lock (`make venv`)") from err
 
-from .conftest import IRIS_URI, MNIST_URI, TOKEN, wait_for
+from tests.integration.conftest import wait_for
+
+from .conftest import IRIS_URI, MNIST_URI, TOKEN
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +50,7 @@ def loaded_on(stack: Stack, model_id: str, copies: int) -> list[str]:
         pods = sorted(c["pod"] for c in model(stack, model_id)["copies"] if c["state"] == "loaded")
         return pods if len(pods) == copies else []
 
-    return wait_for(check, what=f"{copies} loaded copies of {model_id}")
+    return wait_for(check, timeout=90, what=f"{copies} loaded copies of {model_id}")
 
 
 def segment(page: Page, pod: str, model_id: str) -> Any:
