@@ -51,6 +51,7 @@ from starlette.routing import Match
 from meshserve.common.errors import MeshError, NotFound, Unauthenticated
 from meshserve.scheduler.local.api import resource_routes
 from meshserve.scheduler.local.resources import ResourceStore
+from meshserve.scheduler.pressure import read_pressure
 from meshserve.scheduler.rest import (
     MODEL_ID_PATTERN,
     NO_NUL_PATTERN,
@@ -166,6 +167,37 @@ class VModelSet(Camel):
     owner: Text = ""
     auto_delete: bool = False
     force: bool = False
+
+
+PressureWindow = Annotated[float, Query(
+    alias="windowSeconds", gt=0, le=3600, description="how far back evictions count, in seconds (at most an hour)",
+)]
+
+
+class PodPressureView(Camel):
+    id: str
+    capacity_bytes: int
+    allocated_bytes: int
+    draining: bool
+    loaded_copies: int
+    lru_copy_age_seconds: float | None = Field(description="how long its least recently used loaded copy has gone unused")
+
+
+class RuntimePressure(Camel):
+    """Model pressure of one runtime's pods (`GET /v1/runtimes/{name}/pressure`)."""
+
+    runtime: str
+    window_seconds: float
+    measured_at: dt.datetime
+    pods: list[PodPressureView] = Field(description="the runtime's pods, draining ones included")
+    capacity_bytes: int = Field(description="model memory of the pods that are not draining")
+    allocated_bytes: int = Field(description="held by copies on the pods that are not draining")
+    evictions: int = Field(description="copies evicted for room in the window (drains not counted)")
+    evicted_bytes: int = Field(description="their size (registry: measured, else predicted, else declared)")
+    evicted_bytes_per_minute: float
+    lru_copy_age_seconds: float | None = Field(
+        description="how long the least recently used loaded copy (pods not draining) has gone unused; null: none loaded"
+    )
 
 
 def create_app(service: SchedulerService) -> FastAPI:
@@ -424,6 +456,23 @@ def _pod_routes(app: FastAPI, service: SchedulerService, mutate: list[DependsPar
     async def list_runtimes(offset: Offset = 0, limit: Limit = 100) -> dict[str, Any]:
         records, total = await service.registry.list_runtimes(offset=offset, limit=limit)
         return {"items": [_runtime_json(r) for r in records], "total": total, "offset": offset, "limit": limit}
+
+    @app.get("/v1/runtimes/{name}/pressure", response_model=RuntimePressure, responses=_answers(401))
+    async def runtime_pressure(name: NamePath, window_seconds: PressureWindow = 60) -> RuntimePressure:
+        """Model pressure of a runtime's pods (read-only; see `pressure.py`): capacity
+        evictions of the last `windowSeconds` and the age of the least recently used copy.
+        A runtime without pods (or unknown) answers zeros and no pods."""
+        p = await read_pressure(live=service.live, registry=service.registry, runtime=name, window_seconds=window_seconds)
+        return RuntimePressure(
+            runtime=p.runtime, window_seconds=p.window_seconds, measured_at=dt.datetime.now(dt.UTC),
+            pods=[PodPressureView(
+                id=r.pod_id, capacity_bytes=r.capacity_bytes, allocated_bytes=r.allocated_bytes, draining=r.draining,
+                loaded_copies=r.loaded_copies, lru_copy_age_seconds=r.lru_copy_age_seconds,
+            ) for r in p.pods],
+            capacity_bytes=p.capacity_bytes, allocated_bytes=p.allocated_bytes, evictions=p.evictions,
+            evicted_bytes=p.evicted_bytes, evicted_bytes_per_minute=p.evicted_bytes_per_minute,
+            lru_copy_age_seconds=p.lru_copy_age_seconds,
+        )
 
     @app.post("/v1/pods/{pod_id}:drain", dependencies=mutate, responses=_answers(401, 404, 412, 504))
     async def drain(pod_id: NamePath) -> dict[str, Any]:
