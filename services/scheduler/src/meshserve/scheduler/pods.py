@@ -11,6 +11,14 @@ adopted the registry mirror is checked (`store.mirror.RegistryMirror.before_adop
 Invariants:
 * a pod is alive while its last heartbeat is younger than `pod_timeout_seconds`; a dead
   pod is removed with its copies, and the removal is recorded as a `pod-lost` event;
+* a pod whose heartbeat is late (`pod_probe_after_seconds`) is probed each leader pass: a
+  refused connection or a model server not ready is a dead pod, dropped at once; a probe
+  that goes unanswered is a hung pod, dropped once its heartbeat is
+  `pod_unresponsive_seconds` old; a pod that answers READY is left alone until the timeout;
+* a dropped pod's copies are listed as lost (re-placed by the leader, `scaler`), and the
+  pod is marked dropped: when that pod reports again (a hung pod resumed), each copy it
+  still holds is adopted only if the model has no copy elsewhere by then, else unloaded
+  there (never two copies where one was re-placed, never a copy the scheduler ignores);
 * a heartbeat never fails because Postgres is down: registry reads here treat
   `Unavailable` as "no record" (adoption skips the model) or skip the write.
 
@@ -21,6 +29,7 @@ the transports.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -60,6 +69,7 @@ class Pods:
         self.pullers = pullers
         self.mirror = mirror
         self.events = events
+        self._unloads: set[asyncio.Task[None]] = set()   # unloads of duplicates a returning pod holds
 
     async def check_suspect(self, pod_id: str, model_id: str) -> None:
         """Ask the puller of a pod whose copy of `model_id` failed a caller: drop the pod
@@ -85,6 +95,7 @@ class Pods:
 
     async def _drop_pod(self, pod_id: str, *, why: str) -> None:
         models = await self.live.remove_pod(pod_id)
+        await self.live.mark_dropped(pod_id, models)
         # a failure there said "not on this pod": a pod of that name later is another process
         # (a load it was killed in was the pod's fault; a bad model is refused by the
         # registry's model-level failure anyway)
@@ -101,14 +112,18 @@ class Pods:
         is_new = await self.live.upsert_pod(pod_id=pod_id, fields=body)
         held = await self.live.pod_allocations(pod_id)
         reported = set(loaded_model_ids)
+        returned = False
         if is_new:
             log.info("pod %s registered (capacity %s bytes)", pod_id, fields.get("capacity"))
             await self.live.clear_pod_failures(pod_id)  # a new process, whatever the old one failed at
             await self.events.record("pod-registered", pod_id=pod_id, message=f"capacity {fields.get('capacity')}")
+            returned = await self.live.take_dropped(pod_id)
         unknown = sorted(reported - set(held))
         if unknown:
             # copies the pod holds that live state does not know (e.g. after a Redis restart)
             await self.mirror.before_adopting(pod_id)
+        if returned and unknown:
+            unknown = await self._keep_unreplaced(pod_id, str(fields["management_address"]), unknown)
         for model in unknown:
             record = await self.safe_find(model)
             if record is None:
@@ -122,6 +137,53 @@ class Pods:
                 if rec.pod_id == pod_id and rec.state == "loaded" and now_ms() - rec.since_ms > grace:
                     await self.live.release(model_id=model, pod_id=pod_id)
                     await self.events.record("dropped", model_id=model, pod_id=pod_id, message="pod no longer reports it")
+
+    async def _keep_unreplaced(self, pod_id: str, management_address: str, models: Sequence[str]) -> list[str]:
+        """A dropped pod is back with copies (it was hung, not dead): the ones whose model has
+        a copy elsewhere by now are unloaded there (in the background; marked released so the
+        pod's reports meanwhile do not adopt them); returns the others, to adopt."""
+        copies = await self.live.copies_many(models)
+        duplicates = [m for m in models if any(c.pod_id != pod_id for c in copies.get(m, []))]
+        if not duplicates:
+            return list(models)
+        await self.live.keep_released(pod_id, duplicates)
+        for model in duplicates:
+            await self.events.record(
+                "dropped", model_id=model, pod_id=pod_id, message="pod came back after it was dropped; the model was re-placed meanwhile"
+            )
+        task = asyncio.create_task(self._unload_on(management_address, duplicates), name=f"unload duplicates on {pod_id}")
+        self._unloads.add(task)
+        task.add_done_callback(self._unloads.discard)
+        return [m for m in models if m not in set(duplicates)]
+
+    async def unloads_done(self) -> None:
+        """Return when the unloads of duplicates started so far have run (tests, shutdown)."""
+        await asyncio.gather(*list(self._unloads), return_exceptions=True)
+
+    async def _unload_on(self, management_address: str, models: Sequence[str]) -> None:
+        stub = self.pullers.stub(management_address)
+        for model in models:
+            try:
+                await stub.UnloadModel(runtime_pb2.UnloadModelRequest(model_id=model), timeout=30)
+            except grpc.aio.AioRpcError as err:
+                log.warning("unload of the duplicate %s on %s failed: %s", model, management_address, err.details())
+
+    async def probe(self, pod: PodInfo) -> tuple[str, str]:
+        """Ask a pod's puller how it is: ("alive" | "dead" | "hung", why). Dead: the
+        connection is refused (or fails otherwise) or its model server is not ready; hung:
+        no answer within `pod_probe_timeout_seconds` (a stopped process still accepts the
+        connection)."""
+        try:
+            status = await self.pullers.stub(pod.management_address).RuntimeStatus(
+                runtime_pb2.RuntimeStatusRequest(), timeout=self.settings.pod_probe_timeout_seconds
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return "hung", f"its puller did not answer within {self.settings.pod_probe_timeout_seconds:g}s"
+            return "dead", f"its puller: {err.code().name}"
+        if status.status != runtime_pb2.RuntimeStatusResponse.READY:
+            return "dead", "its model server is not ready"
+        return "alive", ""
 
     async def safe_find(self, model_id: str) -> ModelRecord | None:
         """The model's registry record; None when it is not registered or Postgres is down."""
@@ -159,9 +221,27 @@ class Pods:
         return written
 
     async def remove_dead_pods(self) -> list[str]:
-        removed = []
+        """Leader duty (each pass): drop the pods that stopped reporting; returns their ids.
+
+        Past `pod_timeout_seconds` without a heartbeat a pod is dropped whatever it is; a pod
+        late by `pod_probe_after_seconds` is probed (all late pods at once) and dropped when
+        the probe finds it dead, or hung with a heartbeat `pod_unresponsive_seconds` old."""
+        s = self.settings
+        removed, late = [], []
         for pod in await self.live.pods():
-            if not self.alive(pod):
+            age = (now_ms() - pod.heartbeat_ms) / 1000
+            if age > s.pod_timeout_seconds:
                 removed.append(pod.pod_id)
-                await self._drop_pod(pod.pod_id, why=f"no heartbeat for {self.settings.pod_timeout_seconds:.0f}s")
+                await self._drop_pod(pod.pod_id, why=f"no heartbeat for {s.pod_timeout_seconds:.0f}s")
+            elif age > s.pod_probe_after_seconds:
+                late.append(pod)
+        verdicts = await asyncio.gather(*(self.probe(p) for p in late))
+        for pod, (verdict, why) in zip(late, verdicts, strict=True):
+            current = await self.live.pod(pod.pod_id)
+            if current is None or current.heartbeat_ms != pod.heartbeat_ms:
+                continue   # reported meanwhile (or dropped by another path)
+            age = (now_ms() - pod.heartbeat_ms) / 1000
+            if verdict == "dead" or (verdict == "hung" and age > s.pod_unresponsive_seconds):
+                removed.append(pod.pod_id)
+                await self._drop_pod(pod.pod_id, why=f"no heartbeat for {age:.1f}s and {why}")
         return removed

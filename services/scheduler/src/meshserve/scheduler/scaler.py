@@ -6,6 +6,10 @@ from live state and applies that plan. `CopyScaler.drain_pod` empties one pod: e
 that has no copy elsewhere gets one before the pod's copy is unloaded. A first copy is
 `copies.Copies.ensure_loaded`, an extra one `loading.Loader.place_and_load`, an unload
 `unloading.Unloader`; this module only decides which copies to add or remove.
+`CopyScaler.replace_lost` re-places the copies a dropped pod took with it (the models
+`pods.Pods` listed as lost), the most requested first, one load at a time in a background
+task of its own (`start_replacing_lost`, a leader duty), so that requests find them loaded
+and on-demand loads still get load slots.
 
 Invariants:
 * the pods a plan may spread copies over are the alive ones that are not draining
@@ -21,6 +25,7 @@ May import: `meshserve.common`, the store wing, `copies`, `loading`, `unloading`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -65,6 +70,49 @@ class CopyScaler:
         self.loader = loader
         self.unloader = unloader
         self.events = events
+        self._replacing: asyncio.Task[list[str]] | None = None
+
+    def start_replacing_lost(self) -> None:
+        """Run `replace_lost` in the background unless a run is still going."""
+        if self._replacing is None or self._replacing.done():
+            self._replacing = asyncio.create_task(self.replace_lost(), name="re-place lost copies")
+            self._replacing.add_done_callback(_log_failure)
+
+    async def close(self) -> None:
+        """Stop a background re-placement (a load it started is released by the loader)."""
+        if self._replacing is not None and not self._replacing.done():
+            self._replacing.cancel()
+        await self.replacing_done()
+
+    async def replacing_done(self) -> None:
+        """Return when the background re-placement (if any) has finished (tests, shutdown)."""
+        if self._replacing is not None:
+            await asyncio.gather(self._replacing, return_exceptions=True)
+
+    async def replace_lost(self) -> list[str]:
+        """Give a copy back to each model that lost one with a dropped pod and has none now,
+        the most requested first, one at a time; a model with no request in the usage
+        window is left to load on its next request. Returns the models loaded."""
+        lost = await self.live.lost_models()
+        if not lost:
+            return []
+        rates = await self.live.rates_per_minute(lost)
+        done = []
+        for model in sorted(lost, key=lambda m: (-rates.get(m, 0.0), m)):
+            await self.live.forget_lost(model)
+            if rates.get(model, 0.0) <= 0 or await self.live.copies(model):
+                continue
+            if await self._pods.safe_find(model) is None:
+                continue
+            try:
+                await self.copies.ensure_loaded(model)
+            except MeshError as err:
+                log.info("lost copy of %s not re-placed: %s", model, err.message)
+                continue
+            done.append(model)
+        if done:
+            log.info("re-placed %d copies lost with dropped pods", len(done))
+        return done
 
     async def scale_once(self, *, only: Sequence[str] | None = None) -> list[CopyChange]:
         """One pass of copy scaling (leader loop): minCopies, maxCopies, request rates."""
@@ -142,3 +190,8 @@ class CopyScaler:
                 dropped.append(model)
         await self.events.record("drained", pod_id=pod_id, message=f"moved {len(moved)}, dropped {len(dropped)}")
         return {"pod": pod_id, "moved": moved, "unloaded": dropped}
+
+
+def _log_failure(task: asyncio.Task[list[str]]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("re-placing lost copies failed: %s", task.exception())

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from meshserve.common.errors import InvalidArgument, MeshError, NotFound
@@ -136,7 +136,28 @@ class SchedulerService:
 
     async def close(self) -> None:
         """Finish what must not be lost at shutdown (replaced models' retirements)."""
+        await self.scaler.close()
         await self.vmodels.close()
+
+    # -- the leader's housekeeping ---------------------------------------------------------
+    async def housekeeping(self) -> None:
+        """The leader's duties beside pod liveness, runtime rows and scaling (app.py's leader
+        loop calls this once a pass, under the lease). Each duty is short; one that fails is
+        logged and does not hold up the others:
+
+        * re-place the copies dropped pods took with them (`scaler.CopyScaler.replace_lost`,
+          in a background task of its own)."""
+        duties: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("re-place lost copies", self._start_replacing_lost),
+        ]
+        for name, duty in duties:
+            try:
+                await duty()
+            except MeshError as err:
+                log.warning("leader duty %r failed: %s", name, err.message)
+
+    async def _start_replacing_lost(self) -> None:
+        self.scaler.start_replacing_lost()
 
     # -- registration ----------------------------------------------------------------------
     async def register_model(self, spec: ModelSpec, *, load_now: bool = False, wait: bool = False) -> ModelState:

@@ -56,6 +56,16 @@ class SchedulerSettings(ServiceSettings):
     """A pod without heartbeat this long is gone."""
     heartbeat_interval_seconds: float = 2.0
     """How often pullers are told to heartbeat (the leader lease is 3x it, at least 3 s)."""
+    pod_probe_after_seconds: float = Field(default=3.0, gt=0)
+    """A pod whose last heartbeat is older than this is probed by the leader (its puller's
+    RuntimeStatus): a refused connection or a model server not ready drops it at once (dead),
+    so its copies are re-placed within seconds instead of after `pod_timeout_seconds`."""
+    pod_probe_timeout_seconds: float = Field(default=1.0, gt=0)
+    """... the probe's deadline: a puller that does not answer within it is taken as hung."""
+    pod_unresponsive_seconds: float = Field(default=6.0, gt=0)
+    """A pod whose probes go unanswered (hung, e.g. stopped: not dead) is dropped once its last
+    heartbeat is this old, so requests are routed around it; when it comes back, the copies it
+    still holds are kept only where the model has no other copy (the rest are unloaded there)."""
     failure_backoff_seconds: float = 900.0
     """A failed load is not retried on that pod (or, for bad files, anywhere) for this long
     (ModelMesh's MM_LOAD_FAILURE_EXPIRY_TIME_MS)."""

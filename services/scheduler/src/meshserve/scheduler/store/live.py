@@ -2,7 +2,8 @@
 
 `LiveState` is the key families together, each in a module of its own: pods and
 reservations (`pod_keys`), copies (`copy_keys`), usage and traffic (`usage_keys`), the
-registry mirror (`mirror_keys`), failures (`failure_keys`), on `keys.LiveKeys`.
+registry mirror (`mirror_keys`), failures (`failure_keys`), dropped pods' lost copies
+(`lost_keys`), on `keys.LiveKeys`.
 
 Everything here can be rebuilt: from the pullers' heartbeats (pods and the copies
 they hold) and the Postgres registry (models, vmodels). Memory accounting per pod is
@@ -41,6 +42,8 @@ Key layout (prefix `ms` by default):
   ms:traffic:requests     counter: requests reported (all models), for shift detection
   ms:traffic:loads        counter: loads started by a miss
   ms:fail:<model>:<pod>   string (TTL = back-off): reason of the last failed load there
+  ms:lost                 sorted set: model id -> ms its copy was lost with a dropped pod (`lost_keys`)
+  ms:dropped:<pod>        string (TTL): the pod was dropped; its copies are checked when it comes back
   ms:routelog...          the route log (see routing/log.py): every route change, in order
 
 May import: `meshserve.common`, `models`, the store wing, `routing.log`, redis. Never
@@ -67,6 +70,7 @@ from meshserve.scheduler.store.connection import connect
 from meshserve.scheduler.store.copy_keys import CopyKeys
 from meshserve.scheduler.store.failure_keys import FailureKeys
 from meshserve.scheduler.store.keys import RELEASED_GRACE_MS, now_ms
+from meshserve.scheduler.store.lost_keys import LostKeys
 from meshserve.scheduler.store.mirror_keys import MirrorKeys
 from meshserve.scheduler.store.pod_keys import PodKeys
 from meshserve.scheduler.store.usage_keys import UsageKeys
@@ -77,7 +81,7 @@ __all__ = [
 ]
 
 
-class LiveState(PodKeys, CopyKeys, UsageKeys, MirrorKeys, FailureKeys):
+class LiveState(PodKeys, CopyKeys, UsageKeys, MirrorKeys, FailureKeys, LostKeys):
     """The scheduler's live state in Redis (see the module's docstring for the keys)."""
 
     def __init__(self, url: str, *, prefix: str = "ms") -> None:
