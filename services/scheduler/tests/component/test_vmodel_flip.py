@@ -10,6 +10,7 @@ longer than the test keeps the model, a zero grace retires it once the task has 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -77,3 +78,40 @@ async def test_a_model_pointed_at_again_within_the_grace_is_kept(make_service: S
         assert service.vmodels.pending_retirements() == ["again-old"]
         await service.vmodels.close()   # the grace ends: the check is made now, not at the flip
         assert await _registered(service, "again-old")
+
+
+async def test_a_retirement_pending_in_a_killed_scheduler_is_run_by_the_next_leader(
+    make_service: ServiceFactory, database_url: str
+) -> None:
+    """The replica that flipped dies during the grace (its task is lost with it); the
+    retirement's registry row lets another replica's leader duty unregister the model once
+    due, and only then."""
+    upgrade(database_url)
+    async with make_service(database_url, vmodel_retire_grace_seconds=LONG) as flipper:
+        await _register(flipper, "killed-old", "killed-new")
+        await _flip(flipper, vmodel_id="killed-vm", target_model_id="killed-old")
+        await _flip(flipper, vmodel_id="killed-vm", target_model_id="killed-new")
+        pending = await flipper.registry.pending_retirements()
+        assert set(pending) == {"killed-old"}
+        # another replica, with none of the flipper's tasks (as after a SIGKILL of it)
+        async with make_service(database_url, vmodel_retire_grace_seconds=LONG) as leader:
+            assert await leader.vmodels.retire_due() == []   # not due yet
+            assert await _registered(leader, "killed-old")
+            later = pending["killed-old"] + dt.timedelta(seconds=1)
+            assert await leader.vmodels.retire_due(now=later) == ["killed-old"]
+            assert not await _registered(leader, "killed-old")
+            assert await _registered(leader, "killed-new")
+            assert await leader.registry.pending_retirements() == {}
+        # the flipper's own task, when it runs, finds nothing left to do
+        await flipper.vmodels.close()
+        assert await flipper.registry.pending_retirements() == {}
+
+
+async def test_a_retirement_is_forgotten_once_its_task_ran(make_service: ServiceFactory, database_url: str) -> None:
+    upgrade(database_url)
+    async with make_service(database_url, vmodel_retire_grace_seconds=0.0) as service:
+        await _register(service, "ran-old", "ran-new")
+        await _flip(service, vmodel_id="ran-vm", target_model_id="ran-old")
+        await _flip(service, vmodel_id="ran-vm", target_model_id="ran-new")
+        await service.vmodels.retirements_done()
+        assert "ran-old" not in await service.registry.pending_retirements()

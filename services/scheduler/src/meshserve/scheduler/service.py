@@ -146,9 +146,12 @@ class SchedulerService:
         logged and does not hold up the others:
 
         * re-place the copies dropped pods took with them (`scaler.CopyScaler.replace_lost`,
-          in a background task of its own)."""
+          in a background task of its own);
+        * unregister the replaced models whose retirement a dead replica left pending
+          (`vmodels.VModels.retire_due`)."""
         duties: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("re-place lost copies", self._start_replacing_lost),
+            ("retire replaced models", self.vmodels.retire_due),
         ]
         for name, duty in duties:
             try:

@@ -6,9 +6,11 @@ loading the target in the background and flipping when it is loaded, then unregi
 the model it replaced when the vmodel auto-deletes its models. That unregistration waits
 `retire_grace_seconds` (a scheduled task, never the request path): Envoy may already
 have routed a request to the old model id, and when that request falls over to the
-router's slow path it asks for the old id, which must still be registered then. It
-builds on `copies.Copies` (load, state, drop a model) and never places or loads copies
-itself.
+router's slow path it asks for the old id, which must still be registered then. The
+pending retirement is also a registry row (`model_retirements`, with its due time), so a
+scheduler killed during the grace does not leave the model registered forever: the
+leader retires the due rows (`retire_due`, a leader duty). It builds on `copies.Copies`
+(load, state, drop a model) and never places or loads copies itself.
 
 Invariants:
 * a vmodel's newest target has one transition task: set again with the same target, the
@@ -17,7 +19,11 @@ Invariants:
 * a model is unregistered on a vmodel's behalf only after checking that no vmodel
   (active or target) still refers to it, checked when the grace ends, not at the flip;
 * one retirement task per replaced model; `close` runs the pending ones at once, so
-  a shutdown leaves no replaced model registered.
+  a shutdown leaves no replaced model registered;
+* a retirement's row is written before its task sleeps and deleted once it has run (the
+  model unregistered, or kept because something refers to it again); a row left by a
+  replica that died is run by the leader when due. With Postgres down the row is not
+  written (logged) and the task alone retires the model.
 
 May import: `meshserve.common`, the store wing, `copies`, `events`, `status`. Never
 imports `service` or the transports (`service.SchedulerService.set_vmodel`, the use case
@@ -28,10 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from typing import Any
 
-from meshserve.common.errors import AlreadyExists, MeshError, NotFound
+from meshserve.common.errors import AlreadyExists, MeshError, NotFound, Unavailable
 from meshserve.common.storage import check_model_id
 from meshserve.scheduler.copies import Copies
 from meshserve.scheduler.events import EventLog
@@ -129,14 +136,20 @@ class VModels:
         if old and old != new:
             await self.events.record("vmodel-switched", model_id=new, message=f"vmodel {vmodel_id}: {old} -> {new}")
             if auto_delete:
-                self._retire_later(old)
+                await self._retire_later(old)
 
-    def _retire_later(self, model_id: str) -> None:
+    async def _retire_later(self, model_id: str) -> None:
         """Unregister `model_id` (replaced by a flip) once the grace has passed, in a task
-        of its own; a second flip away from it meanwhile keeps the first task."""
+        of its own, its row written first; a second flip away from it meanwhile keeps the
+        first task (and the first row's time)."""
         running = self._retirements.get(model_id)
         if running is not None and not running.done():
             return
+        due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._retire_grace)
+        try:
+            await self.registry.schedule_retirement(model_id, due_at=due)
+        except Unavailable as err:
+            log.warning("retirement of %s not persisted (a restart during the grace keeps it registered): %s", model_id, err.message)
         task = asyncio.create_task(self._retire(model_id), name=f"retire {model_id}")
         self._retirements[model_id] = task
         task.add_done_callback(lambda t: self._retired(model_id, t))
@@ -150,8 +163,26 @@ class VModels:
             await asyncio.sleep(self._retire_grace)
         try:
             await self._unregister_if_unreferenced(model_id)
-        except MeshError as err:   # Postgres or Redis down: the model stays registered, logged
+            await self.registry.delete_retirement(model_id)
+        except MeshError as err:   # Postgres or Redis down: the row stays, the leader retries
             log.warning("replaced model %s not unregistered: %s", model_id, err.message)
+
+    async def retire_due(self, *, now: dt.datetime | None = None) -> list[str]:
+        """Leader duty: run the retirements whose grace has ended by `now` (default: the
+        clock) and whose task is not running in this replica: those of a replica that died.
+        Returns the models handled (unregistered, or kept because something refers to them)."""
+        due = await self.registry.due_retirements(now=now or dt.datetime.now(dt.UTC))
+        done = []
+        for model_id in due:
+            running = self._retirements.get(model_id)
+            if running is not None and not running.done():
+                continue   # this replica's own task runs it
+            await self._unregister_if_unreferenced(model_id)
+            await self.registry.delete_retirement(model_id)
+            done.append(model_id)
+        if done:
+            log.info("retired %d replaced models left by an earlier scheduler: %s", len(done), ", ".join(done))
+        return done
 
     async def _unregister_if_unreferenced(self, model_id: str) -> None:
         vmodels, _ = await self.registry.list_vmodels(limit=1_000_000)

@@ -112,6 +112,16 @@ class EventRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class RetirementRow(Base):
+    """A model a vmodel replaced, to unregister once `due_at` has passed (`vmodels.VModels`);
+    the row is what survives a scheduler killed during the grace."""
+
+    __tablename__ = "model_retirements"
+    model_id: Mapped[str] = mapped_column(String(253), primary_key=True)
+    due_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 def model_record(row: ModelRow) -> ModelRecord:
     return ModelRecord(
         id=row.id,
@@ -300,6 +310,31 @@ class Registry:
     async def delete_vmodel(self, vmodel_id: str) -> None:
         async with self._session() as s:
             await s.execute(delete(VModelRow).where(VModelRow.id == vmodel_id))
+
+    # -- retirements of replaced models -----------------------------------------------
+    async def schedule_retirement(self, model_id: str, *, due_at: dt.datetime) -> None:
+        """Remember that `model_id` is to be unregistered at `due_at`; a retirement already
+        pending for it keeps its (earlier) time."""
+        statement = pg_insert(RetirementRow).values(model_id=model_id, due_at=due_at, created_at=_now())
+        async with self._session() as s:
+            await s.execute(statement.on_conflict_do_nothing(index_elements=[RetirementRow.model_id]))
+
+    async def due_retirements(self, *, now: dt.datetime, limit: int = 100) -> list[str]:
+        """The models whose retirement is due at `now`, the earliest first."""
+        query = (
+            select(RetirementRow.model_id).where(RetirementRow.due_at <= now).order_by(RetirementRow.due_at).limit(limit)
+        )
+        async with self._session() as s:
+            return list((await s.execute(query)).scalars())
+
+    async def pending_retirements(self) -> dict[str, dt.datetime]:
+        """Every pending retirement: model id -> when it is due."""
+        async with self._session() as s:
+            return {r.model_id: r.due_at for r in (await s.execute(select(RetirementRow))).scalars()}
+
+    async def delete_retirement(self, model_id: str) -> None:
+        async with self._session() as s:
+            await s.execute(delete(RetirementRow).where(RetirementRow.model_id == model_id))
 
     # -- events -----------------------------------------------------------------------
     async def add_event(
