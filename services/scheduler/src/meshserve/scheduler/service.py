@@ -23,6 +23,7 @@ May import: every module below it (listed above), `meshserve.common`, `metrics`,
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from meshserve.scheduler import metrics
 from meshserve.scheduler.copies import Copies, Endpoint
 from meshserve.scheduler.events import EventLog
 from meshserve.scheduler.loading import Loader, placement_config
+from meshserve.scheduler.local.resources import ResourceStore
 from meshserve.scheduler.placement.views import ClusterViews
 from meshserve.scheduler.pods import Pods
 from meshserve.scheduler.pullers import PullerClients
@@ -50,6 +52,11 @@ from meshserve.scheduler.vmodels import VModels
 log = logging.getLogger(__name__)
 
 __all__ = ["Endpoint", "ModelSpec", "SchedulerService"]
+
+RETENTION_BATCH = 1000
+"""Rows one retention statement deletes at most (one short transaction each)."""
+RETENTION_BATCHES = 10
+"""Statements per table per retention pass at most: a backlog is worked off over passes."""
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -86,6 +93,8 @@ class SchedulerService:
         self.clock = clock
         clock_now = lambda: self.clock()   # noqa: E731 - one clock: failures are stamped and aged by the same
         self.events = EventLog(registry)
+        self.resources = ResourceStore(registry)   # the local resources' tombstones (retention)
+        self._retention_at: float | None = None
         self.mirror = RegistryMirror(registry=registry, live=live)
         # placement's views, kept between decisions and read again only where they changed
         self.views = ClusterViews(
@@ -148,11 +157,17 @@ class SchedulerService:
         * re-place the copies dropped pods took with them (`scaler.CopyScaler.replace_lost`,
           in a background task of its own);
         * unregister the replaced models whose retirement a dead replica left pending
-          (`vmodels.VModels.retire_due`)."""
+          (`vmodels.VModels.retire_due`);
+        * every `retention_interval_seconds`: delete old events and old tombstones of
+          deleted local resources (`apply_retention`)."""
         duties: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("re-place lost copies", self._start_replacing_lost),
             ("retire replaced models", self.vmodels.retire_due),
         ]
+        now = time.monotonic()
+        if self._retention_at is None or now - self._retention_at >= self.settings.retention_interval_seconds:
+            self._retention_at = now
+            duties.append(("retention", self.apply_retention))
         for name, duty in duties:
             try:
                 await duty()
@@ -161,6 +176,28 @@ class SchedulerService:
 
     async def _start_replacing_lost(self) -> None:
         self.scaler.start_replacing_lost()
+
+    async def apply_retention(self, *, now: dt.datetime | None = None) -> dict[str, int]:
+        """Delete the events and the local resources' tombstones the retention settings no
+        longer keep (as of `now`, default the clock), in bounded batches; how many of each."""
+        s = self.settings
+        now = now or dt.datetime.now(dt.UTC)
+        events = await self.registry.prune_events(
+            before=now - dt.timedelta(days=s.event_retention_days) if s.event_retention_days else None,
+            keep=s.event_retention_max_rows,
+            batch=RETENTION_BATCH,
+            batches=RETENTION_BATCHES,
+        )
+        tombstones = 0
+        if s.resource_tombstone_retention_hours:
+            tombstones = await self.resources.prune_tombstones(
+                before=now - dt.timedelta(hours=s.resource_tombstone_retention_hours),
+                batch=RETENTION_BATCH,
+                batches=RETENTION_BATCHES,
+            )
+        if events or tombstones:
+            log.info("retention: deleted %d events and %d tombstones of deleted resources", events, tombstones)
+        return {"events": events, "tombstones": tombstones}
 
     # -- registration ----------------------------------------------------------------------
     async def register_model(self, spec: ModelSpec, *, load_now: bool = False, wait: bool = False) -> ModelState:

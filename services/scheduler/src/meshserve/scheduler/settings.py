@@ -100,6 +100,17 @@ class SchedulerSettings(ServiceSettings):
     0 unregisters at once."""
     runtime_wait_seconds: float = 30.0
     """How long a request waits for a compatible pod (scale from zero)."""
+    event_retention_days: float = Field(default=7.0, ge=0)
+    """The leader deletes events (`/v1/events`) older than this (0: no age limit)."""
+    event_retention_max_rows: int = Field(default=100_000, ge=0)
+    """... and all but the newest this many (0: no row limit)."""
+    resource_tombstone_retention_hours: float = Field(default=24.0, ge=0)
+    """Local mode: a deleted resource's tombstone (how a watch resuming from an older
+    resourceVersion learns of the deletion) is deleted after this long; a watch from before the
+    newest tombstone deleted answers 410 Gone and the watcher lists again (0: kept forever)."""
+    retention_interval_seconds: float = Field(default=60.0, gt=0)
+    """How often the leader applies the two retentions above (in batches of 1,000 rows, at most
+    10 batches of each per pass)."""
 
     def shift_config(self) -> ShiftConfig:
         """The shift detector's rules from the settings (the rest are ShiftConfig's defaults)."""

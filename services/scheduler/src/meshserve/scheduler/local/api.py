@@ -20,7 +20,13 @@ from fastapi.params import Depends as DependsParam
 from meshserve.common.errors import InvalidArgument
 from meshserve.common.labels import LOCAL_SECRET_LABEL
 from meshserve.scheduler.local.resources import KINDS, Applied, ResourceStore, identify
-from meshserve.scheduler.rest import NO_NUL_PATTERN, NamePath, answers, json_body
+from meshserve.scheduler.rest import NO_NUL_PATTERN, ErrorBody, NamePath, answers, json_body
+
+_EXPIRED = (
+    "410 Gone: `resourceVersion` (not 0) is older than the oldest deletion still remembered "
+    "(deleted resources' tombstones are kept for `MESHSERVE_SCHEDULER_RESOURCE_TOMBSTONE_RETENTION_HOURS`); "
+    "list again and watch from the list's `resourceVersion`"
+)
 
 
 def resource_routes(
@@ -64,12 +70,12 @@ def resource_routes(
 
     @app.get(
         "/v1/resources:watch",
-        responses=answers(),
+        responses={**answers(), 410: {"model": ErrorBody, "description": _EXPIRED}},
         summary="Long poll for resource changes",
         description=(
             "Not a stream: one JSON answer. Answers as soon as there are changes after `resourceVersion`, "
             "else after `timeoutSeconds` (at most 300) with no events; call again from the `resourceVersion` "
-            "answered. Clients need a read timeout above `timeoutSeconds`."
+            "answered. Clients need a read timeout above `timeoutSeconds`. " + _EXPIRED + "."
         ),
     )
     async def watch_resources(

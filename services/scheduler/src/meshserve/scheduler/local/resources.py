@@ -6,6 +6,13 @@ Every write takes the next value of one global sequence as the object's
 resourceVersion; deletes leave a tombstone row with its own version, so a watcher
 resuming from version N sees every ADDED / MODIFIED / DELETED after N, in order.
 
+Tombstones do not stay forever: the leader's retention (`prune_tombstones`) deletes those
+older than a few hours and raises the compaction floor (`resource_compaction`) to the
+newest version it deleted. A watch resuming from a version below the floor may have missed
+a deletion, so it is refused with `ResourceVersionExpired` (410 Gone, as an API server's
+"too old resource version"), and the watcher lists again; version 0 means "everything now"
+and is never refused.
+
 May import: `meshserve.common`, `store.registry`, sqlalchemy. Never imports the use
 cases or the transports.
 """
@@ -18,10 +25,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, String, func, select, text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
-from meshserve.common.errors import InvalidArgument, NotFound
+from meshserve.common.errors import InvalidArgument, MeshError, NotFound
 from meshserve.scheduler.store.registry import Base, Registry
 
 KINDS = {
@@ -46,6 +54,22 @@ class ResourceRow(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CompactionRow(Base):
+    """One row (id 1): the newest resourceVersion of the tombstones deleted so far."""
+
+    __tablename__ = "resource_compaction"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ResourceVersionExpired(MeshError):
+    """A watch from a resourceVersion older than the compaction floor: list again."""
+
+    status = "OUT_OF_RANGE"
+    http_status = 410
 
 
 @dataclass(frozen=True)
@@ -189,7 +213,8 @@ class ResourceStore:
             return body
 
     async def changes_since(self, version: int, *, limit: int = 500) -> list[tuple[str, dict[str, Any], int]]:
-        """(event type, object, resourceVersion) of every write after `version`, in order."""
+        """(event type, object, resourceVersion) of every write after `version`, in order;
+        `ResourceVersionExpired` when deletions after `version` may have been forgotten."""
         query = (
             select(ResourceRow)
             .where(ResourceRow.resource_version > version)
@@ -197,6 +222,12 @@ class ResourceStore:
             .limit(limit)
         )
         async with self.registry._session() as s:
+            floor = (await s.execute(select(CompactionRow.version).where(CompactionRow.id == 1))).scalar_one_or_none()
+            if version and floor and version < floor:
+                raise ResourceVersionExpired(
+                    f"too old resource version: {version} (deleted resources before {floor} are forgotten); "
+                    "list again (GET /v1/resources) and watch from its resourceVersion"
+                )
             out = []
             for row in (await s.execute(query)).scalars():
                 if row.deleted:
@@ -207,6 +238,41 @@ class ResourceStore:
                     kind = "MODIFIED"
                 out.append((kind, dict(row.body), row.resource_version))
             return out
+
+
+    async def prune_tombstones(self, *, before: dt.datetime, batch: int, batches: int) -> int:
+        """Delete the tombstones of resources deleted before `before`, the oldest first, in
+        at most `batches` transactions of `batch` rows, raising the compaction floor in the
+        same transaction as each deletion; returns how many went."""
+        deleted = 0
+        for _ in range(batches):
+            async with self.registry._session() as s:
+                versions = list(
+                    (
+                        await s.execute(
+                            text(
+                                "DELETE FROM resources WHERE (kind, namespace, name) IN ("
+                                " SELECT kind, namespace, name FROM resources"
+                                " WHERE deleted AND updated_at < :before ORDER BY resource_version LIMIT :n"
+                                " FOR UPDATE SKIP LOCKED) RETURNING resource_version"
+                            ),
+                            {"before": before, "n": batch},
+                        )
+                    ).scalars()
+                )
+                if versions:
+                    newest = max(versions)
+                    upsert = pg_insert(CompactionRow).values(id=1, version=newest, updated_at=_now())
+                    await s.execute(
+                        upsert.on_conflict_do_update(
+                            index_elements=[CompactionRow.id],
+                            set_={"version": func.greatest(CompactionRow.version, newest), "updated_at": _now()},
+                        )
+                    )
+            deleted += len(versions)
+            if len(versions) < batch:
+                break
+        return deleted
 
 
 def _comparable(obj: dict[str, Any]) -> dict[str, Any]:

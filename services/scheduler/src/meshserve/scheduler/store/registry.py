@@ -343,6 +343,35 @@ class Registry:
         async with self._session() as s:
             s.add(EventRow(kind=kind, model_id=model_id, pod_id=pod_id, message=message, details=details or {}))
 
+    async def prune_events(self, *, before: dt.datetime | None, keep: int, batch: int, batches: int) -> int:
+        """Delete events older than `before` (None: no age limit) and beyond the newest `keep`
+        (0: no row limit), the oldest first, in at most `batches` statements of `batch` rows
+        each (one transaction each, so a pass never holds a long lock); returns how many went."""
+        deleted = 0
+        for _ in range(batches):
+            async with self._session() as s:
+                oldest = select(EventRow.id).order_by(EventRow.id)
+                if keep > 0:
+                    newest_dropped = (
+                        await s.execute(select(EventRow.id).order_by(EventRow.id.desc()).offset(keep).limit(1))
+                    ).scalar_one_or_none()
+                else:
+                    newest_dropped = None
+                if before is None and newest_dropped is None:
+                    break
+                if before is not None and newest_dropped is not None:
+                    oldest = oldest.where((EventRow.time < before) | (EventRow.id <= newest_dropped))
+                elif before is not None:
+                    oldest = oldest.where(EventRow.time < before)
+                else:
+                    oldest = oldest.where(EventRow.id <= newest_dropped)
+                result = await s.execute(delete(EventRow).where(EventRow.id.in_(oldest.limit(batch))))
+                n = int(result.rowcount)  # type: ignore[attr-defined]
+            deleted += n
+            if n < batch:
+                break
+        return deleted
+
     async def list_events(
         self,
         *,
