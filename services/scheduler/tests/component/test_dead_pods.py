@@ -12,14 +12,18 @@ were not re-placed meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 
 from meshserve.scheduler.service import ModelSpec, SchedulerService
+from meshserve.scheduler.store.migrate import upgrade
 from meshserve.scheduler.store.live import now_ms
 
 from .standin_pullers import dead_address, hung_address, pod_fields, stand_in_puller
+
+ServiceFactory = Callable[..., AbstractAsyncContextManager[SchedulerService]]
 
 
 @pytest.fixture(autouse=True)
@@ -126,3 +130,34 @@ async def test_after_a_redis_loss_every_reported_copy_is_adopted(service: Schedu
         await service.pods.unloads_done()
         assert {c.pod_id for c in await service.live.copies(hot)} == {f"{prefix}-a", f"{prefix}-b"}
         assert a_puller.unloads == b_puller.unloads == []
+
+
+async def test_a_model_registered_before_its_runtime_had_a_pod_loads_when_one_registers(
+    make_service: ServiceFactory, database_url: str, prefix: str
+) -> None:
+    """An InferenceService applied before its runtime has a pod: the background load finds no
+    running instance and gives up; when a pod of that runtime registers, the leader loads it."""
+    upgrade(database_url)
+    async with make_service(database_url, runtime_wait_seconds=0) as service:
+        model = f"{prefix}-early"
+        await service.register_model(
+            ModelSpec(model_id=model, model_type="sklearn", runtime=f"{prefix}-rt", storage_uri="s3://b/m.joblib"), load_now=True
+        )
+        await service.copies.background_done()
+        assert await service.live.copies(model) == []
+        assert await service.live.awaiting_runtime() == [model]
+        await service.housekeeping()   # no pod yet: nothing to do
+        async with stand_in_puller() as other_runtime, stand_in_puller() as puller:
+            # a pod of another runtime does not take it
+            await service.pods.report_pod(
+                pod_fields(f"{prefix}-x", runtime=f"{prefix}-other", management_address=other_runtime.address), []
+            )
+            await service.housekeeping()
+            await service.copies.background_done()
+            assert other_runtime.loads == [] and await service.live.awaiting_runtime() == [model]
+            await service.pods.report_pod(pod_fields(f"{prefix}-a", runtime=f"{prefix}-rt", management_address=puller.address), [])
+            await service.housekeeping()
+            await service.copies.background_done()
+            assert puller.loads == [model]
+            assert [(c.pod_id, c.state) for c in await service.live.copies(model)] == [(f"{prefix}-a", "loaded")]
+            assert await service.live.awaiting_runtime() == []

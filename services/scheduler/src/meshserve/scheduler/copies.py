@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshserve.common.errors import MeshError, NotFound
+from meshserve.common.labels import model_labels
 from meshserve.scheduler.events import EventLog
 from meshserve.scheduler.loading import Loader
 from meshserve.scheduler.models import CopyRecord, CopyState, ModelRecord
@@ -143,6 +144,39 @@ class Copies:
         """Start loading a first copy of `model_id`; a failure is logged, not raised."""
         self.spawn(self._ensure_quietly(model_id))
 
+    async def load_awaiting(self) -> list[str]:
+        """Start loading (in the background) each model whose load found no runtime and for
+        which a compatible pod is now up (the leader, when pods registered); models no longer
+        registered are forgotten. Returns the models started."""
+        waiting = await self.live.awaiting_runtime()
+        if not waiting:
+            return []
+        await self.views.refresh()
+        pods = self.views.pods(alive=True)
+        started = []
+        for model_id in waiting:
+            record = await self.registry.find_model(model_id)
+            if record is None:
+                await self.live.stop_awaiting(model_id)
+                continue
+            labels = model_labels(
+                model_type=record.model_type,
+                model_type_version=record.model_type_version,
+                runtime=record.runtime,
+                protocol_version=record.protocol_version,
+            )
+            if any(labels <= p.labels for p in pods):
+                await self.live.stop_awaiting(model_id)
+                self.load_in_background(model_id)
+                started.append(model_id)
+        if started:
+            log.info("a runtime for %d waiting models is up: loading %s", len(started), ", ".join(started))
+        return started
+
+    async def background_done(self) -> None:
+        """Return when the background loads started so far have ended (tests, shutdown)."""
+        await asyncio.gather(*list(self._background), return_exceptions=True)
+
     def spawn(self, coro: Any) -> None:
         """Run `coro` as a background task this object keeps a reference to."""
         task = asyncio.create_task(coro)
@@ -174,4 +208,5 @@ class Copies:
         await self.registry.delete_model(model_id)
         await self.live.remove_model(model_id)
         await self.live.clear_failures(model_id)
+        await self.live.stop_awaiting(model_id)
         await self.events.record("unregistered", model_id=model_id)

@@ -145,6 +145,7 @@ class Loader:
             done = await self.place_and_load(record, exclusive=True, deadline=deadline)
             if done:
                 self._runtime_waits.pop(model_id, None)
+                await self.live.stop_awaiting(model_id)
                 return
             if time.monotonic() > deadline:
                 raise Unavailable(f"could not place model {model_id!r} within the load timeout")
@@ -192,6 +193,7 @@ class Loader:
                     await asyncio.sleep(0.5)
                     return False
                 self._runtime_waits.pop(model_id, None)
+                await self.live.await_runtime(model_id)   # loaded when a pod for it registers
                 kind = "|".join(sorted(labels))
                 raise Unavailable(
                     f"There are no running instances that meet the label requirements of type {kind}: "

@@ -95,6 +95,9 @@ class SchedulerService:
         self.events = EventLog(registry)
         self.resources = ResourceStore(registry)   # the local resources' tombstones (retention)
         self._retention_at: float | None = None
+        # the pods and the models waiting for a runtime at the last housekeeping pass
+        self._pods_seen: frozenset[str] = frozenset()
+        self._waiting_seen: frozenset[str] = frozenset()
         self.mirror = RegistryMirror(registry=registry, live=live)
         # placement's views, kept between decisions and read again only where they changed
         self.views = ClusterViews(
@@ -158,10 +161,14 @@ class SchedulerService:
           in a background task of its own);
         * unregister the replaced models whose retirement a dead replica left pending
           (`vmodels.VModels.retire_due`);
+        * when pods registered since the last pass: load the models whose load found no
+          runtime and that one of them can take (`copies.Copies.load_awaiting`; e.g. an
+          InferenceService applied before its runtime had a pod);
         * every `retention_interval_seconds`: delete old events and old tombstones of
           deleted local resources (`apply_retention`)."""
         duties: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("re-place lost copies", self._start_replacing_lost),
+            ("load models that waited for a runtime", self._load_awaiting),
             ("retire replaced models", self.vmodels.retire_due),
         ]
         now = time.monotonic()
@@ -176,6 +183,15 @@ class SchedulerService:
 
     async def _start_replacing_lost(self) -> None:
         self.scaler.start_replacing_lost()
+
+    async def _load_awaiting(self) -> None:
+        """`copies.load_awaiting` when a pod registered or a model began to wait since the
+        last pass (a pass without either would find the same answer)."""
+        pods = frozenset(await self.live.pod_heads())
+        waiting = frozenset(await self.live.awaiting_runtime())
+        if waiting and (pods - self._pods_seen or waiting - self._waiting_seen):
+            await self.copies.load_awaiting()
+        self._pods_seen, self._waiting_seen = pods, waiting
 
     async def apply_retention(self, *, now: dt.datetime | None = None) -> dict[str, int]:
         """Delete the events and the local resources' tombstones the retention settings no

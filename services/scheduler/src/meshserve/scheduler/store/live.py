@@ -30,6 +30,7 @@ Key layout (prefix `ms` by default):
   ms:heads                hash: pod id -> "<view_version>:<heartbeat_ms>" of every registered pod
   ms:alloc:<pod>          hash: model id -> bytes held on that pod
   ms:copies:<model>       hash: pod id -> "loading:<ms>" | "loaded:<ms>"
+  ms:awaiting_runtime     set of model ids whose load found no compatible pod (loaded when one comes)
   ms:models               set of registered model ids
   ms:vmodels              hash: vmodel id -> active model id
   ms:bounds               hash: model id -> "<min copies>:<max copies>"
