@@ -65,7 +65,7 @@ from meshserve.scheduler.placement.index import place_indexed
 from meshserve.scheduler.placement.views import ClusterViews, pod_views
 from meshserve.scheduler.pullers import MODEL_FAULTS, PullerClients, model_key, storage_path
 from meshserve.scheduler.settings import SchedulerSettings
-from meshserve.scheduler.sizing import known_size, runtime_default_size
+from meshserve.scheduler.sizing import credible_measurement, known_size, runtime_default_size
 from meshserve.scheduler.status import active_failure
 from meshserve.scheduler.store.live import LiveState, PodInfo
 from meshserve.scheduler.store.registry import ModelRecord, Registry
@@ -244,6 +244,13 @@ class Loader:
             await self.live.release(model_id=model_id, pod_id=pod.pod_id)
             raise
         measured = int(response.size_in_bytes) or size
+        credible = response.measured and credible_measurement(measured, disk_bytes=int(response.disk_size_bytes))
+        if response.measured and not credible:
+            log.info(
+                "%s on %s measured %d bytes (files %d bytes): not credible, the copy keeps its reservation of %d",
+                model_id, pod.pod_id, measured, response.disk_size_bytes, size,
+            )
+            measured = size
         if not await self.live.settle(model_id=model_id, pod_id=pod.pod_id, size=measured):
             # the reservation vanished (pod removed meanwhile): undo on the pod
             with contextlib.suppress(grpc.aio.AioRpcError):
@@ -255,7 +262,7 @@ class Loader:
         if measured > size:
             await self._relieve_overcommit(pod.pod_id, keep=model_id)
         updates: dict[str, Any] = {"last_failure": None}
-        if response.measured:
+        if credible:
             updates["measured_size"] = measured
         await self.events.best_effort(self.registry.update_model(model_id, **updates))
         await self.events.record(
@@ -263,12 +270,22 @@ class Loader:
             model_id=model_id,
             pod_id=pod.pod_id,
             message=f"{reason}; loaded in {elapsed:.2f}s, size {measured} bytes"
-            + (" (measured)" if response.measured else " (predicted)"),
-            details={"reserved": size, "size": measured, "measured": response.measured, "seconds": elapsed},
+            + (
+                " (measured)"
+                if credible
+                else f" (reserved; measured {response.size_in_bytes}, under half its files)"
+                if response.measured
+                else " (predicted)"
+            ),
+            details={
+                "reserved": size,
+                "size": measured,
+                "measured": credible,
+                "seconds": elapsed,
+                **({"rejected_measurement": int(response.size_in_bytes)} if response.measured and not credible else {}),
+            },
         )
-        metrics.current().loaded(
-            model_id=model_id, seconds=elapsed, reserved=size, size=measured, measured=bool(response.measured)
-        )
+        metrics.current().loaded(model_id=model_id, seconds=elapsed, reserved=size, size=measured, measured=credible)
         return True
 
     def _runtime_wait_until(self, model_id: str) -> float:

@@ -14,6 +14,26 @@ DEFAULT_MODEL_SIZE = 1_000_000
 (ModelMesh's `DEFAULT_MODELSIZE`)."""
 
 
+MIN_CREDIBLE_MEASUREMENT = 16 * 1024
+"""Bytes below which a measured memory growth says nothing about the model (a page or a few of
+allocator noise), whatever the model's files are."""
+
+
+def credible_measurement(measured: int, *, disk_bytes: int) -> bool:
+    """Whether a copy's measured memory growth can be taken as the model's size.
+
+    A model server that is already warm can load a model into memory an earlier, unloaded
+    model freed (the allocator reuses it without asking the system for more), so the growth
+    seen from outside can be a few pages for a model of megabytes (seen: 4,096 bytes). A
+    loaded model takes at least about half of its files in memory (formats that map their
+    files lazily can take less until used: taking their reservation instead errs on the safe
+    side), so a growth below half the files' bytes, or below `MIN_CREDIBLE_MEASUREMENT`, is
+    not a measurement of the model: the copy keeps the size it was reserved with and the
+    registry keeps the size it knew. Above the floor the newest measurement wins: the first
+    copy on a fresh model server also counts the runtime's imports, later ones do not."""
+    return measured >= max(MIN_CREDIBLE_MEASUREMENT, disk_bytes // 2)
+
+
 def known_size(record: ModelRecord) -> int:
     """The best size the registry knows: measured, else declared, else predicted (0: none)."""
     return record.measured_size or record.declared_size or record.predicted_size
