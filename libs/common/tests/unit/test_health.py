@@ -9,6 +9,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from meshserve.common.errors import Unavailable
 from meshserve.common.health import Health, HealthServer
 
 
@@ -43,8 +44,15 @@ async def test_stopping_and_raising_checks_are_not_ready(served: tuple[Health, h
     def broken() -> bool:
         raise OSError("no route")
 
+    async def store() -> bool:
+        raise Unavailable("the store is unavailable: connection refused")
+
     health.add_check("broken", broken)
-    assert (await client.get("/readyz")).json()["problems"] == ["broken"]
+    health.add_check("store", store)
+    # a MeshError's message is for clients: it is named; an OSError's text stays in the log
+    assert (await client.get("/readyz")).json()["problems"] == [
+        "broken", "store: the store is unavailable: connection refused"
+    ]
     health.stopping()
     r = await client.get("/readyz")
     assert (r.status_code, r.json()["problems"]) == (503, ["stopping"])

@@ -1,11 +1,17 @@
-"""install_error_handlers: the same errors mean the same on HTTP as on gRPC."""
+"""install_error_handlers: the same errors mean the same on HTTP as on gRPC; EmbeddedServer
+leaves the signals to the service."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -13,7 +19,7 @@ from starlette.routing import Route
 
 from meshserve.common.errors import NotFound, Unavailable
 from meshserve.common.grpcutil import register_error_translator
-from meshserve.common.httputil import INTERNAL_TEXT, install_error_handlers
+from meshserve.common.httputil import INTERNAL_TEXT, EmbeddedServer, install_error_handlers
 
 
 class _Outage(Exception):
@@ -80,3 +86,32 @@ async def test_fastapi_apps_take_it_too() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.get("/m")
     assert (response.status_code, response.json()) == (404, {"error": "gone"})
+
+
+async def test_an_embedded_server_leaves_sigterm_to_the_service() -> None:
+    """SIGTERM reaches the loop's handler (the service's Lifecycle) while the server keeps
+    serving; the service then stops it. (Plain uvicorn would take the signal itself.)"""
+    loop = asyncio.get_running_loop()
+    sigterm = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, sigterm.set)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = Starlette(routes=[Route("/{what}", endpoint)])
+    server = EmbeddedServer(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    try:
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/fine"
+        async with httpx.AsyncClient() as c:
+            for _ in range(500):  # bounded: until uvicorn serves
+                if server.started:
+                    break
+                await asyncio.sleep(0.01)
+            assert (await c.get(url)).text == "ok"
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(sigterm.wait(), 10)
+            assert not server.should_exit and (await c.get(url)).text == "ok"
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        sock.close()

@@ -128,3 +128,50 @@ async def test_sigterm_stops_a_real_process_gracefully(tmp_path: object) -> None
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_task_spawned_not_to_be_cancelled_at_stop_runs_through_the_closers_until_one_ends_it() -> None:
+    seen: list[str] = []
+    server_exit = asyncio.Event()
+
+    async def server() -> None:  # a server that stops when told, as uvicorn's should_exit
+        await server_exit.wait()
+        seen.append("server stopped")
+
+    async def loop() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append("loop cancelled")
+            raise
+
+    async def forgotten() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append("forgotten cancelled")
+            raise
+
+    async with Lifecycle("demo") as life:
+        life.spawn("server", server(), cancel_at_stop=False)
+        life.spawn("loop", loop(), cancel_at_stop=False)
+        life.spawn("forgotten", forgotten(), cancel_at_stop=False)
+        life.spawn("early", asyncio.Event().wait())
+
+        async def stop_server() -> None:
+            seen.append(f"early cancelled first: {life.tasks['early'].cancelled()}")
+            server_exit.set()
+            await life.tasks["server"]
+
+        async def stop_loop() -> None:
+            assert not life.tasks["loop"].done()  # still running while the server stopped
+            await life.cancel("loop")
+
+        life.on_close(lambda: seen.append("last closer"))
+        life.on_close(stop_loop)
+        life.on_close(stop_server)
+        life.stop()
+    assert seen == [
+        "early cancelled first: True", "server stopped", "loop cancelled", "last closer", "forgotten cancelled"
+    ]
+    assert life.failure is None  # a task that ended at shutdown is no failure

@@ -11,8 +11,11 @@ Owns what the two probes mean: `/healthz` answers 200 while the service's event 
   (the scheduler's admin API, the router's REST door).
 
 Bodies: `{"status": "ok"}`; `{"status": "ready"}` or `{"status": "not ready", "problems": [...]}`.
+A problem is the failing check's name; a check that raises a `MeshError` (meant for clients:
+`Unavailable("live state (Redis) is unavailable: ...")`) adds its message, `"redis: <message>"`;
+any other exception's text stays in the log (debug), it may not be meant for a client.
 
-May import asyncio, json and starlette; nothing of a service.
+May import asyncio, json, starlette and `meshserve.common.errors`; nothing of a service.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from meshserve.common.errors import MeshError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,8 @@ class Health:
         self._stopping = False
 
     def add_check(self, name: str, check: Check) -> None:
-        """`/readyz` fails (naming `name`) while `check()` is false or raises."""
+        """`/readyz` fails (naming `name`, and the message of a `MeshError` it raises) while
+        `check()` is false or raises."""
         self._checks[name] = check
 
     def stopping(self) -> None:
@@ -64,6 +70,9 @@ class Health:
             try:
                 result = check()
                 ok = await result if inspect.isawaitable(result) else result
+            except MeshError as err:
+                failing.append(f"{name}: {err.message}")
+                continue
             except Exception as err:  # a check that fails is a not-ready part, not a crash
                 log.debug("readiness check %s failed: %r", name, err)
                 ok = False

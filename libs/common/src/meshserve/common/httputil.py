@@ -1,4 +1,5 @@
-"""HTTP helpers shared by every service's Starlette/FastAPI app: the one error handler.
+"""HTTP helpers shared by every service's Starlette/FastAPI app: the one error handler, and
+uvicorn embedded in the service's own event loop.
 
 Owns the HTTP side of the error mapping, with the same meaning as the gRPC side
 (`meshserve.common.grpcutil.status_for`): a `MeshError` (or an exception a service registered a
@@ -9,14 +10,21 @@ never sent to the client.
     app = FastAPI()                 # or Starlette(...)
     install_error_handlers(app)
 
-May import starlette, `meshserve.common.errors` and `meshserve.common.grpcutil` (for the
-translators); nothing of a service.
+`EmbeddedServer` is uvicorn for a service that runs on `meshserve.common.lifecycle`: the
+service's `Lifecycle` owns SIGTERM/SIGINT (uvicorn's own handlers would stop the HTTP server
+before the rest and out of the service's shutdown order); a closer sets `should_exit`.
+
+May import starlette, uvicorn, `meshserve.common.errors` and `meshserve.common.grpcutil` (for
+the translators); nothing of a service.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -78,3 +86,12 @@ def install_error_handlers(app: Starlette) -> None:
     """
     app.add_exception_handler(MeshError, _handle)
     app.add_middleware(_CatchAll)
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn in the service's loop, leaving the signals to the service's `Lifecycle` (as
+    MLServer's RESTServer): stop it with `should_exit = True` from a closer."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

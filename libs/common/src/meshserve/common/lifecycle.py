@@ -18,6 +18,10 @@ Rules it keeps (kopf `aiotasks` / Temporal worker in spirit):
   with `may_finish=True`;
 - shutdown cancels the tasks still running, waits up to `grace` seconds for them, then runs the
   closers in reverse order of registration (each one's failure is logged, the others still run);
+  a task spawned with `cancel_at_stop=False` (a server a closer stops gracefully, a loop that
+  must outlive a server's grace) keeps running while the closers run: a closer ends it
+  (`server.should_exit = True`, `await life.cancel(name)`), and whatever of these is still
+  running after the closers is cancelled then (waiting up to `grace` again);
 - `run_main` returns the process exit code: 0 after a clean stop, 1 when a task failed (the
   first failure is re-raised from `Lifecycle.__aexit__` as `ServiceFailed`).
 
@@ -58,6 +62,7 @@ class Lifecycle:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._closers: list[tuple[str, Closer]] = []
         self._failure: tuple[str, BaseException] | None = None
+        self._after_closers: set[str] = set()  # tasks spawned with cancel_at_stop=False
         self._signals: list[signal.Signals] = []
 
     # --- stopping ---------------------------------------------------------------------------
@@ -82,13 +87,23 @@ class Lifecycle:
                 self._signals.append(sig)
 
     # --- tasks and closers ------------------------------------------------------------------
-    def spawn(self, name: str, coro: Coroutine[Any, Any, Any], *, may_finish: bool = False) -> asyncio.Task[Any]:
-        """Run `coro` as the background task `name`, guarded: its failure stops the service."""
+    def spawn(
+        self, name: str, coro: Coroutine[Any, Any, Any], *, may_finish: bool = False, cancel_at_stop: bool = True
+    ) -> asyncio.Task[Any]:
+        """Run `coro` as the background task `name`, guarded: its failure stops the service.
+
+        `cancel_at_stop=False`: shutdown leaves it running through the closers (one of them
+        ends it); it is cancelled only if it still runs after them.
+        """
         if name in self._tasks and not self._tasks[name].done():
             coro.close()
             raise ValueError(f"a task named {name!r} is running already")
         task = asyncio.create_task(coro, name=f"{self.service}:{name}")
         self._tasks[name] = task
+        if cancel_at_stop:
+            self._after_closers.discard(name)
+        else:
+            self._after_closers.add(name)
         task.add_done_callback(lambda t: self._task_done(name, t, may_finish=may_finish))
         return task
 
@@ -101,6 +116,20 @@ class Lifecycle:
     def failure(self) -> tuple[str, BaseException] | None:
         """The first task that failed and its exception."""
         return self._failure
+
+    async def cancel(self, *names: str) -> None:
+        """Cancel the named tasks and wait for them (up to `grace`); for a closer that ends
+        tasks spawned with `cancel_at_stop=False` at its place in the shutdown order."""
+        await self._cancel([self._tasks[n] for n in names if n in self._tasks])
+
+    async def _cancel(self, tasks: list[asyncio.Task[Any]]) -> None:
+        pending = [t for t in tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            _, hung = await asyncio.wait(pending, timeout=self.grace)
+            for task in hung:
+                log.warning("%s: task %s did not stop within %.1f s", self.service, task.get_name(), self.grace)
 
     def on_close(self, closer: Closer, *, name: str = "") -> None:
         """Call `closer()` (awaited when it returns an awaitable) at shutdown, in reverse order."""
@@ -121,15 +150,11 @@ class Lifecycle:
 
     # --- shutdown ---------------------------------------------------------------------------
     async def shutdown(self) -> None:
-        """Stop: cancel the tasks (waiting up to `grace`), then run the closers, newest first."""
+        """Stop: cancel the tasks (waiting up to `grace`), then run the closers, newest first;
+        then cancel the `cancel_at_stop=False` tasks the closers left running."""
         self.stop()
-        pending = [t for t in self._tasks.values() if not t.done()]
-        for task in pending:
-            task.cancel()
-        if pending:
-            _, hung = await asyncio.wait(pending, timeout=self.grace)
-            for task in hung:
-                log.warning("%s: task %s did not stop within %.1f s", self.service, task.get_name(), self.grace)
+        log.info("%s shutting down", self.service)
+        await self._cancel([t for n, t in self._tasks.items() if n not in self._after_closers])
         while self._closers:
             name, closer = self._closers.pop()
             try:
@@ -138,6 +163,7 @@ class Lifecycle:
                     await result
             except Exception:
                 log.exception("%s: closing %s failed", self.service, name)
+        await self._cancel([t for n, t in self._tasks.items() if n in self._after_closers])
         loop = asyncio.get_running_loop()
         for sig in self._signals:
             loop.remove_signal_handler(sig)

@@ -1,13 +1,17 @@
-"""`python -m meshserve.scheduler [serve|migrate]`"""
+"""`python -m meshserve.scheduler [serve|migrate]`
+
+Loads the settings once, configures logging, and either migrates the database or runs
+`SchedulerApp.serve` under the common `run_main` (signals, graceful stop, exit code 1 when a
+background task failed). May import `meshserve.common` and the scheduler's settings, app and
+migrations.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-import uvloop
-
 from meshserve.common import logging as mlog
+from meshserve.common.lifecycle import Lifecycle, run_main
 from meshserve.scheduler.settings import SchedulerSettings
 
 
@@ -25,16 +29,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m meshserve.scheduler [serve|migrate]", file=sys.stderr)
         return 2
 
-    uvloop.install()
-    asyncio.run(_serve(settings))
-    return 0
+    async def serve(life: Lifecycle) -> None:
+        from meshserve.scheduler.app import SchedulerApp
 
+        # built inside the running loop: grpc.aio channels bind to the loop that creates them
+        await SchedulerApp(settings).serve(life)
 
-async def _serve(settings: object) -> None:
-    from meshserve.scheduler.app import SchedulerApp
-
-    # built inside the running loop: grpc.aio channels bind to the loop that creates them
-    await SchedulerApp(settings).run()  # type: ignore[arg-type]
+    return run_main("scheduler", serve, use_uvloop=True)
 
 
 if __name__ == "__main__":

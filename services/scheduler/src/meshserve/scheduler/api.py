@@ -49,6 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from meshserve.common.errors import MeshError, NotFound, Unauthenticated
+from meshserve.common.health import Health
 from meshserve.scheduler.local.api import resource_routes
 from meshserve.scheduler.local.resources import ResourceStore
 from meshserve.scheduler.pressure import read_pressure
@@ -200,8 +201,9 @@ class RuntimePressure(Camel):
     )
 
 
-def create_app(service: SchedulerService) -> FastAPI:
-    """The admin app: its error handlers, then one group of routes per resource."""
+def create_app(service: SchedulerService, *, health: Health | None = None) -> FastAPI:
+    """The admin app: its error handlers, the probes (`health`, else `scheduler_health`'s),
+    then one group of routes per resource."""
     require_token, secret_values, require_read = _auth(service.settings)
     app = FastAPI(
         title="meshserve scheduler admin API",
@@ -211,7 +213,8 @@ def create_app(service: SchedulerService) -> FastAPI:
     )
     _error_handlers(app)
     mutate = [Depends(require_token)]
-    _health_routes(app, service)
+    # /healthz, /readyz: plain routes, outside the OpenAPI document and the read-token check
+    app.router.routes.extend((health or scheduler_health(service)).starlette_routes())
     _model_routes(app, service, mutate)
     _vmodel_routes(app, service, mutate)
     _pod_routes(app, service, mutate)
@@ -281,22 +284,22 @@ def _auth(settings: SchedulerSettings) -> tuple[Callable[..., Any], Callable[...
     return require_token, secret_values, require_read
 
 
-def _health_routes(app: FastAPI, service: SchedulerService) -> None:
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "live"}
+def scheduler_health(service: SchedulerService) -> Health:
+    """The scheduler's probes (`common.health`): ready while Redis and Postgres answer, each
+    problem named with its store's message (`"redis: live state (Redis) is unavailable: ..."`)."""
+    health = Health()
 
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
-        problems = []
-        for name, check in (("redis", service.live.ping), ("postgres", service.registry.ping)):
-            try:
-                await check()
-            except MeshError as err:
-                problems.append(f"{name}: {err.message}")
-        if problems:
-            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
-        return JSONResponse({"status": "ready"})
+    async def redis() -> bool:
+        await service.live.ping()
+        return True
+
+    async def postgres() -> bool:
+        await service.registry.ping()
+        return True
+
+    health.add_check("redis", redis)
+    health.add_check("postgres", postgres)
+    return health
 
 
 def _model_routes(app: FastAPI, service: SchedulerService, mutate: list[DependsParam]) -> None:

@@ -2,16 +2,22 @@
 background loops under the leader lease (`store.lease`), and shuts everything down in
 order.
 
+Runs on the common skeleton (`meshserve.common.lifecycle`): `serve(life)` starts the metrics
+port, the gRPC server (errors mapped by `ExceptionToStatusInterceptor`), the admin API (with
+`/healthz` + `/readyz` from `common.health`: ready while Redis and Postgres answer) as the task
+`admin-api`, and the named tasks `registry-mirror` and `leader` (a task that dies is logged and
+stops the scheduler). On SIGTERM: readyz false -> the loops cancelled -> the admin server told
+to exit, gRPC stopped (grace 2 s), the admin server awaited -> the servicer, the service, the
+puller clients, Redis, Postgres closed.
+
 May import anything of the scheduler; nothing imports it but `__main__`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import socket
 import uuid
 
@@ -25,8 +31,10 @@ from meshserve.common.grpcutil import (
     bind,
     register_error_translator,
 )
+from meshserve.common.httputil import EmbeddedServer
+from meshserve.common.lifecycle import Lifecycle
 from meshserve.scheduler import metrics
-from meshserve.scheduler.api import create_app
+from meshserve.scheduler.api import create_app, scheduler_health
 from meshserve.scheduler.models import EvictionPolicy
 from meshserve.scheduler.routing.hub import RouteHub
 from meshserve.scheduler.server import SchedulerServicer, add_to_server
@@ -47,17 +55,27 @@ class SchedulerApp:
         self.live = LiveState(settings.redis_url, prefix=settings.key_prefix)
         self.service = SchedulerService(settings=settings, registry=self.registry, live=self.live)
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._stop = asyncio.Event()
+        self.health = scheduler_health(self.service)
+        self.grpc_port = 0
         register_error_translator(redis_unavailable)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        """Serve until SIGTERM/SIGINT (for callers without their own `Lifecycle`)."""
+        async with Lifecycle("scheduler") as life:
+            life.handle_signals()
+            await self.serve(life)
+
+    async def serve(self, life: Lifecycle) -> None:
+        """Start everything, then wait for `life` to stop; `life` closes what was started
+        (closers run newest first: registered here in the reverse of the shutdown order)."""
+        life.on_close(self.registry.close, name="registry (Postgres)")
+        life.on_close(self.live.close, name="live state (Redis)")
+        life.on_close(self.service.pullers.close, name="puller clients")
+        life.on_close(self.service.close, name="service")
         metrics.configure(per_model=self.settings.per_model_metrics)
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
-        admin_app = create_app(self.service)
+        admin_app = create_app(self.service, health=self.health)
         server = grpc.aio.server(
             options=SERVER_KEEPALIVE_OPTIONS, interceptors=[ExceptionToStatusInterceptor()]
         )
@@ -66,9 +84,10 @@ class SchedulerApp:
         hub = RouteHub(self.live.routes, before_load=self.service.mirror.ensure)
         servicer = SchedulerServicer(self.service, hub=hub)
         add_to_server(servicer, server)
-        port = bind(server, self.settings.grpc_address, self.settings.tls)
+        life.on_close(servicer.close, name="gRPC servicer")
+        self.grpc_port = bind(server, self.settings.grpc_address, self.settings.tls)
         await server.start()
-        admin = uvicorn.Server(
+        admin = EmbeddedServer(
             uvicorn.Config(
                 admin_app,
                 host=self.settings.admin_host,
@@ -77,23 +96,19 @@ class SchedulerApp:
                 lifespan="off",
             )
         )
-        admin_task = asyncio.create_task(admin.serve())
-        loops = [asyncio.create_task(self._mirror_loop()), asyncio.create_task(self._leader_loop())]
-        log.info("scheduler %s serving gRPC on :%d, admin on :%d", self.replica_id, port, self.settings.admin_port)
-        await self._stop.wait()
-        log.info("scheduler shutting down")
-        for task in loops:
-            task.cancel()
-        admin.should_exit = True
-        await server.stop(grace=2)
-        with contextlib.suppress(asyncio.CancelledError):
-            await admin_task
-        await asyncio.gather(*loops, return_exceptions=True)
-        await servicer.close()
-        await self.service.close()
-        await self.service.pullers.close()
-        await self.live.close()
-        await self.registry.close()
+        admin_task = life.spawn("admin-api", admin.serve(), cancel_at_stop=False)
+
+        async def stop_servers() -> None:
+            admin.should_exit = True  # the admin API drains beside gRPC's grace
+            await server.stop(grace=2)
+            await asyncio.wait([admin_task])
+
+        life.on_close(stop_servers, name="gRPC and admin servers")
+        life.on_close(self.health.stopping, name="readyz")
+        life.spawn("registry-mirror", self._mirror_loop())
+        life.spawn("leader", self._leader_loop())
+        log.info("scheduler %s serving gRPC on :%d, admin on :%d", self.replica_id, self.grpc_port, self.settings.admin_port)
+        await life.wait()
 
     async def _mirror_loop(self) -> None:
         """Keep Redis' copy of the registry complete: written at start, and again whenever
