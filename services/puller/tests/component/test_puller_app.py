@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,6 +29,7 @@ from meshserve.common.proto.meshserve.v1 import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
+from meshserve.common.settings import TLSSettings
 from meshserve.puller.app import PullerApp
 from meshserve.puller.settings import PullerSettings
 
@@ -162,3 +165,45 @@ async def test_a_dead_heartbeat_stops_the_puller(
             await asyncio.wait_for(app.serve(life), 20)
     assert failed.value.task == "heartbeat"
     assert isinstance(failed.value.__cause__, AttributeError)  # 'str' has no .get: a bug, not an outage
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (openssl), as a pod's own."""
+    cert, key = directory / "pod.crt", directory / "pod.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+async def test_the_report_carries_the_per_copy_limit_and_metrics_are_served_over_https(
+    tmp_path: Path, model_server: FakeModelServer, scheduler: tuple[FakeScheduler, str]
+) -> None:
+    """`metrics_scheme: https` (the config's metrics.scheme): the pod's metrics port speaks TLS
+    with the pod's certificate, and nothing else; `limit_per_model_concurrency` (the runtime's
+    perModelConcurrencyLimit) reaches the scheduler in every report."""
+    fake_scheduler, address = scheduler
+    model_server.ready = True
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    settings = settings_for(tmp_path, model_server, address, 0).model_copy(
+        update={
+            "metrics_port": port, "metrics_scheme": "https", "limit_per_model_concurrency": 4,
+            "tls": TLSSettings(cert_file=cert, key_file=key),
+        }
+    )
+    app = PullerApp(settings)
+    async with Lifecycle("puller") as life:
+        serving = asyncio.create_task(app.serve(life))
+        await asyncio.wait_for(fake_scheduler.reported.wait(), 20)
+        assert fake_scheduler.reports[0].max_concurrency_per_model == 4
+        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(cert))) as https:
+            r = await https.get(f"https://127.0.0.1:{port}/metrics")
+        assert r.status_code == 200 and "modelmesh_instance_capacity_bytes" in r.text
+        with pytest.raises(httpx.TransportError):  # plain HTTP gets no metrics
+            async with httpx.AsyncClient() as plain:
+                await plain.get(f"http://127.0.0.1:{port}/metrics")
+        life.stop()
+        await asyncio.wait_for(serving, 10)

@@ -1,8 +1,8 @@
 """route_table: a table kept from route log entries says what the state says.
 
 The reference is a plain model of the state the Redis scripts change (registered models,
-loaded copies, registered pods and their addresses, vmodels) and the entries those
-scripts log for each operation (routelog.py's kinds)."""
+loaded copies, registered pods with their addresses and per-copy concurrency limits,
+vmodels) and the entries those scripts log for each operation (routelog.py's kinds)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from meshserve.scheduler.routing.table import RouteTable
 
 MODELS = ["m1", "m2", "ü" * 70, "m/4", ""]
 PODS = ["p1", "p2", "P3", "pod-" + "x" * 130, "pöd"]
-Route = list[tuple[str, str, str]]
+Route = list[tuple[str, ...]]
 
 
 @dataclass
@@ -27,11 +27,16 @@ class State:
     copies: dict[str, set[str]] = field(default_factory=dict)
     pods: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     vmodels: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, int] = field(default_factory=dict)   # the pod hash's max_concurrency
+
+    def endpoint(self, pod: str) -> tuple[str, ...]:
+        limit = self.limits.get(pod, 0)
+        return (*self.pods[pod], limit) if limit else self.pods[pod]
 
     def route(self, model: str) -> Route | None:
         if model not in self.registered:
             return None
-        return [self.pods[p] for p in sorted(self.copies.get(model, ())) if p in self.pods]
+        return [self.endpoint(p) for p in sorted(self.copies.get(model, ())) if p in self.pods]
 
     def table(self) -> RouteTable:
         """Loaded as RouteLog.load reads it: the copies of registered models only (an R
@@ -39,7 +44,7 @@ class State:
         return RouteTable(
             models=[m.encode() for m in self.registered],
             loaded=[(m.encode(), p.encode()) for m, ps in self.copies.items() if m in self.registered for p in ps],
-            pods=self.pods.values(),
+            pods=[(*e, self.limits.get(p, 0)) for p, e in self.pods.items()],
             vmodels=self.vmodels,
         )
 
@@ -64,7 +69,17 @@ def _step(state: State, op: tuple[str, int, int, int]) -> list[str]:
         for held in state.copies.values():
             held.discard(pod)
         state.pods.pop(pod, None)
+        state.limits.pop(pod, None)   # the pod's hash is deleted
         return ["P", pod, ""]
+    if kind == "pod-limit":     # a heartbeat's max_concurrency (store/pod_keys.py `_POD_LIMIT`)
+        limit = k % 3
+        if pod not in state.pods or state.limits.get(pod, 0) == limit:
+            return []
+        if limit:
+            state.limits[pod] = limit
+        else:
+            state.limits.pop(pod)
+        return ["M", pod, str(limit)]
     if kind == "pod-up":        # upsert_pod with (maybe new) addresses
         # (a non-ASCII address: the A entry gives the gRPC address's length in bytes)
         grpc = f"hôst-{k}:8001" if k % 4 == 1 else f"10.0.0.{k}:8001"
@@ -88,14 +103,20 @@ def _step(state: State, op: tuple[str, int, int, int]) -> list[str]:
     return ["X", vmodel, ""]
 
 
-KINDS = ["load", "unload", "pod-gone", "pod-up", "register", "unregister", "vmodel", "vmodel-gone"]
+KINDS = ["load", "unload", "pod-gone", "pod-up", "pod-limit", "register", "unregister", "vmodel", "vmodel-gone"]
 ops_st = st.lists(
     st.tuples(st.sampled_from(KINDS), st.integers(0, 9), st.integers(0, 9), st.integers(0, 9)), max_size=60
 )
 
 
 def routes_of(update: pb.RouteUpdate) -> dict[str, Route]:
-    return {r.model_id: [(e.pod_id, e.grpc_address, e.rest_address) for e in r.endpoints] for r in update.routes}
+    return {
+        r.model_id: [
+            (e.pod_id, e.grpc_address, e.rest_address, *((e.max_concurrency,) if e.max_concurrency else ()))
+            for e in r.endpoints
+        ]
+        for r in update.routes
+    }
 
 
 def snapshot_of(state: State) -> pb.RouteUpdate:
@@ -103,8 +124,10 @@ def snapshot_of(state: State) -> pb.RouteUpdate:
     update = pb.RouteUpdate(snapshot=True, version=7)
     for model in sorted(state.registered):
         route = update.routes.add(model_id=model)
-        for pid, grpc_address, rest_address in state.route(model) or []:
-            route.endpoints.add(pod_id=pid, grpc_address=grpc_address, rest_address=rest_address)
+        for pid, grpc_address, rest_address, *limit in state.route(model) or []:
+            route.endpoints.add(
+                pod_id=pid, grpc_address=grpc_address, rest_address=rest_address, max_concurrency=int(*limit or [0])
+            )
     for vmodel, model in sorted(state.vmodels.items()):
         update.vmodels.add(vmodel_id=vmodel, model_id=model)
     return update
@@ -174,3 +197,15 @@ def test_nothing_changed_encodes_an_empty_update() -> None:
     changed = table.apply([])
     assert not changed
     assert pb.RouteUpdate.FromString(table.changes(changed, version=3)) == pb.RouteUpdate(version=3)
+
+
+def test_a_pod_limit_reaches_its_routes_and_survives_new_addresses() -> None:
+    table = RouteTable(models=[b"m"], loaded=[(b"m", b"p")], pods=[("p", "g", "r", 0)])
+    changed = table.apply([b"M", b"p", b"4"])
+    assert changed.models == {b"m": None}
+    update = pb.RouteUpdate.FromString(table.changes(changed, version=1))
+    assert update.routes[0].endpoints[0].max_concurrency == 4
+    table.apply([b"A", b"p", b"2:g2r2"])            # addresses only: the limit stays
+    assert table.route("m") == [("p", "g2", "r2", 4)]
+    table.apply([b"M", b"p", b"0"])
+    assert table.route("m") == [("p", "g2", "r2")]

@@ -21,6 +21,15 @@ endpoint_st = st.tuples(text, text, text)
 changes_st = st.dictionaries(text, st.lists(endpoint_st, max_size=4), max_size=12)
 
 
+def test_endpoint_bytes_with_a_concurrency_limit() -> None:
+    for limit in (1, 127, 128, 2**32 - 1):
+        encoded = encode_endpoint(("p", "g", "r", limit))
+        assert encoded == pb.Endpoint(pod_id="p", grpc_address="g", rest_address="r", max_concurrency=limit).SerializeToString()
+    assert encode_endpoint(("p", "g", "r", 0)) == encode_endpoint(("p", "g", "r"))
+    with pytest.raises(ValueError, match="uint32"):
+        encode_endpoint(("p", "g", "r", 2**32))
+
+
 def test_endpoint_bytes() -> None:
     a = ("p1", "10.0.0.1:8001", "http://10.0.0.1:8002")
     assert pb.Endpoint.FromString(encode_endpoint(a)) == pb.Endpoint(pod_id="p1", grpc_address=a[1], rest_address=a[2])

@@ -46,6 +46,15 @@ from meshserve.puller.spi_adapter import SpiAdapter, grpc_target
 log = logging.getLogger(__name__)
 
 
+def metrics_tls(settings: PullerSettings) -> dict[str, str]:
+    """`start_http_server`'s TLS arguments: the pod's certificate when `metrics_scheme` is
+    https (settings refuse https without one), none for plain HTTP."""
+    if settings.metrics_scheme != "https":
+        return {}
+    assert settings.tls.cert_file is not None and settings.tls.key_file is not None
+    return {"certfile": str(settings.tls.cert_file), "keyfile": str(settings.tls.key_file)}
+
+
 class PullerApp:
     def __init__(self, settings: PullerSettings) -> None:
         self.settings = settings
@@ -101,7 +110,7 @@ class PullerApp:
             life.on_close(health_server.stop, name="health server")
         if self.settings.metrics_port:
             REGISTRY.register(InstanceCollector(self._instance))
-            start_http_server(self.settings.metrics_port)
+            start_http_server(self.settings.metrics_port, **metrics_tls(self.settings))
         if self.settings.keras_converter_prestart and isinstance(self.adapter, TritonAdapter):
             # beside the model server's start; a keras load waits for it (the converter's lock)
             life.spawn("keras-prestart", self.adapter.keras.prestart(), may_finish=True)
@@ -187,6 +196,7 @@ class PullerApp:
             default_model_size_bytes=s.default_model_size_bytes,
             loaded_model_ids=sorted(self.service.loaded),
             started_at_ms=self.started_ms,
+            max_concurrency_per_model=s.limit_per_model_concurrency,
         )
 
     async def _say_goodbye(self) -> None:

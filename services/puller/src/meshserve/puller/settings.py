@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from meshserve.common.settings import ServiceSettings, TLSSettings, shared
@@ -113,8 +113,30 @@ class PullerSettings(ServiceSettings):
     metrics_port: int = 0
     """The pod's Prometheus port, 0 = off (the controller sets `2112` from `metrics.port` when
     `metrics.enabled`)."""
+    metrics_scheme: Literal["http", "https"] = "http"
+    """How `metrics_port` is served: `https` uses the pod's certificate (`tls.cert_file` /
+    `tls.key_file`; the puller refuses to start without them). The controller sets it from the
+    config's `metrics.scheme`, as upstream's `MM_METRICS` `scheme=https`."""
+    limit_per_model_concurrency: int = Field(
+        default=0, ge=0,
+        validation_alias=AliasChoices(
+            "MESHSERVE_PULLER_LIMIT_PER_MODEL_CONCURRENCY", "LIMIT_PER_MODEL_CONCURRENCY", "limit_per_model_concurrency"
+        ),
+    )
+    """Requests each model copy on this pod serves at once; routers queue the rest (0 = no limit).
+    The controller sets it from the ServingRuntime annotation `perModelConcurrencyLimit`
+    (upstream's adapter env `LIMIT_PER_MODEL_CONCURRENCY`, also accepted)."""
 
     @field_validator("cache_dir", mode="before")
     @classmethod
     def _empty_is_off(cls, value: object) -> object:
         return None if value in ("", None) else value
+
+    @model_validator(mode="after")
+    def _https_metrics_need_a_cert(self) -> PullerSettings:
+        if self.metrics_scheme == "https" and self.metrics_port and not (self.tls.cert_file and self.tls.key_file):
+            raise ValueError(
+                "metrics_scheme https needs the pod's certificate: set MESHSERVE_PULLER_TLS__CERT_FILE and "
+                "MESHSERVE_PULLER_TLS__KEY_FILE (or serve metrics over http)"
+            )
+        return self

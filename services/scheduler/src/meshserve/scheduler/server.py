@@ -14,10 +14,11 @@ May import: the use cases (`service` and what it exposes), `status`, `routing.hu
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import grpc
 
+from meshserve.common.errors import FailedPrecondition
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
 from meshserve.scheduler.routing.hub import RouteHub
@@ -53,8 +54,16 @@ def status_pb(state: ModelState) -> pb.ModelStatusInfo:
     )
 
 
-def endpoints_pb(endpoints: Sequence[Endpoint]) -> list[pb.Endpoint]:
-    return [pb.Endpoint(pod_id=e.pod_id, grpc_address=e.grpc_address, rest_address=e.rest_address) for e in endpoints]
+def endpoints_pb(endpoints: Sequence[Endpoint], limits: Mapping[str, int] | None = None) -> list[pb.Endpoint]:
+    """Endpoints as the wire has them; `limits`: pod -> per-copy concurrency limit (absent: none)."""
+    limits = limits or {}
+    return [
+        pb.Endpoint(
+            pod_id=e.pod_id, grpc_address=e.grpc_address, rest_address=e.rest_address,
+            max_concurrency=limits.get(e.pod_id, 0),
+        )
+        for e in endpoints
+    ]
 
 
 def spec_from_pb(model_id: str, info: pb.ModelInfo, *, min_copies: int = 0, max_copies: int = 0) -> ModelSpec:
@@ -89,6 +98,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return status_pb(await self.service.register_model(spec, load_now=request.load_now, wait=request.sync))
 
     async def UnregisterModel(self, request: pb.UnregisterModelRequest, context: grpc.aio.ServicerContext) -> pb.UnregisterModelResponse:
+        # upstream ModelMesh (deleteModel): a model a vmodel refers to (as its active or its
+        # target model) is not unregistered; the vmodel goes first
+        vmodels, _ = await self.service.registry.list_vmodels(limit=1_000_000)
+        referents = sorted(v.id for v in vmodels if request.model_id in (v.active_model_id, v.target_model_id))
+        if referents:
+            raise FailedPrecondition(
+                f"Model {request.model_id} has referents: vmodel(s) {', '.join(referents[:5])}"
+                f"{' and more' if len(referents) > 5 else ''} refer to it; delete or retarget them first"
+            )
         await self.service.unregister_model(request.model_id)
         return pb.UnregisterModelResponse()
 
@@ -99,7 +117,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         state, endpoints = await self.service.copies.ensure_loaded(
             request.model_id, suspect_pods=list(request.suspect_pods), miss=True
         )
-        return pb.EnsureLoadedResponse(status=status_pb(state), endpoints=endpoints_pb(endpoints))
+        limits = await self.service.live.pod_limits(e.pod_id for e in endpoints)
+        return pb.EnsureLoadedResponse(status=status_pb(state), endpoints=endpoints_pb(endpoints, limits))
 
     async def SetVModel(self, request: pb.SetVModelRequest, context: grpc.aio.ServicerContext) -> pb.VModelStatusInfo:
         has_target = request.HasField("model_info") and request.model_info.model_type
@@ -167,6 +186,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 "max_loading": max(1, request.max_loading_concurrency),
                 "default_size": request.default_model_size_bytes or 1_000_000,
                 "started_ms": request.started_at_ms,
+                "max_concurrency": request.max_concurrency_per_model,
             },
             list(request.loaded_model_ids),
         )

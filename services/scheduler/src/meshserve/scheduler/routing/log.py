@@ -15,6 +15,8 @@ Entries are three list elements each, `kind, a, b` (b empty when unused):
   P  pod              a pod is gone, and every copy on it (remove_pod)
   A  pod addresses    a pod registered, or its addresses changed (upsert_pod); addresses
                       is `<length of grpc>:<grpc><rest>` (any bytes in either)
+  M  pod limit        the pod's per-copy concurrency limit changed (decimal; 0 = none), as
+                      its routes' `Endpoint.max_concurrency` (store/pod_keys.py)
   R  model            a model was registered (followed by a + for each loaded copy)
   U  model            a model was unregistered
   V  vmodel model     a vmodel points at a model
@@ -240,7 +242,7 @@ class TableState:
     position: Position
     models: list[bytes]                  # registered model ids
     loaded: list[tuple[bytes, bytes]]    # (model, pod) of every loaded copy of those models
-    pods: list[tuple[str, str, str]]     # (pod id, gRPC address, REST address) of registered pods
+    pods: list[tuple[str, str, str, int]]  # (pod id, gRPC, REST address, concurrency limit) of registered pods
     vmodels: dict[str, str]
 
 
@@ -322,8 +324,13 @@ class RouteLog:
         for lo in range(0, len(models), chunk):
             flat = await self._loaded(keys=[], args=[f"{self.p}:copies:", *_id_args(models[lo : lo + chunk])])
             loaded += zip(flat[::2], flat[1::2], strict=True)
-        flat = [_text(x) for x in await self._pods(keys=[], args=[self.p, "grpc_address", "rest_address"])]
-        pods = list(zip(flat[::3], flat[1::3], flat[2::3], strict=True))
+        flat = [
+            _text(x) for x in await self._pods(keys=[], args=[self.p, "grpc_address", "rest_address", "max_concurrency"])
+        ]
+        pods = [
+            (pod, grpc, rest, int(limit or 0))
+            for pod, grpc, rest, limit in zip(flat[::4], flat[1::4], flat[2::4], flat[3::4], strict=True)
+        ]
         vmodels = {_text(v): _text(m) for v, m in (await self.redis.hgetall(f"{self.p}:vmodels")).items()}
         return TableState(position, models, loaded, pods, vmodels)
 

@@ -17,7 +17,7 @@ Wire format used (proto/meshserve/v1/scheduler.proto):
   RouteUpdate: 1 snapshot (bool), 2 routes (Route), 3 removed_models (string),
                4 vmodels (VModelRoute), 5 removed_vmodels (string), 6 version (uint64)
   Route:       1 model_id (string), 2 endpoints (Endpoint, repeated)
-  Endpoint:    1 pod_id, 2 grpc_address, 3 rest_address (strings)
+  Endpoint:    1 pod_id, 2 grpc_address, 3 rest_address (strings), 4 max_concurrency (uint32)
   VModelRoute: 1 vmodel_id, 2 model_id (strings)
 
 May import: nothing of the scheduler (pure; in the pure-modules contract).
@@ -27,8 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-EndpointTuple = tuple[str, str, str]
-"""(pod_id, grpc_address, rest_address), as in `Endpoint`."""
+EndpointTuple = tuple[str, str, str] | tuple[str, str, str, int]
+"""(pod_id, grpc_address, rest_address[, max_concurrency]), as in `Endpoint`: the fourth element
+only for a pod with a per-copy concurrency limit (absent or 0: unlimited)."""
 
 Routes = Mapping[str, Sequence[EndpointTuple]] | Iterable[tuple[str, Sequence[EndpointTuple]]]
 """model id -> its endpoints, in the order to publish (empty: registered, no loaded copy)."""
@@ -86,8 +87,14 @@ def route_element(name: bytes, endpoints: bytes) -> bytes:
 
 def encode_endpoint(endpoint: EndpointTuple) -> bytes:
     """An `Endpoint` message's bytes (empty strings are omitted, as proto3 does)."""
-    pod_id, grpc_address, rest_address = endpoint
-    return _string(HEADS_1, pod_id) + _string(HEADS_2, grpc_address) + _string(HEADS_3, rest_address)
+    pod_id, grpc_address, rest_address = endpoint[0], endpoint[1], endpoint[2]
+    body = _string(HEADS_1, pod_id) + _string(HEADS_2, grpc_address) + _string(HEADS_3, rest_address)
+    limit = endpoint[3] if len(endpoint) > 3 else 0
+    if limit:
+        if not 0 < limit < 1 << 32:
+            raise ValueError(f"max_concurrency {limit} is not a uint32")
+        body += b"\x20" + _varint(limit)  # field 4, varint
+    return body
 
 
 def _encode_routes(routes: Routes, parts: list[bytes], cache: dict[EndpointTuple, bytes]) -> None:

@@ -58,6 +58,7 @@ class RouteTable:
     ) -> None:
         self.registered: set[bytes] = set(models)
         self.pods: dict[bytes, EndpointTuple] = {}       # registered pods
+        self.limits: dict[bytes, int] = {}               # pod -> per-copy concurrency limit (M entries)
         self._endpoint: dict[bytes, bytes] = {}          # pod -> its Route.endpoints element
         self.vmodels: dict[str, str] = dict(vmodels or {})
         grouped: dict[bytes, list[bytes]] = {}
@@ -71,7 +72,17 @@ class RouteTable:
 
     # -- state ---------------------------------------------------------------------------
     def _set_pod(self, endpoint: EndpointTuple) -> None:
+        """A pod's endpoint; a fourth element sets its concurrency limit, else the limit it
+        has (an A entry carries addresses only)."""
         pod = endpoint[0].encode()
+        if len(endpoint) > 3:
+            limit = int(endpoint[3])
+            if limit:
+                self.limits[pod] = limit
+            else:
+                self.limits.pop(pod, None)
+        limit = self.limits.get(pod, 0)
+        endpoint = (endpoint[0], endpoint[1], endpoint[2], limit) if limit else (endpoint[0], endpoint[1], endpoint[2])
         self.pods[pod] = endpoint
         self._endpoint[pod] = length_delimited(0x12, encode_endpoint(endpoint))
 
@@ -124,10 +135,21 @@ class RouteTable:
                 models.update(dict.fromkeys(there))
                 self.pods.pop(a, None)
                 self._endpoint.pop(a, None)
+                self.limits.pop(a, None)
             elif kind == b"A":
                 length, _, rest = b.partition(b":")
                 n = int(length)
                 self._set_pod((a.decode(), rest[:n].decode(), rest[n:].decode()))
+                models.update(dict.fromkeys(self.models_on(a)))
+            elif kind == b"M":
+                limit = int(b or 0)
+                known = self.pods.get(a)
+                if known is not None:
+                    self._set_pod((known[0], known[1], known[2], limit))
+                elif limit:
+                    self.limits[a] = limit  # its A entry follows
+                else:
+                    self.limits.pop(a, None)
                 models.update(dict.fromkeys(self.models_on(a)))
             elif kind == b"R":
                 self.registered.add(a)

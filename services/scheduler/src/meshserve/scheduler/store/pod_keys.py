@@ -19,6 +19,7 @@ from meshserve.scheduler.models import (
     PodInfo,
     PodSnapshot,
 )
+from meshserve.scheduler.routing.log import LUA as ROUTE_LOG_LUA
 from meshserve.scheduler.store.keys import (
     RELEASED_GRACE_MS,
     LiveKeys,
@@ -27,22 +28,57 @@ from meshserve.scheduler.store.keys import (
     now_ms,
 )
 
+# A pod's per-copy concurrency limit (`max_concurrency`, 0 or absent = none): written, and
+# logged for the routes (an M entry) when it differs from what the hash holds. Runs after
+# the heartbeat's upsert, so the hash exists. KEYS[1]: pod hash; ARGV: pod id, prefix, limit.
+_POD_LIMIT = ROUTE_LOG_LUA + """
+local old = redis.call('HGET', KEYS[1], 'max_concurrency') or '0'
+if old == ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'max_concurrency', ARGV[3])
+log_change('M', ARGV[1], ARGV[3])
+routes_logged(ARGV[2])
+return 1
+"""
+
 
 class PodKeys(LiveKeys):
     """This key family's reads and writes (see the module's docstring)."""
 
     async def upsert_pod(self, *, pod_id: str, fields: dict[str, Any]) -> bool:
         """Write a pod's heartbeat; returns True when the pod was not known before. A new
-        pod, or new addresses, are logged for the routes (see `_UPSERT_POD`)."""
+        pod, or new addresses, are logged for the routes (see `_UPSERT_POD`); so is a change
+        of its `max_concurrency` (per-copy concurrency limit, `_POD_LIMIT`), in the same
+        round trip."""
+        fields = dict(fields)
+        limit = fields.pop("max_concurrency", None)
         pairs = [
             str(x)
             for k, v in fields.items()
             for x in (k, json.dumps(sorted(v)) if k == "labels" else v)
         ]
-        existed = await self._upsert_pod(
-            keys=[self.k_pod(pod_id), f"{self.p}:pods", self.k_view_seq, self.k_heads], args=[pod_id, self.p, *pairs]
-        )
+        keys = [self.k_pod(pod_id), f"{self.p}:pods", self.k_view_seq, self.k_heads]
+        if limit is None:
+            existed = await self._upsert_pod(keys=keys, args=[pod_id, self.p, *pairs])
+            return not existed
+        script = getattr(self, "_pod_limit", None)
+        if script is None:
+            script = self._pod_limit = self.redis.register_script(_POD_LIMIT)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._upsert_pod(keys=keys, args=[pod_id, self.p, *pairs], client=pipe)
+            await script(keys=[self.k_pod(pod_id)], args=[pod_id, self.p, int(limit)], client=pipe)
+            existed, _ = await pipe.execute()
         return not existed
+
+    async def pod_limits(self, pod_ids: Iterable[str]) -> dict[str, int]:
+        """The per-copy concurrency limit of each pod that has one (absent: unlimited)."""
+        ids = list(pod_ids)
+        if not ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pod in ids:
+                pipe.hget(self.k_pod(pod), "max_concurrency")
+            values = await pipe.execute()
+        return {pod: int(v) for pod, v in zip(ids, values, strict=True) if v and int(v) > 0}
 
     async def pod_ids(self) -> list[str]:
         """The registered pod ids, sorted (a pod's hash may already be gone: see `pods`)."""
