@@ -54,9 +54,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def fresh(endpoints: list[Endpoint]) -> tuple[Endpoint, ...]:
+    """New Endpoint objects, as the router's RoutingTable makes them from each RouteUpdate."""
+    return tuple(Endpoint(e.pod_id, e.grpc_address, e.rest_address) for e in endpoints)
+
+
 def table(models: int, pods: int, rng: random.Random) -> tuple[dict[str, tuple[Endpoint, ...]], list[Endpoint]]:
     pool = [Endpoint(f"pod-{i}", f"10.1.{i // 250}.{i % 250 + 1}:8033", f"http://10.1.{i // 250}.{i % 250 + 1}:8008") for i in range(pods)]
-    return {f"model-{i:06d}__isvc-{i * 7919 % 100000:05d}": tuple(rng.sample(pool, 2)) for i in range(models)}, pool
+    return {f"model-{i:06d}__isvc-{i * 7919 % 100000:05d}": fresh(rng.sample(pool, 2)) for i in range(models)}, pool
 
 
 async def measure(
@@ -89,13 +94,13 @@ async def measure(
             for _ in range(args.repeat):
                 name = rng.choice(names)
                 t0 = time.perf_counter()
-                version = await ads.change(models={name: tuple(rng.sample(pool, 2))})
+                version = await ads.change(models={name: fresh(rng.sample(pool, 2))})
                 t1 = time.perf_counter()
                 await ads.wait_acked(version)
                 one.append(time.perf_counter() - t0)
                 one_build.append(t1 - t0)
             one_cpu = ((time.process_time() - cpu0[0]) / args.repeat * 1e3, (cpu_seconds(pid) - cpu0[1]) / args.repeat * 1e3)
-            moved = {name: tuple(rng.sample(pool, 2)) for name in rng.sample(names, args.changes)}
+            moved = {name: fresh(rng.sample(pool, 2)) for name in rng.sample(names, args.changes)}
             sent = _bytes_sent(ads)
             cpu0 = time.process_time(), cpu_seconds(pid)
             t0 = time.perf_counter()

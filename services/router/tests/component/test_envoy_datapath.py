@@ -11,7 +11,7 @@ wait for Envoy's ACK of a pushed version (`AdsServer.wait_acked`) and for `/read
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -31,9 +31,10 @@ from starlette.routing import Route
 
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
-from meshserve.router.envoy.ads import AdsServer, start_ads
+from meshserve.router.envoy import resources as res
+from meshserve.router.envoy.ads import AdsServer, XdsRejected, start_ads
 from meshserve.router.envoy.process import EnvoyOptions, EnvoyProcess
-from meshserve.router.envoy.resources import DataPathConfig
+from meshserve.router.envoy.resources import DataPathConfig, Layout
 from meshserve.router.envoy.script import route_script
 from meshserve.router.envoy.usage import AccessLogReader, Served
 from meshserve.router.table import Endpoint
@@ -178,18 +179,16 @@ MODES = [
 ]
 
 
-@pytest.fixture(scope="module", params=MODES)
-async def dp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DataPath]:
-    mode, shards, layout = request.param
+@contextlib.asynccontextmanager
+async def data_path(workdir: Path, mode: str, shards: int, layout: Layout) -> AsyncIterator[DataPath]:
+    """Two pods, the slow path's stand-in, our ADS server and a real Envoy fed by it."""
     pods = {pid: await start_backend(pid) for pid in ("pod-a", "pod-b")}
     slow = await start_backend("slow")
     config = DataPathConfig(
         slow_grpc_address=slow.grpc_address, slow_rest_address=slow.rest_address,
         lua_source=route_script(shards, layout), grpc_listen=("127.0.0.1", 0), rest_listen=("127.0.0.1", 0),
-        shards=shards, layout=layout,
+        shards=shards, layout=layout, access_log_path=str(workdir / "access.log"),
     )  # fmt: skip
-    workdir: Path = tmp_path_factory.mktemp(f"envoy-{mode}-{shards}-{layout}")
-    config = dataclasses.replace(config, access_log_path=str(workdir / "access.log"))
     ads = AdsServer(config)
     ads_server, ads_port = await start_ads(ads)
     served: list[DataPath] = []
@@ -220,6 +219,13 @@ async def dp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         for backend in [*pods.values(), slow]:
             await stop_backend(backend)
     assert code == 0, envoy.log_tail()
+
+
+@pytest.fixture(scope="module", params=MODES)
+async def dp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DataPath]:
+    mode, shards, layout = request.param
+    async with data_path(tmp_path_factory.mktemp(f"envoy-{mode}-{shards}-{layout}"), mode, shards, layout) as path:
+        yield path
 
 
 async def test_model_id_routes_to_its_pod_unchanged(dp: DataPath) -> None:
@@ -304,6 +310,20 @@ async def test_route_update_moves_the_model(dp: DataPath) -> None:
     assert (reply.id, reply.model_name) == ("pod-a", "m2")
     await dp.route({}, {})
     assert (await dp.infer("vm")).id == "slow"
+
+
+async def test_a_version_envoy_rejects_is_reported_and_envoy_keeps_the_routes_it_had(dp: DataPath) -> None:
+    await dp.route({"m1": ("pod-a",)})
+    good = dp.ads.resources
+    # route configurations Envoy cannot parse (0xff: field 31 of wire type 7)
+    version = dp.ads.publish({**good, res.ROUTE: {name: b"\xff\xff" for name in good[res.ROUTE]}})
+    with pytest.raises(XdsRejected, match=f"version {version}: RouteConfiguration: .+"):
+        await asyncio.wait_for(dp.ads.wait_acked(version), 30)
+    assert (await dp.infer("m1")).id == "pod-a"  # Envoy's routes are the ones before
+    version = dp.ads.publish(dp.ads.builder.resources())  # the builder's own, good again
+    await asyncio.wait_for(dp.ads.wait_acked(version), 30)
+    await dp.route({"m1": ("pod-b",)})
+    assert (await dp.infer("m1")).id == "pod-b"
 
 
 async def test_rest_path_is_rewritten(dp: DataPath) -> None:
@@ -403,3 +423,4 @@ async def test_the_access_log_counts_and_times_what_envoy_forwarded(dp: DataPath
     for cluster, count in after.items():
         if cluster in by_cluster:
             assert f'envoy_cluster_upstream_rq_completed{{envoy_cluster_name="{cluster}"}} {count}' in text
+

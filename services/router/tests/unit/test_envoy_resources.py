@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import pytest
@@ -35,12 +34,13 @@ def routes(resources: res.Resources, protocol: res.Protocol = "grpc") -> dict[st
     """name -> (cluster, concrete model) over all route configurations of a protocol."""
     out: dict[str, tuple[str, str | None]] = {}
     for name, body in resources[res.ROUTE].items():
-        if not name.startswith(f"ms-{protocol}"):
+        table = name.startswith("ms-table")  # the table layout's: both listeners use it
+        if not table and not name.startswith(f"ms-{protocol}"):
             continue
         config = route_pb2.RouteConfiguration.FromString(body)
         assert list(config.request_headers_to_remove) == list(res.ROUTING_HEADERS_TO_REMOVE)
         (host,) = config.virtual_hosts
-        if len(host.routes) == 2:  # the table layout
+        if table:
             out.update(table_routes(host, protocol))
             continue
         if not host.HasField("matcher"):
@@ -60,21 +60,44 @@ def routes(resources: res.Resources, protocol: res.Protocol = "grpc") -> dict[st
 
 
 def table_routes(host: Any, protocol: res.Protocol) -> dict[str, tuple[str, str | None]]:
-    """The table layout's two routes: to the cluster route.lua names, else the slow path with
-    the table; its lines read as route.lua reads them."""
-    to_pod, slow = host.routes
-    assert to_pod.route.cluster_header == res.CLUSTER_HEADER
-    assert [(h.name, h.present_match) for h in to_pod.match.headers] == [(res.CLUSTER_HEADER, True)]
-    assert to_pod.route.retry_policy.num_retries.value == 2 and not to_pod.HasField("metadata")
-    assert slow.route.cluster == res.slow_cluster(protocol) and not slow.match.headers
-    fields = slow.metadata.filter_metadata[res.LUA_FILTER].fields
+    """The table layout's routes: the lookup route with the table, per protocol the route to
+    the cluster route.lua names, per protocol the slow path; the table's lines read as
+    route.lua reads them for `protocol`."""
+    lookup, grpc_pod, rest_pod, grpc_slow, rest_slow = host.routes
+    assert [(h.name, h.present_match) for h in lookup.match.headers] == [(res.LOOKUP_HEADER, True)]
+    assert lookup.direct_response.status == 500
+    for p, to_pod, slow in (("grpc", grpc_pod, grpc_slow), ("rest", rest_pod, rest_slow)):
+        assert to_pod.route.cluster_header == res.CLUSTER_HEADER
+        assert [(h.name, h.string_match.prefix) for h in to_pod.match.headers] == [(res.CLUSTER_HEADER, f"ms-{p}-")]
+        assert to_pod.route.retry_policy.num_retries.value == 2 and not to_pod.HasField("metadata")
+        assert slow.route.cluster == res.slow_cluster(p) and not slow.HasField("metadata")
+        assert [(h.name, h.string_match.prefix) for h in slow.match.headers] == [(res.SHARD_HEADER, f"{p}-")]
+    assert rest_pod.route.retry_policy.retriable_status_codes == [404]
+    assert grpc_pod.route.max_stream_duration.HasField("grpc_timeout_header_max")
+    fields = lookup.metadata.filter_metadata[res.LUA_FILTER].fields
     text, version = fields["t"].string_value, fields["v"].string_value
-    assert version == hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    assert version  # route.lua parses the table again when it changes
     out: dict[str, tuple[str, str | None]] = {}
     for entry in text.splitlines():
-        name, digest, *model = entry.split(" ")
-        out[name] = (f"ms-{protocol}-{digest}-or-slow", model[0] if model else name)
+        name, grpc_digest, rest_digest, *model = entry.split(" ")
+        digest = grpc_digest if protocol == "grpc" else rest_digest
+        if digest != "-":
+            out[name] = (f"ms-{protocol}-{digest}-or-slow", model[0] if model else name)
     return out
+
+
+def test_the_table_encoder_writes_what_protobuf_would() -> None:
+    """TableEncoder frames the metadata by hand: it parses to the message protobuf builds."""
+    text = "m1 0123456789abcdef - \nvm 0123456789abcdef fedcba9876543210 m1\n"
+    body = res.TableEncoder(timeout_s=30).build("ms-table-7", text.encode())
+    expected = route_pb2.RouteConfiguration(name="ms-table-7", request_headers_to_remove=list(res.ROUTING_HEADERS_TO_REMOVE))
+    host = expected.virtual_hosts.add(name="ms-table-7", domains=["*"])
+    host.routes.extend(res._table_routes(30))
+    host.routes[0].metadata.filter_metadata[res.LUA_FILTER].update({"t": text, "v": "1"})
+    assert route_pb2.RouteConfiguration.FromString(body) == expected
+    assert table_routes(route_pb2.RouteConfiguration.FromString(body).virtual_hosts[0], "rest") == {
+        "vm": ("ms-rest-fedcba9876543210-or-slow", "m1")
+    }
 
 
 def test_a_vmodel_routes_to_its_model_with_the_concrete_id() -> None:
@@ -128,10 +151,12 @@ def test_sharded_routes_are_split_by_the_name_hash(layout: res.Layout) -> None:
     out = res.build(models, {}, config(shards=8, layout=layout))
     scopes = [scoped_route_pb2.ScopedRouteConfiguration.FromString(b) for b in out[res.SCOPED_ROUTE].values()]
     keys = {s.key.fragments[0].string_key: s.route_configuration_name for s in scopes}
-    assert keys["grpc-3"] == "ms-grpc-3" and keys["rest-slow"] == "ms-rest-slow"
+    shared = layout == "table"  # both listeners' scopes of a shard name its one table
+    assert keys["grpc-3"] == ("ms-table-3" if shared else "ms-grpc-3") and keys["rest-slow"] == "ms-rest-slow"
+    assert keys["rest-3"] == ("ms-table-3" if shared else "ms-rest-3")
     assert len(keys) == 2 * (8 + 1)
     for name in models:
-        body = out[res.ROUTE][f"ms-grpc-{res.shard_of(name, 8)}"]
+        body = out[res.ROUTE][f"ms-{'table' if shared else 'grpc'}-{res.shard_of(name, 8)}"]
         config_ = route_pb2.RouteConfiguration.FromString(body)
         if layout == "matcher":
             assert name in config_.virtual_hosts[0].matcher.matcher_tree.exact_match_map.map
@@ -148,7 +173,7 @@ def test_a_change_rebuilds_only_its_shard_and_clusters_follow_use() -> None:
     builder.replace({**models, "m7": eps("b")}, {})
     change = res.diff(before, builder.resources())
     shard = res.shard_of("m7", 16)
-    assert change.changed[res.ROUTE] == {f"ms-grpc-{shard}", f"ms-rest-{shard}"}
+    assert change.changed[res.ROUTE] == {f"ms-table-{shard}"}  # one table, both listeners
     placed = {res.cluster_name("grpc", ["10.0.0.2:8033"]), res.cluster_name("rest", ["http://10.0.0.2:8008"])}
     assert change.changed[res.CLUSTER] == placed | {res.failover_cluster(c) for c in placed}
     assert res.CLUSTER not in change.removed
@@ -165,9 +190,16 @@ TABLES = st.tuples(
 
 
 def parsed(resources: res.Resources) -> dict[str, dict[str, Any]]:
+    """The resources parsed; a table's lines sorted (their order is the order names came in)."""
     kinds = {res.CLUSTER: cluster_pb2.Cluster, res.LISTENER: listener_pb2.Listener, res.ROUTE: route_pb2.RouteConfiguration,
              res.SCOPED_ROUTE: scoped_route_pb2.ScopedRouteConfiguration}  # fmt: skip
-    return {t: {n: kinds[t].FromString(b) for n, b in named.items()} for t, named in resources.items()}
+    out = {t: {n: kinds[t].FromString(b) for n, b in named.items()} for t, named in resources.items()}
+    for name, config in out[res.ROUTE].items():
+        if name.startswith("ms-table"):
+            fields = config.virtual_hosts[0].routes[0].metadata.filter_metadata[res.LUA_FILTER].fields
+            fields["t"].string_value = "".join(sorted(fields["t"].string_value.splitlines(keepends=True)))
+            fields["v"].string_value = ""
+    return out
 
 
 @settings(max_examples=150, deadline=None)

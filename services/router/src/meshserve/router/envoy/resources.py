@@ -21,29 +21,37 @@ Design and invariants:
   `metadata.filter_metadata["envoy.filters.http.lua"]["model"]`; route.lua rewrites the
   request to it. Every other request matches nothing and goes to the slow path.
   That is the `matcher` layout: Envoy builds one Route per name.
-- The `table` layout (the default): a shard's RouteConfiguration has two routes whatever
-  its size: the slow path, whose Lua metadata carries the shard's names as one string
-  (`"<name> <cluster digest>[ <model id>]\n"` per name, sorted) and its hash `v`, and a
-  route to the cluster the CLUSTER_HEADER names (route.lua sets it from that table; it
-  parses a shard's string once per version and keeps it as a Lua table). Envoy then builds
-  two routes per shard and copies one string, instead of building a Route per name: a
-  burst of changes that touches every shard costs Envoy little more than the bytes.
-- `shards == 1`: one RouteConfiguration per protocol (RDS). `shards > 1`: scoped routes;
-  the name's shard `shard_of(name)` (route.lua computes the same hash) selects a scope
-  whose RouteConfiguration holds only that shard's names, so a change rebuilds one shard.
-  A scope keyed `slow` routes everything to the slow path (Lua's default).
+- The `table` layout (the default): a shard has ONE RouteConfiguration, which both
+  listeners use (the gRPC and the REST scope of a shard name it), with five routes whatever
+  its size: the lookup route (matched while route.lua sets LOOKUP_HEADER), whose Lua
+  metadata carries the shard's names as one string (`"<name> <gRPC cluster digest> <REST
+  cluster digest>[ <model id>]\n"` per name, `-` where a protocol has no cluster) and its
+  version `v`; per protocol the route to the cluster the CLUSTER_HEADER names (route.lua
+  sets it from that table; it parses a shard's string once per version and keeps it as a
+  Lua table); per protocol the slow path. Envoy then builds five routes per shard and
+  copies one string, instead of building a Route per name: a burst of changes that touches
+  every shard costs Envoy little more than the bytes, sent once for both listeners.
+- `shards == 1`: one RouteConfiguration (table layout; the matcher layout: one per
+  protocol) over RDS. `shards > 1`: scoped routes; the name's shard `shard_of(name)`
+  (route.lua computes the same hash) selects a scope whose RouteConfiguration holds only
+  that shard's names, so a change rebuilds one shard. A scope keyed `slow` routes
+  everything to the slow path (Lua's default).
 - `RouteBuilder` is incremental: per-name entries (matcher entries, or table lines) are
-  built once and cached, a shard's RouteConfiguration is re-serialized only when one of its
-  names changed, by concatenating the cached entries (map entries of a protobuf message
-  concatenate; table lines are strings).
+  built once and kept in their shard's dict, a shard's RouteConfiguration is re-serialized
+  only when one of its names changed, by concatenating the kept entries (map entries of a
+  protobuf message concatenate; table lines are strings, joined in the dict's order: no
+  sorting); the table layout's configuration is framed by hand around the string
+  (`TableEncoder`), the rest of it encoded once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Literal
 
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -84,9 +92,10 @@ TYPE_ORDER = (CLUSTER, LISTENER, SCOPED_ROUTE, ROUTE)
 MODEL_HEADER = "x-meshserve-model"
 SHARD_HEADER = "x-meshserve-shard"
 CLUSTER_HEADER = "x-meshserve-cluster"
+LOOKUP_HEADER = "x-meshserve-lookup"
 SLOW_SCOPE = "slow"
 LUA_FILTER = "envoy.filters.http.lua"
-ROUTING_HEADERS_TO_REMOVE = (MODEL_HEADER, SHARD_HEADER, CLUSTER_HEADER)
+ROUTING_HEADERS_TO_REMOVE = (MODEL_HEADER, SHARD_HEADER, CLUSTER_HEADER, LOOKUP_HEADER)
 
 Resources = dict[str, dict[str, bytes]]
 """type URL -> resource name -> serialized resource."""
@@ -213,7 +222,13 @@ def slow_cluster(protocol: Protocol) -> str:
 
 
 def route_name(protocol: Protocol, shard: str | None = None) -> str:
+    """A protocol's RouteConfiguration (the matcher layout's, and the slow scope's)."""
     return f"ms-{protocol}" if shard is None else f"ms-{protocol}-{shard}"
+
+
+def table_route_name(shard: str | None = None) -> str:
+    """The table layout's RouteConfiguration of a shard: one, both listeners use it."""
+    return "ms-table" if shard is None else f"ms-table-{shard}"
 
 
 def _dialable(address: str) -> bool:
@@ -242,7 +257,7 @@ def _ser(message: Any) -> bytes:
     return bytes(message.SerializeToString(deterministic=True))
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
@@ -251,9 +266,9 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _field(number: int, payload: bytes) -> bytes:
+def wire_field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2) in protobuf encoding."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def _number(message: Any, name: str) -> int:
@@ -364,48 +379,105 @@ def route_configuration(name: str, entries: Iterable[bytes], *, protocol: Protoc
     joined = b"".join(entries)
     if not joined:  # an exact_match_map must have an entry: a plain route then
         host.routes.append(slow)
-        return _ser(config) + _field(_number(config, "virtual_hosts"), _ser(host))
+        return _ser(config) + wire_field(_number(config, "virtual_hosts"), _ser(host))
     tree = matcher_pb2.Matcher.MatcherTree()
     tree.input.name = MODEL_HEADER
     tree.input.typed_config.Pack(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=MODEL_HEADER))
     no_match = matcher_pb2.Matcher()
     no_match.on_no_match.action.name = "slow"
     no_match.on_no_match.action.typed_config.Pack(slow)
-    tree_bytes = _ser(tree) + _field(_number(tree, "exact_match_map"), joined)
-    matcher_bytes = _field(_number(no_match, "matcher_tree"), tree_bytes) + _ser(no_match)
-    host_bytes = _ser(host) + _field(_number(host, "matcher"), matcher_bytes)
-    return _ser(config) + _field(_number(config, "virtual_hosts"), host_bytes)
+    tree_bytes = _ser(tree) + wire_field(_number(tree, "exact_match_map"), joined)
+    matcher_bytes = wire_field(_number(no_match, "matcher_tree"), tree_bytes) + _ser(no_match)
+    host_bytes = _ser(host) + wire_field(_number(host, "matcher"), matcher_bytes)
+    return _ser(config) + wire_field(_number(config, "virtual_hosts"), host_bytes)
+
+
+_TABLE_NAME = re.compile(r"[!-~]{1,512}")
 
 
 def _table_name(name: str) -> bool:
-    """A name a table line can carry (route.lua's valid_name); others stay with the slow path.
-    A shard table's line: `<name> <cluster digest>[ <model id>]\n`, the model id written for a
-    vmodel (route.lua logs the vmodel then)."""
-    return 0 < len(name) <= 512 and name.isascii() and name.isprintable() and " " not in name
+    """A name a table line can carry (route.lua's valid_name: 1-512 printable ASCII characters,
+    no space); others stay with the slow path. A shard table's line: `<name> <gRPC cluster
+    digest> <REST cluster digest>[ <model id>]\n`, the model id written for a vmodel (route.lua
+    logs the vmodel then)."""
+    return _TABLE_NAME.fullmatch(name) is not None
 
 
-def table_configuration(name: str, lines: Iterable[str], *, protocol: Protocol, timeout_s: float) -> bytes:
-    """A RouteConfiguration of the table layout: the route to the cluster CLUSTER_HEADER names
-    (route.lua sets it), else the slow path, whose metadata holds the table (`t`) and its
-    hash (`v`): route.lua reads them from the route it gets before it sets CLUSTER_HEADER."""
-    text = "".join(sorted(lines))
-    config = route_pb2.RouteConfiguration(name=name, request_headers_to_remove=list(ROUTING_HEADERS_TO_REMOVE))
-    host = config.virtual_hosts.add(name=name, domains=["*"])
-    to_pod = _route("", protocol=protocol, timeout_s=timeout_s, model="")
-    to_pod.route.ClearField("cluster")
-    to_pod.route.cluster_header = CLUSTER_HEADER
-    to_pod.match.headers.add(name=CLUSTER_HEADER, present_match=True)
-    host.routes.append(to_pod)
-    slow = _route(slow_cluster(protocol), protocol=protocol, timeout_s=timeout_s, model=None)
-    version = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-    slow.metadata.filter_metadata[LUA_FILTER].update({"v": version, "t": text})
-    host.routes.append(slow)
-    return _ser(config)
+def _table_routes(timeout_s: float) -> list[rc_pb2.Route]:
+    """The table layout's routes, in match order (one RouteConfiguration serves both listeners):
+    the lookup route route.lua gets the table from (LOOKUP_HEADER set; answers 500 if a request
+    ever leaves route.lua on it), then per protocol the route to the cluster CLUSTER_HEADER
+    names (`ms-<protocol>-...`), then the slow path of the request's protocol (its
+    SHARD_HEADER is `<protocol>-...`). The lookup route's metadata is added by `TableEncoder`."""
+    lookup = rc_pb2.Route()
+    lookup.match.prefix = "/"
+    lookup.match.headers.add(name=LOOKUP_HEADER, present_match=True)
+    lookup.direct_response.status = 500
+    lookup.direct_response.body.inline_string = "meshserve: a request was left on the route table's lookup route"
+    routes = [lookup]
+    for protocol in PROTOCOLS:
+        to_pod = _route("", protocol=protocol, timeout_s=timeout_s, model="")
+        to_pod.route.ClearField("cluster")
+        to_pod.route.cluster_header = CLUSTER_HEADER
+        to_pod.match.headers.add(name=CLUSTER_HEADER).string_match.prefix = f"ms-{protocol}-"
+        routes.append(to_pod)
+    for protocol in PROTOCOLS:
+        slow = _route(slow_cluster(protocol), protocol=protocol, timeout_s=timeout_s, model=None)
+        slow.match.headers.add(name=SHARD_HEADER).string_match.prefix = f"{protocol}-"
+        routes.append(slow)
+    return routes
 
 
-def scoped_route(protocol: Protocol, shard: str) -> bytes:
+_ROUTE_FIELDS = rc_pb2.Route.DESCRIPTOR.fields_by_name
+_METADATA = _ROUTE_FIELDS["metadata"].number
+_ROUTES = rc_pb2.VirtualHost.DESCRIPTOR.fields_by_name["routes"].number
+_VIRTUAL_HOSTS = route_pb2.RouteConfiguration.DESCRIPTOR.fields_by_name["virtual_hosts"].number
+
+
+class TableEncoder:
+    """Serializes the table layout's RouteConfigurations: everything but the lookup route's
+    metadata is encoded once; a build frames the shard's table string (`t`) and a version (`v`,
+    a counter: each build's differs, so route.lua parses a table again exactly when it changed)
+    into `Metadata.filter_metadata[LUA_FILTER]` by hand (Metadata, Struct and Value wire
+    format: map entries are key 1 / value 2, Value.string_value is 3). What it writes parses to
+    the RouteConfiguration `_table_routes` describes with that metadata (a unit test checks)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        lookup, *rest = _table_routes(timeout_s)
+        self._lookup = _ser(lookup)
+        self._rest = b"".join(wire_field(_ROUTES, _ser(route)) for route in rest)
+        self._heads: dict[str, tuple[bytes, bytes]] = {}
+        self._filter_key = wire_field(1, LUA_FILTER.encode())
+        self._version = 0
+
+    def _head(self, name: str) -> tuple[bytes, bytes]:
+        head = self._heads.get(name)
+        if head is None:
+            config = route_pb2.RouteConfiguration(name=name, request_headers_to_remove=list(ROUTING_HEADERS_TO_REMOVE))
+            head = self._heads[name] = (_ser(config), _ser(rc_pb2.VirtualHost(name=name, domains=["*"])))
+        return head
+
+    def build(self, name: str, text: bytes) -> bytes:
+        """The RouteConfiguration `name` with the table `text` (lines of `_table_line`)."""
+        self._version += 1
+        version = b"%x" % self._version
+        fields = wire_field(1, b"\n\x01t" + wire_field(2, wire_field(3, text))) + wire_field(1, b"\n\x01v" + wire_field(2, wire_field(3, version)))
+        metadata = wire_field(1, self._filter_key + wire_field(2, fields))
+        config, host = self._head(name)
+        host += wire_field(_ROUTES, self._lookup + wire_field(_METADATA, metadata)) + self._rest
+        return config + wire_field(_VIRTUAL_HOSTS, host)
+
+
+def table_configuration(name: str, lines: Iterable[str], *, timeout_s: float) -> bytes:
+    """A RouteConfiguration of the table layout holding `lines` (see `TableEncoder`)."""
+    return TableEncoder(timeout_s).build(name, "".join(lines).encode())
+
+
+def scoped_route(protocol: Protocol, shard: str, route_configuration: str | None = None) -> bytes:
+    """The scope keyed `scope_key(protocol, shard)`: to `route_configuration` (by default the
+    protocol's own one of that shard)."""
     scope = scoped_route_pb2.ScopedRouteConfiguration(
-        name=f"ms-{protocol}-scope-{shard}", route_configuration_name=route_name(protocol, shard)
+        name=f"ms-{protocol}-scope-{shard}", route_configuration_name=route_configuration or route_name(protocol, shard)
     )
     scope.key.fragments.add(string_key=scope_key(protocol, shard))
     return _ser(scope)
@@ -423,7 +495,7 @@ def build_listener(protocol: Protocol, config: DataPathConfig) -> bytes:
     host, port = config.grpc_listen if protocol == "grpc" else config.rest_listen
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"ms_{protocol}", codec_type=hcm_pb2.HttpConnectionManager.AUTO)
     if config.shards <= 1:
-        hcm.rds.route_config_name = route_name(protocol)
+        hcm.rds.route_config_name = table_route_name() if config.layout == "table" else route_name(protocol)
         hcm.rds.config_source.CopyFrom(_ads_source())
     else:
         scoped = hcm.scoped_routes
@@ -465,51 +537,62 @@ def _downstream_tls(files: TlsFiles, protocol: Protocol) -> tls_pb2.DownstreamTl
 
 
 # -- the incremental builder ----------------------------------------------------------------
-def _placement_clusters(endpoints: tuple[Endpoint, ...]) -> dict[Protocol, tuple[str, tuple[str, ...]]]:
-    """protocol -> (cluster, addresses) of a model's endpoints."""
-    clusters: dict[Protocol, tuple[str, tuple[str, ...]]] = {}
-    for protocol in PROTOCOLS:
-        given = {e.grpc_address if protocol == "grpc" else e.rest_address for e in endpoints}
-        # a pod without that door (a runtime serving gRPC only) or with an address Envoy
-        # cannot dial: that protocol's requests for the name stay with the slow path
-        addresses = tuple(sorted(a for a in given if _dialable(a)))
-        if addresses:
-            clusters[protocol] = (cluster_name(protocol, addresses), addresses)
-    return clusters
+class _Placement:
+    """A set of endpoints as Envoy routes it: the cluster per protocol (none for a protocol
+    whose addresses Envoy cannot dial: that protocol's requests stay with the slow path), and
+    the table line's columns for it (` <grpc digest> <rest digest>`, `-` for none)."""
+
+    __slots__ = ("clusters", "columns")
+
+    def __init__(self, endpoints: tuple[Endpoint, ...]) -> None:
+        self.clusters: dict[Protocol, tuple[str, tuple[str, ...]]] = {}  # protocol -> (cluster, addresses)
+        for protocol in PROTOCOLS:
+            given = {e.grpc_address if protocol == "grpc" else e.rest_address for e in endpoints}
+            addresses = tuple(sorted(a for a in given if _dialable(a)))
+            if addresses:
+                self.clusters[protocol] = (cluster_name(protocol, addresses), addresses)
+        # cluster_name: "ms-<protocol>-<digest>", both prefixes 8 characters
+        self.columns = "".join(f" {self.clusters[p][0][8:]}" if p in self.clusters else " -" for p in PROTOCOLS)
 
 
-@dataclass(frozen=True)
-class _Target:
-    model: str
-    clusters: dict[Protocol, tuple[str, tuple[str, ...]]]  # protocol -> (cluster, addresses)
-    vmodel: bool = False  # the name is a vmodel id
+_PLACEMENT_KEY = attrgetter("grpc_address", "rest_address")
+"""What of an endpoint a placement depends on: the memo's key is a tuple of these, compared
+in C (Endpoint's dataclass hash and equality are Python functions: twice the cost)."""
+
+_Target = tuple[str, _Placement, bool]
+"""(concrete model id, its placement, the name is a vmodel id); placements compare by identity."""
 
 
 class RouteBuilder:
     """Keeps the routing table's Envoy form and rebuilds only what a change touches.
 
-    `replace(models, vmodels)` sets the whole table; `resources()` returns the current
-    `Resources` (unchanged resources are the same `bytes` objects as last time).
+    `replace(models, vmodels)` sets the whole table, `change(...)` applies a change;
+    `resources()` returns the current `Resources` (unchanged resources are the same `bytes`
+    objects as last time). Per routed name it keeps its target and its table line (or its
+    matcher entry per protocol) in its shard's dict; a shard's RouteConfiguration is built
+    again only when one of its lines changed, by joining the dict's values (no sorting: the
+    order is the order names came in, which route.lua does not care about).
     """
 
     def __init__(self, config: DataPathConfig) -> None:
         self.config = config
         self.shards = max(1, config.shards)
+        self.table = config.layout == "table"
         self.models: dict[str, tuple[Endpoint, ...]] = {}
         self.vmodels: dict[str, str] = {}
         self._vmodels_of: dict[str, set[str]] = {}  # model id -> vmodels naming it
         self._targets: dict[str, _Target] = {}  # routed name -> target
-        self._entries: dict[Protocol, dict[str, dict[str, bytes]]] = {p: {} for p in PROTOCOLS}  # shard -> name -> entry
-        self._lines: dict[Protocol, dict[str, dict[str, str]]] = {p: {} for p in PROTOCOLS}  # shard -> name -> line
+        self._lines: dict[str, dict[str, str]] = {s: {} for s in self._shard_names()}  # table: shard -> name -> line
+        self._entries: dict[Protocol, dict[str, dict[str, bytes]]] = {p: {} for p in PROTOCOLS}  # matcher
         self._shard_of: dict[str, str] = {}  # name -> shard (shard_of is a Python loop per byte)
-        self._placements: dict[tuple[Endpoint, ...], dict[Protocol, tuple[str, tuple[str, ...]]]] = {}  # memo
+        self._placements: dict[tuple[tuple[str, str], ...], _Placement] = {}  # memo, by addresses
+        self._placement_refs: dict[str, int] = {}  # placement columns -> routed names on it
         self._routes: dict[str, bytes] = {}
         self._cluster_refs: dict[str, int] = {}
         self._clusters: dict[str, bytes] = {}
-        self._dirty: set[str] = set()  # shards to re-serialize
+        self._encoder = TableEncoder(config.request_timeout_s)
+        self._dirty: set[str] = set(self._shard_names())  # shards to re-serialize
         self._static = self._static_resources()
-        for shard in self._shard_names():
-            self._dirty.add(shard)
 
     def _shard_names(self) -> list[str]:
         return ["0"] if self.shards == 1 else [str(i) for i in range(self.shards)]
@@ -529,8 +612,10 @@ class RouteBuilder:
         if self.shards > 1:
             out[SCOPED_ROUTE] = {}
             for p in PROTOCOLS:
-                for shard in [*self._shard_names(), SLOW_SCOPE]:
-                    out[SCOPED_ROUTE][f"ms-{p}-scope-{shard}"] = scoped_route(p, shard)
+                for shard in self._shard_names():
+                    target = table_route_name(shard) if self.table else route_name(p, shard)
+                    out[SCOPED_ROUTE][f"ms-{p}-scope-{shard}"] = scoped_route(p, shard, target)
+                out[SCOPED_ROUTE][f"ms-{p}-scope-{SLOW_SCOPE}"] = scoped_route(p, SLOW_SCOPE)
                 out[ROUTE][route_name(p, SLOW_SCOPE)] = route_configuration(
                     route_name(p, SLOW_SCOPE), [], protocol=p, timeout_s=cfg.request_timeout_s
                 )
@@ -556,8 +641,7 @@ class RouteBuilder:
     ) -> None:
         """Apply a change (as a `RouteUpdate` carries it): O(size of the change + vmodels
         of the changed models)."""
-        changed_models = set(models) | set(removed_models)
-        affected = set(changed_models) | set(vmodels) | set(removed_vmodels)
+        removed_models, removed_vmodels = list(removed_models), list(removed_vmodels)
         for vmodel_id in [*removed_vmodels, *vmodels]:
             old = self.vmodels.pop(vmodel_id, None)
             if old is not None:
@@ -568,62 +652,96 @@ class RouteBuilder:
         for model_id in removed_models:
             self.models.pop(model_id, None)
         self.models.update(models)
-        for model_id in changed_models:  # vmodels naming a model whose endpoints changed
-            affected.update(self._vmodels_of.get(model_id, ()))
-        for name in affected:
-            self._refresh(name)
+        affected = set(models)
+        affected.update(removed_models, vmodels, removed_vmodels)
+        if self._vmodels_of:  # vmodels naming a model whose endpoints changed
+            for model_id in [*models, *removed_models]:
+                named = self._vmodels_of.get(model_id)
+                if named:
+                    affected.update(named)
+        self._refresh(affected)
 
-    def _target(self, name: str) -> _Target | None:
-        model = self.vmodels.get(name, name)
-        endpoints = self.models.get(model)
-        if not endpoints:
-            return None
-        clusters = self._placements.get(endpoints)
-        if clusters is None:
-            if len(self._placements) >= 10_000:  # placements come and go: keep the memo bounded
-                self._placements.clear()
-            clusters = self._placements[endpoints] = _placement_clusters(endpoints)
-        return _Target(model, clusters, name in self.vmodels) if clusters else None
+    def _placement(self, key: tuple[tuple[str, str], ...], endpoints: tuple[Endpoint, ...]) -> _Placement:
+        """A new placement, memoized by its endpoints' addresses (the caller looked already)."""
+        if len(self._placements) >= 10_000:  # placements come and go: keep the memo bounded
+            self._placements.clear()
+        placement = self._placements[key] = _Placement(endpoints)
+        return placement
 
-    def _refresh(self, name: str) -> None:
-        old, new = self._targets.get(name), self._target(name)
-        if old == new:
-            return
-        shard = self._shard_of.get(name)
-        if shard is None:
-            shard = self._shard_of[name] = shard_of(name, self.shards)
-        self._dirty.add(shard)
-        # the new clusters are referenced before the old ones are let go: a cluster both use
-        # is kept, not rebuilt
-        if new is not None:
-            self._targets[name] = new
-            for protocol, (cluster, addresses) in new.clusters.items():
-                self._ref(cluster, addresses, protocol)
-        else:
-            del self._targets[name]
-            self._shard_of.pop(name, None)
-        if old is not None:
-            for cluster, _ in old.clusters.values():
-                self._unref(cluster)
-        table = self.config.layout == "table"
-        fits = new is not None and table and _table_name(name) and _table_name(new.model)
-        for protocol in PROTOCOLS:
-            placed = new.clusters.get(protocol) if new is not None else None
-            if table:
-                lines = self._lines[protocol].setdefault(shard, {})
-                if new is None or placed is None or not fits:
-                    lines.pop(name, None)
-                    continue
-                digest = placed[0][len("ms-grpc-"):]  # cluster_name: "ms-<protocol>-<digest>"
-                lines[name] = f"{name} {digest} {new.model}\n" if new.vmodel else f"{name} {digest}\n"
+    def _refresh(self, names: Iterable[str]) -> None:
+        """Bring the names' routes up to date with `models`/`vmodels`: per name a few dict
+        operations and, in the table layout, one string (a burst of 10,000 changes is a loop
+        of 10,000 of these, so it keeps its lookups in locals)."""
+        vmodels, models, targets, shard_cache = self.vmodels, self.models, self._targets, self._shard_of
+        placements, dirty, table, shards = self._placements, self._dirty, self.table, self.shards
+        key_of = _PLACEMENT_KEY
+        lines_of = self._lines
+        fits = _TABLE_NAME.fullmatch
+        for name in names:
+            vmodel = vmodels.get(name)
+            model = name if vmodel is None else vmodel
+            endpoints = models.get(model)
+            new: _Target | None = None
+            if endpoints:
+                key = tuple(map(key_of, endpoints))
+                placement = placements.get(key) or self._placement(key, endpoints)
+                if placement.clusters:
+                    new = (model, placement, vmodel is not None)
+            old = targets.get(name)
+            if old == new:
                 continue
+            shard = shard_cache.get(name)
+            if shard is None:
+                shard = shard_cache[name] = shard_of(name, shards)
+            dirty.add(shard)
+            # the new clusters are referenced before the old ones are let go: a cluster both
+            # use is kept, not rebuilt
+            if new is not None:
+                targets[name] = new
+                self._ref_placement(new[1])
+            else:
+                del targets[name]
+                del shard_cache[name]
+            if old is not None:
+                self._unref_placement(old[1])
+            if table:
+                lines = lines_of[shard]
+                if new is None or fits(name) is None or (vmodel is not None and fits(model) is None):
+                    lines.pop(name, None)
+                elif vmodel is None:
+                    lines[name] = name + new[1].columns + "\n"
+                else:
+                    lines[name] = f"{name}{new[1].columns} {model}\n"
+                continue
+            self._refresh_entries(name, shard, new)
+
+    def _refresh_entries(self, name: str, shard: str, new: _Target | None) -> None:
+        """The matcher layout: the name's map entry per protocol."""
+        for protocol in PROTOCOLS:
             entries = self._entries[protocol].setdefault(shard, {})
+            placed = new[1].clusters.get(protocol) if new is not None else None
             if new is None or placed is None:
                 entries.pop(name, None)
                 continue
             entries[name] = entry_bytes(
-                name, failover_cluster(placed[0]), new.model, protocol=protocol, timeout_s=self.config.request_timeout_s
+                name, failover_cluster(placed[0]), new[0], protocol=protocol, timeout_s=self.config.request_timeout_s
             )
+
+    def _ref_placement(self, placement: _Placement) -> None:
+        count = self._placement_refs.get(placement.columns, 0)
+        if count == 0:
+            for protocol, (cluster, addresses) in placement.clusters.items():
+                self._ref(cluster, addresses, protocol)
+        self._placement_refs[placement.columns] = count + 1
+
+    def _unref_placement(self, placement: _Placement) -> None:
+        count = self._placement_refs[placement.columns] - 1
+        if count:
+            self._placement_refs[placement.columns] = count
+            return
+        del self._placement_refs[placement.columns]
+        for cluster, _ in placement.clusters.values():
+            self._unref(cluster)
 
     def _ref(self, cluster: str, addresses: tuple[str, ...], protocol: Protocol) -> None:
         count = self._cluster_refs.get(cluster, 0)
@@ -648,16 +766,15 @@ class RouteBuilder:
         """The current resources; re-serializes only the shards changed since the last call."""
         timeout = self.config.request_timeout_s
         for shard in self._dirty:
+            key = None if self.shards == 1 else shard
+            if self.table:
+                name = table_route_name(key)
+                self._routes[name] = self._encoder.build(name, "".join(self._lines[shard].values()).encode())
+                continue
             for protocol in PROTOCOLS:
-                name = route_name(protocol, None if self.shards == 1 else shard)
-                if self.config.layout == "table":
-                    lines = self._lines[protocol].get(shard, {})
-                    self._routes[name] = table_configuration(name, lines.values(), protocol=protocol, timeout_s=timeout)
-                    continue
+                name = route_name(protocol, key)
                 entries = self._entries[protocol].get(shard, {})
-                self._routes[name] = route_configuration(
-                    name, entries.values(), protocol=protocol, timeout_s=timeout
-                )
+                self._routes[name] = route_configuration(name, entries.values(), protocol=protocol, timeout_s=timeout)
         self._dirty.clear()
         out: Resources = {type_url: dict(named) for type_url, named in self._static.items()}
         out[CLUSTER].update(self._clusters)

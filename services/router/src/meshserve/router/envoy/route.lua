@@ -7,10 +7,12 @@
 -- routing header names the model and the message does not start with field 1, field 1 is
 -- taken as absent and written in front. The name goes into the
 -- x-meshserve-shard header as its shard's scope key and the route cache is cleared, so
--- the route is chosen again by that header. The table layout (resources.py): that route
--- is the shard's slow route, whose metadata holds the shard's table (parsed once per
--- version into a Lua table kept across requests); a name found there gets its cluster in
--- x-meshserve-cluster and the route is chosen once more (the route to that cluster). The
+-- the route is chosen again by that header. The table layout (resources.py): with
+-- x-meshserve-lookup set, that route is the shard's lookup route, whose metadata holds the
+-- shard's table (parsed once per version into a Lua table kept across requests; one table
+-- serves both listeners, each reads its protocol's column); the lookup header is removed, a
+-- name found there gets its cluster in x-meshserve-cluster and the route is chosen once
+-- more (the route to that cluster; else the shard's slow route). The
 -- matcher layout: the name goes into x-meshserve-model too and the matched route carries
 -- the concrete model id in its metadata ("model"). Field 1 is then rewritten to the
 -- concrete id (the frame rebuilt with a new length prefix) and mm-model-id set to it; a
@@ -30,6 +32,7 @@
 local MODEL_HEADER = "x-meshserve-model"
 local SHARD_HEADER = "x-meshserve-shard"
 local CLUSTER_HEADER = "x-meshserve-cluster"
+local LOOKUP_HEADER = "x-meshserve-lookup"
 local MAX_NAME = 512
 local GRPC_METHODS = { ModelInfer = true, ModelMetadata = true }
 local OTHER_ROUTING_HEADERS = { "mm-model-id-bin", "mm-vmodel-id-bin", "tas-model-id" }
@@ -109,21 +112,26 @@ local function header_name(headers)
   return model or vmodel
 end
 
--- the table layout: a shard's names, parsed from its route's metadata once per version.
--- "<name> <cluster digest>[ <model id>]\n" per name; the model id is written for a vmodel.
+-- the table layout: a shard's names, parsed from its lookup route's metadata once per
+-- version. "<name> <gRPC cluster digest> <REST cluster digest>[ <model id>]\n" per name ("-":
+-- no cluster for that protocol); the model id is written for a vmodel.
 local tables = {} -- scope key -> { v = version, cluster = {name -> cluster}, model = {vmodel -> model id} }
 local CLUSTER_PREFIX = "ms-" .. PROTOCOL .. "-"
 
 local function parse_table(version, text)
   local cluster, model, full = {}, {}, {}
-  for name, digest, target in text:gmatch("(%S+) (%S+) ?(%S*)\n") do
-    local c = full[digest]
-    if c == nil then
-      c = CLUSTER_PREFIX .. digest .. "-or-slow"
-      full[digest] = c
+  local grpc = PROTOCOL == "grpc"
+  for name, g, r, target in text:gmatch("(%S+) (%S+) (%S+) ?(%S*)\n") do
+    local digest = grpc and g or r
+    if digest ~= "-" then
+      local c = full[digest]
+      if c == nil then
+        c = CLUSTER_PREFIX .. digest .. "-or-slow"
+        full[digest] = c
+      end
+      cluster[name] = c
+      if target ~= "" then model[name] = target end
     end
-    cluster[name] = c
-    if target ~= "" then model[name] = target end
   end
   return { v = version, cluster = cluster, model = model }
 end
@@ -140,17 +148,21 @@ local function choose(handle, headers, name)
     local model = metadata and metadata:get("model")
     return model, model ~= nil and model ~= name
   end
+  headers:replace(LOOKUP_HEADER, "1")
   handle:clearRouteCache()
-  local metadata = handle:metadata() -- the shard's slow route, which carries its table
+  local metadata = handle:metadata() -- the shard's lookup route, which carries its table
   local version = metadata and metadata:get("v")
-  if version == nil then return nil end
   local t = tables[scope]
-  if t == nil or t.v ~= version then
+  if version ~= nil and (t == nil or t.v ~= version) then
     t = parse_table(version, metadata:get("t") or "")
     tables[scope] = t
   end
-  local cluster = t.cluster[name]
-  if cluster == nil then return nil end
+  headers:remove(LOOKUP_HEADER)
+  local cluster = version ~= nil and t.cluster[name]
+  if not cluster then
+    handle:clearRouteCache() -- the shard's slow route
+    return nil
+  end
   headers:replace(CLUSTER_HEADER, cluster)
   handle:clearRouteCache() -- the route to the cluster that header names
   local model = t.model[name]
@@ -220,6 +232,7 @@ local function route(handle)
   local path = headers:get(":path") or ""
   headers:remove(MODEL_HEADER)
   headers:remove(CLUSTER_HEADER)
+  headers:remove(LOOKUP_HEADER)
   headers:replace(SHARD_HEADER, SLOW_SCOPE)
   if PROTOCOL == "grpc" then
     local method = path:match("^/inference%.GRPCInferenceService/(%w+)$")
@@ -238,6 +251,7 @@ function envoy_on_request(handle)
       local headers = handle:headers()
       headers:remove(MODEL_HEADER)
       headers:remove(CLUSTER_HEADER)
+      headers:remove(LOOKUP_HEADER)
       headers:replace(SHARD_HEADER, SLOW_SCOPE)
       handle:clearRouteCache()
     end)
