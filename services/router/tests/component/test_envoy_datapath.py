@@ -180,13 +180,13 @@ MODES = [
 
 
 @contextlib.asynccontextmanager
-async def data_path(workdir: Path, mode: str, shards: int, layout: Layout) -> AsyncIterator[DataPath]:
+async def data_path(workdir: Path, mode: str, shards: int, layout: Layout, namespace: str = "") -> AsyncIterator[DataPath]:
     """Two pods, the slow path's stand-in, our ADS server and a real Envoy fed by it."""
     pods = {pid: await start_backend(pid) for pid in ("pod-a", "pod-b")}
     slow = await start_backend("slow")
     config = DataPathConfig(
         slow_grpc_address=slow.grpc_address, slow_rest_address=slow.rest_address,
-        lua_source=route_script(shards, layout), grpc_listen=("127.0.0.1", 0), rest_listen=("127.0.0.1", 0),
+        lua_source=route_script(shards, layout, namespace), grpc_listen=("127.0.0.1", 0), rest_listen=("127.0.0.1", 0),
         shards=shards, layout=layout, access_log_path=str(workdir / "access.log"),
     )  # fmt: skip
     ads = AdsServer(config)
@@ -424,3 +424,22 @@ async def test_the_access_log_counts_and_times_what_envoy_forwarded(dp: DataPath
         if cluster in by_cluster:
             assert f'envoy_cluster_upstream_rq_completed{{envoy_cluster_name="{cluster}"}} {count}' in text
 
+
+@pytest.mark.parametrize("layout", ["table", "matcher"])
+async def test_a_namespaced_router_looks_names_up_in_its_namespace(tmp_path: Path, layout: Layout) -> None:
+    """route_script(namespace="team"): "m1" (in the message, a header or the REST path) is
+    routed as team__m1 and the pod is sent the full id; a name outside the namespace is not
+    routed by Envoy (the slow path, which applies the same namespace, answers)."""
+    async with data_path(tmp_path, "delta", 4, layout, namespace="team") as dp:
+        await dp.route({"team__m1": ("pod-a",), "m2": ("pod-b",)}, {"team__vm": "team__m1"})
+        for name in ("m1", "vm"):
+            reply = await dp.infer(name)
+            assert (reply.id, reply.model_name) == ("pod-a", "team__m1")
+        reply = await dp.infer("", metadata=(("mm-vmodel-id", "vm"),))
+        assert (reply.id, reply.model_name) == ("pod-a", "team__m1")
+        assert (await dp.infer("m2")).id == "slow"  # team__m2 has no route
+        assert (await dp.infer("team__m1")).id == "slow"  # team__team__m1 neither
+        async with httpx.AsyncClient(base_url=dp.rest_url, timeout=10) as client:
+            body = (await client.post("/v2/models/vm/infer", json={"inputs": []})).json()
+            assert (body["server"], body["path"]) == ("pod-a", "/v2/models/team__m1/infer")
+            assert (await client.post("/v2/models/m2/infer", json={})).json()["server"] == "slow"

@@ -48,6 +48,8 @@ class EnvoySettings:
     concurrency: int = 1
     max_body_bytes: int = 64 << 20
     request_timeout_s: float = 120.0
+    namespace: str = ""
+    """The router's namespace: route.lua looks a name up as `<namespace>__<name>`."""
 
 
 class EnvoyDataPath:
@@ -57,7 +59,7 @@ class EnvoyDataPath:
         self.config = res.DataPathConfig(
             slow_grpc_address=settings.slow_grpc_address,
             slow_rest_address=settings.slow_rest_address,
-            lua_source=route_script(settings.shards, settings.layout),
+            lua_source=route_script(settings.shards, settings.layout, settings.namespace),
             grpc_listen=settings.grpc_listen,
             rest_listen=settings.rest_listen,
             max_body_bytes=settings.max_body_bytes,

@@ -24,6 +24,8 @@
 -- Never fails a request: anything unexpected (compressed or truncated frame, a wrong
 -- tag, a huge length, ModelStreamInfer, another method, a Lua error) leaves the request
 -- untouched with no model header, so it goes to the slow path (the Python router).
+-- NAMESPACE (the router's namespace, "" for none): a name the client sends is looked up as
+-- "<NAMESPACE>__<name>" (and rewritten to the concrete id the table gives for that).
 -- SHARDS (number of route shards), LAYOUT ("table" or "matcher") and PROTOCOL ("grpc" or
 -- "rest": the listener this copy runs on) are set by the lines Python prepends
 -- (script.route_script, resources.build_listener). The scope key is "<PROTOCOL>-<shard>", "<PROTOCOL>-slow"
@@ -51,6 +53,12 @@ local SLOW_SCOPE = PROTOCOL .. "-slow"
 
 local function valid_name(name)
   return name ~= nil and #name > 0 and #name <= MAX_NAME and name:find("^[\33-\126]+$") ~= nil
+end
+
+-- the name a client sent as the router resolves it (its namespace in front)
+local function resolved(name)
+  if NAMESPACE == "" or name == nil or name == "" then return name end
+  return NAMESPACE .. "__" .. name
 end
 
 -- (value, position after it) of the varint at pos; nil if longer than 5 bytes or cut off
@@ -187,7 +195,7 @@ local function route_grpc(handle, headers, method)
   local total = body:length()
   local in_body, after_name = parse_frame(body:getBytes(0, math.min(total, HEAD_BYTES)), total)
   if in_body == nil then return end
-  local name = from_header or in_body
+  local name = resolved(from_header or in_body)
   if not valid_name(name) then return end
   local model, is_vmodel = choose(handle, headers, name)
   if model == nil then return end
@@ -214,7 +222,7 @@ local function route_rest(handle, headers, path)
   if headers:get("inference-header-content-length") ~= nil then return end
   local from_header = header_name(headers)
   if from_header == false then return end
-  local chosen = from_header or name
+  local chosen = resolved(from_header or name)
   if not valid_name(chosen) then return end
   local model, is_vmodel = choose(handle, headers, chosen)
   if model == nil then return end
