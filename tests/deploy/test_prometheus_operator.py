@@ -28,6 +28,7 @@ import yaml
 
 from meshserve.controller import crdschema
 from meshserve.controller.deployments import build_runtime_deployment
+from meshserve.controller.router_deployment import build_router_deployment, build_router_service
 from meshserve.controller.runtimes import parse_runtime
 from meshserve.controller.serving_config import ServingConfig, parse_configmap_data
 from meshserve.controller.storage_config import parse_storage_secret
@@ -65,10 +66,31 @@ def _rel(path: Path, start: Path) -> str:
 
 
 def build(overlay: Path) -> list[dict[str, Any]]:
+    """The rendered overlay plus the router the controller makes from it (`controller_routers`)."""
     assert KUBECTL is not None
     out = subprocess.run([KUBECTL, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    return docs + controller_routers(docs)
+
+
+def controller_routers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The router Deployment and Service the controller makes at start in its own namespace
+    (`router_deployment.py`, from the rendered model-serving-config and the controller's env)."""
+    controller = next((d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "meshserve-controller"), None)
+    cm = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "model-serving-config"), None)
+    if controller is None or cm is None:
+        return []
+    env = {e["name"]: e.get("value", "") for e in controller["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    config = parse_configmap_data(cm["data"]).config
+    namespace = controller["metadata"]["namespace"]
+    return [
+        build_router_deployment(config, namespace=namespace, image=env["MESHSERVE_CONTROLLER_ROUTER_IMAGE"],
+                                replicas=int(env.get("MESHSERVE_CONTROLLER_ROUTER_REPLICAS", "2")),
+                                scheduler_address=env["MESHSERVE_CONTROLLER_SCHEDULER_ADDRESS"],
+                                cluster_scope=env.get("MESHSERVE_CONTROLLER_NAMESPACE_SCOPE", "true") == "false"),
+        build_router_service(config, namespace=namespace),
+    ]
 
 
 def compose(tmp_path: Path, base: Path, *, config_patch: str | None = None) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@
 [--token TOKEN=USER ...] [--bookmark-interval S]` serves on 127.0.0.1:N the JSON the real API
 server speaks, for the paths the controller uses:
 
-* core v1 secrets, configmaps, events (namespaced) and namespaces; apps/v1 deployments; every
+* core v1 secrets, configmaps, events, services (namespaced) and namespaces; apps/v1 deployments; every
   kind a CRD of `--kustomization` serves (serving.kserve.io: servingruntimes, predictors,
   inferenceservices, clusterservingruntimes), with the CRD's scope, versions and subresources;
   discovery stubs `/api`, `/apis`, `/version`;
@@ -32,6 +32,8 @@ What it enforces, as the real server does:
 * **Status subresource** (Deployments, and CRDs with `subresources.status`): a create drops
   `.status`; a write to the main resource keeps the stored `.status`; a write to `/status`
   changes only `.status`. `generation` grows when anything but metadata and status changes.
+* **Services**: a create without `spec.clusterIP` is given one; an update that leaves it out
+  keeps it, one that changes it is 422 (the field is immutable).
 * **Finalizers**: DELETE of an object with `metadata.finalizers` only sets `deletionTimestamp`
   (MODIFIED event, 200 with the object), a second DELETE changes nothing; the write that removes
   the last finalizer of such an object deletes it (DELETED event); adding a finalizer to an object
@@ -109,6 +111,7 @@ BUILTIN: dict[tuple[str, str], Resource] = {
     ("", "configmaps"): Resource("ConfigMap", "", ("v1",), True, False),
     ("", "events"): Resource("Event", "", ("v1",), True, False),
     ("", "namespaces"): Resource("Namespace", "", ("v1",), False, True),
+    ("", "services"): Resource("Service", "", ("v1",), True, True),
     ("apps", "deployments"): Resource("Deployment", "apps", ("v1",), True, True),
 }
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -500,6 +503,13 @@ class FakeApiServer:
                     new["status"] = updated["status"]
                 else:
                     new.pop("status", None)
+        if target.plural == "services" and not target.group and target.subresource is None:
+            before, after = (current.get("spec") or {}).get("clusterIP"), (new.get("spec") or {}).get("clusterIP")
+            if after in (None, "") and before not in (None, ""):
+                new.setdefault("spec", {})["clusterIP"] = before      # as the real server: kept when left out
+            elif after != before:
+                return self.invalid(target, [FieldError("spec.clusterIP", "FieldValueInvalid",
+                                                        f'Invalid value: "{after}": field is immutable')])
         new, pruned = self.admit(request, target, user, new)
 
         def body(obj: dict[str, Any]) -> dict[str, Any]:
@@ -564,6 +574,8 @@ class FakeApiServer:
             return fail(409, "AlreadyExists", f'{target.resource} "{name}" already exists',
                         {"name": name, "group": target.group, "kind": target.plural})
         body["metadata"].update({"uid": str(uuid.uuid4()), "generation": 1, "creationTimestamp": _now()})
+        if target.plural == "services" and not target.group and not (body.get("spec") or {}).get("clusterIP"):
+            body.setdefault("spec", {})["clusterIP"] = f"10.96.{(self.rv // 250) % 250}.{self.rv % 250 + 1}"
         self.objects[key] = body
         self.bump(body)
         self.emit("ADDED", target, ns, body)

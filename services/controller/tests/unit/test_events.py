@@ -213,7 +213,7 @@ def test_an_unknown_config_key_is_an_event_naming_the_nearest_key_once_per_chang
 def test_reconciler_events_never_carry_storage_credentials() -> None:
     events = Captured()
     r = reconciler(events)
-    r.storage = parse_storage_secret(
+    r.storages[r.namespace] = parse_storage_secret(
         {"s3": '{"type": "s3", "bucket": "models", "access_key_id": "AKIAEXAMPLE", "secret_access_key": "wJalrXUtnFEMI"}'},
         base64_encoded=False,
     )

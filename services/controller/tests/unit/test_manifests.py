@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 from meshserve.controller import crdschema
+from meshserve.controller.router_deployment import build_router_deployment, build_router_service
+from meshserve.controller.serving_config import parse_configmap_data
 
 REPO = Path(__file__).resolve().parents[4]
 KUSTOMIZE = REPO / "deploy" / "kustomize"
@@ -41,10 +43,31 @@ def build(path: Path) -> list[dict[str, Any]]:
 
 @functools.cache
 def _build(path: Path) -> tuple[dict[str, Any], ...]:
+    """The rendered kustomization plus the router the controller makes from it (`controller_routers`)."""
     assert KUBECTL is not None
     out = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    return tuple(docs + controller_routers(docs))
+
+
+def controller_routers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The router Deployment and Service the controller makes at start in its own namespace
+    (`router_deployment.py`, from the rendered model-serving-config and the controller's env)."""
+    controller = next((d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "meshserve-controller"), None)
+    cm = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "model-serving-config"), None)
+    if controller is None or cm is None:
+        return []
+    env = {e["name"]: e.get("value", "") for e in controller["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    config = parse_configmap_data(cm["data"]).config
+    namespace = controller["metadata"]["namespace"]
+    return [
+        build_router_deployment(config, namespace=namespace, image=env["MESHSERVE_CONTROLLER_ROUTER_IMAGE"],
+                                replicas=int(env.get("MESHSERVE_CONTROLLER_ROUTER_REPLICAS", "2")),
+                                scheduler_address=env["MESHSERVE_CONTROLLER_SCHEDULER_ADDRESS"],
+                                cluster_scope=env.get("MESHSERVE_CONTROLLER_NAMESPACE_SCOPE", "true") == "false"),
+        build_router_service(config, namespace=namespace),
+    ]
 
 
 def crds_from(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -213,11 +213,9 @@ def test_payload_processor_urls_are_kept_and_userinfo_is_never_echoed() -> None:
 @pytest.mark.parametrize(
     ("text", "warning"),
     [
-        pytest.param("tls:\n  secretName: router-tls", "config key 'tls.secretName' is not applied yet: the router serves plaintext",
-                     id="tls"),
-        pytest.param("enableAccessLogging: true", "config key 'enableAccessLogging' is not applied yet", id="access-log"),
-        pytest.param("metrics:\n  scheme: http", "config key 'metrics.scheme' is not applied yet", id="scheme"),
-        pytest.param("payloadProcessors: ['http://p/']", "config key 'payloadProcessors' is not applied yet", id="processors"),
+        pytest.param("tls:\n  secretName: t\n  clientAuth: optional", "config key 'tls.clientAuth': optional is honoured only in part",
+                     id="client-auth-optional"),
+        pytest.param("metrics:\n  scheme: https", "config key 'metrics.scheme' is not applied yet", id="scheme"),
         pytest.param("modelMeshImage:\n  name: x", "config key 'modelMeshImage' has no effect in meshserve", id="mm-image"),
         pytest.param("restProxy:\n  image:\n    name: x", "config key 'restProxy.image' has no effect", id="rest-proxy-image"),
         pytest.param("etcdSecretName: etcd", "no etcd", id="etcd"),

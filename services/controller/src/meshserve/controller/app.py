@@ -36,7 +36,7 @@ from meshserve.controller.kube import KubeApi, api_client_from
 from meshserve.controller.local import LocalInformers, LocalResourceApi, RecordingRuntimes
 from meshserve.controller.scheduler_client import GrpcScheduler
 from meshserve.controller.settings import ControllerSettings, Mode, RuntimeProvider
-from meshserve.controller.worker import Reconciler
+from meshserve.controller.worker import Reconciler, RouterOptions
 
 LOCAL_KINDS = (
     kube.INFERENCE_SERVICE, kube.PREDICTOR, kube.SERVING_RUNTIME, kube.CLUSTER_SERVING_RUNTIME, kube.CONFIG_MAP,
@@ -105,9 +105,11 @@ class ControllerApp:
                 watch_timeout_seconds=s.watch_timeout_seconds, change_feed=scheduler.watch_changes,
                 resync_seconds=s.resync_seconds,
                 events=KubeEventRecorder(kube_api, namespace=s.namespace, instance=socket.gethostname()),
-                finalizer=FINALIZER,
+                finalizer=FINALIZER, cluster_scope=not s.namespace_scope,
+                router=RouterOptions(image=s.router_image, replicas=s.router_replicas),
             )
-            where = "the Kubernetes API"
+            where = "the Kubernetes API" + ("" if s.namespace_scope else
+                                            " (cluster scope: and every namespace labelled modelmesh-enabled=true)")
             closers = [(api_client.close, "Kubernetes ApiClient")]
         self.health.add_check("informers", reconciler.ready.is_set)
         health_server = HealthServer(self.health, port=s.health_port)

@@ -52,6 +52,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from meshserve.controller.runtimes import (
+    PER_MODEL_CONCURRENCY_ANNOTATION,
     ModelCacheSpec,
     Runtime,
     endpoint_port,
@@ -216,7 +217,7 @@ def puller_port(runtime: Runtime) -> int:
 
 def _puller(
     *, runtime: Runtime, config: ServingConfig, scheduler_address: str, claims: tuple[str, ...],
-    cache: ModelCacheSpec, cache_bytes: int,
+    cache: ModelCacheSpec, cache_bytes: int, runtime_id: str,
 ) -> dict[str, Any]:
     data_port = endpoint_port(runtime.grpc_data_endpoint) or 8001
     port = puller_port(runtime)
@@ -232,7 +233,7 @@ def _puller(
         {"name": "MESHSERVE_PULLER_LISTEN_ADDRESS", "value": f"0.0.0.0:{port}"},
         {"name": "MESHSERVE_PULLER_ADVERTISE_ADDRESS", "value": f"$(POD_IP):{port}"},
         {"name": "MESHSERVE_PULLER_SCHEDULER_ADDRESS", "value": scheduler_address},
-        {"name": "MESHSERVE_PULLER_RUNTIME", "value": runtime.name},
+        {"name": "MESHSERVE_PULLER_RUNTIME", "value": runtime_id or runtime.name},
         {"name": "MESHSERVE_PULLER_SUPPORTED_FORMATS", "value": formats},
         {"name": "MESHSERVE_PULLER_PROTOCOL_VERSIONS", "value": ",".join(protocols)},
         {"name": "MESHSERVE_PULLER_MODEL_DIR", "value": MODELS_DIR},
@@ -244,6 +245,9 @@ def _puller(
         {"name": "MESHSERVE_PULLER_LOG_JSON", "value": "true"},
         {"name": "MESHSERVE_PULLER_HEALTH_PORT", "value": str(PULLER_HEALTH_PORT)},
     ]
+    per_model = dict(runtime.annotations).get(PER_MODEL_CONCURRENCY_ANNOTATION, "").strip()
+    if per_model:   # validate_runtime refuses anything but a non-negative integer
+        env.append({"name": "LIMIT_PER_MODEL_CONCURRENCY", "value": per_model})
     server_type = runtime.built_in_adapter.server_type if runtime.built_in_adapter else ""
     if server_type in SERVER_KINDS:
         env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_KIND", "value": server_type})
@@ -425,13 +429,15 @@ def _cache_volume(cache: ModelCacheSpec, *, cache_bytes: int) -> dict[str, Any] 
 
 def build_runtime_deployment(
     *, runtime: Runtime, config: ServingConfig, namespace: str, replicas: int, storage: StorageConfig,
-    scheduler_address: str, pvc_claims: Iterable[str] = (),
+    scheduler_address: str, pvc_claims: Iterable[str] = (), runtime_id: str = "",
 ) -> dict[str, Any]:
     """The runtime's Deployment manifest (apps/v1).
 
     Args:
         pvc_claims: claims to mount besides the storage-config Secret's `type: pvc` entries
             (`predictor_pvc_claims`: those of its predictors, with `allowAnyPVC`).
+        runtime_id: the runtime name the pods register with the scheduler (cluster scope:
+            `<namespace>__<runtime>`, see `scope`); default the runtime's own name.
     """
     name = deployment_name(config, runtime.name)
     spec = runtime.spec
@@ -450,7 +456,7 @@ def build_runtime_deployment(
     if has_puller:
         puller = _puller(
             runtime=runtime, config=config, scheduler_address=scheduler_address, claims=claims,
-            cache=cache, cache_bytes=cache_bytes,
+            cache=cache, cache_bytes=cache_bytes, runtime_id=runtime_id,
         )
         server_uid = ((server or {}).get("securityContext") or {}).get("runAsUser")
         if server_uid is not None:   # the puller reads the server's /proc entries: same uid

@@ -26,7 +26,7 @@ class ResourceKind:
 
     def path(self, *, namespace: str = "", name: str = "", subresource: str = "") -> str:
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if self.namespaced:
+        if self.namespaced and namespace:   # a namespaced kind without one: every namespace
             base += f"/namespaces/{namespace}"
         base += f"/{self.plural}"
         if name:
@@ -46,3 +46,5 @@ SECRET = ResourceKind("Secret", "", "v1", "secrets")
 CONFIG_MAP = ResourceKind("ConfigMap", "", "v1", "configmaps")
 DEPLOYMENT = ResourceKind("Deployment", "apps", "v1", "deployments")
 EVENT = ResourceKind("Event", "", "v1", "events")
+SERVICE = ResourceKind("Service", "", "v1", "services")
+NAMESPACE = ResourceKind("Namespace", "", "v1", "namespaces", namespaced=False)

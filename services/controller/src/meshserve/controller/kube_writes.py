@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -32,6 +33,7 @@ from datetime import datetime
 from meshserve.controller import finalizers, kube
 from meshserve.controller.kube import JSON, KubeApi, KubeConflict, KubeError, ResourceKind
 from meshserve.controller.reconcile import ActionKind, DeploymentAction, ObservedDeployment
+from meshserve.controller.router_deployment import SPEC_HASH_ANNOTATION, is_headless
 from meshserve.controller.specs import PredictorCR
 from meshserve.controller.status import PredictorStatus
 from meshserve.controller.status_json import to_isvc_status, to_predictor_status
@@ -48,8 +50,10 @@ class KubeDeployments:
         self.api = api
         self.informer = informer
 
-    def observed(self) -> dict[str, ObservedDeployment]:
-        return {d.name: d for d in (observed_deployment(o) for o in self.informer.store.values()) if d.name}
+    def observed(self, namespace: str | None = None) -> dict[str, ObservedDeployment]:
+        """Runtime Deployments by name, of `namespace` (None: all the informer holds, one namespace)."""
+        found = (observed_deployment(o) for (ns, _), o in self.informer.store.items() if namespace is None or ns == namespace)
+        return {d.name: d for d in found if d.name}
 
     async def apply(self, action: DeploymentAction, *, namespace: str) -> None:
         dep = kube.DEPLOYMENT
@@ -147,3 +151,63 @@ async def release_finalizer(api: KubeApi, *, kind: ResourceKind, obj: JSON, name
             await _raise_conflict_if_stale(api, kind=kind, obj=obj, err=err)
             raise
     log.info("%s %s/%s: finalizer %s removed", kind.kind, meta.get("namespace"), meta.get("name"), name)
+
+
+def _hash_of(obj: Mapping[str, object] | None) -> str:
+    meta = (obj or {}).get("metadata") or {}
+    annotations = (meta.get("annotations") if isinstance(meta, Mapping) else None) or {}
+    return str(annotations.get(SPEC_HASH_ANNOTATION) or "") if isinstance(annotations, Mapping) else ""
+
+
+async def apply_owned(api: KubeApi, informer: Informer, *, kind: ResourceKind, manifest: Mapping[str, object]) -> str:
+    """Make the object of `manifest` (a router Deployment or Service) exist as built: create
+    it, or replace it (PUT from the stored resourceVersion) when its spec-hash differs. A
+    Deployment keeps the replicas it has (someone may have scaled it); a Service keeps its
+    cluster IP, and is deleted and created again when it must change between headless and
+    not (`clusterIP` is immutable). Returns what was done: "", "created", "replaced", "recreated"."""
+    meta = manifest["metadata"]
+    assert isinstance(meta, Mapping)
+    ns, name = str(meta["namespace"]), str(meta["name"])
+    current = informer.get(ns, name)
+    body: dict[str, object] = copy.deepcopy(dict(manifest))
+    if current is not None and _hash_of(current) == _hash_of(manifest):
+        return ""
+    done = "created"
+    if current is not None:
+        cur_spec = current.get("spec") or {}
+        spec = body["spec"]
+        assert isinstance(spec, dict)
+        if kind is kube.SERVICE and is_headless(current) != is_headless(body):
+            await api.delete(kind, namespace=ns, name=name)
+            informer.store.pop((ns, name), None)
+            done = "recreated"
+        else:
+            if kind is kube.DEPLOYMENT and "replicas" in cur_spec:
+                spec["replicas"] = cur_spec["replicas"]
+            if kind is kube.SERVICE:
+                for key in ("clusterIP", "clusterIPs"):
+                    if key in cur_spec:
+                        spec[key] = cur_spec[key]
+            body_meta = body["metadata"]
+            assert isinstance(body_meta, dict)
+            body_meta["resourceVersion"] = str((current.get("metadata") or {}).get("resourceVersion") or "")
+            written = await api.replace(kind, namespace=ns, name=name, body=body)
+            informer.observe(written)
+            return "replaced"
+    try:
+        written = await api.create(kind, namespace=ns, body=body)
+    except KubeError as err:
+        if err.status != 409:
+            raise
+        # made meanwhile (or not in our informer yet): read it and replace it on the next pass
+        fresh = await api.get(kind, namespace=ns, name=name)
+        if fresh is not None:
+            informer.observe(fresh)
+        raise KubeConflict(409, f"{kind.kind} {ns}/{name} exists already; replacing it", "Conflict") from err
+    informer.observe(written)
+    return done
+
+
+async def delete_owned(api: KubeApi, informer: Informer, *, kind: ResourceKind, namespace: str, name: str) -> None:
+    await api.delete(kind, namespace=namespace, name=name)
+    informer.store.pop((namespace, name), None)

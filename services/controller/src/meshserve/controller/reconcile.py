@@ -34,6 +34,7 @@ from meshserve.controller.runtimes import (
     select_runtime,
     validate_runtime,
 )
+from meshserve.controller.scope import pinned_runtime
 from meshserve.controller.serving_config import ServingConfig
 from meshserve.controller.specs import PredictorCR
 from meshserve.controller.storage_config import StorageConfig
@@ -83,8 +84,10 @@ class RuntimePlan:
 
 
 def runtimes_in_use(
-    predictors: Iterable[PredictorCR], runtimes: Mapping[str, Runtime], *, config: ServingConfig
+    predictors: Iterable[PredictorCR], runtimes: Mapping[str, Runtime], *, config: ServingConfig, pin: bool = False
 ) -> frozenset[str]:
+    """Runtimes some valid, not-deleting predictor may be placed on: every supporting one, or
+    with `pin` (cluster scope) only the one it is pinned to (`scope.pinned_runtime`)."""
     used: set[str] = set()
     for p in predictors:
         if p.spec is None or p.deleting:
@@ -92,7 +95,10 @@ def runtimes_in_use(
         selection = select_runtime(
             p.spec, runtimes, built_in_server_types=config.built_in_server_types, rest_proxy=config.rest_proxy_enabled
         )
-        used.update(selection.runtimes)
+        if pin and selection.runtimes:
+            used.add(pinned_runtime(p.spec, selection.runtimes))
+        else:
+            used.update(selection.runtimes)
     return frozenset(used)
 
 
@@ -107,10 +113,14 @@ def plan_runtimes(
     storage: StorageConfig,
     scheduler_address: str,
     now: float,
+    runtime_prefix: str = "",
 ) -> RuntimePlan:
-    """Deployment actions for every runtime of one namespace (see module docstring)."""
+    """Deployment actions for every runtime of one namespace (see module docstring).
+
+    `runtime_prefix` (cluster scope: `<namespace>__`) goes before the runtime name the pods
+    register with, and then a model uses only the runtime it is pinned to."""
     predictors = list(predictors)   # read once per runtime (allowAnyPVC claims)
-    used = runtimes_in_use(predictors, runtimes, config=config)
+    used = runtimes_in_use(predictors, runtimes, config=config, pin=bool(runtime_prefix))
     grace = float(config.scale_to_zero_grace_period_seconds)
     actions: list[DeploymentAction] = []
     new_records: dict[str, RuntimeRecord] = {}
@@ -150,7 +160,7 @@ def plan_runtimes(
             new_records[name] = RuntimeRecord(in_use=False)
         manifest = deploy.build_runtime_deployment(
             runtime=rt, config=config, namespace=namespace, replicas=replicas, storage=storage,
-            scheduler_address=scheduler_address,
+            scheduler_address=scheduler_address, runtime_id=f"{runtime_prefix}{name}",
             pvc_claims=deploy.predictor_pvc_claims(predictors, runtime_name=name, runtimes=runtimes, config=config),
         )
         desired_hash = manifest["metadata"]["annotations"][deploy.SPEC_HASH_ANNOTATION]

@@ -44,6 +44,9 @@ RESERVED_MOUNT_NAMES = frozenset({"storage-config", "etcd-config", "tc-config", 
 RESERVED_PREFIX = "mm-"
 MODEL_CACHE_ANNOTATION = "meshserve.io/model-cache"
 MODEL_CACHE_SIZE_ANNOTATION = "meshserve.io/model-cache-size"
+PER_MODEL_CONCURRENCY_ANNOTATION = "perModelConcurrencyLimit"
+"""Upstream's runtime annotation: at most this many requests in flight per model copy (puller env
+`LIMIT_PER_MODEL_CONCURRENCY`; 0 or unset: no limit)."""
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 
 
@@ -214,6 +217,12 @@ def validate_runtime(runtime: Runtime, *, built_in_server_types: Iterable[str]) 
         if value and not _valid_endpoint(value):
             errors.append(f"{_camel(endpoint_field)} {value!r} must be port:<n> or unix:<path>")
     errors += model_cache_spec(runtime)[1]
+    per_model = dict(runtime.annotations).get(PER_MODEL_CONCURRENCY_ANNOTATION)
+    if per_model is not None and not per_model.strip().isdigit():
+        errors.append(
+            f"annotation {PER_MODEL_CONCURRENCY_ANNOTATION} {per_model!r} must be a non-negative integer "
+            "(requests in flight per model copy; 0: no limit)"
+        )
     return errors
 
 

@@ -244,21 +244,25 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
 _TOP_LEVEL = {k.lower() for k in TOP_LEVEL_KEYS}
 
 NOT_APPLIED_YET: Mapping[str, str] = {
-    "headlessService": "the router's Service is a static manifest (headless, upstream's default)",
-    "tls.secretName": "the router serves plaintext gRPC and REST, and the status advertises http://",
-    "tls.clientAuth": "the router serves plaintext gRPC and REST",
-    "enableAccessLogging": "the router writes no per-request log line",
-    "metrics.scheme": "every metrics endpoint serves plain HTTP",
+    "metrics.scheme": (
+        "every metrics endpoint (the routers, the runtime pods' pullers) serves plain HTTP, and the pods "
+        "are annotated prometheus.io/scheme: http"
+    ),
     "metrics.disablePrometheusOperatorSupport": (
         "the controller creates no ServiceMonitor; leave out the kustomize component "
         "deploy/kustomize/components/prometheus-operator instead"
     ),
-    "grpcMaxMessageSizeBytes": "the router and its Envoy keep their own message size limits",
     "restProxy.skipVerify": "nothing proxies REST over TLS to the runtime pods",
-    "payloadProcessors": "the entries are validated but no CloudEvent is sent",
 }
 """Keys meshserve parses but does not act on yet: setting one gives a warning saying so
 (docs/config-keys.md; `tests/unit/test_config_keys.py` keeps the list true)."""
+PARTLY_APPLIED: Mapping[tuple[str, str], str] = {
+    ("tls.clientAuth", "optional"): (
+        "the router either requires client certificates (require) or does not ask for any; optional is "
+        "served as no client authentication"
+    ),
+}
+"""(key, value) pairs meshserve honours only in part: setting one gives a warning saying what is left."""
 NOT_APPLICABLE: Mapping[str, str] = {
     "modelMeshImage": "there is no mm container: the router and scheduler Deployments route",
     "modelMeshResources": "there is no mm container: set the router's and scheduler's resources in the manifests",
@@ -279,9 +283,23 @@ def _is_set(top: Mapping[str, Any], path: str) -> bool:
     return value is not None
 
 
+def _value(top: Mapping[str, Any], path: str) -> Any:
+    section, _, name = path.lower().partition(".")
+    value = top.get(section)
+    if name:
+        return {str(k).lower(): v for k, v in value.items()}.get(name) if isinstance(value, Mapping) else None
+    return value
+
+
 def _unapplied_warnings(top: Mapping[str, Any]) -> tuple[str, ...]:
+    def unapplied(key: str) -> bool:
+        # metrics.scheme http is what every endpoint serves: honoured
+        return _is_set(top, key) and not (key == "metrics.scheme" and str(_value(top, key)).lower() == "http")
+
     return tuple(
-        [f"config key {k!r} is not applied yet: {why}" for k, why in NOT_APPLIED_YET.items() if _is_set(top, k)]
+        [f"config key {k!r} is not applied yet: {why}" for k, why in NOT_APPLIED_YET.items() if unapplied(k)]
+        + [f"config key {k!r}: {v} is honoured only in part: {why}" for (k, v), why in PARTLY_APPLIED.items()
+           if str(_value(top, k) or "").lower() == v]
         + [f"config key {k!r} has no effect in meshserve: {why}" for k, why in NOT_APPLICABLE.items() if _is_set(top, k)]
     )
 

@@ -42,7 +42,19 @@ class ControllerSettings(ServiceSettings):
     """Who runs runtime pods: `kubernetes` (Deployments), `process` (local processes; the default
     in local mode) or `static` (someone else, e.g. docker compose)."""
     namespace: str = "modelmesh-serving"
-    """Namespace whose InferenceServices, Predictors and ServingRuntimes are served (namespace-scope mode)."""
+    """The controller's own namespace: served in both modes; the model-serving-config ConfigMap is read from it."""
+    namespace_scope: bool = Field(
+        default=True, validation_alias=AliasChoices("MESHSERVE_CONTROLLER_NAMESPACE_SCOPE", "NAMESPACE_SCOPE")
+    )
+    """Kubernetes mode: serve `namespace` only (true, upstream's default), or, false, cluster
+    scope: also every namespace labelled `modelmesh-enabled: "true"` (upstream's
+    `NAMESPACE_SCOPE`), with ids prefixed `<namespace>__` at the scheduler and runtime pods and
+    a router in each namespace."""
+    router_image: str = "meshserve/router:0.1.0"
+    """Kubernetes mode: the image of the router Deployment the controller runs in each served
+    namespace (Service `<inferenceServiceName>`, configured from model-serving-config)."""
+    router_replicas: int = Field(default=2, ge=0)
+    """Kubernetes mode: replicas of each namespace's router Deployment."""
     config_map_name: str = "model-serving-config"
     """The user ConfigMap (key config.yaml), read from `namespace`."""
     scheduler_address: str = Field(default="127.0.0.1:8034", validation_alias=shared("scheduler_address", "controller"))

@@ -11,7 +11,19 @@ every message goes through `events.redact` with the storage-config credentials. 
 `specs` and `runtimes`; this module never decides what the cluster should look like.
 
 Keys: `InferenceService:ns/name`, `Predictor:ns/name` (one CR each) and `Runtimes:ns/` (every
-runtime Deployment of the served namespace at once, because "in use" depends on all CRs).
+runtime Deployment of namespace ns at once, because "in use" depends on all its CRs, and its
+router Deployment and Service when the controller runs routers).
+
+Namespaces (`scope`): in namespace scope the informers watch the controller's namespace only.
+In cluster scope they watch every namespace (the model-serving-config ConfigMap stays the
+controller namespace's), plus Namespaces; a namespace is served while it is the controller's
+or carries `modelmesh-enabled: "true"`. Objects of other namespaces are ignored, except:
+* when a namespace stops being served (label removed or set to anything else), its runtime
+  Deployments and its router are deleted (upstream deletes them too); the registrations of its
+  CRs stay with the scheduler and their statuses stay as they were, so labelling it again
+  serves the same models at once;
+* a CR there that is being deleted and carries our finalizer is still unregistered and
+  released, so a delete never hangs on a namespace we stopped serving.
 
 Invariants:
 * Workers start only after every informer has listed once, so a runtime is never judged unused
@@ -35,6 +47,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -60,6 +73,8 @@ from meshserve.controller.finalizers import has_finalizer
 from meshserve.controller.kube import JSON, KubeApi, KubeConflict, ResourceKind
 from meshserve.controller.kube_writes import (
     KubeDeployments,
+    apply_owned,
+    delete_owned,
     hold_finalizer,
     release_finalizer,
     write_status,
@@ -73,6 +88,14 @@ from meshserve.controller.reconcile import (
     plan_predictor,
     plan_runtimes,
 )
+from meshserve.controller.router_deployment import (
+    COMPONENT,
+    COMPONENT_LABEL,
+    MANAGED_BY_LABEL,
+    ROUTER_MANAGED_BY,
+    build_router_deployment,
+    build_router_service,
+)
 from meshserve.controller.runtimes import (
     SELECTION_MESSAGES,
     Runtime,
@@ -80,6 +103,7 @@ from meshserve.controller.runtimes import (
     parse_runtime,
 )
 from meshserve.controller.scheduler_client import SchedulerPort
+from meshserve.controller.scope import Scope, namespace_enabled, qualified_address, scheduler_model
 from meshserve.controller.serving_config import ServingConfig, next_config
 from meshserve.controller.specs import PredictorCR, parse_inference_service, parse_predictor
 from meshserve.controller.status_json import from_isvc_status, from_predictor_status
@@ -103,7 +127,8 @@ class RuntimeBackend(Protocol):
     """Who runs runtime pods: Deployments (Kubernetes) or local processes (local mode)."""
 
     def observed(self) -> dict[str, ObservedDeployment]:
-        """What runs now, by Deployment name (`<inferenceServiceName>-<runtime>`)."""
+        """What runs now, by Deployment name (`<inferenceServiceName>-<runtime>`); in cluster
+        scope (Kubernetes only) called as `observed(namespace=ns)`."""
         ...
 
     async def apply(self, action: DeploymentAction, *, namespace: str) -> None: ...
@@ -115,8 +140,16 @@ ChangeFeed = Callable[[], AsyncIterator[set[str]]]
 """Yields sets of vmodel ids whose scheduler state changed (copies, routes, flips)."""
 
 
+@dataclass(frozen=True)
+class RouterOptions:
+    """Run a router Deployment and its Service in each served namespace (Kubernetes mode)."""
+
+    image: str
+    replicas: int = 2
+
+
 class Reconciler:
-    """Informers + queue + workers for one served namespace (namespace-scope mode)."""
+    """Informers + queue + workers for the served namespaces (see the module's docstring)."""
 
     def __init__(
         self, *, api: KubeApi, scheduler: SchedulerPort, namespace: str, config_map_name: str,
@@ -125,22 +158,32 @@ class Reconciler:
         runtime_backend: RuntimeBackend | None = None, informer_runner: InformerRunner | None = None,
         change_feed: ChangeFeed | None = None, resync_seconds: float | None = None,
         events: EventRecorder | None = None, finalizer: str | None = None,
+        cluster_scope: bool = False, router: RouterOptions | None = None,
     ) -> None:
         self.api = api
         self.scheduler = scheduler
         self.namespace = namespace
+        self.scope = Scope(home=namespace, cluster=cluster_scope)
+        self.router = router
         self.config_map_name = config_map_name
         self.scheduler_address = scheduler_address
         self.config = ServingConfig()
         self._config_warnings: tuple[str, ...] = ()
         self.storage_secret_name = self.config.storage_secret_name
-        self.storage = StorageConfig()
-        self.records: dict[str, RuntimeRecord] = {}
+        self.storages: dict[str, StorageConfig] = {}
+        """namespace -> its storage-config Secret (parsed)."""
+        self.records: dict[str, dict[str, RuntimeRecord]] = {}
+        """namespace -> runtime -> scale-to-zero record."""
         self.queue = WorkQueue()
         self.workers = workers
         self.clock = clock
+        kinds = tuple(kinds)
+        if cluster_scope and kube.NAMESPACE not in kinds:
+            kinds += (kube.NAMESPACE,)
+        if router is not None and kube.SERVICE not in kinds:
+            kinds += (kube.SERVICE,)
         self.informers = {
-            k.kind: Informer(api=api, kind=k, namespace=namespace, on_event=self.on_event,
+            k.kind: Informer(api=api, kind=k, namespace=self._watched_namespace(k), on_event=self.on_event,
                              watch_timeout_seconds=watch_timeout_seconds)
             for k in kinds
         }
@@ -157,22 +200,70 @@ class Reconciler:
         self.finalizer = finalizer
         """Put on every CR this controller registers (None: no finalizers, as in local mode)."""
 
+    # --- namespaces ------------------------------------------------------------------------------
+
+    def _watched_namespace(self, kind: ResourceKind) -> str:
+        """Cluster scope watches every namespace ("") except for the ConfigMap (the controller's own)."""
+        if self.scope.cluster and kind is not kube.CONFIG_MAP:
+            return ""
+        return self.namespace
+
+    def served(self, namespace: str) -> bool:
+        informer = self.informers.get(kube.NAMESPACE.kind)
+        return self.scope.served(namespace, informer.get("", namespace) if informer is not None else None)
+
+    def served_namespaces(self) -> list[str]:
+        found = {self.namespace}
+        informer = self.informers.get(kube.NAMESPACE.kind)
+        if self.scope.cluster and informer is not None:
+            found |= {name for (_, name), obj in informer.store.items() if namespace_enabled(obj)}
+        return sorted(found)
+
+    @property
+    def storage(self) -> StorageConfig:
+        """The controller namespace's storage-config."""
+        return self.storages.get(self.namespace, StorageConfig())
+
+    def _ours(self, obj: JSON) -> bool:
+        """A CR being deleted that still carries our finalizer (handled in any namespace)."""
+        return bool(self.finalizer) and bool(metadata(obj).get("deletionTimestamp")) and has_finalizer(obj, self.finalizer or "")
+
+    def _managed(self, obj: JSON) -> bool:
+        labels = metadata(obj).get("labels") or {}
+        return isinstance(labels, Mapping) and labels.get("app.kubernetes.io/managed-by") in (
+            "modelmesh-controller", ROUTER_MANAGED_BY)
+
     # --- events -> keys --------------------------------------------------------------------------
 
     def on_event(self, kind: ResourceKind, event_type: str, new: JSON, old: JSON | None) -> None:
         meta = metadata(new)
         ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
-        runtimes_key = Key(RUNTIMES, self.namespace, "")
+        runtimes_key = Key(RUNTIMES, ns or self.namespace, "")
         if kind in (kube.INFERENCE_SERVICE, kube.PREDICTOR):
-            if event_type == "DELETED" or spec_changed(old, new):
+            if not self.served(ns) and not self._ours(new):
+                pass
+            elif event_type == "DELETED" or spec_changed(old, new):
                 self.queue.add(Key(kind.kind, ns, name))
                 self.queue.add(runtimes_key)
-        elif kind in (kube.SERVING_RUNTIME, kube.CLUSTER_SERVING_RUNTIME):
-            self.queue.add(runtimes_key)
-            self._enqueue_all_predictors()    # runtime selection may change for every CR
-        elif kind is kube.DEPLOYMENT:
-            self.queue.add(runtimes_key)
-        elif kind is kube.CONFIG_MAP and name == self.config_map_name:
+        elif kind is kube.SERVING_RUNTIME:
+            if self.served(ns):
+                self.queue.add(runtimes_key)
+                self._enqueue_all_predictors(ns)    # runtime selection may change for every CR
+        elif kind is kube.CLUSTER_SERVING_RUNTIME:
+            for served in self.served_namespaces():
+                self.queue.add(Key(RUNTIMES, served, ""))
+            self._enqueue_all_predictors()
+        elif kind in (kube.DEPLOYMENT, kube.SERVICE):
+            if self.served(ns) or self._managed(new):
+                self.queue.add(runtimes_key)
+        elif kind is kube.NAMESPACE:
+            before = self.scope.served(name, old) if old is not None else None
+            after = self.scope.served(name, None if event_type == "DELETED" else new)
+            if before != after:
+                log.info("namespace %s is %s", name, "served" if after else "no longer served")
+                self.queue.add(Key(RUNTIMES, name, ""))
+                self._enqueue_all_predictors(name)
+        elif kind is kube.CONFIG_MAP and name == self.config_map_name and ns == self.namespace:
             data = None if event_type == "DELETED" else (new.get("data") or {})
             update = next_config(self.config, data)
             if update.error:
@@ -188,35 +279,43 @@ class Reconciler:
                     self.event(InvolvedObject.of(kind, new), EventType.WARNING, CONFIG_KEY_IGNORED,
                                f"model-serving-config: {warning}")
             self.config = update.config
-            self.queue.add(runtimes_key)
+            for served in self.served_namespaces():
+                self.queue.add(Key(RUNTIMES, served, ""))
             self._enqueue_all_predictors()
         elif kind is kube.SECRET and name == self.storage_secret_name:
-            self.storage = parse_storage_secret(None if event_type == "DELETED" else new.get("data") or {})
-            for key, why in self.storage.errors.items():
-                log.warning("storage-config key %s ignored: %s", key, why)
-            self.queue.add(runtimes_key)
+            storage = parse_storage_secret(None if event_type == "DELETED" else new.get("data") or {})
+            self.storages[ns] = storage
+            if self.served(ns):
+                for key, why in storage.errors.items():
+                    log.warning("storage-config key %s of namespace %s ignored: %s", key, ns, why)
+                self.queue.add(runtimes_key)
         metrics.QUEUE_DEPTH.set(len(self.queue))
 
     def event(self, obj: InvolvedObject, type: EventType, reason: str, message: str) -> None:
         """Record an event; the message never carries a storage-config credential or URL userinfo."""
-        secrets = [s for e in self.storage.entries.values() for s in secret_strings(e.credentials())]
+        secrets = [s for st in self.storages.values() for e in st.entries.values() for s in secret_strings(e.credentials())]
         self.events.record(obj, type=type, reason=reason, message=redact(message, secrets))
 
-    def _enqueue_all_predictors(self) -> None:
+    def _enqueue_all_predictors(self, namespace: str | None = None) -> None:
+        """Every CR (of `namespace`, or of every served namespace), and ours being deleted anywhere."""
         for kind in (kube.INFERENCE_SERVICE, kube.PREDICTOR):
-            for ns, name in list(self.informers[kind.kind].store):
-                self.queue.add(Key(kind.kind, ns, name))
+            for (ns, name), obj in list(self.informers[kind.kind].store.items()):
+                if (namespace is None or ns == namespace) and (self.served(ns) or self._ours(obj)):
+                    self.queue.add(Key(kind.kind, ns, name))
 
     def on_scheduler_change(self, ids: set[str]) -> None:
         """The scheduler's state of these models/vmodels changed: re-read the CRs that own them
         (what upstream gets from ModelMesh's registry watch). Unknown names are ignored."""
         for item in ids:
-            kind, name = owner_kind(item)
+            ns, unscoped = self.scope.split(item)
+            if not ns:
+                continue
+            kind, name = owner_kind(unscoped)
             kinds = (kind,) if kind else (kube.INFERENCE_SERVICE.kind, kube.PREDICTOR.kind)
             for k in kinds:
                 informer = self.informers.get(k)
-                if informer is not None and informer.get(self.namespace, name) is not None:
-                    self.queue.add(Key(k, self.namespace, name))
+                if informer is not None and informer.get(ns, name) is not None:
+                    self.queue.add(Key(k, ns, name))
 
     # --- run -------------------------------------------------------------------------------------
 
@@ -306,26 +405,32 @@ class Reconciler:
 
     # --- desired state from the stores -----------------------------------------------------------
 
-    def runtimes(self) -> dict[str, Runtime]:
-        namespaced = [parse_runtime(o, cluster_scoped=False) for o in self.informers["ServingRuntime"].store.values()]
+    def runtimes(self, namespace: str | None = None) -> dict[str, Runtime]:
+        """The runtimes of `namespace` (default: the controller's): its ServingRuntimes over
+        the ClusterServingRuntimes of the same names."""
+        ns = self.namespace if namespace is None else namespace
+        namespaced = [parse_runtime(o, cluster_scoped=False)
+                      for (o_ns, _), o in self.informers["ServingRuntime"].store.items() if o_ns == ns]
         cluster = [parse_runtime(o, cluster_scoped=True) for o in self.informers["ClusterServingRuntime"].store.values()]
         return effective_runtimes(namespaced=namespaced, cluster=cluster)
 
-    def predictors(self) -> list[PredictorCR]:
+    def predictors(self, namespace: str | None = None) -> list[PredictorCR]:
+        ns = self.namespace if namespace is None else namespace
         found: list[PredictorCR] = []
-        for obj in self.informers["InferenceService"].store.values():
-            cr = parse_inference_service(obj)
+        for (o_ns, _), obj in self.informers["InferenceService"].store.items():
+            cr = parse_inference_service(obj) if o_ns == ns else None
             if cr is not None:
                 found.append(cr)
-        found.extend(parse_predictor(o) for o in self.informers["Predictor"].store.values())
+        found.extend(parse_predictor(o) for (o_ns, _), o in self.informers["Predictor"].store.items() if o_ns == ns)
         return found
+
+    def pod_scheduler_address(self, namespace: str) -> str:
+        """The scheduler's address as pods of `namespace` dial it."""
+        return qualified_address(self.scheduler_address, service_namespace=self.namespace, client_namespace=namespace)
 
     def endpoints(self, namespace: str) -> tuple[str, str]:
         c = self.config
-        host = f"{c.inference_service_name}.{namespace}"
-        grpc_ep = f"grpc://{host}:{c.inference_service_port}"
-        http_ep = f"http://{host}:{c.rest_proxy_port}" if c.rest_proxy_enabled else ""
-        return grpc_ep, http_ep
+        return c.grpc_endpoint(namespace), c.http_endpoint(namespace)
 
     # --- one CR ----------------------------------------------------------------------------------
 
@@ -335,21 +440,25 @@ class Reconciler:
         obj = self.informers[kind.kind].get(key.namespace, key.name)
         cr: PredictorCR | None = None
         owner = modelid.SOURCE_ISVC if is_isvc else modelid.SOURCE_PREDICTOR
+        vmodel_id = self.scope.vmodel_id(key.namespace, key.name)
         if obj is not None:
             cr = parse_inference_service(obj) if is_isvc else parse_predictor(obj)
-            if cr is None:
-                # an InferenceService not in ModelMesh mode: not ours, unless it was (our finalizer)
-                if self.finalizer and has_finalizer(obj, self.finalizer):
-                    await self.scheduler.delete_vmodel(vmodel_id=key.name, owner=owner)
+            # an InferenceService not in ModelMesh mode is not ours, unless it was (our
+            # finalizer); a namespace no longer served: only a delete we hold is carried out
+            if cr is None or (not self.served(key.namespace) and not (cr.deleting and self._ours(obj))):
+                if self.finalizer and has_finalizer(obj, self.finalizer) and (cr is None or cr.deleting):
+                    await self.scheduler.delete_vmodel(vmodel_id=vmodel_id, owner=owner)
                     await release_finalizer(self.api, kind=kind, obj=obj, name=self.finalizer)
                 return
-        plan = plan_predictor(cr, runtimes=self.runtimes(), config=self.config)
+        runtimes = self.runtimes(key.namespace)
+        plan = plan_predictor(cr, runtimes=runtimes, config=self.config)
         if plan.op is PredictorOp.DELETE_VMODEL or cr is None or obj is None:
-            await self.scheduler.delete_vmodel(vmodel_id=key.name, owner=owner)
-            log.info("deleted vmodel %s (owner %s)", key.name, owner)
+            await self.scheduler.delete_vmodel(vmodel_id=vmodel_id, owner=owner)
+            log.info("deleted vmodel %s (owner %s)", vmodel_id, owner)
             if obj is not None and self.finalizer:
                 await release_finalizer(self.api, kind=kind, obj=obj, name=self.finalizer)
             return
+        target = scheduler_model(cr, scope=self.scope, supporting=plan.runtimes)
         raw_status = obj.get("status")
         previous = from_isvc_status(raw_status) if is_isvc else from_predictor_status(raw_status)
         now = datetime.now(UTC)
@@ -357,29 +466,29 @@ class Reconciler:
         reachable = True
         if plan.op is PredictorOp.READ_STATUS:
             try:
-                view = await self.scheduler.get_vmodel_status(vmodel_id=cr.vmodel_id, owner=cr.source)
+                view = await self.scheduler.get_vmodel_status(vmodel_id=target.vmodel_id, owner=cr.source)
             except Unavailable:
                 view, reachable = None, False
             self.event(InvolvedObject.of(kind, obj), EventType.WARNING, INVALID_SPEC, cr.error)
-            new = st.invalid_spec_status(previous, message=cr.error, model_id=cr.model_id, vmodel=view, now=now,
+            new = st.invalid_spec_status(previous, message=cr.error, model_id=target.model_id, vmodel=view, now=now,
                                          grpc_endpoint=grpc_ep, http_endpoint=http_ep)
         elif plan.op is PredictorOp.NO_RUNTIME and plan.failure is not None:
             new = st.selection_failure_status(
                 previous, reason=st.FailureReason(plan.failure.value), message=SELECTION_MESSAGES[plan.failure],
-                model_id=cr.model_id, now=now, grpc_endpoint=grpc_ep, http_endpoint=http_ep,
+                model_id=target.model_id, now=now, grpc_endpoint=grpc_ep, http_endpoint=http_ep,
             )
         else:
-            assert cr.spec is not None
+            assert target.spec is not None
             if self.finalizer:   # before the first registration: from now on a delete waits for us
                 obj = await hold_finalizer(self.api, self.informers[kind.kind], kind=kind, obj=obj, name=self.finalizer)
             try:
                 vm = await self.scheduler.set_vmodel(
-                    vmodel_id=cr.vmodel_id, owner=cr.source, model_id=cr.model_id, spec=cr.spec,
+                    vmodel_id=target.vmodel_id, owner=cr.source, model_id=target.model_id, spec=target.spec,
                     load_now=st.load_now(previous, deleting=False),
                 )
                 new = st.status_from_vmodel(previous, vm, now=now, grpc_endpoint=grpc_ep, http_endpoint=http_ep)
             except Unavailable:
-                new, reachable = st.scheduler_unreachable_status(previous, model_id=cr.model_id, now=now), False
+                new, reachable = st.scheduler_unreachable_status(previous, model_id=target.model_id, now=now), False
             except AlreadyExists:
                 new = st.other_owner_status(previous, now=now)
         await write_status(self.api, self.informers[kind.kind], kind=kind, obj=obj, cr=cr, previous=previous, new=new, now=now)
@@ -390,20 +499,58 @@ class Reconciler:
     # --- runtime Deployments ---------------------------------------------------------------------
 
     async def reconcile_runtimes(self, namespace: str) -> None:
-        observed = self.runtime_backend.observed()
+        """The runtime Deployments (and router) of `namespace`; all deleted when it is not served."""
+        served = self.served(namespace)
+        if self.scope.cluster:
+            observed = self.runtime_backend.observed(namespace=namespace)  # type: ignore[call-arg]
+        else:
+            observed = self.runtime_backend.observed()
         plan = plan_runtimes(
-            runtimes=self.runtimes(), predictors=self.predictors(), observed=observed, records=self.records,
-            config=self.config, namespace=namespace, storage=self.storage, scheduler_address=self.scheduler_address,
-            now=self.clock(),
+            runtimes=self.runtimes(namespace) if served else {}, predictors=self.predictors(namespace) if served else [],
+            observed=observed, records=self.records.get(namespace, {}),
+            config=self.config, namespace=namespace, storage=self.storages.get(namespace, StorageConfig()),
+            scheduler_address=self.pod_scheduler_address(namespace), now=self.clock(),
+            runtime_prefix=self.scope.prefix(namespace),
         )
-        self.records = dict(plan.records)
+        if served:
+            self.records[namespace] = dict(plan.records)
+        else:
+            self.records.pop(namespace, None)
         for name, errors in plan.invalid.items():
-            log.warning("ServingRuntime %s is invalid: %s", name, "; ".join(errors))
+            log.warning("ServingRuntime %s in %s is invalid: %s", name, namespace, "; ".join(errors))
         for action in plan.actions:
             await self._apply(action, namespace=namespace)
             self._scale_event(action, observed.get(action.name), namespace=namespace)
+        await self.reconcile_router(namespace, served=served)
         if plan.requeue_after is not None:
             self.queue.add_after(Key(RUNTIMES, namespace, ""), plan.requeue_after)
+
+    async def reconcile_router(self, namespace: str, *, served: bool) -> None:
+        """The router Deployment and Service of `namespace` (named `inferenceServiceName`) as
+        the config says; the controller's other routers there (a renamed service) deleted."""
+        if self.router is None:
+            return
+        wanted: dict[str, JSON] = {}
+        if served:
+            wanted[kube.DEPLOYMENT.kind] = build_router_deployment(
+                self.config, namespace=namespace, image=self.router.image, replicas=self.router.replicas,
+                scheduler_address=self.pod_scheduler_address(namespace), cluster_scope=self.scope.cluster,
+            )
+            wanted[kube.SERVICE.kind] = build_router_service(self.config, namespace=namespace)
+        for kind in (kube.DEPLOYMENT, kube.SERVICE):
+            informer = self.informers[kind.kind]
+            manifest = wanted.get(kind.kind)
+            keep = str(manifest["metadata"]["name"]) if manifest is not None else None
+            for (ns, name), obj in list(informer.store.items()):
+                labels = metadata(obj).get("labels") or {}
+                if (ns == namespace and name != keep and labels.get(COMPONENT_LABEL) == COMPONENT
+                        and labels.get(MANAGED_BY_LABEL) == ROUTER_MANAGED_BY):
+                    log.info("router %s %s/%s: deleted", kind.kind, ns, name)
+                    await delete_owned(self.api, informer, kind=kind, namespace=ns, name=name)
+            if manifest is not None:
+                done = await apply_owned(self.api, informer, kind=kind, manifest=manifest)
+                if done:
+                    log.info("router %s %s/%s: %s", kind.kind, namespace, keep, done)
 
     def _scale_event(self, action: DeploymentAction, before: ObservedDeployment | None, *, namespace: str) -> None:
         """ScaledToZero / ScaledUp on the ServingRuntime when a written Deployment crossed zero."""
