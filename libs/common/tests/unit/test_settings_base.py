@@ -22,10 +22,11 @@ def test_common_fields_use_the_services_prefix(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("MESHSERVE_DEMO_LOG_JSON", "true")
     monkeypatch.setenv("MESHSERVE_DEMO_METRICS_PORT", "0")
     monkeypatch.setenv("MESHSERVE_DEMO_TLS__CERT_FILE", "/tls/cert.pem")
+    monkeypatch.setenv("MESHSERVE_DEMO_TLS__KEY_FILE", "/tls/key.pem")
     monkeypatch.setenv("MESHSERVE_DEMO_PORT", "7")
     s = _Demo()
     assert (s.log_level, s.log_json, s.metrics_port, s.port) == ("DEBUG", True, 0, 7)
-    assert s.tls == TLSSettings(cert_file=Path("/tls/cert.pem"))
+    assert s.tls == TLSSettings(cert_file=Path("/tls/cert.pem"), key_file=Path("/tls/key.pem"))
     assert s.tls.enabled
 
 

@@ -4,10 +4,19 @@ tests start.
 Order: infrastructure (given by MESHSERVE_* variables, or private instances on free
 loopback ports with data under `.dev/`), migrations, scheduler, router, runtime pods
 (one MLServer process + one puller process each). `stop()` reverses it.
+
+With `StackConfig.internal_tls` (`MESHSERVE_DEV_INTERNAL_TLS=1`) every internal gRPC hop runs on
+mutual TLS: `start_infra` makes a private CA (its key is never written) and one certificate per
+service (scheduler, router, controller, puller; serverAuth + clientAuth, for localhost and
+127.0.0.1) under `<root>/tls/` (folder 0700, keys 0600), and each process gets the one setting,
+`MESHSERVE_INTERNAL_TLS__{CERT,KEY,CA}_FILE` (`internal_tls_env`). Runtime pods the controller
+starts inherit the controller's environment, so they present the controller's certificate.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import sys
@@ -26,6 +35,8 @@ from meshserve.cli.procs import ProcessGroup, free_port, http_ok, port_is_free
 EXAMPLE_BUCKET = "modelmesh-example-models"
 S3_ACCESS_KEY = "meshserve-local"
 S3_SECRET_KEY = "meshserve-local-secret"
+INTERNAL_TLS_SERVICES = ("scheduler", "router", "controller", "puller")
+"""The services that get a certificate of their own from the local stack's private CA."""
 
 
 @dataclass
@@ -41,15 +52,20 @@ class StackConfig:
     s3_endpoint: str | None = None
     pvc_dir: Path | None = None            # pvc://<claim>/... reads <pvc_dir>/<claim>/...; default <root>/pvc
     extra_env: dict[str, str] = field(default_factory=dict)
+    internal_tls: bool = False             # mutual TLS on every internal gRPC hop, from a private CA
 
     @classmethod
     def from_env(cls, root: Path, **kwargs: object) -> StackConfig:
+        given: dict[str, object] = {
+            "internal_tls": os.environ.get("MESHSERVE_DEV_INTERNAL_TLS", "").strip().lower() in ("1", "true", "yes", "on"),
+            **kwargs,
+        }
         return cls(
             root=root,
             redis_url=os.environ.get("MESHSERVE_REDIS_URL") or None,
             database_url=os.environ.get("MESHSERVE_DATABASE_URL") or None,
             s3_endpoint=os.environ.get("MESHSERVE_S3_ENDPOINT") or None,
-            **kwargs,  # type: ignore[arg-type]
+            **given,  # type: ignore[arg-type]
         )
 
 
@@ -84,6 +100,7 @@ class Stack:
         self.controller_health = ""
         self._created_db: str | None = None
         self.postgres: infra.Postgres | None = None
+        self.tls_dir = self.root / "tls"
 
     # -- infrastructure ---------------------------------------------------------------
     def start_infra(self) -> None:
@@ -98,6 +115,18 @@ class Stack:
             self.database_url = self.postgres.url
         self.s3_endpoint = self.config.s3_endpoint or infra.start_s3(self.group)
         self._write_storage_config()
+        if self.config.internal_tls:
+            write_internal_tls(self.tls_dir, INTERNAL_TLS_SERVICES)
+
+    def internal_tls_env(self, service: str) -> dict[str, str]:
+        """The one internal TLS setting for a process of `service` (nothing when it is off)."""
+        if not self.config.internal_tls:
+            return {}
+        return {
+            "MESHSERVE_INTERNAL_TLS__CERT_FILE": str(self.tls_dir / f"{service}.crt"),
+            "MESHSERVE_INTERNAL_TLS__KEY_FILE": str(self.tls_dir / f"{service}.key"),
+            "MESHSERVE_INTERNAL_TLS__CA_FILE": str(self.tls_dir / "ca.crt"),
+        }
 
     def _isolated_database(self, url: str) -> str:
         from meshserve.scheduler.registry import to_sync_url
@@ -206,6 +235,7 @@ class Stack:
         grpc_port, admin_port = self._port(8034), self._port(8080)
         env = {
             **self.service_env(),
+            **self.internal_tls_env("scheduler"),
             "MESHSERVE_SCHEDULER_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
             "MESHSERVE_SCHEDULER_ADMIN_HOST": "127.0.0.1",
             "MESHSERVE_SCHEDULER_ADMIN_PORT": str(admin_port),
@@ -223,6 +253,7 @@ class Stack:
         grpc_port, admin_port = free_port(), free_port()
         env = {
             **self.service_env(),
+            **self.internal_tls_env("scheduler"),
             "MESHSERVE_SCHEDULER_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
             "MESHSERVE_SCHEDULER_ADMIN_HOST": "127.0.0.1",
             "MESHSERVE_SCHEDULER_ADMIN_PORT": str(admin_port),
@@ -240,6 +271,7 @@ class Stack:
         health = free_port()
         env = {
             **self.service_env(),
+            **self.internal_tls_env("controller"),
             "MESHSERVE_CONTROLLER_MODE": "local",
             "MESHSERVE_CONTROLLER_ADMIN_URL": self.admin_url,
             "MESHSERVE_CONTROLLER_SCHEDULER_ADDRESS": self.scheduler_grpc,
@@ -258,6 +290,7 @@ class Stack:
         port, rest_port = self._port(8033), self._port(8008)
         env = {
             **self.service_env(),
+            **self.internal_tls_env("router"),
             "MESHSERVE_ROUTER_GRPC_ADDRESS": f"127.0.0.1:{port}",
             "MESHSERVE_ROUTER_REST_HOST": "127.0.0.1",
             "MESHSERVE_ROUTER_REST_PORT": str(rest_port),
@@ -484,6 +517,7 @@ class Stack:
         puller_port = free_port()
         env = {
             **self.service_env(),
+            **self.internal_tls_env("puller"),
             "MESHSERVE_PULLER_POD_ID": pod_id,
             "MESHSERVE_PULLER_LISTEN_ADDRESS": f"127.0.0.1:{puller_port}",
             "MESHSERVE_PULLER_MODEL_DIR": str(models),
@@ -557,3 +591,53 @@ class Stack:
     def register(self, name: str, *, storage_uri: str, format: str = "sklearn", **extra: object) -> httpx.Response:
         body = {"name": name, "format": format, "storageUri": storage_uri, **extra}
         return self.admin("POST", "/v1/models", json=body)
+
+
+def write_internal_tls(directory: Path, services: tuple[str, ...], *, days: int = 30) -> None:
+    """A private CA (`ca.crt`; its key lives only in this call) and, per service, `<name>.crt`
+    + `<name>.key` signed by it, valid as server and client for localhost and 127.0.0.1: the
+    local stack's internal mutual TLS. The folder is 0700, the keys 0600."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"meshserve local CA {uuid.uuid4().hex[:8]}")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    names = x509.SubjectAlternativeName([
+        x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1")),
+    ])
+    for service in services:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"meshserve-{service}")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+            .add_extension(names, critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key_path = directory / f"{service}.key"
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        os.chmod(key_path, 0o600)  # an existing file keeps its mode through O_CREAT
+        (directory / f"{service}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -51,7 +51,14 @@ def message_size_options(max_bytes: int) -> list[tuple[str, Any]]:
 
 
 def _read(path: Any) -> bytes | None:
-    return None if path is None else open(path, "rb").read()
+    """A PEM file's bytes; an unreadable file is named in the error (never its contents)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise ValueError(f"TLS file {path} cannot be read: {err.strerror or err}") from None
 
 
 def server_credentials(tls: TLSSettings) -> grpc.ServerCredentials:
@@ -74,7 +81,12 @@ def channel_credentials(tls: TLSSettings) -> grpc.ChannelCredentials:
 
 
 def bind(server: grpc.aio.Server, address: str, tls: TLSSettings | None = None) -> int:
-    """Bind `address` (port 0 picks a free one) with or without TLS; return the port."""
+    """Bind `address` (port 0 picks a free one) with or without TLS; return the port.
+
+    With `tls.ca_file` the server requires a client certificate signed by it (mutual TLS); a
+    `tls` with a CA but no certificate is refused rather than served in plaintext."""
+    if tls is not None and tls.enabled and tls.cert_file is None:
+        raise ValueError(f"server TLS on {address} has ca_file but no cert_file/key_file: a TLS server needs its own certificate")
     if tls is not None and tls.cert_file is not None:
         port = server.add_secure_port(address, server_credentials(tls))
     else:
@@ -90,8 +102,12 @@ def open_channel(
     tls: TLSSettings | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
+    """A channel to `address`: TLS when `tls` has a CA or a certificate (presented for mutual
+    TLS), checking the server's name against `tls.server_name` when set; else plaintext."""
     opts = [*KEEPALIVE_OPTIONS, *options]
     if tls is not None and tls.enabled:
+        if tls.server_name:
+            opts.append(("grpc.ssl_target_name_override", tls.server_name))
         return grpc.aio.secure_channel(address, channel_credentials(tls), options=opts)
     return grpc.aio.insecure_channel(address, options=opts)
 

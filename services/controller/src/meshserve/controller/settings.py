@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from meshserve.common.settings import ServiceSettings, TLSSettings, shared
+from meshserve.common.settings import InternalTLS, ServiceSettings, TLSSettings, shared
 
 
 class Mode(enum.StrEnum):
@@ -59,8 +59,8 @@ class ControllerSettings(ServiceSettings):
     """The user ConfigMap (key config.yaml), read from `namespace`."""
     scheduler_address: str = Field(default="127.0.0.1:8034", validation_alias=shared("scheduler_address", "controller"))
     """The scheduler's internal gRPC endpoint."""
-    scheduler_tls: TLSSettings = TLSSettings()
-    """TLS of the calls to the scheduler."""
+    scheduler_tls: InternalTLS = TLSSettings()
+    """TLS of the calls to the scheduler; what is unset comes from `MESHSERVE_INTERNAL_TLS__*`."""
     scheduler_timeout_seconds: float = 10.0
     """Deadline of each scheduler call (upstream GrpcRequestTimeout)."""
     kubeconfig: Path | None = None

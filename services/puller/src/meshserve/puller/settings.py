@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from meshserve.common.settings import ServiceSettings, TLSSettings, shared
+from meshserve.common.settings import InternalTLS, ServiceSettings, TLSSettings, shared
 
 
 class PullerSettings(ServiceSettings):
@@ -24,6 +24,9 @@ class PullerSettings(ServiceSettings):
     """This runtime pod's id in the scheduler (default: the host name, the pod name in Kubernetes)."""
     listen_address: str = "0.0.0.0:8085"
     """The ModelRuntime gRPC server's address."""
+    tls: InternalTLS = TLSSettings()
+    """TLS of the ModelRuntime gRPC server (cert_file + key_file; ca_file requires client
+    certificates); what is unset comes from `MESHSERVE_INTERNAL_TLS__*` (unset there too: plaintext)."""
     advertise_address: str = ""
     """What the scheduler dials to reach this puller (default: `127.0.0.1:<listen port>`)."""
     health_port: int = 0
@@ -106,8 +109,8 @@ class PullerSettings(ServiceSettings):
     """Per load (download, load, measure)."""
     scheduler_address: str = Field(default="127.0.0.1:8034", validation_alias=shared("scheduler_address", "puller"))
     """The scheduler's internal gRPC endpoint."""
-    scheduler_tls: TLSSettings = TLSSettings()
-    """TLS of the calls to the scheduler."""
+    scheduler_tls: InternalTLS = TLSSettings()
+    """TLS of the calls to the scheduler; what is unset comes from `MESHSERVE_INTERNAL_TLS__*`."""
     heartbeat_interval_seconds: float = 2.0
     """Pod reports to the scheduler this often (until the scheduler's answer says otherwise)."""
     metrics_port: int = 0

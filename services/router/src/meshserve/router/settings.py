@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from meshserve.common.grpcutil import DEFAULT_MAX_MESSAGE_BYTES
-from meshserve.common.settings import ServiceSettings, TLSSettings, shared
+from meshserve.common.settings import InternalTLS, ServiceSettings, TLSSettings, shared
 from meshserve.router.inject import check_path
 
 UPSTREAM_ID_PATHS: dict[str, list[int]] = {
@@ -59,12 +59,14 @@ class RouterSettings(ServiceSettings):
     `meshserve_router_requests_total` has its `model` label either way."""
     scheduler_address: str = Field(default="127.0.0.1:8034", validation_alias=shared("scheduler_address", "router"))
     """The scheduler's gRPC address (MESHSERVE_ROUTER_SCHEDULER_ADDRESS, or the shared MESHSERVE_SCHEDULER_ADDRESS)."""
-    scheduler_tls: TLSSettings = TLSSettings()
-    """Client TLS to the scheduler (ca_file to verify it; cert_file + key_file to present one)."""
+    scheduler_tls: InternalTLS = TLSSettings()
+    """Client TLS to the scheduler (ca_file to verify it; cert_file + key_file to present one);
+    what is unset comes from `MESHSERVE_INTERNAL_TLS__*`."""
     model_server_tls: TLSSettings = TLSSettings()
     """Client TLS to the model servers (ca_file to verify them; cert_file + key_file to present one)."""
     tls: TLSSettings = TLSSettings()
-    """Server TLS for both front doors (cert_file + key_file; ca_file requires client certificates)."""
+    """Server TLS for both front doors (cert_file + key_file; ca_file requires client certificates).
+    Public, not internal: never taken from `MESHSERVE_INTERNAL_TLS__*`."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     """Largest gRPC message taken from a client or a model server (and kept for a replay)."""
     default_timeout_seconds: float = 120.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from meshserve.common.settings import ServiceSettings, TLSSettings, shared
+from meshserve.common.settings import InternalTLS, ServiceSettings, TLSSettings, shared
 from meshserve.scheduler.models import EvictionPolicy, PlacementConfig
 from meshserve.scheduler.shift import ShiftConfig
 
@@ -25,6 +25,9 @@ class SchedulerSettings(ServiceSettings):
 
     grpc_address: str = "0.0.0.0:8034"
     """Internal gRPC address (meshserve.v1.Scheduler; TLS from `tls`)."""
+    tls: InternalTLS = TLSSettings()
+    """TLS of the internal gRPC server (cert_file + key_file; ca_file requires client certificates);
+    what is unset comes from `MESHSERVE_INTERNAL_TLS__*` (unset there too: plaintext)."""
     admin_host: str = "0.0.0.0"
     """Admin HTTP API host."""
     admin_port: int = 8080
@@ -46,8 +49,8 @@ class SchedulerSettings(ServiceSettings):
     """When set, admin mutations need `Authorization: Bearer <token>`."""
     admin_read_token: SecretStr | None = None
     """When set, admin API reads (`GET /v1/...`) need `Authorization: Bearer <token>` with this token or the admin token; health probes, the OpenAPI document and the placement page's files stay open."""
-    puller_tls: TLSSettings = TLSSettings()
-    """TLS of the client side towards the pullers."""
+    puller_tls: InternalTLS = TLSSettings()
+    """TLS of the client side towards the pullers; what is unset comes from `MESHSERVE_INTERNAL_TLS__*`."""
     eviction_policy: EvictionPolicy = _PLACEMENT.policy
     """Which copies to evict when a pod has no room: `usage-weighted` or `lru`."""
     load_timeout_seconds: float = 90.0
