@@ -161,3 +161,27 @@ async def test_a_model_registered_before_its_runtime_had_a_pod_loads_when_one_re
             assert puller.loads == [model]
             assert [(c.pod_id, c.state) for c in await service.live.copies(model)] == [(f"{prefix}-a", "loaded")]
             assert await service.live.awaiting_runtime() == []
+
+
+async def test_a_load_whose_scheduler_replica_died_leaves_no_reservation(service: SchedulerService, prefix: str) -> None:
+    """A replica reserved copies and died before settling them (SIGKILL mid-load): once older
+    than any live load can be, the pod's heartbeat settles the one it holds and releases the
+    one it does not; a load still within its time is left to its replica."""
+    runtime, pod = f"{prefix}-rt", f"{prefix}-a"
+    finished, never, recent = f"{prefix}-finished", f"{prefix}-never", f"{prefix}-recent"
+    await _register(service, finished, never, recent)
+    async with stand_in_puller() as puller:
+        fields = pod_fields(pod, runtime=runtime, management_address=puller.address, max_loading=3)
+        await service.pods.report_pod(fields, [])
+        for model in (finished, never, recent):
+            assert (await service.live.reserve(model_id=model, pod_id=pod, size=1 << 20, exclusive=True))[0]
+        long_ago = now_ms() - int((service.settings.load_timeout_seconds + 60) * 1000)
+        for model in (finished, never):   # reserved by the dead replica long ago
+            await service.live.redis.hset(service.live.k_copies(model), pod, f"loading:{long_ago}")
+        await service.pods.report_pod(fields, [finished])
+        assert [(c.pod_id, c.state) for c in await service.live.copies(finished)] == [(pod, "loaded")]
+        assert await service.live.copies(never) == []
+        assert [c.state for c in await service.live.copies(recent)] == ["loading"]
+        info = await service.live.pod(pod)
+        assert info is not None and info.loading == 1 and info.allocated == 2 << 20
+        assert set(await service.live.pod_allocations(pod)) == {finished, recent}

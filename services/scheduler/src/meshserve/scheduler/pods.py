@@ -19,6 +19,9 @@ Invariants:
   pod is marked dropped: when that pod reports again (a hung pod resumed), each copy it
   still holds is adopted only if the model has no copy elsewhere by then, else unloaded
   there (never two copies where one was re-placed, never a copy the scheduler ignores);
+* a `loading` reservation older than a live load can be (its scheduler replica died
+  mid-load) is ended at the pod's next heartbeat: settled when the pod holds the model,
+  released when not;
 * a heartbeat never fails because Postgres is down: registry reads here treat
   `Unavailable` as "no record" (adoption skips the model) or skip the write.
 
@@ -137,6 +140,29 @@ class Pods:
                 if rec.pod_id == pod_id and rec.state == "loaded" and now_ms() - rec.since_ms > grace:
                     await self.live.release(model_id=model, pod_id=pod_id)
                     await self.events.record("dropped", model_id=model, pod_id=pod_id, message="pod no longer reports it")
+        if held and await self.live.loading_count(pod_id):
+            await self._end_abandoned_loads(pod_id, held, reported)
+
+    async def _end_abandoned_loads(self, pod_id: str, held: dict[str, int], reported: set[str]) -> None:
+        """Loads on this pod older than any live load can be (`load_timeout_seconds` and three
+        heartbeats): the scheduler replica that started them died before it settled them.
+        A copy the pod reports is settled at its reserved bytes (routed); the others are
+        released, so no reservation outlives its owner and the model can be loaded again."""
+        stale_ms = (self.settings.load_timeout_seconds + 3 * self.settings.heartbeat_interval_seconds) * 1000
+        copies = await self.live.copies_many(sorted(held))
+        for model, recs in copies.items():
+            for rec in recs:
+                if rec.pod_id != pod_id or rec.state != "loading" or now_ms() - rec.since_ms <= stale_ms:
+                    continue
+                if model in reported:
+                    if await self.live.settle(model_id=model, pod_id=pod_id, size=held[model]):
+                        await self.events.record(
+                            "adopted", model_id=model, pod_id=pod_id, message="a load whose scheduler replica died finished on the pod"
+                        )
+                elif await self.live.release(model_id=model, pod_id=pod_id):
+                    await self.events.record(
+                        "dropped", model_id=model, pod_id=pod_id, message="a load whose scheduler replica died never finished"
+                    )
 
     async def _keep_unreplaced(self, pod_id: str, management_address: str, models: Sequence[str]) -> list[str]:
         """A dropped pod is back with copies (it was hung, not dead): the ones whose model has

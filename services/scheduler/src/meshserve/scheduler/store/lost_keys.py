@@ -1,8 +1,10 @@
-"""Live state in Redis, one key family: what a dropped pod leaves behind. The models whose
+"""Live state in Redis, one key family: what a dropped pod (or a dead scheduler replica)
+leaves behind. The models whose
 copies were lost with it (re-placed by the leader: `scaler.CopyScaler.replace_lost`), and a
 marker that the pod was dropped, so that when the same pod comes back (a hung pod that
 resumes) the copies it still holds are not all adopted beside their replacements
-(`pods.Pods.report_pod`).
+(`pods.Pods.report_pod`); and how many loads a pod has in progress, the cheap check before
+`report_pod` looks for loads a dead replica abandoned.
 
 Keys: ms:lost (sorted set: model id -> ms its copy was lost), ms:dropped:<pod> (string, TTL
 `DROPPED_MARKER_MS`). A part of `store.live.LiveState` (a mixin on `store.keys.LiveKeys`).
@@ -69,3 +71,7 @@ class LostKeys(LiveKeys):
             pipe.hset(self.k_released(pod_id), mapping=models)
             pipe.pexpire(self.k_released(pod_id), RELEASED_GRACE_MS)
             await pipe.execute()
+
+    async def loading_count(self, pod_id: str) -> int:
+        """The pod's loads in progress (its hash's `loading`, kept by the copy scripts)."""
+        return int(await self.redis.hget(self.k_pod(pod_id), "loading") or 0)
