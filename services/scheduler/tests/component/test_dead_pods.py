@@ -18,8 +18,8 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 
 from meshserve.scheduler.service import ModelSpec, SchedulerService
-from meshserve.scheduler.store.migrate import upgrade
 from meshserve.scheduler.store.live import now_ms
+from meshserve.scheduler.store.migrate import upgrade
 
 from .standin_pullers import dead_address, hung_address, pod_fields, stand_in_puller
 
