@@ -235,3 +235,17 @@ def test_a_pod_without_a_rest_address_is_routed_for_grpc_only() -> None:
     clusters = set(out[res.CLUSTER]) - {res.slow_cluster("grpc"), res.slow_cluster("rest")}
     placement = res.cluster_name("grpc", ("10.0.0.1:8001",))
     assert clusters == {placement, res.failover_cluster(placement)}
+
+
+def test_a_model_whose_copies_limit_concurrency_stays_with_the_slow_path() -> None:
+    """Endpoint.max_concurrency > 0: the Python router queues the copy's requests; Envoy would
+    not, so the model gets no route (and no cluster) until its copies are unlimited again."""
+    limited = tuple(Endpoint(e.pod_id, e.grpc_address, e.rest_address, 4) for e in eps("ab"))
+    builder = res.RouteBuilder(config(shards=4))
+    builder.change(models={"m1": limited, "m2": eps("ab")})
+    out = builder.resources()
+    assert set(routes(out)) == set(routes(out, "rest")) == {"m2"}
+    builder.change(models={"m1": eps("ab"), "m2": limited})
+    assert set(routes(builder.resources())) == {"m1"}
+    builder.change(removed_models=["m1"])  # only a limited model left on {a, b}: no cluster for it
+    assert set(builder.resources()[res.CLUSTER]) == {res.slow_cluster("grpc"), res.slow_cluster("rest")}

@@ -540,13 +540,19 @@ def _downstream_tls(files: TlsFiles, protocol: Protocol) -> tls_pb2.DownstreamTl
 class _Placement:
     """A set of endpoints as Envoy routes it: the cluster per protocol (none for a protocol
     whose addresses Envoy cannot dial: that protocol's requests stay with the slow path), and
-    the table line's columns for it (` <grpc digest> <rest digest>`, `-` for none)."""
+    the table line's columns for it (` <grpc digest> <rest digest>`, `-` for none).
+
+    Copies with a concurrency limit (`Endpoint.max_concurrency` > 0) get no cluster: the
+    Python router queues a limited copy's requests (balance.CopySlots), which Envoy cannot
+    do (a circuit breaker counts per cluster, ours are shared by every model of a placement,
+    and Envoy never retries an overflowed request, so it cannot spill to the slow path)."""
 
     __slots__ = ("clusters", "columns")
 
     def __init__(self, endpoints: tuple[Endpoint, ...]) -> None:
         self.clusters: dict[Protocol, tuple[str, tuple[str, ...]]] = {}  # protocol -> (cluster, addresses)
-        for protocol in PROTOCOLS:
+        limited = any(_PLACEMENT_KEY(e)[2] for e in endpoints)
+        for protocol in PROTOCOLS if not limited else ():
             given = {e.grpc_address if protocol == "grpc" else e.rest_address for e in endpoints}
             addresses = tuple(sorted(a for a in given if _dialable(a)))
             if addresses:
@@ -555,7 +561,7 @@ class _Placement:
         self.columns = "".join(f" {self.clusters[p][0][8:]}" if p in self.clusters else " -" for p in PROTOCOLS)
 
 
-_PLACEMENT_KEY = attrgetter("grpc_address", "rest_address")
+_PLACEMENT_KEY = attrgetter("grpc_address", "rest_address", "max_concurrency")
 """What of an endpoint a placement depends on: the memo's key is a tuple of these, compared
 in C (Endpoint's dataclass hash and equality are Python functions: twice the cost)."""
 
@@ -585,7 +591,7 @@ class RouteBuilder:
         self._lines: dict[str, dict[str, str]] = {s: {} for s in self._shard_names()}  # table: shard -> name -> line
         self._entries: dict[Protocol, dict[str, dict[str, bytes]]] = {p: {} for p in PROTOCOLS}  # matcher
         self._shard_of: dict[str, str] = {}  # name -> shard (shard_of is a Python loop per byte)
-        self._placements: dict[tuple[tuple[str, str], ...], _Placement] = {}  # memo, by addresses
+        self._placements: dict[tuple[tuple[str, str, int], ...], _Placement] = {}  # memo, by addresses
         self._placement_refs: dict[str, int] = {}  # placement columns -> routed names on it
         self._routes: dict[str, bytes] = {}
         self._cluster_refs: dict[str, int] = {}
@@ -661,7 +667,7 @@ class RouteBuilder:
                     affected.update(named)
         self._refresh(affected)
 
-    def _placement(self, key: tuple[tuple[str, str], ...], endpoints: tuple[Endpoint, ...]) -> _Placement:
+    def _placement(self, key: tuple[tuple[str, str, int], ...], endpoints: tuple[Endpoint, ...]) -> _Placement:
         """A new placement, memoized by its endpoints' addresses (the caller looked already)."""
         if len(self._placements) >= 10_000:  # placements come and go: keep the memo bounded
             self._placements.clear()
