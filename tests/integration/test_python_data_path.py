@@ -2,12 +2,15 @@
 stack of its own: the Python router holds the ports itself and forwards every request. The
 other router suites run on the default Envoy data path; this module keeps the Python one
 answering the same requests the same way: gRPC and REST inference, a vmodel by header, an
-unknown model, bad input, usage reports, and no Envoy started."""
+unknown model, bad input, usage reports, and no Envoy started. Its pod has a per-copy
+concurrency limit (perModelConcurrencyLimit), which the Python router enforces."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -24,10 +27,23 @@ pytestmark = pytest.mark.integration
 IRIS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
 
+LIMIT = 1
+"""The runtime pod's perModelConcurrencyLimit (its puller's LIMIT_PER_MODEL_CONCURRENCY): one
+request per copy at once; the router queues the rest."""
+
+
 @pytest.fixture(scope="module")
 def pstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with data_path_stack(tmp_path_factory, "python") as s:
-        yield s
+    given = os.environ.get("MESHSERVE_PULLER_LIMIT_PER_MODEL_CONCURRENCY")
+    os.environ["MESHSERVE_PULLER_LIMIT_PER_MODEL_CONCURRENCY"] = str(LIMIT)  # the pod's puller inherits it
+    try:
+        with data_path_stack(tmp_path_factory, "python") as s:
+            yield s
+    finally:
+        if given is None:
+            os.environ.pop("MESHSERVE_PULLER_LIMIT_PER_MODEL_CONCURRENCY", None)
+        else:
+            os.environ["MESHSERVE_PULLER_LIMIT_PER_MODEL_CONCURRENCY"] = given
 
 
 def _children_commands(pid: int) -> list[str]:
@@ -79,3 +95,30 @@ def test_unknown_models_and_bad_tensors_get_the_same_answers(pstack: Stack, uniq
         assert err.value.status() == "StatusCode.INVALID_ARGUMENT", err.value.message()
     finally:
         client.close()
+
+
+def _queue_delay_count(stack: Stack) -> float:
+    metrics = httpx.get(f"{stack.router_rest}/metrics", timeout=10).text
+    found = re.search(r"^modelmesh_req_queue_delay_milliseconds_count (\S+)$", metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_the_pods_concurrency_limit_reaches_the_router_which_queues_and_answers_all(pstack: Stack, unique: str) -> None:
+    """The limit travels puller -> scheduler (PodReport) -> route endpoint -> router: the
+    router counts every request of a limited model in upstream's queue-delay histogram (an
+    unlimited model's requests never enter it), and concurrent requests all get answers."""
+    name = f"iris-limit-{unique}"
+    assert pstack.register(name, storage_uri=IRIS_URI).status_code == 201
+    before = _queue_delay_count(pstack)
+
+    def infer(_: int) -> list[int]:
+        client = grpcclient.InferenceServerClient(pstack.router_grpc)
+        try:
+            return client.infer(name, mnist_inputs(IRIS), client_timeout=120).as_numpy("predict").ravel().tolist()
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(infer, range(5)))
+    assert answers == [[0, 2]] * 5
+    assert _queue_delay_count(pstack) - before == 5

@@ -1,8 +1,8 @@
 """Upstream ModelMesh's management API (`mmesh.ModelMesh`) through the real router process: on
 the router's public gRPC port, whichever data path serves it (Envoy hands these calls to the
 Python router, which answers them over the scheduler's API). A tool written for ModelMesh
-registers a model, loads it synchronously, names it by a vmodel and removes both; the model
-answers inferences in between."""
+registers a model, loads it synchronously, names it by a vmodel, cannot unregister it while the
+vmodel refers to it, and removes both; the model answers inferences in between."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ def test_a_modelmesh_tool_manages_models_through_the_router(stack: Stack, unique
         v = api.setVModel(mm.SetVModelRequest(vModelId=vmodel, targetModelId=model, owner="tool", sync=True), timeout=60)
         assert (v.status, v.activeModelId, v.owner) == (VStatus.DEFINED, model, "tool"), v
         assert infer_one(stack.router_grpc, vmodel, MNIST_INPUT, inp="predict", out="predict").tolist() == [[8]]
+
+        with pytest.raises(grpc.RpcError) as referred:  # upstream: a model with referents stays
+            api.unregisterModel(mm.UnregisterModelRequest(modelId=model), timeout=30)
+        assert referred.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (referred.value.details() or "").startswith(f"Model {model} has referents"), referred.value.details()
 
         with pytest.raises(grpc.RpcError) as refused:
             api.ensureLoaded(mm.EnsureLoadedRequest(modelId=f"nope-{unique}", sync=True), timeout=30)

@@ -19,8 +19,19 @@ it succeeds (reported to the scheduler by the app), retry once when the copy is 
 before it answered. A streaming `send` runs the whole stream, so the stream is in flight
 on its copy until it ends, and counts as one request in usage.
 
-Owns: `DataPlane` (the in-flight and usage counters, the coalesced ensure calls), name
-resolution and its limits (`MAX_NAME_CHARS`).
+Per-copy concurrency limits (the runtime's perModelConcurrencyLimit, on each endpoint as
+`max_concurrency`): a model whose copies have one takes a slot on a copy before `send`
+(least-loaded copy with room); when every copy is full the request waits in line, first
+come first served, for a slot on any copy, until its deadline (DEADLINE_EXCEEDED), and is
+refused at once beyond upstream's bound of max(16, 8 x limit) requests per copy
+(RESOURCE_EXHAUSTED `Model queue overload`). The wait is upstream's
+`modelmesh_req_queue_delay_milliseconds`. The limit is this router's: N routers may send a
+copy up to N x its limit. `mm-balanced: true` picks any copy (with room) at random instead of
+the least-loaded one.
+
+Owns: `DataPlane` (the in-flight and usage counters, the coalesced ensure calls, the copy
+slots and their waiters), name resolution and its limits (`MAX_NAME_CHARS`), the
+`mm-balanced` / `mm-required` header values.
 May import: the routing table, balance, the scheduler client, metrics, settings, the
 upstream errors (`CopyGone`), v2 names, payloads (the type only); never a door, the
 upstream clients or the app.
@@ -40,6 +51,7 @@ from meshserve.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
     MeshError,
+    ResourceExhausted,
     Unavailable,
 )
 from meshserve.router import balance, metrics
@@ -48,7 +60,13 @@ from meshserve.router.scheduler_client import SchedulerClient
 from meshserve.router.settings import RouterSettings
 from meshserve.router.table import Endpoint, RoutingTable
 from meshserve.router.upstream_errors import CopyGone
-from meshserve.router.v2 import MODEL_HEADERS, ROUTING_HEADERS, VMODEL_HEADERS
+from meshserve.router.v2 import (
+    BALANCED_HEADER,
+    MODEL_HEADERS,
+    REQUIRED_HEADER,
+    ROUTING_HEADERS,
+    VMODEL_HEADERS,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,6 +91,9 @@ class DataPlane:
         self.scheduler = scheduler
         self.in_flight: Counter[str] = Counter()
         self.usage: Counter[str] = Counter()
+        # per-copy concurrency limits (Endpoint.max_concurrency) and the requests waiting for a slot
+        self.slots: balance.CopySlots[Endpoint, asyncio.Future[Endpoint]] = balance.CopySlots()
+        self._queued_on: dict[str, tuple[Endpoint, ...]] = {}  # a model's copies as its waiters saw them
         self._ensuring: dict[str, asyncio.Future[tuple[Endpoint, ...]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._rng = rng or random.Random()
@@ -92,6 +113,35 @@ class DataPlane:
         if model and vmodel:
             raise InvalidArgument("must include only one of model id and vmodel id")
         return model or vmodel
+
+    @staticmethod
+    def names_from_headers(headers: Iterable[tuple[str, str | bytes]]) -> list[str]:
+        """Every model (or vmodel) the id headers name, in order: more than one makes a
+        multi-model request (server.py). Both kinds at once is refused, as upstream does."""
+        models: list[str] = []
+        vmodels: list[str] = []
+        for key, value in headers:
+            if key in ROUTING_HEADERS:
+                text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+                (models if key in MODEL_HEADERS else vmodels).append(text)
+        if models and vmodels:
+            raise InvalidArgument("must include only one of model id and vmodel id")
+        return models or vmodels
+
+    @staticmethod
+    def require_all(headers: Iterable[tuple[str, str | bytes]]) -> bool:
+        """The `mm-required` header of a multi-model request: `all`, every named model must
+        exist; `any` (the default), those found answer."""
+        value = None
+        for key, raw in headers:
+            if key == REQUIRED_HEADER:
+                value = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        if value is None:
+            return False
+        text = value.strip().lower()
+        if text not in ("all", "any"):
+            raise InvalidArgument(f"the {REQUIRED_HEADER} header must be all or any, got {value[:40]!r}")
+        return text == "all"
 
     def resolve(self, name: str | None, headers: Iterable[tuple[str, str | bytes]] = ()) -> str:
         """The model id to serve: a routing header wins over the name in the request.
@@ -156,14 +206,94 @@ class DataPlane:
                 future.exception()  # mark retrieved: no "never retrieved" warning
 
     # -- forwarding -----------------------------------------------------------------------
-    def pick(self, endpoints: tuple[Endpoint, ...]) -> Endpoint:
-        """The copy to send to: least-request over this router's in-flight count per pod."""
+    @staticmethod
+    def balanced(headers: Iterable[tuple[str, str | bytes]]) -> bool:
+        """The `mm-balanced` header: `true` when the client spreads its requests over the
+        copies itself (then any copy with room serves it, picked at random, not the
+        least-loaded one); absent or `false`: the router balances (upstream's default)."""
+        value = None
+        for key, raw in headers:
+            if key == BALANCED_HEADER:
+                value = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        if value is None:
+            return False
+        text = value.strip().lower()
+        if text not in ("true", "false"):
+            raise InvalidArgument(f"the {BALANCED_HEADER} header must be true or false, got {value[:40]!r}")
+        return text == "true"
+
+    def pick(self, endpoints: tuple[Endpoint, ...], *, balanced: bool = False) -> Endpoint:
+        """The copy to send to: least-request over this router's in-flight count per pod
+        (`balanced`: any copy, at random)."""
         if len(endpoints) == 1:
             return endpoints[0]
+        if balanced:
+            return endpoints[self._rng.randrange(len(endpoints))]
         return balance.pick(endpoints, {e: self.in_flight[e.pod_id] for e in endpoints}, self._rng)
 
-    async def call(self, model_id: str, send: Send[T], *, budget: float) -> T:
-        """Run `send` against a loaded copy of `model_id`; once more on another copy if it vanished."""
+    # -- per-copy concurrency limits ------------------------------------------------------
+    async def _slot(self, model_id: str, endpoints: tuple[Endpoint, ...], deadline: float, balanced: bool) -> Endpoint:
+        """A copy of a model whose copies have concurrency limits, its slot taken: a free
+        one at once when nobody waits, else wait in line (first come first served) for one
+        to free on any copy, until `deadline`."""
+        slots = self.slots
+        started = time.monotonic()
+        if not slots.queued(model_id):
+            endpoint = slots.choose(model_id, endpoints, self.in_flight, self._rng, balanced=balanced)
+            if endpoint is not None:
+                slots.acquire(model_id, endpoint.pod_id)
+                metrics.queue_wait(model_id, 0.0)
+                return endpoint
+        if slots.overloaded(model_id, endpoints):
+            metrics.QUEUE_OVERLOADS.inc()
+            raise ResourceExhausted(
+                f"Model queue overload: {slots.queued(model_id)} requests wait for a free slot on the "
+                f"{len(endpoints)} copies of {model_id!r} ({_limits(endpoints)} requests at once per copy)"
+            )
+        waiter: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
+        slots.enqueue(model_id, waiter)
+        self._queued_on[model_id] = endpoints
+        metrics.QUEUED.inc()
+        self._dispatch(model_id)  # a copy may have room that nobody was woken for (a new copy)
+        try:
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + (deadline - time.monotonic())):
+                endpoint = await waiter
+        except BaseException as err:
+            slots.forget(model_id, waiter)
+            if waiter.done() and not waiter.cancelled():  # granted as it stopped waiting: hand it on
+                self._release(model_id, waiter.result())
+            if isinstance(err, TimeoutError):
+                raise DeadlineExceeded(
+                    f"deadline exceeded waiting for a free slot on a copy of {model_id!r}: its "
+                    f"{len(endpoints)} copies serve {_limits(endpoints)} requests at once each, "
+                    f"{slots.queued(model_id)} more requests wait"
+                ) from err
+            raise
+        finally:
+            metrics.QUEUED.dec()
+            metrics.queue_wait(model_id, time.monotonic() - started)
+            if not slots.queued(model_id):
+                self._queued_on.pop(model_id, None)
+        return endpoint
+
+    def _release(self, model_id: str, endpoint: Endpoint) -> None:
+        self.slots.release(model_id, endpoint.pod_id)
+        if self.slots.queued(model_id):
+            self._dispatch(model_id)
+
+    def _dispatch(self, model_id: str) -> None:
+        """Wake the model's waiters that a free slot is now for (oldest first)."""
+        endpoints = self.table.endpoints(model_id, now=self._clock()) or self._queued_on.get(model_id, ())
+        for waiter, endpoint in self.slots.dispatch(
+            model_id, endpoints, self.in_flight, self._rng, waiting=lambda w: not w.done()
+        ):
+            waiter.set_result(endpoint)
+
+    async def call(self, model_id: str, send: Send[T], *, budget: float, balanced: bool = False) -> T:
+        """Run `send` against a loaded copy of `model_id`; once more on another copy if it
+        vanished. Copies with a concurrency limit (`Endpoint.max_concurrency`) take at most
+        that many of this router's requests at once; the others wait for a slot (`_slot`).
+        `balanced`: the client's `mm-balanced: true` (see `balanced`)."""
         deadline = time.monotonic() + budget
         refresh = False
         suspect: str | None = None
@@ -177,7 +307,11 @@ class DataPlane:
                 fallback = False
             if not endpoints:
                 raise Unavailable(f"model {model_id!r} has no loaded copy")
-            endpoint = self.pick(endpoints)
+            limited = any(e.max_concurrency for e in endpoints)
+            if limited:
+                endpoint = await self._slot(model_id, endpoints, deadline, balanced)
+            else:
+                endpoint = self.pick(endpoints, balanced=balanced)
             pod = endpoint.pod_id
             self.in_flight[pod] += 1
             try:
@@ -197,7 +331,15 @@ class DataPlane:
                 suspect = pod
             finally:
                 self.in_flight[pod] -= 1
+                if limited:
+                    self._release(model_id, endpoint)
         raise AssertionError("unreachable")
+
+
+def _limits(endpoints: Iterable[Endpoint]) -> str:
+    """The copies' limits for a message: "2", or "1-4" when they differ (0: unlimited)."""
+    limits = sorted({e.max_concurrency for e in endpoints})
+    return str(limits[0]) if len(limits) == 1 else f"{limits[0]}-{limits[-1]}"
 
 
 __all__ = ["MODEL_HEADERS", "ROUTING_HEADERS", "VMODEL_HEADERS", "CopyGone", "DataPlane", "MeshError"]

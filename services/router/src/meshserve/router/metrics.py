@@ -41,6 +41,14 @@ PAYLOAD_EVENTS = Counter(
     ["processor", "outcome"],
 )
 IN_FLIGHT = Gauge("meshserve_router_in_flight", "Requests in flight through the router")
+QUEUED = Gauge(
+    "meshserve_router_queued_requests",
+    "Requests waiting for a free slot on a copy (the runtime's per-copy concurrency limit)",
+)
+QUEUE_OVERLOADS = Counter(
+    "meshserve_router_queue_overloads_total",
+    "Requests refused at once (RESOURCE_EXHAUSTED): their model's copies held upstream's bound of requests",
+)
 _MISSES = Counter("meshserve_router_misses_total", "Requests that found no loaded copy", ["model"])
 _COLD_WAIT = Histogram(
     "meshserve_router_cold_wait_seconds",
@@ -116,6 +124,10 @@ class ModelMeshMetrics:
             "modelmesh_cache_miss_milliseconds", "Cache miss delay",
             model_labels, buckets=MS_TIME_BUCKETS, registry=reg,
         )
+        self.queue_delay = Histogram(
+            "modelmesh_req_queue_delay_milliseconds", "Time spent in inference request queue",
+            model_labels, buckets=MS_TIME_BUCKETS, registry=reg,
+        )
 
     def _labels(self, method: str, code: str, model: str) -> tuple[str, ...]:
         return (method, code, model, model) if self.per_model else (method, code)
@@ -137,6 +149,11 @@ class ModelMeshMetrics:
         child = self.cache_miss.labels(model, model) if self.per_model else self.cache_miss
         child.observe(seconds * 1000)
 
+    def queued(self, *, model: str, seconds: float) -> None:
+        # upstream labels its timing metrics with the model id and an empty vModelId
+        child = self.queue_delay.labels(model, "") if self.per_model else self.queue_delay
+        child.observe(seconds * 1000)
+
 
 _mm: ModelMeshMetrics | None = None
 
@@ -148,7 +165,7 @@ def configure(*, per_model: bool) -> ModelMeshMetrics:
     if _mm is not None and _mm.per_model == per_model:
         return _mm
     if _mm is not None:
-        for metric in (_mm.api, _mm.invoke, _mm.request_size, _mm.response_size, _mm.cache_miss):
+        for metric in (_mm.api, _mm.invoke, _mm.request_size, _mm.response_size, _mm.cache_miss, _mm.queue_delay):
             REGISTRY.unregister(metric)
     _mm = ModelMeshMetrics(per_model=per_model)
     return _mm
@@ -183,6 +200,12 @@ def cold_wait(model: str, seconds: float) -> None:
     """How long a request waited for `model` to load."""
     _COLD_WAIT.observe(seconds)
     modelmesh().miss(model=model, seconds=seconds)
+
+
+def queue_wait(model: str, seconds: float) -> None:
+    """How long a request of `model` waited for a free slot on a copy (per-copy
+    concurrency limits; 0 when one was free at once, as upstream counts it)."""
+    modelmesh().queued(model=model, seconds=seconds)
 
 
 def observe_request(

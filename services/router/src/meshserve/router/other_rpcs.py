@@ -185,7 +185,10 @@ class OtherRpcHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has
                 first = rewrite(first)
             source = ReplayableRequests(requests, first=first, rewrite=rewrite, limit=self.dp.settings.max_message_bytes)
             outgoing = (*forwarded, ("mm-model-id", model_id))
-            await self.dp.call(model_id, self._sender(method, source, outgoing, context), budget=self._budget(context))
+            await self.dp.call(
+                model_id, self._sender(method, source, outgoing, context), budget=self._budget(context),
+                balanced=self.dp.balanced(forwarded),
+            )
         except grpc.aio.AbortError:
             raise
         except _Relayed as relayed:

@@ -136,7 +136,10 @@ class RestFrontDoor:
                     raise
 
             try:
-                reply = await self.dp.call(model_id, send, budget=self.dp.settings.default_timeout_seconds)
+                reply = await self.dp.call(
+                    model_id, send, budget=self.dp.settings.default_timeout_seconds,
+                    balanced=self.dp.balanced(request.headers.items()),
+                )
             except MeshError as err:
                 if suffix != "ready" or isinstance(err, NotFound) or err.http_status == 400:
                     raise

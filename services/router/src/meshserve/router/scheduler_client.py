@@ -45,7 +45,7 @@ class SchedulerClient:
             if code == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(f"model {model_id!r} not found") from err
             raise from_grpc(code, err.details() or code.name) from err
-        return tuple(Endpoint(e.pod_id, e.grpc_address, e.rest_address) for e in response.endpoints)
+        return tuple(Endpoint(e.pod_id, e.grpc_address, e.rest_address, e.max_concurrency) for e in response.endpoints)
 
     def watch_routes(self) -> AsyncIterator[scheduler_pb2.RouteUpdate]:
         """The route stream: a snapshot, then changes. It raises `grpc.aio.AioRpcError` when it

@@ -5,6 +5,10 @@ here; model RPCs have their model-name field read and rewritten in the bytes and
 forwarded through the data plane. Exceptions become statuses; nothing a client sends
 can crash the process.
 
+Several models in one request (upstream's multi-model call): id headers naming more than
+one model (or vmodel) send a unary model RPC to each, and the replies are concatenated in
+header order; `mm-required: any` (default) leaves out those not found, `all` fails on one.
+
 Owns: `InferenceHandler` (the v2 methods: server-level ones answered here, model ones and
 ModelStreamInfer sent through the data plane with a `send` of their own), the gRPC
 status mapping of the door's errors (`_status_for`) and the length bound on status
@@ -23,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
-from meshserve.common.errors import InvalidArgument, MeshError, from_grpc
+from meshserve.common.errors import InvalidArgument, MeshError, NotFound, from_grpc
 from meshserve.common.grpcutil import status_for, translate
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from meshserve.router import metrics, payloads, wire
@@ -147,11 +151,16 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 routing.append((key, value))
             elif key[0] != ":":
                 forwarded.append((key, value))
+        balanced = self.dp.balanced(forwarded)
+        require_all = self.dp.require_all(forwarded)
+        if method.endswith("/ModelInfer") and (problem := wire.raw_inputs_problem(request)):
+            raise InvalidArgument(problem)  # the model server would fail on it with INTERNAL
+        names = self.dp.names_from_headers(routing)
+        if len(names) > 1:
+            return await self._multi_model(method, request, context, call, names, forwarded, require_all, balanced)
         named = None if routing else wire.read_string(request, 1)
         model_id = self.dp.resolve(named, routing)
         call.model, call.vmodel = model_id, self.dp.vmodel_named(named, routing, model_id)
-        if method.endswith("/ModelInfer") and (problem := wire.raw_inputs_problem(request)):
-            raise InvalidArgument(problem)  # the model server would fail on it with INTERNAL
         payload = wire.replace_string(request, model_id, 1)
         forwarded.append(("mm-model-id", model_id))
         upstream = self.upstream
@@ -164,7 +173,52 @@ class InferenceHandler(grpc.GenericRpcHandler):
             call.request_bytes, call.response_bytes = len(payload), len(reply)
             return reply
 
-        return await self.dp.call(model_id, send, budget=self._budget(context))
+        return await self.dp.call(model_id, send, budget=self._budget(context), balanced=balanced)
+
+    async def _multi_model(
+        self,
+        method: str,
+        request: bytes,
+        context: grpc.aio.ServicerContext,
+        call: _Call,
+        names: Sequence[str],
+        forwarded: Sequence[tuple[str, str | bytes]],
+        require_all: bool,
+        balanced: bool,
+    ) -> bytes:
+        """Upstream's multi-model request: the id headers name several models (or vmodels);
+        the request goes to each (at most `MULTI_MODEL_PARALLELISM` at once), and the answers
+        are concatenated in the order of the headers (protobuf's concatenation merges them:
+        the outputs of every model in one response). A model that is not found is left out
+        (`mm-required: any`, the default) or fails the call (`all`); none found is NOT_FOUND
+        `none of the requested models were found`. Any other failure fails the call."""
+        budget = self._budget(context)
+        limit = asyncio.Semaphore(MULTI_MODEL_PARALLELISM)
+        call.model = ",".join(names)
+
+        async def one(name: str) -> bytes | None:
+            async with limit:
+                try:
+                    model_id = self.dp.resolve(name)
+                    payload = wire.replace_string(request, model_id, 1)
+                    headers = [*forwarded, (MODEL_ID_HEADER, model_id)]
+
+                    async def send(endpoint: Endpoint, left: float) -> bytes:
+                        return await self.upstream.send(endpoint.grpc_address, method, payload, headers, left)
+
+                    return await self.dp.call(model_id, send, budget=budget, balanced=balanced)
+                except MeshError as err:
+                    if err.status == "NOT_FOUND" and not require_all:
+                        log.info("model %s not found (one of %d requested)", name, len(names))
+                        return None
+                    raise
+
+        replies = [r for r in await _all_or_first_error([one(name) for name in names]) if r is not None]
+        if not replies:
+            raise NotFound("none of the requested models were found")
+        reply = b"".join(replies)
+        call.request_bytes, call.response_bytes = len(request), len(reply)
+        return reply
 
     async def model_stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         """Forward a ModelStreamInfer stream to one copy, through the data plane as a unary
@@ -203,7 +257,10 @@ class InferenceHandler(grpc.GenericRpcHandler):
             source = ReplayableRequests(
                 client_requests(), first=None, rewrite=checked, limit=self.dp.settings.max_message_bytes
             )
-            await self.dp.call(model_id, self._stream_sender(method, source, forwarded, context), budget=self._budget(context))
+            await self.dp.call(
+                model_id, self._stream_sender(method, source, forwarded, context), budget=self._budget(context),
+                balanced=self.dp.balanced(forwarded),
+            )
         except grpc.aio.AbortError:
             raise
         except Exception as err:
@@ -289,6 +346,22 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 raise
             log.info("model not ready: %s", err.message)
             return v2.ModelReadyResponse(ready=False).SerializeToString()
+
+
+MULTI_MODEL_PARALLELISM = 4
+"""Models of one multi-model request called at once (upstream's `MM_MULTI_PARALLELISM` default)."""
+
+
+async def _all_or_first_error(calls: Sequence[Awaitable[bytes | None]]) -> list[bytes | None]:
+    """Every call's result in order; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 MAX_DETAILS_BYTES = 2000

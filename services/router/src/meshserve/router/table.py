@@ -30,6 +30,9 @@ class Endpoint:
     pod_id: str
     grpc_address: str
     rest_address: str
+    max_concurrency: int = 0
+    """Requests this router sends to the copy at once (the runtime's perModelConcurrencyLimit;
+    0 = unlimited): the data plane queues the rest (balance.CopySlots)."""
 
 
 Endpoints = tuple[Endpoint, ...]
@@ -159,4 +162,4 @@ class RoutingTable:
 
 
 def _endpoints(route: Any) -> Endpoints:
-    return tuple(Endpoint(e.pod_id, e.grpc_address, e.rest_address) for e in route.endpoints)
+    return tuple(Endpoint(e.pod_id, e.grpc_address, e.rest_address, e.max_concurrency) for e in route.endpoints)

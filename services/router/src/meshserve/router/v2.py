@@ -24,6 +24,11 @@ VMODEL_ID_HEADER = "mm-vmodel-id"
 MODEL_HEADERS = frozenset({MODEL_ID_HEADER, "mm-model-id-bin", "tas-model-id"})
 VMODEL_HEADERS = frozenset({VMODEL_ID_HEADER, "mm-vmodel-id-bin"})
 ROUTING_HEADERS = MODEL_HEADERS | VMODEL_HEADERS
+BALANCED_HEADER = "mm-balanced"
+"""`true`: the client spreads its requests over the copies itself (upstream's header)."""
+REQUIRED_HEADER = "mm-required"
+"""`all` | `any`: of a request naming several models (repeated id headers), whether every one
+must exist (upstream's header; default `any`)."""
 
 SERVER_NAME = "meshserve"
 SERVER_EXTENSIONS = ("model_repository_managed",)
