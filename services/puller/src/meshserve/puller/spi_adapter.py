@@ -146,7 +146,9 @@ class RuntimeInfo:
         1, `model_name`/`name`, of the KServe v2 requests it forwards -- the `[1]` injection
         path every upstream v2 runtime registers; the id paths of other methods come from the
         router's own settings, not from the pods), `limit_model_concurrency` and
-        loadModel's `maxConcurrency` (meshserve has no per-copy request queue).
+        loadModel's `maxConcurrency` (a value per copy upstream; meshserve's per-copy limit is
+        one per pod, the puller's `limit_per_model_concurrency` from the runtime's
+        `perModelConcurrencyLimit`, which routers enforce).
         """
         out: dict[str, int | float] = {}
         if self.capacity_bytes > 0:
@@ -163,7 +165,10 @@ class RuntimeInfo:
         """The fields the runtime set that meshserve does not act on (for a log line)."""
         notes = []
         if self.limit_model_concurrency:
-            notes.append("limitModelConcurrency (no per-copy request queue)")
+            notes.append(
+                "limitModelConcurrency (the runtime's own per-copy maxConcurrency is not used: set the "
+                "ServingRuntime annotation perModelConcurrencyLimit, LIMIT_PER_MODEL_CONCURRENCY)"
+            )
         if self.method_infos and not self.allow_any_method:
             odd = sorted(m for m, path in self.method_infos.items() if path not in ((), (1,)))
             if odd:
