@@ -46,7 +46,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     token = os.environ.get("MESHSERVE_SCHEDULER_ADMIN_TOKEN") or None
     stack = Stack(
         StackConfig.from_env(
-            root / ".dev", pods=args.pods, pod_capacity_bytes=args.capacity, preferred_ports=True, admin_token=token
+            root / ".dev", pods=args.pods, pod_capacity_bytes=args.capacity, preferred_ports=True, admin_token=token,
+            **({"internal_tls": True} if args.internal_tls else {}),
         )
     )
     stop = threading.Event()
@@ -297,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     dev = sub.add_parser("dev", help="run the whole stack locally (Ctrl-C stops it)")
     dev.add_argument("--pods", type=int, default=0, help="extra runtime pods beside the controller's")
     dev.add_argument("--capacity", type=int, default=512 * 1024 * 1024, help="model memory per pod, bytes")
+    dev.add_argument(
+        "--internal-tls", action="store_true",
+        help="mutual TLS on every internal gRPC hop (a private CA and per-service certificates under .dev/tls)",
+    )
     dev.set_defaults(fn=cmd_dev)
     infer = sub.add_parser("infer", help="send a v2 JSON request to the router over gRPC")
     infer.add_argument("model")
