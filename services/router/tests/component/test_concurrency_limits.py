@@ -199,6 +199,26 @@ async def test_a_request_that_finds_no_free_slot_before_its_deadline_is_deadline
     assert stack.app.dataplane.slots.in_flight == {}
 
 
+async def test_a_new_copy_on_the_route_stream_takes_the_waiting_at_once(stack: Stack) -> None:
+    stack.serve("m", "pod-1", limit=1)
+    one, two = stack.pods["pod-1"], stack.pods["pod-2"]
+    two.release.set()
+    first = asyncio.ensure_future(stack.infer("m"))
+    await until(lambda: one.held == 1)
+    waiting = asyncio.ensure_future(stack.infer("m"))
+    await until(lambda: stack.app.dataplane.slots.queued("m") == 1)
+    route = pb.Route(model_id="m", endpoints=[
+        pb.Endpoint(pod_id=p, grpc_address=stack.pods[p].address, max_concurrency=1) for p in ("pod-1", "pod-2")
+    ])
+    update = pb.RouteUpdate(routes=[route], version=2)
+    stack.app.table.apply(update, now=stack.app.clock())           # what the route watcher does
+    stack.app.dataplane.routes_changed(r.model_id for r in update.routes)
+    reply = v2.ModelInferResponse.FromString(await waiting)        # pod-1 still holds the first
+    assert reply.outputs[0].name == "m@pod-2" and one.held == 1
+    one.release.set()
+    await first
+
+
 async def test_beyond_upstreams_queue_bound_a_request_is_refused_at_once(stack: Stack) -> None:
     """Limit 1: a copy holds max(16, 8 x 1) = 16 requests (1 in flight, 15 waiting); the 17th
     is RESOURCE_EXHAUSTED `Model queue overload`, without waiting."""

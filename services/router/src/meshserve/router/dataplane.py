@@ -281,6 +281,13 @@ class DataPlane:
         if self.slots.queued(model_id):
             self._dispatch(model_id)
 
+    def routes_changed(self, model_ids: Iterable[str]) -> None:
+        """New routes may have room (a new copy, a higher limit): hand it to the models'
+        waiters now rather than at the next release (the route watcher calls it)."""
+        for model_id in model_ids:
+            if self.slots.queued(model_id):
+                self._dispatch(model_id)
+
     def _dispatch(self, model_id: str) -> None:
         """Wake the model's waiters that a free slot is now for (oldest first)."""
         endpoints = self.table.endpoints(model_id, now=self._clock()) or self._queued_on.get(model_id, ())
