@@ -21,7 +21,7 @@ from meshserve.scheduler.service import ModelSpec, SchedulerService
 from meshserve.scheduler.store.live import now_ms
 from meshserve.scheduler.store.migrate import upgrade
 
-from .standin_pullers import dead_address, hung_address, pod_fields, stand_in_puller
+from .standin_pullers import MIB, dead_address, hung_address, pod_fields, stand_in_puller
 
 ServiceFactory = Callable[..., AbstractAsyncContextManager[SchedulerService]]
 
@@ -93,6 +93,26 @@ async def test_the_copies_of_a_dead_pod_are_re_placed_by_the_leader(service: Sch
         assert {c.pod_id for c in await service.live.copies(used)} == {f"{prefix}-b"}
         assert await service.live.copies(unused) == []
         assert await service.live.lost_models() == []
+
+
+async def test_a_lost_copy_is_not_re_placed_where_it_would_evict(
+    make_service: ServiceFactory, database_url: str, prefix: str
+) -> None:
+    """On a full cluster re-placing every lost copy would only churn: the requests' own loads
+    decide there (they may evict); the leader's pass places where there is room."""
+    runtime = f"{prefix}-rt"
+    lost, resident = f"{prefix}-lost", f"{prefix}-resident"
+    async with make_service(database_url, min_residency_seconds=0) as service, stand_in_puller(size=MIB) as full:
+        await _register(service, lost, resident)
+        await service.pods.report_pod(pod_fields(f"{prefix}-a", runtime=runtime, management_address=dead_address()), [lost])
+        fields = pod_fields(f"{prefix}-b", runtime=runtime, management_address=full.address, capacity=MIB + MIB // 2)
+        await service.pods.report_pod(fields, [resident])   # adopted at the runtime default: 3 MiB, over capacity
+        await service.live.redis.hset(f"{prefix}:rate:{lost}", str(now_ms() // 10_000 - 1), 30)
+        await _late(service, f"{prefix}-a", service.settings.pod_probe_after_seconds + 0.5)
+        assert await service.pods.remove_dead_pods() == [f"{prefix}-a"]
+        assert await service.scaler.replace_lost() == []
+        assert full.loads == [] and full.unloads == []
+        assert set(await service.live.pod_allocations(f"{prefix}-b")) == {resident}
 
 
 async def test_a_dropped_pod_that_comes_back_keeps_only_the_copies_not_re_placed(service: SchedulerService, prefix: str) -> None:

@@ -152,8 +152,9 @@ class Loader:
             await asyncio.sleep(backoff_delay(attempt=attempt, rand=1.0, base=0.02, cap=0.25))
             attempt += 1
 
-    async def place_and_load(self, record: ModelRecord, *, exclusive: bool, deadline: float) -> bool:
-        """One placement attempt; True when a copy was loaded, False to try again."""
+    async def place_and_load(self, record: ModelRecord, *, exclusive: bool, deadline: float, evict: bool = True) -> bool:
+        """One placement attempt; True when a copy was loaded, False to try again. With
+        `evict=False` a placement that needs evictions is not made (False)."""
         model_id = record.id
         await self.views.refresh()
         pods = self.views.pods(alive=True)
@@ -177,6 +178,8 @@ class Loader:
             min_copies={m: lo for m, (lo, _) in (await self.live.bounds()).items() if lo > 0},
         )
         plan = place_indexed(request, self.views.index, now=self.clock(), config=config)
+        if plan.evictions and not evict:
+            return False
         if plan.evictions:
             # victims are ranked by usage, which moves without a new view version: decide
             # again on the chosen pod read afresh (see placement/views.py)

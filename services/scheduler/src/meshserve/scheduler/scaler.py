@@ -8,8 +8,9 @@ that has no copy elsewhere gets one before the pod's copy is unloaded. A first c
 `unloading.Unloader`; this module only decides which copies to add or remove.
 `CopyScaler.replace_lost` re-places the copies a dropped pod took with it (the models
 `pods.Pods` listed as lost), the most requested first, one load at a time in a background
-task of its own (`start_replacing_lost`, a leader duty), so that requests find them loaded
-and on-demand loads still get load slots.
+task of its own (`start_replacing_lost`, a leader duty), where there is room without
+evicting, so that requests find them loaded; on a full cluster the requests' own loads
+decide.
 
 Invariants:
 * the pods a plan may spread copies over are the alive ones that are not draining
@@ -91,8 +92,12 @@ class CopyScaler:
 
     async def replace_lost(self) -> list[str]:
         """Give a copy back to each model that lost one with a dropped pod and has none now,
-        the most requested first, one at a time; a model with no request in the usage
-        window is left to load on its next request. Returns the models loaded."""
+        the most requested first, one at a time, where there is room: one placement attempt
+        each, never evicting and never waiting for a load slot, so on a full cluster the
+        requests' own loads (which may evict) decide, as without this pass (re-placing every
+        lost copy there only churns: measured with `make chaos`). A model with no request in
+        the usage window, or not placed now, loads on its next request. Returns the models
+        loaded."""
         lost = await self.live.lost_models()
         if not lost:
             return []
@@ -102,14 +107,17 @@ class CopyScaler:
             await self.live.forget_lost(model)
             if rates.get(model, 0.0) <= 0 or await self.live.copies(model):
                 continue
-            if await self._pods.safe_find(model) is None:
+            record = await self._pods.safe_find(model)
+            if record is None:
                 continue
+            deadline = time.monotonic() + self.settings.load_timeout_seconds
             try:
-                await self.copies.ensure_loaded(model)
+                placed = await self.loader.place_and_load(record, exclusive=True, deadline=deadline, evict=False)
             except MeshError as err:
                 log.info("lost copy of %s not re-placed: %s", model, err.message)
                 continue
-            done.append(model)
+            if placed:
+                done.append(model)
         if done:
             log.info("re-placed %d copies lost with dropped pods", len(done))
         return done
