@@ -1,7 +1,9 @@
-"""The admin REST API over real Redis + Postgres: auth on mutations, 4xx for bad input."""
+"""The admin REST API over real Redis + Postgres: auth on mutations, 4xx for bad input, 503
+naming a store that is down."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -12,7 +14,10 @@ from pydantic import SecretStr
 
 from meshserve.scheduler.api import create_app
 from meshserve.scheduler.service import SchedulerService
+from meshserve.scheduler.settings import SchedulerSettings
+from meshserve.scheduler.store.live import LiveState
 from meshserve.scheduler.store.migrate import upgrade
+from meshserve.scheduler.store.registry import Registry
 
 TOKEN = "admin-token-for-tests"
 
@@ -111,3 +116,38 @@ async def test_the_model_list_carries_each_models_request_rate(
             listed = next(m for m in (await client.get("/v1/models?limit=1000")).json()["items"] if m["id"] == name)
             assert detail["requestsPerMinute"] == listed["requestsPerMinute"] == 42
             assert (await client.delete(f"/v1/models/{name}")).status_code == 204
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_store_that_is_down_is_a_503_naming_it_on_a_bare_app(database_url: str, prefix: str) -> None:
+    """`create_app(service)` alone maps a Redis outage (the translator `api` registers) and a
+    Postgres outage to 503 with the store named; `/readyz` names the one that is down."""
+    upgrade(database_url)
+    down = f"postgresql://meshserve@127.0.0.1:{_closed_port()}/none"
+    settings = SchedulerSettings(redis_url=f"redis://127.0.0.1:{_closed_port()}/0", database_url=database_url, key_prefix=prefix)
+    registry, live = Registry(database_url), LiveState(settings.redis_url, prefix=prefix)
+    dead_registry = Registry(down)
+    service = SchedulerService(settings=settings, registry=registry, live=live)
+    no_postgres = SchedulerService(settings=settings.model_copy(update={"database_url": down}), registry=dead_registry, live=live)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(service)), base_url="http://a") as client:
+            r = await client.get("/v1/pods")
+            assert r.status_code == 503
+            assert r.json()["error"].startswith("live state (Redis) is unavailable: ConnectionError"), r.text
+            r = await client.get("/readyz")
+            assert r.status_code == 503 and [p.split(":")[0] for p in r.json()["problems"]] == ["redis"], r.text
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(no_postgres)), base_url="http://a") as client:
+            r = await client.get("/v1/runtimes")
+            assert (r.status_code, r.json()) == (503, {"error": "the model registry (Postgres) is unavailable: OperationalError"})
+    finally:
+        for svc in (service, no_postgres):
+            await svc.close()
+            await svc.pullers.close()
+        await live.close()
+        await registry.close()
+        await dead_registry.close()

@@ -43,13 +43,14 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
-from redis.exceptions import RedisError
 from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from meshserve.common.errors import MeshError, NotFound, Unauthenticated
+from meshserve.common.grpcutil import register_error_translator
 from meshserve.common.health import Health
+from meshserve.common.httputil import install_error_handlers
 from meshserve.scheduler.local.api import resource_routes
 from meshserve.scheduler.local.resources import ResourceStore
 from meshserve.scheduler.pressure import read_pressure
@@ -76,6 +77,11 @@ from meshserve.scheduler.status import (
 from meshserve.scheduler.store.live import redis_unavailable
 from meshserve.scheduler.store.registry import RuntimeRecord
 from meshserve.scheduler.ui import install as install_ui
+
+# A Redis failure is 503 / UNAVAILABLE with its message (`store.live.redis_unavailable`), on
+# this API and on the gRPC server beside it (`ExceptionToStatusInterceptor`): registered when
+# this module loads, so every app `create_app` builds maps it, in the scheduler and in tests.
+register_error_translator(redis_unavailable)
 
 # ModelMesh Serving's CR words for the model states
 CR_STATE = {NOT_LOADED: "Standby", LOADING: "Loading", LOADED: "Loaded", LOADING_FAILED: "FailedToLoad"}
@@ -225,9 +231,11 @@ def create_app(service: SchedulerService, *, health: Health | None = None) -> Fa
 
 
 def _error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(MeshError)
-    async def _mesh_error(request: Request, err: MeshError) -> JSONResponse:
-        return JSONResponse({"error": err.message}, status_code=err.http_status)
+    """The common mapping (`common.httputil`: a `MeshError` or a translated Redis error is its
+    code and `{"error": message}`, anything else a logged 500 with a fixed message), plus the
+    admin API's own answer to Starlette's 404/405 (JSON, and a 405's `Allow` names every
+    method of the path)."""
+    install_error_handlers(app)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException) -> Response:
@@ -237,12 +245,6 @@ def _error_handlers(app: FastAPI) -> None:
         if err.status_code in (204, 304):
             return Response(status_code=err.status_code, headers=headers)
         return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=headers)
-
-    @app.exception_handler(RedisError)
-    async def _redis_error(request: Request, err: RedisError) -> JSONResponse:
-        mapped = redis_unavailable(err)
-        assert mapped is not None
-        return JSONResponse({"error": mapped.message}, status_code=mapped.http_status)
 
 
 def _auth(settings: SchedulerSettings) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:

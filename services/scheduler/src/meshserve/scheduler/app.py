@@ -3,7 +3,8 @@ background loops under the leader lease (`store.lease`), and shuts everything do
 order.
 
 Runs on the common skeleton (`meshserve.common.lifecycle`): `serve(life)` starts the metrics
-port, the gRPC server (errors mapped by `ExceptionToStatusInterceptor`), the admin API (with
+port, the gRPC server (errors mapped by `ExceptionToStatusInterceptor`, a Redis failure
+through the translator `api` registers), the admin API (with
 `/healthz` + `/readyz` from `common.health`: ready while Redis and Postgres answer) as the task
 `admin-api`, and the named tasks `registry-mirror` and `leader` (a task that dies is logged and
 stops the scheduler). On SIGTERM: readyz false -> the loops cancelled -> the admin server told
@@ -25,12 +26,7 @@ import grpc
 import uvicorn
 from prometheus_client import start_http_server
 
-from meshserve.common.grpcutil import (
-    SERVER_KEEPALIVE_OPTIONS,
-    ExceptionToStatusInterceptor,
-    bind,
-    register_error_translator,
-)
+from meshserve.common.grpcutil import SERVER_KEEPALIVE_OPTIONS, ExceptionToStatusInterceptor, bind
 from meshserve.common.httputil import EmbeddedServer
 from meshserve.common.lifecycle import Lifecycle
 from meshserve.scheduler import metrics
@@ -42,7 +38,7 @@ from meshserve.scheduler.service import SchedulerService
 from meshserve.scheduler.settings import SchedulerSettings
 from meshserve.scheduler.shift import ShiftDetector
 from meshserve.scheduler.store.lease import LeaderLease
-from meshserve.scheduler.store.live import LiveState, redis_unavailable
+from meshserve.scheduler.store.live import LiveState
 from meshserve.scheduler.store.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -57,7 +53,8 @@ class SchedulerApp:
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.health = scheduler_health(self.service)
         self.grpc_port = 0
-        register_error_translator(redis_unavailable)
+        # a Redis failure maps to 503 / UNAVAILABLE on both servers: `api` registers the
+        # translator (`store.live.redis_unavailable`) when it is imported, above
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT (for callers without their own `Lifecycle`)."""
