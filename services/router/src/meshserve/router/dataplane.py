@@ -157,14 +157,20 @@ class DataPlane:
             )
         if not name:
             raise InvalidArgument("the request names no model: set the model name (or the mm-vmodel-id header)")
-        return self.table.resolve(name, now=self._clock())
+        return self.table.resolve(self.scoped(name), now=self._clock())
+
+    def scoped(self, name: str) -> str:
+        """The id a client's name stands for: `<namespace>__<name>` on a namespace's router
+        (cluster-scope mode, `RouterSettings.namespace`), the name itself otherwise."""
+        return f"{self.settings.namespace}__{name}" if self.settings.namespace else name
 
     def vmodel_named(
         self, name: str | None, headers: Iterable[tuple[str, str | bytes]], model_id: str
     ) -> str | None:
         """The vmodel a request named (by header or name), None when it named the model itself."""
         wanted = self.name_from_headers(headers) or name
-        return wanted if wanted and wanted != model_id else None
+        scoped = self.scoped(wanted) if wanted else None
+        return scoped if scoped and scoped != model_id else None
 
     async def ensure(
         self, model_id: str, *, budget: float, refresh: bool = False, suspect: str | None = None

@@ -45,6 +45,11 @@ class RouterSettings(ServiceSettings):
 
     router_id: str = Field(default_factory=socket.gethostname)
     """Names this router in the scheduler's route stream and usage reports."""
+    namespace: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length=63)
+    """Cluster-scope mode: the Kubernetes namespace this router serves (the controller sets it
+    on each namespace's router). Every model or vmodel name a client sends is looked up as
+    `<namespace>__<name>`, the ids the controller registers for that namespace, so the same
+    name in two namespaces never collides. Empty: names are looked up as sent."""
     grpc_address: str = "0.0.0.0:8033"
     """KServe v2 gRPC front door (`inference.GRPCInferenceService`)."""
     rest_host: str = "0.0.0.0"
