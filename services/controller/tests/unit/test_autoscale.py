@@ -57,6 +57,8 @@ WARM = {"rate": 50.0, "age": 5.0}      # evictions below the threshold: neither 
         pytest.param(series(0, 100, **HOT, step=10.0, window=10.0), 1, None, Action.UP, 2, id="touching-windows-cover"),
         pytest.param(series(0, 120, **HOT)[::-1], 1, None, Action.UP, 2, id="order-of-samples-does-not-matter"),
         pytest.param(series(0, 130, **HOT), 1, None, Action.UP, 2, id="future-samples-ignored-now-100"),
+        pytest.param(series(0, 85, **HOT), 1, None, Action.HOLD, 1, id="readings-stopped-15s-ago"),
+        pytest.param(series(0, 90, **COLD), 2, None, Action.DOWN, 1, id="newest-reading-10s-old-still-covers"),
     ],
 )
 def test_decide(samples: list[Sample], current: int, last_change: float | None, action: Action, target: int) -> None:

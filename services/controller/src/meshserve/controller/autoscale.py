@@ -18,7 +18,7 @@ The rules, in order:
 4. **Churn must stay high** (UP by one, not beyond `max_pods`): every counted sample of the
    last `up_window_seconds` — and the latest one at or before its start, so the whole window
    is observed — shows at least `up_evicted_bytes_per_minute`, with no gap in coverage
-   (each sample's window reaches back to the previous sample).
+   (each sample's window reaches back to the previous sample, and the newest reaches now).
 5. **Capacity must stay unused** (DOWN by one, not below `min_pods`): the same over
    `down_window_seconds`, with no eviction at all and the LRU copy idle for at least
    `down_idle_seconds` (or no loaded copy).
@@ -99,6 +99,8 @@ def _window(samples: Sequence[Sample], *, now: float, window: float, after: floa
     for previous, sample in itertools.pairwise(chosen):
         if sample.at - sample.window_seconds > previous.at:
             return None   # a gap nothing observed
+    if chosen[-1].at < now - chosen[-1].window_seconds:
+        return None   # nothing observed lately: the readings stopped
     return chosen
 
 

@@ -33,22 +33,38 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import importlib
 import json
 import logging
 import os
 import random
 import re
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from meshserve.common.backoff import backoff_delay
 from meshserve.common.labels import LOCAL_SECRET_LABEL
+from meshserve.controller.autoscale import Action, Decision, Policy, Sample, decide, prune
 from meshserve.controller.deployments import SPEC_HASH_ANNOTATION
-from meshserve.controller.kube import JSON, KubeError, ObjectList, ResourceKind, WatchEvent
+from meshserve.controller.hpa import AutoscalingError, ScaleBounds, scale_bounds
+from meshserve.controller.kube import (
+    CLUSTER_SERVING_RUNTIME,
+    JSON,
+    SERVING_RUNTIME,
+    KubeError,
+    ObjectList,
+    ResourceKind,
+    WatchEvent,
+)
 from meshserve.controller.reconcile import ActionKind, DeploymentAction, ObservedDeployment
+from meshserve.controller.runtimes import parse_runtime
 from meshserve.controller.serving_config import ConfigError, parse_configmap_data
 from meshserve.controller.watcher import Informer
 
@@ -433,3 +449,277 @@ class StorageSecretSync:
                 need_list = True
                 log.warning("storage-config sync failed (%s); re-listing in %.2fs", type(err).__name__, delay)
                 await self._sleep(delay)
+
+
+# --- autoscaling runtime pods on model pressure (local mode) --------------------------------------
+
+DEFAULT_PROCESS_PROVIDER = "meshserve.cli.runtimes_local:ProcessRuntimes"
+
+
+@dataclass(frozen=True)
+class PressureReading:
+    """One answer of the scheduler's `GET /v1/runtimes/{name}/pressure`."""
+
+    window_seconds: float
+    evicted_bytes_per_minute: float
+    lru_copy_age_seconds: float | None
+    serving_pods: tuple[str, ...]
+    """Pods of the runtime the scheduler knows and that are not draining."""
+    all_pods: tuple[str, ...]
+    """Every pod of the runtime the scheduler knows, draining ones included."""
+    pod_capacity_bytes: int
+    """The largest model memory of one of them (0: none yet)."""
+
+
+class AdminApi:
+    """The two scheduler admin calls the autoscaler makes: read a runtime's pressure, drain a
+    pod. Failures raise `KubeError` (503 when the scheduler cannot be reached)."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, drain_timeout: float = 600.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=30.0)
+        self._drain_timeout = drain_timeout
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> JSON:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.HTTPError as err:
+            raise KubeError(503, f"scheduler admin API unreachable: {type(err).__name__}: {err}") from None
+        if not 200 <= response.status_code <= 299:
+            raise KubeError(response.status_code, _message(response))
+        try:
+            body = response.json()
+        except ValueError as err:
+            raise KubeError(502, f"scheduler admin API answered non-JSON: {err}") from None
+        return body if isinstance(body, dict) else {}
+
+    async def pressure(self, runtime: str, *, window_seconds: float) -> PressureReading:
+        body = await self._json("GET", f"/v1/runtimes/{quote(runtime, safe='')}/pressure",
+                                params={"windowSeconds": str(window_seconds)})
+        pods = [p for p in body.get("pods") or [] if isinstance(p, Mapping) and not p.get("draining")]
+        age = body.get("lruCopyAgeSeconds")
+        return PressureReading(
+            window_seconds=float(body.get("windowSeconds") or window_seconds),
+            evicted_bytes_per_minute=float(body.get("evictedBytesPerMinute") or 0.0),
+            lru_copy_age_seconds=None if age is None else float(age),
+            serving_pods=tuple(sorted(str(p.get("id")) for p in pods)),
+            all_pods=tuple(sorted(str(p.get("id")) for p in body.get("pods") or [] if isinstance(p, Mapping))),
+            pod_capacity_bytes=max((int(p.get("capacityBytes") or 0) for p in pods), default=0),
+        )
+
+    async def drain(self, pod_id: str) -> JSON:
+        return await self._json("POST", f"/v1/pods/{quote(pod_id, safe='')}:drain", timeout=self._drain_timeout)
+
+
+@dataclass
+class _Scaled:
+    """What the autoscaler keeps per runtime Deployment."""
+
+    runtime: str
+    planned: int
+    """What the reconciler's plan asked (0: scaled to zero; the autoscaler then does nothing)."""
+    current: int
+    """What the inner backend runs."""
+    samples: list[Sample] = field(default_factory=list)
+    last_change: float | None = None
+    problem: str = ""
+    draining: str = ""
+    """A pod whose drain this autoscaler started and has not yet stopped (retried until it is)."""
+
+
+def _pod_seq(pod_id: str, deployment: str) -> int | None:
+    tail = pod_id.removeprefix(f"{deployment}-")
+    return int(tail) if tail != pod_id and tail.isdigit() else None
+
+
+class AutoscaledRuntimes:
+    """RuntimeBackend that wraps another (the local process pods) and scales each runtime's
+    pods on model pressure, between the bounds of its annotations (`hpa.scale_bounds`).
+
+    * `apply`: the reconciler's action goes to the inner backend with `replicas` replaced by
+      the autoscaled count (the planned replicas clamped to the bounds for a new Deployment;
+      0 and DELETE pass unchanged); `observed` reports the *planned* replicas back, so the
+      plan does not fight the autoscaler.
+    * `run` (started on the first `apply`, on the controller's loop, like the storage-config
+      sync): every `interval` seconds, per Deployment with planned replicas > 0, read the
+      runtime's bounds from the resource store and its pressure from the scheduler, keep the
+      readings, and follow `autoscale.decide`: UP starts a pod; DOWN first drains the pod the
+      process supervisor stops next (the newest: `<deployment>-<highest sequence>`), so its
+      copies are re-placed before it goes, then stops it; a drain that failed is retried on
+      the same pod at the next tick, before anything else. A reading where the scheduler knows
+      fewer serving pods than run (one starting or leaving) is not kept and nothing is decided
+      on it (the missing reading also breaks the windows' coverage).
+    * A failure (scheduler or store unreachable, a bad annotation) is logged and retried next
+      tick; it never stops the controller.
+    """
+
+    def __init__(
+        self, inner: Any, *, resources: LocalResourceApi, admin: AdminApi, namespace: str, settings: Any,
+        clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.inner = inner
+        self.resources = resources
+        self.admin = admin
+        self.namespace = namespace
+        self.settings = settings
+        self.clock = clock
+        self._sleep = sleep
+        self.scaled: dict[str, _Scaled] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- RuntimeBackend -------------------------------------------------------------------------
+    def observed(self) -> dict[str, ObservedDeployment]:
+        seen = self.inner.observed()
+        for name, state in self.scaled.items():
+            if name in seen:
+                seen[name] = replace(seen[name], replicas=state.planned)
+        return dict(seen)
+
+    async def apply(self, action: DeploymentAction, *, namespace: str) -> None:
+        self.start()
+        async with self._lock:
+            if action.kind is ActionKind.DELETE or action.replicas == 0:
+                self.scaled.pop(action.name, None)
+                await self.inner.apply(action, namespace=namespace)
+                return
+            state = self.scaled.get(action.name)
+            bounds, problem = await self._bounds(action.runtime, planned=action.replicas)
+            current = state.current if state is not None and state.current > 0 else bounds.min_replicas
+            replicas = bounds.clamp(current)
+            await self.inner.apply(replace(action, replicas=replicas), namespace=namespace)
+            if state is None:
+                state = self.scaled[action.name] = _Scaled(runtime=action.runtime, planned=action.replicas, current=replicas)
+            state.runtime, state.planned, state.current = action.runtime, action.replicas, replicas
+            self._note_problem(action.name, state, problem)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.admin.close()
+        await self.resources.close()
+        await self.inner.close()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start `run` on the running loop once (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="runtime-autoscaler")
+
+    async def run(self) -> None:
+        """Forever (cancel to stop)."""
+        while True:
+            for name in list(self.scaled):
+                try:
+                    await self.tick(name)
+                except (KubeError, ValueError, RuntimeError) as err:
+                    log.warning("autoscaler: %s: %s", name, err)
+            await self._sleep(float(self.settings.autoscale_interval_seconds))
+
+    async def _bounds(self, runtime_name: str, *, planned: int) -> tuple[ScaleBounds, str]:
+        """The runtime's bounds (a namespaced ServingRuntime wins over a cluster one); on a bad
+        annotation, the planned replicas as both bounds and the problem."""
+        obj = await self.resources.get(SERVING_RUNTIME, namespace=self.namespace, name=runtime_name)
+        cluster = obj is None
+        if cluster:
+            obj = await self.resources.get(CLUSTER_SERVING_RUNTIME, name=runtime_name)
+        fixed = ScaleBounds(max(1, planned), max(1, planned))
+        if obj is None:
+            return fixed, ""
+        try:
+            return scale_bounds(parse_runtime(obj, cluster_scoped=cluster), default_replicas=planned), ""
+        except AutoscalingError as err:
+            return fixed, str(err)
+
+    def _note_problem(self, name: str, state: _Scaled, problem: str) -> None:
+        if problem != state.problem and problem:
+            log.warning("autoscaler: runtime %s is not autoscaled: %s", state.runtime, problem)
+        state.problem = problem
+
+    def policy(self, bounds: ScaleBounds, *, pod_capacity: int) -> Policy:
+        s = self.settings
+        return Policy(
+            min_pods=bounds.min_replicas, max_pods=bounds.max_replicas,
+            up_evicted_bytes_per_minute=max(1.0, float(s.autoscale_up_evicted_fraction) * pod_capacity),
+            up_window_seconds=float(s.autoscale_up_window_seconds),
+            down_idle_seconds=float(s.autoscale_down_idle_seconds),
+            down_window_seconds=float(s.autoscale_down_window_seconds),
+            cooldown_seconds=float(s.autoscale_cooldown_seconds),
+        )
+
+    async def tick(self, name: str) -> Decision | None:
+        """One look at one Deployment: read, decide, act. Returns the decision (None: skipped)."""
+        state = self.scaled.get(name)
+        if state is None or state.planned == 0:
+            return None
+        bounds, problem = await self._bounds(state.runtime, planned=state.planned)
+        self._note_problem(name, state, problem)
+        reading = await self.admin.pressure(state.runtime, window_seconds=float(self.settings.autoscale_pressure_window_seconds))
+        now = self.clock()
+        policy = self.policy(bounds, pod_capacity=reading.pod_capacity_bytes)
+        state.samples = prune(state.samples, now=now, policy=policy)
+        if state.draining:
+            decision = Decision(Action.DOWN, state.current - 1, f"retrying the drain of {state.draining}")
+        elif len(reading.serving_pods) < min(state.current, bounds.max_replicas):
+            # a pod starting or leaving (or drained by hand): no reading, no decision
+            return Decision(Action.HOLD, state.current, f"{len(reading.serving_pods)} of {state.current} pod(s) serving")
+        else:
+            state.samples.append(Sample(
+                at=now, window_seconds=reading.window_seconds,
+                evicted_bytes_per_minute=reading.evicted_bytes_per_minute,
+                lru_copy_age_seconds=reading.lru_copy_age_seconds,
+            ))
+            decision = decide(state.samples, current=state.current, policy=policy, now=now, last_change=state.last_change)
+        if decision.action is Action.HOLD:
+            return decision
+        if decision.action is Action.DOWN:
+            # the pod the supervisor stops next: the newest (a failed drain is retried on the same pod)
+            victim = state.draining or max(
+                (p for p in reading.all_pods if _pod_seq(p, name) is not None),
+                key=lambda p: _pod_seq(p, name) or 0, default="",
+            )
+            if victim:
+                state.draining = victim
+                log.info("autoscaler: runtime %s: draining pod %s before removing it (%s)", state.runtime, victim, decision.reason)
+                try:
+                    result = await self.admin.drain(victim)
+                except KubeError as err:
+                    if err.status != 404:   # gone already: nothing to move
+                        raise
+                else:
+                    log.info("autoscaler: pod %s drained: moved %s, unloaded %s",
+                             victim, result.get("moved") or [], result.get("unloaded") or [])
+        async with self._lock:
+            state = self.scaled.get(name)
+            if state is None or state.planned == 0:
+                return None   # deleted or scaled to zero meanwhile
+            action = DeploymentAction(ActionKind.SCALE, name, state.runtime, decision.target, None, decision.reason)
+            await self.inner.apply(action, namespace=self.namespace)
+            state.current, state.last_change, state.draining = decision.target, self.clock(), ""
+        log.info("autoscaler: runtime %s scaled %s to %d pod(s): %s", state.runtime, decision.action.value,
+                 decision.target, decision.reason)
+        return decision
+
+
+def autoscaled(inner: Any, *, settings: Any) -> Any:
+    """`inner` wrapped in an `AutoscaledRuntimes` when `settings.autoscale` is on (idempotent:
+    an already wrapped backend is returned as it is)."""
+    if isinstance(inner, AutoscaledRuntimes) or not getattr(settings, "autoscale", False):
+        return inner
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    return AutoscaledRuntimes(
+        inner, resources=LocalResourceApi(settings.admin_url, token=token),
+        admin=AdminApi(settings.admin_url, token=token), namespace=settings.namespace, settings=settings,
+    )
+
+
+def autoscaled_process_runtimes(settings: Any) -> Any:
+    """A `local_provider` factory: the process runtimes (`DEFAULT_PROCESS_PROVIDER`), autoscaled."""
+    module_name, _, attr = DEFAULT_PROCESS_PROVIDER.partition(":")
+    factory = getattr(importlib.import_module(module_name), attr)
+    return autoscaled(factory(settings), settings=settings)
