@@ -18,8 +18,10 @@ Every request of the controller passes the RBAC of deploy/kustomize (the fixture
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -178,6 +180,10 @@ async def test_two_namespaces_same_name_labels_overrides_and_finalizers(fakekube
     await kube.apply("/apis/serving.kserve.io/v1alpha1/namespaces/team-a/servingruntimes", override)
     for ns in TEAMS:
         await kube.apply(isvcs(ns), isvc("example"))
+    # team-a's own storage-config names a claim: mounted in team-a's runtime pods only
+    claim = base64.b64encode(json.dumps({"type": "pvc", "name": "team-a-claim"}).encode()).decode()
+    await kube.apply(f"{ns_path('team-a')}/secrets", {"metadata": {"name": "storage-config"}, "data": {"models": claim}})
+    await kube.apply(f"{ns_path('team-a')}/secrets", {"metadata": {"name": "unrelated"}, "data": {"x": claim}})
     channel = grpc.aio.insecure_channel(real_scheduler)
     stub = pbg.SchedulerStub(channel)
     try:
@@ -200,6 +206,13 @@ async def test_two_namespaces_same_name_labels_overrides_and_finalizers(fakekube
             assert env_of(dep_a, "puller")["MESHSERVE_PULLER_SCHEDULER_ADDRESS"] == f"meshserve-scheduler.{NAMESPACE}:8034"
             images = {ns: d["spec"]["template"]["spec"]["containers"][0]["image"] for ns, d in (("a", dep_a), ("b", dep_b))}
             assert images["a"] == "example.com/custom-mlserver:1" and images["b"] != images["a"]
+            claims = {ns: {v["persistentVolumeClaim"]["claimName"] for v in d["spec"]["template"]["spec"]["volumes"]
+                           if "persistentVolumeClaim" in v} for ns, d in (("a", dep_a), ("b", dep_b))}
+            assert claims == {"a": {"team-a-claim"}, "b": set()}
+            # Secrets are read by name only, never every Secret of the cluster
+            secret_reads = [r for r in await kube.get("/_control/requests") if r["path"] == "/api/v1/secrets"]
+            assert secret_reads and all(r["query"].get("fieldSelector") == "metadata.name=storage-config"
+                                        for r in secret_reads), secret_reads
             for ns in ("team-a", "team-b"):
                 router = await eventually(lambda ns=ns: kube.get(deployment(ns, "modelmesh-serving")),  # type: ignore[misc]
                                           within=30, what=f"{ns}'s router")
@@ -207,6 +220,17 @@ async def test_two_namespaces_same_name_labels_overrides_and_finalizers(fakekube
                 svc = await eventually(lambda ns=ns: kube.get(f"{ns_path(ns)}/services/modelmesh-serving"),  # type: ignore[misc]
                                        within=30, what=f"{ns}'s Service")
                 assert svc["spec"]["clusterIP"] == "None"
+
+            # a name that fits Kubernetes but not the scheduler once prefixed: InvalidSpec, named
+            long_name = ".".join(["n" * 60] * 4)     # 243 characters, a valid RFC 1123 subdomain
+            await kube.apply(isvcs("team-a"), isvc(long_name))
+
+            async def refused() -> Any:
+                got = await kube.get(f"{isvcs('team-a')}/{long_name}")
+                status = ((got or {}).get("status") or {}).get("modelStatus") or {}
+                return status if status.get("transitionStatus") == "InvalidSpec" else None
+            status = await eventually(refused, within=30, what="the over-long id refused as InvalidSpec")
+            assert "253" in status["lastFailureInfo"]["message"], status
 
             # team-c: ignored while unlabelled
             assert await vmodel(stub, "team-c__example") is None

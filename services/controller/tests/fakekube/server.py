@@ -38,6 +38,8 @@ What it enforces, as the real server does:
   (MODIFIED event, 200 with the object), a second DELETE changes nothing; the write that removes
   the last finalizer of such an object deletes it (DELETED event); adding a finalizer to an object
   being deleted is 422.
+* **Field selectors** on list and watch: `fieldSelector=metadata.name=x[,metadata.namespace=y]`
+  (the fields every kind supports); any other field is 400.
 * **Watches** (`?watch=true|1&resourceVersion=N`): a chunked stream of `{"type","object"}`
   lines; events with rv > N are replayed from a bounded history, then live ones follow;
   N older than the history floor gets HTTP 200 plus an in-stream `ERROR` whose object is a
@@ -345,9 +347,12 @@ class FakeApiServer:
             return fail(404, "NotFound", "the server could not find the requested resource")
         if target.name is None:
             if request.method == "GET":
+                fields = self.field_selector(request)
+                if isinstance(fields, web.Response):
+                    return fields
                 if request.query.get("watch") in ("1", "true"):
-                    return await self.watch(request, target)
-                return self.list(target)
+                    return await self.watch(request, target, fields)
+                return self.list(target, fields)
             if request.method == "POST":
                 return await self.create(request, target, user)
             return fail(405, "MethodNotAllowed", "method not allowed on a collection")
@@ -581,18 +586,35 @@ class FakeApiServer:
         self.emit("ADDED", target, ns, body)
         return self.answer(body, pruned, status=201)
 
-    def _selected(self, target: Target, rkey: str, ns: str) -> bool:
-        return rkey == self.rkey(target) and (target.namespace is None or ns == target.namespace)
+    def _selected(self, target: Target, rkey: str, ns: str, obj: dict[str, Any] | None = None,
+                  fields: dict[str, str] | None = None) -> bool:
+        if rkey != self.rkey(target) or (target.namespace is not None and ns != target.namespace):
+            return False
+        meta = (obj or {}).get("metadata") or {}
+        return all(str(meta.get(f.removeprefix("metadata."), "")) == v for f, v in (fields or {}).items())
 
-    def list(self, target: Target) -> web.Response:
-        items = [copy.deepcopy(o) for (p, ns, _), o in sorted(self.objects.items()) if self._selected(target, p, ns)]
+    @staticmethod
+    def field_selector(request: web.Request) -> dict[str, str] | web.Response:
+        """`metadata.name=x,metadata.namespace=y` (the fields every kind supports; `==` too)."""
+        found: dict[str, str] = {}
+        for term in filter(None, request.query.get("fieldSelector", "").split(",")):
+            name, sep, value = term.replace("==", "=").partition("=")
+            if not sep or name not in ("metadata.name", "metadata.namespace") or "!" in name:
+                return fail(400, "BadRequest", f'"{term}" is not a known field selector: only "metadata.name", '
+                            '"metadata.namespace"')
+            found[name] = value
+        return found
+
+    def list(self, target: Target, fields: dict[str, str] | None = None) -> web.Response:
+        items = [copy.deepcopy(o) for (p, ns, _), o in sorted(self.objects.items())
+                 if self._selected(target, p, ns, o, fields)]
         for item in items:          # as the real server: list items carry no kind/apiVersion
             item.pop("kind", None)
             item.pop("apiVersion", None)
         return web.json_response({"kind": f"{self.resource(target).kind}List", "apiVersion": target.api_version,
                                   "metadata": {"resourceVersion": str(self.rv)}, "items": items})
 
-    async def watch(self, request: web.Request, target: Target) -> web.StreamResponse:
+    async def watch(self, request: web.Request, target: Target, fields: dict[str, str] | None = None) -> web.StreamResponse:
         raw_rv = request.query.get("resourceVersion", "")
         timeout = float(request.query.get("timeoutSeconds", "1800"))
         bookmarks = request.query.get("allowWatchBookmarks") in ("1", "true")
@@ -615,7 +637,7 @@ class FakeApiServer:
         try:
             if raw_rv in ("", "0"):
                 for (p, ns, _), obj in sorted(self.objects.items()):
-                    if self._selected(target, p, ns):
+                    if self._selected(target, p, ns, obj, fields):
                         await send("ADDED", obj)
             else:
                 since = int(raw_rv)
@@ -623,7 +645,7 @@ class FakeApiServer:
                     await send("ERROR", status_obj(410, "Expired", f"too old resource version: {since} ({self.floor})"))
                     return response
                 for rv, p, ns, etype, obj in list(self.history):
-                    if rv > since and self._selected(target, p, ns):
+                    if rv > since and self._selected(target, p, ns, obj, fields):
                         await send(etype, obj)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
@@ -645,7 +667,7 @@ class FakeApiServer:
                 if queue in self.stalled:
                     continue
                 etype, p, ns, obj = item
-                if self._selected(target, p, ns):
+                if self._selected(target, p, ns, obj, fields):
                     await send(etype, obj)
         except (ConnectionResetError, asyncio.CancelledError):
             pass

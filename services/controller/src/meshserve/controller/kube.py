@@ -165,8 +165,12 @@ class KubeApi:
         body = json.loads(raw) if raw else {}
         return body if isinstance(body, dict) else {}
 
-    async def list(self, kind: ResourceKind, *, namespace: str = "", label_selector: str = "") -> ObjectList:
+    async def list(
+        self, kind: ResourceKind, *, namespace: str = "", label_selector: str = "", field_selector: str = ""
+    ) -> ObjectList:
         query = [("labelSelector", label_selector)] if label_selector else []
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         body = await self._json("GET", kind.path(namespace=namespace), query=query)
         items = [dict(i) for i in body.get("items") or [] if isinstance(i, Mapping)]
         for item in items:   # list items carry no kind/apiVersion on the real server
@@ -215,7 +219,7 @@ class KubeApi:
 
     async def watch(
         self, kind: ResourceKind, *, namespace: str = "", resource_version: str, timeout_seconds: int,
-        label_selector: str = "",
+        label_selector: str = "", field_selector: str = "",
     ) -> AsyncIterator[WatchEvent]:
         """Events after `resource_version` until the server closes the stream (see module invariants)."""
         query = [
@@ -224,6 +228,8 @@ class KubeApi:
         ]
         if label_selector:
             query.append(("labelSelector", label_selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         response = await self._call("GET", kind.path(namespace=namespace), query=query, request_timeout=timeout_seconds + 30)
         try:
             if not 200 <= response.status <= 299:

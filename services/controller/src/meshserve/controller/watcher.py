@@ -53,11 +53,14 @@ class Informer:
     def __init__(
         self, *, api: KubeApi, kind: ResourceKind, namespace: str, on_event: EventSink,
         watch_timeout_seconds: int = 300, rand: Callable[[], float] = random.random,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, field_selector: str = "",
     ) -> None:
         self.api = api
         self.kind = kind
         self.namespace = namespace if kind.namespaced else ""
+        self.field_selector = field_selector
+        """E.g. `metadata.name=storage-config`: only those objects are listed and watched."""
+        self._selector: dict[str, str] = {"field_selector": field_selector} if field_selector else {}
         self.store: dict[ObjKey, JSON] = {}
         self.resource_version = ""
         self.synced = asyncio.Event()
@@ -98,7 +101,7 @@ class Informer:
         self._apply(event_type, obj)
 
     async def relist(self, *, reason: str) -> None:
-        listed = await self.api.list(self.kind, namespace=self.namespace)
+        listed = await self.api.list(self.kind, namespace=self.namespace, **self._selector)
         self.replace(listed.items, listed.resource_version, reason=reason)
 
     def replace(self, items: list[JSON], resource_version: str, *, reason: str) -> None:
@@ -128,7 +131,7 @@ class Informer:
                     need_list = False
                 async for event in self.api.watch(
                     self.kind, namespace=self.namespace, resource_version=self.resource_version,
-                    timeout_seconds=self._timeout,
+                    timeout_seconds=self._timeout, **self._selector,
                 ):
                     self._apply(event.type, event.object)
                     attempt = 0

@@ -53,7 +53,7 @@ from typing import Protocol
 
 from meshserve.common import modelid
 from meshserve.common.backoff import backoff_delay
-from meshserve.common.errors import AlreadyExists, Unavailable
+from meshserve.common.errors import AlreadyExists, InvalidArgument, Unavailable
 from meshserve.controller import kube, metrics
 from meshserve.controller import status as st
 from meshserve.controller.events import (
@@ -184,7 +184,10 @@ class Reconciler:
             kinds += (kube.SERVICE,)
         self.informers = {
             k.kind: Informer(api=api, kind=k, namespace=self._watched_namespace(k), on_event=self.on_event,
-                             watch_timeout_seconds=watch_timeout_seconds)
+                             watch_timeout_seconds=watch_timeout_seconds,
+                             # cluster scope: never every Secret of the cluster, only the storage-config ones
+                             field_selector=f"metadata.name={self.storage_secret_name}"
+                             if cluster_scope and k is kube.SECRET else "")
             for k in kinds
         }
         if runtime_backend is None:
@@ -491,6 +494,10 @@ class Reconciler:
                 new, reachable = st.scheduler_unreachable_status(previous, model_id=target.model_id, now=now), False
             except AlreadyExists:
                 new = st.other_owner_status(previous, now=now)
+            except InvalidArgument as err:   # e.g. a namespaced id over the scheduler's 253 characters
+                self.event(InvolvedObject.of(kind, obj), EventType.WARNING, INVALID_SPEC, err.message)
+                new = st.invalid_spec_status(previous, message=err.message, model_id=target.model_id, vmodel=None,
+                                             now=now, grpc_endpoint=grpc_ep, http_endpoint=http_ep)
         await write_status(self.api, self.informers[kind.kind], kind=kind, obj=obj, cr=cr, previous=previous, new=new, now=now)
         delay = st.requeue_after(new, scheduler_reachable=reachable)
         if delay is not None:
