@@ -29,3 +29,12 @@ def test_local_mode_defaults() -> None:
     kept = ControllerSettings(mode=Mode.LOCAL, namespace="ns", runtime_provider=RuntimeProvider.STATIC).effective()
     assert (kept.namespace, kept.runtime_provider) == ("ns", RuntimeProvider.STATIC)
     assert ControllerSettings().effective().namespace == "modelmesh-serving"
+
+
+def test_namespace_scope_by_default_and_cluster_scope_by_ours_or_upstreams_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = ControllerSettings()
+    assert s.namespace_scope is True and s.router_image and s.router_replicas == 2
+    monkeypatch.setenv("NAMESPACE_SCOPE", "false")          # upstream's controller env
+    assert ControllerSettings().namespace_scope is False
+    monkeypatch.setenv("MESHSERVE_CONTROLLER_NAMESPACE_SCOPE", "true")   # ours wins
+    assert ControllerSettings().namespace_scope is True
