@@ -1,24 +1,30 @@
 """Composition root of the router: gRPC and REST front doors in one event loop, the
-route watcher and the usage reporter. Owns signals and the shutdown order.
+route watcher and the usage reporter. Owns the shutdown order.
 
 Owns: `RouterApp` (builds the table, the scheduler client, the data plane, the upstream
 clients and both doors, and the Envoy data path when it is on; runs the route watcher
 and the usage reports; stops everything in reverse order).
+
+Runs on the common skeleton (`meshserve.common.lifecycle`): `serve(life)` starts the metrics
+port, the gRPC door, the REST door as the task `rest` (with `/healthz` + `/readyz` from
+`common.health`: ready once the first route snapshot arrived, until shutdown starts), the
+Envoy data path when it is on, and the named tasks `watch-routes` and `report-usage` (a task
+that dies is logged and stops the router). On SIGTERM the closers run: readyz false -> Envoy
+stopped -> the REST door told to exit, gRPC stopped (grace 2 s), the management API closed,
+the REST door awaited -> the route watcher and the usage reports cancelled -> the fallback
+expiry, the payload processors, the upstream clients and the scheduler channel closed.
 May import: every router module; nothing imports it but `__main__` (and tests).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-import signal
 import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +39,9 @@ from meshserve.common.grpcutil import (
     message_size_options,
     open_channel,
 )
+from meshserve.common.health import Health
+from meshserve.common.httputil import EmbeddedServer
+from meshserve.common.lifecycle import Lifecycle
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
 from meshserve.common.settings import TLSSettings
 from meshserve.router import access, metrics, mmesh_api
@@ -51,14 +60,6 @@ if TYPE_CHECKING:  # the Envoy data path is imported only when used (it needs xd
     from meshserve.router.envoy.usage import Served
 
 log = logging.getLogger(__name__)
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn in our loop; `RouterApp` owns the signals (as MLServer's RESTServer)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _loopback_socket() -> socket.socket:
@@ -88,9 +89,10 @@ class RouterApp:
             )
         self.grpc_upstream = GrpcUpstream(tls=settings.model_server_tls, max_message_bytes=settings.max_message_bytes)
         self.rest_upstream = RestUpstream(tls=settings.model_server_tls, max_connections=settings.rest_max_connections)
-        self.stopping = False
         self.envoy: EnvoyDataPath | None = None  # data_path "envoy": Envoy in front, this process its slow path
-        self._stop = asyncio.Event()
+        self.health = Health()  # /healthz, /readyz; /v2/health/ready answers `ready()`, the same
+        self.health.add_check("routes", lambda: self.table.synced)  # the first route snapshot arrived
+        self.grpc_port = 0  # the gRPC door's (the slow path's, behind Envoy)
         self._expiry: asyncio.TimerHandle | None = None  # forgets the table's fallbacks when they expire
 
     def grpc_handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
@@ -106,15 +108,19 @@ class RouterApp:
         )
 
     def ready(self) -> bool:
-        return self.table.synced and not self.stopping
+        """KServe's server-ready (`/v2/health/ready`, gRPC ServerReady): what `/readyz` says."""
+        return self.table.synced and not self.health.is_stopping
 
-    def _rest_server(self, *, internal: bool = False) -> _EmbeddedServer:
+    def _rest_server(self, *, internal: bool = False) -> EmbeddedServer:
         """The REST door; `internal`: Envoy's slow path (plaintext, served on a socket given
         to `serve`; Envoy holds the public port and its TLS)."""
         tls = TLSSettings() if internal else self.settings.tls
+        app = create_app(self.dataplane, self.rest_upstream, self.grpc_upstream, ready=self.ready,
+                         extra_metrics=self._envoy_stats)
+        # /healthz and /readyz are common.health's: first, so they answer before the door's own
+        app.router.routes[:0] = self.health.starlette_routes()
         config = uvicorn.Config(
-            create_app(self.dataplane, self.rest_upstream, self.grpc_upstream, ready=self.ready,
-                       extra_metrics=self._envoy_stats),
+            app,
             host=self.settings.rest_host,
             port=self.settings.rest_port,
             log_level="warning",
@@ -129,12 +135,20 @@ class RouterApp:
             ssl_ca_certs=str(tls.ca_file) if tls.ca_file and tls.cert_file else None,
             ssl_cert_reqs=ssl.CERT_REQUIRED if tls.ca_file and tls.cert_file else ssl.CERT_NONE,
         )
-        return _EmbeddedServer(config)
+        return EmbeddedServer(config)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        """Serve until SIGTERM/SIGINT (for callers without their own `Lifecycle`)."""
+        async with Lifecycle("router") as life:
+            life.handle_signals()
+            await self.serve(life)
+
+    async def serve(self, life: Lifecycle) -> None:
+        """Start everything, then wait for `life` to stop; `life` closes what was started
+        (closers run newest first: registered here in the reverse of the shutdown order)."""
+        life.on_close(self.channel.close, name="scheduler channel")
+        life.on_close(self.grpc_upstream.close, name="gRPC upstream")
+        life.on_close(self.rest_upstream.close, name="REST upstream")
         metrics.configure(per_model=self.settings.per_model_metrics)
         access.configure(enabled=self.settings.access_log)
         if self.settings.metrics_port:
@@ -143,10 +157,12 @@ class RouterApp:
         payloads = self.dataplane.payloads
         if payloads is not None:
             payloads.start()
+            life.on_close(payloads.stop, name="payload processors")
             if envoy:  # Envoy forwards bodies the router never sees
                 log.warning("payload processors are configured: the router serves every request itself "
                             "(the Python data path), not through Envoy")
                 envoy = False
+        life.on_close(self._cancel_expiry, name="fallback expiry")
         server = grpc.aio.server(options=[*SERVER_KEEPALIVE_OPTIONS, *message_size_options(self.settings.max_message_bytes)])
         server.add_generic_rpc_handlers(self.grpc_handlers())
         # upstream ModelMesh's management API, for tools that used it (registered methods win over the catch-all)
@@ -155,48 +171,49 @@ class RouterApp:
             port = bind(server, "127.0.0.1:0")
         else:
             port = bind(server, self.settings.grpc_address, self.settings.tls)
+        self.grpc_port = port
         await server.start()
         rest = self._rest_server(internal=envoy) if self.settings.rest_port or envoy else None
         rest_socket = _loopback_socket() if envoy else None
-        rest_task = (
-            asyncio.create_task(rest.serve(sockets=[rest_socket] if rest_socket else None), name="rest") if rest else None
-        )
+        rest_task: asyncio.Task[None] | None = None
+
+        async def stop_doors() -> None:
+            if rest is not None:
+                rest.should_exit = True  # the REST door drains beside gRPC's grace
+            await server.stop(grace=2)
+            await mmesh.close()
+            if rest_task is not None:
+                await asyncio.wait([rest_task])
+
+        async def stop_envoy() -> None:
+            if self.envoy is not None:
+                await self.envoy.stop()
+
+        # the route watcher outlives the doors' grace: calls still in flight keep fresh routes
+        life.on_close(lambda: life.cancel("watch-routes", "report-usage"), name="route watcher and usage reports")
+        life.on_close(stop_doors, name="gRPC and REST doors")
+        life.on_close(stop_envoy, name="Envoy data path")
+        life.on_close(self.health.stopping, name="readyz")
+        if rest is not None:
+            serving = rest.serve(sockets=[rest_socket] if rest_socket else None)
+            rest_task = life.spawn("rest", serving, cancel_at_stop=False)
         if envoy:
             assert rest_socket is not None
             self.envoy = self._envoy_data_path(slow_grpc=port, slow_rest=rest_socket.getsockname()[1])
             await self.envoy.start()
-        tasks = [
-            asyncio.create_task(self._watch_routes(), name="watch-routes"),
-            asyncio.create_task(self._report_usage(), name="report-usage"),
-        ]
+        life.spawn("watch-routes", self._watch_routes(), cancel_at_stop=False)
+        life.spawn("report-usage", self._report_usage(), cancel_at_stop=False)
         if self.envoy is not None:
             ports = await self.envoy.listener_ports()
             log.info("router: Envoy serves KServe v2 gRPC on :%d, REST on :%d; the Python slow path on :%d",
                      ports.get("ms-grpc", 0), ports.get("ms-rest", 0), port)
         else:
             log.info("router serving KServe v2 gRPC on :%d, REST on :%d", port, self.settings.rest_port)
-        await self._stop.wait()
-        log.info("router shutting down")
-        self.stopping = True  # /readyz false first
-        if self.envoy is not None:
-            await self.envoy.stop()
-        if rest is not None:
-            rest.should_exit = True
-        await server.stop(grace=2)
-        await mmesh.close()
-        if rest_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await rest_task
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await life.wait()
+
+    def _cancel_expiry(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
-        if payloads is not None:
-            await payloads.stop()
-        await self.rest_upstream.close()
-        await self.grpc_upstream.close()
-        await self.channel.close()
 
     async def _envoy_stats(self) -> str:
         """Envoy's own stats (`envoy_*`: per cluster, listener, connection) for /metrics; "" on
