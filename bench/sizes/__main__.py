@@ -12,6 +12,10 @@ Two parts on one local stack, each on pods of its own:
 
     python -m bench.sizes [--quick] [--copies N] [--kinds mlserver,triton,ovms] [--formats onnx,...]
                           [--no-forests] [--no-isolated] [--no-triton-prestart] [--keep]
+    python -m bench.sizes --in-pod [--copies N] [--formats sklearn,...] [--keep]
+
+`--in-pod` (root, Podman, meshserve's images): the MLServer formats measured inside a runtime
+pod run by Podman from the controller's Deployment, against the local pod (bench/sizes/pod.py).
 
 `--quick`: fewer forests, 2 copies per format, 1 warm + 1 measured copy in the fresh
 servers (for developing; the figures in the README come from the full run on a quiet host).
@@ -30,6 +34,10 @@ from bench.sizes.catalog import EXAMPLES, RUNTIMES
 from meshserve.cli.devstack import Stack, StackConfig
 
 
+def labels_of(text: str) -> set[str] | None:
+    return {f.strip() for f in text.split(",") if f.strip()} or None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.sizes", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer models and repetitions (noisy; for development)")
@@ -43,10 +51,19 @@ def main() -> None:
         help="start the Triton pod without its warm-up model (the first copy of a format is charged its framework)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the stack's folder (logs) after the run")
+    parser.add_argument(
+        "--in-pod", action="store_true",
+        help="measure inside a Podman runtime pod (the controller's Deployment) against the local pod (root, Podman)",
+    )
     args = parser.parse_args()
+    if args.in_pod:
+        from bench.sizes import pod
+
+        pod.main(copies=args.copies or (1 if args.quick else 3), labels=labels_of(args.formats), keep=args.keep)
+        return
     copies = args.copies or (2 if args.quick else 4)
     kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}
-    labels = {f.strip() for f in args.formats.split(",") if f.strip()} or None
+    labels = labels_of(args.formats)
 
     root = Path(tempfile.mkdtemp(prefix="bench-sizes-"))
     stack = Stack(StackConfig(root=root, pods=0, pod_capacity_bytes=16 << 30))
