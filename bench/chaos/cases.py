@@ -191,6 +191,37 @@ def _router_restart(chaos: ChaosStack, timing: Timing) -> Outcome:
     return Outcome(extra={"cleared": time.time()}, notes=["router killed with SIGKILL, restarted by the supervisor"])
 
 
+def _scheduler_killed_loading(chaos: ChaosStack, timing: Timing) -> Outcome:
+    """Two scheduler replicas on the same Redis and Postgres (a second one is started the first
+    time); the one the router asks, which drives the loads, is killed with SIGKILL while a load
+    is in progress (the three most asked models are unloaded until one is seen loading), and
+    `meshserve dev`'s supervisor restarts it. The load it started either finishes on the pod or
+    is released once older than any live load (the pod's heartbeat, `pods.Pods`); the other
+    replica keeps the leader's duties."""
+    if not chaos.extra_schedulers:
+        chaos.extra_schedulers.append(chaos.stack.start_extra_scheduler())
+    proc = chaos.stack.group.find("scheduler")
+    assert proc is not None
+    said = len(chaos.said)
+    for _ in range(20):
+        chaos.unload(chaos.names[:3])
+        try:
+            found = wait_for(lambda: [p for p in chaos.pods() if p["loading"]], timeout=5, what="a load in progress",
+                             interval=0.05)
+        except TimeoutError:
+            continue
+        loading = {p["id"]: p["loading"] for p in found}
+        killed = time.time()
+        os.kill(proc.popen.pid, signal.SIGKILL)
+        break
+    else:
+        raise NotDoable("no load was seen in progress to kill the scheduler during")
+    wait_for(lambda: "scheduler restarted (restart" in " ".join(chaos.said[said:]), timeout=120,
+             what="the scheduler restarted by the supervisor")
+    return Outcome(extra={"cleared": time.time(), "killed": killed},
+                   notes=[f"killed with loads in progress on {loading}; restarted {time.time() - killed:.1f} s later"])
+
+
 def _storage_down(chaos: ChaosStack, timing: Timing) -> Outcome:
     proc = chaos.stack.group.find("s3")
     assert proc is not None
@@ -278,6 +309,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("redis-kill", "Redis kill -9 (supervisor restarts it)", _redis_kill, live_state=True),
     Fault("redis-flush", "Redis FLUSHALL", _redis_flush, live_state=True),
     Fault("postgres-down", "Postgres down (SIGSTOP)", _postgres_down),
+    Fault("scheduler-kill-loading", "scheduler replica kill -9 while loading (2 replicas)", _scheduler_killed_loading),
     Fault("router-restart", "router kill -9 (supervisor restarts it)", _router_restart),
     Fault("storage-down", "S3 endpoint hung (SIGSTOP) during loads", _storage_down),
     Fault("corrupt-model", "a model whose every load fails (corrupt file)", _corrupt_model),

@@ -100,6 +100,7 @@ class ChaosStack:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.upload_hooks: list[Callable[[], None]] = []
+        self.extra_schedulers: list[tuple[str, str]] = []   # (gRPC address, admin URL) of replicas started by a case
 
     # -- start / stop -------------------------------------------------------------------
     def start(self) -> ChaosStack:
