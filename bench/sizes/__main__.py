@@ -12,7 +12,7 @@ Two parts on one local stack, each on pods of its own:
 
     python -m bench.sizes [--quick] [--copies N] [--kinds mlserver,triton,ovms] [--formats onnx,...]
                           [--no-forests] [--no-isolated] [--no-triton-prestart] [--keep]
-    python -m bench.sizes --in-pod [--copies N] [--formats sklearn,...] [--keep]
+    python -m bench.sizes --in-pod [--quick] [--copies N] [--formats sklearn,...] [--no-forests] [--keep]
 
 `--in-pod` (root, Podman, meshserve's images): the MLServer formats measured inside a runtime
 pod run by Podman from the controller's Deployment, against the local pod (bench/sizes/pod.py).
@@ -59,7 +59,8 @@ def main() -> None:
     if args.in_pod:
         from bench.sizes import pod
 
-        pod.main(copies=args.copies or (1 if args.quick else 3), labels=labels_of(args.formats), keep=args.keep)
+        pod.main(copies=args.copies or (1 if args.quick else 3), labels=labels_of(args.formats), keep=args.keep,
+                 forests=() if args.no_forests else (40,) if args.quick else pod.FORESTS)
         return
     copies = args.copies or (2 if args.quick else 4)
     kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}

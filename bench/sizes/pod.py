@@ -20,7 +20,9 @@ Differences from a cluster, all in how the pod is reached, none in how it measur
 * the puller registers under the runtime id `mlserver-in-pod` (the Deployment's `runtime_id`),
   so the scheduler places the in-pod copies on it and the local copies on the local pod.
 
-Each MLServer format of `bench.sizes.catalog` is loaded N times on each pod (loads serialised);
+Each MLServer format of `bench.sizes.catalog` is loaded N times on each pod (loads serialised),
+then one random forest of each size in FORESTS (bench.sizes.forests' models, tens of MiB: the
+examples are too small for the ratio to mean much);
 per copy: the size the local puller measured, the size the in-pod puller measured (the
 scheduler's `placed` event), and the growth of the MLServer container's cgroup working set
 over the load (`usage - inactive_file`, what the kubelet and the OOM killer count).
@@ -41,6 +43,7 @@ import yaml
 
 from bench.sizes import formats
 from bench.sizes.catalog import EXAMPLES, ROOT, Case, cases
+from bench.sizes.forests import forest
 from bench.sizes.podspec import Row, Volume, cgroup_working_set, parse_memory_stat, run_args, table
 from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack, StackConfig
 from meshserve.controller.deployments import build_runtime_deployment
@@ -53,6 +56,7 @@ IN_POD_RUNTIME = "mlserver-in-pod"
 POD_NAME = "meshserve-bench-sizes-pod"
 IMAGES = ("meshserve/mlserver:0.1.0", "meshserve/puller:0.1.0")
 PUBLISHED = (8001, 8002, 8085, 8089, 2112)
+FORESTS = (20, 400, 1600)  # trees per random forest (bench.sizes.forests' models): sizes the examples cannot show
 
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -169,11 +173,28 @@ def working_set(cgroup: Path) -> int:
     return cgroup_working_set(usage, parse_memory_stat((cgroup / "memory.stat").read_text()))
 
 
-def _register_and_load(stack: Stack, name: str, case: Case, runtime: str) -> formats.Copy:
-    return formats._load(stack, name, case, runtime=runtime)
+def _register_and_load(stack: Stack, name: str, case: Case, runtime: str, *, timeout: float = 180) -> formats.Copy:
+    """Register and `:load` one copy; its size from the scheduler's `placed` event, waited for up
+    to `timeout` (a large model on a loaded host can be placed after `:load` has answered)."""
+    response = stack.register(name, storage_uri=f"s3://{EXAMPLE_BUCKET}/{case.path}", format=case.format, runtime=runtime)
+    if response.status_code != 201:
+        raise RuntimeError(f"registering {name}: {response.text}")
+    response = stack.admin("POST", f"/v1/models/{name}:load")
+    if response.status_code != 200:
+        raise RuntimeError(f"loading {name}: {response.status_code} {response.text[:500]}")
+    deadline = time.monotonic() + timeout
+    while True:
+        items = stack.admin("GET", "/v1/events", params={"model": name, "limit": 50}).json()["items"]
+        placed = [e for e in items if e["kind"] == "placed"]
+        if placed:
+            details = dict(placed[0]["details"] or {})
+            return formats.Copy(name, int(details["size"]), bool(details.get("measured")))
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no placed event for {name} in {timeout:.0f} s; events: {[e['kind'] for e in items]}")
+        time.sleep(0.5)
 
 
-def main(*, copies: int, labels: set[str] | None, keep: bool) -> None:
+def main(*, copies: int, labels: set[str] | None, keep: bool, forests: tuple[int, ...] = FORESTS) -> None:
     preflight()
     root = Path(tempfile.mkdtemp(prefix="bench-sizes-pod-"))
     os.chmod(root, 0o755)
@@ -207,21 +228,29 @@ def main(*, copies: int, labels: set[str] | None, keep: bool) -> None:
         print(f"pod {pod.pod_id} registered; MLServer cgroup {cgroup}", flush=True)
         time.sleep(1.0)  # the servers' start-up allocations settle
         ws_start = working_set(cgroup)
-        for case in cases({"mlserver"}, labels):
-            for i in range(copies):
-                loc = _register_and_load(stack, f"local-{case.slug()}-{i}", case, "mlserver-1.x")
-                before = working_set(cgroup)
-                inp = _register_and_load(stack, f"pod-{case.slug()}-{i}", case, IN_POD_RUNTIME)
-                time.sleep(0.2)
-                after = working_set(cgroup)
-                rows.append(Row(f"{case.label}-{i}", case.format, case.disk_bytes(), loc.size, inp.size,
-                                inp.measured, after - before, loc.measured))
-                print(f"  {case.label}-{i}: local {loc.size / 2**20:.1f} MiB, in-pod {inp.size / 2**20:.1f} MiB"
-                      f"{'' if inp.measured else ' (reserved)'}, cgroup +{(after - before) / 2**20:.1f} MiB", flush=True)
+        work: list[tuple[Case, int, int]] = [(c, i, c.disk_bytes()) for c in cases({"mlserver"}, labels) for i in range(copies)]
+        s3 = stack.s3_client()  # type: ignore[no-untyped-call]
+        for n in forests:
+            blob = forest(n, seed=n)
+            key = f"bench/pod-forest-{n}.joblib"
+            s3.put_object(Bucket=EXAMPLE_BUCKET, Key=key, Body=blob)
+            work.append((Case(f"forest{n}", "sklearn", key, "mlserver", "", "", ""), 0, len(blob)))
+        for case, i, disk in work:
+            loc = _register_and_load(stack, f"local-{case.slug()}-{i}", case, "mlserver-1.x")
+            before = working_set(cgroup)
+            inp = _register_and_load(stack, f"pod-{case.slug()}-{i}", case, IN_POD_RUNTIME)
+            time.sleep(0.2)
+            after = working_set(cgroup)
+            rows.append(Row(f"{case.label}-{i}", case.format, disk, loc.size, inp.size,
+                            inp.measured, after - before, loc.measured))
+            print(f"  {case.label}-{i}: local {loc.size / 2**20:.1f} MiB, in-pod {inp.size / 2**20:.1f} MiB"
+                  f"{'' if inp.measured else ' (reserved)'}, cgroup +{(after - before) / 2**20:.1f} MiB", flush=True)
         ws_end = working_set(cgroup)
-        puller_log = pod.logs("puller")
     finally:
         if pod is not None:
+            if keep:
+                for c in ("mlserver", "puller"):
+                    (root / f"pod-{c}.log").write_text(pod.logs(c))
             pod.stop()
         stack.stop()
         if not keep:
@@ -234,5 +263,3 @@ def main(*, copies: int, labels: set[str] | None, keep: bool) -> None:
     print(f"\nMLServer container cgroup working set: {ws_start / 2**20:.1f} MiB after start-up, "
           f"{ws_end / 2**20:.1f} MiB after {len(rows)} copies (+{(ws_end - ws_start) / 2**20:.1f} MiB; "
           f"sum of in-pod sizes {total / 2**20:.1f} MiB)")
-    if keep:
-        (root / "puller.log").write_text(puller_log)
