@@ -22,7 +22,7 @@ CHROMIUM := .tools/chromium/.installed
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 
-.PHONY: dev test venv azurite chromium proto examples lock lint bench bench-placement bench-router bench-sizes bench-cold bench-storage bench-soak chaos images compose-check manifests clean distclean
+.PHONY: dev test venv azurite chromium proto examples lock lint bench bench-placement bench-router bench-sizes bench-sizes-pod bench-cold bench-storage bench-soak chaos images compose-check manifests clean distclean
 
 dev: $(STAMP) $(XDS_STAMP) $(TRITON_STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## start the whole local stack (Ctrl-C stops it)
 	$(BIN)/meshserve dev
@@ -106,6 +106,10 @@ bench-router: $(STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP)
 
 bench-sizes: $(STAMP) $(PROTO_STAMP) $(TRITON_STAMP) $(EXAMPLES_STAMP)
 	$(BIN)/python -m bench.sizes $(BENCH_ARGS)
+
+bench-sizes-pod: $(STAMP) $(PROTO_STAMP) $(EXAMPLES_STAMP) ## model sizes measured inside a Podman runtime pod vs a local pod (root + Podman; not in make test)
+	TARGETS="puller mlserver" IMAGES_FROM=HEAD scripts/images.sh meshserve
+	$(BIN)/python -m bench.sizes --in-pod $(BENCH_ARGS)
 
 bench-cold: $(STAMP) $(PROTO_STAMP) $(TRITON_STAMP) $(EXAMPLES_STAMP)
 	$(BIN)/python -m bench.cold $(BENCH_ARGS)
