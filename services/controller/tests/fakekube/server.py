@@ -4,7 +4,8 @@
 [--token TOKEN=USER ...] [--bookmark-interval S]` serves on 127.0.0.1:N the JSON the real API
 server speaks, for the paths the controller uses:
 
-* core v1 secrets, configmaps, events, services (namespaced) and namespaces; apps/v1 deployments; every
+* core v1 secrets, configmaps, events, services (namespaced) and namespaces; apps/v1 deployments; autoscaling/v2
+  horizontalpodautoscalers (namespaced); every
   kind a CRD of `--kustomization` serves (serving.kserve.io: servingruntimes, predictors,
   inferenceservices, clusterservingruntimes), with the CRD's scope, versions and subresources;
   discovery stubs `/api`, `/apis`, `/version`;
@@ -115,6 +116,7 @@ BUILTIN: dict[tuple[str, str], Resource] = {
     ("", "namespaces"): Resource("Namespace", "", ("v1",), False, True),
     ("", "services"): Resource("Service", "", ("v1",), True, True),
     ("apps", "deployments"): Resource("Deployment", "apps", ("v1",), True, True),
+    ("autoscaling", "horizontalpodautoscalers"): Resource("HorizontalPodAutoscaler", "autoscaling", ("v2",), True, True),
 }
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshserve.controller import deployments as deploy
+from meshserve.controller import hpa, specs
 from meshserve.controller import reconcile as rc
 from meshserve.controller import runtimes as rts
-from meshserve.controller import specs
 from meshserve.controller.serving_config import ServingConfig, parse_config_yaml
 from meshserve.controller.storage_config import parse_storage_secret
 
@@ -467,3 +467,99 @@ def test_the_custom_runtime_process_pattern_comes_from_its_command() -> None:
     pattern = re.compile(env["MESHSERVE_PULLER_MODEL_SERVER_PROCESS"])
     assert pattern.search("python /opt/app/runtime.py --grpc-endpoint port:8085")
     assert not pattern.search("python -m meshserve.puller")
+
+
+# --- HorizontalPodAutoscalers (plan_runtimes with hpa, Kubernetes mode) ----------------------------
+
+HPA_ANNOTATIONS = {hpa.AUTOSCALER_CLASS_ANNOTATION: "hpa", hpa.MIN_SCALE_ANNOTATION: "2", hpa.MAX_SCALE_ANNOTATION: "5"}
+ML_RUNTIME = "mlserver-1.x"
+
+
+def hpa_plan(observed: dict[str, rc.ObservedDeployment], annotations: dict[str, str], *,
+             records: dict[str, rc.RuntimeRecord] | None = None, in_use: bool = True,
+             meta: dict[str, tuple[str, dict[str, str]]] | None = None, now: float = 0, with_hpa: bool = True) -> rc.RuntimePlan:
+    runtimes = dict(RUNTIMES)
+    runtimes[ML_RUNTIME] = replace(RUNTIMES[ML_RUNTIME], annotations=tuple(sorted(annotations.items())))
+    return rc.plan_runtimes(
+        runtimes=runtimes, predictors=[sklearn()] if in_use else [], observed=observed, records=records or {},
+        config=CONFIG, namespace="ns", storage=STORAGE, scheduler_address="meshserve-scheduler:8034", now=now,
+        hpa=with_hpa, runtime_meta=meta,
+    )
+
+
+def ml_hpa(result: rc.RuntimePlan) -> rc.HpaPlan:
+    return next(p for p in result.hpas if p.runtime == ML_RUNTIME)
+
+
+def ml_actions(result: rc.RuntimePlan) -> list[rc.DeploymentAction]:
+    return [a for a in result.actions if a.name == ML]
+
+
+def test_hpa_new_deployment_starts_at_min_scale_and_the_hpa_is_owned_by_the_runtime() -> None:
+    result = hpa_plan({}, HPA_ANNOTATIONS, meta={ML_RUNTIME: ("uid-1", {"team": "a"})})
+    (create,) = ml_actions(result)
+    assert create.kind is rc.ActionKind.CREATE and create.replicas == 2
+    p = ml_hpa(result)
+    assert p.wanted and p.name == ML and not p.error and p.desired is not None
+    assert (p.desired["spec"]["minReplicas"], p.desired["spec"]["maxReplicas"]) == (2, 5)
+    assert p.desired["spec"]["scaleTargetRef"]["name"] == ML
+    assert p.desired["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert p.desired["metadata"]["labels"]["team"] == "a"
+
+
+def test_hpa_decision_is_never_scaled_back_and_comes_back_to_planned_without_it() -> None:
+    first = hpa_plan({}, HPA_ANNOTATIONS)
+    observed = apply(first, {})
+    observed[ML] = replace(observed[ML], replicas=4)   # what the HPA decided
+    assert ml_actions(hpa_plan(observed, HPA_ANNOTATIONS, records=dict(first.records), now=1)) == []
+    plain = hpa_plan(observed, {}, records=dict(first.records), now=1)
+    (scale,) = ml_actions(plain)
+    assert scale.kind is rc.ActionKind.SCALE and scale.replicas == CONFIG.pods_per_runtime
+    p = ml_hpa(plain)
+    assert not p.wanted and p.desired is None and not p.error   # an HPA left from before is deleted
+
+
+def test_hpa_spec_hash_ignores_replicas_so_a_held_count_is_no_patch() -> None:
+    first = hpa_plan({}, HPA_ANNOTATIONS)
+    observed = apply(first, {})
+    (create,) = ml_actions(first)
+    again = hpa_plan({ML: replace(observed[ML], replicas=5)}, HPA_ANNOTATIONS, records=dict(first.records), now=1)
+    assert ml_actions(again) == []
+    assert create.manifest is not None
+    assert deploy.spec_hash(dict(create.manifest)) == observed[ML].spec_hash
+
+
+def test_hpa_scale_to_zero_writes_zero_and_drops_the_hpa() -> None:
+    first = hpa_plan({}, HPA_ANNOTATIONS)
+    observed = apply(first, {})
+    unused = hpa_plan(observed, HPA_ANNOTATIONS, records=dict(first.records), in_use=False, now=1)   # grace starts
+    assert ml_hpa(unused).wanted
+    later = hpa_plan(observed, HPA_ANNOTATIONS, records=dict(unused.records), in_use=False, now=1000)
+    (scale,) = ml_actions(later)
+    assert scale.replicas == 0
+    assert not ml_hpa(later).wanted
+
+
+def test_hpa_invalid_annotation_is_an_error_and_holds_the_running_replicas() -> None:
+    bad = {**HPA_ANNOTATIONS, hpa.TARGET_UTILIZATION_ANNOTATION: "150"}
+    first = hpa_plan({}, HPA_ANNOTATIONS)
+    observed = apply(first, {})
+    observed[ML] = replace(observed[ML], replicas=4)
+    result = hpa_plan(observed, bad, records=dict(first.records), now=1)
+    p = ml_hpa(result)
+    assert hpa.TARGET_UTILIZATION_ANNOTATION in p.error and not p.wanted and p.desired is None
+    assert ml_actions(result) == []
+    (create,) = ml_actions(hpa_plan({}, bad))   # a new Deployment: the planned replicas
+    assert create.replicas == CONFIG.pods_per_runtime
+
+
+def test_hpa_off_plans_no_hpas_and_the_annotations_change_nothing() -> None:
+    result = hpa_plan({}, HPA_ANNOTATIONS, with_hpa=False)
+    assert result.hpas == ()
+    (create,) = ml_actions(result)
+    assert create.replicas == CONFIG.pods_per_runtime
+
+
+def test_hpa_unmanaged_deployment_gets_no_hpa_plan() -> None:
+    result = hpa_plan({ML: rc.ObservedDeployment(ML, 1, "x", managed=False)}, HPA_ANNOTATIONS)
+    assert all(p.runtime != ML_RUNTIME for p in result.hpas)

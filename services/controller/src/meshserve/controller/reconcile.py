@@ -9,7 +9,13 @@ Two planners, both without I/O and with `now` passed in:
   - with scale-to-zero on, an unused runtime keeps its replicas for `gracePeriodSeconds` after it
     became unused, then goes to 0; if it is used again within the grace period the timer clears;
   - on the first reconcile of a runtime (no record yet) an unused runtime goes to 0 at once;
-  - disabled, non-multiModel or invalid runtimes have their Deployment deleted.
+  - disabled, non-multiModel or invalid runtimes have their Deployment deleted;
+  - with `hpa` (Kubernetes mode), a runtime annotated `serving.kserve.io/autoscalerClass: hpa`
+    gets an `HpaPlan` with the HorizontalPodAutoscaler `hpa.build_hpa` builds, and its
+    Deployment's replicas follow `hpa.deployment_replicas`: the HPA's decision (the
+    Deployment's current replicas) is never scaled back. An autoscaling annotation that
+    cannot be followed is an `HpaPlan.error` (no HPA change, and a Deployment that runs keeps
+    its replicas, so a left HPA is not fought either).
 * `plan_predictor`: the scheduler call for one CR (set vmodel / delete vmodel / only read status)
   and whether no runtime can serve it.
 
@@ -27,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshserve.controller import deployments as deploy
+from meshserve.controller import hpa as autoscaling
 from meshserve.controller.runtimes import (
     Runtime,
     SelectionFailure,
@@ -75,12 +82,30 @@ class DeploymentAction:
 
 
 @dataclass(frozen=True)
+class HpaPlan:
+    """What becomes of the HorizontalPodAutoscaler of one eligible runtime (Kubernetes mode)."""
+
+    name: str
+    """The HPA's name: the runtime's Deployment's."""
+    runtime: str
+    desired: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    """`hpa.build_hpa`'s object (None: the runtime asks for none, or `error`)."""
+    wanted: bool = False
+    """True: create or update it as `desired`; False: delete an HPA of this runtime left from
+    before (unless `error`)."""
+    error: str = ""
+    """An autoscaling annotation the controller cannot follow (for an Event); nothing is changed."""
+
+
+@dataclass(frozen=True)
 class RuntimePlan:
     actions: tuple[DeploymentAction, ...]
     records: Mapping[str, RuntimeRecord]
     requeue_after: float | None = None
     invalid: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """runtime name -> validation errors (for Events/logs)."""
+    hpas: tuple[HpaPlan, ...] = ()
+    """One per eligible runtime when planned with `hpa` (none otherwise)."""
 
 
 def runtimes_in_use(
@@ -114,11 +139,15 @@ def plan_runtimes(
     scheduler_address: str,
     now: float,
     runtime_prefix: str = "",
+    hpa: bool = False,
+    runtime_meta: Mapping[str, tuple[str, Mapping[str, str]]] | None = None,
 ) -> RuntimePlan:
     """Deployment actions for every runtime of one namespace (see module docstring).
 
     `runtime_prefix` (cluster scope: `<namespace>__`) goes before the runtime name the pods
-    register with, and then a model uses only the runtime it is pinned to."""
+    register with, and then a model uses only the runtime it is pinned to. With `hpa` the
+    plan carries the runtimes' HorizontalPodAutoscalers; `runtime_meta` (runtime name ->
+    (uid, metadata labels) of its object) makes the runtime their owner and gives them its labels."""
     predictors = list(predictors)   # read once per runtime (allowAnyPVC claims)
     used = runtimes_in_use(predictors, runtimes, config=config, pin=bool(runtime_prefix))
     grace = float(config.scale_to_zero_grace_period_seconds)
@@ -127,6 +156,7 @@ def plan_runtimes(
     invalid: dict[str, tuple[str, ...]] = {}
     requeue: float | None = None
     wanted_names: set[str] = set()
+    hpas: list[HpaPlan] = []
     for name, rt in sorted(runtimes.items()):
         dep_name = deploy.deployment_name(config, name)
         current = observed.get(dep_name)
@@ -158,6 +188,10 @@ def plan_runtimes(
                     requeue = left if requeue is None else min(requeue, left)
         else:
             new_records[name] = RuntimeRecord(in_use=False)
+        if hpa and (current is None or current.managed):   # a Deployment not ours gets no HPA of ours
+            hpa_plan, replicas = _plan_hpa(rt, dep_name=dep_name, namespace=namespace, planned=replicas, current=current,
+                                           meta=(runtime_meta or {}).get(name))
+            hpas.append(hpa_plan)
         manifest = deploy.build_runtime_deployment(
             runtime=rt, config=config, namespace=namespace, replicas=replicas, storage=storage,
             scheduler_address=scheduler_address, runtime_id=f"{runtime_prefix}{name}",
@@ -178,7 +212,24 @@ def plan_runtimes(
         if current.managed and dep_name not in wanted_names:
             runtime = dep_name.removeprefix(f"{config.inference_service_name}-")
             actions.append(DeploymentAction(ActionKind.DELETE, dep_name, runtime, 0, None, "runtime gone, disabled or not multiModel"))
-    return RuntimePlan(actions=tuple(actions), records=new_records, requeue_after=requeue, invalid=invalid)
+    return RuntimePlan(actions=tuple(actions), records=new_records, requeue_after=requeue, invalid=invalid,
+                       hpas=tuple(hpas))
+
+
+def _plan_hpa(
+    rt: Runtime, *, dep_name: str, namespace: str, planned: int, current: ObservedDeployment | None,
+    meta: tuple[str, Mapping[str, str]] | None,
+) -> tuple[HpaPlan, int]:
+    """The runtime's HpaPlan and the replicas its Deployment gets (see the module docstring)."""
+    uid, labels = meta if meta is not None else ("", {})
+    try:
+        desired = autoscaling.build_hpa(rt, deployment_name=dep_name, namespace=namespace, owner_uid=uid, labels=labels)
+    except autoscaling.AutoscalingError as err:
+        held = current.replicas if current is not None and current.replicas > 0 and planned > 0 else planned
+        return HpaPlan(dep_name, rt.name, error=str(err)), held
+    replicas = autoscaling.deployment_replicas(
+        hpa=desired, planned=planned, existing=current.replicas if current is not None else None)
+    return HpaPlan(dep_name, rt.name, desired, wanted=autoscaling.wants_hpa(hpa=desired, planned=planned)), replicas
 
 
 class PredictorOp(enum.StrEnum):

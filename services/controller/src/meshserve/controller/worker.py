@@ -6,13 +6,22 @@ plan (scheduler calls here; status merge-patches through the `/status` subresour
 Deployment create/patch/scale/delete through apps/v1 in `kube_writes`), and which events it
 reports through its `EventRecorder`: InvalidConfig (on the ConfigMap) when a model-serving-config update is rejected,
 InvalidSpec (on the CR) on every reconcile of an invalid spec (the recorder de-duplicates), and
-ScaledToZero / ScaledUp (on the ServingRuntime) when a written Deployment crosses zero replicas;
+ScaledToZero / ScaledUp (on the ServingRuntime) when a written Deployment crosses zero replicas,
+InvalidAutoscaling (on the runtime) while its autoscaling annotations cannot be followed;
 every message goes through `events.redact` with the storage-config credentials. All decisions are made by `reconcile`, `status`,
 `specs` and `runtimes`; this module never decides what the cluster should look like.
 
 Keys: `InferenceService:ns/name`, `Predictor:ns/name` (one CR each) and `Runtimes:ns/` (every
 runtime Deployment of namespace ns at once, because "in use" depends on all its CRs, and its
-router Deployment and Service when the controller runs routers).
+router Deployment and Service when the controller runs routers, and in Kubernetes mode the
+runtimes' HorizontalPodAutoscalers).
+
+HPAs (Kubernetes mode, upstream's `controllers/hpa`): after the Deployment actions, each
+eligible runtime's HPA (named like its Deployment) is read with a GET (there is no HPA
+informer: the controller is their only writer besides a user) and created (the runtime its
+owner) or replaced from its resourceVersion when `hpa.hpa_differs`; an HPA the runtime no
+longer asks for, or whose Deployment is deleted, is deleted when it carries the runtime's
+`serving.kserve.io/inferenceservice` label (an HPA someone else made is left alone).
 
 Namespaces (`scope`): in namespace scope the informers watch the controller's namespace only.
 In cluster scope they watch every namespace (the model-serving-config ConfigMap stays the
@@ -43,6 +52,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 import time
@@ -54,6 +64,7 @@ from typing import Protocol
 from meshserve.common import modelid
 from meshserve.common.backoff import backoff_delay
 from meshserve.common.errors import AlreadyExists, InvalidArgument, Unavailable
+from meshserve.controller import hpa as autoscaling
 from meshserve.controller import kube, metrics
 from meshserve.controller import status as st
 from meshserve.controller.events import (
@@ -70,6 +81,7 @@ from meshserve.controller.events import (
     secret_strings,
 )
 from meshserve.controller.finalizers import has_finalizer
+from meshserve.controller.kinds import HORIZONTAL_POD_AUTOSCALER
 from meshserve.controller.kube import JSON, KubeApi, KubeConflict, ResourceKind
 from meshserve.controller.kube_writes import (
     KubeDeployments,
@@ -82,6 +94,7 @@ from meshserve.controller.kube_writes import (
 from meshserve.controller.reconcile import (
     ActionKind,
     DeploymentAction,
+    HpaPlan,
     ObservedDeployment,
     PredictorOp,
     RuntimeRecord,
@@ -115,6 +128,8 @@ from meshserve.controller.workqueue import Key, QueueShutdown, WorkQueue
 log = logging.getLogger(__name__)
 
 RUNTIMES = "Runtimes"
+INVALID_AUTOSCALING = "InvalidAutoscaling"
+"""Event reason (Warning, on the runtime): an autoscaling annotation the controller cannot follow."""
 MAX_CONFLICT_RETRIES = 5
 """Conflicts in a row on one key retried at once from a fresh read (then: back-off)."""
 WATCHED: tuple[ResourceKind, ...] = (
@@ -158,7 +173,7 @@ class Reconciler:
         runtime_backend: RuntimeBackend | None = None, informer_runner: InformerRunner | None = None,
         change_feed: ChangeFeed | None = None, resync_seconds: float | None = None,
         events: EventRecorder | None = None, finalizer: str | None = None,
-        cluster_scope: bool = False, router: RouterOptions | None = None,
+        cluster_scope: bool = False, router: RouterOptions | None = None, hpa: bool | None = None,
     ) -> None:
         self.api = api
         self.scheduler = scheduler
@@ -190,6 +205,8 @@ class Reconciler:
                              if cluster_scope and k is kube.SECRET else "")
             for k in kinds
         }
+        self.hpa = runtime_backend is None if hpa is None else hpa
+        """Manage the runtimes' HorizontalPodAutoscalers (default: with the Kubernetes Deployments backend)."""
         if runtime_backend is None:
             runtime_backend = KubeDeployments(api, self.informers[kube.DEPLOYMENT.kind])
         self.runtime_backend = runtime_backend
@@ -512,12 +529,14 @@ class Reconciler:
             observed = self.runtime_backend.observed(namespace=namespace)  # type: ignore[call-arg]
         else:
             observed = self.runtime_backend.observed()
+        runtimes = self.runtimes(namespace) if served else {}
         plan = plan_runtimes(
-            runtimes=self.runtimes(namespace) if served else {}, predictors=self.predictors(namespace) if served else [],
+            runtimes=runtimes, predictors=self.predictors(namespace) if served else [],
             observed=observed, records=self.records.get(namespace, {}),
             config=self.config, namespace=namespace, storage=self.storages.get(namespace, StorageConfig()),
             scheduler_address=self.pod_scheduler_address(namespace), now=self.clock(),
             runtime_prefix=self.scope.prefix(namespace),
+            hpa=self.hpa, runtime_meta=self._runtime_meta(namespace, runtimes) if self.hpa else None,
         )
         if served:
             self.records[namespace] = dict(plan.records)
@@ -528,6 +547,8 @@ class Reconciler:
         for action in plan.actions:
             await self._apply(action, namespace=namespace)
             self._scale_event(action, observed.get(action.name), namespace=namespace)
+        if self.hpa:
+            await self.reconcile_hpas(namespace, plan.hpas, deleted=[a for a in plan.actions if a.kind is ActionKind.DELETE])
         await self.reconcile_router(namespace, served=served)
         if plan.requeue_after is not None:
             self.queue.add_after(Key(RUNTIMES, namespace, ""), plan.requeue_after)
@@ -559,6 +580,61 @@ class Reconciler:
                 if done:
                     log.info("router %s %s/%s: %s", kind.kind, namespace, keep, done)
 
+    def _runtime_object(self, namespace: str, runtime: str) -> tuple[ResourceKind, JSON | None]:
+        """The ServingRuntime of `namespace` named `runtime`, else the ClusterServingRuntime."""
+        for candidate in (kube.SERVING_RUNTIME, kube.CLUSTER_SERVING_RUNTIME):
+            informer = self.informers.get(candidate.kind)
+            found = informer.get(namespace, runtime) if informer is not None else None
+            if found is not None:
+                return candidate, found
+        return kube.SERVING_RUNTIME, None
+
+    def _runtime_meta(self, namespace: str, runtimes: Mapping[str, Runtime]) -> dict[str, tuple[str, Mapping[str, str]]]:
+        """runtime name -> (uid, labels) of the object it was read from (the owner of its HPA)."""
+        found: dict[str, tuple[str, Mapping[str, str]]] = {}
+        for name, rt in runtimes.items():
+            informer = self.informers.get(rt.kind)
+            obj = informer.get("" if rt.cluster_scoped else namespace, name) if informer is not None else None
+            meta = metadata(obj) if obj is not None else {}
+            labels = meta.get("labels") or {}
+            found[name] = (str(meta.get("uid") or ""), labels if isinstance(labels, Mapping) else {})
+        return found
+
+    async def reconcile_hpas(self, namespace: str, hpas: tuple[HpaPlan, ...], *, deleted: list[DeploymentAction]) -> None:
+        """Create, replace or delete the runtimes' HPAs as planned; delete those of deleted Deployments."""
+        kind = HORIZONTAL_POD_AUTOSCALER
+        for p in hpas:
+            if p.error:
+                log.warning("runtime %s in %s: autoscaling not applied: %s", p.runtime, namespace, p.error)
+                rt_kind, obj = self._runtime_object(namespace, p.runtime)
+                self.event(InvolvedObject.of(rt_kind, obj, namespace=namespace, name=p.runtime), EventType.WARNING,
+                           INVALID_AUTOSCALING, f"autoscaling of runtime {p.runtime} not applied: {p.error}")
+                continue
+            existing = await self.api.get(kind, namespace=namespace, name=p.name)
+            if p.wanted and p.desired is not None:
+                if existing is None:
+                    await self.api.create(kind, namespace=namespace, body=p.desired)
+                    log.info("HPA %s/%s: created", namespace, p.name)
+                elif autoscaling.hpa_differs(p.desired, existing):
+                    body = copy.deepcopy(dict(p.desired))
+                    body["metadata"]["resourceVersion"] = str(metadata(existing).get("resourceVersion") or "")
+                    await self.api.replace(kind, namespace=namespace, name=p.name, body=body)
+                    log.info("HPA %s/%s: replaced", namespace, p.name)
+            elif existing is not None:
+                await self._delete_hpa(namespace, p.runtime, existing)
+        for action in deleted:
+            existing = await self.api.get(kind, namespace=namespace, name=action.name)
+            if existing is not None:
+                await self._delete_hpa(namespace, action.runtime, existing)
+
+    async def _delete_hpa(self, namespace: str, runtime: str, existing: JSON) -> None:
+        meta = metadata(existing)
+        labels = meta.get("labels") or {}
+        if not isinstance(labels, Mapping) or labels.get(autoscaling.INFERENCE_SERVICE_LABEL) != runtime:
+            return   # not one build_hpa made for this runtime
+        await self.api.delete(HORIZONTAL_POD_AUTOSCALER, namespace=namespace, name=str(meta.get("name") or ""))
+        log.info("HPA %s/%s: deleted", namespace, meta.get("name"))
+
     def _scale_event(self, action: DeploymentAction, before: ObservedDeployment | None, *, namespace: str) -> None:
         """ScaledToZero / ScaledUp on the ServingRuntime when a written Deployment crossed zero."""
         if action.kind is ActionKind.DELETE or before is None:
@@ -571,14 +647,7 @@ class Reconciler:
             )
         else:
             return
-        obj: JSON | None = None
-        kind = kube.SERVING_RUNTIME
-        for candidate in (kube.SERVING_RUNTIME, kube.CLUSTER_SERVING_RUNTIME):
-            informer = self.informers.get(candidate.kind)
-            found = informer.get(namespace, action.runtime) if informer is not None else None
-            if found is not None:
-                obj, kind = found, candidate
-                break
+        kind, obj = self._runtime_object(namespace, action.runtime)
         self.event(InvolvedObject.of(kind, obj, namespace=namespace, name=action.runtime), EventType.NORMAL, reason, message)
 
     async def _apply(self, action: DeploymentAction, *, namespace: str) -> None:
