@@ -158,3 +158,27 @@ async def test_hpa_of_a_cluster_serving_runtime_is_owned_by_it_and_its_bad_annot
     left = await fakekube.get(HPA)   # an annotation it cannot follow leaves the HPA as it was
     assert left is not None and left["spec"]["maxReplicas"] == 5
     assert not controller.task.done()
+
+
+async def test_hpa_is_deleted_when_its_runtime_scales_to_zero_and_comes_back_with_use(
+    fakekube: FakeKube, scheduler: SchedulerFixture, controller: Running
+) -> None:
+    await fakekube.apply(f"{CORE}/configmaps", {"metadata": {"name": "model-serving-config"}, "data": {"config.yaml": CONFIG}})
+    await fakekube.apply(f"{CORE}/secrets", {"metadata": {"name": "storage-config"}, "data": STORAGE})
+    runtime = serving_runtime()
+    runtime["metadata"]["annotations"] = dict(ANNOTATIONS)
+    await fakekube.apply(f"{SERVING}/servingruntimes", runtime)
+    await wait_ready(controller)
+    await fakekube.apply(ISVCS, isvc("example-sklearn-isvc"))
+    await eventually(lambda: fakekube.get(HPA), what="the runtime's HPA")
+    await fakekube.request("DELETE", f"{ISVCS}/example-sklearn-isvc")   # unused: 0 after the 1 s grace period
+
+    async def zero_without_hpa() -> bool:
+        return await deployment_replicas(fakekube) == 0 and await fakekube.get(HPA) is None
+    await eventually(zero_without_hpa, what="the Deployment at 0 and its HPA deleted")
+
+    await fakekube.apply(ISVCS, isvc("example-sklearn-isvc"))
+
+    async def back() -> bool:
+        return await deployment_replicas(fakekube) == 2 and await fakekube.get(HPA) is not None
+    await eventually(back, what="the Deployment back at min-scale with its HPA")
