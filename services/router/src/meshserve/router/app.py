@@ -200,7 +200,7 @@ class RouterApp:
         if envoy:
             assert rest_socket is not None
             self.envoy = self._envoy_data_path(slow_grpc=port, slow_rest=rest_socket.getsockname()[1])
-            await self.envoy.start()
+            await self.envoy.start(spawn=lambda name, coro: life.spawn(name, coro, cancel_at_stop=False))
         life.spawn("watch-routes", self._watch_routes(), cancel_at_stop=False)
         life.spawn("report-usage", self._report_usage(), cancel_at_stop=False)
         if self.envoy is not None:
@@ -242,6 +242,7 @@ class RouterApp:
                 concurrency=s.envoy_concurrency,
                 max_body_bytes=s.max_message_bytes + (1 << 20),
                 request_timeout_s=s.default_timeout_seconds,
+                namespace=s.namespace,
             ),
             on_served=self._served_by_envoy,
         )
@@ -276,6 +277,8 @@ class RouterApp:
             try:
                 async for update in self.scheduler.watch_routes():
                     self.table.apply(update, now=self.clock())
+                    # room on new routes (a copy, a higher limit) goes to queued requests now
+                    self.dataplane.routes_changed(r.model_id for r in update.routes)
                     if self.envoy is not None:
                         await self.envoy.apply(update, self.table)
                     if update.snapshot:

@@ -1,4 +1,5 @@
-"""REST front door (:8008): the KServe v2 HTTP/JSON protocol, plus /healthz, /readyz, /metrics.
+"""REST front door (:8008): the KServe v2 HTTP/JSON protocol, plus /metrics (app.py adds
+/healthz and /readyz from common.health).
 
 Model routes resolve and ensure through the same `DataPlane` as gRPC, then forward
 the body verbatim (JSON, or the binary-data extension's JSON header + raw tensors) to
@@ -7,8 +8,7 @@ rewritten to the model id. Errors are `{"error": "..."}` with the code the share
 error classes declare (404 unknown model, 400 bad request, 412/503 load failures);
 no request body can produce a 500.
 
-Owns: `RestFrontDoor` and `create_app` (the Starlette app, with /healthz, /readyz and
-/metrics), the REST error body, the replay over gRPC that explains a bare 500 (`_explain`).
+Owns: `RestFrontDoor` and `create_app` (the Starlette app, with /metrics), the REST error body, the replay over gRPC that explains a bare 500 (`_explain`).
 May import: the data plane, the upstream clients and errors, jsonv2, metrics, payloads,
 v2 names; never the gRPC door, the other-RPC handler or the app.
 """
@@ -199,8 +199,6 @@ def create_app(
         Route("/v2/health/live", door.live, methods=get),
         Route("/v2/health/ready", door.server_ready, methods=get),
         Route("/v2", door.server_metadata, methods=get),
-        Route("/healthz", door.live, methods=get),
-        Route("/readyz", door.server_ready, methods=get),
         Route("/metrics", door.metrics, methods=get),
         Route("/v2/models/{name}", door.model, methods=get),
         Route("/v2/models/{name}/versions/{version}", door.model, methods=get),

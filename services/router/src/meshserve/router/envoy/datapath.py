@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,9 +80,11 @@ class EnvoyDataPath:
         self._stopping = False
         self.restarts = 0
 
-    async def start(self) -> None:
+    async def start(self, *, spawn: Callable[[str, Coroutine[Any, Any, None]], asyncio.Task[None]] | None = None) -> None:
         """ADS server, access log, Envoy; returns once Envoy reports ready (its listeners
-        come from the ADS server: they exist once the first push is ACKed)."""
+        come from the ADS server: they exist once the first push is ACKed). `spawn` runs the
+        supervisor as the caller's named task (the router's Lifecycle: a supervisor that dies
+        stops the router, so its own supervisor restarts it, instead of Envoy staying down)."""
         self.settings.workdir.mkdir(parents=True, exist_ok=True)
         self._ads_server, port = await start_ads(self.ads)
         await self.access_log.start()
@@ -92,7 +94,10 @@ class EnvoyDataPath:
         )  # fmt: skip
         await self.envoy.start()
         await self.envoy.wait_ready(within=60)
-        self._supervisor = asyncio.create_task(self._supervise(), name="envoy-supervisor")
+        if spawn is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="envoy-supervisor")
+        else:
+            self._supervisor = spawn("envoy-supervisor", self._supervise())
 
     async def _supervise(self) -> None:
         """Restart Envoy when it exits (back-off 0.1 s doubling to 5 s, reset after a minute up)."""
