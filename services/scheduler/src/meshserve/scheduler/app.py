@@ -139,6 +139,8 @@ class SchedulerApp:
                 if leader:
                     await self.service.pods.remove_dead_pods()
                     await self.service.pods.sync_runtimes()
+                    # lost copies re-placed, waiting models loaded, due retirements, retention
+                    await self.service.housekeeping()
                     now = asyncio.get_running_loop().time()
                     if now - last_scale >= self.settings.scaling_interval_seconds:
                         last_scale = now
