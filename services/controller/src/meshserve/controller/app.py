@@ -33,7 +33,12 @@ from meshserve.controller import kube
 from meshserve.controller.events import KubeEventRecorder, LogEventRecorder
 from meshserve.controller.finalizers import FINALIZER
 from meshserve.controller.kube import KubeApi, api_client_from
-from meshserve.controller.local import LocalInformers, LocalResourceApi, RecordingRuntimes
+from meshserve.controller.local import (
+    LocalInformers,
+    LocalResourceApi,
+    RecordingRuntimes,
+    autoscaled,
+)
 from meshserve.controller.scheduler_client import GrpcScheduler
 from meshserve.controller.settings import ControllerSettings, Mode, RuntimeProvider
 from meshserve.controller.worker import Reconciler, RouterOptions
@@ -87,6 +92,9 @@ class ControllerApp:
             token = s.admin_token.get_secret_value() if s.admin_token else None
             local_api = LocalResourceApi(s.admin_url, token=token)
             backend = local_runtime_backend(s)
+            if s.runtime_provider is RuntimeProvider.PROCESS:
+                # runtime pods scaled on model pressure between min-scale and max-scale (local.py)
+                backend = autoscaled(backend, settings=s)
             reconciler = Reconciler(
                 api=local_api, scheduler=scheduler,  # type: ignore[arg-type]
                 namespace=s.namespace, config_map_name=s.config_map_name, scheduler_address=s.scheduler_address,
