@@ -71,6 +71,22 @@ from meshserve.controller.watcher import Informer
 log = logging.getLogger(__name__)
 
 
+async def _request_json(client: httpx.AsyncClient, method: str, path: str, *, what: str, **kwargs: Any) -> JSON:
+    """One admin API call: its JSON object, or a KubeError naming `what` (unreachable: 503;
+    an error answer: its status and message; not JSON: 502)."""
+    try:
+        response = await client.request(method, path, **kwargs)
+    except httpx.HTTPError as err:
+        raise KubeError(503, f"{what} unreachable: {type(err).__name__}: {err}") from None
+    if not 200 <= response.status_code <= 299:
+        raise KubeError(response.status_code, _message(response))
+    try:
+        body = response.json()
+    except ValueError as err:
+        raise KubeError(502, f"{what} answered non-JSON: {err}") from None
+    return body if isinstance(body, dict) else {}
+
+
 def _message(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -96,17 +112,7 @@ class LocalResourceApi:
         await self._client.aclose()
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> JSON:
-        try:
-            response = await self._client.request(method, path, **kwargs)
-        except httpx.HTTPError as err:
-            raise KubeError(503, f"resource store unreachable: {type(err).__name__}: {err}") from None
-        if not 200 <= response.status_code <= 299:
-            raise KubeError(response.status_code, _message(response))
-        try:
-            body = response.json()
-        except ValueError as err:
-            raise KubeError(502, f"resource store answered non-JSON: {err}") from None
-        return body if isinstance(body, dict) else {}
+        return await _request_json(self._client, method, path, what="resource store", **kwargs)
 
     @staticmethod
     def _path(kind: ResourceKind, namespace: str, name: str) -> str:
@@ -484,17 +490,7 @@ class AdminApi:
         await self._client.aclose()
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> JSON:
-        try:
-            response = await self._client.request(method, path, **kwargs)
-        except httpx.HTTPError as err:
-            raise KubeError(503, f"scheduler admin API unreachable: {type(err).__name__}: {err}") from None
-        if not 200 <= response.status_code <= 299:
-            raise KubeError(response.status_code, _message(response))
-        try:
-            body = response.json()
-        except ValueError as err:
-            raise KubeError(502, f"scheduler admin API answered non-JSON: {err}") from None
-        return body if isinstance(body, dict) else {}
+        return await _request_json(self._client, method, path, what="scheduler admin API", **kwargs)
 
     async def pressure(self, runtime: str, *, window_seconds: float) -> PressureReading:
         body = await self._json("GET", f"/v1/runtimes/{quote(runtime, safe='')}/pressure",
