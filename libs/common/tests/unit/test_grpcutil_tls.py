@@ -79,13 +79,15 @@ def test_write_internal_tls_keeps_the_keys_private(pki: tuple[Path, Path]) -> No
         assert key.stat().st_mode & 0o777 == 0o600
 
 
-def test_a_server_with_a_ca_but_no_certificate_is_refused_not_served_in_plaintext(pki: tuple[Path, Path]) -> None:
+async def test_a_server_with_a_ca_but_no_certificate_is_refused_not_served_in_plaintext(pki: tuple[Path, Path]) -> None:
+    # async: grpc.aio.server() needs a running loop (a sync test found none once an earlier
+    # test had closed the default one)
     server = grpc.aio.server()
     with pytest.raises(ValueError, match="has ca_file but no cert_file"):
         bind(server, "127.0.0.1:0", TLSSettings(ca_file=pki[0] / "ca.crt"))
 
 
-def test_an_unreadable_tls_file_is_named(tmp_path: Path) -> None:
+async def test_an_unreadable_tls_file_is_named(tmp_path: Path) -> None:
     server = grpc.aio.server()
     missing = TLSSettings(cert_file=tmp_path / "nope.crt", key_file=tmp_path / "nope.key")
     with pytest.raises(ValueError, match=r"TLS file .*nope\.key cannot be read"):
