@@ -75,6 +75,21 @@ MAX_NAME_CHARS = 253
 Kubernetes name): a longer one is refused here, before the scheduler is asked about it."""
 Send = Callable[[Endpoint, float], Awaitable[T]]
 
+def _switch_header(headers: Iterable[tuple[str, str | bytes]], name: str, *, on: str, off: str) -> bool:
+    """A header that takes one of two values (case-insensitive; the last one sent counts):
+    True for `on`, False for `off` or when absent; any other value is INVALID_ARGUMENT."""
+    value = None
+    for key, raw in headers:
+        if key == name:
+            value = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    if value is None:
+        return False
+    text = value.strip().lower()
+    if text not in (on, off):
+        raise InvalidArgument(f"the {name} header must be {on} or {off}, got {value[:40]!r}")
+    return text == on
+
+
 class DataPlane:
     def __init__(
         self,
@@ -132,16 +147,7 @@ class DataPlane:
     def require_all(headers: Iterable[tuple[str, str | bytes]]) -> bool:
         """The `mm-required` header of a multi-model request: `all`, every named model must
         exist; `any` (the default), those found answer."""
-        value = None
-        for key, raw in headers:
-            if key == REQUIRED_HEADER:
-                value = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        if value is None:
-            return False
-        text = value.strip().lower()
-        if text not in ("all", "any"):
-            raise InvalidArgument(f"the {REQUIRED_HEADER} header must be all or any, got {value[:40]!r}")
-        return text == "all"
+        return _switch_header(headers, REQUIRED_HEADER, on="all", off="any")
 
     def resolve(self, name: str | None, headers: Iterable[tuple[str, str | bytes]] = ()) -> str:
         """The model id to serve: a routing header wins over the name in the request.
@@ -217,16 +223,7 @@ class DataPlane:
         """The `mm-balanced` header: `true` when the client spreads its requests over the
         copies itself (then any copy with room serves it, picked at random, not the
         least-loaded one); absent or `false`: the router balances (upstream's default)."""
-        value = None
-        for key, raw in headers:
-            if key == BALANCED_HEADER:
-                value = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        if value is None:
-            return False
-        text = value.strip().lower()
-        if text not in ("true", "false"):
-            raise InvalidArgument(f"the {BALANCED_HEADER} header must be true or false, got {value[:40]!r}")
-        return text == "true"
+        return _switch_header(headers, BALANCED_HEADER, on="true", off="false")
 
     def pick(self, endpoints: tuple[Endpoint, ...], *, balanced: bool = False) -> Endpoint:
         """The copy to send to: least-request over this router's in-flight count per pod
