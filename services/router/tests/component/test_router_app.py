@@ -7,7 +7,6 @@ a stop that closes both doors and ends the route stream."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -15,6 +14,7 @@ import grpc
 import httpx
 import pytest
 
+from meshserve.cli.procs import free_port
 from meshserve.common.lifecycle import Lifecycle
 from meshserve.common.proto.kserve.v2 import grpc_predict_v2_pb2 as v2
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
@@ -39,12 +39,6 @@ class Scheduler(pbg.SchedulerServicer):
             await asyncio.Event().wait()
         finally:
             self.stream_ended.set()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 20.0, what: str) -> None:

@@ -6,7 +6,6 @@ gRPC server, and a stop that closes the servers and the stores."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -14,18 +13,13 @@ import grpc
 import httpx
 import pytest
 
+from meshserve.cli.procs import free_port
 from meshserve.common.lifecycle import Lifecycle
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 from meshserve.scheduler.app import SchedulerApp
 from meshserve.scheduler.settings import SchedulerSettings
 from meshserve.scheduler.store.live import LiveState
 from meshserve.scheduler.store.migrate import upgrade
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 20.0, what: str) -> None:
