@@ -286,7 +286,11 @@ class DataPlane:
 
     def routes_changed(self, model_ids: Iterable[str]) -> None:
         """New routes may have room (a new copy, a higher limit): hand it to the models'
-        waiters now rather than at the next release (the route watcher calls it)."""
+        waiters now rather than at the next release (the route watcher calls it for every
+        update, snapshots of every route included: with nothing queued, which is the usual
+        case, it returns at once instead of walking the update)."""
+        if not self.slots.waiting:
+            return
         for model_id in model_ids:
             if self.slots.queued(model_id):
                 self._dispatch(model_id)
