@@ -175,3 +175,28 @@ async def test_a_task_spawned_not_to_be_cancelled_at_stop_runs_through_the_close
         "early cancelled first: True", "server stopped", "loop cancelled", "last closer", "forgotten cancelled"
     ]
     assert life.failure is None  # a task that ended at shutdown is no failure
+
+
+async def test_a_task_that_outlives_the_grace_is_logged_with_where_it_waits(caplog: pytest.LogCaptureFixture) -> None:
+    release = asyncio.Event()
+
+    async def stubborn_cleanup() -> None:
+        await release.wait()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await stubborn_cleanup()   # what a driver does when it cancels a query on the server
+
+    caplog.set_level(logging.WARNING)
+    async with Lifecycle("demo", grace=0.2) as life:
+        task = life.spawn("stubborn", stubborn())
+        await asyncio.sleep(0)
+    assert not task.done()
+    [record] = [r for r in caplog.records if "did not stop" in r.getMessage()]
+    assert "demo:stubborn did not stop within 0.2 s" in record.getMessage()
+    assert "stubborn_cleanup" in record.getMessage()
+    release.set()
+    await asyncio.wait([task])
+    assert task.cancelled()

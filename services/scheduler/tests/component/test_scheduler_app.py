@@ -17,7 +17,7 @@ from meshserve.cli.procs import free_port
 from meshserve.common.lifecycle import Lifecycle
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2, scheduler_pb2_grpc
 from meshserve.scheduler.app import SchedulerApp
-from meshserve.scheduler.settings import SchedulerSettings
+from meshserve.scheduler.settings import STOP_GRACE_SECONDS, SchedulerSettings
 from meshserve.scheduler.store.live import LiveState
 from meshserve.scheduler.store.migrate import upgrade
 
@@ -50,7 +50,7 @@ async def test_probes_tasks_grpc_and_a_clean_stop(redis_url: str, database_url: 
     admin_port = free_port()
     app = SchedulerApp(settings_for(redis_url, database_url, prefix, admin_port))
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin_port}") as http:
-        async with Lifecycle("scheduler") as life:
+        async with Lifecycle("scheduler", grace=STOP_GRACE_SECONDS) as life:
             serving = asyncio.create_task(app.serve(life))
             await eventually(lambda: _answers(http), what="/healthz")
             r = await http.get("/healthz")
@@ -77,7 +77,7 @@ async def test_readyz_names_a_redis_that_is_down(database_url: str, prefix: str)
     admin_port = free_port()
     app = SchedulerApp(settings_for(f"redis://127.0.0.1:{free_port()}/0", database_url, prefix, admin_port))
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin_port}") as http:
-        async with Lifecycle("scheduler") as life:
+        async with Lifecycle("scheduler", grace=STOP_GRACE_SECONDS) as life:
             serving = asyncio.create_task(app.serve(life))
             await eventually(lambda: _answers(http), what="/healthz")
             r = await http.get("/readyz")

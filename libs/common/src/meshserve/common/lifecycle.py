@@ -25,7 +25,7 @@ Rules it keeps (kopf `aiotasks` / Temporal worker in spirit):
 - `run_main` returns the process exit code: 0 after a clean stop, 1 when a task failed (the
   first failure is re-raised from `Lifecycle.__aexit__` as `ServiceFailed`).
 
-May import asyncio, signal and logging only; nothing of a service.
+May import asyncio, signal, io and logging only; nothing of a service.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import io
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -129,7 +130,12 @@ class Lifecycle:
         if pending:
             _, hung = await asyncio.wait(pending, timeout=self.grace)
             for task in hung:
-                log.warning("%s: task %s did not stop within %.1f s", self.service, task.get_name(), self.grace)
+                where = io.StringIO()
+                task.print_stack(limit=12, file=where)
+                log.warning(
+                    "%s: task %s did not stop within %.1f s; it waits in:\n%s",
+                    self.service, task.get_name(), self.grace, where.getvalue().rstrip(),
+                )
 
     def on_close(self, closer: Closer, *, name: str = "") -> None:
         """Call `closer()` (awaited when it returns an awaitable) at shutdown, in reverse order."""

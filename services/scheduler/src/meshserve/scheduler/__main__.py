@@ -12,7 +12,7 @@ import sys
 
 from meshserve.common import logging as mlog
 from meshserve.common.lifecycle import Lifecycle, run_main
-from meshserve.scheduler.settings import SchedulerSettings
+from meshserve.scheduler.settings import STOP_GRACE_SECONDS, SchedulerSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         # built inside the running loop: grpc.aio channels bind to the loop that creates them
         await SchedulerApp(settings).serve(life)
 
-    return run_main("scheduler", serve, use_uvloop=True)
+    return run_main("scheduler", serve, grace=STOP_GRACE_SECONDS, use_uvloop=True)
 
 
 if __name__ == "__main__":

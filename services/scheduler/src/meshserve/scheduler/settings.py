@@ -19,6 +19,12 @@ _PLACEMENT = PlacementConfig()
 """Placement's defaults: the settings that tune placement start from them."""
 _SHIFT = ShiftConfig()
 
+STOP_GRACE_SECONDS = 12.0
+"""How long a stop waits for the background loops to end once cancelled: psycopg answers a
+cancelled query by cancelling it on the server and waiting for the connection to be clean
+(up to 5 s + 5 s), so the leader loop, cancelled mid-query, may take that long; less than
+a pod's default terminationGracePeriodSeconds (30)."""
+
 
 class SchedulerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_SCHEDULER_")
