@@ -207,3 +207,38 @@ async def test_the_report_carries_the_per_copy_limit_and_metrics_are_served_over
                 await plain.get(f"http://127.0.0.1:{port}/metrics")
         life.stop()
         await asyncio.wait_for(serving, 10)
+
+
+async def test_https_metrics_without_a_certificate_serve_a_self_signed_one_generated_at_start(
+    tmp_path: Path, model_server: FakeModelServer, scheduler: tuple[FakeScheduler, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`metrics_scheme: https` on a pod without a certificate (a Kubernetes runtime pod): the
+    puller generates a self-signed one, logs that it did, and serves the metrics port over TLS
+    with it: a client that trusts exactly that certificate scrapes, plain HTTP gets nothing."""
+    fake_scheduler, address = scheduler
+    model_server.ready = True
+    port = free_port()
+    settings = settings_for(tmp_path, model_server, address, 0).model_copy(
+        update={"metrics_port": port, "metrics_scheme": "https", "tls": TLSSettings()}
+    )
+    app = PullerApp(settings)
+    with caplog.at_level("INFO", logger="meshserve.puller.metrics_tls"):
+        async with Lifecycle("puller") as life:
+            serving = asyncio.create_task(app.serve(life))
+            await asyncio.wait_for(fake_scheduler.reported.wait(), 20)
+            served = await asyncio.to_thread(ssl.get_server_certificate, ("127.0.0.1", port))
+            trust = ssl.create_default_context(cadata=served)  # verify against the generated cert
+            async with httpx.AsyncClient(verify=trust) as https:
+                r = await https.get(f"https://127.0.0.1:{port}/metrics")
+            assert r.status_code == 200 and "modelmesh_instance_capacity_bytes" in r.text
+            with pytest.raises(httpx.ConnectError):  # a client trusting the system CAs refuses it
+                async with httpx.AsyncClient() as strict:
+                    await strict.get(f"https://127.0.0.1:{port}/metrics")
+            with pytest.raises(httpx.TransportError):  # plain HTTP gets no metrics
+                async with httpx.AsyncClient() as plain:
+                    await plain.get(f"http://127.0.0.1:{port}/metrics")
+            life.stop()
+            await asyncio.wait_for(serving, 10)
+    assert any("self-signed certificate generated at start-up" in rec.getMessage() for rec in caplog.records)
+    assert all("PRIVATE KEY" not in rec.getMessage() for rec in caplog.records)

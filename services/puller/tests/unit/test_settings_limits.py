@@ -1,5 +1,5 @@
 """Puller settings of issue 17's per-model controls: the per-copy concurrency limit (also under
-upstream's adapter env name) and HTTPS metrics, which need the pod's certificate."""
+upstream's adapter env name) and HTTPS metrics (the pod's certificate, or one generated at start)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,17 @@ def test_the_limit_reads_our_env_and_upstreams(monkeypatch: pytest.MonkeyPatch) 
         PullerSettings()
 
 
-def test_https_metrics_need_the_pods_certificate(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="metrics_scheme https needs the pod's certificate"):
-        PullerSettings(metrics_scheme="https", metrics_port=2112)
+def test_https_metrics_take_the_pods_certificate_or_none_and_refuse_half_of_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a certificate the puller generates one at start (`metrics_tls`); a certificate
+    without its key is refused, naming what is missing; only http and https are schemes."""
+    assert PullerSettings(metrics_scheme="https", metrics_port=2112).tls.cert_file is None
     with pytest.raises(ValidationError):
         PullerSettings(metrics_scheme="ftp")  # type: ignore[arg-type]
-    PullerSettings(metrics_scheme="https", metrics_port=0)  # no metrics port: nothing to serve
     tls = TLSSettings(cert_file=tmp_path / "c.pem", key_file=tmp_path / "k.pem")
-    assert PullerSettings(metrics_scheme="https", metrics_port=2112, tls=tls).metrics_scheme == "https"
+    assert PullerSettings(metrics_scheme="https", metrics_port=2112, tls=tls).tls.key_file == tmp_path / "k.pem"
+    monkeypatch.setenv("MESHSERVE_PULLER_METRICS_SCHEME", "https")
+    monkeypatch.setenv("MESHSERVE_PULLER_TLS__CERT_FILE", str(tmp_path / "c.pem"))
+    with pytest.raises(ValidationError, match="cert_file is set without key_file"):
+        PullerSettings()

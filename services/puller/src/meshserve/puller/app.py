@@ -36,6 +36,7 @@ from meshserve.common.proto.meshserve.v1 import runtime_pb2_grpc, scheduler_pb2,
 from meshserve.puller.adapter import MLServerAdapter, ModelServerAdapter, TritonAdapter
 from meshserve.puller.memory import MemoryProbe
 from meshserve.puller.metrics import MODEL_SERVER_RSS, Copy, InstanceCollector
+from meshserve.puller.metrics_tls import metrics_tls
 from meshserve.puller.ovms_adapter import OVMSAdapter
 from meshserve.puller.ovms_layout import CONFIG_FILE as OVMS_CONFIG_FILE
 from meshserve.puller.server import ModelRuntimeServicer
@@ -44,15 +45,6 @@ from meshserve.puller.settings import PullerSettings
 from meshserve.puller.spi_adapter import SpiAdapter, grpc_target
 
 log = logging.getLogger(__name__)
-
-
-def metrics_tls(settings: PullerSettings) -> dict[str, str]:
-    """`start_http_server`'s TLS arguments: the pod's certificate when `metrics_scheme` is
-    https (settings refuse https without one), none for plain HTTP."""
-    if settings.metrics_scheme != "https":
-        return {}
-    assert settings.tls.cert_file is not None and settings.tls.key_file is not None
-    return {"certfile": str(settings.tls.cert_file), "keyfile": str(settings.tls.key_file)}
 
 
 class PullerApp:
@@ -110,7 +102,8 @@ class PullerApp:
             life.on_close(health_server.stop, name="health server")
         if self.settings.metrics_port:
             REGISTRY.register(InstanceCollector(self._instance))
-            start_http_server(self.settings.metrics_port, **metrics_tls(self.settings))
+            with metrics_tls(self.settings) as tls:  # a generated key's files go once the server holds it
+                start_http_server(self.settings.metrics_port, **tls)
         if self.settings.keras_converter_prestart and isinstance(self.adapter, TritonAdapter):
             # beside the model server's start; a keras load waits for it (the converter's lock)
             life.spawn("keras-prestart", self.adapter.keras.prestart(), may_finish=True)

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from meshserve.common.settings import InternalTLS, ServiceSettings, TLSSettings, shared
@@ -118,8 +118,9 @@ class PullerSettings(ServiceSettings):
     `metrics.enabled`)."""
     metrics_scheme: Literal["http", "https"] = "http"
     """How `metrics_port` is served: `https` uses the pod's certificate (`tls.cert_file` /
-    `tls.key_file`; the puller refuses to start without them). The controller sets it from the
-    config's `metrics.scheme`, as upstream's `MM_METRICS` `scheme=https`."""
+    `tls.key_file`), or without one a self-signed certificate generated at start-up (as upstream;
+    scrape it with `insecureSkipVerify`). The controller sets it from the config's `metrics.scheme`,
+    as upstream's `MM_METRICS` `scheme=https`."""
     limit_per_model_concurrency: int = Field(
         default=0, ge=0,
         validation_alias=AliasChoices(
@@ -134,12 +135,3 @@ class PullerSettings(ServiceSettings):
     @classmethod
     def _empty_is_off(cls, value: object) -> object:
         return None if value in ("", None) else value
-
-    @model_validator(mode="after")
-    def _https_metrics_need_a_cert(self) -> PullerSettings:
-        if self.metrics_scheme == "https" and self.metrics_port and not (self.tls.cert_file and self.tls.key_file):
-            raise ValueError(
-                "metrics_scheme https needs the pod's certificate: set MESHSERVE_PULLER_TLS__CERT_FILE and "
-                "MESHSERVE_PULLER_TLS__KEY_FILE (or serve metrics over http)"
-            )
-        return self
