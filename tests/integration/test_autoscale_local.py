@@ -9,7 +9,6 @@ The windows are a few seconds (controller settings); every wait polls its condit
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,6 @@ import tritonclient.grpc as grpcclient
 import yaml
 
 from meshserve.cli.devstack import Stack, StackConfig
-from meshserve.cli.procs import free_port, http_ok
 
 from .conftest import EXAMPLES, mnist_inputs, wait_for
 from .test_controller_local import apply_docs, isvc_doc
@@ -59,22 +57,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.start_scheduler()
         stack.start_router()
         stack.upload_examples(EXAMPLES)
-        health = free_port()
-        env = {
-            **stack.service_env(),
-            "MESHSERVE_CONTROLLER_MODE": "local",
-            "MESHSERVE_CONTROLLER_ADMIN_URL": stack.admin_url,
-            "MESHSERVE_CONTROLLER_SCHEDULER_ADDRESS": stack.scheduler_grpc,
-            "MESHSERVE_CONTROLLER_LOCAL_ROOT": str(root),
+        stack.start_controller(extra_env={
             "MESHSERVE_CONTROLLER_LOCAL_POD_CAPACITY_BYTES": str(POD_CAPACITY),
             # the process pods, autoscaled (until app.py wraps the local backend itself)
             "MESHSERVE_CONTROLLER_LOCAL_PROVIDER": "meshserve.controller.local:autoscaled_process_runtimes",
-            "MESHSERVE_CONTROLLER_HEALTH_PORT": str(health),
-            "MESHSERVE_CONTROLLER_METRICS_PORT": "0",
             **AUTOSCALE,
-        }
-        proc = stack.group.start("controller", [sys.executable, "-m", "meshserve.controller"], env=env)
-        stack.group.wait_until(proc, http_ok(f"http://127.0.0.1:{health}/readyz"), timeout=120, what="starting the controller")
+        }, timeout=120)
         yield stack
     finally:
         stack.stop()

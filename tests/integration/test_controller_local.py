@@ -24,7 +24,6 @@ import yaml
 
 from meshserve.cli.devstack import EXAMPLE_BUCKET, Stack, StackConfig
 from meshserve.cli.main import main as cli
-from meshserve.cli.procs import free_port, http_ok
 from meshserve.controller.specs import parse_inference_service
 
 from .conftest import (
@@ -62,18 +61,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.s3_client().upload_file(
             str(EXAMPLES / "sklearn" / "mnist-svm.joblib"), EXAMPLE_BUCKET, "fvt/sklearn/mnist-svm.joblib"
         )
-        health = free_port()
-        env = {
-            **stack.service_env(),
-            "MESHSERVE_CONTROLLER_MODE": "local",
-            "MESHSERVE_CONTROLLER_ADMIN_URL": stack.admin_url,
-            "MESHSERVE_CONTROLLER_SCHEDULER_ADDRESS": stack.scheduler_grpc,
-            "MESHSERVE_CONTROLLER_LOCAL_ROOT": str(root),
-            "MESHSERVE_CONTROLLER_HEALTH_PORT": str(health),
-            "MESHSERVE_CONTROLLER_METRICS_PORT": "0",
-        }
-        proc = stack.group.start("controller", [sys.executable, "-m", "meshserve.controller"], env=env)
-        stack.group.wait_until(proc, http_ok(f"http://127.0.0.1:{health}/readyz"), timeout=60, what="starting the controller")
+        stack.start_controller()
         yield stack
     finally:
         stack.stop()

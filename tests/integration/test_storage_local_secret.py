@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import tritonclient.grpc as grpcclient
 import yaml
 
 from meshserve.cli.devstack import Stack, StackConfig
-from meshserve.cli.procs import free_port, http_ok
 
 from .conftest import EXAMPLES, wait_for
 from .test_controller_local import infer, run_cli
@@ -50,18 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s3.create_bucket(Bucket=NEW_BUCKET)
         s3.upload_file(str(EXAMPLES / "sklearn" / "mnist-svm.joblib"), NEW_BUCKET, "private/mnist-svm.joblib")
         s3.upload_file(str(EXAMPLES / "sklearn" / "mnist-svm.joblib"), NEW_BUCKET, "moved/mnist-svm.joblib")
-        health = free_port()
-        env = {
-            **stack.service_env(),
-            "MESHSERVE_CONTROLLER_MODE": "local",
-            "MESHSERVE_CONTROLLER_ADMIN_URL": stack.admin_url,
-            "MESHSERVE_CONTROLLER_SCHEDULER_ADDRESS": stack.scheduler_grpc,
-            "MESHSERVE_CONTROLLER_LOCAL_ROOT": str(root),
-            "MESHSERVE_CONTROLLER_HEALTH_PORT": str(health),
-            "MESHSERVE_CONTROLLER_METRICS_PORT": "0",
-        }
-        proc = stack.group.start("controller", [sys.executable, "-m", "meshserve.controller"], env=env)
-        stack.group.wait_until(proc, http_ok(f"http://127.0.0.1:{health}/readyz"), timeout=180, what="starting the controller")
+        stack.start_controller(timeout=180)
         yield stack
     finally:
         stack.stop()

@@ -265,9 +265,10 @@ class Stack:
         self.group.wait_until(proc, http_ok(f"{admin}/readyz"), timeout=60, what="starting another scheduler")
         return f"127.0.0.1:{grpc_port}", admin
 
-    def start_controller(self, *, extra_env: dict[str, str] | None = None) -> None:
+    def start_controller(self, *, extra_env: dict[str, str] | None = None, timeout: float = 60) -> None:
         """The controller in local mode: watches the resources `meshserve apply` stores in
-        the scheduler, registers models, and runs runtime pods as local processes."""
+        the scheduler, registers models, and runs runtime pods as local processes. `timeout`
+        bounds its start-up (a test on a loaded host may allow more)."""
         health = free_port()
         env = {
             **self.service_env(),
@@ -284,7 +285,7 @@ class Stack:
             env["MESHSERVE_CONTROLLER_ADMIN_TOKEN"] = self.config.admin_token
         self.controller_health = f"http://127.0.0.1:{health}"
         proc = self.group.start("controller", [self.python, "-m", "meshserve.controller"], env=env)
-        self.group.wait_until(proc, http_ok(f"{self.controller_health}/readyz"), timeout=60, what="starting the controller")
+        self.group.wait_until(proc, http_ok(f"{self.controller_health}/readyz"), timeout=timeout, what="starting the controller")
 
     def start_router(self) -> None:
         port, rest_port = self._port(8033), self._port(8008)
