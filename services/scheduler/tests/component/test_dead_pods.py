@@ -75,6 +75,27 @@ async def test_a_late_pod_is_dropped_when_dead_kept_when_answering_and_dropped_l
             assert await service.pods.remove_dead_pods() == [f"{prefix}-alive"]
 
 
+async def test_a_pod_a_router_reports_is_dropped_when_hung_with_a_late_heartbeat_kept_while_it_heartbeats(
+    service: SchedulerService, prefix: str
+) -> None:
+    """A router asks about a pod whose copy has not answered a request (`check_suspect`): a
+    puller that does not answer the probe is a hung pod only while its heartbeat is late too
+    (a busy puller that heartbeats on time is kept: a slow model's request asks this often);
+    then it is dropped at once, before the leader's `pod_unresponsive_seconds`."""
+    s = service.settings
+    runtime, pod_id = f"{prefix}-rt", f"{prefix}-stopped"
+    with hung_address() as hung:
+        await service.pods.report_pod(pod_fields(pod_id, runtime=runtime, management_address=hung), [])
+        await service.pods.check_suspect(pod_id, f"{prefix}-m")
+        assert pod_id in await _pods(service)   # heartbeat on time: not hung, whatever the probe says
+        await _late(service, pod_id, s.pod_probe_after_seconds + 0.5)
+        assert s.pod_probe_after_seconds + 0.5 < s.pod_unresponsive_seconds   # the leader would keep it still
+        await service.pods.check_suspect(pod_id, f"{prefix}-m")
+        assert pod_id not in await _pods(service)
+    events = await service.registry.list_events(pod_id=pod_id, kinds=["pod-lost"])
+    assert events and "reported by a router" in events[0].message and "did not answer" in events[0].message
+
+
 async def test_the_copies_of_a_dead_pod_are_re_placed_by_the_leader(service: SchedulerService, prefix: str) -> None:
     runtime = f"{prefix}-rt"
     used, unused = f"{prefix}-used", f"{prefix}-unused"

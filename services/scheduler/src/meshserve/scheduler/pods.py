@@ -3,7 +3,8 @@
 A pod reports itself (capacity, addresses, the copies it holds) on every heartbeat; this
 module writes the report into live state, adopts the copies live state does not know
 (after a Redis restart, say) and drops the ones the pod no longer lists. It also removes
-pods that stopped reporting, drops a pod a router found unreachable, and keeps the
+pods that stopped reporting, drops a pod a router found unreachable (or hung: its probe
+unanswered while its heartbeat is late), and keeps the
 registry's `runtimes` rows in line with the live pods. It never places or loads copies:
 moving copies off a pod is `scaler.CopyScaler.drain_pod`'s job. Before copies are
 adopted the registry mirror is checked (`store.mirror.RegistryMirror.before_adopting`).
@@ -75,21 +76,26 @@ class Pods:
         self._unloads: set[asyncio.Task[None]] = set()   # unloads of duplicates a returning pod holds
 
     async def check_suspect(self, pod_id: str, model_id: str) -> None:
-        """Ask the puller of a pod whose copy of `model_id` failed a caller: drop the pod
-        when it does not answer or its model server is down, the copy when it is not there."""
+        """Ask the puller of a pod whose copy of `model_id` failed a caller (or has not
+        answered it): drop the pod when it is dead (connection refused, model server not
+        ready) or hung (no answer within `pod_probe_timeout_seconds` while its heartbeat is
+        late, `pod_probe_after_seconds`: a stopped pod, whose kernel still accepts the
+        connection); the copy alone when the pod does not hold it. A pod that is slow to
+        answer but heartbeats on time is left alone (a busy puller, not a hung pod)."""
         pod = await self.live.pod(pod_id)
         if pod is None:
             return
-        try:
-            status = await self.pullers.stub(pod.management_address).RuntimeStatus(
-                runtime_pb2.RuntimeStatusRequest(), timeout=2
-            )
-        except grpc.aio.AioRpcError as err:
-            await self._drop_pod(pod_id, why=f"reported unreachable by a router; puller: {err.code().name}")
+        verdict, why, status = await self._probe_status(pod)
+        if verdict == "dead":
+            await self._drop_pod(pod_id, why=f"reported unreachable by a router; {why}")
             return
-        if status.status != runtime_pb2.RuntimeStatusResponse.READY:
-            await self._drop_pod(pod_id, why="reported by a router; its model server is not ready")
-        elif model_id not in status.loaded_model_ids and await self.live.release(model_id=model_id, pod_id=pod_id):
+        if verdict == "hung":
+            current = await self.live.pod(pod_id)
+            age = (now_ms() - current.heartbeat_ms) / 1000 if current is not None else 0.0
+            if current is not None and current.heartbeat_ms == pod.heartbeat_ms and age > self.settings.pod_probe_after_seconds:
+                await self._drop_pod(pod_id, why=f"reported by a router; no heartbeat for {age:.1f}s and {why}")
+            return
+        if status is not None and model_id not in status.loaded_model_ids and await self.live.release(model_id=model_id, pod_id=pod_id):
             await self.events.record("dropped", model_id=model_id, pod_id=pod_id, message="copy missing on the pod")
 
     async def pod_leaving(self, pod_id: str) -> None:
@@ -199,17 +205,22 @@ class Pods:
         connection is refused (or fails otherwise) or its model server is not ready; hung:
         no answer within `pod_probe_timeout_seconds` (a stopped process still accepts the
         connection)."""
+        verdict, why, _ = await self._probe_status(pod)
+        return verdict, why
+
+    async def _probe_status(self, pod: PodInfo) -> tuple[str, str, runtime_pb2.RuntimeStatusResponse | None]:
+        """`probe`, with the puller's answer when it answered READY."""
         try:
             status = await self.pullers.stub(pod.management_address).RuntimeStatus(
                 runtime_pb2.RuntimeStatusRequest(), timeout=self.settings.pod_probe_timeout_seconds
             )
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return "hung", f"its puller did not answer within {self.settings.pod_probe_timeout_seconds:g}s"
-            return "dead", f"its puller: {err.code().name}"
+                return "hung", f"its puller did not answer within {self.settings.pod_probe_timeout_seconds:g}s", None
+            return "dead", f"its puller: {err.code().name}", None
         if status.status != runtime_pb2.RuntimeStatusResponse.READY:
-            return "dead", "its model server is not ready"
-        return "alive", ""
+            return "dead", "its model server is not ready", None
+        return "alive", "", status
 
     async def safe_find(self, model_id: str) -> ModelRecord | None:
         """The model's registry record; None when it is not registered or Postgres is down."""
