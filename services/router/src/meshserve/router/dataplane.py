@@ -16,7 +16,9 @@ This is the one call path every Python-served model call takes, unary and stream
 the other-RPC handler): resolve, ensure loaded, pick a copy (least-request over this
 router's per-pod in-flight counts), count it in flight while `send` runs, count usage when
 it succeeds (reported to the scheduler by the app), retry once when the copy is gone
-before it answered. A streaming `send` runs the whole stream, so the stream is in flight
+before it answered (or when its pod stops answering: a request without an answer for
+`HUNG_CHECK_AFTER_S` has its pod checked by the scheduler, which drops a hung pod; the
+request then goes to a copy that answers, `_watched`). A streaming `send` runs the whole stream, so the stream is in flight
 on its copy until it ends, and counts as one request in usage.
 
 Per-copy concurrency limits (the runtime's perModelConcurrencyLimit, on each endpoint as
@@ -73,6 +75,10 @@ T = TypeVar("T")
 MAX_NAME_CHARS = 253
 """The longest model id or vmodel name there can be (a model id is a folder name, a vmodel a
 Kubernetes name): a longer one is refused here, before the scheduler is asked about it."""
+HUNG_CHECK_AFTER_S = 1.0
+"""A request without an answer this long has its pod checked by the scheduler (`_watched`)."""
+HUNG_CHECK_MAX_S = 30.0
+"""... again at doubling intervals up to this (a long stream, a slow model: a probe now and then)."""
 Send = Callable[[Endpoint, float], Awaitable[T]]
 
 def _switch_header(headers: Iterable[tuple[str, str | bytes]], name: str, *, on: str, off: str) -> bool:
@@ -179,8 +185,12 @@ class DataPlane:
         return scoped if scoped and scoped != model_id else None
 
     async def ensure(
-        self, model_id: str, *, budget: float, refresh: bool = False, suspect: str | None = None
+        self, model_id: str, *, budget: float, refresh: bool = False, suspect: str | None = None, miss: bool = True
     ) -> tuple[Endpoint, ...]:
+        """The loaded copies of `model_id`: the table's, else (or `refresh`) the scheduler's,
+        which loads one when there is none; `suspect`: a pod whose copy failed (or did not
+        answer), which the scheduler probes first. `miss`: counted as a miss (a request that
+        found no copy), not for a check of an unanswered request (`_watched`)."""
         endpoints = self.table.endpoints(model_id, now=self._clock())
         if endpoints and not refresh:
             return endpoints
@@ -193,14 +203,61 @@ class DataPlane:
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        metrics.miss(model_id)
+        if miss:
+            metrics.miss(model_id)
         started = time.monotonic()
         try:
             return await asyncio.wait_for(asyncio.shield(future), budget)
         except TimeoutError as err:
             raise DeadlineExceeded(f"deadline exceeded waiting for a copy of {model_id!r} to load") from err
         finally:
-            metrics.cold_wait(model_id, time.monotonic() - started)
+            if miss:
+                metrics.cold_wait(model_id, time.monotonic() - started)
+
+    async def _watched(self, model_id: str, pod_id: str, sending: Awaitable[T], deadline: float) -> T:
+        """Await `sending` (a request on `pod_id`'s copy); while it has no answer, ask the
+        scheduler after HUNG_CHECK_AFTER_S, then at doubling intervals (up to
+        HUNG_CHECK_MAX_S), whether that pod is still there (`EnsureLoaded` with the pod as
+        suspect: the scheduler probes its puller and drops a hung or dead pod, re-placing its
+        copies). When the copies it names no longer include the pod, the request is cancelled
+        there and `CopyGone` raised, so `call` sends it to a copy that answers (a stream is
+        replayed, as for a copy gone). A slow copy on a pod that answers its probe is left to
+        finish: the request is never failed or duplicated for being slow."""
+        task = asyncio.ensure_future(sending)
+        started = time.monotonic()
+        wait = HUNG_CHECK_AFTER_S
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                done, _ = await asyncio.wait({task}, timeout=max(0.0, min(wait, left)))
+                if task in done:
+                    return task.result()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return await task   # its own deadline ends it
+                check = asyncio.ensure_future(
+                    self.ensure(model_id, budget=left, refresh=True, suspect=pod_id, miss=False)
+                )
+                done, _ = await asyncio.wait({task, check}, return_when=asyncio.FIRST_COMPLETED)
+                if task in done:
+                    check.cancel()   # the scheduler call itself runs on (shared, shielded)
+                    return task.result()
+                try:
+                    endpoints = check.result()
+                except MeshError as err:
+                    log.info("no answer from %s for %s in %.1fs; the scheduler could not say: %s",
+                             pod_id, model_id, time.monotonic() - started, err)
+                    endpoints = ()
+                if endpoints and all(e.pod_id != pod_id for e in endpoints):
+                    raise CopyGone(f"no answer from pod {pod_id} in {time.monotonic() - started:.1f}s "
+                                   "and the scheduler no longer routes it there (hung or dead)")
+                wait = min(wait * 2, HUNG_CHECK_MAX_S)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})   # ended before another copy is tried (a stream's source is shared)
+            if not task.cancelled():
+                task.exception()   # retrieved: an error raised above already, or none
 
     async def _ensure_call(
         self, model_id: str, future: asyncio.Future[tuple[Endpoint, ...]], budget: float, suspect: str | None
@@ -329,7 +386,7 @@ class DataPlane:
             pod = endpoint.pod_id
             self.in_flight[pod] += 1
             try:
-                result = await send(endpoint, deadline - time.monotonic())
+                result = await self._watched(model_id, pod, send(endpoint, deadline - time.monotonic()), deadline)
                 self.usage[model_id] += 1
                 return result
             except CopyGone as gone:
