@@ -71,6 +71,10 @@ def table_routes(host: Any, protocol: res.Protocol) -> dict[str, tuple[str, str 
         assert [(h.name, h.string_match.prefix) for h in to_pod.match.headers] == [(res.CLUSTER_HEADER, f"ms-{p}-")]
         assert to_pod.route.retry_policy.num_retries.value == 2 and not to_pod.HasField("metadata")
         assert slow.route.cluster == res.slow_cluster(p) and not slow.HasField("metadata")
+        # a copy that does not answer is hedged (not cancelled) after HEDGE_AFTER_S; the slow path is not
+        assert to_pod.route.hedge_policy.hedge_on_per_try_timeout
+        assert to_pod.route.retry_policy.per_try_timeout.ToMilliseconds() == int(res.HEDGE_AFTER_S * 1000)
+        assert not slow.route.HasField("retry_policy") and not slow.route.HasField("hedge_policy")
         assert [(h.name, h.string_match.prefix) for h in slow.match.headers] == [(res.SHARD_HEADER, f"{p}-")]
     assert rest_pod.route.retry_policy.retriable_status_codes == [404]
     assert grpc_pod.route.max_stream_duration.HasField("grpc_timeout_header_max")

@@ -94,6 +94,14 @@ SHARD_HEADER = "x-meshserve-shard"
 CLUSTER_HEADER = "x-meshserve-cluster"
 LOOKUP_HEADER = "x-meshserve-lookup"
 SLOW_SCOPE = "slow"
+HEDGE_AFTER_S = 1.0
+"""A model route's per-try timeout, hedged (never failing the attempt it times): see `_route`.
+
+Why not an HTTP/2 keepalive (PING) timeout, which tells a hung server from a slow one: a model
+server on gRPC's default ping policy (MLServer's) answers a third PING received while it sent
+nothing for 5 minutes with GOAWAY `too_many_pings` and closes the connection, so a keepalive
+short enough to find a hung pod within seconds would kill every slow inference alone on its
+connection. A hedge costs a duplicate attempt for requests slower than this, never a failure."""
 LUA_FILTER = "envoy.filters.http.lua"
 ROUTING_HEADERS_TO_REMOVE = (MODEL_HEADER, SHARD_HEADER, CLUSTER_HEADER, LOOKUP_HEADER)
 
@@ -358,6 +366,14 @@ def _route(cluster: str, *, protocol: Protocol, timeout_s: float, model: str | N
         policy.retry_priority.typed_config.CopyFrom(
             _any(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=2))
         )
+        # a copy on a hung pod (stopped: its kernel accepts the connection, nothing answers)
+        # would hold the request until the client's deadline. After HEDGE_AFTER_S without
+        # an answer another attempt goes out (another copy, then the slow path, which asks
+        # the scheduler to probe the pod: dataplane.DataPlane) and the first answer wins;
+        # the attempt that is late is NOT cancelled, so a slow model's request is never
+        # failed by it (its cost: up to num_retries more attempts of a request that slow).
+        policy.per_try_timeout.FromMilliseconds(int(HEDGE_AFTER_S * 1000))
+        route.route.hedge_policy.hedge_on_per_try_timeout = True
     return route
 
 
