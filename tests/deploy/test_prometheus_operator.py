@@ -218,6 +218,12 @@ def _container_ports(template: dict[str, Any]) -> dict[str, int]:
     return {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", []) if "name" in p}
 
 
+def _has_certificate(template: dict[str, Any]) -> bool:
+    """Whether the pod's puller is given a certificate (else, with https metrics, it makes one)."""
+    names = {e["name"] for c in template["spec"]["containers"] if c["name"] == "puller" for e in c.get("env", [])}
+    return bool(names & {"MESHSERVE_PULLER_TLS__CERT_FILE", "MESHSERVE_INTERNAL_TLS__CERT_FILE"})
+
+
 def runtime_deployments(docs: list[dict[str, Any]], config: ServingConfig) -> list[dict[str, Any]]:
     """The Deployments the controller makes for the rendered ClusterServingRuntimes."""
     namespace = next(d["metadata"]["namespace"] for d in docs if d["kind"] == "ConfigMap")
@@ -297,6 +303,9 @@ def scrape_problems(docs: list[dict[str, Any]]) -> list[str]:
                     scheme = t["metadata"].get("annotations", {}).get("prometheus.io/scheme", "http")
                     if ep.get("scheme", "http") != scheme:
                         problems.append(f"{ref}: scrapes {name} with {ep.get('scheme', 'http')}, it serves {scheme}")
+                    if scheme == "https" and not _has_certificate(t) and not (ep.get("tlsConfig") or {}).get("insecureSkipVerify"):
+                        problems.append(f"{ref}: scrapes {name} over https without tlsConfig.insecureSkipVerify, "
+                                        "but its puller serves a self-signed certificate it generates")
     # every pod that serves metrics is scraped exactly once, by the monitor meant for it
     for name, t in every_pod:
         annotations = t["metadata"].get("annotations") or {}
@@ -396,8 +405,10 @@ def _mutated(docs: list[dict[str, Any]], name: str, change: Any) -> list[dict[st
                      "no port named 'metrics'", id="service-port-name"),
         pytest.param("meshserve-runtimes", lambda d: d["spec"]["podMetricsEndpoints"][0].update(port="metrics"),
                      "no container port named 'metrics'", id="pod-port-name"),
-        pytest.param("meshserve-runtimes", lambda d: d["spec"]["podMetricsEndpoints"][0].update(scheme="https"),
-                     "it serves http", id="scheme"),
+        pytest.param("meshserve-runtimes", lambda d: d["spec"]["podMetricsEndpoints"][0].update(scheme="http"),
+                     "it serves https", id="scheme"),
+        pytest.param("meshserve-runtimes", lambda d: d["spec"]["podMetricsEndpoints"][0].pop("tlsConfig"),
+                     "without tlsConfig.insecureSkipVerify", id="self-signed-unverifiable"),
         pytest.param("meshserve-runtimes", lambda d: d["spec"]["selector"]["matchLabels"].update(
             {"app.kubernetes.io/managed-by": "meshserve"}), "scraped by no monitor", id="pod-selector"),
     ],

@@ -1,5 +1,6 @@
 """Every `ServingConfig` field is either consumed by code outside serving_config.py or listed here
-as "parsed, not applied yet", and docs/config-keys.md says the same: neither can drift silently.
+as "parsed, not applied yet" or "not applicable" (an upstream key that means nothing in meshserve,
+named in a warning when set), and docs/config-keys.md says the same: neither can drift silently.
 
 "Consumed" is found by reading the code (ast), not by trusting a list: an attribute access
 `<x>.<field>` where `<x>` is known to be a ServingConfig -- a parameter or attribute annotated
@@ -32,12 +33,14 @@ REPO = Path(__file__).resolve().parents[4]
 SOURCE = Path(serving_config.__file__).resolve()
 DOC = REPO / "docs" / "config-keys.md"
 
-NOT_APPLIED = frozenset({
-    "metrics_scheme",
+NOT_APPLIED: frozenset[str] = frozenset()
+"""Fields that are parsed but that nothing consumes yet (docs/config-keys.md: "parsed, not applied yet")."""
+NOT_APPLICABLE_FIELDS = frozenset({
     "metrics_disable_prometheus_operator_support",
     "rest_proxy_skip_verify",
 })
-"""Fields that are parsed but that nothing consumes yet (docs/config-keys.md: "parsed, not applied yet")."""
+"""Fields of upstream keys that mean nothing in meshserve (docs/config-keys.md: "not applicable"):
+parsed (a bad value still refuses the update), never consumed."""
 
 KEY_FIELDS = {
     "inferenceServiceName": "inference_service_name",
@@ -158,19 +161,29 @@ def source_files() -> list[Path]:
     return [p for root in (REPO / "services", REPO / "libs") for p in root.glob("*/src/**/*.py")]
 
 
-def drift(fields: Iterable[str], used: Mapping[str, list[str]], not_applied: Iterable[str]) -> list[str]:
-    listed = set(not_applied)
-    problems = [f"ServingConfig.{f} is neither consumed outside serving_config.py nor listed in NOT_APPLIED"
+def drift(fields: Iterable[str], used: Mapping[str, list[str]], unconsumed: Iterable[str]) -> list[str]:
+    """What disagrees between the fields consumed and those listed as unconsumed (`NOT_APPLIED`
+    and `NOT_APPLICABLE_FIELDS`)."""
+    listed = set(unconsumed)
+    problems = [f"ServingConfig.{f} is neither consumed outside serving_config.py nor listed in "
+                "NOT_APPLIED / NOT_APPLICABLE_FIELDS"
                 for f in sorted(fields) if f not in used and f not in listed]
-    problems += [f"ServingConfig.{f} is listed in NOT_APPLIED but consumed at {used[f]}: "
-                 "move it to honoured here, in serving_config.NOT_APPLIED_YET and in docs/config-keys.md"
+    problems += [f"ServingConfig.{f} is listed as not applied / not applicable but consumed at {used[f]}: "
+                 "move it to honoured here, in serving_config.NOT_APPLIED_YET / NOT_APPLICABLE and in "
+                 "docs/config-keys.md"
                  for f in sorted(listed) if f in used]
     return problems
 
 
-def test_every_field_is_consumed_or_listed_as_not_applied_yet() -> None:
+def test_every_field_is_consumed_or_listed_as_not_applied_yet_or_not_applicable() -> None:
     fields = [f.name for f in dataclasses.fields(ServingConfig)]
-    assert drift(fields, consumers(source_files()), NOT_APPLIED) == []
+    used = consumers(source_files())
+    assert drift(fields, used, NOT_APPLIED | NOT_APPLICABLE_FIELDS) == []
+    # the not-applicable list is not vacuous: without it, exactly its fields are reported
+    assert drift(fields, used, NOT_APPLIED) == [
+        f"ServingConfig.{f} is neither consumed outside serving_config.py nor listed in NOT_APPLIED / NOT_APPLICABLE_FIELDS"
+        for f in sorted(NOT_APPLICABLE_FIELDS)
+    ]
 
 
 def test_the_consumer_search_finds_real_uses_and_only_config_ones() -> None:
@@ -185,15 +198,17 @@ def test_the_consumer_search_finds_real_uses_and_only_config_ones() -> None:
 def test_drift_is_reported_both_ways() -> None:
     problems = drift(["a", "b", "c"], {"a": ["x.py:1"], "c": ["y.py:2"]}, ["c"])
     assert problems == [
-        "ServingConfig.b is neither consumed outside serving_config.py nor listed in NOT_APPLIED",
-        "ServingConfig.c is listed in NOT_APPLIED but consumed at ['y.py:2']: move it to honoured here, "
-        "in serving_config.NOT_APPLIED_YET and in docs/config-keys.md",
+        "ServingConfig.b is neither consumed outside serving_config.py nor listed in NOT_APPLIED / NOT_APPLICABLE_FIELDS",
+        "ServingConfig.c is listed as not applied / not applicable but consumed at ['y.py:2']: move it to honoured "
+        "here, in serving_config.NOT_APPLIED_YET / NOT_APPLICABLE and in docs/config-keys.md",
     ]
 
 
 def test_every_field_has_its_key_and_the_parser_warns_for_exactly_the_unapplied_ones() -> None:
     assert sorted(KEY_FIELDS.values()) == sorted(f.name for f in dataclasses.fields(ServingConfig))
     assert {KEY_FIELDS[k] for k in NOT_APPLIED_YET} == NOT_APPLIED
+    assert {KEY_FIELDS[k] for k in NOT_APPLICABLE if k in KEY_FIELDS} == NOT_APPLICABLE_FIELDS
+    assert not NOT_APPLIED & NOT_APPLICABLE_FIELDS
 
 
 # --- the doc -----------------------------------------------------------------------------------
@@ -238,22 +253,37 @@ def test_the_doc_agrees_with_the_code() -> None:
 
 
 SAMPLES = {
-    "metrics.scheme": "metrics:\n  scheme: https",
     "metrics.disablePrometheusOperatorSupport": "metrics:\n  disablePrometheusOperatorSupport: true",
     "restProxy.skipVerify": "restProxy:\n  skipVerify: true",
 }
+"""A config setting each parsed-but-unconsumed key (NOT_APPLIED_YET and the NOT_APPLICABLE fields)."""
 
 
-@pytest.mark.parametrize("key", sorted(NOT_APPLIED_YET))
-def test_each_unapplied_key_is_named_when_set(key: str) -> None:
-    assert set(SAMPLES) == set(NOT_APPLIED_YET)
+@pytest.mark.parametrize("key", sorted({*NOT_APPLIED_YET, *(k for k in NOT_APPLICABLE if k in KEY_FIELDS)}))
+def test_each_unapplied_or_inapplicable_key_is_named_when_set(key: str) -> None:
+    assert set(SAMPLES) == set(NOT_APPLIED_YET) | {k for k in NOT_APPLICABLE if k in KEY_FIELDS}
     warnings = serving_config.parse_config_yaml(SAMPLES[key]).warnings
-    assert any(w.startswith(f"config key {key!r} is not applied yet: ") for w in warnings), warnings
+    said = "is not applied yet: " if key in NOT_APPLIED_YET else "has no effect in meshserve: "
+    assert [w for w in warnings if w.startswith(f"config key {key!r} ")] == [
+        f"config key {key!r} {said}{({**NOT_APPLIED_YET, **NOT_APPLICABLE})[key]}"
+    ], warnings
 
 
-def test_metrics_scheme_http_is_what_is_served_and_gives_no_warning() -> None:
-    warnings = serving_config.parse_config_yaml("metrics:\n  scheme: http").warnings
-    assert warnings == ()
+def test_the_inapplicable_keys_are_still_type_checked() -> None:
+    with pytest.raises(serving_config.ConfigError, match=r"restProxy\.skipVerify: expected true or false"):
+        serving_config.parse_config_yaml("restProxy:\n  skipVerify: sometimes")
+    with pytest.raises(serving_config.ConfigError, match=r"metrics\.disablePrometheusOperatorSupport"):
+        serving_config.parse_config_yaml("metrics:\n  disablePrometheusOperatorSupport: 3")
+
+
+def test_metrics_scheme_http_and_the_default_give_no_warning_and_https_names_what_stays_http() -> None:
+    """metrics.scheme is applied (the runtime pods' pullers serve it: test_metrics_scheme.py);
+    set to https explicitly, the warning says the router's metrics port stays plain HTTP."""
+    assert serving_config.parse_config_yaml("metrics:\n  scheme: http").warnings == ()
+    assert serving_config.parse_config_yaml("metrics:\n  port: 2112").warnings == ()
+    warnings = serving_config.parse_config_yaml("metrics:\n  scheme: HTTPS").warnings
+    assert len(warnings) == 1 and warnings[0].startswith("config key 'metrics.scheme': https is honoured only in part: ")
+    assert "router" in warnings[0] and "self-signed" in warnings[0]
 
 
 def test_client_auth_optional_is_named_as_partly_honoured_and_require_is_not() -> None:

@@ -373,7 +373,7 @@ def test_runtime_pod_env_and_ports(name: str, data_port: int, rest_port: int) ->
     # metrics are served where the pod is annotated
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
-    assert annotations["prometheus.io/scheme"] == "http"      # what prometheus_client serves
+    assert annotations["prometheus.io/scheme"] == env["MESHSERVE_PULLER_METRICS_SCHEME"] == "https"  # metrics.scheme default
     assert env["MESHSERVE_PULLER_METRICS_PORT"] == annotations["prometheus.io/port"] == "2112"
     assert {"name": "prometheus", "containerPort": 2112} in containers["puller"]["ports"]
     # the puller finds the model server's process in the shared process namespace

@@ -49,9 +49,10 @@ def test_fvt_overrides() -> None:
     assert c.config.rest_proxy_skip_verify and not c.config.scale_to_zero_enabled
     # accepted, never silently: what meshserve does not act on is named
     assert c.warnings == (
-        "config key 'restProxy.skipVerify' is not applied yet: nothing proxies REST over TLS to the runtime pods",
         "config key 'internalModelMeshEnvVars' has no effect in meshserve: there is no mm container: "
         "the router and scheduler take MESHSERVE_* settings",
+        "config key 'restProxy.skipVerify' has no effect in meshserve: there is no rest-proxy container calling "
+        "ModelMesh's gRPC port over TLS: the router serves REST and gRPC in one process",
     )
 
 
@@ -215,7 +216,9 @@ def test_payload_processor_urls_are_kept_and_userinfo_is_never_echoed() -> None:
     [
         pytest.param("tls:\n  secretName: t\n  clientAuth: optional", "config key 'tls.clientAuth': optional is honoured only in part",
                      id="client-auth-optional"),
-        pytest.param("metrics:\n  scheme: https", "config key 'metrics.scheme' is not applied yet", id="scheme"),
+        pytest.param("metrics:\n  scheme: https", "config key 'metrics.scheme': https is honoured only in part", id="scheme"),
+        pytest.param("metrics:\n  disablePrometheusOperatorSupport: false",
+                     "config key 'metrics.disablePrometheusOperatorSupport' has no effect in meshserve", id="operator-support"),
         pytest.param("modelMeshImage:\n  name: x", "config key 'modelMeshImage' has no effect in meshserve", id="mm-image"),
         pytest.param("restProxy:\n  image:\n    name: x", "config key 'restProxy.image' has no effect", id="rest-proxy-image"),
         pytest.param("etcdSecretName: etcd", "no etcd", id="etcd"),

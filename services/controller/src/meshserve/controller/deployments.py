@@ -16,7 +16,8 @@ Beyond upstream, what a pod on a real cluster needs (checked by `tests/unit/test
   and reads its memory from /proc (PSS needs ptrace-read access: same uid, which dropping every
   capability keeps); the cgroup of the model server's container is not used because it is not
   visible from the puller's container, and it counts page cache that is not the models';
-* the puller serves Prometheus metrics where the pod is annotated (`metrics.port`), plain HTTP;
+* the puller serves Prometheus metrics where the pod is annotated (`metrics.port`), over
+  `metrics.scheme` (https: the pod's certificate, or a self-signed one the puller generates);
 * probes (startup/readiness/liveness) on every container that does not bring its own, non-root,
   read-only root filesystem with emptyDirs for `/models` and `/tmp`, every capability dropped,
   seccomp RuntimeDefault, preferred anti-affinity across nodes, and a graceful stop: on SIGTERM
@@ -268,6 +269,7 @@ def _puller(
         env.append({"name": "MESHSERVE_PULLER_MODEL_SERVER_PROCESS", "value": pattern})
     if config.metrics_enabled:
         env.append({"name": "MESHSERVE_PULLER_METRICS_PORT", "value": str(config.metrics_port)})
+        env.append({"name": "MESHSERVE_PULLER_METRICS_SCHEME", "value": config.metrics_scheme})
     if server_type == "triton":
         # upstream's triton-2.x container serves /models/_triton_models on Triton's default HTTP port
         for var in env:
@@ -477,8 +479,8 @@ def build_runtime_deployment(
     if config.metrics_enabled:
         annotations.update({
             "prometheus.io/path": "/metrics", "prometheus.io/port": str(config.metrics_port),
-            # what the puller serves there: plain HTTP (metrics.scheme https would need TLS there)
-            "prometheus.io/scheme": "http", "prometheus.io/scrape": "true",
+            # what the puller serves there (MESHSERVE_PULLER_METRICS_SCHEME)
+            "prometheus.io/scheme": config.metrics_scheme, "prometheus.io/scrape": "true",
         })
     annotations.update(config.runtime_pod_annotations)
     annotations.update({str(k): str(v) for k, v in (spec.get("annotations") or {}).items()})

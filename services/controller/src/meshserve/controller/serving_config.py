@@ -243,20 +243,15 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = {
 
 _TOP_LEVEL = {k.lower() for k in TOP_LEVEL_KEYS}
 
-NOT_APPLIED_YET: Mapping[str, str] = {
-    "metrics.scheme": (
-        "every metrics endpoint (the routers, the runtime pods' pullers) serves plain HTTP, and the pods "
-        "are annotated prometheus.io/scheme: http"
-    ),
-    "metrics.disablePrometheusOperatorSupport": (
-        "the controller creates no ServiceMonitor; leave out the kustomize component "
-        "deploy/kustomize/components/prometheus-operator instead"
-    ),
-    "restProxy.skipVerify": "nothing proxies REST over TLS to the runtime pods",
-}
+NOT_APPLIED_YET: Mapping[str, str] = {}
 """Keys meshserve parses but does not act on yet: setting one gives a warning saying so
 (docs/config-keys.md; `tests/unit/test_config_keys.py` keeps the list true)."""
 PARTLY_APPLIED: Mapping[tuple[str, str], str] = {
+    ("metrics.scheme", "https"): (
+        "the runtime pods' pullers serve their metrics port over https (the pod's certificate, else a "
+        "self-signed one generated at start-up: scrape with insecureSkipVerify); the router's metrics "
+        "port stays plain HTTP"
+    ),
     ("tls.clientAuth", "optional"): (
         "the router either requires client certificates (require) or does not ask for any; optional is "
         "served as no client authentication"
@@ -271,6 +266,14 @@ NOT_APPLICABLE: Mapping[str, str] = {
     "restProxy.resources": "there is no rest-proxy container: the router serves REST itself",
     "modelMeshEndpoint": "the scheduler's address is the controller's MESHSERVE_CONTROLLER_SCHEDULER_ADDRESS",
     "etcdSecretName": "there is no etcd: Redis and Postgres URLs come from the meshserve-infra Secret",
+    "metrics.disablePrometheusOperatorSupport": (
+        "the controller creates no ServiceMonitor or PodMonitor: they are the opt-in kustomize component "
+        "deploy/kustomize/components/prometheus-operator; leave it out instead"
+    ),
+    "restProxy.skipVerify": (
+        "there is no rest-proxy container calling ModelMesh's gRPC port over TLS: the router serves REST and "
+        "gRPC in one process"
+    ),
 }
 """Upstream keys that mean nothing in meshserve's architecture: accepted, with a warning."""
 
@@ -292,12 +295,8 @@ def _value(top: Mapping[str, Any], path: str) -> Any:
 
 
 def _unapplied_warnings(top: Mapping[str, Any]) -> tuple[str, ...]:
-    def unapplied(key: str) -> bool:
-        # metrics.scheme http is what every endpoint serves: honoured
-        return _is_set(top, key) and not (key == "metrics.scheme" and str(_value(top, key)).lower() == "http")
-
     return tuple(
-        [f"config key {k!r} is not applied yet: {why}" for k, why in NOT_APPLIED_YET.items() if unapplied(k)]
+        [f"config key {k!r} is not applied yet: {why}" for k, why in NOT_APPLIED_YET.items() if _is_set(top, k)]
         + [f"config key {k!r}: {v} is honoured only in part: {why}" for (k, v), why in PARTLY_APPLIED.items()
            if str(_value(top, k) or "").lower() == v]
         + [f"config key {k!r} has no effect in meshserve: {why}" for k, why in NOT_APPLICABLE.items() if _is_set(top, k)]
