@@ -9,7 +9,6 @@ against a deadline, never slept for.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from meshserve.common.childproc import dying_with_parent
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -35,11 +36,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -102,14 +98,13 @@ class ProcessGroup:
         out = open(log_path, "ab")
         full_env = {**os.environ, **(env or {})}
         popen = subprocess.Popen(
-            argv,
+            dying_with_parent(argv),   # PR_SET_PDEATHSIG without a preexec_fn (common.childproc)
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=full_env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         out.close()
         return Proc(name, popen, log_path, argv=list(argv), env=dict(env) if env is not None else None, cwd=cwd)

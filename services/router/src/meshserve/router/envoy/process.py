@@ -26,6 +26,8 @@ from envoy.config.core.v3 import config_source_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
 from google.protobuf import any_pb2
 
+from meshserve.common.childproc import dying_with_parent
+
 XDS_CLUSTER = "xds_cluster"
 
 
@@ -91,15 +93,6 @@ def bootstrap(options: EnvoyOptions) -> bytes:
     return bytes(boot.SerializeToString())
 
 
-def _die_with_parent() -> None:  # in the child, between fork and exec
-    """Envoy gets SIGTERM when the router dies, even by SIGKILL: no Envoy is left holding
-    the router's ports."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class EnvoyProcess:
     """One Envoy subprocess. `await start()`, `await wait_ready()`, `await stop()`."""
 
@@ -115,8 +108,10 @@ class EnvoyProcess:
         self.config_path.write_bytes(bootstrap(self.options))
         self.admin_path.unlink(missing_ok=True)
         with self.log_path.open("ab") as log:
+            # Envoy gets SIGTERM when the router dies, even by SIGKILL: no Envoy is left
+            # holding the router's ports (set by a shim, not a preexec_fn: childproc.py)
             self.proc = await asyncio.create_subprocess_exec(
-                str(envoy_binary()),
+                *dying_with_parent([str(envoy_binary())]),
                 "-c", str(self.config_path),
                 "--admin-address-path", str(self.admin_path),
                 "--concurrency", str(self.options.concurrency),
@@ -125,7 +120,7 @@ class EnvoyProcess:
                 "--drain-time-s", str(max(1, int(self.options.drain_seconds))),
                 # the access log (usage, metrics) reaches the router within 0.2 s, not Envoy's 10 s
                 "--file-flush-interval-msec", "200",
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
 
     async def wait_ready(self, *, within: float = 30.0) -> None:
