@@ -10,7 +10,10 @@ stream, in both variants:
 Per stream, a push cycle brings Envoy to the latest server version in make-before-break
 order, waiting for the ACK of each response before the next: new clusters, listeners,
 scopes, route configurations, and only then the removal of clusters no route uses any
-more. A NACK is logged with Envoy's `error_detail` and remembered; Envoy keeps its old
+more, once they have been unused for `cluster_linger_s` (a request routed by an older
+route configuration, or retrying after a pod's connection failed, still names its cluster:
+Envoy answers a retry whose cluster was removed `no healthy upstream`, where the failover
+to the slow path would have served it; measured in `test_envoy_datapath.py`). A NACK is logged with Envoy's `error_detail` and remembered; Envoy keeps its old
 config for that type. Updates published during a cycle coalesce into the next one.
 
 `await server.update(models, vmodels)` returns the new version; `await
@@ -44,6 +47,10 @@ WILDCARD_TYPES = frozenset({res.CLUSTER, res.LISTENER, res.SCOPED_ROUTE})
 # (type, keep names that left the state): clusters go first without removals, last with
 PHASES = ((res.CLUSTER, True), (res.LISTENER, False), (res.SCOPED_ROUTE, False), (res.ROUTE, False), (res.CLUSTER, False))
 MAX_MESSAGE = 1 << 30
+CLUSTER_LINGER_S = 30.0
+"""How long a cluster no route uses stays in Envoy: longer than a retry's back-off and a
+warm request's life; unused clusters cost Envoy little (no health checks, no connections
+once idle)."""
 
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -128,6 +135,7 @@ class _Subscription:
     known: dict[str, str] = field(default_factory=dict)  # name -> version (delta) or body hash key (sotw)
     sent: dict[str, bytes] = field(default_factory=dict)  # sotw: the last resources sent
     dirty: bool = True  # the client asked for something: answer even if nothing changed
+    gone: dict[str, float] = field(default_factory=dict)  # name -> when it left the state (clusters linger)
 
 
 @dataclass(eq=False)
@@ -139,13 +147,15 @@ class _Stream:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     synced: int = -1
     nonces: itertools.count[int] = field(default_factory=itertools.count)
+    linger_timer: asyncio.TimerHandle | None = None  # wakes the stream when lingering clusters are due
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """Holds the current resources and pushes them to every connected Envoy."""
 
-    def __init__(self, config: res.DataPathConfig) -> None:
+    def __init__(self, config: res.DataPathConfig, *, cluster_linger_s: float = CLUSTER_LINGER_S) -> None:
         self.builder = res.RouteBuilder(config)
+        self.cluster_linger_s = cluster_linger_s
         self.version = 0
         self.resources: res.Resources = self.builder.resources()
         self._versions: dict[str, dict[str, str]] = {t: dict.fromkeys(named, "0") for t, named in self.resources.items()}
@@ -234,6 +244,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 await self._cycle(stream, context, reader)
         finally:
             self._streams.discard(stream)
+            if stream.linger_timer is not None:
+                stream.linger_timer.cancel()
             reader.cancel()
             (ended,) = await asyncio.gather(reader, return_exceptions=True)
             if isinstance(ended, Exception):
@@ -277,8 +289,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             sub = stream.subs.get(type_url)
             if sub is None:
                 continue
-            response = self._delta_response(stream, sub, type_url, snapshot, keep) if stream.delta else self._sotw_response(
-                stream, sub, type_url, snapshot, keep, target
+            kept: bool | frozenset[str] = keep
+            if type_url == res.CLUSTER and not keep:
+                kept = self._lingering(stream, sub, snapshot)
+            response = self._delta_response(stream, sub, type_url, snapshot, kept) if stream.delta else self._sotw_response(
+                stream, sub, type_url, snapshot, kept, target
             )
             if response is None:
                 continue
@@ -298,6 +313,30 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             stream.synced = max(stream.synced, target)
             self._synced.notify_all()
 
+    def _lingering(self, stream: _Stream, sub: _Subscription, snapshot: res.Resources) -> frozenset[str]:
+        """The clusters Envoy holds that left the state less than `cluster_linger_s` ago (kept
+        for now); a timer wakes the stream when the first of them is due for removal."""
+        current = snapshot.get(res.CLUSTER, {})
+        now = asyncio.get_running_loop().time()
+        held = sub.known if stream.delta else sub.sent
+        for name in [n for n in sub.gone if n in current or n not in held]:
+            del sub.gone[name]  # back in the state, or removed already
+        kept, due = set(), None
+        for name in held:
+            if name in current:
+                continue
+            since = sub.gone.setdefault(name, now)
+            if now - since < self.cluster_linger_s:
+                kept.add(name)
+                due = min(due or since, since)
+        if due is not None and stream.linger_timer is None:
+            def wake() -> None:
+                stream.linger_timer = None
+                stream.wake.set()
+
+            stream.linger_timer = asyncio.get_running_loop().call_later(due + self.cluster_linger_s - now, wake)
+        return frozenset(kept)
+
     def _wanted(self, sub: _Subscription, type_url: str, snapshot: res.Resources) -> dict[str, bytes]:
         current = snapshot.get(type_url, {})
         if sub.wildcard:
@@ -305,11 +344,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         return {name: current[name] for name in sub.names if name in current}
 
     def _sotw_response(
-        self, stream: _Stream, sub: _Subscription, type_url: str, snapshot: res.Resources, keep: bool, version: int
+        self, stream: _Stream, sub: _Subscription, type_url: str, snapshot: res.Resources,
+        keep: bool | frozenset[str], version: int,
     ) -> _Response | None:
+        """`keep`: True keeps every name that left the state (make before break), a set keeps
+        those names (lingering clusters)."""
         wanted = self._wanted(sub, type_url, snapshot)
-        if keep:  # make before break: names that left the state stay until the last phase
+        if keep is True:  # make before break: names that left the state stay until the last phase
             wanted = {**sub.sent, **wanted}
+        elif keep:
+            wanted = {**{n: sub.sent[n] for n in keep if n in sub.sent}, **wanted}
         if not sub.dirty and _same(wanted, sub.sent):
             return None
         sub.dirty, sub.sent = False, wanted
@@ -317,13 +361,17 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         return _Response(nonce, encode_sotw(type_url, nonce, str(version), wanted.values()))
 
     def _delta_response(
-        self, stream: _Stream, sub: _Subscription, type_url: str, snapshot: res.Resources, keep: bool
+        self, stream: _Stream, sub: _Subscription, type_url: str, snapshot: res.Resources, keep: bool | frozenset[str]
     ) -> _Response | None:
         wanted = self._wanted(sub, type_url, snapshot)
         versions = self._versions.get(type_url, {})
         known = sub.known
         changed = [name for name in wanted if known.get(name) != versions.get(name)]
-        removed = [] if keep else [name for name in known if name not in wanted]
+        if keep is True:
+            removed = []
+        else:
+            kept = keep or frozenset()
+            removed = [name for name in known if name not in wanted and name not in kept]
         if not changed and not removed and not sub.dirty:
             return None
         sub.dirty = False
