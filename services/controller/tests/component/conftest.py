@@ -235,9 +235,9 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running_controller(fakekube: FakeKube, scheduler: SchedulerFixture) -> AsyncIterator[Running]:
+async def running_controller(fakekube: FakeKube, scheduler: SchedulerFixture, **options: Any) -> AsyncIterator[Running]:
     """One controller run (as in Kubernetes mode: with its finalizer); stopped on exit, so a test
-    can take the controller down and bring it back."""
+    can take the controller down and bring it back. `options`: more `Reconciler` arguments."""
     api_client = await api_client_from(str(fakekube.kubeconfig))
     channel = grpc.aio.insecure_channel(scheduler.address)
     api = KubeApi(api_client, request_timeout=5)
@@ -247,7 +247,7 @@ async def running_controller(fakekube: FakeKube, scheduler: SchedulerFixture) ->
         watch_timeout_seconds=30,
         # every repeat is written (no coalescing window), so tests can watch `count` grow
         events=KubeEventRecorder(api, namespace=NAMESPACE, repeat_interval=0, instance="test"),
-        finalizer=FINALIZER,
+        finalizer=FINALIZER, **options,
     )
     task = asyncio.create_task(reconciler.run(), name="reconciler")
     try:

@@ -1,5 +1,5 @@
 """Schemas of the built-in kinds the fake serves (Deployment, ConfigMap, Secret, Event, Namespace,
-HorizontalPodAutoscaler).
+HorizontalPodAutoscaler, Pod, PodDisruptionBudget).
 
 The API server validates built-in objects with compiled Go types and hand-written validation;
 the closest offline stand-in is the Kubernetes OpenAPI schemas that `kubernetes-validate`

@@ -4,8 +4,10 @@
 [--token TOKEN=USER ...] [--bookmark-interval S]` serves on 127.0.0.1:N the JSON the real API
 server speaks, for the paths the controller uses:
 
-* core v1 secrets, configmaps, events, services (namespaced) and namespaces; apps/v1 deployments; autoscaling/v2
-  horizontalpodautoscalers (namespaced); every
+* core v1 secrets, configmaps, events, services, pods (namespaced) and namespaces; apps/v1
+  deployments; autoscaling/v2 horizontalpodautoscalers and policy/v1 poddisruptionbudgets
+  (namespaced; no controller behind them: a Deployment's replicas make no Pods, a test
+  creates the Pods it needs); every
   kind a CRD of `--kustomization` serves (serving.kserve.io: servingruntimes, predictors,
   inferenceservices, clusterservingruntimes), with the CRD's scope, versions and subresources;
   discovery stubs `/api`, `/apis`, `/version`;
@@ -115,6 +117,8 @@ BUILTIN: dict[tuple[str, str], Resource] = {
     ("", "events"): Resource("Event", "", ("v1",), True, False),
     ("", "namespaces"): Resource("Namespace", "", ("v1",), False, True),
     ("", "services"): Resource("Service", "", ("v1",), True, True),
+    ("", "pods"): Resource("Pod", "", ("v1",), True, True),
+    ("policy", "poddisruptionbudgets"): Resource("PodDisruptionBudget", "policy", ("v1",), True, True),
     ("apps", "deployments"): Resource("Deployment", "apps", ("v1",), True, True),
     ("autoscaling", "horizontalpodautoscalers"): Resource("HorizontalPodAutoscaler", "autoscaling", ("v2",), True, True),
 }

@@ -28,6 +28,13 @@ Hysteresis: UP needs evictions above a positive threshold, DOWN needs none, both
 window of samples taken after the last change, and changes are `cooldown_seconds` apart; a
 signal that swings between the two faster than a window never changes the count (the
 property tests check this and the bounds).
+
+`pick_victim(pods)` -> the pod a scale-down drains and removes where the caller may choose
+(Kubernetes mode: the ReplicaSet deletes the pod marked with the lowest deletion cost; local
+mode's supervisor always stops its newest process): a pod already draining first (a drain
+started earlier whose removal did not happen: finish it rather than empty a second pod), else
+the one holding the fewest bytes of copies (the least to re-place), then the fewest copies,
+then the greatest id (a stable choice for equal pods).
 """
 
 from __future__ import annotations
@@ -36,6 +43,29 @@ import enum
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PodLoad:
+    """One pod of a runtime as the scheduler's pressure answer lists it."""
+
+    pod_id: str
+    allocated_bytes: int
+    loaded_copies: int
+    draining: bool
+
+
+def pick_victim(pods: Sequence[PodLoad]) -> str | None:
+    """The pod a scale-down removes (see the module docstring); None when there is none."""
+    if not pods:
+        return None
+    best = min(pods, key=lambda p: (not p.draining, p.allocated_bytes, p.loaded_copies, _desc(p.pod_id)))
+    return best.pod_id
+
+
+def _desc(text: str) -> tuple[int, ...]:
+    """A key that sorts strings in descending order."""
+    return (*(-ord(c) for c in text), 1)
 
 
 class Action(enum.StrEnum):

@@ -26,7 +26,13 @@ Pure. Owns:
   HPA's decision is never overwritten);
 * `scale_bounds`: a runtime's [min, max] pod count from the same min-scale / max-scale
   annotations, with the planned replicas where one is absent (what the local model-pressure
-  autoscaler, `autoscale.py`, keeps the runtime between).
+  autoscaler, `autoscale.py`, keeps the runtime between);
+* the model-pressure autoscaler in Kubernetes mode (`kube_autoscale`): `pressure_bounds`,
+  the bounds it keeps a runtime between, or None for a runtime it leaves alone (an autoscaler
+  class: an HPA owns its replicas; a bad annotation; min-scale = max-scale: nothing to
+  decide), and `pressure_replicas`, what the reconciler writes as the Deployment's `replicas`
+  so that it never undoes the autoscaler (the Deployment's current value clamped to the
+  bounds; the minimum for a new Deployment or one at 0; 0 when planned at 0).
 
 One deliberate difference: upstream's webhook defaults max-scale to 1 when validating (so
 `min-scale: 2` alone is refused) while its reconciler raises max to min; with no webhook
@@ -247,3 +253,31 @@ def scale_bounds(runtime: Runtime, *, default_replicas: int) -> ScaleBounds:
     """The runtime's [min, max] pods from min-scale / max-scale, `default_replicas` (the
     planned replicas) for a missing one; raises `AutoscalingError` for a bad value."""
     return _bounds(_annotations(runtime), default=max(1, default_replicas))
+
+
+def pressure_bounds(runtime: Runtime, *, planned: int) -> ScaleBounds | None:
+    """The bounds the model-pressure autoscaler keeps `runtime` between (see the module
+    docstring), None when it does not scale it; `planned`: the reconciler's replicas."""
+    if planned <= 0 or autoscaler_class(runtime) is not None:
+        return None
+    try:
+        bounds = scale_bounds(runtime, default_replicas=planned)
+    except AutoscalingError:
+        return None
+    return bounds if bounds.min_replicas < bounds.max_replicas else None
+
+
+def pressure_replicas(runtime: Runtime, *, planned: int, existing: int | None) -> int:
+    """The Deployment's `replicas` while the model-pressure autoscaler may own it.
+
+    Args:
+        planned: the reconciler's replicas (0: scaled to zero, kept).
+        existing: the Deployment's current `spec.replicas` (None: it does not exist yet).
+    """
+    if planned <= 0 or autoscaler_class(runtime) is not None:
+        return planned
+    try:
+        bounds = scale_bounds(runtime, default_replicas=planned)
+    except AutoscalingError:
+        return planned
+    return bounds.clamp(existing) if existing else bounds.min_replicas

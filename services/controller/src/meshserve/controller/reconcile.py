@@ -141,13 +141,16 @@ def plan_runtimes(
     runtime_prefix: str = "",
     hpa: bool = False,
     runtime_meta: Mapping[str, tuple[str, Mapping[str, str]]] | None = None,
+    pressure: bool = False,
 ) -> RuntimePlan:
     """Deployment actions for every runtime of one namespace (see module docstring).
 
     `runtime_prefix` (cluster scope: `<namespace>__`) goes before the runtime name the pods
     register with, and then a model uses only the runtime it is pinned to. With `hpa` the
     plan carries the runtimes' HorizontalPodAutoscalers; `runtime_meta` (runtime name ->
-    (uid, metadata labels) of its object) makes the runtime their owner and gives them its labels."""
+    (uid, metadata labels) of its object) makes the runtime their owner and gives them its labels.
+    With `pressure` the replicas of runtimes without an autoscaler class follow
+    `hpa.pressure_replicas`."""
     predictors = list(predictors)   # read once per runtime (allowAnyPVC claims)
     used = runtimes_in_use(predictors, runtimes, config=config, pin=bool(runtime_prefix))
     grace = float(config.scale_to_zero_grace_period_seconds)
@@ -192,6 +195,8 @@ def plan_runtimes(
             hpa_plan, replicas = _plan_hpa(rt, dep_name=dep_name, namespace=namespace, planned=replicas, current=current,
                                            meta=(runtime_meta or {}).get(name))
             hpas.append(hpa_plan)
+        if pressure and (current is None or current.managed):
+            replicas = autoscaling.pressure_replicas(rt, planned=replicas, existing=current.replicas if current else None)
         manifest = deploy.build_runtime_deployment(
             runtime=rt, config=config, namespace=namespace, replicas=replicas, storage=storage,
             scheduler_address=scheduler_address, runtime_id=f"{runtime_prefix}{name}",

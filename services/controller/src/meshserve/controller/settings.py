@@ -73,7 +73,8 @@ class ControllerSettings(ServiceSettings):
     admin_url: str = Field(
         default="http://127.0.0.1:8080", validation_alias=AliasChoices("MESHSERVE_CONTROLLER_ADMIN_URL", "MESHSERVE_ADMIN_URL")
     )
-    """Local mode: the scheduler's admin REST API holding the resource store."""
+    """The scheduler's admin REST API: local mode's resource store, and the pressure reads and
+    drains of the model-pressure autoscaler (both modes)."""
     admin_token: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices(
@@ -90,23 +91,25 @@ class ControllerSettings(ServiceSettings):
     """`module:factory` of the process provider (called with the settings; lives with the local
     stack's process code so the controller package does not depend on it)."""
     autoscale: bool = True
-    """Local mode (process provider): scale each runtime's pods on model pressure between its
-    `serving.kserve.io/min-scale` and `max-scale` annotations (missing: its planned replicas),
-    from the scheduler's `GET /v1/runtimes/{name}/pressure`; a pod is drained before it stops."""
+    """Scale each runtime's pods on model pressure between its `serving.kserve.io/min-scale`
+    and `max-scale` annotations (missing: its planned replicas), from the scheduler's
+    `GET /v1/runtimes/{name}/pressure` (at `admin_url`); a pod is drained before it goes. Local
+    mode (process provider), and Kubernetes mode for runtimes without an `autoscalerClass`
+    (the Deployment's replicas; the drained pod gets the lowest `pod-deletion-cost`)."""
     autoscale_interval_seconds: float = Field(default=10.0, gt=0)
-    """Local mode: how often the autoscaler reads each runtime's pressure."""
+    """How often the model-pressure autoscaler reads each runtime's pressure."""
     autoscale_pressure_window_seconds: float = Field(default=60.0, gt=0, le=3600)
-    """Local mode: the window each pressure reading's eviction rate covers."""
+    """Autoscaler: the window each pressure reading's eviction rate covers."""
     autoscale_up_evicted_fraction: float = Field(default=0.5, gt=0)
-    """Local mode: churn = evicted bytes per minute of at least this fraction of one pod's model memory."""
+    """Autoscaler: churn = evicted bytes per minute of at least this fraction of one pod's model memory."""
     autoscale_up_window_seconds: float = Field(default=120.0, gt=0)
-    """Local mode: churn must last this long (every reading) before a pod is added."""
+    """Autoscaler: churn must last this long (every reading) before a pod is added."""
     autoscale_down_idle_seconds: float = Field(default=300.0, ge=0)
-    """Local mode: capacity counts as unused while the least recently used copy has been idle this long and nothing is evicted."""
+    """Autoscaler: capacity counts as unused while the least recently used copy has been idle this long and nothing is evicted."""
     autoscale_down_window_seconds: float = Field(default=600.0, gt=0)
-    """Local mode: capacity must stay unused this long (every reading) before a pod is drained and removed."""
+    """Autoscaler: capacity must stay unused this long (every reading) before a pod is drained and removed."""
     autoscale_cooldown_seconds: float = Field(default=300.0, ge=0)
-    """Local mode: no autoscaling change within this long of the previous one."""
+    """Autoscaler: no change within this long of the previous one."""
     health_port: int = 8081
     """`/healthz` + `/readyz` (ready: every informer has listed, until shutdown starts)."""
     tls: TLSSettings = TLSSettings()

@@ -83,6 +83,7 @@ from meshserve.controller.events import (
 from meshserve.controller.finalizers import has_finalizer
 from meshserve.controller.kinds import HORIZONTAL_POD_AUTOSCALER
 from meshserve.controller.kube import JSON, KubeApi, KubeConflict, ResourceKind
+from meshserve.controller.kube_autoscale import KubeAutoscaler, PressureOptions, SchedulerAdmin
 from meshserve.controller.kube_writes import (
     KubeDeployments,
     apply_owned,
@@ -174,6 +175,7 @@ class Reconciler:
         change_feed: ChangeFeed | None = None, resync_seconds: float | None = None,
         events: EventRecorder | None = None, finalizer: str | None = None,
         cluster_scope: bool = False, router: RouterOptions | None = None, hpa: bool | None = None,
+        pressure: PressureOptions | None = None, pressure_admin: SchedulerAdmin | None = None,
     ) -> None:
         self.api = api
         self.scheduler = scheduler
@@ -207,6 +209,13 @@ class Reconciler:
         }
         self.hpa = runtime_backend is None if hpa is None else hpa
         """Manage the runtimes' HorizontalPodAutoscalers (default: with the Kubernetes Deployments backend)."""
+        self.autoscaler: KubeAutoscaler | None = None
+        """The model-pressure autoscaler of the runtime Deployments (Kubernetes mode, with `pressure`)."""
+        if pressure is not None:
+            if runtime_backend is not None or pressure_admin is None:
+                raise ValueError("pressure autoscaling needs the Kubernetes Deployments backend and pressure_admin")
+            self.autoscaler = KubeAutoscaler(api=api, admin=pressure_admin, view=self, options=pressure)
+        self._runtime_locks: dict[str, asyncio.Lock] = {}
         if runtime_backend is None:
             runtime_backend = KubeDeployments(api, self.informers[kube.DEPLOYMENT.kind])
         self.runtime_backend = runtime_backend
@@ -356,6 +365,8 @@ class Reconciler:
                 tg.create_task(self._follow_scheduler(self._change_feed), name="scheduler-changes")
             if self._resync_seconds:
                 tg.create_task(self._resync(self._resync_seconds), name="resync")
+            if self.autoscaler is not None:
+                tg.create_task(self.autoscaler.run(), name="pressure-autoscaler")
             self.ready.set()
 
     async def _follow_scheduler(self, feed: ChangeFeed) -> None:
@@ -522,8 +533,17 @@ class Reconciler:
 
     # --- runtime Deployments ---------------------------------------------------------------------
 
+    def runtimes_lock(self, namespace: str) -> asyncio.Lock:
+        """Held while the runtime Deployments of `namespace` are planned and written (the
+        autoscaler's replica writes take it too)."""
+        return self._runtime_locks.setdefault(namespace, asyncio.Lock())
+
     async def reconcile_runtimes(self, namespace: str) -> None:
         """The runtime Deployments (and router) of `namespace`; all deleted when it is not served."""
+        async with self.runtimes_lock(namespace):
+            await self._reconcile_runtimes(namespace)
+
+    async def _reconcile_runtimes(self, namespace: str) -> None:
         served = self.served(namespace)
         if self.scope.cluster:
             observed = self.runtime_backend.observed(namespace=namespace)  # type: ignore[call-arg]
@@ -537,6 +557,7 @@ class Reconciler:
             scheduler_address=self.pod_scheduler_address(namespace), now=self.clock(),
             runtime_prefix=self.scope.prefix(namespace),
             hpa=self.hpa, runtime_meta=self._runtime_meta(namespace, runtimes) if self.hpa else None,
+            pressure=self.autoscaler is not None,
         )
         if served:
             self.records[namespace] = dict(plan.records)
