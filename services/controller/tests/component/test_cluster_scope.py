@@ -6,7 +6,8 @@ hold an InferenceService named `example`. What must hold:
 * the two labelled ones are two vmodels and two models at the scheduler (`<ns>__example`,
   `<ns>__example__isvc-<hash>`), pinned to their own namespace's runtime (`rt:<ns>__mlserver-1.x`);
 * each labelled namespace gets its runtime Deployment (pods register as `<ns>__<runtime>`) and
-  its router Deployment + Service (`MESHSERVE_ROUTER_NAMESPACE=<ns>`); a namespaced
+  its router Deployment + Service (`MESHSERVE_ROUTER_NAMESPACE=<ns>`) + PodDisruptionBudget
+  (owned by the router Deployment); a namespaced
   ServingRuntime overrides the ClusterServingRuntime of the same name in its namespace only;
 * `team-c` is ignored until it is labelled, then served;
 * removing the label deletes that namespace's runtime Deployments and router (upstream) but
@@ -220,6 +221,14 @@ async def test_two_namespaces_same_name_labels_overrides_and_finalizers(fakekube
                 svc = await eventually(lambda ns=ns: kube.get(f"{ns_path(ns)}/services/modelmesh-serving"),  # type: ignore[misc]
                                        within=30, what=f"{ns}'s Service")
                 assert svc["spec"]["clusterIP"] == "None"
+                # its disruption budget, owned by (garbage-collected with) the router Deployment
+                pdb = await eventually(
+                    lambda ns=ns: kube.get(f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/modelmesh-serving"),  # type: ignore[misc]
+                    within=30, what=f"{ns}'s router PodDisruptionBudget")
+                (owner,) = pdb["metadata"]["ownerReferences"]
+                assert (owner["kind"], owner["name"], owner["uid"]) == ("Deployment", "modelmesh-serving", router["metadata"]["uid"])
+                assert pdb["spec"]["maxUnavailable"] == 1
+                assert pdb["spec"]["selector"]["matchLabels"].items() <= router["spec"]["template"]["metadata"]["labels"].items()
 
             # a name that fits Kubernetes but not the scheduler once prefixed: InvalidSpec, named
             long_name = ".".join(["n" * 60] * 4)     # 243 characters, a valid RFC 1123 subdomain
@@ -250,7 +259,8 @@ async def test_two_namespaces_same_name_labels_overrides_and_finalizers(fakekube
             async def team_b_emptied() -> bool:
                 return (await kube.get(deployment("team-b", "modelmesh-serving-mlserver-1.x")) is None
                         and await kube.get(deployment("team-b", "modelmesh-serving")) is None
-                        and await kube.get(f"{ns_path('team-b')}/services/modelmesh-serving") is None)
+                        and await kube.get(f"{ns_path('team-b')}/services/modelmesh-serving") is None
+                        and await kube.get("/apis/policy/v1/namespaces/team-b/poddisruptionbudgets/modelmesh-serving") is None)
             await eventually(team_b_emptied, within=30, what="team-b's runtime Deployment and router deleted")
             assert await vmodel(stub, "team-b__example") is not None
             assert await kube.get(deployment("team-a", "modelmesh-serving-mlserver-1.x")) is not None

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from meshserve.controller import crdschema
-from meshserve.controller.router_deployment import build_router_deployment, build_router_service
+from meshserve.controller.router_deployment import build_router_deployment, build_router_pdb, build_router_service
 from meshserve.controller.serving_config import parse_configmap_data
 
 REPO = Path(__file__).resolve().parents[4]
@@ -52,8 +52,9 @@ def _build(path: Path) -> tuple[dict[str, Any], ...]:
 
 
 def controller_routers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The router Deployment and Service the controller makes at start in its own namespace
-    (`router_deployment.py`, from the rendered model-serving-config and the controller's env)."""
+    """The router Deployment, Service and PodDisruptionBudget the controller makes at start in
+    its own namespace (`router_deployment.py`, from the rendered model-serving-config and the
+    controller's env; the budget's owner uid is the Deployment's, known once it is created)."""
     controller = next((d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "meshserve-controller"), None)
     cm = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "model-serving-config"), None)
     if controller is None or cm is None:
@@ -67,6 +68,7 @@ def controller_routers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                 scheduler_address=env["MESHSERVE_CONTROLLER_SCHEDULER_ADDRESS"],
                                 cluster_scope=env.get("MESHSERVE_CONTROLLER_NAMESPACE_SCOPE", "true") == "false"),
         build_router_service(config, namespace=namespace),
+        build_router_pdb(config, namespace=namespace, owner_uid="uid-of-the-router-deployment"),
     ]
 
 
@@ -312,7 +314,9 @@ def test_router_and_scheduler_have_disruption_budgets_that_let_a_drain_through()
         allowed = spec["maxUnavailable"] if "maxUnavailable" in spec else replicas - spec["minAvailable"]
         assert allowed >= 1, name
         if name == "modelmesh-serving":
-            assert spec.get("minAvailable", 0) >= 1
+            assert replicas - allowed >= 1
+            (owner,) = matching[0]["metadata"]["ownerReferences"]   # garbage-collected with the router
+            assert (owner["kind"], owner["name"], owner["controller"]) == ("Deployment", name, True)
 
 
 @needs_kubectl

@@ -15,6 +15,7 @@ from meshserve.controller.router_deployment import (
     SPEC_HASH_ANNOTATION,
     TLS_DIR,
     build_router_deployment,
+    build_router_pdb,
     build_router_service,
     router_env,
 )
@@ -139,8 +140,26 @@ def test_cluster_scope_tells_the_router_its_namespace() -> None:
                                   "metrics:\n  enabled: false\nheadlessService: false"])
 def test_the_manifests_are_valid_kubernetes_objects(text: str) -> None:
     cfg = config(text)
-    for doc in (deployment(cfg), build_router_service(cfg, namespace=NS)):
+    for doc in (deployment(cfg), build_router_service(cfg, namespace=NS), build_router_pdb(cfg, namespace=NS, owner_uid="u")):
         kubernetes_validate.validate(doc, "1.32", strict=True)
+
+
+def test_the_disruption_budget_covers_the_router_pods_only_and_is_owned_by_the_router() -> None:
+    cfg = config("inferenceServiceName: mm")
+    pdb = build_router_pdb(cfg, namespace=NS, owner_uid="uid-1")
+    dep = build_router_deployment(cfg, namespace=NS, image="i", replicas=2, scheduler_address="s:1", cluster_scope=False)
+    assert (pdb["metadata"]["name"], pdb["metadata"]["namespace"]) == ("mm", NS)
+    assert pdb["metadata"]["ownerReferences"] == [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mm", "uid": "uid-1", "controller": True}]
+    selector = pdb["spec"]["selector"]["matchLabels"]
+    assert selector == build_router_service(cfg, namespace=NS)["spec"]["selector"]   # the Service's pods
+    assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    runtime_pod = {"modelmesh-service": "mm", "name": "mm-mlserver-1.x"}   # runtime pods share modelmesh-service
+    assert not selector.items() <= runtime_pod.items()
+    # one router may always go (a node drain never blocks), never both of the default two
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    other = build_router_pdb(cfg, namespace=NS, owner_uid="uid-2")   # a re-created router: replaced
+    assert other["metadata"]["annotations"][SPEC_HASH_ANNOTATION] != pdb["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
 
 
 def test_the_spec_hash_moves_with_the_config_but_not_with_replicas() -> None:

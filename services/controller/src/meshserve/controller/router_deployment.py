@@ -25,6 +25,11 @@ test per key):
 | `tls.clientAuth: require` | `MESHSERVE_ROUTER_TLS__CA_FILE` (`ca.crt`): client certificates required |
 | `metrics.enabled` / `.port` | `MESHSERVE_ROUTER_METRICS_PORT` (0 when disabled), the `prometheus.io/*` annotations, the Service's `prometheus` port |
 
+Disruptions: a policy/v1 PodDisruptionBudget `<inferenceServiceName>` over the same pods as
+the Service, `maxUnavailable: 1` (a node drain moves one router at a time and is never blocked,
+whatever the replicas; with the default 2 one always serves), owned by the router Deployment
+(`ownerReferences`, controller), so the garbage collector deletes it with the Deployment.
+
 Probes: HTTP `/readyz` and `/healthz` on the REST port (HTTPS with TLS); TCP on the gRPC port
 when REST is off or client certificates are required (the kubelet has none).
 
@@ -39,6 +44,7 @@ import hashlib
 import json
 from typing import Any
 
+from meshserve.controller.kinds import ResourceKind
 from meshserve.controller.serving_config import ServingConfig
 
 SPEC_HASH_ANNOTATION = "meshserve.io/spec-hash"
@@ -53,6 +59,7 @@ TLS_DIR = "/etc/meshserve/tls"
 TLS_VOLUME = "router-tls"
 SELECTOR = {ROUTER_NAME_LABEL: ROUTER_APP}
 """The router pods' selector (what the base manifests of earlier releases used: immutable)."""
+POD_DISRUPTION_BUDGET = ResourceKind("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets")
 
 
 def router_env(config: ServingConfig, *, namespace: str, scheduler_address: str, cluster_scope: bool) -> list[dict[str, Any]]:
@@ -183,6 +190,26 @@ def build_router_service(config: ServingConfig, *, namespace: str) -> dict[str, 
         "metadata": {"name": config.inference_service_name, "namespace": namespace, "labels": labels(config),
                      "annotations": {}},
         "spec": spec,
+    }
+    manifest["metadata"]["annotations"][SPEC_HASH_ANNOTATION] = spec_hash(manifest)
+    return manifest
+
+
+def build_router_pdb(config: ServingConfig, *, namespace: str, owner_uid: str) -> dict[str, Any]:
+    """The router's PodDisruptionBudget in `namespace`, owned by the router Deployment whose
+    uid is `owner_uid` (see the module docstring)."""
+    manifest: dict[str, Any] = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": config.inference_service_name, "namespace": namespace, "labels": labels(config), "annotations": {},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": config.inference_service_name,
+                                 "uid": owner_uid, "controller": True}],
+        },
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": {**SELECTOR, "modelmesh-service": config.inference_service_name}},
+        },
     }
     manifest["metadata"]["annotations"][SPEC_HASH_ANNOTATION] = spec_hash(manifest)
     return manifest

@@ -13,8 +13,13 @@ every message goes through `events.redact` with the storage-config credentials. 
 
 Keys: `InferenceService:ns/name`, `Predictor:ns/name` (one CR each) and `Runtimes:ns/` (every
 runtime Deployment of namespace ns at once, because "in use" depends on all its CRs, and its
-router Deployment and Service when the controller runs routers, and in Kubernetes mode the
+router Deployment, Service and PodDisruptionBudget when the controller runs routers, and in Kubernetes mode the
 runtimes' HorizontalPodAutoscalers).
+
+Model-pressure autoscaling (Kubernetes mode, with `pressure`): `kube_autoscale.KubeAutoscaler`
+runs beside the workers once the informers have listed; the runtimes are planned with
+`pressure=True` (their replicas stay what it set), and a namespace's runtime reconcile and
+its replica writes take one lock (`runtimes_lock`).
 
 HPAs (Kubernetes mode, upstream's `controllers/hpa`): after the Deployment actions, each
 eligible runtime's HPA (named like its Deployment) is read with a GET (there is no HPA
@@ -106,8 +111,10 @@ from meshserve.controller.router_deployment import (
     COMPONENT,
     COMPONENT_LABEL,
     MANAGED_BY_LABEL,
+    POD_DISRUPTION_BUDGET,
     ROUTER_MANAGED_BY,
     build_router_deployment,
+    build_router_pdb,
     build_router_service,
 )
 from meshserve.controller.runtimes import (
@@ -197,8 +204,8 @@ class Reconciler:
         kinds = tuple(kinds)
         if cluster_scope and kube.NAMESPACE not in kinds:
             kinds += (kube.NAMESPACE,)
-        if router is not None and kube.SERVICE not in kinds:
-            kinds += (kube.SERVICE,)
+        if router is not None:
+            kinds += tuple(k for k in (kube.SERVICE, POD_DISRUPTION_BUDGET) if k not in kinds)
         self.informers = {
             k.kind: Informer(api=api, kind=k, namespace=self._watched_namespace(k), on_event=self.on_event,
                              watch_timeout_seconds=watch_timeout_seconds,
@@ -282,7 +289,7 @@ class Reconciler:
             for served in self.served_namespaces():
                 self.queue.add(Key(RUNTIMES, served, ""))
             self._enqueue_all_predictors()
-        elif kind in (kube.DEPLOYMENT, kube.SERVICE):
+        elif kind in (kube.DEPLOYMENT, kube.SERVICE, POD_DISRUPTION_BUDGET):
             if self.served(ns) or self._managed(new):
                 self.queue.add(runtimes_key)
         elif kind is kube.NAMESPACE:
@@ -575,8 +582,10 @@ class Reconciler:
             self.queue.add_after(Key(RUNTIMES, namespace, ""), plan.requeue_after)
 
     async def reconcile_router(self, namespace: str, *, served: bool) -> None:
-        """The router Deployment and Service of `namespace` (named `inferenceServiceName`) as
-        the config says; the controller's other routers there (a renamed service) deleted."""
+        """The router Deployment, Service and PodDisruptionBudget of `namespace` (named
+        `inferenceServiceName`) as the config says, the budget owned by the Deployment (made
+        once the Deployment has a uid); the controller's other routers there (a renamed
+        service) deleted."""
         if self.router is None:
             return
         wanted: dict[str, JSON] = {}
@@ -586,8 +595,13 @@ class Reconciler:
                 scheduler_address=self.pod_scheduler_address(namespace), cluster_scope=self.scope.cluster,
             )
             wanted[kube.SERVICE.kind] = build_router_service(self.config, namespace=namespace)
-        for kind in (kube.DEPLOYMENT, kube.SERVICE):
+        for kind in (kube.DEPLOYMENT, kube.SERVICE, POD_DISRUPTION_BUDGET):
             informer = self.informers[kind.kind]
+            if kind is POD_DISRUPTION_BUDGET and served:
+                owner = self.informers[kube.DEPLOYMENT.kind].get(namespace, self.config.inference_service_name)
+                uid = str(metadata(owner).get("uid") or "")
+                if uid:
+                    wanted[kind.kind] = build_router_pdb(self.config, namespace=namespace, owner_uid=uid)
             manifest = wanted.get(kind.kind)
             keep = str(manifest["metadata"]["name"]) if manifest is not None else None
             for (ns, name), obj in list(informer.store.items()):
