@@ -219,9 +219,10 @@ def _container_ports(template: dict[str, Any]) -> dict[str, int]:
 
 
 def _has_certificate(template: dict[str, Any]) -> bool:
-    """Whether the pod's puller is given a certificate (else, with https metrics, it makes one)."""
-    names = {e["name"] for c in template["spec"]["containers"] if c["name"] == "puller" for e in c.get("env", [])}
-    return bool(names & {"MESHSERVE_PULLER_TLS__CERT_FILE", "MESHSERVE_INTERNAL_TLS__CERT_FILE"})
+    """Whether the pod's metrics server (a runtime pod's puller, a router) is given a certificate
+    (else, with https metrics, it makes one)."""
+    names = {e["name"] for c in template["spec"]["containers"] if c["name"] in ("puller", "router") for e in c.get("env", [])}
+    return bool(names & {"MESHSERVE_PULLER_TLS__CERT_FILE", "MESHSERVE_INTERNAL_TLS__CERT_FILE", "MESHSERVE_ROUTER_TLS__CERT_FILE"})
 
 
 def runtime_deployments(docs: list[dict[str, Any]], config: ServingConfig) -> list[dict[str, Any]]:
@@ -283,6 +284,9 @@ def scrape_problems(docs: list[dict[str, Any]]) -> list[str]:
                         scheme = t["metadata"].get("annotations", {}).get("prometheus.io/scheme", "http")
                         if ep.get("scheme", "http") != scheme:
                             problems.append(f"{ref}: scrapes {name} with {ep.get('scheme', 'http')}, it serves {scheme}")
+                        if scheme == "https" and not _has_certificate(t) and not (ep.get("tlsConfig") or {}).get("insecureSkipVerify"):
+                            problems.append(f"{ref}: scrapes {name} over https without tlsConfig.insecureSkipVerify, "
+                                            "its certificate is self-signed")
         else:
             if spec.get("namespaceSelector") is None and any(d["metadata"]["namespace"] != ns for d in runtimes):
                 problems.append(f"{ref}: runtime pods are in another namespace")
@@ -409,6 +413,10 @@ def _mutated(docs: list[dict[str, Any]], name: str, change: Any) -> list[dict[st
                      "it serves https", id="scheme"),
         pytest.param("meshserve-runtimes", lambda d: d["spec"]["podMetricsEndpoints"][0].pop("tlsConfig"),
                      "without tlsConfig.insecureSkipVerify", id="self-signed-unverifiable"),
+        pytest.param("meshserve-router", lambda d: d["spec"]["endpoints"][0].update(scheme="http"),
+                     "it serves https", id="router-scheme"),
+        pytest.param("meshserve-router", lambda d: d["spec"]["endpoints"][0].pop("tlsConfig"),
+                     "without tlsConfig.insecureSkipVerify", id="router-self-signed-unverifiable"),
         pytest.param("meshserve-runtimes", lambda d: d["spec"]["selector"]["matchLabels"].update(
             {"app.kubernetes.io/managed-by": "meshserve"}), "scraped by no monitor", id="pod-selector"),
     ],

@@ -276,14 +276,11 @@ def test_the_inapplicable_keys_are_still_type_checked() -> None:
         serving_config.parse_config_yaml("metrics:\n  disablePrometheusOperatorSupport: 3")
 
 
-def test_metrics_scheme_http_and_the_default_give_no_warning_and_https_names_what_stays_http() -> None:
-    """metrics.scheme is applied (the runtime pods' pullers serve it: test_metrics_scheme.py);
-    set to https explicitly, the warning says the router's metrics port stays plain HTTP."""
-    assert serving_config.parse_config_yaml("metrics:\n  scheme: http").warnings == ()
-    assert serving_config.parse_config_yaml("metrics:\n  port: 2112").warnings == ()
-    warnings = serving_config.parse_config_yaml("metrics:\n  scheme: HTTPS").warnings
-    assert len(warnings) == 1 and warnings[0].startswith("config key 'metrics.scheme': https is honoured only in part: ")
-    assert "router" in warnings[0] and "self-signed" in warnings[0]
+def test_metrics_scheme_is_honoured_without_a_warning_whatever_its_value() -> None:
+    """metrics.scheme is applied to the runtime pods' pullers and to the routers
+    (test_metrics_scheme.py, test_router_deployment.py): no value of it warns."""
+    for text in ("metrics:\n  scheme: http", "metrics:\n  scheme: HTTPS", "metrics:\n  port: 2112"):
+        assert serving_config.parse_config_yaml(text).warnings == (), text
 
 
 def test_client_auth_optional_is_named_as_partly_honoured_and_require_is_not() -> None:

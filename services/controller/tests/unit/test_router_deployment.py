@@ -125,6 +125,15 @@ def test_metrics_port_and_disabled() -> None:
     assert "prometheus" not in {p["name"] for p in build_router_service(off, namespace=NS)["spec"]["ports"]}
 
 
+@pytest.mark.parametrize(("text", "scheme"), [("", "https"), ("metrics:\n  scheme: HTTPS", "https"), ("metrics:\n  scheme: http", "http")])
+def test_metrics_scheme_is_what_the_router_serves_and_the_pods_say(text: str, scheme: str) -> None:
+    """Upstream's default is https: the router serves its metrics port over TLS (its certificate,
+    else one it generates) and its pods are annotated so Prometheus scrapes it that way."""
+    cfg = config(text)
+    assert router_settings(cfg).metrics_scheme == scheme
+    assert deployment(cfg)["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scheme"] == scheme
+
+
 def test_image_pull_secrets() -> None:
     pod = deployment(config("imagePullSecrets: [{name: regcred}]"))["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]

@@ -216,7 +216,6 @@ def test_payload_processor_urls_are_kept_and_userinfo_is_never_echoed() -> None:
     [
         pytest.param("tls:\n  secretName: t\n  clientAuth: optional", "config key 'tls.clientAuth': optional is honoured only in part",
                      id="client-auth-optional"),
-        pytest.param("metrics:\n  scheme: https", "config key 'metrics.scheme': https is honoured only in part", id="scheme"),
         pytest.param("metrics:\n  disablePrometheusOperatorSupport: false",
                      "config key 'metrics.disablePrometheusOperatorSupport' has no effect in meshserve", id="operator-support"),
         pytest.param("modelMeshImage:\n  name: x", "config key 'modelMeshImage' has no effect in meshserve", id="mm-image"),
@@ -232,6 +231,6 @@ def test_keys_that_are_not_applied_are_named_in_a_warning(text: str, warning: st
 def test_applied_keys_give_no_warning() -> None:
     text = (
         "podsPerRuntime: 1\nscaleToZero:\n  enabled: true\n  gracePeriodSeconds: 5\nmetrics:\n  enabled: true\n"
-        "  port: 2112\nserviceAccountName: modelmesh\nruntimePodLabels: {a: b}\nbuiltInServerTypes: [mlserver]\n"
+        "  port: 2112\n  scheme: https\nserviceAccountName: modelmesh\nruntimePodLabels: {a: b}\nbuiltInServerTypes: [mlserver]\n"
     )
     assert parse_config_yaml(text).warnings == ()

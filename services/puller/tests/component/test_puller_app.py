@@ -223,7 +223,7 @@ async def test_https_metrics_without_a_certificate_serve_a_self_signed_one_gener
         update={"metrics_port": port, "metrics_scheme": "https", "tls": TLSSettings()}
     )
     app = PullerApp(settings)
-    with caplog.at_level("INFO", logger="meshserve.puller.metrics_tls"):
+    with caplog.at_level("INFO", logger="meshserve.common.metrics_tls"):
         async with Lifecycle("puller") as life:
             serving = asyncio.create_task(app.serve(life))
             await asyncio.wait_for(fake_scheduler.reported.wait(), 20)

@@ -45,7 +45,7 @@ def test_without_a_certificate_one_is_generated_in_a_private_folder_that_goes_af
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = PullerSettings(pod_id="pod-1", metrics_port=2112, metrics_scheme="https")
-    with caplog.at_level(logging.INFO, logger="meshserve.puller.metrics_tls"), metrics_tls(settings) as tls:
+    with caplog.at_level(logging.INFO, logger="meshserve.common.metrics_tls"), metrics_tls(settings) as tls:
         cert, key = Path(tls["certfile"]), Path(tls["keyfile"])
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
         assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700

@@ -7,6 +7,7 @@ a stop that closes both doors and ends the route stream."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -104,3 +105,45 @@ async def test_probes_follow_the_route_snapshot_and_a_stop_closes_the_doors(sche
         await asyncio.wait_for(fake.stream_ended.wait(), 10)  # the route stream was closed
         with pytest.raises(httpx.TransportError):  # the REST door is closed
             await http.get("/healthz")
+
+
+async def test_https_metrics_without_a_certificate_serve_a_self_signed_one(scheduler: tuple[Scheduler, str]) -> None:
+    """`metrics.scheme: https` (the controller sets MESHSERVE_ROUTER_METRICS_SCHEME): the metrics
+    port serves TLS with a certificate generated at start-up; plain HTTP gets no page."""
+    import ssl
+
+    _, address = scheduler
+    rest_port, metrics_port = free_port(), free_port()
+    app = RouterApp(RouterSettings(
+        scheduler_address=address, grpc_address="127.0.0.1:0", rest_host="127.0.0.1", rest_port=rest_port,
+        metrics_port=metrics_port, metrics_scheme="https", data_path="python",
+    ))
+    async with Lifecycle("router") as life:
+        serving = asyncio.create_task(app.serve(life))
+
+        async def up() -> bool:
+            try:
+                with socket_to(metrics_port):
+                    return True
+            except OSError:
+                return False
+
+        await eventually(up, what="the metrics port")
+        served = ssl.get_server_certificate(("127.0.0.1", metrics_port), timeout=10)
+        trusting = ssl.create_default_context(cadata=served)
+        trusting.check_hostname = False   # names: the host name, localhost, 127.0.0.1
+        async with httpx.AsyncClient(verify=trusting) as client:
+            page = await client.get(f"https://127.0.0.1:{metrics_port}/metrics")
+        assert page.status_code == 200 and "meshserve_router" in page.text
+        async with httpx.AsyncClient() as client:   # the system CAs do not know it
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"https://127.0.0.1:{metrics_port}/metrics")
+            with pytest.raises(httpx.TransportError):
+                await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
+        life.stop()
+        await asyncio.wait_for(serving, 10)
+    assert life.failure is None
+
+
+def socket_to(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=1)

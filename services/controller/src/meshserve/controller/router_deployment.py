@@ -24,6 +24,7 @@ test per key):
 | `tls.secretName` | the Secret mounted at `/etc/meshserve/tls`, `MESHSERVE_ROUTER_TLS__CERT_FILE` / `KEY_FILE` (`tls.crt`, `tls.key`) |
 | `tls.clientAuth: require` | `MESHSERVE_ROUTER_TLS__CA_FILE` (`ca.crt`): client certificates required |
 | `metrics.enabled` / `.port` | `MESHSERVE_ROUTER_METRICS_PORT` (0 when disabled), the `prometheus.io/*` annotations, the Service's `prometheus` port |
+| `metrics.scheme` | `MESHSERVE_ROUTER_METRICS_SCHEME` (https: the router's certificate, else a self-signed one it generates) and `prometheus.io/scheme` |
 
 Disruptions: a policy/v1 PodDisruptionBudget `<inferenceServiceName>` over the same pods as
 the Service, `maxUnavailable: 1` (a node drain moves one router at a time and is never blocked,
@@ -69,6 +70,7 @@ def router_env(config: ServingConfig, *, namespace: str, scheduler_address: str,
         {"name": "MESHSERVE_ROUTER_GRPC_ADDRESS", "value": f"0.0.0.0:{config.inference_service_port}"},
         {"name": "MESHSERVE_ROUTER_REST_PORT", "value": str(config.rest_proxy_port if config.rest_proxy_enabled else 0)},
         {"name": "MESHSERVE_ROUTER_METRICS_PORT", "value": str(config.metrics_port if config.metrics_enabled else 0)},
+        {"name": "MESHSERVE_ROUTER_METRICS_SCHEME", "value": config.metrics_scheme},
         {"name": "MESHSERVE_ROUTER_SCHEDULER_ADDRESS", "value": scheduler_address},
         {"name": "MESHSERVE_ROUTER_MAX_MESSAGE_BYTES", "value": str(config.grpc_max_message_size_bytes)},
         {"name": "MESHSERVE_ROUTER_LOG_JSON", "value": "true"},
@@ -140,7 +142,7 @@ def build_router_deployment(
     annotations: dict[str, str] = {}
     if config.metrics_enabled:
         annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(config.metrics_port),
-                       "prometheus.io/path": "/metrics", "prometheus.io/scheme": "http"}
+                       "prometheus.io/path": "/metrics", "prometheus.io/scheme": config.metrics_scheme}
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,    # the router never calls the Kubernetes API
         "terminationGracePeriodSeconds": 90,

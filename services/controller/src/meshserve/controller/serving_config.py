@@ -247,11 +247,6 @@ NOT_APPLIED_YET: Mapping[str, str] = {}
 """Keys meshserve parses but does not act on yet: setting one gives a warning saying so
 (docs/config-keys.md; `tests/unit/test_config_keys.py` keeps the list true)."""
 PARTLY_APPLIED: Mapping[tuple[str, str], str] = {
-    ("metrics.scheme", "https"): (
-        "the runtime pods' pullers serve their metrics port over https (the pod's certificate, else a "
-        "self-signed one generated at start-up: scrape with insecureSkipVerify); the router's metrics "
-        "port stays plain HTTP"
-    ),
     ("tls.clientAuth", "optional"): (
         "the router either requires client certificates (require) or does not ask for any; optional is "
         "served as no client authentication"

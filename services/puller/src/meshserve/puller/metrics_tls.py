@@ -1,104 +1,34 @@
 """The TLS of the pod's metrics port (`metrics_scheme: https`, upstream's `MM_METRICS` `scheme=https`).
 
-Owns: which certificate the metrics port serves. The pod's own (`tls.cert_file` / `tls.key_file`)
-when it has one; otherwise a self-signed certificate generated at start-up, as upstream's
-ModelMesh does (Prometheus scrapes it with `insecureSkipVerify`, the kustomize PodMonitor's
-tlsConfig). The generated key lives in memory and, for the moment `start_http_server` loads it,
-in a private temporary folder (0700, the key 0600) that is deleted as soon as the server holds
-it. Does file I/O; may import `cryptography` (imported only when a certificate is generated) and
-the puller's settings.
+Owns: the puller's choice of names and certificate for `meshserve.common.metrics_tls` (which
+serves the pod's own certificate, `tls.cert_file` / `tls.key_file`, when it has one, else a
+self-signed one generated at start-up). May import the puller's settings and `meshserve.common`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
-import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
+from meshserve.common import metrics_tls as common
+from meshserve.common.metrics_tls import self_signed_pem
 from meshserve.puller.settings import PullerSettings
 
-log = logging.getLogger(__name__)
-
-VALID_DAYS = 365
-"""A generated certificate's life: a pod lives shorter (a restart makes a new one)."""
-
-
-def self_signed_pem(names: list[str], *, days: int = VALID_DAYS) -> tuple[bytes, bytes, str]:
-    """A fresh EC P-256 key and a self-signed server certificate for `names` (DNS names or IP
-    addresses; the first is the subject's CN): `(cert_pem, key_pem, sha256 fingerprint)`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    if not names:
-        raise ValueError("a certificate needs at least one name")
-    sans: list[x509.GeneralName] = []
-    for name in dict.fromkeys(names):  # once each, in order
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            sans.append(x509.DNSName(name))
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem, cert.fingerprint(hashes.SHA256()).hex(":")
+__all__ = ["certificate_names", "metrics_tls", "self_signed_pem"]
 
 
 def certificate_names(settings: PullerSettings) -> list[str]:
     """What a generated certificate is valid for: the pod (its id, the host name), the host of its
     advertised address, and the loopback names."""
-    import socket
-
-    names = [settings.pod_id, socket.gethostname()]
-    if settings.advertise_address:
-        host = settings.advertise_address.rsplit(":", 1)[0].strip("[]")
-        if host:
-            names.append(host)
-    return [n for n in dict.fromkeys([*names, "localhost", "127.0.0.1", "::1"]) if n]
+    host = settings.advertise_address.rsplit(":", 1)[0].strip("[]") if settings.advertise_address else ""
+    return common.certificate_names(settings.pod_id, host)
 
 
 @contextlib.contextmanager
 def metrics_tls(settings: PullerSettings) -> Iterator[dict[str, str]]:
-    """`start_http_server`'s TLS arguments, valid inside the `with` only: none for plain HTTP,
-    the pod's certificate when it has one, else a generated self-signed one (its files are
-    deleted on exit: call `start_http_server` inside, it loads them at once)."""
-    if settings.metrics_scheme != "https":
-        yield {}
-        return
-    if settings.tls.cert_file is not None and settings.tls.key_file is not None:
-        yield {"certfile": str(settings.tls.cert_file), "keyfile": str(settings.tls.key_file)}
-        return
-    names = certificate_names(settings)
-    cert_pem, key_pem, fingerprint = self_signed_pem(names)
-    folder = Path(tempfile.mkdtemp(prefix="meshserve-metrics-tls-"))  # 0700
-    try:
-        cert_path, key_path = folder / "tls.crt", folder / "tls.key"
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(key_pem)
-        cert_path.write_bytes(cert_pem)
-        log.info(
-            "metrics port :%d serves https with a self-signed certificate generated at start-up "
-            "(no tls.cert_file / tls.key_file; valid for %s; sha256 %s)",
-            settings.metrics_port, ", ".join(names), fingerprint,
-        )
-        yield {"certfile": str(cert_path), "keyfile": str(key_path)}
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    """`start_http_server`'s TLS arguments for the pod's metrics port, valid inside the `with`."""
+    with common.metrics_tls(
+        settings.metrics_scheme, port=settings.metrics_port, names=certificate_names(settings),
+        cert_file=settings.tls.cert_file, key_file=settings.tls.key_file,
+    ) as tls:  # fmt: skip
+        yield tls

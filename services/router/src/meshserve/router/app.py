@@ -42,6 +42,7 @@ from meshserve.common.grpcutil import (
 from meshserve.common.health import Health
 from meshserve.common.httputil import EmbeddedServer
 from meshserve.common.lifecycle import Lifecycle
+from meshserve.common.metrics_tls import certificate_names, metrics_tls
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
 from meshserve.common.settings import TLSSettings
 from meshserve.router import access, metrics, mmesh_api
@@ -152,7 +153,11 @@ class RouterApp:
         metrics.configure(per_model=self.settings.per_model_metrics)
         access.configure(enabled=self.settings.access_log)
         if self.settings.metrics_port:
-            start_http_server(self.settings.metrics_port)
+            with metrics_tls(
+                self.settings.metrics_scheme, port=self.settings.metrics_port, names=certificate_names(),
+                cert_file=self.settings.tls.cert_file, key_file=self.settings.tls.key_file,
+            ) as tls:  # a generated key's files go once the server holds it
+                start_http_server(self.settings.metrics_port, **tls)
         envoy = self.settings.data_path == "envoy"
         payloads = self.dataplane.payloads
         if payloads is not None:

@@ -58,6 +58,10 @@ class RouterSettings(ServiceSettings):
     """KServe v2 REST front door, also /healthz, /readyz and /metrics. 0 turns it off."""
     metrics_port: int = 2112
     """Separate Prometheus port (0: off; /metrics on the REST port is always there)."""
+    metrics_scheme: Literal["http", "https"] = "http"
+    """How `metrics_port` is served: `https` uses the front doors' certificate (`tls.cert_file` /
+    `tls.key_file`), or without one a self-signed certificate generated at start-up (scrape it
+    with `insecureSkipVerify`). The controller sets it from the config's `metrics.scheme`."""
     per_model_metrics: bool = False
     """Label ModelMesh's request metrics (`modelmesh_*`) with `modelId` and `vModelId` too
     (upstream's `per_model_metrics`): one series per model, so off by default (cardinality).
