@@ -156,7 +156,7 @@ def _plan(rt: Any, observed: dict[str, rc.ObservedDeployment], *, pressure: bool
     )
 
 
-def _hash(rt: Any, replicas: int) -> str:
+def _hash(rt: Any) -> str:
     created = _plan(rt, {}, pressure=False).actions[0]
     assert created.manifest is not None
     return str(created.manifest["metadata"]["annotations"][deploy.SPEC_HASH_ANNOTATION])
@@ -164,7 +164,7 @@ def _hash(rt: Any, replicas: int) -> str:
 
 def test_plan_with_pressure_keeps_the_autoscalers_replicas_and_without_it_scales_back() -> None:
     rt = runtime({MIN: "1", MAX: "3"})
-    observed = {DEP: rc.ObservedDeployment(DEP, 3, _hash(rt, 3))}
+    observed = {DEP: rc.ObservedDeployment(DEP, 3, _hash(rt))}
     assert _plan(rt, observed, pressure=True).actions == ()
     (scale,) = _plan(rt, observed, pressure=False).actions
     assert (scale.kind, scale.replicas) == (rc.ActionKind.SCALE, 1)
@@ -172,7 +172,7 @@ def test_plan_with_pressure_keeps_the_autoscalers_replicas_and_without_it_scales
 
 def test_plan_with_pressure_clamps_and_patches_with_the_kept_count() -> None:
     rt = runtime({MIN: "1", MAX: "2"})
-    (scale,) = _plan(rt, {DEP: rc.ObservedDeployment(DEP, 3, _hash(rt, 3))}, pressure=True).actions
+    (scale,) = _plan(rt, {DEP: rc.ObservedDeployment(DEP, 3, _hash(rt))}, pressure=True).actions
     assert (scale.kind, scale.replicas) == (rc.ActionKind.SCALE, 2)    # max-scale lowered to 2
     (patch,) = _plan(rt, {DEP: rc.ObservedDeployment(DEP, 2, "old-hash")}, pressure=True).actions
     assert (patch.kind, patch.replicas) == (rc.ActionKind.PATCH, 2)
@@ -181,7 +181,7 @@ def test_plan_with_pressure_clamps_and_patches_with_the_kept_count() -> None:
 
 def test_plan_with_pressure_leaves_an_hpa_runtime_to_the_hpa() -> None:
     rt = runtime({CLASS: "hpa", MIN: "1", MAX: "5"})
-    observed = {DEP: rc.ObservedDeployment(DEP, 4, _hash(rt, 4))}
+    observed = {DEP: rc.ObservedDeployment(DEP, 4, _hash(rt))}
     plan = _plan(rt, observed, pressure=True)
     assert plan.actions == () and plan.hpas[0].wanted      # the HPA's 4 kept, by the HPA rule
 

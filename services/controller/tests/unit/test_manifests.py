@@ -21,7 +21,11 @@ import pytest
 import yaml
 
 from meshserve.controller import crdschema
-from meshserve.controller.router_deployment import build_router_deployment, build_router_pdb, build_router_service
+from meshserve.controller.router_deployment import (
+    build_router_deployment,
+    build_router_pdb,
+    build_router_service,
+)
 from meshserve.controller.serving_config import parse_configmap_data
 
 REPO = Path(__file__).resolve().parents[4]

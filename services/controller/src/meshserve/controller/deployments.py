@@ -52,6 +52,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from meshserve.controller.internal_tls import InternalTls
+from meshserve.controller.internal_tls import add_to_pod as add_internal_tls
 from meshserve.controller.runtimes import (
     PER_MODEL_CONCURRENCY_ANNOTATION,
     ModelCacheSpec,
@@ -432,6 +434,7 @@ def _cache_volume(cache: ModelCacheSpec, *, cache_bytes: int) -> dict[str, Any] 
 def build_runtime_deployment(
     *, runtime: Runtime, config: ServingConfig, namespace: str, replicas: int, storage: StorageConfig,
     scheduler_address: str, pvc_claims: Iterable[str] = (), runtime_id: str = "",
+    internal_tls: InternalTls | None = None,
 ) -> dict[str, Any]:
     """The runtime's Deployment manifest (apps/v1).
 
@@ -440,6 +443,7 @@ def build_runtime_deployment(
             (`predictor_pvc_claims`: those of its predictors, with `allowAnyPVC`).
         runtime_id: the runtime name the pods register with the scheduler (cluster scope:
             `<namespace>__<runtime>`, see `scope`); default the runtime's own name.
+        internal_tls: the internal TLS Secret mounted into the puller (`internal_tls`).
     """
     name = deployment_name(config, runtime.name)
     spec = runtime.spec
@@ -525,6 +529,8 @@ def build_runtime_deployment(
     for key in ("nodeSelector", "tolerations", "hostIPC"):
         if spec.get(key) is not None:
             pod[key] = copy.deepcopy(spec[key])
+    if has_puller:
+        pod = add_internal_tls(pod, container="puller", tls=internal_tls)
     manifest: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -34,6 +34,7 @@ from typing import Any
 
 from meshserve.controller import deployments as deploy
 from meshserve.controller import hpa as autoscaling
+from meshserve.controller.internal_tls import InternalTls
 from meshserve.controller.runtimes import (
     Runtime,
     SelectionFailure,
@@ -142,6 +143,7 @@ def plan_runtimes(
     hpa: bool = False,
     runtime_meta: Mapping[str, tuple[str, Mapping[str, str]]] | None = None,
     pressure: bool = False,
+    internal_tls: InternalTls | None = None,
 ) -> RuntimePlan:
     """Deployment actions for every runtime of one namespace (see module docstring).
 
@@ -150,7 +152,7 @@ def plan_runtimes(
     plan carries the runtimes' HorizontalPodAutoscalers; `runtime_meta` (runtime name ->
     (uid, metadata labels) of its object) makes the runtime their owner and gives them its labels.
     With `pressure` the replicas of runtimes without an autoscaler class follow
-    `hpa.pressure_replicas`."""
+    `hpa.pressure_replicas`. `internal_tls`: the Secret mounted into every runtime pod's puller."""
     predictors = list(predictors)   # read once per runtime (allowAnyPVC claims)
     used = runtimes_in_use(predictors, runtimes, config=config, pin=bool(runtime_prefix))
     grace = float(config.scale_to_zero_grace_period_seconds)
@@ -201,6 +203,7 @@ def plan_runtimes(
             runtime=rt, config=config, namespace=namespace, replicas=replicas, storage=storage,
             scheduler_address=scheduler_address, runtime_id=f"{runtime_prefix}{name}",
             pvc_claims=deploy.predictor_pvc_claims(predictors, runtime_name=name, runtimes=runtimes, config=config),
+            internal_tls=internal_tls,
         )
         desired_hash = manifest["metadata"]["annotations"][deploy.SPEC_HASH_ANNOTATION]
         if current is None:

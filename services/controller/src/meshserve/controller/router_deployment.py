@@ -31,6 +31,9 @@ the Service, `maxUnavailable: 1` (a node drain moves one router at a time and is
 whatever the replicas; with the default 2 one always serves), owned by the router Deployment
 (`ownerReferences`, controller), so the garbage collector deletes it with the Deployment.
 
+Internal TLS (the controller's `internal_tls_secret`): the Secret mounted read-only at
+`internal_tls.TLS_DIR` and `MESHSERVE_INTERNAL_TLS__*` set (`internal_tls.add_to_pod`).
+
 Probes: HTTP `/readyz` and `/healthz` on the REST port (HTTPS with TLS); TCP on the gRPC port
 when REST is off or client certificates are required (the kubelet has none).
 
@@ -45,6 +48,8 @@ import hashlib
 import json
 from typing import Any
 
+from meshserve.controller.internal_tls import InternalTls
+from meshserve.controller.internal_tls import add_to_pod as add_internal_tls
 from meshserve.controller.kinds import ResourceKind
 from meshserve.controller.serving_config import ServingConfig
 
@@ -113,8 +118,10 @@ def labels(config: ServingConfig) -> dict[str, str]:
 
 def build_router_deployment(
     config: ServingConfig, *, namespace: str, image: str, replicas: int, scheduler_address: str, cluster_scope: bool,
+    internal_tls: InternalTls | None = None,
 ) -> dict[str, Any]:
-    """The router's Deployment (apps/v1) in `namespace`."""
+    """The router's Deployment (apps/v1) in `namespace`; `internal_tls`: the internal TLS
+    Secret mounted into the router, its calls to the scheduler and the pullers on mutual TLS."""
     ports: list[dict[str, Any]] = [{"name": "grpc", "containerPort": config.inference_service_port}]
     if config.rest_proxy_enabled:
         ports.append({"name": "http", "containerPort": config.rest_proxy_port})
@@ -156,6 +163,7 @@ def build_router_deployment(
     }
     if config.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in config.image_pull_secrets]
+    pod = add_internal_tls(pod, container="router", tls=internal_tls)
     manifest: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -110,6 +110,14 @@ class ControllerSettings(ServiceSettings):
     """Autoscaler: capacity must stay unused this long (every reading) before a pod is drained and removed."""
     autoscale_cooldown_seconds: float = Field(default=300.0, ge=0)
     """Autoscaler: no change within this long of the previous one."""
+    internal_tls_secret: str = ""
+    """Kubernetes mode: a TLS Secret (keys `tls.crt`, `tls.key`, `ca.crt`; in every served
+    namespace) mounted into the runtime pods' puller and each router at
+    `/etc/meshserve/internal-tls`, with `MESHSERVE_INTERNAL_TLS__*` pointing at it: their
+    internal gRPC hops on mutual TLS. Only referenced, never read. "" (default): off."""
+    internal_tls_server_name: str = ""
+    """Kubernetes mode, with `internal_tls_secret`: `MESHSERVE_INTERNAL_TLS__SERVER_NAME` of
+    those pods (the name the peers' certificate carries, for peers dialed by IP). "": unset."""
     health_port: int = 8081
     """`/healthz` + `/readyz` (ready: every informer has listed, until shutdown starts)."""
     tls: TLSSettings = TLSSettings()

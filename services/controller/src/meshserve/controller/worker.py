@@ -86,6 +86,7 @@ from meshserve.controller.events import (
     secret_strings,
 )
 from meshserve.controller.finalizers import has_finalizer
+from meshserve.controller.internal_tls import InternalTls
 from meshserve.controller.kinds import HORIZONTAL_POD_AUTOSCALER
 from meshserve.controller.kube import JSON, KubeApi, KubeConflict, ResourceKind
 from meshserve.controller.kube_autoscale import KubeAutoscaler, PressureOptions, SchedulerAdmin
@@ -183,6 +184,7 @@ class Reconciler:
         events: EventRecorder | None = None, finalizer: str | None = None,
         cluster_scope: bool = False, router: RouterOptions | None = None, hpa: bool | None = None,
         pressure: PressureOptions | None = None, pressure_admin: SchedulerAdmin | None = None,
+        internal_tls: InternalTls | None = None,
     ) -> None:
         self.api = api
         self.scheduler = scheduler
@@ -223,6 +225,8 @@ class Reconciler:
                 raise ValueError("pressure autoscaling needs the Kubernetes Deployments backend and pressure_admin")
             self.autoscaler = KubeAutoscaler(api=api, admin=pressure_admin, view=self, options=pressure)
         self._runtime_locks: dict[str, asyncio.Lock] = {}
+        self.internal_tls = internal_tls
+        """The internal TLS Secret mounted into runtime pods (puller) and routers (None: off)."""
         if runtime_backend is None:
             runtime_backend = KubeDeployments(api, self.informers[kube.DEPLOYMENT.kind])
         self.runtime_backend = runtime_backend
@@ -564,7 +568,7 @@ class Reconciler:
             scheduler_address=self.pod_scheduler_address(namespace), now=self.clock(),
             runtime_prefix=self.scope.prefix(namespace),
             hpa=self.hpa, runtime_meta=self._runtime_meta(namespace, runtimes) if self.hpa else None,
-            pressure=self.autoscaler is not None,
+            pressure=self.autoscaler is not None, internal_tls=self.internal_tls,
         )
         if served:
             self.records[namespace] = dict(plan.records)
@@ -593,6 +597,7 @@ class Reconciler:
             wanted[kube.DEPLOYMENT.kind] = build_router_deployment(
                 self.config, namespace=namespace, image=self.router.image, replicas=self.router.replicas,
                 scheduler_address=self.pod_scheduler_address(namespace), cluster_scope=self.scope.cluster,
+                internal_tls=self.internal_tls,
             )
             wanted[kube.SERVICE.kind] = build_router_service(self.config, namespace=namespace)
         for kind in (kube.DEPLOYMENT, kube.SERVICE, POD_DISRUPTION_BUDGET):
