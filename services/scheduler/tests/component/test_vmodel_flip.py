@@ -115,3 +115,65 @@ async def test_a_retirement_is_forgotten_once_its_task_ran(make_service: Service
         await _flip(service, vmodel_id="ran-vm", target_model_id="ran-new")
         await service.vmodels.retirements_done()
         assert "ran-old" not in await service.registry.pending_retirements()
+
+
+async def test_the_expected_target_is_checked_on_the_row_the_write_locks(make_service: ServiceFactory, database_url: str) -> None:
+    """SetVModel's expected target is checked in the transaction that writes the vmodel, on its
+    row locked (`FOR UPDATE`): a call made while another transaction holds the row waits for it,
+    then sees what that transaction wrote (here: another target) and is refused. A check made on
+    an earlier read would have passed and overwritten the other write."""
+    import asyncio
+    import time
+
+    import pytest
+    from sqlalchemy import text
+
+    from meshserve.common.errors import FailedPrecondition
+
+    upgrade(database_url)
+    async with make_service(database_url, vmodel_retire_grace_seconds=LONG) as service:
+        await _register(service, "lock-start", "lock-other", "lock-mine")
+        await _flip(service, vmodel_id="lock-vm", target_model_id="lock-start")
+        engine = service.registry.engine
+        async with engine.connect() as holder, engine.connect() as watcher:
+            held = await holder.begin()
+            await holder.execute(text("SELECT 1 FROM vmodels WHERE id = 'lock-vm' FOR UPDATE"))
+            call = asyncio.create_task(
+                _flip(service, vmodel_id="lock-vm", target_model_id="lock-mine", expected_target_model_id="lock-start")
+            )
+            deadline = time.monotonic() + 30
+            while True:   # Postgres says the call waits for the row lock: nothing to await but asking it
+                waiting = (await watcher.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                ))).scalar_one()
+                await watcher.commit()
+                if waiting or call.done():
+                    break
+                assert time.monotonic() < deadline, "the call never waited for the row lock"
+                await asyncio.sleep(0.02)
+            assert not call.done(), call   # it did not write past the lock
+            await holder.execute(text("UPDATE vmodels SET active_model_id = 'lock-other' WHERE id = 'lock-vm'"))
+            await held.commit()
+            with pytest.raises(FailedPrecondition, match="Existing target model lock-other does not match expected lock-start"):
+                await asyncio.wait_for(call, 30)
+        record = await service.registry.get_vmodel("lock-vm")
+        assert record is not None and record.active_model_id == "lock-other"
+        await service.vmodels.close()
+
+
+async def test_update_only_and_an_expected_target_for_a_vmodel_that_does_not_exist(make_service: ServiceFactory, database_url: str) -> None:
+    import pytest
+
+    from meshserve.common.errors import FailedPrecondition, NotFound
+
+    upgrade(database_url)
+    async with make_service(database_url, vmodel_retire_grace_seconds=LONG) as service:
+        await _register(service, "absent-t")
+        with pytest.raises(NotFound, match="vmodel absent-vm not found"):
+            await _flip(service, vmodel_id="absent-vm", target_model_id="absent-t", update_only=True)
+        with pytest.raises(FailedPrecondition, match="vmodel absent-vm not found"):
+            await _flip(service, vmodel_id="absent-vm", target_model_id="absent-t", expected_target_model_id="other")
+        assert await service.registry.get_vmodel("absent-vm") is None
+        await _flip(service, vmodel_id="absent-vm", target_model_id="absent-t", expected_target_model_id="absent-t")
+        assert await service.registry.get_vmodel("absent-vm") is not None
+        await service.vmodels.close()

@@ -381,6 +381,9 @@ class ModelMeshApi(model_mesh_pb2_grpc.ModelMeshServicer):
                     auto_delete_target_model=request.autoDeleteTargetModel,
                     load_now=request.loadNow,
                     force=request.force,
+                    # checked again by the scheduler in the transaction that writes the vmodel
+                    update_only=request.updateOnly,
+                    expected_target_model_id=request.expectedTargetModelId,
                 ),
                 context,
                 cap=self.call_timeout,

@@ -131,6 +131,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             force=request.force,
             load_now=request.load_now,
             update_only=request.update_only,
+            expected_target_model_id=request.expected_target_model_id,
             wait=request.sync,
         )
         return await self._vmodel_status(request.vmodel_id)

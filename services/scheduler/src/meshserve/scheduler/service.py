@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from meshserve.common.errors import InvalidArgument, MeshError, NotFound
+from meshserve.common.errors import InvalidArgument, MeshError
 from meshserve.common.storage import check_model_id, parse_storage_uri
 from meshserve.scheduler import metrics
 from meshserve.scheduler.copies import Copies, Endpoint
@@ -286,15 +286,15 @@ class SchedulerService:
         force: bool = False,
         load_now: bool = True,
         update_only: bool = False,
+        expected_target_model_id: str = "",
         wait: bool = False,
     ) -> None:
         """SetVModel: register `target` first when given and the target model is not
-        registered yet; with `update_only` the vmodel must exist; then point the vmodel at
-        the target (`vmodels.VModels.set_vmodel`); `wait` returns once the target is loaded."""
+        registered yet; then point the vmodel at the target (`vmodels.VModels.set_vmodel`,
+        which checks `update_only` / `expected_target_model_id` / the owner in the write's
+        transaction); `wait` returns once the target is loaded."""
         if target is not None and await self.registry.find_model(target_model_id) is None:
             await self.register_model(target, load_now=load_now)
-        if update_only and await self.registry.get_vmodel(vmodel_id) is None:
-            raise NotFound(f"vmodel {vmodel_id!r} not found (update_only)")
         await self.vmodels.set_vmodel(
             vmodel_id=vmodel_id,
             target_model_id=target_model_id,
@@ -302,6 +302,8 @@ class SchedulerService:
             auto_delete=auto_delete,
             force=force,
             load_now=load_now,
+            update_only=update_only,
+            expected_target_model_id=expected_target_model_id,
         )
         if wait:
             await self.copies.ensure_loaded(target_model_id)

@@ -36,18 +36,49 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from meshserve.common.errors import AlreadyExists, MeshError, NotFound, Unavailable
+from meshserve.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    MeshError,
+    NotFound,
+    Unavailable,
+)
 from meshserve.common.storage import check_model_id
 from meshserve.scheduler.copies import Copies
 from meshserve.scheduler.events import EventLog
+from meshserve.scheduler.models import VModelRecord
 from meshserve.scheduler.status import LOADING_FAILED, ModelState
 from meshserve.scheduler.store.live import LiveState
 from meshserve.scheduler.store.registry import Registry
 
 log = logging.getLogger(__name__)
 
+
+
+def vmodel_guard(
+    vmodel_id: str, target: str, *, owner: str = "", update_only: bool = False, expected_target: str = ""
+) -> Callable[[VModelRecord | None], None]:
+    """SetVModel's preconditions on the vmodel as it is (None: not registered), raising with
+    upstream ModelMesh's codes and texts: `update_only` needs it to exist; `expected_target`
+    must be its target (or the one asked for); a different owner may not take it over."""
+
+    def check(current: VModelRecord | None) -> None:
+        if current is None:
+            if update_only:
+                raise NotFound(f"vmodel {vmodel_id} not found")
+            if expected_target and expected_target != target:
+                raise FailedPrecondition(f"vmodel {vmodel_id} not found")
+            return
+        if owner and current.owner and current.owner != owner:
+            raise AlreadyExists(f"vmodel {vmodel_id!r} already exists with owner {current.owner!r} (asked by {owner!r})")
+        now = current.target_model_id or current.active_model_id
+        if expected_target and expected_target != now and target != now:
+            raise FailedPrecondition(f"Existing target model {now} does not match expected {expected_target}")
+
+    return check
 
 
 class VModels:
@@ -96,8 +127,13 @@ class VModels:
         auto_delete: bool = False,
         force: bool = False,
         load_now: bool = True,
+        update_only: bool = False,
+        expected_target_model_id: str = "",
     ) -> None:
         """Point `vmodel_id` at `target_model_id`, without a failed request in between.
+
+        Preconditions (`vmodel_guard`: owner, `update_only`, `expected_target_model_id`) are
+        checked on the vmodel's row inside the transaction that writes it.
 
         A new vmodel, an active model with no copy, or `force` switches at once. Otherwise
         the active model keeps serving while the target loads in the background; the
@@ -106,22 +142,24 @@ class VModels:
         the active model (status TRANSITION_FAILED).
         """
         check_model_id(vmodel_id)
+        guard = vmodel_guard(
+            vmodel_id, target_model_id, owner=owner, update_only=update_only, expected_target=expected_target_model_id
+        )
         existing = await self.registry.get_vmodel(vmodel_id)
-        if existing is not None and owner and existing.owner and existing.owner != owner:
-            raise AlreadyExists(
-                f"vmodel {vmodel_id!r} already exists with owner {existing.owner!r} (asked by {owner!r})"
-            )
+        guard(existing)   # early, before anything is looked up; again when the row is written
         if await self.registry.find_model(target_model_id) is None:
             raise NotFound(f"target model {target_model_id!r} not found")
         owner = owner or (existing.owner if existing else "")
         active = existing.active_model_id if existing else ""
         if not active or active == target_model_id or force or not await self.live.copies(active):
-            await self._flip_vmodel(vmodel_id, owner=owner, new=target_model_id, old=active, auto_delete=auto_delete)
+            await self._flip_vmodel(
+                vmodel_id, owner=owner, new=target_model_id, old=active, auto_delete=auto_delete, guard=guard
+            )
             if load_now:
                 self.copies.load_in_background(target_model_id)
             return
         await self.registry.upsert_vmodel(
-            vmodel_id=vmodel_id, owner=owner, active=active, target=target_model_id, auto_delete=auto_delete
+            vmodel_id=vmodel_id, owner=owner, active=active, target=target_model_id, auto_delete=auto_delete, guard=guard
         )
         # one transition per target: a task still running for an earlier target (still
         # loading it, or unregistering the model it replaced) sees the change and stops
@@ -130,8 +168,13 @@ class VModels:
             task = asyncio.create_task(self._transition(vmodel_id, target_model_id))
             self._transitions[vmodel_id] = (target_model_id, task)
 
-    async def _flip_vmodel(self, vmodel_id: str, *, owner: str, new: str, old: str, auto_delete: bool) -> None:
-        await self.registry.upsert_vmodel(vmodel_id=vmodel_id, owner=owner, active=new, target="", auto_delete=auto_delete)
+    async def _flip_vmodel(
+        self, vmodel_id: str, *, owner: str, new: str, old: str, auto_delete: bool,
+        guard: Callable[[VModelRecord | None], None] | None = None,
+    ) -> None:
+        await self.registry.upsert_vmodel(
+            vmodel_id=vmodel_id, owner=owner, active=new, target="", auto_delete=auto_delete, guard=guard
+        )
         await self.live.set_vmodel(vmodel_id, new)
         if old and old != new:
             await self.events.record("vmodel-switched", model_id=new, message=f"vmodel {vmodel_id}: {old} -> {new}")

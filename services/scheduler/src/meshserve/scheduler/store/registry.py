@@ -14,7 +14,7 @@ the transports.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,7 +39,13 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from meshserve.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from meshserve.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from meshserve.scheduler.models import EventRecord, ModelRecord, RuntimeRecord, VModelRecord
 
 
@@ -282,15 +288,25 @@ class Registry:
 
     # -- vmodels ----------------------------------------------------------------------
     async def upsert_vmodel(
-        self, *, vmodel_id: str, owner: str, active: str, target: str, auto_delete: bool
+        self, *, vmodel_id: str, owner: str, active: str, target: str, auto_delete: bool,
+        guard: Callable[[VModelRecord | None], None] | None = None,
     ) -> VModelRecord:
-        async with self._session() as s:
-            row = await s.get(VModelRow, vmodel_id)
-            if row is None:
-                row = VModelRow(id=vmodel_id)
-                s.add(row)
-            row.owner, row.active_model_id, row.target_model_id, row.auto_delete = owner, active, target, auto_delete
-            return VModelRecord(vmodel_id, owner, active, target, auto_delete)
+        """Write the vmodel's row. `guard(current)` (raising to refuse) sees the row as it is
+        inside the same transaction, locked (`SELECT ... FOR UPDATE`), so a precondition and
+        the write it allows are one step: two writers cannot both pass a check the first
+        write makes false (a new row: the second insert fails on the primary key)."""
+        try:
+            async with self._session() as s:
+                row = await s.get(VModelRow, vmodel_id, with_for_update=guard is not None)
+                if guard is not None:
+                    guard(None if row is None else VModelRecord(row.id, row.owner, row.active_model_id, row.target_model_id, row.auto_delete))
+                if row is None:
+                    row = VModelRow(id=vmodel_id)
+                    s.add(row)
+                row.owner, row.active_model_id, row.target_model_id, row.auto_delete = owner, active, target, auto_delete
+                return VModelRecord(vmodel_id, owner, active, target, auto_delete)
+        except IntegrityError as err:  # created by another call meanwhile
+            raise FailedPrecondition(f"vmodel {vmodel_id} was created by another call at the same time; try again") from err
 
     async def get_vmodel(self, vmodel_id: str) -> VModelRecord | None:
         async with self._session() as s:
