@@ -32,7 +32,9 @@ from meshserve.common.lifecycle import Lifecycle
 from meshserve.controller import kube
 from meshserve.controller.events import KubeEventRecorder, LogEventRecorder
 from meshserve.controller.finalizers import FINALIZER
+from meshserve.controller.internal_tls import InternalTls
 from meshserve.controller.kube import KubeApi, api_client_from
+from meshserve.controller.kube_autoscale import PressureOptions, SchedulerAdmin
 from meshserve.controller.local import (
     LocalInformers,
     LocalResourceApi,
@@ -107,6 +109,9 @@ class ControllerApp:
         else:
             api_client = await api_client_from(str(s.kubeconfig) if s.kubeconfig else None)
             kube_api = KubeApi(api_client)
+            token = s.admin_token.get_secret_value() if s.admin_token else None
+            # runtime pods scaled on model pressure between min-scale and max-scale (kube_autoscale.py)
+            pressure_admin = SchedulerAdmin(s.admin_url, token=token) if s.autoscale else None
             reconciler = Reconciler(
                 api=kube_api, scheduler=scheduler,
                 namespace=s.namespace, config_map_name=s.config_map_name, scheduler_address=s.scheduler_address,
@@ -115,10 +120,15 @@ class ControllerApp:
                 events=KubeEventRecorder(kube_api, namespace=s.namespace, instance=socket.gethostname()),
                 finalizer=FINALIZER, cluster_scope=not s.namespace_scope,
                 router=RouterOptions(image=s.router_image, replicas=s.router_replicas),
+                pressure=PressureOptions.from_settings(s) if pressure_admin is not None else None,
+                pressure_admin=pressure_admin,
+                internal_tls=InternalTls(s.internal_tls_secret, s.internal_tls_server_name) if s.internal_tls_secret else None,
             )
             where = "the Kubernetes API" + ("" if s.namespace_scope else
                                             " (cluster scope: and every namespace labelled modelmesh-enabled=true)")
             closers = [(api_client.close, "Kubernetes ApiClient")]
+            if pressure_admin is not None:
+                closers.append((pressure_admin.close, "scheduler admin client"))
         self.health.add_check("informers", reconciler.ready.is_set)
         health_server = HealthServer(self.health, port=s.health_port)
         await health_server.start()
