@@ -253,3 +253,27 @@ def test_a_model_whose_copies_limit_concurrency_stays_with_the_slow_path() -> No
     assert set(routes(builder.resources())) == {"m1"}
     builder.change(removed_models=["m1"])  # only a limited model left on {a, b}: no cluster for it
     assert set(builder.resources()[res.CLUSTER]) == {res.slow_cluster("grpc"), res.slow_cluster("rest")}
+
+
+@pytest.mark.parametrize("layout", ["table", "matcher"])
+@pytest.mark.parametrize("hedge", [2.5, 0.0])
+def test_the_hedge_is_configured_per_data_path_and_zero_turns_it_off(layout: res.Layout, hedge: float) -> None:
+    """MESHSERVE_ROUTER_ENVOY_HEDGE_AFTER_SECONDS reaches every model route (both layouts); 0: no
+    per-try timeout and no hedge (a request slower than any bound runs once)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(config(layout=layout), hedge_after_s=hedge)
+    out = res.build({"m1": eps("ab")}, {}, cfg)
+    model_routes = []
+    for body in out[res.ROUTE].values():
+        for host in route_pb2.RouteConfiguration.FromString(body).virtual_hosts:
+            model_routes += [r for r in host.routes if r.route.HasField("retry_policy")]
+            if host.HasField("matcher"):
+                for entry in host.matcher.matcher_tree.exact_match_map.map.values():
+                    route = route_components_pb2.Route()
+                    entry.action.typed_config.Unpack(route)
+                    model_routes.append(route)
+    assert model_routes
+    for route in model_routes:
+        assert route.route.retry_policy.per_try_timeout.ToMilliseconds() == int(hedge * 1000)
+        assert route.route.hedge_policy.hedge_on_per_try_timeout is (hedge > 0)

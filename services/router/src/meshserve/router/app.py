@@ -247,6 +247,7 @@ class RouterApp:
                 concurrency=s.envoy_concurrency,
                 max_body_bytes=s.max_message_bytes + (1 << 20),
                 request_timeout_s=s.default_timeout_seconds,
+                hedge_after_s=s.envoy_hedge_after_seconds,
                 namespace=s.namespace,
             ),
             on_served=self._served_by_envoy,

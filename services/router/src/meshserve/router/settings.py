@@ -124,6 +124,11 @@ class RouterSettings(ServiceSettings):
     """Envoy: incremental (delta) xDS; off, state of the world."""
     envoy_concurrency: int = 1
     """Envoy: worker threads."""
+    envoy_hedge_after_seconds: float = Field(default=1.0, ge=0)
+    """Envoy: a request to a model without an answer this long is sent again (another copy, then
+    the Python path), the first attempt not cancelled, the first answer wins: a hung pod's requests
+    are answered elsewhere. Costs up to two more runs of a request slower than this; raise it for
+    runtimes with slow models, 0 turns it off (a hung pod's requests then wait for their deadline)."""
     envoy_workdir: Path | None = None
     """Envoy: its bootstrap, admin address, log and access-log FIFO (default: a temp folder)."""
     access_log: bool = False

@@ -48,6 +48,7 @@ class EnvoySettings:
     concurrency: int = 1
     max_body_bytes: int = 64 << 20
     request_timeout_s: float = 120.0
+    hedge_after_s: float = res.HEDGE_AFTER_S
     namespace: str = ""
     """The router's namespace: route.lua looks a name up as `<namespace>__<name>`."""
 
@@ -64,6 +65,7 @@ class EnvoyDataPath:
             rest_listen=settings.rest_listen,
             max_body_bytes=settings.max_body_bytes,
             request_timeout_s=settings.request_timeout_s,
+            hedge_after_s=settings.hedge_after_s,
             shards=settings.shards,
             layout=settings.layout,
             tls=settings.tls,

@@ -135,6 +135,9 @@ class DataPathConfig:
     """Server TLS on both listeners (Envoy terminates it); None: plaintext."""
     access_log_path: str = ""
     """Where Envoy writes one line per request (ACCESS_LOG_FORMAT); "": no access log."""
+    hedge_after_s: float = HEDGE_AFTER_S
+    """Model routes' hedged per-try timeout (see HEDGE_AFTER_S); 0: none (a request to a hung pod
+    waits for its deadline, a slow one never runs twice)."""
 
 
 @dataclass(frozen=True)
@@ -332,7 +335,9 @@ def _is_ip(host: str) -> bool:
 
 
 # -- routes ---------------------------------------------------------------------------------
-def _route(cluster: str, *, protocol: Protocol, timeout_s: float, model: str | None) -> rc_pb2.Route:
+def _route(
+    cluster: str, *, protocol: Protocol, timeout_s: float, model: str | None, hedge_after_s: float = HEDGE_AFTER_S
+) -> rc_pb2.Route:
     """A route to `cluster`; `model` not None: to a model's copies (with the retry policy),
     "" when the route serves many models (the table layout)."""
     route = rc_pb2.Route()
@@ -372,15 +377,19 @@ def _route(cluster: str, *, protocol: Protocol, timeout_s: float, model: str | N
         # the scheduler to probe the pod: dataplane.DataPlane) and the first answer wins;
         # the attempt that is late is NOT cancelled, so a slow model's request is never
         # failed by it (its cost: up to num_retries more attempts of a request that slow).
-        policy.per_try_timeout.FromMilliseconds(int(HEDGE_AFTER_S * 1000))
-        route.route.hedge_policy.hedge_on_per_try_timeout = True
+        if hedge_after_s > 0:
+            policy.per_try_timeout.FromMilliseconds(int(hedge_after_s * 1000))
+            route.route.hedge_policy.hedge_on_per_try_timeout = True
     return route
 
 
-def entry_bytes(name: str, cluster: str, model: str, *, protocol: Protocol, timeout_s: float) -> bytes:
+def entry_bytes(
+    name: str, cluster: str, model: str, *, protocol: Protocol, timeout_s: float, hedge_after_s: float = HEDGE_AFTER_S
+) -> bytes:
     """One `exact_match_map` entry, serialized as a one-entry MatchMap (entries concatenate)."""
     action = extension_pb2.TypedExtensionConfig(
-        name="route", typed_config=_any(_route(cluster, protocol=protocol, timeout_s=timeout_s, model=model))
+        name="route",
+        typed_config=_any(_route(cluster, protocol=protocol, timeout_s=timeout_s, model=model, hedge_after_s=hedge_after_s)),
     )
     match_map = matcher_pb2.Matcher.MatcherTree.MatchMap()
     match_map.map[name].action.CopyFrom(action)
@@ -419,7 +428,7 @@ def _table_name(name: str) -> bool:
     return _TABLE_NAME.fullmatch(name) is not None
 
 
-def _table_routes(timeout_s: float) -> list[rc_pb2.Route]:
+def _table_routes(timeout_s: float, hedge_after_s: float = HEDGE_AFTER_S) -> list[rc_pb2.Route]:
     """The table layout's routes, in match order (one RouteConfiguration serves both listeners):
     the lookup route route.lua gets the table from (LOOKUP_HEADER set; answers 500 if a request
     ever leaves route.lua on it), then per protocol the route to the cluster CLUSTER_HEADER
@@ -432,7 +441,7 @@ def _table_routes(timeout_s: float) -> list[rc_pb2.Route]:
     lookup.direct_response.body.inline_string = "meshserve: a request was left on the route table's lookup route"
     routes = [lookup]
     for protocol in PROTOCOLS:
-        to_pod = _route("", protocol=protocol, timeout_s=timeout_s, model="")
+        to_pod = _route("", protocol=protocol, timeout_s=timeout_s, model="", hedge_after_s=hedge_after_s)
         to_pod.route.ClearField("cluster")
         to_pod.route.cluster_header = CLUSTER_HEADER
         to_pod.match.headers.add(name=CLUSTER_HEADER).string_match.prefix = f"ms-{protocol}-"
@@ -458,8 +467,8 @@ class TableEncoder:
     format: map entries are key 1 / value 2, Value.string_value is 3). What it writes parses to
     the RouteConfiguration `_table_routes` describes with that metadata (a unit test checks)."""
 
-    def __init__(self, timeout_s: float) -> None:
-        lookup, *rest = _table_routes(timeout_s)
+    def __init__(self, timeout_s: float, hedge_after_s: float = HEDGE_AFTER_S) -> None:
+        lookup, *rest = _table_routes(timeout_s, hedge_after_s)
         self._lookup = _ser(lookup)
         self._rest = b"".join(wire_field(_ROUTES, _ser(route)) for route in rest)
         self._heads: dict[str, tuple[bytes, bytes]] = {}
@@ -612,7 +621,7 @@ class RouteBuilder:
         self._routes: dict[str, bytes] = {}
         self._cluster_refs: dict[str, int] = {}
         self._clusters: dict[str, bytes] = {}
-        self._encoder = TableEncoder(config.request_timeout_s)
+        self._encoder = TableEncoder(config.request_timeout_s, config.hedge_after_s)
         self._dirty: set[str] = set(self._shard_names())  # shards to re-serialize
         self._static = self._static_resources()
 
@@ -746,7 +755,8 @@ class RouteBuilder:
                 entries.pop(name, None)
                 continue
             entries[name] = entry_bytes(
-                name, failover_cluster(placed[0]), new[0], protocol=protocol, timeout_s=self.config.request_timeout_s
+                name, failover_cluster(placed[0]), new[0], protocol=protocol, timeout_s=self.config.request_timeout_s,
+                hedge_after_s=self.config.hedge_after_s,
             )
 
     def _ref_placement(self, placement: _Placement) -> None:
