@@ -6,7 +6,8 @@ no in-cluster Redis, Postgres or MinIO and no Secret at all (the credentials are
 every Secret key the Deployments read, and the storage-config Secret the runtime pods mount, must
 be documented in docs/install.md: its Secrets table and its `kubectl create secret` commands are
 parsed here. RBAC, ServiceAccounts and CRDs are the base's, byte for byte; the scheduler runs two
-replicas with an Alembic init container, and every container keeps the base's resources.
+replicas with an Alembic init container, and every container keeps the base's resources. The
+doc's own overlay example (production + the prometheus-operator component) builds.
 """
 
 from __future__ import annotations
@@ -206,3 +207,19 @@ def test_replicas_migrations_and_resources() -> None:
         before = {c["name"]: c["resources"] for c in find(base, "Deployment", name)["spec"]["template"]["spec"]["containers"]}
         after = {c["name"]: c["resources"] for c in find(prod, "Deployment", name)["spec"]["template"]["spec"]["containers"]}
         assert after == before, name
+
+
+@needs_kubectl
+def test_the_monitoring_overlay_in_the_doc_builds(tmp_path: Path) -> None:
+    """install.md's `my-install/kustomization.yaml` (production + the prometheus-operator
+    component), written beside a link to this checkout's deploy/ as the doc's paths expect."""
+    text = INSTALL_DOC.read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S) if "# my-install/kustomization.yaml" in b]
+    (tmp_path / "deploy").symlink_to(REPO / "deploy")
+    (tmp_path / "my-install").mkdir()
+    (tmp_path / "my-install" / "kustomization.yaml").write_text(block)
+    docs = build(tmp_path / "my-install")
+    kinds = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert sum(k == "ServiceMonitor" for k, _ in kinds) == 3 and sum(k == "PodMonitor" for k, _ in kinds) == 1
+    plain = {(d["kind"], d["metadata"]["name"]) for d in build(PRODUCTION)}
+    assert plain <= set(kinds)
