@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -181,3 +182,34 @@ def prune(samples: Sequence[Sample], *, now: float, policy: Policy) -> list[Samp
     ordered = sorted(samples, key=lambda s: s.at)
     older = [s for s in ordered if s.at < now - keep]
     return older[-1:] + [s for s in ordered if s.at >= now - keep]
+
+
+@dataclass(frozen=True)
+class RuntimePressure:
+    """One answer of `GET /v1/runtimes/{name}/pressure`, with its pods."""
+
+    window_seconds: float
+    evicted_bytes_per_minute: float
+    lru_copy_age_seconds: float | None
+    pods: tuple[PodLoad, ...]
+    pod_capacity_bytes: int
+    """The largest model memory of one serving pod (0: none yet)."""
+
+    @property
+    def serving(self) -> int:
+        return sum(1 for p in self.pods if not p.draining)
+
+
+def parse_pressure(body: Mapping[str, Any], *, window_seconds: float) -> RuntimePressure:
+    """The scheduler's pressure JSON (camelCase, as `scheduler.api.RuntimePressure` writes it)."""
+    pods = [p for p in body.get("pods") or [] if isinstance(p, Mapping)]
+    age = body.get("lruCopyAgeSeconds")
+    return RuntimePressure(
+        window_seconds=float(body.get("windowSeconds") or window_seconds),
+        evicted_bytes_per_minute=float(body.get("evictedBytesPerMinute") or 0.0),
+        lru_copy_age_seconds=None if age is None else float(age),
+        pods=tuple(PodLoad(pod_id=str(p.get("id") or ""), allocated_bytes=int(p.get("allocatedBytes") or 0),
+                           loaded_copies=int(p.get("loadedCopies") or 0), draining=bool(p.get("draining")))
+                   for p in pods if p.get("id")),
+        pod_capacity_bytes=max((int(p.get("capacityBytes") or 0) for p in pods if not p.get("draining")), default=0),
+    )

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -50,10 +50,11 @@ from meshserve.controller import hpa as autoscaling
 from meshserve.controller.autoscale import (
     Action,
     Decision,
-    PodLoad,
     Policy,
+    RuntimePressure,
     Sample,
     decide,
+    parse_pressure,
     pick_victim,
     prune,
 )
@@ -105,37 +106,6 @@ class PressureOptions:
             up_window_seconds=self.up_window_seconds, down_idle_seconds=self.down_idle_seconds,
             down_window_seconds=self.down_window_seconds, cooldown_seconds=self.cooldown_seconds,
         )
-
-
-@dataclass(frozen=True)
-class RuntimePressure:
-    """One answer of `GET /v1/runtimes/{name}/pressure`, with its pods."""
-
-    window_seconds: float
-    evicted_bytes_per_minute: float
-    lru_copy_age_seconds: float | None
-    pods: tuple[PodLoad, ...]
-    pod_capacity_bytes: int
-    """The largest model memory of one serving pod (0: none yet)."""
-
-    @property
-    def serving(self) -> int:
-        return sum(1 for p in self.pods if not p.draining)
-
-
-def parse_pressure(body: Mapping[str, Any], *, window_seconds: float) -> RuntimePressure:
-    """The scheduler's pressure JSON (camelCase, as `scheduler.api.RuntimePressure` writes it)."""
-    pods = [p for p in body.get("pods") or [] if isinstance(p, Mapping)]
-    age = body.get("lruCopyAgeSeconds")
-    return RuntimePressure(
-        window_seconds=float(body.get("windowSeconds") or window_seconds),
-        evicted_bytes_per_minute=float(body.get("evictedBytesPerMinute") or 0.0),
-        lru_copy_age_seconds=None if age is None else float(age),
-        pods=tuple(PodLoad(pod_id=str(p.get("id") or ""), allocated_bytes=int(p.get("allocatedBytes") or 0),
-                           loaded_copies=int(p.get("loadedCopies") or 0), draining=bool(p.get("draining")))
-                   for p in pods if p.get("id")),
-        pod_capacity_bytes=max((int(p.get("capacityBytes") or 0) for p in pods if not p.get("draining")), default=0),
-    )
 
 
 class SchedulerAdmin(AdminApi):

@@ -51,7 +51,15 @@ import httpx
 
 from meshserve.common.backoff import backoff_delay
 from meshserve.common.labels import LOCAL_SECRET_LABEL
-from meshserve.controller.autoscale import Action, Decision, Policy, Sample, decide, prune
+from meshserve.controller.autoscale import (
+    Action,
+    Decision,
+    Policy,
+    Sample,
+    decide,
+    parse_pressure,
+    prune,
+)
 from meshserve.controller.deployments import SPEC_HASH_ANNOTATION
 from meshserve.controller.hpa import AutoscalingError, ScaleBounds, scale_bounds
 from meshserve.controller.kube import (
@@ -495,15 +503,14 @@ class AdminApi:
     async def pressure(self, runtime: str, *, window_seconds: float) -> PressureReading:
         body = await self._json("GET", f"/v1/runtimes/{quote(runtime, safe='')}/pressure",
                                 params={"windowSeconds": str(window_seconds)})
-        pods = [p for p in body.get("pods") or [] if isinstance(p, Mapping) and not p.get("draining")]
-        age = body.get("lruCopyAgeSeconds")
+        read = parse_pressure(body, window_seconds=window_seconds)
         return PressureReading(
-            window_seconds=float(body.get("windowSeconds") or window_seconds),
-            evicted_bytes_per_minute=float(body.get("evictedBytesPerMinute") or 0.0),
-            lru_copy_age_seconds=None if age is None else float(age),
-            serving_pods=tuple(sorted(str(p.get("id")) for p in pods)),
-            all_pods=tuple(sorted(str(p.get("id")) for p in body.get("pods") or [] if isinstance(p, Mapping))),
-            pod_capacity_bytes=max((int(p.get("capacityBytes") or 0) for p in pods), default=0),
+            window_seconds=read.window_seconds,
+            evicted_bytes_per_minute=read.evicted_bytes_per_minute,
+            lru_copy_age_seconds=read.lru_copy_age_seconds,
+            serving_pods=tuple(sorted(p.pod_id for p in read.pods if not p.draining)),
+            all_pods=tuple(sorted(p.pod_id for p in read.pods)),
+            pod_capacity_bytes=read.pod_capacity_bytes,
         )
 
     async def drain(self, pod_id: str) -> JSON:
