@@ -230,8 +230,14 @@ def test_a_pod_killed_while_loading_leaves_no_reservation(stack: Stack, dev: Dev
             return state if state["loading"] == 0 and state["allocatedBytes"] == held else None
 
         wait_for(clean, timeout=60, what="the replacement pod with nothing left reserved")
-        copies = stack.admin("GET", f"/v1/models/{model}").json()["copies"]
-        assert all(c["state"] == "loaded" for c in copies), copies  # a new load may have placed it anywhere
+
+        def settled() -> bool:
+            """A new load may have placed the model anywhere (the leader re-places a copy lost
+            with the dropped pod): it finishes, the gate being open."""
+            copies: list[dict[str, Any]] = stack.admin("GET", f"/v1/models/{model}").json()["copies"]
+            return all(c["state"] == "loaded" for c in copies)
+
+        wait_for(settled, timeout=120, what="every copy of the gated model loaded")
     finally:
         gate.write_text("")
         run_cli("delete", "-f", str(CUSTOM_RUNTIME_YAML), "-f", "-", "--admin", stack.admin_url, stdin=yaml.safe_dump(isvc))

@@ -138,12 +138,15 @@ def test_a_new_key_applied_as_a_secret_loads_a_model_without_restarting_anything
     rc, out, err = apply(stack, secret(newS3=s3_key(endpoint=stack.s3_endpoint)))
     assert rc == 0, err
     assert "secret/storage-config created" in out and NEW_SECRET not in out
+    # the controller writes the key where the pullers read it asynchronously (as a kubelet updates a
+    # mounted Secret): a load that comes first fails with "storage secretKey not found"
+    key_file = stack.storage_config_dir / "newS3"
+    wait_for(key_file.exists, timeout=60, what="the new key written for the pullers")
     rc, _, err = apply(stack, isvc("secret-keyed", uri=f"s3://{NEW_BUCKET}/private/mnist-svm.joblib", key="newS3"))
     assert rc == 0, err
     loaded(stack, "secret-keyed")
     assert pods(stack) == before, "the runtime pod was not restarted"
     # the key file the puller read: written by the controller, private to its user
-    key_file = stack.storage_config_dir / "newS3"
     assert json.loads(key_file.read_text())["bucket"] == NEW_BUCKET
     assert key_file.stat().st_mode & 0o077 == 0
     assert (stack.storage_config_dir / "localMinIO").exists(), "the stack's own keys are left alone"
