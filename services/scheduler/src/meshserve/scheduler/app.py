@@ -152,4 +152,9 @@ class SchedulerApp:
                         await self.service.watch_for_shift(shift)
             except Exception as err:
                 log.warning("leader loop error: %s", err)
+            # a cancellation a duty swallowed (a library that catches CancelledError) still stops
+            # the loop: seen in CI as a loop cancelled at stop that went on sleeping
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             await asyncio.sleep(1.0)
