@@ -431,7 +431,8 @@ class ProcessRuntimes:
             self._secret_task = asyncio.get_running_loop().create_task(self._secret_sync.run(), name="storage-config-sync")
             self._secret_task.add_done_callback(_log_death)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._secret_sync.synced.wait(), SECRET_SYNC_WAIT_SECONDS)
+            async with asyncio.timeout(SECRET_SYNC_WAIT_SECONDS):
+                await self._secret_sync.synced.wait()
 
     async def apply(self, action: DeploymentAction, *, namespace: str) -> None:
         await self._storage_config_synced()

@@ -161,7 +161,8 @@ class PullerApp:
         while not await self.adapter.ready():
             delay = backoff_delay(attempt=attempt, rand=random.random(), base=0.1, cap=1.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(life.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await life.wait()
             if life.stopping:
                 return False
             attempt += 1

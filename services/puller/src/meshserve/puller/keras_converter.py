@@ -36,7 +36,8 @@ class KerasConverter:
         a failure is logged and left for the first conversion to report."""
         async with self._lock:
             try:
-                await asyncio.wait_for(self._running(), START_TIMEOUT)
+                async with asyncio.timeout(START_TIMEOUT):
+                    await self._running()
             except (FailedPrecondition, TimeoutError) as err:
                 await self._stop()
                 log.warning("keras converter did not start: %s", getattr(err, "message", "timed out"))
@@ -44,7 +45,8 @@ class KerasConverter:
     async def convert(self, source: Path, target: Path, *, timeout: float) -> None:  # noqa: ASYNC109 - a budget for the child
         async with self._lock:
             try:
-                reply = await asyncio.wait_for(self._ask(source, target), timeout)
+                async with asyncio.timeout(timeout):
+                    reply = await self._ask(source, target)
             except TimeoutError as err:
                 await self._stop()
                 raise DeadlineExceeded(f"converting the keras model to a SavedModel took longer than {timeout:.0f}s") from err
@@ -102,7 +104,8 @@ class KerasConverter:
         if child.stdin is not None:
             child.stdin.close()  # the child's loop ends at end of input
         try:
-            await asyncio.wait_for(child.wait(), 5)
+            async with asyncio.timeout(5):
+                await child.wait()
         except TimeoutError:
             child.kill()
             await child.wait()

@@ -207,7 +207,8 @@ class DataPlane:
             metrics.miss(model_id)
         started = time.monotonic()
         try:
-            return await asyncio.wait_for(asyncio.shield(future), budget)
+            async with asyncio.timeout(budget):
+                return await asyncio.shield(future)
         except TimeoutError as err:
             raise DeadlineExceeded(f"deadline exceeded waiting for a copy of {model_id!r} to load") from err
         finally:

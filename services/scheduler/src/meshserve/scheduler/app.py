@@ -152,8 +152,9 @@ class SchedulerApp:
                         await self.service.watch_for_shift(shift)
             except Exception as err:
                 log.warning("leader loop error: %s", err)
-            # a cancellation a duty swallowed (a library that catches CancelledError) still stops
-            # the loop: seen in CI as a loop cancelled at stop that went on sleeping
+            # a cancellation a duty swallowed still stops the loop (seen in CI: the loop, cancelled
+            # at stop, went on sleeping; the cause was 3.11's asyncio.wait_for in a load wait,
+            # now banned by ruff's TID251; this guard stays for a library that does the same)
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise asyncio.CancelledError

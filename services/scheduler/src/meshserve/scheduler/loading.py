@@ -298,8 +298,8 @@ class Loader:
         """Sleep until a load in this replica finishes (or a short poll for other replicas')."""
         timeout = max(0.0, min(0.5, deadline - time.monotonic()))
         with contextlib.suppress(TimeoutError):
-            async with self._load_done:
-                await asyncio.wait_for(self._load_done.wait(), timeout)
+            async with asyncio.timeout(timeout), self._load_done:
+                await self._load_done.wait()
 
     async def _notify_load_done(self) -> None:
         async with self._load_done:

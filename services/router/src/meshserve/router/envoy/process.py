@@ -184,7 +184,8 @@ class EnvoyProcess:
             return proc.returncode if proc else None
         proc.send_signal(signal.SIGTERM)
         try:
-            return await asyncio.wait_for(proc.wait(), grace)
+            async with asyncio.timeout(grace):
+                return await proc.wait()
         except TimeoutError:
             proc.kill()
             return await proc.wait()
