@@ -2,8 +2,9 @@
 
 Owns the one mapping from exceptions to gRPC statuses, applied by `ExceptionToStatusInterceptor`
 (a `grpc.aio` server interceptor: `grpc.aio.server(interceptors=[ExceptionToStatusInterceptor()])`)
-or, for servicers not yet on the interceptor, by the `@rpc_errors` / `@rpc_stream_errors`
-decorators. Both go through `status_for`: a `MeshError` (see `meshserve.common.errors`) is sent
+or, for one service on a server whose other calls must not pass through an interceptor (the
+router's data path), by registering that service with `add_guarded`. Both wrap each method the
+same way (`guard_handler`) and go through `status_for`: a `MeshError` (see `meshserve.common.errors`) is sent
 with the status it names and its message; an exception a service registered a translator for
 (`register_error_translator`, e.g. a Redis outage -> Unavailable) likewise; anything else is
 INTERNAL with a fixed text, logged with its traceback and never sent to the client, so no bad
@@ -14,11 +15,10 @@ May import grpc, `meshserve.common.errors` and `meshserve.common.settings`; noth
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -112,7 +112,6 @@ def open_channel(
     return grpc.aio.insecure_channel(address, options=opts)
 
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 # service-specific exception -> MeshError translators (e.g. a Redis outage -> Unavailable)
 _TRANSLATORS: list[Callable[[BaseException], MeshError | None]] = []
@@ -145,43 +144,6 @@ def status_for(err: BaseException, *, where: str) -> tuple[grpc.StatusCode, str]
     return grpc.StatusCode.INTERNAL, f"internal error in {where.rsplit('.', 1)[-1]}; see server log"
 
 
-async def _abort(err: Exception, context: grpc.aio.ServicerContext, fn: Callable[..., Any]) -> None:
-    """Abort the RPC with the status `err` maps to."""
-    code, message = status_for(err, where=fn.__qualname__)
-    await context.abort(code, message)
-
-
-def rpc_errors(fn: F) -> F:
-    """Map exceptions raised by a grpc.aio servicer method to statuses."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await fn(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as err:
-            await _abort(err, context, fn)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def rpc_stream_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Same as rpc_errors for server-streaming methods (async generators)."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            async for item in fn(self, request, context):
-                yield item
-        except grpc.aio.AbortError:
-            raise
-        except Exception as err:
-            await _abort(err, context, fn)
-
-    return wrapper
-
-
 def _method_name(full: str) -> str:
     """'/pkg.Service/Method' -> 'Service.Method' (what a log line and a client message name)."""
     service, _, method = full.lstrip("/").rpartition("/")
@@ -203,20 +165,56 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        where = _method_name(handler_call_details.method)
-        if handler.unary_unary is not None:
-            factory, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-        elif handler.unary_stream is not None:
-            factory, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
-        elif handler.stream_unary is not None:
-            factory, behavior = grpc.stream_unary_rpc_method_handler, handler.stream_unary
-        else:
-            factory, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
-        return factory(
-            _guard(behavior, where),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        return guard_handler(handler, _method_name(handler_call_details.method))
+
+
+def guard_handler(handler: grpc.RpcMethodHandler, where: str) -> grpc.RpcMethodHandler:
+    """`handler` with what its behaviour raises turned into the status it maps to."""
+    if handler.unary_unary is not None:
+        factory, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
+    elif handler.unary_stream is not None:
+        factory, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
+    elif handler.stream_unary is not None:
+        factory, behavior = grpc.stream_unary_rpc_method_handler, handler.stream_unary
+    else:
+        factory, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
+    return factory(
+        _guard(behavior, where),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class _GuardedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        return None if handler is None else guard_handler(handler, _method_name(handler_call_details.method))
+
+
+class _GuardingServer:
+    """What a generated `add_XServicer_to_server` calls, forwarded with every handler guarded."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_GuardedGeneric(h) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        short = service.rsplit(".", 1)[-1]
+        self._server.add_registered_method_handlers(
+            service, {method: guard_handler(h, f"{short}.{method}") for method, h in handlers.items()}
         )
+
+
+def add_guarded(add: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
+    """`add(servicer, server)` (a generated `add_XServicer_to_server`) with every method of that
+    service mapping its errors as `ExceptionToStatusInterceptor` would, and nothing else on the
+    server paying for it."""
+    add(servicer, _GuardingServer(server))
 
 
 def _guard(behavior: Callable[..., Any], where: str) -> Callable[..., Any]:

@@ -65,7 +65,7 @@ from meshserve.common.errors import (
     Unavailable,
     from_grpc,
 )
-from meshserve.common.grpcutil import rpc_errors
+from meshserve.common.grpcutil import add_guarded
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2 as pb
 from meshserve.common.proto.meshserve.v1 import scheduler_pb2_grpc
 from meshserve.common.proto.mmesh import model_mesh_pb2 as mm
@@ -305,7 +305,6 @@ class ModelMeshApi(model_mesh_pb2_grpc.ModelMeshServicer):
             log.info("background load of %s (mmesh ensureLoaded): %s %s", model_id, err.status, err.message)
 
     # -- models ----------------------------------------------------------------------------
-    @rpc_errors
     async def registerModel(self, request: mm.RegisterModelRequest, context: grpc.aio.ServicerContext) -> mm.ModelStatusInfo:
         model_id = require_model_id(request.modelId)
         info = model_info(request.modelInfo)
@@ -330,7 +329,6 @@ class ModelMeshApi(model_mesh_pb2_grpc.ModelMeshServicer):
         status = status_info(reply)
         return _started(status) if request.loadNow else status
 
-    @rpc_errors
     async def unregisterModel(self, request: mm.UnregisterModelRequest, context: grpc.aio.ServicerContext) -> mm.UnregisterModelResponse:
         model_id = require_model_id(request.modelId)
         try:
@@ -341,11 +339,9 @@ class ModelMeshApi(model_mesh_pb2_grpc.ModelMeshServicer):
             pass  # upstream: no effect when the model is not found
         return mm.UnregisterModelResponse()
 
-    @rpc_errors
     async def getModelStatus(self, request: mm.GetStatusRequest, context: grpc.aio.ServicerContext) -> mm.ModelStatusInfo:
         return await self._model_status(require_model_id(request.modelId), context)
 
-    @rpc_errors
     async def ensureLoaded(self, request: mm.EnsureLoadedRequest, context: grpc.aio.ServicerContext) -> mm.ModelStatusInfo:
         model_id = require_model_id(request.modelId)
         if request.sync:
@@ -359,7 +355,6 @@ class ModelMeshApi(model_mesh_pb2_grpc.ModelMeshServicer):
         return _started(status)
 
     # -- vmodels ---------------------------------------------------------------------------
-    @rpc_errors
     async def setVModel(self, request: mm.SetVModelRequest, context: grpc.aio.ServicerContext) -> mm.VModelStatusInfo:
         vmodel_id, target = request.vModelId, request.targetModelId
         if not vmodel_id:
@@ -461,7 +456,6 @@ class ModelMeshApi(model_mesh_pb2_grpc.ModelMeshServicer):
             status = await self._vmodel_status(vmodel_id, context)
         return status
 
-    @rpc_errors
     async def deleteVModel(self, request: mm.DeleteVModelRequest, context: grpc.aio.ServicerContext) -> mm.DeleteVModelResponse:
         if not request.vModelId:
             raise InvalidArgument("must provide non-empty vModelId")
@@ -476,7 +470,6 @@ class ModelMeshApi(model_mesh_pb2_grpc.ModelMeshServicer):
         )
         return mm.DeleteVModelResponse()
 
-    @rpc_errors
     async def getVModelStatus(self, request: mm.GetVModelStatusRequest, context: grpc.aio.ServicerContext) -> mm.VModelStatusInfo:
         if not request.vModelId:
             raise InvalidArgument("must provide non-empty vModelId")
@@ -505,5 +498,7 @@ def add_to_server(
         call_timeout_seconds=call_timeout_seconds,
         load_timeout_seconds=load_timeout_seconds,
     )
-    model_mesh_pb2_grpc.add_ModelMeshServicer_to_server(servicer, server)
+    # errors mapped per method of this service only: the router's data-path calls on the same
+    # server pay for no interceptor
+    add_guarded(model_mesh_pb2_grpc.add_ModelMeshServicer_to_server, servicer, server)
     return servicer
